@@ -1,0 +1,2 @@
+//! redis-relay: a replication proxy for Redis.
+pub mod rdb;
