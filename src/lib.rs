@@ -1,3 +1,6 @@
 //! redis-relay: a replication proxy for Redis.
+pub mod endpoint;
+pub mod pipeline;
 pub mod rdb;
 pub mod resp;
+pub mod target;
