@@ -1,8 +1,10 @@
 //! From sources to writers: ops and batches, routing by key, per-source applied offsets.
 pub mod dispatcher;
+pub mod keys;
 pub mod offsets;
 pub mod op;
 pub mod router;
+pub mod spool;
 
 pub use dispatcher::Dispatcher;
 pub use offsets::SourceTracker;
