@@ -1,2 +1,5 @@
 //! redis-relay: a replication proxy for Redis.
+pub mod endpoint;
 pub mod rdb;
+pub mod resp;
+pub mod source;

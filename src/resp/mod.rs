@@ -1,0 +1,2 @@
+//! RESP: the Redis wire protocol pieces the relay needs.
+pub mod framer;

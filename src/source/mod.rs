@@ -1,0 +1,1 @@
+//! The source side: the fake replica that connects to each master.
