@@ -1,5 +1,7 @@
 //! redis-relay: a replication proxy for Redis.
 pub mod endpoint;
+pub mod pipeline;
 pub mod rdb;
 pub mod resp;
 pub mod source;
+pub mod target;

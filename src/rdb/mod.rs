@@ -1,4 +1,26 @@
 //! The RDB engine: a streaming parser for every RDB version (1 to 12), and the encodings inside.
+//!
+//! Entry points: [`RdbParser`] (events in file order, bounded memory for big values),
+//! [`decode_dump_payload`] (one `DUMP` payload), and [`json`] (the canonical JSON form used by
+//! the test corpus and for debugging dumps).
 pub mod model;
 
+mod collect;
+pub mod elem;
+pub mod error;
+pub mod function;
+pub mod intset;
+pub mod json;
+pub mod listpack;
+pub mod lzf;
+pub mod parser;
+pub(crate) mod reader;
+pub mod stream;
+pub mod testgen;
+pub mod ziplist;
+pub mod zipmap;
+
+pub use error::{RdbError, RdbErrorKind};
 pub use model::*;
+pub use parser::{decode_dump_payload, key_type_of, ParseOptions, ParseSummary, RdbParser};
+pub use reader::CRC64;

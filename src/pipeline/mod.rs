@@ -1,0 +1,9 @@
+//! From sources to writers: ops and batches, routing by key, per-source applied offsets.
+pub mod dispatcher;
+pub mod offsets;
+pub mod op;
+pub mod router;
+
+pub use dispatcher::Dispatcher;
+pub use offsets::SourceTracker;
+pub use op::{Batch, Op};

@@ -1,0 +1,42 @@
+//! The unit of work that flows from a source's dispatcher to the writers.
+//!
+//! A dispatcher groups the [`Op`]s it routes to one writer into a [`Batch`], which is what
+//! crosses the channel: one channel hand-off and one offset-tracking entry per batch, not per
+//! command.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::offsets::SourceTracker;
+
+/// One or more RESP-encoded commands that must run in `db`, in order, on one connection.
+#[derive(Debug, Clone)]
+pub struct Op {
+    /// The database the commands run in; the writer sends SELECT when its connection is elsewhere.
+    pub db: u32,
+    /// The encoded commands (passed through from the master's stream where possible).
+    pub payload: Bytes,
+    /// How many replies the payload produces.
+    pub replies: u32,
+    /// The payload ends in another database than `db` (a MULTI block with SELECT inside):
+    /// the writer must SELECT again before its next op.
+    pub leaves_db_unknown: bool,
+}
+
+/// Ops of one source for one writer, covering the stream offsets `(start, end]`.
+#[derive(Debug)]
+pub struct Batch {
+    pub tracker: Arc<SourceTracker>,
+    pub ops: Vec<Op>,
+    /// Stream offset before the first op (the snapshot's ops all carry the FULLRESYNC offset).
+    pub start: u64,
+    /// Stream offset after the last op.
+    pub end: u64,
+}
+
+impl Batch {
+    pub fn payload_bytes(&self) -> usize {
+        self.ops.iter().map(|o| o.payload.len()).sum()
+    }
+}

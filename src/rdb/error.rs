@@ -1,0 +1,168 @@
+//! Errors of the RDB engine.
+//!
+//! Every error carries the byte offset in the input where it was detected and, when it happened
+//! inside a key, the key (escaped) and its RDB type, because an operator facing a failed full
+//! sync of a multi-gigabyte snapshot needs to know *where* and *what* without re-parsing.
+
+use bytes::Bytes;
+use std::fmt;
+
+/// Boxed error returned by an event handler; it aborts the parse and is passed through.
+pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What went wrong.
+#[derive(Debug)]
+pub enum RdbErrorKind {
+    /// The input ended before the structure was complete.
+    UnexpectedEof,
+    /// The bytes do not form a valid RDB structure.
+    Corrupt(String),
+    /// A valid but unsupported construct (e.g. pre-GA module values).
+    Unsupported(String),
+    /// The CRC64 trailer does not match the content.
+    Checksum { stored: u64, computed: u64 },
+    /// The underlying reader failed.
+    Io(std::io::Error),
+    /// The event handler returned an error.
+    Handler(HandlerError),
+}
+
+/// The key being parsed when an error happened.
+#[derive(Debug, Clone)]
+pub struct KeyContext {
+    pub key: Bytes,
+    pub rdb_type: u8,
+}
+
+/// An RDB parse error: what, at which byte offset, and in which key.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", self.render())]
+pub struct RdbError {
+    /// Byte offset in the input (from the first byte of the RDB) where the error was detected.
+    pub offset: u64,
+    /// The key being parsed, if any.
+    pub context: Option<KeyContext>,
+    pub kind: RdbErrorKind,
+}
+
+impl RdbError {
+    pub(crate) fn corrupt(offset: u64, msg: impl Into<String>) -> Self {
+        RdbError { offset, context: None, kind: RdbErrorKind::Corrupt(msg.into()) }
+    }
+
+    pub(crate) fn eof(offset: u64) -> Self {
+        RdbError { offset, context: None, kind: RdbErrorKind::UnexpectedEof }
+    }
+
+    pub(crate) fn unsupported(offset: u64, msg: impl Into<String>) -> Self {
+        RdbError { offset, context: None, kind: RdbErrorKind::Unsupported(msg.into()) }
+    }
+
+    pub(crate) fn io(offset: u64, e: std::io::Error) -> Self {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            return Self::eof(offset);
+        }
+        RdbError { offset, context: None, kind: RdbErrorKind::Io(e) }
+    }
+
+    pub(crate) fn handler(offset: u64, e: HandlerError) -> Self {
+        RdbError { offset, context: None, kind: RdbErrorKind::Handler(e) }
+    }
+
+    /// Attach the key context unless one is already present.
+    pub(crate) fn in_key(mut self, key: &Bytes, rdb_type: u8) -> Self {
+        if self.context.is_none() {
+            self.context = Some(KeyContext { key: key.clone(), rdb_type });
+        }
+        self
+    }
+
+    /// True when the input simply ended too early (e.g. a truncated transfer).
+    pub fn is_eof(&self) -> bool {
+        matches!(self.kind, RdbErrorKind::UnexpectedEof)
+    }
+
+    fn render(&self) -> String {
+        let ctx = match &self.context {
+            Some(c) => format!(
+                " (key \"{}\", type {})",
+                escape_bytes(&c.key, 200),
+                type_name(c.rdb_type)
+            ),
+            None => String::new(),
+        };
+        match &self.kind {
+            RdbErrorKind::UnexpectedEof => {
+                format!("unexpected end of RDB at byte {}{}", self.offset, ctx)
+            }
+            RdbErrorKind::Corrupt(m) => format!("corrupt RDB at byte {}{}: {}", self.offset, ctx, m),
+            RdbErrorKind::Unsupported(m) => {
+                format!("unsupported RDB content at byte {}{}: {}", self.offset, ctx, m)
+            }
+            RdbErrorKind::Checksum { stored, computed } => format!(
+                "corrupt RDB at byte {}{}: CRC64 mismatch (stored {:016x}, computed {:016x})",
+                self.offset, ctx, stored, computed
+            ),
+            RdbErrorKind::Io(e) => format!("I/O error reading RDB at byte {}{}: {}", self.offset, ctx, e),
+            RdbErrorKind::Handler(e) => {
+                format!("RDB event handler failed at byte {}{}: {}", self.offset, ctx, e)
+            }
+        }
+    }
+}
+
+/// Escape a byte string for messages: printable ASCII as is, the rest as `\xNN`, truncated
+/// after `max` input bytes (keys can be megabytes long).
+pub fn escape_bytes(b: &[u8], max: usize) -> String {
+    let mut s = String::with_capacity(b.len().min(max) + 2);
+    for &c in b.iter().take(max) {
+        match c {
+            b'"' => s.push_str("\\\""),
+            b'\\' => s.push_str("\\\\"),
+            b'\n' => s.push_str("\\n"),
+            b'\r' => s.push_str("\\r"),
+            b'\t' => s.push_str("\\t"),
+            0x20..=0x7e => s.push(c as char),
+            _ => {
+                use fmt::Write;
+                let _ = write!(s, "\\x{c:02x}");
+            }
+        }
+    }
+    if b.len() > max {
+        s.push_str("...");
+    }
+    s
+}
+
+/// A human name for an RDB object type id, as used in error messages.
+pub fn type_name(t: u8) -> &'static str {
+    match t {
+        0 => "string",
+        1 => "list-linkedlist",
+        2 => "set-hashtable",
+        3 => "zset-skiplist",
+        4 => "hash-hashtable",
+        5 => "zset-skiplist-2",
+        6 => "module-pre-ga",
+        7 => "module-2",
+        9 => "hash-zipmap",
+        10 => "list-ziplist",
+        11 => "set-intset",
+        12 => "zset-ziplist",
+        13 => "hash-ziplist",
+        14 => "list-quicklist",
+        15 => "stream-listpacks",
+        16 => "hash-listpack",
+        17 => "zset-listpack",
+        18 => "list-quicklist-2",
+        19 => "stream-listpacks-2",
+        20 => "set-listpack",
+        21 => "stream-listpacks-3",
+        22 => "hash-metadata-pre-ga",
+        23 => "hash-listpack-ex-pre-ga",
+        24 => "hash-metadata",
+        25 => "hash-listpack-ex",
+        _ => "unknown",
+    }
+}

@@ -1,0 +1,433 @@
+//! The byte source of the parser: a buffered reader that counts, checksums and (on demand)
+//! records what it consumes, and never asks the underlying reader for bytes that are not
+//! certainly part of the RDB.
+//!
+//! Why "never over-read": during a full sync the RDB arrives on the same socket as the command
+//! stream that follows it. A plain `BufReader` would swallow the first commands. Instead the
+//! parser tells the reader how many bytes are *certain* to follow (from the structure it has
+//! decoded so far, plus the EOF opcode and CRC64 trailer that close every RDB), and refills only
+//! read up to that bound. Big blobs therefore arrive in one read, and small keys in a few.
+
+use super::error::RdbError;
+use super::lzf;
+use bytes::Bytes;
+use crc::{Crc, Digest, Table, CRC_64_REDIS};
+use std::io::Read;
+
+/// The CRC64 variant Redis uses for RDB trailers and DUMP payloads (Jones polynomial, reflected).
+pub static CRC64: Crc<u64, Table<16>> = Crc::<u64, Table<16>>::new(&CRC_64_REDIS);
+
+const BUF_SIZE: usize = 64 * 1024;
+
+/// A decoded RDB length: a plain length, or the special-encoding selector of a string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Len {
+    Plain(u64),
+    Encoded(u8),
+}
+
+/// Header of a string value, decoded before its body so that big strings can be streamed.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum StrHeader {
+    /// `len` raw bytes follow.
+    Raw(u64),
+    /// An integer-encoded string (its decimal text is the value).
+    Int(i64),
+    /// LZF: `clen` compressed bytes follow, decompressing to `ulen` bytes.
+    Lzf { clen: u64, ulen: u64 },
+}
+
+/// Counting, checksumming, recording buffered reader (see the module docs).
+pub(crate) struct RdbReader<R> {
+    inner: R,
+    buf: Box<[u8]>,
+    pos: usize,
+    end: usize,
+    /// Absolute offset of `buf[0]`.
+    base: u64,
+    /// Absolute offset up to which bytes are known to exist (safe to read ahead to).
+    guaranteed_end: u64,
+    /// Bytes that always follow whatever is being parsed (EOF opcode + CRC64 trailer).
+    pub(crate) tail: u64,
+    crc: Option<Digest<'static, u64, Table<16>>>,
+    crc_from: usize,
+    rec: Option<Vec<u8>>,
+    rec_from: usize,
+}
+
+impl<R: Read> RdbReader<R> {
+    pub(crate) fn new(inner: R, checksum: bool) -> Self {
+        RdbReader {
+            inner,
+            buf: vec![0u8; BUF_SIZE].into_boxed_slice(),
+            pos: 0,
+            end: 0,
+            base: 0,
+            guaranteed_end: 0,
+            tail: 1,
+            crc: if checksum { Some(CRC64.digest()) } else { None },
+            crc_from: 0,
+            rec: None,
+            rec_from: 0,
+        }
+    }
+
+    /// Bytes consumed so far.
+    #[inline]
+    pub(crate) fn position(&self) -> u64 {
+        self.base + self.pos as u64
+    }
+
+    /// Declare that at least `n` more bytes (plus the tail) certainly belong to the RDB.
+    #[inline]
+    pub(crate) fn expect(&mut self, n: u64) {
+        let e = self.position().saturating_add(n).saturating_add(self.tail);
+        if e > self.guaranteed_end {
+            self.guaranteed_end = e;
+        }
+    }
+
+    /// Bring the checksum and the recording up to the current position.
+    fn sync(&mut self) {
+        if self.crc_from < self.pos {
+            if let Some(d) = self.crc.as_mut() {
+                d.update(&self.buf[self.crc_from..self.pos]);
+            }
+            self.crc_from = self.pos;
+        }
+        if self.rec_from < self.pos {
+            if let Some(r) = self.rec.as_mut() {
+                r.extend_from_slice(&self.buf[self.rec_from..self.pos]);
+            }
+            self.rec_from = self.pos;
+        }
+    }
+
+    /// Make sure `need` (<= BUF_SIZE) bytes are buffered.
+    #[cold]
+    fn fill(&mut self, need: usize) -> Result<(), RdbError> {
+        self.sync();
+        if self.pos > 0 {
+            self.buf.copy_within(self.pos..self.end, 0);
+            self.base += self.pos as u64;
+            self.end -= self.pos;
+            self.pos = 0;
+            self.crc_from = 0;
+            self.rec_from = 0;
+        }
+        while self.end < need {
+            let ahead = self.guaranteed_end.saturating_sub(self.base);
+            let want = (ahead.min(BUF_SIZE as u64) as usize).max(need);
+            match self.inner.read(&mut self.buf[self.end..want]) {
+                Ok(0) => return Err(RdbError::eof(self.base + self.end as u64)),
+                Ok(n) => self.end += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(RdbError::io(self.base + self.end as u64, e)),
+            }
+        }
+        Ok(())
+    }
+
+    #[inline]
+    pub(crate) fn u8(&mut self) -> Result<u8, RdbError> {
+        if self.pos >= self.end {
+            self.fill(1)?;
+        }
+        let b = self.buf[self.pos];
+        self.pos += 1;
+        Ok(b)
+    }
+
+    /// Read exactly N (small) bytes.
+    #[inline]
+    pub(crate) fn array<const N: usize>(&mut self) -> Result<[u8; N], RdbError> {
+        if self.end - self.pos < N {
+            self.fill(N)?;
+        }
+        let mut a = [0u8; N];
+        a.copy_from_slice(&self.buf[self.pos..self.pos + N]);
+        self.pos += N;
+        Ok(a)
+    }
+
+    /// Fill `dst` completely, going around the buffer for big reads.
+    pub(crate) fn read_into(&mut self, dst: &mut [u8]) -> Result<(), RdbError> {
+        let avail = self.end - self.pos;
+        if dst.len() <= avail {
+            dst.copy_from_slice(&self.buf[self.pos..self.pos + dst.len()]);
+            self.pos += dst.len();
+            return Ok(());
+        }
+        if dst.len() <= BUF_SIZE / 2 {
+            self.fill(dst.len())?;
+            dst.copy_from_slice(&self.buf[self.pos..self.pos + dst.len()]);
+            self.pos += dst.len();
+            return Ok(());
+        }
+        // Big read: drain the buffer, then read straight into the destination.
+        dst[..avail].copy_from_slice(&self.buf[self.pos..self.end]);
+        self.pos = self.end;
+        self.sync();
+        self.base += self.end as u64;
+        self.pos = 0;
+        self.end = 0;
+        self.crc_from = 0;
+        self.rec_from = 0;
+        let mut done = avail;
+        while done < dst.len() {
+            match self.inner.read(&mut dst[done..]) {
+                Ok(0) => return Err(RdbError::eof(self.base)),
+                Ok(n) => {
+                    done += n;
+                    self.base += n as u64;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(RdbError::io(self.base, e)),
+            }
+        }
+        let direct = &dst[avail..];
+        if let Some(d) = self.crc.as_mut() {
+            d.update(direct);
+        }
+        if let Some(r) = self.rec.as_mut() {
+            r.extend_from_slice(direct);
+        }
+        Ok(())
+    }
+
+    /// Read `n` bytes (from a file-controlled length) into a new buffer. Memory grows only as
+    /// bytes actually arrive, so a corrupt huge length fails with EOF instead of an allocation.
+    pub(crate) fn bytes(&mut self, n: u64) -> Result<Bytes, RdbError> {
+        self.expect(n);
+        if n <= (self.end - self.pos) as u64 {
+            let n = n as usize;
+            let b = Bytes::copy_from_slice(&self.buf[self.pos..self.pos + n]);
+            self.pos += n;
+            return Ok(b);
+        }
+        let n = usize::try_from(n)
+            .map_err(|_| RdbError::corrupt(self.position(), "length does not fit in memory"))?;
+        const STEP: usize = 16 << 20;
+        let mut v: Vec<u8> = Vec::new();
+        while v.len() < n {
+            let step = (n - v.len()).min(STEP.max(v.len()));
+            let old = v.len();
+            v.resize(old + step, 0);
+            self.read_into(&mut v[old..])?;
+        }
+        Ok(Bytes::from(v))
+    }
+
+    /// Skip `n` bytes (still checksummed and recorded).
+    pub(crate) fn skip(&mut self, n: u64) -> Result<(), RdbError> {
+        let mut left = n;
+        let mut scratch = [0u8; 4096];
+        while left > 0 {
+            let k = left.min(scratch.len() as u64) as usize;
+            self.read_into(&mut scratch[..k])?;
+            left -= k as u64;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn len(&mut self) -> Result<Len, RdbError> {
+        let b = self.u8()?;
+        match b >> 6 {
+            0 => Ok(Len::Plain(u64::from(b & 0x3f))),
+            1 => {
+                let b2 = self.u8()?;
+                Ok(Len::Plain((u64::from(b & 0x3f) << 8) | u64::from(b2)))
+            }
+            2 => match b {
+                0x80 => Ok(Len::Plain(u64::from(u32::from_be_bytes(self.array::<4>()?)))),
+                0x81 => Ok(Len::Plain(u64::from_be_bytes(self.array::<8>()?))),
+                _ => Err(RdbError::corrupt(
+                    self.position() - 1,
+                    format!("invalid length encoding byte 0x{b:02x}"),
+                )),
+            },
+            _ => Ok(Len::Encoded(b & 0x3f)),
+        }
+    }
+
+    /// A plain length (an encoded-string selector here is corruption).
+    pub(crate) fn plain_len(&mut self) -> Result<u64, RdbError> {
+        match self.len()? {
+            Len::Plain(n) => Ok(n),
+            Len::Encoded(e) => Err(RdbError::corrupt(
+                self.position() - 1,
+                format!("expected a length, found string encoding {e}"),
+            )),
+        }
+    }
+
+    /// A collection element count; also tells the read-ahead that at least `count * min_each`
+    /// bytes follow.
+    pub(crate) fn count(&mut self, min_each: u64) -> Result<u64, RdbError> {
+        let n = self.plain_len()?;
+        self.expect(n.saturating_mul(min_each));
+        Ok(n)
+    }
+
+    pub(crate) fn str_header(&mut self) -> Result<StrHeader, RdbError> {
+        match self.len()? {
+            Len::Plain(n) => Ok(StrHeader::Raw(n)),
+            Len::Encoded(0) => Ok(StrHeader::Int(i64::from(self.u8()? as i8))),
+            Len::Encoded(1) => Ok(StrHeader::Int(i64::from(i16::from_le_bytes(self.array()?)))),
+            Len::Encoded(2) => Ok(StrHeader::Int(i64::from(i32::from_le_bytes(self.array()?)))),
+            Len::Encoded(3) => {
+                let clen = self.plain_len()?;
+                let ulen = self.plain_len()?;
+                Ok(StrHeader::Lzf { clen, ulen })
+            }
+            Len::Encoded(e) => Err(RdbError::corrupt(
+                self.position() - 1,
+                format!("unknown string encoding {e}"),
+            )),
+        }
+    }
+
+    /// A whole string (any encoding).
+    pub(crate) fn string(&mut self) -> Result<Bytes, RdbError> {
+        let h = self.str_header()?;
+        self.string_body(h)
+    }
+
+    pub(crate) fn string_body(&mut self, h: StrHeader) -> Result<Bytes, RdbError> {
+        match h {
+            StrHeader::Raw(n) => self.bytes(n),
+            StrHeader::Int(v) => Ok(int_bytes(v)),
+            StrHeader::Lzf { clen, ulen } => {
+                let at = self.position();
+                let comp = self.bytes(clen)?;
+                let out = lzf::decompress(&comp, ulen)
+                    .map_err(|m| RdbError::corrupt(at, format!("LZF string: {m}")))?;
+                Ok(Bytes::from(out))
+            }
+        }
+    }
+
+    /// Skip a string of any encoding (used for parts nobody needs, still checksummed).
+    pub(crate) fn skip_string(&mut self) -> Result<(), RdbError> {
+        match self.str_header()? {
+            StrHeader::Raw(n) => self.skip(n),
+            StrHeader::Int(_) => Ok(()),
+            StrHeader::Lzf { clen, .. } => self.skip(clen),
+        }
+    }
+
+    /// Little-endian 64-bit millisecond time (EXPIRETIME_MS, stream times).
+    pub(crate) fn millis(&mut self) -> Result<u64, RdbError> {
+        Ok(u64::from_le_bytes(self.array::<8>()?))
+    }
+
+    /// Start recording consumed bytes (for `raw`), seeded with bytes already consumed.
+    pub(crate) fn start_record(&mut self, seed: &[u8]) {
+        self.sync();
+        let mut v = Vec::with_capacity(256);
+        v.extend_from_slice(seed);
+        self.rec = Some(v);
+        self.rec_from = self.pos;
+    }
+
+    pub(crate) fn stop_record(&mut self) {
+        self.rec = None;
+    }
+
+    pub(crate) fn take_record(&mut self) -> Option<Bytes> {
+        self.sync();
+        self.rec.take().map(Bytes::from)
+    }
+
+    /// The CRC64 of everything consumed so far (None when checksumming is off).
+    pub(crate) fn checksum_so_far(&mut self) -> Option<u64> {
+        self.sync();
+        self.crc.as_ref().map(|d| d.clone().finalize())
+    }
+
+    /// Stop checksumming (after the EOF opcode the trailer itself is not part of it).
+    pub(crate) fn disable_checksum(&mut self) {
+        self.sync();
+        self.crc = None;
+    }
+
+    /// Unconsumed buffered bytes (non-empty only if the input continues past the RDB within
+    /// a guaranteed range, which the parser never requests).
+    #[allow(dead_code)]
+    pub(crate) fn buffered(&self) -> &[u8] {
+        &self.buf[self.pos..self.end]
+    }
+
+    pub(crate) fn get_ref(&self) -> &R {
+        &self.inner
+    }
+
+    pub(crate) fn into_inner(self) -> R {
+        self.inner
+    }
+}
+
+/// Decimal text of an integer-encoded value as a byte string.
+pub(crate) fn int_bytes(v: i64) -> Bytes {
+    let mut buf = [0u8; 20];
+    let s = fmt_i64(v, &mut buf);
+    Bytes::copy_from_slice(s)
+}
+
+/// Format an i64 into `buf` without allocating; returns the used tail.
+pub(crate) fn fmt_i64(v: i64, buf: &mut [u8; 20]) -> &[u8] {
+    let neg = v < 0;
+    let mut n = v.unsigned_abs();
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    if neg {
+        i -= 1;
+        buf[i] = b'-';
+    }
+    &buf[i..]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crc_check_value() {
+        assert_eq!(CRC64.checksum(b"123456789"), 0xe9c6d914c4b8d9ca);
+    }
+
+    #[test]
+    fn fmt_ints() {
+        let mut b = [0u8; 20];
+        assert_eq!(fmt_i64(0, &mut b), b"0");
+        assert_eq!(fmt_i64(-123, &mut b), b"-123");
+        assert_eq!(fmt_i64(i64::MIN, &mut b), b"-9223372036854775808");
+        assert_eq!(fmt_i64(i64::MAX, &mut b), b"9223372036854775807");
+    }
+
+    #[test]
+    fn never_reads_past_guarantee() {
+        // A reader that panics if asked for more than 3 bytes in total.
+        struct Strict(Vec<u8>, usize);
+        impl Read for Strict {
+            fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+                let n = b.len().min(self.0.len() - self.1);
+                b[..n].copy_from_slice(&self.0[self.1..self.1 + n]);
+                self.1 += n;
+                Ok(n)
+            }
+        }
+        let mut r = RdbReader::new(Strict(vec![1, 2, 3, 4, 5], 0), false);
+        r.tail = 0;
+        assert_eq!(r.u8().unwrap(), 1);
+        assert_eq!(r.array::<2>().unwrap(), [2, 3]);
+        assert_eq!(r.get_ref().1, 3);
+    }
+}

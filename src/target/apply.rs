@@ -1,0 +1,313 @@
+//! Snapshot events to ops: RESTORE where the target can load the source's payloads, plain
+//! commands where it cannot, and always bounded commands for big keys.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::commands::CommandBuf;
+use super::rewrite::{append_expire, append_value, RewriteTarget};
+use crate::pipeline::{Dispatcher, Op};
+use crate::rdb::{Entry, Event, KeyMeta, KeyType, Value};
+
+/// CRC-64/Jones as Redis computes it for RDB files and DUMP payloads.
+pub const CRC64: crc::Crc<u64, crc::Table<16>> =
+    crc::Crc::<u64, crc::Table<16>>::new(&crc::CRC_64_REDIS);
+
+/// Build a DUMP/RESTORE payload: serialized value + 2-byte RDB version + CRC64, little endian.
+pub fn restore_payload(raw: &[u8], rdb_version: u16) -> Bytes {
+    let mut out = BytesMut::with_capacity(raw.len() + 10);
+    out.put_slice(raw);
+    out.put_u16_le(rdb_version);
+    let crc = CRC64.checksum(&out);
+    out.put_u64_le(crc);
+    out.freeze()
+}
+
+/// How snapshot keys are written.
+#[derive(Debug, Clone)]
+pub struct ApplyOptions {
+    /// Use RESTORE when the target's RDB version allows it.
+    pub use_restore: bool,
+    /// The target's RDB version and capabilities.
+    pub target_rdb_version: u32,
+    pub target_has_absttl: bool,
+    pub target_version: (u32, u32),
+    pub rewrite: RewriteTarget,
+    /// Skip keys whose expire time has passed (they would vanish on arrival anyway).
+    pub skip_expired: bool,
+    /// Map a source DB to a target DB.
+    pub db_map: fn(u64) -> Option<u32>,
+}
+
+fn identity_db(db: u64) -> Option<u32> {
+    u32::try_from(db).ok()
+}
+
+impl ApplyOptions {
+    pub fn for_target(info: &super::TargetInfo) -> Self {
+        ApplyOptions {
+            use_restore: true,
+            target_rdb_version: info.rdb_version,
+            target_has_absttl: info.has_absttl(),
+            target_version: info.version_tuple(),
+            rewrite: RewriteTarget::from_info(info),
+            skip_expired: true,
+            db_map: identity_db,
+        }
+    }
+}
+
+/// Counters of one snapshot load.
+#[derive(Debug, Default, Clone)]
+pub struct ApplyStats {
+    pub keys: u64,
+    pub restored: u64,
+    pub rewritten: u64,
+    pub big_keys: u64,
+    pub expired_skipped: u64,
+    pub skipped: u64,
+    pub functions: u64,
+}
+
+/// Turns the events of one RDB into ops on a dispatcher.
+pub struct SnapshotApply {
+    opts: ApplyOptions,
+    source_rdb_version: u32,
+    big: Option<BigKey>,
+    pub stats: ApplyStats,
+    /// The stream offset the snapshot corresponds to (ops are registered at it).
+    offset: u64,
+}
+
+struct BigKey {
+    meta: KeyMeta,
+    db: u32,
+    writer: usize,
+    first: bool,
+    skip: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("{0}")]
+    Dispatch(String),
+}
+
+impl SnapshotApply {
+    pub fn new(opts: ApplyOptions, offset: u64) -> Self {
+        SnapshotApply {
+            opts,
+            source_rdb_version: 0,
+            big: None,
+            stats: ApplyStats::default(),
+            offset,
+        }
+    }
+
+    fn now_ms() -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0)
+    }
+
+    fn expired(&self, meta: &KeyMeta) -> bool {
+        self.opts.skip_expired && meta.expire_ms.is_some_and(|ms| ms <= Self::now_ms())
+    }
+
+    fn send(
+        &self,
+        d: &mut Dispatcher,
+        w: usize,
+        db: u32,
+        cmds: &mut CommandBuf,
+    ) -> Result<(), ApplyError> {
+        if cmds.is_empty() {
+            return Ok(());
+        }
+        let (payload, replies) = cmds.take();
+        let op = Op {
+            db,
+            payload,
+            replies,
+            leaves_db_unknown: false,
+        };
+        d.push(w, op, self.offset, self.offset)
+            .map_err(ApplyError::Dispatch)
+    }
+
+    /// Handle one parser event.
+    pub fn on_event(&mut self, ev: Event, d: &mut Dispatcher) -> Result<(), ApplyError> {
+        match ev {
+            Event::Header { version } => self.source_rdb_version = version,
+            Event::Aux { key, value } if &key[..] == b"lua" => {
+                // Scripts cached on a 4.0-6.2 master: load them so that later EVALSHAs work.
+                let mut c = CommandBuf::new();
+                c.push(&[&b"SCRIPT"[..], b"LOAD", &value]);
+                self.send(d, 0, 0, &mut c)?;
+            }
+            Event::Function(lib) => {
+                if self.opts.target_version >= (7, 0) {
+                    let mut c = CommandBuf::new();
+                    c.push(&[&b"FUNCTION"[..], b"LOAD", b"REPLACE", &lib.code]);
+                    self.send(d, 0, 0, &mut c)?;
+                    self.stats.functions += 1;
+                } else {
+                    tracing::warn!("the target is older than Redis 7.0 and has no functions: a function library is not copied");
+                }
+            }
+            Event::Entry(entry) => self.entry(entry, d)?,
+            Event::BigStart(meta) => self.big_start(meta, d)?,
+            Event::BigChunk(value) => self.big_chunk(value, d)?,
+            Event::BigEnd => self.big_end(d)?,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn map_db(&mut self, db: u64) -> Option<u32> {
+        let mapped = (self.opts.db_map)(db);
+        if mapped.is_none() {
+            self.stats.skipped += 1;
+        }
+        mapped
+    }
+
+    fn entry(&mut self, entry: Entry, d: &mut Dispatcher) -> Result<(), ApplyError> {
+        self.stats.keys += 1;
+        if self.expired(&entry.meta) {
+            self.stats.expired_skipped += 1;
+            return Ok(());
+        }
+        let Some(db) = self.map_db(entry.meta.db) else {
+            return Ok(());
+        };
+        let w = d.writer_for(&entry.meta.key);
+        let mut c = CommandBuf::new();
+        let restorable =
+            self.opts.use_restore && self.source_rdb_version <= self.opts.target_rdb_version;
+        match (&entry.raw, restorable) {
+            (Some(raw), true) => {
+                self.push_restore(&mut c, &entry.meta, raw);
+                self.stats.restored += 1;
+            }
+            _ => {
+                if entry.meta.key_type != KeyType::String {
+                    c.push(&[&b"DEL"[..], &entry.meta.key]);
+                }
+                match append_value(&mut c, &entry.meta, &entry.value, true, &self.opts.rewrite) {
+                    Ok(()) => {
+                        append_expire(&mut c, &entry.meta);
+                        self.stats.rewritten += 1;
+                    }
+                    Err(e) => {
+                        tracing::error!(key = %String::from_utf8_lossy(&entry.meta.key), db, "{e}");
+                        self.stats.skipped += 1;
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        self.send(d, w, db, &mut c)
+    }
+
+    fn push_restore(&self, c: &mut CommandBuf, meta: &KeyMeta, raw: &Bytes) {
+        let payload = restore_payload(raw, self.source_rdb_version as u16);
+        let absttl = self.opts.target_has_absttl;
+        let ttl = match meta.expire_ms {
+            None => "0".to_string(),
+            Some(ms) if absttl => ms.to_string(),
+            Some(ms) => (ms - Self::now_ms()).max(1).to_string(),
+        };
+        let mut args: Vec<&[u8]> =
+            vec![b"RESTORE", &meta.key, ttl.as_bytes(), &payload, b"REPLACE"];
+        if absttl && meta.expire_ms.is_some() {
+            args.push(b"ABSTTL");
+        }
+        let idle = meta.idle.map(|i| i.to_string());
+        let freq = meta.freq.map(|f| f.to_string());
+        if absttl {
+            if let Some(i) = &idle {
+                args.push(b"IDLETIME");
+                args.push(i.as_bytes());
+            }
+            if let Some(f) = &freq {
+                args.push(b"FREQ");
+                args.push(f.as_bytes());
+            }
+        }
+        c.push(&args);
+    }
+
+    fn big_start(&mut self, meta: KeyMeta, d: &mut Dispatcher) -> Result<(), ApplyError> {
+        self.stats.keys += 1;
+        self.stats.big_keys += 1;
+        let skip_expired = self.expired(&meta);
+        if skip_expired {
+            self.stats.expired_skipped += 1;
+        }
+        let db = if skip_expired {
+            None
+        } else {
+            self.map_db(meta.db)
+        };
+        let w = d.writer_for(&meta.key);
+        let mut c = CommandBuf::new();
+        if let Some(db) = db {
+            c.push(&[&b"DEL"[..], &meta.key]);
+            self.send(d, w, db, &mut c)?;
+        }
+        self.big = Some(BigKey {
+            db: db.unwrap_or(0),
+            skip: db.is_none(),
+            meta,
+            writer: w,
+            first: true,
+        });
+        Ok(())
+    }
+
+    fn big_chunk(&mut self, value: Value, d: &mut Dispatcher) -> Result<(), ApplyError> {
+        let Some(big) = self.big.as_mut() else {
+            return Ok(());
+        };
+        if big.skip {
+            return Ok(());
+        }
+        let mut c = CommandBuf::new();
+        if let Err(e) = append_value(&mut c, &big.meta, &value, big.first, &self.opts.rewrite) {
+            tracing::error!(key = %String::from_utf8_lossy(&big.meta.key), "{e}");
+            big.skip = true;
+            self.stats.skipped += 1;
+            return Ok(());
+        }
+        big.first = false;
+        let (w, db) = (big.writer, big.db);
+        self.send(d, w, db, &mut c)
+    }
+
+    fn big_end(&mut self, d: &mut Dispatcher) -> Result<(), ApplyError> {
+        let Some(big) = self.big.take() else {
+            return Ok(());
+        };
+        if big.skip {
+            return Ok(());
+        }
+        self.stats.rewritten += 1;
+        let mut c = CommandBuf::new();
+        append_expire(&mut c, &big.meta);
+        self.send(d, big.writer, big.db, &mut c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_footer_matches_redis_dump() {
+        // DUMP of the string "bar" on Redis 7.0 (RDB 10): \x00\x03bar\n\x00 + CRC64.
+        let p = restore_payload(b"\x00\x03bar", 10);
+        assert_eq!(&p[..7], b"\x00\x03bar\x0a\x00");
+        assert_eq!(CRC64.checksum(b"123456789"), 0xe9c6d914c4b8d9ca);
+    }
+}

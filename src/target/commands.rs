@@ -1,0 +1,88 @@
+//! A buffer of encoded commands with its reply count: the body of one [`Op`].
+//!
+//! [`Op`]: crate::pipeline::Op
+
+use bytes::{Bytes, BytesMut};
+
+use crate::resp::encode::{encode_array_header, encode_bulk};
+
+#[derive(Debug, Default)]
+pub struct CommandBuf {
+    pub payload: BytesMut,
+    pub count: u32,
+}
+
+impl CommandBuf {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn push<A: AsRef<[u8]>>(&mut self, args: &[A]) {
+        crate::resp::encode_command(&mut self.payload, args);
+        self.count += 1;
+    }
+
+    /// Start a command with `n` arguments; the caller then adds exactly `n` with [`Self::arg`].
+    pub fn begin(&mut self, n: usize) {
+        encode_array_header(&mut self.payload, n);
+        self.count += 1;
+    }
+
+    pub fn arg(&mut self, a: &[u8]) {
+        encode_bulk(&mut self.payload, a);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    pub fn len(&self) -> usize {
+        self.payload.len()
+    }
+
+    /// Take what was built, leaving the buffer empty.
+    pub fn take(&mut self) -> (Bytes, u32) {
+        let n = std::mem::take(&mut self.count);
+        (self.payload.split().freeze(), n)
+    }
+}
+
+/// Format a score so that Redis parses back exactly the same double.
+pub fn format_score(score: f64) -> String {
+    if score == f64::INFINITY {
+        "inf".into()
+    } else if score == f64::NEG_INFINITY {
+        "-inf".into()
+    } else {
+        // `{:?}` is the shortest representation that round-trips, with an exponent when that
+        // is shorter (Redis reads it with strtod).
+        format!("{score:?}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scores_round_trip() {
+        for s in [
+            0.1,
+            -2.5,
+            1e300,
+            1e-300,
+            std::f64::consts::PI,
+            -0.000001,
+            3.0,
+            -0.0,
+        ] {
+            let text = format_score(s);
+            assert_eq!(
+                text.parse::<f64>().unwrap().to_bits(),
+                s.to_bits(),
+                "{text}"
+            );
+        }
+        assert_eq!(format_score(f64::INFINITY), "inf");
+    }
+}

@@ -1,0 +1,288 @@
+//! Snapshot values as plain commands, for targets that cannot RESTORE the source's payloads
+//! (an older RDB version) and for big keys, which are always sent in bounded pieces.
+//!
+//! Every function appends to a [`CommandBuf`]; a value's commands stay together in one op,
+//! so they reach one writer in order.
+
+use bytes::Bytes;
+
+use super::commands::{format_score, CommandBuf};
+use super::connection::TargetInfo;
+use crate::rdb::{HashField, KeyMeta, StreamMeta, StreamValue, Value};
+
+/// Elements per command when a collection is written as commands.
+pub const ELEMENTS_PER_COMMAND: usize = 1024;
+/// Argument bytes per command (beyond this the command is split).
+pub const BYTES_PER_COMMAND: usize = 1024 * 1024;
+
+/// Why a value cannot be written as commands.
+#[derive(Debug, thiserror::Error)]
+pub enum RewriteError {
+    #[error("module value of type {0} can only be moved with RESTORE (load the module on the target, and use a target whose RDB version is at least the source's)")]
+    Module(String),
+}
+
+/// What the rewrite needs to know about the target.
+#[derive(Debug, Clone)]
+pub struct RewriteTarget {
+    /// HSET with several fields (4.0+); older targets get HMSET.
+    pub multi_field_hset: bool,
+    /// HPEXPIREAT (7.4+); older targets lose hash field TTLs (with a warning).
+    pub field_ttl: bool,
+    /// XSETID ENTRIESADDED/MAXDELETEDID and XGROUP ... ENTRIESREAD (7.0+).
+    pub stream_v2: bool,
+    /// XGROUP CREATECONSUMER (6.2+).
+    pub create_consumer: bool,
+}
+
+impl RewriteTarget {
+    pub fn from_info(info: &TargetInfo) -> Self {
+        let v = info.version_tuple();
+        RewriteTarget {
+            multi_field_hset: v >= (4, 0),
+            field_ttl: v >= (7, 4),
+            stream_v2: v >= (7, 0),
+            create_consumer: v >= (6, 2),
+        }
+    }
+
+    /// The newest of everything (for tests and embedding without a live target).
+    pub fn newest() -> Self {
+        RewriteTarget {
+            multi_field_hset: true,
+            field_ttl: true,
+            stream_v2: true,
+            create_consumer: true,
+        }
+    }
+}
+
+/// Append the commands that create `meta.key` with (a part of) `value`. `first` is true for a
+/// whole value and for the first chunk of a big one (then strings are SET, not APPENDed).
+/// The caller deletes the key beforehand when needed and sets the key's expire afterwards.
+pub fn append_value(
+    out: &mut CommandBuf,
+    meta: &KeyMeta,
+    value: &Value,
+    first: bool,
+    target: &RewriteTarget,
+) -> Result<(), RewriteError> {
+    let key = &meta.key[..];
+    match value {
+        Value::String(s) => {
+            if first {
+                out.push(&[&b"SET"[..], key, s]);
+            } else {
+                for piece in s.chunks(BYTES_PER_COMMAND) {
+                    out.push(&[&b"APPEND"[..], key, piece]);
+                }
+            }
+        }
+        Value::List(items) => push_members(out, b"RPUSH", key, items),
+        Value::Set(items) => push_members(out, b"SADD", key, items),
+        Value::ZSet(items) => {
+            let mut start = 0;
+            while start < items.len() {
+                let end = chunk_end(items[start..].iter().map(|(m, _)| m.len() + 24)) + start;
+                out.begin(2 + 2 * (end - start));
+                out.arg(b"ZADD");
+                out.arg(key);
+                for (m, s) in &items[start..end] {
+                    out.arg(format_score(*s).as_bytes());
+                    out.arg(m);
+                }
+                start = end;
+            }
+        }
+        Value::Hash(fields) => append_hash(out, key, fields, target),
+        Value::Stream(s) => append_stream(out, key, s, target),
+        Value::Module { module_id } => {
+            return Err(RewriteError::Module(crate::rdb::module_name(*module_id)))
+        }
+    }
+    Ok(())
+}
+
+/// Append `PEXPIREAT key ms` when the key has an expire time.
+pub fn append_expire(out: &mut CommandBuf, meta: &KeyMeta) {
+    if let Some(ms) = meta.expire_ms {
+        out.push(&[&b"PEXPIREAT"[..], &meta.key, ms.to_string().as_bytes()]);
+    }
+}
+
+/// How many of the next elements fit in one command.
+fn chunk_end(sizes: impl Iterator<Item = usize>) -> usize {
+    let mut bytes = 0;
+    let mut n = 0;
+    for s in sizes {
+        if n > 0 && (n == ELEMENTS_PER_COMMAND || bytes + s > BYTES_PER_COMMAND) {
+            break;
+        }
+        bytes += s;
+        n += 1;
+    }
+    n
+}
+
+fn push_members(out: &mut CommandBuf, cmd: &[u8], key: &[u8], items: &[Bytes]) {
+    let mut start = 0;
+    while start < items.len() {
+        let end = chunk_end(items[start..].iter().map(|m| m.len() + 16)) + start;
+        out.begin(2 + (end - start));
+        out.arg(cmd);
+        out.arg(key);
+        for m in &items[start..end] {
+            out.arg(m);
+        }
+        start = end;
+    }
+}
+
+fn append_hash(out: &mut CommandBuf, key: &[u8], fields: &[HashField], target: &RewriteTarget) {
+    let cmd: &[u8] = if target.multi_field_hset {
+        b"HSET"
+    } else {
+        b"HMSET"
+    };
+    let mut start = 0;
+    while start < fields.len() {
+        let end = chunk_end(
+            fields[start..]
+                .iter()
+                .map(|f| f.field.len() + f.value.len() + 32),
+        ) + start;
+        out.begin(2 + 2 * (end - start));
+        out.arg(cmd);
+        out.arg(key);
+        for f in &fields[start..end] {
+            out.arg(&f.field);
+            out.arg(&f.value);
+        }
+        start = end;
+    }
+    let with_ttl: Vec<&HashField> = fields.iter().filter(|f| f.expire_ms.is_some()).collect();
+    if with_ttl.is_empty() {
+        return;
+    }
+    if !target.field_ttl {
+        tracing::warn!(
+            key = %String::from_utf8_lossy(key),
+            fields = with_ttl.len(),
+            "the target has no hash field TTLs (Redis 7.4+): these fields are written without their expire time"
+        );
+        return;
+    }
+    for f in with_ttl {
+        let ms = f.expire_ms.unwrap_or_default().to_string();
+        out.push(&[
+            &b"HPEXPIREAT"[..],
+            key,
+            ms.as_bytes(),
+            b"FIELDS",
+            b"1",
+            &f.field,
+        ]);
+    }
+}
+
+fn append_stream(out: &mut CommandBuf, key: &[u8], s: &StreamValue, target: &RewriteTarget) {
+    for e in &s.entries {
+        let id = e.id.to_string();
+        out.begin(3 + 2 * e.fields.len());
+        out.arg(b"XADD");
+        out.arg(key);
+        out.arg(id.as_bytes());
+        for (f, v) in &e.fields {
+            out.arg(f);
+            out.arg(v);
+        }
+    }
+    if let Some(meta) = &s.meta {
+        append_stream_meta(out, key, meta, target);
+    }
+}
+
+fn append_stream_meta(out: &mut CommandBuf, key: &[u8], meta: &StreamMeta, target: &RewriteTarget) {
+    let last = meta.last_id.to_string();
+    if meta.length == 0 {
+        if meta.last_id == Default::default() {
+            // XGROUP CREATE ... MKSTREAM makes an empty stream; the helper group goes after.
+            out.push(&[
+                &b"XGROUP"[..],
+                b"CREATE",
+                key,
+                b"redis-relay:mkstream",
+                b"0",
+                b"MKSTREAM",
+            ]);
+            out.push(&[&b"XGROUP"[..], b"DESTROY", key, b"redis-relay:mkstream"]);
+        } else {
+            // An empty stream keeps its last id: add an entry with that id that MAXLEN 0
+            // trims at once.
+            out.push(&[
+                &b"XADD"[..],
+                key,
+                b"MAXLEN",
+                b"0",
+                last.as_bytes(),
+                b"x",
+                b"y",
+            ]);
+        }
+    }
+    if target.stream_v2 {
+        let added = meta.entries_added.unwrap_or(meta.length).to_string();
+        let maxdel = meta.max_deleted_entry_id.unwrap_or_default().to_string();
+        out.push(&[
+            &b"XSETID"[..],
+            key,
+            last.as_bytes(),
+            b"ENTRIESADDED",
+            added.as_bytes(),
+            b"MAXDELETEDID",
+            maxdel.as_bytes(),
+        ]);
+    } else {
+        out.push(&[&b"XSETID"[..], key, last.as_bytes()]);
+    }
+    for g in &meta.groups {
+        let gid = g.last_delivered_id.to_string();
+        match (target.stream_v2, g.entries_read) {
+            (true, Some(n)) if n >= 0 => out.push(&[
+                &b"XGROUP"[..],
+                b"CREATE",
+                key,
+                &g.name,
+                gid.as_bytes(),
+                b"ENTRIESREAD",
+                n.to_string().as_bytes(),
+            ]),
+            _ => out.push(&[&b"XGROUP"[..], b"CREATE", key, &g.name, gid.as_bytes()]),
+        }
+        for c in &g.consumers {
+            if target.create_consumer {
+                out.push(&[&b"XGROUP"[..], b"CREATECONSUMER", key, &g.name, &c.name]);
+            }
+        }
+        for p in &g.pel {
+            let Some(consumer) = &p.consumer else {
+                continue;
+            };
+            let id = p.id.to_string();
+            out.push(&[
+                &b"XCLAIM"[..],
+                key,
+                &g.name,
+                consumer,
+                b"0",
+                id.as_bytes(),
+                b"TIME",
+                p.delivery_time_ms.to_string().as_bytes(),
+                b"RETRYCOUNT",
+                p.delivery_count.to_string().as_bytes(),
+                b"FORCE",
+                b"JUSTID",
+            ]);
+        }
+    }
+}

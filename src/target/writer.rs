@@ -1,0 +1,433 @@
+//! The writer pool: N shared-nothing writers, each owning one target connection.
+//!
+//! A writer is two threads over one socket: the sender encodes batches into a fixed-size output
+//! buffer and writes them (pipelining), the receiver reads the replies in order. They meet
+//! through a bounded queue of in-flight batches, which caps what is outstanding on the
+//! connection; when it is full the sender waits, its input channel fills, and the dispatchers
+//! upstream feel the back-pressure (a source's link keeps reading into its spool meanwhile).
+//! A batch is acknowledged to its source's tracker only once every reply of it has arrived,
+//! so an applied offset is never ahead of the target.
+
+use std::io::Write;
+use std::net::{Shutdown, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use crossbeam_channel::{bounded, Receiver, Sender};
+use parking_lot::Mutex;
+
+use super::connection::{read_reply_from, TargetConn, TargetError};
+use crate::endpoint::Endpoint;
+use crate::pipeline::Batch;
+use crate::resp::{encode_command, parse_reply, Reply};
+
+/// What to do when the target answers a command with an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ErrorPolicy {
+    /// Count it, log it with the command, and go on.
+    #[default]
+    Skip,
+    /// Stop the relay with the error (nothing after it is applied).
+    Stop,
+}
+
+#[derive(Debug, Clone)]
+pub struct WriterOptions {
+    pub writers: usize,
+    /// Flush the output buffer once it holds this much.
+    pub output_buffer: usize,
+    /// Batches in flight per connection.
+    pub max_in_flight: usize,
+    /// Batches queued per writer before dispatchers wait.
+    pub queue: usize,
+    pub on_error: ErrorPolicy,
+    pub connect_timeout: Duration,
+}
+
+impl Default for WriterOptions {
+    fn default() -> Self {
+        WriterOptions {
+            writers: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
+            output_buffer: 256 * 1024,
+            max_in_flight: 64,
+            queue: 64,
+            on_error: ErrorPolicy::Skip,
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Shared state of the pool: the first fatal error, and counters.
+#[derive(Debug, Default)]
+pub struct PoolState {
+    fatal: Mutex<Option<String>>,
+    failed: AtomicBool,
+    pub bytes_written: AtomicU64,
+}
+
+impl PoolState {
+    pub fn fail(&self, msg: String) {
+        let mut f = self.fatal.lock();
+        if f.is_none() {
+            tracing::error!("{msg}");
+            *f = Some(msg);
+        }
+        self.failed.store(true, Ordering::Release);
+    }
+
+    pub fn failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
+    }
+
+    pub fn error(&self) -> Option<String> {
+        self.fatal.lock().clone()
+    }
+}
+
+/// The running pool. Dropping the senders (via [`WriterPool::finish`]) stops the writers once
+/// they have drained.
+pub struct WriterPool {
+    senders: Vec<Sender<Batch>>,
+    handles: Vec<JoinHandle<()>>,
+    pub state: Arc<PoolState>,
+    streams: Vec<TcpStream>,
+}
+
+struct InFlight {
+    batch: Batch,
+    /// Per op: whether a SELECT was sent before it.
+    selects: Vec<bool>,
+    sent_at: Instant,
+}
+
+impl WriterPool {
+    /// Connect every writer (all connections must succeed) and start them.
+    pub fn start(target: &Endpoint, opts: &WriterOptions) -> Result<WriterPool, TargetError> {
+        let n = opts.writers.max(1);
+        let state = Arc::new(PoolState::default());
+        let mut senders = Vec::with_capacity(n);
+        let mut handles = Vec::with_capacity(2 * n);
+        let mut streams = Vec::with_capacity(n);
+        for w in 0..n {
+            let conn = TargetConn::connect(target, opts.connect_timeout)?;
+            let read_half = conn.stream.try_clone().map_err(|e| TargetError::Io {
+                target: target.to_string(),
+                what: "clone the socket",
+                source: e,
+            })?;
+            streams.push(conn.stream.try_clone().map_err(|e| TargetError::Io {
+                target: target.to_string(),
+                what: "clone the socket",
+                source: e,
+            })?);
+            let (tx, rx) = bounded::<Batch>(opts.queue);
+            let (ftx, frx) = bounded::<InFlight>(opts.max_in_flight);
+            senders.push(tx);
+            let st = state.clone();
+            let o = opts.clone();
+            let name = target.to_string();
+            handles.push(
+                std::thread::Builder::new()
+                    .name(format!("writer-{w}"))
+                    .spawn(move || send_loop(w, conn.stream, rx, ftx, st, o, name))
+                    .expect("spawn writer thread"),
+            );
+            let st = state.clone();
+            let policy = opts.on_error;
+            handles.push(
+                std::thread::Builder::new()
+                    .name(format!("writer-{w}-replies"))
+                    .spawn(move || reply_loop(w, read_half, frx, st, policy))
+                    .expect("spawn reply thread"),
+            );
+        }
+        Ok(WriterPool {
+            senders,
+            handles,
+            state,
+            streams,
+        })
+    }
+
+    pub fn writers(&self) -> usize {
+        self.senders.len()
+    }
+
+    /// Send a batch to writer `w`, waiting while its queue is full. Fails once the pool has
+    /// failed (the batch is not applied).
+    pub fn send(&self, w: usize, batch: Batch) -> Result<(), String> {
+        let mut batch = batch;
+        loop {
+            if let Some(e) = self.state.error() {
+                return Err(e);
+            }
+            match self.senders[w].send_timeout(batch, Duration::from_millis(200)) {
+                Ok(()) => return Ok(()),
+                Err(crossbeam_channel::SendTimeoutError::Timeout(b)) => batch = b,
+                Err(crossbeam_channel::SendTimeoutError::Disconnected(_)) => {
+                    return Err(self
+                        .state
+                        .error()
+                        .unwrap_or_else(|| "writer stopped".to_string()))
+                }
+            }
+        }
+    }
+
+    /// A sender handle for writer `w` (dispatchers on other threads).
+    pub fn handle(&self) -> PoolHandle {
+        PoolHandle {
+            senders: self.senders.clone(),
+            state: self.state.clone(),
+        }
+    }
+
+    /// Close the inputs and wait for every writer to drain and stop.
+    pub fn finish(self) -> Result<(), String> {
+        drop(self.senders);
+        for h in self.handles {
+            let _ = h.join();
+        }
+        match self.state.error() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Abort: close the sockets so that blocked threads return.
+    pub fn abort(&self) {
+        for s in &self.streams {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+/// A cloneable way to send batches to the pool.
+#[derive(Clone)]
+pub struct PoolHandle {
+    senders: Vec<Sender<Batch>>,
+    pub state: Arc<PoolState>,
+}
+
+impl PoolHandle {
+    pub fn writers(&self) -> usize {
+        self.senders.len()
+    }
+
+    pub fn send(&self, w: usize, batch: Batch) -> Result<(), String> {
+        let mut batch = batch;
+        loop {
+            if let Some(e) = self.state.error() {
+                return Err(e);
+            }
+            match self.senders[w].send_timeout(batch, Duration::from_millis(200)) {
+                Ok(()) => return Ok(()),
+                Err(crossbeam_channel::SendTimeoutError::Timeout(b)) => batch = b,
+                Err(crossbeam_channel::SendTimeoutError::Disconnected(_)) => {
+                    return Err(self
+                        .state
+                        .error()
+                        .unwrap_or_else(|| "writer stopped".to_string()))
+                }
+            }
+        }
+    }
+}
+
+const DIRECT_WRITE: usize = 64 * 1024;
+
+fn send_loop(
+    w: usize,
+    mut stream: TcpStream,
+    rx: Receiver<Batch>,
+    inflight: Sender<InFlight>,
+    state: Arc<PoolState>,
+    opts: WriterOptions,
+    target: String,
+) {
+    let mut out = BytesMut::with_capacity(opts.output_buffer + 1024);
+    let mut db: Option<u32> = None;
+    let fail = |e: std::io::Error| {
+        state.fail(format!("target {target}: writer {w}: write failed: {e}"));
+    };
+    while let Ok(batch) = rx.recv() {
+        if state.failed() {
+            break;
+        }
+        if inflight.is_full() && !out.is_empty() {
+            // The connection is at its in-flight cap: what is buffered must reach the target
+            // before waiting for a slot, or the replies we wait for would never come. (Only
+            // this thread adds to `inflight`, so the send below cannot block after this.)
+            if let Err(e) = stream.write_all(&out) {
+                fail(e);
+                break;
+            }
+            out.clear();
+        }
+        let mut selects = Vec::with_capacity(batch.ops.len());
+        let mut direct: Vec<(usize, Bytes)> = Vec::new();
+        for op in &batch.ops {
+            let need_select = db != Some(op.db);
+            if need_select {
+                let n = itoa(op.db);
+                encode_command(&mut out, &[&b"SELECT"[..], n.as_bytes()]);
+            }
+            selects.push(need_select);
+            if op.payload.len() >= DIRECT_WRITE {
+                // Big payloads go straight to the socket after what is buffered, uncopied.
+                direct.push((out.len(), op.payload.clone()));
+            } else {
+                out.extend_from_slice(&op.payload);
+            }
+            db = if op.leaves_db_unknown {
+                None
+            } else {
+                Some(op.db)
+            };
+        }
+        let bytes = (out.len() + direct.iter().map(|d| d.1.len()).sum::<usize>()) as u64;
+        // Register before writing: replies may come back before write_all returns.
+        let token = InFlight {
+            batch,
+            selects,
+            sent_at: Instant::now(),
+        };
+        if inflight.send(token).is_err() {
+            break;
+        }
+        let mut written = 0;
+        let mut result = Ok(());
+        for (at, payload) in direct {
+            result = stream
+                .write_all(&out[written..at])
+                .and_then(|_| stream.write_all(&payload));
+            written = at;
+            if result.is_err() {
+                break;
+            }
+        }
+        if result.is_ok() && (out.len() >= opts.output_buffer || rx.is_empty()) {
+            result = stream.write_all(&out[written..]);
+            written = out.len();
+        }
+        if let Err(e) = result {
+            fail(e);
+            break;
+        }
+        state.bytes_written.fetch_add(bytes, Ordering::Relaxed);
+        if written == out.len() {
+            out.clear();
+        } else if written > 0 {
+            let _ = out.split_to(written);
+        }
+    }
+    if !out.is_empty() && !state.failed() {
+        if let Err(e) = stream.write_all(&out) {
+            fail(e);
+        }
+    }
+}
+
+fn reply_loop(
+    w: usize,
+    mut stream: TcpStream,
+    inflight: Receiver<InFlight>,
+    state: Arc<PoolState>,
+    policy: ErrorPolicy,
+) {
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    while let Ok(token) = inflight.recv() {
+        let tracker = &token.batch.tracker;
+        let mut commands = 0u64;
+        for (op, &selected) in token.batch.ops.iter().zip(&token.selects) {
+            if selected {
+                match read_reply_from(&mut stream, &mut buf) {
+                    Ok(Reply::Error(e)) => {
+                        state.fail(format!(
+                            "target refused SELECT {}: {} (is the target a cluster, or are its databases fewer?)",
+                            op.db,
+                            String::from_utf8_lossy(&e)
+                        ));
+                        return;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        state.fail(format!("writer {w}: reading replies failed: {e}"));
+                        return;
+                    }
+                }
+            }
+            for i in 0..op.replies {
+                match read_reply_from(&mut stream, &mut buf) {
+                    Ok(Reply::Error(e)) => {
+                        let n = tracker.target_errors.fetch_add(1, Ordering::Relaxed) + 1;
+                        let cmd = describe_command(&op.payload, i as usize);
+                        let msg = String::from_utf8_lossy(&e).into_owned();
+                        metrics::counter!("redis_relay_target_errors_total", "source" => tracker.name.clone())
+                            .increment(1);
+                        if policy == ErrorPolicy::Stop {
+                            state.fail(format!(
+                                "source {}: target refused {cmd} in db {}: {msg} (--on-target-error stop)",
+                                tracker.name, op.db
+                            ));
+                            return;
+                        }
+                        if n <= 20 || n.is_power_of_two() {
+                            tracing::warn!(source = %tracker.name, db = op.db, errors = n, "target refused {cmd}: {msg}");
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        state.fail(format!("writer {w}: reading replies failed: {e}"));
+                        return;
+                    }
+                }
+                commands += 1;
+            }
+        }
+        tracker
+            .commands_applied
+            .fetch_add(commands, Ordering::Relaxed);
+        metrics::histogram!("redis_relay_apply_latency_seconds")
+            .record(token.sent_at.elapsed().as_secs_f64());
+        tracker.acknowledged(w);
+    }
+}
+
+/// A short, printable form of the `index`-th command of an encoded payload, for error logs.
+pub fn describe_command(payload: &[u8], index: usize) -> String {
+    let mut at = 0;
+    let mut i = 0;
+    while let Ok(Some((reply, used))) = parse_reply(&payload[at..]) {
+        if i == index {
+            if let Reply::Array(Some(items)) = reply {
+                let words: Vec<String> = items
+                    .iter()
+                    .take(3)
+                    .map(|r| match r {
+                        Reply::Bulk(Some(b)) => {
+                            let s = String::from_utf8_lossy(&b[..b.len().min(64)]).into_owned();
+                            format!("{s:?}")
+                        }
+                        other => format!("{other:?}"),
+                    })
+                    .collect();
+                let more = if items.len() > 3 { " ..." } else { "" };
+                return format!("{}{more}", words.join(" "));
+            }
+            return "<unparsable command>".into();
+        }
+        at += used;
+        i += 1;
+    }
+    "<unknown command>".into()
+}
+
+fn itoa(n: u32) -> String {
+    n.to_string()
+}

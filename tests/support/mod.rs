@@ -1,0 +1,323 @@
+//! Real servers for the tests: `redis-server` and `nutcracker` processes on free loopback ports,
+//! started by the test and stopped (SIGTERM, then SIGKILL) when dropped.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use redis_relay::resp::{encode_command, parse_reply, Reply};
+
+/// The corpus shared by every developer and CI run; tests fail, never skip, without it.
+pub fn corpus_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus");
+    assert!(
+        dir.join("README.md").is_file(),
+        "the corpus is missing: expected it at {} (../shared/corpus from the crate root)",
+        dir.display()
+    );
+    dir
+}
+
+/// A port that was free a moment ago (the OS picks it; the race with other tests is retried
+/// by the callers that start servers).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free loopback port")
+}
+
+fn which(candidates: &[&str]) -> PathBuf {
+    for c in candidates {
+        let p = Path::new(c);
+        if p.is_file() {
+            return p.to_path_buf();
+        }
+    }
+    panic!(
+        "none of {candidates:?} exists: install the Debian packages redis-server, redis-tools and nutcracker (.ci/run does)"
+    )
+}
+
+pub fn redis_server_bin() -> PathBuf {
+    which(&["/usr/bin/redis-server", "/usr/local/bin/redis-server"])
+}
+
+pub fn nutcracker_bin() -> PathBuf {
+    which(&[
+        "/usr/sbin/nutcracker",
+        "/usr/bin/nutcracker",
+        "/usr/local/sbin/nutcracker",
+    ])
+}
+
+/// A `redis-server` child process with its own temp dir.
+pub struct RedisServer {
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    child: Child,
+}
+
+impl RedisServer {
+    /// Start a server with `save ""`, no AOF, and the extra `config` lines (`["requirepass x"]`).
+    pub fn start(config: &[&str]) -> RedisServer {
+        let mut last_err = String::new();
+        for _ in 0..5 {
+            let port = free_port();
+            match Self::try_start(port, config) {
+                Ok(s) => return s,
+                Err(e) => last_err = e,
+            }
+        }
+        panic!("could not start redis-server: {last_err}");
+    }
+
+    fn try_start(port: u16, config: &[&str]) -> Result<RedisServer, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let mut conf = format!(
+            "port {port}\nbind 127.0.0.1\nsave \"\"\nappendonly no\ndaemonize no\ndir {}\nlogfile {}/redis.log\n",
+            dir.path().display(),
+            dir.path().display()
+        );
+        for line in config {
+            conf.push_str(line);
+            conf.push('\n');
+        }
+        let conf_path = dir.path().join("redis.conf");
+        std::fs::write(&conf_path, conf).map_err(|e| e.to_string())?;
+        let child = Command::new(redis_server_bin())
+            .arg(&conf_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let mut server = RedisServer { port, dir, child };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let password = config
+            .iter()
+            .find_map(|l| l.strip_prefix("requirepass "))
+            .map(|p| p.trim_matches('"').to_string());
+        loop {
+            if let Ok(Some(status)) = server.child.try_wait() {
+                let log = std::fs::read_to_string(server.dir.path().join("redis.log"))
+                    .unwrap_or_default();
+                return Err(format!("redis-server exited with {status}: {log}"));
+            }
+            if let Ok(mut c) = Client::connect(port) {
+                if let Some(p) = &password {
+                    let _ = c.cmd(&["AUTH", p]);
+                }
+                if let Ok(Reply::Simple(_)) = c.try_cmd(&["PING"]) {
+                    return Ok(server);
+                }
+            }
+            if Instant::now() > deadline {
+                return Err("redis-server did not answer PING within 10 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(self.port).expect("connect to test redis-server")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        stop_child(&mut self.child);
+    }
+}
+
+/// SIGTERM, wait up to 5 s, then SIGKILL.
+pub fn stop_child(child: &mut Child) {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A minimal blocking client built on the crate's own RESP code (no HELLO, no CLIENT SETINFO:
+/// nutcracker refuses those).
+pub struct Client {
+    stream: TcpStream,
+    buf: BytesMut,
+}
+
+impl Client {
+    pub fn connect(port: u16) -> std::io::Result<Client> {
+        let stream = TcpStream::connect(("127.0.0.1", port))?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        Ok(Client {
+            stream,
+            buf: BytesMut::new(),
+        })
+    }
+
+    /// Send one command and return its reply, error replies included.
+    pub fn try_cmd<A: AsRef<[u8]>>(&mut self, args: &[A]) -> std::io::Result<Reply> {
+        let mut out = BytesMut::new();
+        encode_command(&mut out, args);
+        self.stream.write_all(&out)?;
+        self.read_reply()
+    }
+
+    /// Send one command; panics on an I/O error or an error reply.
+    pub fn cmd<A: AsRef<[u8]>>(&mut self, args: &[A]) -> Reply {
+        let r = self.try_cmd(args).expect("redis I/O");
+        if let Reply::Error(e) = &r {
+            panic!(
+                "{:?} failed: {}",
+                args.iter()
+                    .map(|a| String::from_utf8_lossy(a.as_ref()).into_owned())
+                    .collect::<Vec<_>>(),
+                String::from_utf8_lossy(e)
+            );
+        }
+        r
+    }
+
+    /// Pipeline many commands, then read all replies.
+    pub fn pipeline<A: AsRef<[u8]>>(&mut self, cmds: &[Vec<A>]) -> Vec<Reply> {
+        let mut out = BytesMut::new();
+        for c in cmds {
+            encode_command(&mut out, c);
+        }
+        self.stream.write_all(&out).expect("redis I/O");
+        (0..cmds.len())
+            .map(|_| self.read_reply().expect("redis I/O"))
+            .collect()
+    }
+
+    pub fn read_reply(&mut self) -> std::io::Result<Reply> {
+        loop {
+            if let Some((reply, used)) = parse_reply(&self.buf)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?
+            {
+                let _ = self.buf.split_to(used);
+                return Ok(reply);
+            }
+            let mut chunk = [0u8; 65536];
+            let n = self.stream.read(&mut chunk)?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    pub fn info_field(&mut self, section: &str, field: &str) -> Option<String> {
+        let text = self.cmd(&["INFO", section]).as_text()?;
+        text.lines().find_map(|l| {
+            l.strip_prefix(&format!("{field}:"))
+                .map(|v| v.trim().to_string())
+        })
+    }
+}
+
+/// A `nutcracker` (Twemproxy) in front of some servers, with its YAML config on disk.
+pub struct Nutcracker {
+    pub port: u16,
+    pub config_path: PathBuf,
+    pub dir: tempfile::TempDir,
+    child: Child,
+}
+
+impl Nutcracker {
+    /// One pool `alpha` in redis mode over `backends` (`127.0.0.1:port`).
+    pub fn start(backends: &[String]) -> Nutcracker {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut last = String::new();
+        for _ in 0..5 {
+            let port = free_port();
+            let stats = free_port();
+            let mut yaml = format!(
+                "alpha:\n  listen: 127.0.0.1:{port}\n  hash: murmur\n  distribution: ketama\n  redis: true\n  auto_eject_hosts: false\n  server_retry_timeout: 2000\n  servers:\n"
+            );
+            for (i, b) in backends.iter().enumerate() {
+                yaml.push_str(&format!("   - {b}:1 server{i}\n"));
+            }
+            let config_path = dir.path().join("nutcracker.yml");
+            std::fs::write(&config_path, yaml).expect("write nutcracker config");
+            let mut child = Command::new(nutcracker_bin())
+                .arg("-c")
+                .arg(&config_path)
+                .arg("-s")
+                .arg(stats.to_string())
+                .arg("-o")
+                .arg(dir.path().join("nutcracker.log"))
+                .arg("-p")
+                .arg(dir.path().join("nutcracker.pid"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn nutcracker");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if let Ok(Some(st)) = child.try_wait() {
+                    last = format!(
+                        "nutcracker exited with {st}: {}",
+                        std::fs::read_to_string(dir.path().join("nutcracker.log"))
+                            .unwrap_or_default()
+                    );
+                    break;
+                }
+                if let Ok(mut c) = Client::connect(port) {
+                    if let Ok(Reply::Bulk(_)) = c.try_cmd(&["GET", "nutcracker:probe"]) {
+                        return Nutcracker {
+                            port,
+                            config_path,
+                            dir,
+                            child,
+                        };
+                    }
+                }
+                if Instant::now() > deadline {
+                    stop_child(&mut child);
+                    last = "nutcracker did not answer within 10 s".into();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        panic!("could not start nutcracker: {last}");
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(self.port).expect("connect to nutcracker")
+    }
+}
+
+impl Drop for Nutcracker {
+    fn drop(&mut self) {
+        stop_child(&mut self.child);
+    }
+}
