@@ -77,8 +77,11 @@ mod tests {
 
     #[test]
     fn roundtrip() {
-        let pairs: Vec<(Vec<u8>, Vec<u8>)> =
-            vec![(b"".to_vec(), b"x".to_vec()), (vec![1; 300], vec![]), (b"k".to_vec(), vec![9; 253])];
+        let pairs: Vec<(Vec<u8>, Vec<u8>)> = vec![
+            (b"".to_vec(), b"x".to_vec()),
+            (vec![1; 300], vec![]),
+            (b"k".to_vec(), vec![9; 253]),
+        ];
         let mut z = vec![pairs.len() as u8];
         for (k, v) in &pairs {
             enc_len(&mut z, k.len());
