@@ -5,4 +5,5 @@ pub mod progress;
 pub mod rdb;
 pub mod resp;
 pub mod restore;
+pub mod source;
 pub mod target;

@@ -1,0 +1,2 @@
+//! The source side: the fake replica that connects to each master.
+pub mod twemproxy;
