@@ -5,6 +5,7 @@ pub mod offsets;
 pub mod op;
 pub mod router;
 pub mod spool;
+pub mod stream_apply;
 
 pub use dispatcher::Dispatcher;
 pub use offsets::SourceTracker;
