@@ -1,4 +1,5 @@
 //! From sources to writers: ops and batches, routing by key, per-source applied offsets.
+pub mod checkpoint;
 pub mod dispatcher;
 pub mod keys;
 pub mod offsets;

@@ -130,6 +130,35 @@ impl StreamApply {
         self.selects.front().map(|s| s.1).unwrap_or(self.db)
     }
 
+    /// The database the next command runs in.
+    pub fn current_db(&self) -> u32 {
+        self.db
+    }
+
+    /// Follow a frame without dispatching it (for custom sinks): offset, SELECT, MULTI/EXEC.
+    pub fn observe(&mut self, frame: &Frame) {
+        self.offset += frame.raw.len() as u64;
+        self.stats.commands += 1;
+        let Some(name) = frame.name() else { return };
+        if name.eq_ignore_ascii_case(b"SELECT") {
+            if let Some(db) = parse_db(frame.args.get(1)) {
+                self.db = db;
+                self.selects.push_back((self.offset, db));
+            }
+        } else if name.eq_ignore_ascii_case(b"MULTI") {
+            self.multi = Some(MultiBlock {
+                start: self.offset,
+                db_at_start: self.db,
+                commands: Vec::new(),
+                writer: None,
+                global: false,
+                selects: false,
+            });
+        } else if name.eq_ignore_ascii_case(b"EXEC") {
+            self.multi = None;
+        }
+    }
+
     /// Handle one frame of the stream.
     pub fn on_frame(&mut self, frame: Frame, d: &mut Dispatcher) -> Result<Control, String> {
         let start = self.offset;
@@ -214,13 +243,17 @@ impl StreamApply {
         match up.as_slice() {
             b"EVAL" => {
                 if let Some(body) = args.get(1) {
-                    self.scripts
-                        .insert(sha1_smol::Sha1::from(&body[..]).digest().to_string(), body.clone());
+                    self.scripts.insert(
+                        sha1_smol::Sha1::from(&body[..]).digest().to_string(),
+                        body.clone(),
+                    );
                 }
             }
             b"SCRIPT" if args.len() >= 3 && args[1].eq_ignore_ascii_case(b"LOAD") => {
-                self.scripts
-                    .insert(sha1_smol::Sha1::from(&args[2][..]).digest().to_string(), args[2].clone());
+                self.scripts.insert(
+                    sha1_smol::Sha1::from(&args[2][..]).digest().to_string(),
+                    args[2].clone(),
+                );
             }
             b"EVALSHA" if self.opts.evalsha_to_eval => {
                 let known = args
@@ -295,7 +328,13 @@ impl StreamApply {
         .map(|_| Control::None)
     }
 
-    fn barrier_op(&mut self, d: &mut Dispatcher, op: Op, start: u64, end: u64) -> Result<(), String> {
+    fn barrier_op(
+        &mut self,
+        d: &mut Dispatcher,
+        op: Op,
+        start: u64,
+        end: u64,
+    ) -> Result<(), String> {
         self.stats.barriers += 1;
         d.barrier()?;
         d.push(0, op, start, end)?;
