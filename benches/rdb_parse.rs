@@ -22,21 +22,36 @@ fn parse_bytes(data: &[u8], opts: &ParseOptions) -> u64 {
 }
 
 fn bench(c: &mut Criterion) {
-    let corpus = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/corpus/7.4.1/dump.rdb");
+    let corpus = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/corpus/7.4.1/dump.rdb"
+    );
     let data = std::fs::read(corpus).expect("corpus 7.4.1/dump.rdb");
     let mut g = c.benchmark_group("rdb_parse");
     g.throughput(Throughput::Bytes(data.len() as u64));
-    g.bench_function("corpus_7.4.1", |b| b.iter(|| parse_bytes(&data, &ParseOptions::default())));
+    g.bench_function("corpus_7.4.1", |b| {
+        b.iter(|| parse_bytes(&data, &ParseOptions::default()))
+    });
     g.bench_function("corpus_7.4.1_raw", |b| {
-        let o = ParseOptions { capture_raw: true, ..Default::default() };
+        let o = ParseOptions {
+            capture_raw: true,
+            ..Default::default()
+        };
         b.iter(|| parse_bytes(&data, &o))
     });
 
-    let mb: u64 = std::env::var("RDB_BENCH_MB").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
+    let mb: u64 = std::env::var("RDB_BENCH_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("gen.rdb");
     let f = std::io::BufWriter::new(std::fs::File::create(&path).expect("create"));
-    let opts = GenOptions { total_bytes: mb << 20, list_bytes: (mb << 20) / 4, list_elem_bytes: 100 };
+    let opts = GenOptions {
+        total_bytes: mb << 20,
+        list_bytes: (mb << 20) / 4,
+        list_elem_bytes: 100,
+    };
     generate(f, &opts).expect("generate");
     let size = std::fs::metadata(&path).unwrap().len();
     g.throughput(Throughput::Bytes(size));

@@ -29,8 +29,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let out = out.ok_or("--out FILE is required")?;
     let f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&out)?);
-    let opts = GenOptions { total_bytes: total_mb << 20, list_bytes: list_mb << 20, list_elem_bytes: elem };
+    let opts = GenOptions {
+        total_bytes: total_mb << 20,
+        list_bytes: list_mb << 20,
+        list_elem_bytes: elem,
+    };
     let s = generate(f, &opts)?;
-    println!("wrote {out}: {} bytes, {} keys, big:list LLEN {}", s.bytes, s.keys, s.list_len);
+    println!(
+        "wrote {out}: {} bytes, {} keys, big:list LLEN {}",
+        s.bytes, s.keys, s.list_len
+    );
     Ok(())
 }

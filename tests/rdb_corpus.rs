@@ -27,11 +27,17 @@ fn corpus_dumps_match_expected() {
         for f in rdb_files(&dir) {
             let what = f.display().to_string();
             let data = std::fs::read(&f).unwrap();
-            let opts = ParseOptions { capture_raw: true, ..Default::default() };
+            let opts = ParseOptions {
+                capture_raw: true,
+                ..Default::default()
+            };
             let (evs, summary) = events(&data, opts);
             assert_eq!(summary.bytes, data.len() as u64, "{what}: consumed bytes");
             if summary.version >= 5 {
-                assert!(summary.checksum.is_some_and(|c| c != 0), "{what}: checksum present");
+                assert!(
+                    summary.checksum.is_some_and(|c| c != 0),
+                    "{what}: checksum present"
+                );
             }
             let doc = canonical(&evs);
             compare_with_expected(&doc, &expected, &structure, &what);
@@ -44,14 +50,24 @@ fn corpus_dumps_match_expected() {
                     Event::BigStart(m) => Some(m),
                     _ => None,
                 })
-                .map(|m| (m.db, base64::engine::general_purpose::STANDARD.encode(&m.key), m.rdb_type))
+                .map(|m| {
+                    (
+                        m.db,
+                        base64::engine::general_purpose::STANDARD.encode(&m.key),
+                        m.rdb_type,
+                    )
+                })
                 .collect();
             let theirs: Vec<(u64, String, u8)> = structure["keys"]
                 .as_array()
                 .unwrap()
                 .iter()
                 .map(|k| {
-                    (k["db"].as_u64().unwrap(), k["key"].as_str().unwrap().to_string(), k["rdb_type"].as_u64().unwrap() as u8)
+                    (
+                        k["db"].as_u64().unwrap(),
+                        k["key"].as_str().unwrap().to_string(),
+                        k["rdb_type"].as_u64().unwrap() as u8,
+                    )
                 })
                 .collect();
             if f.ends_with("dump.rdb") {
@@ -82,7 +98,10 @@ fn corpus_dumps_match_expected() {
             let mut raws = 0;
             for e in &evs {
                 if let Event::Entry(e) = e {
-                    let raw = e.raw.as_ref().unwrap_or_else(|| panic!("{what}: raw missing"));
+                    let raw = e
+                        .raw
+                        .as_ref()
+                        .unwrap_or_else(|| panic!("{what}: raw missing"));
                     let payload = dump_payload(raw, summary.version);
                     let (kt, v) = decode_dump_payload(&payload)
                         .unwrap_or_else(|err| panic!("{what}: decode_dump_payload: {err}"));
@@ -94,7 +113,13 @@ fn corpus_dumps_match_expected() {
             assert!(raws > 0);
 
             // Tiny big-value threshold and chunks: same content, chunked path exercised.
-            let tiny = ParseOptions { capture_raw: true, big_value_bytes: 64, chunk_bytes: 100, chunk_elements: 3, verify_checksum: true };
+            let tiny = ParseOptions {
+                capture_raw: true,
+                big_value_bytes: 64,
+                chunk_bytes: 100,
+                chunk_elements: 3,
+                verify_checksum: true,
+            };
             let (tevs, _) = events(&data, tiny);
             let mut bigs = 0;
             for e in &tevs {
@@ -107,7 +132,11 @@ fn corpus_dumps_match_expected() {
                             Value::Hash(h) => h.len(),
                             Value::Stream(s) => s.entries.len(),
                             Value::String(s) => {
-                                assert!(s.len() <= 100, "{what}: string chunk of {} bytes", s.len());
+                                assert!(
+                                    s.len() <= 100,
+                                    "{what}: string chunk of {} bytes",
+                                    s.len()
+                                );
                                 0
                             }
                             Value::Module { .. } => 0,
@@ -122,7 +151,10 @@ fn corpus_dumps_match_expected() {
                     _ => {}
                 }
             }
-            assert!(bigs > 10, "{what}: only {bigs} big keys with a 64-byte threshold");
+            assert!(
+                bigs > 10,
+                "{what}: only {bigs} big keys with a 64-byte threshold"
+            );
             assert_eq!(canonical(&tevs), doc, "{what}: chunked parse differs");
 
             files += 1;
@@ -163,7 +195,11 @@ fn psync_payloads_parse_without_over_reading() {
             assert_eq!(s.bytes, len, "{what}: RDB length");
             assert_eq!(parser.position(), len);
             let cursor = parser.into_inner();
-            assert_eq!(cursor.position(), len, "{what}: the parser read past the RDB trailer");
+            assert_eq!(
+                cursor.position(),
+                len,
+                "{what}: the parser read past the RDB trailer"
+            );
             compare_with_expected(&b.finish(), &expected, &structure, &what);
             n += 1;
         }
@@ -173,11 +209,17 @@ fn psync_payloads_parse_without_over_reading() {
 
 #[test]
 fn json_lines_dump() {
-    let dir = versions().into_iter().find(|d| d.ends_with("7.4.1")).unwrap();
+    let dir = versions()
+        .into_iter()
+        .find(|d| d.ends_with("7.4.1"))
+        .unwrap();
     let data = std::fs::read(dir.join("dump.rdb")).unwrap();
     let mut out = Vec::new();
     let s = json::dump_json_lines(&data[..], &mut out).unwrap();
-    let lines: Vec<&[u8]> = out.split(|c| *c == b'\n').filter(|l| !l.is_empty()).collect();
+    let lines: Vec<&[u8]> = out
+        .split(|c| *c == b'\n')
+        .filter(|l| !l.is_empty())
+        .collect();
     assert_eq!(lines.len() as u64, s.keys);
     for l in lines {
         let v: serde_json::Value = serde_json::from_slice(l).unwrap();

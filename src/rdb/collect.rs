@@ -32,7 +32,11 @@ impl Item {
                 Item::ZSet(b, _) => b.len() + 8,
                 Item::Hash(h) => h.field.len() + h.value.len() + 8,
                 Item::Stream(e) => {
-                    16 + e.fields.iter().map(|(f, v)| f.len() + v.len() + ELEM_OVERHEAD).sum::<usize>()
+                    16 + e
+                        .fields
+                        .iter()
+                        .map(|(f, v)| f.len() + v.len() + ELEM_OVERHEAD)
+                        .sum::<usize>()
                 }
             }
     }
@@ -62,16 +66,29 @@ fn empty_like(v: &Value) -> Value {
         Value::Set(_) => Value::Set(Vec::new()),
         Value::ZSet(_) => Value::ZSet(Vec::new()),
         Value::Hash(_) => Value::Hash(Vec::new()),
-        Value::Stream(_) => Value::Stream(Box::new(StreamValue { entries: Vec::new(), meta: None })),
+        Value::Stream(_) => Value::Stream(Box::new(StreamValue {
+            entries: Vec::new(),
+            meta: None,
+        })),
         Value::String(_) => Value::String(Bytes::new()),
-        Value::Module { module_id } => Value::Module { module_id: *module_id },
+        Value::Module { module_id } => Value::Module {
+            module_id: *module_id,
+        },
     }
 }
 
 impl Collector {
     /// `empty` selects the kind of value being collected.
     pub(crate) fn new(meta: KeyMeta, empty: Value, lim: Limits) -> Self {
-        Collector { meta: Some(meta), big: false, acc: empty, acc_bytes: 0, acc_elems: 0, total: 0, lim }
+        Collector {
+            meta: Some(meta),
+            big: false,
+            acc: empty,
+            acc_bytes: 0,
+            acc_elems: 0,
+            total: 0,
+            lim,
+        }
     }
 
     #[inline]
@@ -105,7 +122,8 @@ impl Collector {
 
     fn push_big(&mut self, item: Item, sz: usize, emit: &mut Emit<'_>) -> Result<(), HandlerError> {
         if self.acc_elems > 0
-            && (self.acc_elems >= self.lim.chunk_elems || self.acc_bytes + sz > self.lim.chunk_bytes)
+            && (self.acc_elems >= self.lim.chunk_elems
+                || self.acc_bytes + sz > self.lim.chunk_bytes)
         {
             self.flush(emit)?;
         }
@@ -189,7 +207,11 @@ impl Collector {
         }
         if !self.big {
             let meta = self.meta.take().expect("meta present until big");
-            emit(Event::Entry(Entry { meta, value: self.acc, raw }))
+            emit(Event::Entry(Entry {
+                meta,
+                value: self.acc,
+                raw,
+            }))
         } else {
             if self.acc_elems > 0 || is_stream {
                 emit(Event::BigChunk(self.acc))?;

@@ -52,10 +52,14 @@ pub fn parse_i64(b: &[u8]) -> Option<i64> {
     if b.is_empty() || b.len() > 20 {
         return None;
     }
-    std::str::from_utf8(b).ok()?.parse::<i64>().ok().filter(|v| {
-        let mut buf = [0u8; 20];
-        super::reader::fmt_i64(*v, &mut buf) == b
-    })
+    std::str::from_utf8(b)
+        .ok()?
+        .parse::<i64>()
+        .ok()
+        .filter(|v| {
+            let mut buf = [0u8; 20];
+            super::reader::fmt_i64(*v, &mut buf) == b
+        })
 }
 
 /// Parse a double as Redis writes them (`%.17g`, "inf", "-inf", "nan").

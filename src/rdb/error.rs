@@ -47,32 +47,55 @@ pub struct RdbError {
 
 impl RdbError {
     pub(crate) fn corrupt(offset: u64, msg: impl Into<String>) -> Self {
-        RdbError { offset, context: None, kind: RdbErrorKind::Corrupt(msg.into()) }
+        RdbError {
+            offset,
+            context: None,
+            kind: RdbErrorKind::Corrupt(msg.into()),
+        }
     }
 
     pub(crate) fn eof(offset: u64) -> Self {
-        RdbError { offset, context: None, kind: RdbErrorKind::UnexpectedEof }
+        RdbError {
+            offset,
+            context: None,
+            kind: RdbErrorKind::UnexpectedEof,
+        }
     }
 
     pub(crate) fn unsupported(offset: u64, msg: impl Into<String>) -> Self {
-        RdbError { offset, context: None, kind: RdbErrorKind::Unsupported(msg.into()) }
+        RdbError {
+            offset,
+            context: None,
+            kind: RdbErrorKind::Unsupported(msg.into()),
+        }
     }
 
     pub(crate) fn io(offset: u64, e: std::io::Error) -> Self {
         if e.kind() == std::io::ErrorKind::UnexpectedEof {
             return Self::eof(offset);
         }
-        RdbError { offset, context: None, kind: RdbErrorKind::Io(e) }
+        RdbError {
+            offset,
+            context: None,
+            kind: RdbErrorKind::Io(e),
+        }
     }
 
     pub(crate) fn handler(offset: u64, e: HandlerError) -> Self {
-        RdbError { offset, context: None, kind: RdbErrorKind::Handler(e) }
+        RdbError {
+            offset,
+            context: None,
+            kind: RdbErrorKind::Handler(e),
+        }
     }
 
     /// Attach the key context unless one is already present.
     pub(crate) fn in_key(mut self, key: &Bytes, rdb_type: u8) -> Self {
         if self.context.is_none() {
-            self.context = Some(KeyContext { key: key.clone(), rdb_type });
+            self.context = Some(KeyContext {
+                key: key.clone(),
+                rdb_type,
+            });
         }
         self
     }
@@ -95,17 +118,28 @@ impl RdbError {
             RdbErrorKind::UnexpectedEof => {
                 format!("unexpected end of RDB at byte {}{}", self.offset, ctx)
             }
-            RdbErrorKind::Corrupt(m) => format!("corrupt RDB at byte {}{}: {}", self.offset, ctx, m),
+            RdbErrorKind::Corrupt(m) => {
+                format!("corrupt RDB at byte {}{}: {}", self.offset, ctx, m)
+            }
             RdbErrorKind::Unsupported(m) => {
-                format!("unsupported RDB content at byte {}{}: {}", self.offset, ctx, m)
+                format!(
+                    "unsupported RDB content at byte {}{}: {}",
+                    self.offset, ctx, m
+                )
             }
             RdbErrorKind::Checksum { stored, computed } => format!(
                 "corrupt RDB at byte {}{}: CRC64 mismatch (stored {:016x}, computed {:016x})",
                 self.offset, ctx, stored, computed
             ),
-            RdbErrorKind::Io(e) => format!("I/O error reading RDB at byte {}{}: {}", self.offset, ctx, e),
+            RdbErrorKind::Io(e) => format!(
+                "I/O error reading RDB at byte {}{}: {}",
+                self.offset, ctx, e
+            ),
             RdbErrorKind::Handler(e) => {
-                format!("RDB event handler failed at byte {}{}: {}", self.offset, ctx, e)
+                format!(
+                    "RDB event handler failed at byte {}{}: {}",
+                    self.offset, ctx, e
+                )
             }
         }
     }

@@ -52,7 +52,11 @@ pub fn parse_library(code: &[u8]) -> Option<LibraryInfo> {
         i += 1;
     }
     functions.sort_by(|a, b| a.name.cmp(&b.name));
-    Some(LibraryInfo { library_name, engine, functions })
+    Some(LibraryInfo {
+        library_name,
+        engine,
+        functions,
+    })
 }
 
 fn skip_ws(b: &[u8], mut i: usize) -> usize {
@@ -98,7 +102,9 @@ fn long_bracket(b: &[u8], i: usize) -> Option<(String, usize)> {
     let mut close = vec![b']'];
     close.extend(std::iter::repeat(b'=').take(level));
     close.push(b']');
-    let pos = b[start..].windows(close.len()).position(|w| w == close.as_slice())?;
+    let pos = b[start..]
+        .windows(close.len())
+        .position(|w| w == close.as_slice())?;
     let content = String::from_utf8_lossy(&b[start..start + pos]).into_owned();
     Some((content, start + pos + close.len()))
 }
@@ -183,7 +189,11 @@ fn parse_registration(b: &[u8], i: usize) -> Option<FunctionInfo> {
                 b'{' => parse_table(b, j),
                 _ => {
                     let (name, _) = lua_string(b, j)?;
-                    Some(FunctionInfo { name, description: None, flags: Vec::new() })
+                    Some(FunctionInfo {
+                        name,
+                        description: None,
+                        flags: Vec::new(),
+                    })
                 }
             }
         }
@@ -253,7 +263,11 @@ fn parse_table(b: &[u8], i: usize) -> Option<FunctionInfo> {
         j += 1;
     }
     flags.sort();
-    Some(FunctionInfo { name: name?, description, flags })
+    Some(FunctionInfo {
+        name: name?,
+        description,
+        flags,
+    })
 }
 
 fn is_ident(c: u8) -> bool {
@@ -278,7 +292,11 @@ mod tests {
                     description: Some("read a key".into()),
                     flags: vec!["no-writes".into()]
                 },
-                FunctionInfo { name: "corpus_set".into(), description: None, flags: vec![] },
+                FunctionInfo {
+                    name: "corpus_set".into(),
+                    description: None,
+                    flags: vec![]
+                },
             ]
         );
     }

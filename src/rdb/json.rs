@@ -23,7 +23,9 @@ fn b64(b: &[u8]) -> J {
 
 fn score_json(s: f64) -> J {
     if s.is_finite() {
-        serde_json::Number::from_f64(s).map(J::Number).unwrap_or(J::Null)
+        serde_json::Number::from_f64(s)
+            .map(J::Number)
+            .unwrap_or(J::Null)
     } else if s.is_nan() {
         J::String("nan".into())
     } else if s > 0.0 {
@@ -62,7 +64,9 @@ fn encoding_of(meta: &KeyMeta, value: &Value) -> &'static str {
 }
 
 fn zset_cmp(a: &(Bytes, f64), b: &(Bytes, f64)) -> Ordering {
-    a.1.partial_cmp(&b.1).unwrap_or(Ordering::Equal).then_with(|| a.0.cmp(&b.0))
+    a.1.partial_cmp(&b.1)
+        .unwrap_or(Ordering::Equal)
+        .then_with(|| a.0.cmp(&b.0))
 }
 
 fn stream_json(s: &StreamValue, rdb_type: u8) -> J {
@@ -71,7 +75,11 @@ fn stream_json(s: &StreamValue, rdb_type: u8) -> J {
         .entries
         .iter()
         .map(|e| {
-            let fv: Vec<J> = e.fields.iter().flat_map(|(f, v)| [b64(f), b64(v)]).collect();
+            let fv: Vec<J> = e
+                .fields
+                .iter()
+                .flat_map(|(f, v)| [b64(f), b64(v)])
+                .collect();
             json!([e.id.to_string(), fv])
         })
         .collect();
@@ -96,14 +104,26 @@ fn stream_json(s: &StreamValue, rdb_type: u8) -> J {
         .map(|g| {
             let mut go = Map::new();
             go.insert("name".into(), b64(&g.name));
-            go.insert("last_delivered_id".into(), json!(g.last_delivered_id.to_string()));
+            go.insert(
+                "last_delivered_id".into(),
+                json!(g.last_delivered_id.to_string()),
+            );
             if rdb_type >= types::STREAM_LISTPACKS_2 {
-                go.insert("entries_read".into(), g.entries_read.map_or(J::Null, |v| json!(v)));
+                go.insert(
+                    "entries_read".into(),
+                    g.entries_read.map_or(J::Null, |v| json!(v)),
+                );
             }
             let pel: Vec<J> = g
                 .pel
                 .iter()
-                .map(|p| json!([p.id.to_string(), p.consumer.as_ref().map_or(J::Null, |c| b64(c)), p.delivery_count]))
+                .map(|p| {
+                    json!([
+                        p.id.to_string(),
+                        p.consumer.as_ref().map_or(J::Null, |c| b64(c)),
+                        p.delivery_count
+                    ])
+                })
                 .collect();
             go.insert("pel".into(), J::Array(pel));
             let mut cons: Vec<&Consumer> = g.consumers.iter().collect();
@@ -129,7 +149,10 @@ fn stream_json(s: &StreamValue, rdb_type: u8) -> J {
                 }
                 ct.insert(B64.encode(&c.name), J::Object(t));
             }
-            go.insert("times".into(), json!({"pel_delivery_time_ms": pdt, "consumers": ct}));
+            go.insert(
+                "times".into(),
+                json!({"pel_delivery_time_ms": pdt, "consumers": ct}),
+            );
             J::Object(go)
         })
         .collect();
@@ -145,7 +168,10 @@ pub fn key_to_json(db: u64, meta: &KeyMeta, value: &Value, rdb_version: u32) -> 
     o.insert("key".into(), b64(&meta.key));
     o.insert("type".into(), json!(meta.key_type.name()));
     o.insert("encoding".into(), json!(encoding_of(meta, value)));
-    o.insert("expire_ms".into(), meta.expire_ms.map_or(J::Null, |v| json!(v)));
+    o.insert(
+        "expire_ms".into(),
+        meta.expire_ms.map_or(J::Null, |v| json!(v)),
+    );
     let v = match value {
         Value::String(s) => b64(s),
         Value::List(l) => J::Array(l.iter().map(|e| b64(e)).collect()),
@@ -157,7 +183,11 @@ pub fn key_to_json(db: u64, meta: &KeyMeta, value: &Value, rdb_version: u32) -> 
         Value::ZSet(z) => {
             let mut v: Vec<&(Bytes, f64)> = z.iter().collect();
             v.sort_by(|a, b| zset_cmp(a, b));
-            J::Array(v.into_iter().map(|(m, s)| json!([b64(m), score_json(*s)])).collect())
+            J::Array(
+                v.into_iter()
+                    .map(|(m, s)| json!([b64(m), score_json(*s)]))
+                    .collect(),
+            )
         }
         Value::Hash(hf) => {
             let mut m = Map::new();
@@ -174,7 +204,9 @@ pub fn key_to_json(db: u64, meta: &KeyMeta, value: &Value, rdb_version: u32) -> 
             J::Object(m)
         }
         Value::Stream(s) => stream_json(s, meta.rdb_type),
-        Value::Module { module_id } => json!({"module": super::model::module_name(*module_id), "module_id": module_id}),
+        Value::Module { module_id } => {
+            json!({"module": super::model::module_name(*module_id), "module_id": module_id})
+        }
     };
     o.insert("value".into(), v);
     J::Object(o)
@@ -244,7 +276,10 @@ fn empty_value(t: KeyType) -> Value {
         KeyType::Set => Value::Set(Vec::new()),
         KeyType::ZSet => Value::ZSet(Vec::new()),
         KeyType::Hash => Value::Hash(Vec::new()),
-        KeyType::Stream => Value::Stream(Box::new(StreamValue { entries: Vec::new(), meta: None })),
+        KeyType::Stream => Value::Stream(Box::new(StreamValue {
+            entries: Vec::new(),
+            meta: None,
+        })),
         KeyType::Module => Value::Module { module_id: 0 },
     }
 }
@@ -328,7 +363,9 @@ impl CanonicalBuilder {
                 .into_iter()
                 .map(|(_, mut j)| {
                     if strip_times {
-                        if let Some(groups) = j.pointer_mut("/value/groups").and_then(J::as_array_mut) {
+                        if let Some(groups) =
+                            j.pointer_mut("/value/groups").and_then(J::as_array_mut)
+                        {
                             for g in groups {
                                 if let J::Object(g) = g {
                                     g.remove("times");
@@ -339,12 +376,18 @@ impl CanonicalBuilder {
                     j
                 })
                 .collect();
-            dbs.insert(db.to_string(), json!({"key_count": keys.len(), "keys": keys}));
+            dbs.insert(
+                db.to_string(),
+                json!({"key_count": keys.len(), "keys": keys}),
+            );
         }
         let functions = if self.version >= 10 {
             let mut f = self.functions;
             f.sort_by(|a, b| {
-                a["library_name"].as_str().unwrap_or("").cmp(b["library_name"].as_str().unwrap_or(""))
+                a["library_name"]
+                    .as_str()
+                    .unwrap_or("")
+                    .cmp(b["library_name"].as_str().unwrap_or(""))
             });
             J::Array(f)
         } else {

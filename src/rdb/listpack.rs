@@ -40,7 +40,11 @@ impl ListpackIter {
         }
         let total = u32::from_le_bytes([blob[0], blob[1], blob[2], blob[3]]) as usize;
         if total != blob.len() {
-            return Err(format!("listpack header says {} bytes, blob has {}", total, blob.len()));
+            return Err(format!(
+                "listpack header says {} bytes, blob has {}",
+                total,
+                blob.len()
+            ));
         }
         if blob[blob.len() - 1] != 0xff {
             return Err("listpack does not end with 0xff".into());
@@ -51,7 +55,11 @@ impl ListpackIter {
             blob,
             pos: 6,
             end,
-            declared: if count == u16::MAX as usize { None } else { Some(count) },
+            declared: if count == u16::MAX as usize {
+                None
+            } else {
+                Some(count)
+            },
             seen: 0,
             done: false,
         })
@@ -65,7 +73,10 @@ impl ListpackIter {
     #[inline]
     fn need(&self, n: usize) -> Result<(), String> {
         if n > self.end - self.pos {
-            Err(format!("listpack entry overruns its buffer at offset {}", self.pos))
+            Err(format!(
+                "listpack entry overruns its buffer at offset {}",
+                self.pos
+            ))
         } else {
             Ok(())
         }
@@ -75,7 +86,10 @@ impl ListpackIter {
         if self.pos >= self.end {
             if let Some(d) = self.declared {
                 if d != self.seen {
-                    return Err(format!("listpack header says {} entries, found {}", d, self.seen));
+                    return Err(format!(
+                        "listpack header says {} entries, found {}",
+                        d, self.seen
+                    ));
                 }
             }
             return Ok(None);
@@ -148,10 +162,16 @@ impl ListpackIter {
                     elem_int = Some(i64::from_le_bytes(a));
                 }
                 0xff => return Err(format!("unexpected listpack end marker at offset {p}")),
-                _ => return Err(format!("invalid listpack encoding 0x{enc:02x} at offset {p}")),
+                _ => {
+                    return Err(format!(
+                        "invalid listpack encoding 0x{enc:02x} at offset {p}"
+                    ))
+                }
             }
         }
-        let l = hdr.checked_add(dlen).ok_or("listpack entry length overflow")?;
+        let l = hdr
+            .checked_add(dlen)
+            .ok_or("listpack entry length overflow")?;
         let total = l + backlen_size(l);
         self.need(total)?;
         let elem = match elem_int {
@@ -196,7 +216,11 @@ pub(crate) mod tests {
         (0..n)
             .map(|i| {
                 let g = ((l >> (7 * (n - 1 - i))) & 127) as u8;
-                if i == 0 { g } else { g | 128 }
+                if i == 0 {
+                    g
+                } else {
+                    g | 128
+                }
             })
             .collect()
     }

@@ -19,7 +19,11 @@ pub fn decompress(input: &[u8], ulen: u64) -> Result<Vec<u8>, String> {
     let mut out = Vec::with_capacity(cap);
     decode_into(input, &mut out, 0, ulen)?;
     if out.len() != ulen {
-        return Err(format!("decompressed to {} bytes, expected {}", out.len(), ulen));
+        return Err(format!(
+            "decompressed to {} bytes, expected {}",
+            out.len(),
+            ulen
+        ));
     }
     Ok(out)
 }
@@ -27,7 +31,12 @@ pub fn decompress(input: &[u8], ulen: u64) -> Result<Vec<u8>, String> {
 /// Core loop: appends to `out`; `dropped` bytes of logical output were already removed from
 /// the front of `out` (streaming); output is limited to `limit` logical bytes.
 /// Returns the input position where it stopped (input exhausted).
-fn decode_into(input: &[u8], out: &mut Vec<u8>, dropped: usize, limit: usize) -> Result<(), String> {
+fn decode_into(
+    input: &[u8],
+    out: &mut Vec<u8>,
+    dropped: usize,
+    limit: usize,
+) -> Result<(), String> {
     let mut ip = 0usize;
     while ip < input.len() {
         let ctrl = input[ip] as usize;
@@ -53,7 +62,10 @@ fn decode_into(input: &[u8], out: &mut Vec<u8>, dropped: usize, limit: usize) ->
             ip += 1;
             let dist = ((ctrl & 0x1f) << 8) + lo + 1;
             if dist > out.len() {
-                return Err(format!("back reference before start of output at {}", ip - 2));
+                return Err(format!(
+                    "back reference before start of output at {}",
+                    ip - 2
+                ));
             }
             if dropped + out.len() + len > limit {
                 return Err("output exceeds declared length".into());
@@ -86,8 +98,15 @@ pub struct StreamDecoder<'a> {
 
 impl<'a> StreamDecoder<'a> {
     pub fn new(input: &'a [u8], ulen: u64) -> Result<Self, String> {
-        let ulen = usize::try_from(ulen).map_err(|_| "uncompressed length too large".to_string())?;
-        Ok(StreamDecoder { input, ip: 0, out: Vec::new(), dropped: 0, ulen })
+        let ulen =
+            usize::try_from(ulen).map_err(|_| "uncompressed length too large".to_string())?;
+        Ok(StreamDecoder {
+            input,
+            ip: 0,
+            out: Vec::new(),
+            dropped: 0,
+            ulen,
+        })
     }
 
     /// Next output piece of at most `chunk` bytes; `None` when done (and complete).
@@ -112,7 +131,11 @@ impl<'a> StreamDecoder<'a> {
             decode_into(slice, &mut self.out, self.dropped, self.ulen)?;
             self.ip = end;
         }
-        let keep = if self.ip < self.input.len() { WINDOW } else { 0 };
+        let keep = if self.ip < self.input.len() {
+            WINDOW
+        } else {
+            0
+        };
         let avail = self.out.len().saturating_sub(keep);
         if avail == 0 {
             if self.ip >= self.input.len() && self.dropped + self.out.len() != self.ulen {
@@ -155,9 +178,10 @@ pub(crate) mod tests {
                 if let Some(&j) = table.get(key) {
                     let j: usize = j;
                     let dist = i - j;
-                    if dist <= WINDOW && dist >= 1 {
+                    if (1..=WINDOW).contains(&dist) {
                         let mut len = 0;
-                        while i + len < input.len() && len < 264 && input[j + len] == input[i + len] {
+                        while i + len < input.len() && len < 264 && input[j + len] == input[i + len]
+                        {
                             len += 1;
                         }
                         if len >= 3 {

@@ -178,7 +178,9 @@ pub enum Value {
     Stream(Box<StreamValue>),
     /// A module value: only its raw serialized form can be moved (RESTORE with the module
     /// loaded on the target). `module_id` is the 64-bit id; its name is [`module_name`].
-    Module { module_id: u64 },
+    Module {
+        module_id: u64,
+    },
 }
 
 /// A whole key with a value small enough to hold in memory.
@@ -203,15 +205,32 @@ pub struct FunctionLibrary {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     /// `REDIS00NN`: the RDB version NN.
-    Header { version: u32 },
+    Header {
+        version: u32,
+    },
     /// An AUX field (`redis-ver`, `repl-id`, `lua`, ...).
-    Aux { key: Bytes, value: Bytes },
-    SelectDb { db: u64 },
-    ResizeDb { db_size: u64, expires_size: u64 },
+    Aux {
+        key: Bytes,
+        value: Bytes,
+    },
+    SelectDb {
+        db: u64,
+    },
+    ResizeDb {
+        db_size: u64,
+        expires_size: u64,
+    },
     /// Redis cluster SLOT_INFO opcode (Redis 7.4+/8).
-    SlotInfo { slot_id: u64, slot_size: u64, expires_slot_size: u64 },
+    SlotInfo {
+        slot_id: u64,
+        slot_size: u64,
+        expires_slot_size: u64,
+    },
     /// MODULE_AUX data, passed through raw (the bytes after the opcode).
-    ModuleAux { module_id: u64, raw: Bytes },
+    ModuleAux {
+        module_id: u64,
+        raw: Bytes,
+    },
     Function(FunctionLibrary),
     /// A whole key.
     Entry(Entry),
@@ -222,7 +241,9 @@ pub enum Event {
     /// The current big key is complete.
     BigEnd,
     /// The EOF opcode. `checksum` is the CRC64 trailer (RDB 5+), verified when not zero.
-    End { checksum: Option<u64> },
+    End {
+        checksum: Option<u64>,
+    },
 }
 
 /// Decode the 9-character module type name from a 64-bit module id (for messages).

@@ -92,8 +92,14 @@ pub fn key_type_of(t: u8) -> Option<KeyType> {
         LIST | LIST_ZIPLIST | LIST_QUICKLIST | LIST_QUICKLIST_2 => KeyType::List,
         SET | SET_INTSET | SET_LISTPACK => KeyType::Set,
         ZSET | ZSET_2 | ZSET_ZIPLIST | ZSET_LISTPACK => KeyType::ZSet,
-        HASH | HASH_ZIPMAP | HASH_ZIPLIST | HASH_LISTPACK | HASH_METADATA_PRE_GA
-        | HASH_LISTPACK_EX_PRE_GA | HASH_METADATA | HASH_LISTPACK_EX => KeyType::Hash,
+        HASH
+        | HASH_ZIPMAP
+        | HASH_ZIPLIST
+        | HASH_LISTPACK
+        | HASH_METADATA_PRE_GA
+        | HASH_LISTPACK_EX_PRE_GA
+        | HASH_METADATA
+        | HASH_LISTPACK_EX => KeyType::Hash,
         STREAM_LISTPACKS | STREAM_LISTPACKS_2 | STREAM_LISTPACKS_3 => KeyType::Stream,
         MODULE_PRE_GA | MODULE_2 => KeyType::Module,
         _ => return None,
@@ -106,7 +112,12 @@ const EB_EXPIRE_TIME_MAX: u64 = 0x0000_FFFF_FFFF_FFFF;
 impl<R: Read> RdbParser<R> {
     pub fn new(reader: R, opts: ParseOptions) -> Self {
         let verify = opts.verify_checksum;
-        RdbParser { r: RdbReader::new(reader, verify), opts, version: 0, keys: 0 }
+        RdbParser {
+            r: RdbReader::new(reader, verify),
+            opts,
+            version: 0,
+            keys: 0,
+        }
     }
 
     /// Bytes consumed from the reader so far.
@@ -144,7 +155,10 @@ impl<R: Read> RdbParser<R> {
             .and_then(|s| s.parse::<u32>().ok())
             .ok_or_else(|| RdbError::corrupt(5, "invalid RDB version digits"))?;
         if version == 0 || version > MAX_RDB_VERSION {
-            return Err(RdbError::unsupported(5, format!("RDB version {version} (this parser knows 1 to {MAX_RDB_VERSION})")));
+            return Err(RdbError::unsupported(
+                5,
+                format!("RDB version {version} (this parser knows 1 to {MAX_RDB_VERSION})"),
+            ));
         }
         self.version = version;
         self.r.tail = if version >= 5 { 9 } else { 1 };
@@ -174,13 +188,26 @@ impl<R: Read> RdbParser<R> {
                 op::RESIZEDB => {
                     let db_size = self.r.plain_len()?;
                     let expires_size = self.r.plain_len()?;
-                    self.emit(emit, Event::ResizeDb { db_size, expires_size })?;
+                    self.emit(
+                        emit,
+                        Event::ResizeDb {
+                            db_size,
+                            expires_size,
+                        },
+                    )?;
                 }
                 op::SLOT_INFO => {
                     let slot_id = self.r.plain_len()?;
                     let slot_size = self.r.plain_len()?;
                     let expires_slot_size = self.r.plain_len()?;
-                    self.emit(emit, Event::SlotInfo { slot_id, slot_size, expires_slot_size })?;
+                    self.emit(
+                        emit,
+                        Event::SlotInfo {
+                            slot_id,
+                            slot_size,
+                            expires_slot_size,
+                        },
+                    )?;
                 }
                 op::AUX => {
                     let key = self.r.string()?;
@@ -222,7 +249,12 @@ impl<R: Read> RdbParser<R> {
                     code.extend_from_slice(&name);
                     code.push(b'\n');
                     code.extend_from_slice(&body);
-                    self.emit(emit, Event::Function(FunctionLibrary { code: Bytes::from(code) }))?;
+                    self.emit(
+                        emit,
+                        Event::Function(FunctionLibrary {
+                            code: Bytes::from(code),
+                        }),
+                    )?;
                 }
                 t if is_object_type(t) => {
                     let key = self.r.string()?;
@@ -236,11 +268,15 @@ impl<R: Read> RdbParser<R> {
                         idle: idle.take(),
                         freq: freq.take(),
                     };
-                    self.read_object(t, meta, emit).map_err(|e| e.in_key(&key, t))?;
+                    self.read_object(t, meta, emit)
+                        .map_err(|e| e.in_key(&key, t))?;
                     self.keys += 1;
                 }
                 _ => {
-                    return Err(RdbError::corrupt(at, format!("unknown opcode or object type {t}")));
+                    return Err(RdbError::corrupt(
+                        at,
+                        format!("unknown opcode or object type {t}"),
+                    ));
                 }
             }
         }
@@ -258,14 +294,22 @@ impl<R: Read> RdbParser<R> {
                     return Err(RdbError {
                         offset: at,
                         context: None,
-                        kind: super::error::RdbErrorKind::Checksum { stored, computed: c },
+                        kind: super::error::RdbErrorKind::Checksum {
+                            stored,
+                            computed: c,
+                        },
                     });
                 }
             }
             checksum = Some(stored);
         }
         self.emit(emit, Event::End { checksum })?;
-        Ok(ParseSummary { version: self.version, keys: self.keys, bytes: self.r.position(), checksum })
+        Ok(ParseSummary {
+            version: self.version,
+            keys: self.keys,
+            bytes: self.r.position(),
+            checksum,
+        })
     }
 
     #[inline]
@@ -314,7 +358,10 @@ fn walk_module<R: Read>(r: &mut RdbReader<R>, name: &str) -> Result<(), RdbError
             }
             5 => r.skip_string()?,
             o => {
-                return Err(RdbError::corrupt(at, format!("unknown opcode {o} in value of module '{name}'")));
+                return Err(RdbError::corrupt(
+                    at,
+                    format!("unknown opcode {o} in value of module '{name}'"),
+                ));
             }
         }
     }
@@ -339,12 +386,20 @@ pub(crate) fn read_value<R: Read>(
     match t {
         STRING => read_string_value(r, meta, lim, emit),
         LIST | SET => {
-            let empty = if t == LIST { Value::List(Vec::new()) } else { Value::Set(Vec::new()) };
+            let empty = if t == LIST {
+                Value::List(Vec::new())
+            } else {
+                Value::Set(Vec::new())
+            };
             let mut c = Collector::new(meta, empty, lim);
             let n = r.count(1)?;
             for _ in 0..n {
                 let b = r.string()?;
-                let it = if t == LIST { Item::List(b) } else { Item::Set(b) };
+                let it = if t == LIST {
+                    Item::List(b)
+                } else {
+                    Item::Set(b)
+                };
                 c.push(it, emit).map_err(h(r.position()))?;
                 if c.big {
                     r.stop_record();
@@ -362,7 +417,8 @@ pub(crate) fn read_value<R: Read>(
                 } else {
                     read_string_double(r)?
                 };
-                c.push(Item::ZSet(m, score), emit).map_err(h(r.position()))?;
+                c.push(Item::ZSet(m, score), emit)
+                    .map_err(h(r.position()))?;
                 if c.big {
                     r.stop_record();
                 }
@@ -375,8 +431,15 @@ pub(crate) fn read_value<R: Read>(
             for _ in 0..n {
                 let field = r.string()?;
                 let value = r.string()?;
-                c.push(Item::Hash(HashField { field, value, expire_ms: None }), emit)
-                    .map_err(h(r.position()))?;
+                c.push(
+                    Item::Hash(HashField {
+                        field,
+                        value,
+                        expire_ms: None,
+                    }),
+                    emit,
+                )
+                .map_err(h(r.position()))?;
                 if c.big {
                     r.stop_record();
                 }
@@ -389,7 +452,10 @@ pub(crate) fn read_value<R: Read>(
                 let at = r.position();
                 min_expire = r.millis()?;
                 if min_expire > EB_EXPIRE_TIME_MAX + 1 {
-                    return Err(RdbError::corrupt(at, "hash minimum field expire time out of range"));
+                    return Err(RdbError::corrupt(
+                        at,
+                        "hash minimum field expire time out of range",
+                    ));
                 }
             }
             let mut c = Collector::new(meta, Value::Hash(Vec::new()), lim);
@@ -401,18 +467,35 @@ pub(crate) fn read_value<R: Read>(
                     if ttl == 0 {
                         0
                     } else {
-                        ttl.checked_add(min_expire).and_then(|v| v.checked_sub(1)).unwrap_or(u64::MAX)
+                        ttl.checked_add(min_expire)
+                            .and_then(|v| v.checked_sub(1))
+                            .unwrap_or(u64::MAX)
                     }
                 } else {
                     ttl
                 };
                 if expire_at > EB_EXPIRE_TIME_MAX {
-                    return Err(RdbError::corrupt(at, format!("invalid hash field expire time {expire_at}")));
+                    return Err(RdbError::corrupt(
+                        at,
+                        format!("invalid hash field expire time {expire_at}"),
+                    ));
                 }
                 let field = r.string()?;
                 let value = r.string()?;
-                let expire_ms = if expire_at == 0 { None } else { Some(expire_at as i64) };
-                c.push(Item::Hash(HashField { field, value, expire_ms }), emit).map_err(h(r.position()))?;
+                let expire_ms = if expire_at == 0 {
+                    None
+                } else {
+                    Some(expire_at as i64)
+                };
+                c.push(
+                    Item::Hash(HashField {
+                        field,
+                        value,
+                        expire_ms,
+                    }),
+                    emit,
+                )
+                .map_err(h(r.position()))?;
                 if c.big {
                     r.stop_record();
                 }
@@ -432,7 +515,10 @@ pub(crate) fn read_value<R: Read>(
                         let at = r.position();
                         let k = r.plain_len()?;
                         if k != 1 && k != 2 {
-                            return Err(RdbError::corrupt(at, format!("unknown quicklist container {k}")));
+                            return Err(RdbError::corrupt(
+                                at,
+                                format!("unknown quicklist container {k}"),
+                            ));
                         }
                         k
                     } else {
@@ -441,14 +527,16 @@ pub(crate) fn read_value<R: Read>(
                     let (at, blob) = blob(r)?;
                     match container {
                         0 => {
-                            let it = ZiplistIter::new(blob).map_err(|m| RdbError::corrupt(at, m))?;
+                            let it =
+                                ZiplistIter::new(blob).map_err(|m| RdbError::corrupt(at, m))?;
                             push_elems(r, &mut c, it, at, emit, |e| Item::List(e.into_bytes()))?;
                         }
                         1 => {
                             c.push(Item::List(blob), emit).map_err(h(r.position()))?;
                         }
                         _ => {
-                            let it = ListpackIter::new(blob).map_err(|m| RdbError::corrupt(at, m))?;
+                            let it =
+                                ListpackIter::new(blob).map_err(|m| RdbError::corrupt(at, m))?;
                             push_elems(r, &mut c, it, at, emit, |e| Item::List(e.into_bytes()))?;
                         }
                     }
@@ -464,7 +552,8 @@ pub(crate) fn read_value<R: Read>(
             let (at, blob) = blob(r)?;
             let it = intset::decode(&blob).map_err(|m| RdbError::corrupt(at, m))?;
             for v in it {
-                c.push(Item::Set(super::reader::int_bytes(v)), emit).map_err(h(r.position()))?;
+                c.push(Item::Set(super::reader::int_bytes(v)), emit)
+                    .map_err(h(r.position()))?;
             }
             if c.big {
                 r.stop_record();
@@ -500,8 +589,15 @@ pub(crate) fn read_value<R: Read>(
                 HASH_ZIPMAP => {
                     let pairs = zipmap::decode(&blob).map_err(|m| RdbError::corrupt(at, m))?;
                     for (field, value) in pairs {
-                        c.push(Item::Hash(HashField { field, value, expire_ms: None }), emit)
-                            .map_err(h(r.position()))?;
+                        c.push(
+                            Item::Hash(HashField {
+                                field,
+                                value,
+                                expire_ms: None,
+                            }),
+                            emit,
+                        )
+                        .map_err(h(r.position()))?;
                     }
                 }
                 HASH_ZIPLIST => {
@@ -522,7 +618,9 @@ pub(crate) fn read_value<R: Read>(
             }
             finish(r, c, None, emit)
         }
-        STREAM_LISTPACKS | STREAM_LISTPACKS_2 | STREAM_LISTPACKS_3 => read_stream(r, t, meta, lim, emit),
+        STREAM_LISTPACKS | STREAM_LISTPACKS_2 | STREAM_LISTPACKS_3 => {
+            read_stream(r, t, meta, lim, emit)
+        }
         MODULE_PRE_GA => Err(RdbError::unsupported(
             r.position(),
             "pre-GA module value (RDB type 6) cannot be parsed without the module",
@@ -531,9 +629,17 @@ pub(crate) fn read_value<R: Read>(
             let module_id = r.plain_len()?;
             walk_module(r, &module_name(module_id))?;
             let raw = r.take_record();
-            emit(Event::Entry(Entry { meta, value: Value::Module { module_id }, raw })).map_err(h(r.position()))
+            emit(Event::Entry(Entry {
+                meta,
+                value: Value::Module { module_id },
+                raw,
+            }))
+            .map_err(h(r.position()))
         }
-        _ => Err(RdbError::corrupt(r.position(), format!("unknown object type {t}"))),
+        _ => Err(RdbError::corrupt(
+            r.position(),
+            format!("unknown object type {t}"),
+        )),
     }
 }
 
@@ -590,8 +696,11 @@ where
             Some(s) => s.map_err(|e| RdbError::corrupt(at, e))?,
             None => return Err(RdbError::corrupt(at, "sorted set member without a score")),
         };
-        let score = s.as_f64().ok_or_else(|| RdbError::corrupt(at, "sorted set score is not a number"))?;
-        c.push(Item::ZSet(m.into_bytes(), score), emit).map_err(h(r.position()))?;
+        let score = s
+            .as_f64()
+            .ok_or_else(|| RdbError::corrupt(at, "sorted set score is not a number"))?;
+        c.push(Item::ZSet(m.into_bytes(), score), emit)
+            .map_err(h(r.position()))?;
     }
     if c.big {
         r.stop_record();
@@ -622,16 +731,28 @@ where
                 Some(x) => x.map_err(|e| RdbError::corrupt(at, e))?,
                 None => return Err(RdbError::corrupt(at, "hash field without a TTL slot")),
             };
-            let ttl = ttl.as_int().ok_or_else(|| RdbError::corrupt(at, "hash field TTL is not an integer"))?;
+            let ttl = ttl
+                .as_int()
+                .ok_or_else(|| RdbError::corrupt(at, "hash field TTL is not an integer"))?;
             if ttl < 0 || ttl as u64 > EB_EXPIRE_TIME_MAX {
-                return Err(RdbError::corrupt(at, format!("invalid hash field expire time {ttl}")));
+                return Err(RdbError::corrupt(
+                    at,
+                    format!("invalid hash field expire time {ttl}"),
+                ));
             }
             if ttl != 0 {
                 expire_ms = Some(ttl);
             }
         }
-        c.push(Item::Hash(HashField { field: f.into_bytes(), value: v.into_bytes(), expire_ms }), emit)
-            .map_err(h(r.position()))?;
+        c.push(
+            Item::Hash(HashField {
+                field: f.into_bytes(),
+                value: v.into_bytes(),
+                expire_ms,
+            }),
+            emit,
+        )
+        .map_err(h(r.position()))?;
     }
     if c.big {
         r.stop_record();
@@ -650,7 +771,8 @@ fn read_string_double<R: Read>(r: &mut RdbReader<R>) -> Result<f64, RdbError> {
         _ => {
             let mut buf = [0u8; 255];
             r.read_into(&mut buf[..n as usize])?;
-            parse_f64(&buf[..n as usize]).ok_or_else(|| RdbError::corrupt(at, "invalid double value"))
+            parse_f64(&buf[..n as usize])
+                .ok_or_else(|| RdbError::corrupt(at, "invalid double value"))
         }
     }
 }
@@ -671,7 +793,12 @@ fn read_string_value<R: Read>(
     if size <= lim.big as u64 {
         let v = r.string_body(hdr)?;
         let raw = r.take_record();
-        return emit(Event::Entry(Entry { meta, value: Value::String(v), raw })).map_err(h(r.position()));
+        return emit(Event::Entry(Entry {
+            meta,
+            value: Value::String(v),
+            raw,
+        }))
+        .map_err(h(r.position()));
     }
     r.stop_record();
     let chunk = lim.chunk_bytes.max(1);
@@ -689,9 +816,14 @@ fn read_string_value<R: Read>(
         }
         StrHeader::Lzf { clen, ulen } => {
             let comp = r.bytes(clen)?;
-            let mut dec = lzf::StreamDecoder::new(&comp, ulen).map_err(|m| RdbError::corrupt(at, m))?;
-            while let Some(piece) = dec.next_chunk(chunk).map_err(|m| RdbError::corrupt(at, format!("LZF string: {m}")))? {
-                emit(Event::BigChunk(Value::String(Bytes::from(piece)))).map_err(h(r.position()))?;
+            let mut dec =
+                lzf::StreamDecoder::new(&comp, ulen).map_err(|m| RdbError::corrupt(at, m))?;
+            while let Some(piece) = dec
+                .next_chunk(chunk)
+                .map_err(|m| RdbError::corrupt(at, format!("LZF string: {m}")))?
+            {
+                emit(Event::BigChunk(Value::String(Bytes::from(piece))))
+                    .map_err(h(r.position()))?;
             }
         }
         StrHeader::Int(_) => {}
@@ -712,7 +844,14 @@ fn read_stream<R: Read>(
     lim: Limits,
     emit: &mut Emit<'_>,
 ) -> Result<(), RdbError> {
-    let mut c = Collector::new(meta, Value::Stream(Box::new(StreamValue { entries: Vec::new(), meta: None })), lim);
+    let mut c = Collector::new(
+        meta,
+        Value::Stream(Box::new(StreamValue {
+            entries: Vec::new(),
+            meta: None,
+        })),
+        lim,
+    );
     let nodes = r.count(2)?;
     let mut node_entries = Vec::new();
     let mut live_total: u64 = 0;
@@ -723,7 +862,8 @@ fn read_stream<R: Read>(
             .ok_or_else(|| RdbError::corrupt(at, "stream node key is not a 128-bit id"))?;
         let (at, lp) = blob(r)?;
         node_entries.clear();
-        let n = stream::decode_node(master, lp, &mut node_entries).map_err(|m| RdbError::corrupt(at, m))?;
+        let n = stream::decode_node(master, lp, &mut node_entries)
+            .map_err(|m| RdbError::corrupt(at, m))?;
         if n == 0 && node_entries.is_empty() {
             // Redis never writes empty nodes; tolerate nodes whose entries are all deleted.
         }
@@ -769,18 +909,30 @@ fn read_stream<R: Read>(
             let raw = r.array::<16>()?;
             let id = stream::id_from_be(&raw).unwrap_or_default();
             if pel.last().is_some_and(|p| p.id >= id) {
-                return Err(RdbError::corrupt(at, "consumer group PEL not in id order or duplicated"));
+                return Err(RdbError::corrupt(
+                    at,
+                    "consumer group PEL not in id order or duplicated",
+                ));
             }
             let delivery_time_ms = r.millis()?;
             let delivery_count = r.plain_len()?;
-            pel.push(PendingEntry { id, delivery_time_ms, delivery_count, consumer: None });
+            pel.push(PendingEntry {
+                id,
+                delivery_time_ms,
+                delivery_count,
+                consumer: None,
+            });
         }
         let ncons = r.count(10)?;
         let mut consumers = Vec::new();
         for _ in 0..ncons {
             let cname = r.string()?;
             let seen_time_ms = r.millis()?;
-            let active_time_ms = if t >= types::STREAM_LISTPACKS_3 { Some(r.millis()?) } else { None };
+            let active_time_ms = if t >= types::STREAM_LISTPACKS_3 {
+                Some(r.millis()?)
+            } else {
+                None
+            };
             let n = r.count(16)?;
             let mut cpel = Vec::new();
             for _ in 0..n {
@@ -789,15 +941,38 @@ fn read_stream<R: Read>(
                 let id = stream::id_from_be(&raw).unwrap_or_default();
                 match pel.binary_search_by(|p| p.id.cmp(&id)) {
                     Ok(i) => pel[i].consumer = Some(cname.clone()),
-                    Err(_) => return Err(RdbError::corrupt(at, "consumer PEL entry not found in group PEL")),
+                    Err(_) => {
+                        return Err(RdbError::corrupt(
+                            at,
+                            "consumer PEL entry not found in group PEL",
+                        ))
+                    }
                 }
                 cpel.push(id);
             }
-            consumers.push(Consumer { name: cname, seen_time_ms, active_time_ms, pel: cpel });
+            consumers.push(Consumer {
+                name: cname,
+                seen_time_ms,
+                active_time_ms,
+                pel: cpel,
+            });
         }
-        groups.push(ConsumerGroup { name, last_delivered_id, entries_read, pel, consumers });
+        groups.push(ConsumerGroup {
+            name,
+            last_delivered_id,
+            entries_read,
+            pel,
+            consumers,
+        });
     }
-    let smeta = StreamMeta { length, last_id, first_id, max_deleted_entry_id, entries_added, groups };
+    let smeta = StreamMeta {
+        length,
+        last_id,
+        first_id,
+        max_deleted_entry_id,
+        entries_added,
+        groups,
+    };
     finish(r, c, Some(smeta), emit)
 }
 
@@ -818,15 +993,31 @@ pub fn decode_dump_payload(payload: &[u8]) -> Result<(KeyType, Value), RdbError>
             kind: super::error::RdbErrorKind::Checksum { stored, computed },
         });
     }
-    let version = u32::from(u16::from_le_bytes([payload[body_end], payload[body_end + 1]]));
+    let version = u32::from(u16::from_le_bytes([
+        payload[body_end],
+        payload[body_end + 1],
+    ]));
     let body = &payload[..body_end];
     let t = body[0];
-    let key_type = key_type_of(t).ok_or_else(|| RdbError::corrupt(0, format!("unknown object type {t}")))?;
+    let key_type =
+        key_type_of(t).ok_or_else(|| RdbError::corrupt(0, format!("unknown object type {t}")))?;
     let mut r = RdbReader::new(body, false);
     r.tail = 0;
     r.u8()?;
-    let meta = KeyMeta { db: 0, key: Bytes::new(), rdb_type: t, key_type, expire_ms: None, idle: None, freq: None };
-    let lim = Limits { big: usize::MAX, chunk_bytes: usize::MAX, chunk_elems: usize::MAX };
+    let meta = KeyMeta {
+        db: 0,
+        key: Bytes::new(),
+        rdb_type: t,
+        key_type,
+        expire_ms: None,
+        idle: None,
+        freq: None,
+    };
+    let lim = Limits {
+        big: usize::MAX,
+        chunk_bytes: usize::MAX,
+        chunk_elems: usize::MAX,
+    };
     let mut out = None;
     let mut sink = |ev: Event| -> Result<(), HandlerError> {
         if let Event::Entry(e) = ev {
@@ -836,7 +1027,10 @@ pub fn decode_dump_payload(payload: &[u8]) -> Result<(KeyType, Value), RdbError>
     };
     read_value(&mut r, t, meta, lim, version, &mut sink)?;
     if r.position() != body.len() as u64 {
-        return Err(RdbError::corrupt(r.position(), "trailing bytes after the value in DUMP payload"));
+        return Err(RdbError::corrupt(
+            r.position(),
+            "trailing bytes after the value in DUMP payload",
+        ));
     }
     let v = out.ok_or_else(|| RdbError::corrupt(0, "DUMP payload produced no value"))?;
     Ok((key_type, v))

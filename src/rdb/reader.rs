@@ -239,7 +239,9 @@ impl<R: Read> RdbReader<R> {
                 Ok(Len::Plain((u64::from(b & 0x3f) << 8) | u64::from(b2)))
             }
             2 => match b {
-                0x80 => Ok(Len::Plain(u64::from(u32::from_be_bytes(self.array::<4>()?)))),
+                0x80 => Ok(Len::Plain(u64::from(u32::from_be_bytes(
+                    self.array::<4>()?,
+                )))),
                 0x81 => Ok(Len::Plain(u64::from_be_bytes(self.array::<8>()?))),
                 _ => Err(RdbError::corrupt(
                     self.position() - 1,

@@ -27,12 +27,17 @@ pub fn id_from_be(b: &[u8]) -> Option<StreamId> {
     let mut seq = [0u8; 8];
     ms.copy_from_slice(&b[..8]);
     seq.copy_from_slice(&b[8..]);
-    Some(StreamId { ms: u64::from_be_bytes(ms), seq: u64::from_be_bytes(seq) })
+    Some(StreamId {
+        ms: u64::from_be_bytes(ms),
+        seq: u64::from_be_bytes(seq),
+    })
 }
 
 fn int(it: &mut ListpackIter, what: &str) -> Result<i64, String> {
     match it.next() {
-        Some(Ok(e)) => e.as_int().ok_or_else(|| format!("stream node: {what} is not an integer")),
+        Some(Ok(e)) => e
+            .as_int()
+            .ok_or_else(|| format!("stream node: {what} is not an integer")),
         Some(Err(m)) => Err(m),
         None => Err(format!("stream node ends before {what}")),
     }
@@ -52,7 +57,11 @@ fn count(v: i64, what: &str) -> Result<usize, String> {
 
 /// Decode the live entries of one node, appending them to `out`. Returns the number of live
 /// entries found.
-pub fn decode_node(master: StreamId, blob: Bytes, out: &mut Vec<StreamEntry>) -> Result<usize, String> {
+pub fn decode_node(
+    master: StreamId,
+    blob: Bytes,
+    out: &mut Vec<StreamEntry>,
+) -> Result<usize, String> {
     let mut it = ListpackIter::new(blob)?;
     let live = count(int(&mut it, "master count")?, "count")?;
     let deleted = count(int(&mut it, "master deleted count")?, "deleted count")?;
@@ -64,7 +73,9 @@ pub fn decode_node(master: StreamId, blob: Bytes, out: &mut Vec<StreamEntry>) ->
     if int(&mut it, "master terminator")? != 0 {
         return Err("stream node: master entry terminator is not 0".into());
     }
-    let total = live.checked_add(deleted).ok_or("stream node: entry count overflow")?;
+    let total = live
+        .checked_add(deleted)
+        .ok_or("stream node: entry count overflow")?;
     let mut found_live = 0usize;
     for _ in 0..total {
         let flags = int(&mut it, "entry flags")?;
@@ -76,8 +87,7 @@ pub fn decode_node(master: StreamId, blob: Bytes, out: &mut Vec<StreamEntry>) ->
         };
         let deleted = flags & FLAG_DELETED != 0;
         let mut fields = Vec::new();
-        let n_lp;
-        if flags & FLAG_SAMEFIELDS != 0 {
+        let n_lp = if flags & FLAG_SAMEFIELDS != 0 {
             if !deleted {
                 fields.reserve(nmaster);
             }
@@ -87,7 +97,7 @@ pub fn decode_node(master: StreamId, blob: Bytes, out: &mut Vec<StreamEntry>) ->
                     fields.push((f.clone(), v));
                 }
             }
-            n_lp = 3 + nmaster;
+            3 + nmaster
         } else {
             let nf = count(int(&mut it, "entry field count")?, "field count")?;
             if !deleted {
@@ -100,11 +110,15 @@ pub fn decode_node(master: StreamId, blob: Bytes, out: &mut Vec<StreamEntry>) ->
                     fields.push((f, v));
                 }
             }
-            n_lp = nf.checked_mul(2).and_then(|x| x.checked_add(4)).ok_or("stream node: field count overflow")?;
-        }
+            nf.checked_mul(2)
+                .and_then(|x| x.checked_add(4))
+                .ok_or("stream node: field count overflow")?
+        };
         let lp_count = int(&mut it, "entry lp-count")?;
         if usize::try_from(lp_count).ok() != Some(n_lp) {
-            return Err(format!("stream node: entry lp-count {lp_count} does not match {n_lp}"));
+            return Err(format!(
+                "stream node: entry lp-count {lp_count} does not match {n_lp}"
+            ));
         }
         if !deleted {
             found_live += 1;
@@ -117,7 +131,9 @@ pub fn decode_node(master: StreamId, blob: Bytes, out: &mut Vec<StreamEntry>) ->
         Some(Ok(_)) => return Err("stream node: elements after the last entry".into()),
     }
     if found_live != live {
-        return Err(format!("stream node: master count {live} but {found_live} live entries"));
+        return Err(format!(
+            "stream node: master count {live} but {found_live} live entries"
+        ));
     }
     Ok(found_live)
 }

@@ -16,7 +16,11 @@ pub struct RdbWriter<W: Write> {
 impl<W: Write> RdbWriter<W> {
     /// Start a file: writes the `REDIS00NN` header.
     pub fn new(w: W, version: u32) -> io::Result<Self> {
-        let mut s = RdbWriter { w, crc: CRC64.digest(), written: 0 };
+        let mut s = RdbWriter {
+            w,
+            crc: CRC64.digest(),
+            written: 0,
+        };
         s.raw(format!("REDIS{version:04}").as_bytes())?;
         Ok(s)
     }
@@ -83,7 +87,12 @@ impl<W: Write> RdbWriter<W> {
     }
 
     /// A list as quicklist v2 packed nodes (each node a listpack of the given elements).
-    pub fn key_list_quicklist2<'a, I>(&mut self, key: &[u8], nodes: I, node_count: u64) -> io::Result<()>
+    pub fn key_list_quicklist2<'a, I>(
+        &mut self,
+        key: &[u8],
+        nodes: I,
+        node_count: u64,
+    ) -> io::Result<()>
     where
         I: IntoIterator<Item = Vec<&'a [u8]>>,
     {
@@ -199,7 +208,11 @@ pub struct GenOptions {
 
 impl Default for GenOptions {
     fn default() -> Self {
-        GenOptions { total_bytes: 200 << 20, list_bytes: 50 << 20, list_elem_bytes: 100 }
+        GenOptions {
+            total_bytes: 200 << 20,
+            list_bytes: 50 << 20,
+            list_elem_bytes: 100,
+        }
     }
 }
 
@@ -298,18 +311,25 @@ pub fn generate<W: Write>(out: W, opts: &GenOptions) -> io::Result<GenStats> {
                         (format!("field:{i}").into_bytes(), buf.clone())
                     })
                     .collect();
-                let refs: Vec<(&[u8], &[u8])> = fields.iter().map(|(a, b)| (a.as_slice(), b.as_slice())).collect();
+                let refs: Vec<(&[u8], &[u8])> = fields
+                    .iter()
+                    .map(|(a, b)| (a.as_slice(), b.as_slice()))
+                    .collect();
                 w.key_hash(key.as_bytes(), &refs)?;
             }
             2 => {
-                let members: Vec<Vec<u8>> = (0..100).map(|i| format!("member:{k}:{i}").into_bytes()).collect();
+                let members: Vec<Vec<u8>> = (0..100)
+                    .map(|i| format!("member:{k}:{i}").into_bytes())
+                    .collect();
                 let refs: Vec<&[u8]> = members.iter().map(|m| m.as_slice()).collect();
                 w.key_set(key.as_bytes(), &refs)?;
             }
             _ => {
-                let members: Vec<(Vec<u8>, f64)> =
-                    (0..100).map(|i| (format!("m:{i}").into_bytes(), i as f64 * 1.5 - 20.0)).collect();
-                let refs: Vec<(&[u8], f64)> = members.iter().map(|(m, s)| (m.as_slice(), *s)).collect();
+                let members: Vec<(Vec<u8>, f64)> = (0..100)
+                    .map(|i| (format!("m:{i}").into_bytes(), i as f64 * 1.5 - 20.0))
+                    .collect();
+                let refs: Vec<(&[u8], f64)> =
+                    members.iter().map(|(m, s)| (m.as_slice(), *s)).collect();
                 w.key_zset2(key.as_bytes(), &refs)?;
             }
         }

@@ -25,7 +25,11 @@ impl ZiplistIter {
         }
         let zlbytes = u32::from_le_bytes([blob[0], blob[1], blob[2], blob[3]]) as usize;
         if zlbytes != blob.len() {
-            return Err(format!("ziplist header says {} bytes, blob has {}", zlbytes, blob.len()));
+            return Err(format!(
+                "ziplist header says {} bytes, blob has {}",
+                zlbytes,
+                blob.len()
+            ));
         }
         if blob[blob.len() - 1] != 0xff {
             return Err("ziplist does not end with 0xff".into());
@@ -36,7 +40,11 @@ impl ZiplistIter {
             blob,
             pos: 10,
             end,
-            declared: if zllen == u16::MAX as usize { None } else { Some(zllen) },
+            declared: if zllen == u16::MAX as usize {
+                None
+            } else {
+                Some(zllen)
+            },
             seen: 0,
             done: false,
         })
@@ -49,7 +57,10 @@ impl ZiplistIter {
 
     fn take(&mut self, n: usize) -> Result<&[u8], String> {
         if n > self.end - self.pos {
-            return Err(format!("ziplist entry overruns its buffer at offset {}", self.pos));
+            return Err(format!(
+                "ziplist entry overruns its buffer at offset {}",
+                self.pos
+            ));
         }
         let s = &self.blob[self.pos..self.pos + n];
         self.pos += n;
@@ -60,7 +71,10 @@ impl ZiplistIter {
         if self.pos >= self.end {
             if let Some(d) = self.declared {
                 if d != self.seen {
-                    return Err(format!("ziplist header says {} entries, found {}", d, self.seen));
+                    return Err(format!(
+                        "ziplist header says {} entries, found {}",
+                        d, self.seen
+                    ));
                 }
             }
             return Ok(None);
@@ -70,7 +84,10 @@ impl ZiplistIter {
         if p == 0xfe {
             self.take(4)?;
         } else if p == 0xff {
-            return Err(format!("unexpected ziplist end marker at offset {}", self.pos - 1));
+            return Err(format!(
+                "unexpected ziplist end marker at offset {}",
+                self.pos - 1
+            ));
         }
         let enc = self.take(1)?[0];
         let e = match enc >> 6 {
@@ -234,8 +251,15 @@ pub(crate) mod tests {
             ]
             .prop_map(Elem::Int),
             prop_oneof![
-                Just(0usize), Just(1), Just(63), Just(64), Just(4095), Just(4096),
-                Just(16383), Just(16384), 0usize..200
+                Just(0usize),
+                Just(1),
+                Just(63),
+                Just(64),
+                Just(4095),
+                Just(4096),
+                Just(16383),
+                Just(16384),
+                0usize..200
             ]
             .prop_flat_map(|n| proptest::collection::vec(any::<u8>(), n..=n))
             .prop_map(|v| Elem::Str(Bytes::from(v))),

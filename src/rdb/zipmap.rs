@@ -25,7 +25,7 @@ pub fn decode(blob: &Bytes) -> Result<Vec<(Bytes, Bytes)>, String> {
                 *pos += 4;
                 Ok(Some(u32::from_le_bytes([s[0], s[1], s[2], s[3]]) as usize))
             }
-            253 | 0..=252 => Ok(Some(c as usize)),
+            0..=253 => Ok(Some(c as usize)),
         }
     };
     loop {
@@ -77,8 +77,11 @@ mod tests {
 
     #[test]
     fn roundtrip() {
-        let pairs: Vec<(Vec<u8>, Vec<u8>)> =
-            vec![(b"".to_vec(), b"x".to_vec()), (vec![1; 300], vec![]), (b"k".to_vec(), vec![9; 253])];
+        let pairs: Vec<(Vec<u8>, Vec<u8>)> = vec![
+            (b"".to_vec(), b"x".to_vec()),
+            (vec![1; 300], vec![]),
+            (b"k".to_vec(), vec![9; 253]),
+        ];
         let mut z = vec![pairs.len() as u8];
         for (k, v) in &pairs {
             enc_len(&mut z, k.len());

@@ -27,7 +27,12 @@ pub fn versions() -> Vec<PathBuf> {
         .filter(|p| p.join("dump.rdb").is_file())
         .collect();
     v.sort();
-    assert_eq!(v.len(), 12, "expected 12 Redis versions in the corpus, found {}", v.len());
+    assert_eq!(
+        v.len(),
+        12,
+        "expected 12 Redis versions in the corpus, found {}",
+        v.len()
+    );
     v
 }
 
@@ -73,7 +78,11 @@ pub fn json_eq(a: &J, b: &J, path: &str, diffs: &mut Vec<String>) {
             for k in x.keys().chain(y.keys().filter(|k| !x.contains_key(*k))) {
                 match (x.get(k), y.get(k)) {
                     (Some(p), Some(q)) => json_eq(p, q, &format!("{path}/{k}"), diffs),
-                    (p, q) => diffs.push(format!("{path}/{k}: present {} vs {}", p.is_some(), q.is_some())),
+                    (p, q) => diffs.push(format!(
+                        "{path}/{k}: present {} vs {}",
+                        p.is_some(),
+                        q.is_some()
+                    )),
                 }
             }
         }
@@ -103,7 +112,10 @@ pub fn compare_with_expected(actual: &J, expected: &J, structure: &J, what: &str
     let mut exp_expire = std::collections::HashMap::new();
     for k in structure["keys"].as_array().expect("structure keys") {
         exp_expire.insert(
-            (k["db"].as_u64().unwrap(), k["key"].as_str().unwrap().to_string()),
+            (
+                k["db"].as_u64().unwrap(),
+                k["key"].as_str().unwrap().to_string(),
+            ),
             k["expire_ms"].as_i64(),
         );
     }
@@ -120,7 +132,10 @@ pub fn compare_with_expected(actual: &J, expected: &J, structure: &J, what: &str
                         let want = exp_expire.get(&(db.parse::<u64>().unwrap(), key.clone()));
                         match want {
                             Some(w) if *w == o["expire_ms"].as_i64() => {}
-                            _ => diffs.push(format!("db {db} key {key}: expire {:?} vs structure {:?}", o["expire_ms"], want)),
+                            _ => diffs.push(format!(
+                                "db {db} key {key}: expire {:?} vs structure {:?}",
+                                o["expire_ms"], want
+                            )),
                         }
                     }
                     o.remove("expire_ms");
@@ -136,7 +151,11 @@ pub fn compare_with_expected(actual: &J, expected: &J, structure: &J, what: &str
     }
     let e = strip(expected, false, &mut diffs);
     json_eq(&a, &e, "", &mut diffs);
-    assert!(diffs.is_empty(), "{what}: canonical content differs from expected.json:\n{}", diffs.join("\n"));
+    assert!(
+        diffs.is_empty(),
+        "{what}: canonical content differs from expected.json:\n{}",
+        diffs.join("\n")
+    );
 }
 
 /// A DUMP payload from a raw value body: body + version (u16 LE) + CRC64 (LE).
