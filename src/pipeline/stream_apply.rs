@@ -35,6 +35,8 @@ pub struct StreamOptions {
     pub drop_sentinel_hello: bool,
     /// Commands never forwarded (upper case).
     pub exclude_commands: Vec<Vec<u8>>,
+    /// Several sources share the target (FLUSHDB/FLUSHALL/SWAPDB then affect the others' keys).
+    pub shared_target: bool,
 }
 
 impl Default for StreamOptions {
@@ -44,6 +46,7 @@ impl Default for StreamOptions {
             evalsha_to_eval: true,
             drop_sentinel_hello: true,
             exclude_commands: Vec::new(),
+            shared_target: false,
         }
     }
 }
@@ -266,6 +269,14 @@ impl StreamApply {
                     args[1] = body;
                     rewritten = true;
                 }
+            }
+            b"FLUSHDB" | b"FLUSHALL" | b"SWAPDB" if self.opts.shared_target => {
+                tracing::warn!(
+                    db = self.db,
+                    offset = start,
+                    "forwarding {} from one source to a target shared by several sources: it also affects the keys the other sources wrote",
+                    String::from_utf8_lossy(&up)
+                );
             }
             b"PUBLISH"
                 if self.opts.drop_sentinel_hello
