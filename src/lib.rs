@@ -6,3 +6,4 @@ pub mod rdb;
 pub mod resp;
 pub mod restore;
 pub mod target;
+pub mod verify;
