@@ -9,3 +9,4 @@ pub mod resp;
 pub mod restore;
 pub mod source;
 pub mod target;
+pub mod verify;
