@@ -21,6 +21,10 @@ pub enum Control {
     None,
     /// `REPLCONF GETACK`: the master wants an ACK now.
     AckRequested,
+    /// FLUSHDB (`Some(db)`) or FLUSHALL (`None`) on a target shared with other sources: the
+    /// caller deletes only the keys that no other source holds (see [`super::scoped_flush`]),
+    /// then calls [`super::Dispatcher::advance`] with `end`. Everything before it is applied.
+    ScopedFlush { db: Option<u32>, end: u64 },
 }
 
 /// Settings of the stream apply.
@@ -269,6 +273,12 @@ impl StreamApply {
                     args[1] = body;
                     rewritten = true;
                 }
+            }
+            b"FLUSHDB" | b"FLUSHALL" if self.opts.shared_target && self.multi.is_none() => {
+                self.stats.barriers += 1;
+                d.barrier()?;
+                let db = (up.as_slice() == b"FLUSHDB").then_some(self.db);
+                return Ok(Control::ScopedFlush { db, end });
             }
             b"FLUSHDB" | b"FLUSHALL" | b"SWAPDB" if self.opts.shared_target => {
                 tracing::warn!(

@@ -10,7 +10,9 @@ use bytes::Bytes;
 
 use super::events::{EventSink, RelayEvent};
 use super::rdb_reader::SpoolRdbReader;
+use crate::endpoint::Endpoint;
 use crate::pipeline::checkpoint::{self, Checkpoint};
+use crate::pipeline::scoped_flush::scoped_flush;
 use crate::pipeline::spool::{Spool, SpoolRecord};
 use crate::pipeline::stream_apply::{Control, StreamApply, StreamOptions};
 use crate::pipeline::{Dispatcher, SourceTracker};
@@ -43,6 +45,9 @@ pub struct SourceCtx {
     pub writers: usize,
     pub stop: Arc<AtomicBool>,
     pub resume: Option<Checkpoint>,
+    /// The target and the other sources (for a FLUSHDB/FLUSHALL scoped to this source).
+    pub target: Option<Endpoint>,
+    pub other_sources: Vec<Endpoint>,
     /// Set once the snapshot is fully acknowledged (or when resuming).
     pub snapshot_done: Arc<AtomicBool>,
     pub rdb_bytes_loaded: Arc<AtomicU64>,
@@ -320,9 +325,26 @@ fn stream_data(ctx: &mut SourceCtx, st: &mut State, data: Bytes) -> Result<(), S
         };
         match &mut ctx.output {
             Output::Target { dispatcher, .. } => {
-                if stream.on_frame(frame, dispatcher)? == Control::AckRequested {
-                    ctx.progress.set_applied_offset(ctx.tracker.applied());
-                    ctx.progress.ack_now.notify_one();
+                match stream.on_frame(frame, dispatcher)? {
+                    Control::None => {}
+                    Control::AckRequested => {
+                        ctx.progress.set_applied_offset(ctx.tracker.applied());
+                        ctx.progress.ack_now.notify_one();
+                    }
+                    Control::ScopedFlush { db, end } => {
+                        let target = ctx.target.as_ref().ok_or_else(|| {
+                            format!("source {}: scoped flush without a target", ctx.name)
+                        })?;
+                        let deleted = scoped_flush(
+                            target,
+                            &ctx.other_sources,
+                            db,
+                            &ctx.stream_opts.own_prefix,
+                        )
+                        .map_err(|e| format!("source {}: FLUSH on a shared target: {e:#}", ctx.name))?;
+                        tracing::info!(source = %ctx.name, db = ?db, deleted, "FLUSH from one of several sources: deleted the target keys that no other source holds");
+                        dispatcher.advance(end);
+                    }
                 }
             }
             Output::Sink(sink) => {

@@ -176,11 +176,12 @@ impl RelayBuilder {
     /// Connect and start everything. Fails at once when the target is unreachable or a
     /// checkpoint is unreadable; source connection problems are retried by the links.
     pub fn start(mut self) -> anyhow::Result<RelayHandle> {
-        let cfg = self.cfg.clone();
+        let mut cfg = self.cfg.clone();
         anyhow::ensure!(
             !cfg.sources.is_empty(),
             "no source: give --source or --twemproxy"
         );
+        cfg.stream.shared_target = cfg.sources.len() > 1;
         let mut names = std::collections::HashSet::new();
         for s in &cfg.sources {
             anyhow::ensure!(names.insert(s.to_string()), "source {s} is listed twice");
@@ -255,6 +256,13 @@ impl RelayBuilder {
                 writers,
                 stop: stop.clone(),
                 resume: resume.clone(),
+                target: cfg.target.clone(),
+                other_sources: cfg
+                    .sources
+                    .iter()
+                    .filter(|o| *o != ep)
+                    .cloned()
+                    .collect(),
                 snapshot_done: snapshot_done.clone(),
                 rdb_bytes_loaded: rdb_loaded.clone(),
             };
