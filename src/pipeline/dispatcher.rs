@@ -47,19 +47,29 @@ impl Dispatcher {
         partition(key, self.pending.len())
     }
 
-    /// Queue `op` for writer `w`; it covers stream offsets `(start, end]`.
+    /// Queue `op` for writer `w`; it covers stream offsets `(start, end]`. The batch is on the
+    /// tracker's books from its first op on, so that the applied offset can never pass an op
+    /// that is still waiting here.
     pub fn push(&mut self, w: usize, op: Op, start: u64, end: u64) -> Result<(), String> {
         let p = &mut self.pending[w];
         if p.ops.is_empty() {
             p.start = start;
+            self.tracker.opened(w, start);
         }
         p.end = end;
+        self.tracker.extend(end);
         p.bytes += op.payload.len();
         p.ops.push(op);
         if p.bytes >= BATCH_BYTES || p.ops.len() >= BATCH_OPS {
             self.flush_writer(w)?;
         }
         Ok(())
+    }
+
+    /// Bytes up to `end` needed no work (PING, REPLCONF, SELECT): count them as applied once
+    /// everything before them is.
+    pub fn advance(&mut self, end: u64) {
+        self.tracker.extend(end);
     }
 
     fn flush_writer(&mut self, w: usize) -> Result<(), String> {
@@ -69,18 +79,13 @@ impl Dispatcher {
         }
         let ops = std::mem::take(&mut p.ops);
         p.bytes = 0;
-        let (start, end) = (p.start, p.end);
-        self.tracker.dispatched(w, start, end);
         let batch = Batch {
             tracker: self.tracker.clone(),
             ops,
-            start,
-            end,
+            start: p.start,
+            end: p.end,
         };
-        self.pool.send(w, batch).inspect_err(|_| {
-            // Never applied: take it off the books so that the applied offset stays honest.
-            self.tracker.acknowledged(w);
-        })
+        self.pool.send(w, batch)
     }
 
     /// Hand every pending batch to its writer.

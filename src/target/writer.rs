@@ -363,28 +363,40 @@ fn reply_loop(
                 }
             }
             for i in 0..op.replies {
-                match read_reply_from(&mut stream, &mut buf) {
-                    Ok(Reply::Error(e)) => {
-                        let n = tracker.target_errors.fetch_add(1, Ordering::Relaxed) + 1;
-                        let cmd = describe_command(&op.payload, i as usize);
-                        let msg = String::from_utf8_lossy(&e).into_owned();
-                        metrics::counter!("redis_relay_target_errors_total", "source" => tracker.name.clone())
-                            .increment(1);
-                        if policy == ErrorPolicy::Stop {
-                            state.fail(format!(
-                                "source {}: target refused {cmd} in db {}: {msg} (--on-target-error stop)",
-                                tracker.name, op.db
-                            ));
-                            return;
-                        }
-                        if n <= 20 || n.is_power_of_two() {
-                            tracing::warn!(source = %tracker.name, db = op.db, errors = n, "target refused {cmd}: {msg}");
-                        }
-                    }
-                    Ok(_) => {}
+                let reply = match read_reply_from(&mut stream, &mut buf) {
+                    Ok(r) => r,
                     Err(e) => {
                         state.fail(format!("writer {w}: reading replies failed: {e}"));
                         return;
+                    }
+                };
+                // An EXEC answers with the replies of the transaction's commands.
+                let errors: Vec<&[u8]> = match &reply {
+                    Reply::Error(e) => vec![&e[..]],
+                    Reply::Array(Some(items)) => items
+                        .iter()
+                        .filter_map(|r| match r {
+                            Reply::Error(e) => Some(&e[..]),
+                            _ => None,
+                        })
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                for e in errors {
+                    let n = tracker.target_errors.fetch_add(1, Ordering::Relaxed) + 1;
+                    let cmd = describe_command(&op.payload, i as usize);
+                    let msg = String::from_utf8_lossy(e).into_owned();
+                    metrics::counter!("redis_relay_target_errors_total", "source" => tracker.name.clone())
+                        .increment(1);
+                    if policy == ErrorPolicy::Stop {
+                        state.fail(format!(
+                            "source {}: target refused {cmd} in db {}: {msg} (--on-target-error stop)",
+                            tracker.name, op.db
+                        ));
+                        return;
+                    }
+                    if n <= 20 || n.is_power_of_two() {
+                        tracing::warn!(source = %tracker.name, db = op.db, errors = n, "target refused {cmd}: {msg}");
                     }
                 }
                 commands += 1;

@@ -1,0 +1,127 @@
+//! `restore`: load an RDB file into a live Redis through the same apply path as a full sync.
+
+use std::fs::File;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::endpoint::Endpoint;
+use crate::pipeline::{Dispatcher, SourceTracker};
+use crate::progress::{CountingReader, Progress, Reporter};
+use crate::rdb::{Event, ParseOptions, RdbParser};
+use crate::target::{
+    ApplyOptions, ApplyStats, SnapshotApply, TargetConn, WriterOptions, WriterPool,
+};
+
+/// Settings of a restore.
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    pub writers: WriterOptions,
+    /// Values bigger than this are written as chunked commands, never one RESTORE.
+    pub big_value_bytes: usize,
+    /// Never use RESTORE (always plain commands).
+    pub commands_only: bool,
+    pub quiet: bool,
+}
+
+impl Default for RestoreOptions {
+    fn default() -> Self {
+        RestoreOptions {
+            writers: WriterOptions::default(),
+            big_value_bytes: ParseOptions::default().big_value_bytes,
+            commands_only: false,
+            quiet: false,
+        }
+    }
+}
+
+/// What a restore did.
+#[derive(Debug, Clone)]
+pub struct RestoreReport {
+    pub rdb_version: u32,
+    pub bytes: u64,
+    pub stats: ApplyStats,
+    pub commands: u64,
+    pub target_errors: u64,
+    pub elapsed: Duration,
+    pub target_version: String,
+}
+
+/// Load `path` into `target`. Returns once the target acknowledged every command.
+pub fn restore_file(
+    path: &Path,
+    target: &Endpoint,
+    opts: &RestoreOptions,
+) -> anyhow::Result<RestoreReport> {
+    let started = Instant::now();
+    let file =
+        File::open(path).map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))?;
+    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let info = TargetConn::connect(target, opts.writers.connect_timeout)?
+        .info()
+        .map_err(|e| anyhow::anyhow!("target {target}: INFO failed: {e}"))?;
+    let mut apply_opts = ApplyOptions::for_target(&info);
+    apply_opts.use_restore = !opts.commands_only;
+    let pool = WriterPool::start(target, &opts.writers)?;
+    let tracker = Arc::new(SourceTracker::new(
+        path.display().to_string(),
+        0,
+        pool.writers(),
+        0,
+    ));
+    let mut dispatcher = Dispatcher::new(pool.handle(), tracker.clone());
+    let mut apply = SnapshotApply::new(apply_opts, 0);
+
+    let progress = Arc::new(Progress::default());
+    progress.total_bytes.store(size, Ordering::Relaxed);
+    let reporter = Reporter::start(
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        progress.clone(),
+        opts.quiet,
+    );
+    let reader = CountingReader::new(
+        std::io::BufReader::with_capacity(1 << 20, file),
+        progress.clone(),
+    );
+    let parse_opts = ParseOptions {
+        capture_raw: !opts.commands_only,
+        big_value_bytes: opts.big_value_bytes,
+        ..ParseOptions::default()
+    };
+    let mut parser = RdbParser::new(reader, parse_opts);
+    let result = parser.run(|ev| {
+        if matches!(ev, Event::Entry(_) | Event::BigStart(_)) {
+            progress.keys.fetch_add(1, Ordering::Relaxed);
+        }
+        apply.on_event(ev, &mut dispatcher).map_err(|e| e.into())
+    });
+    let summary = match result {
+        Ok(s) => s,
+        Err(e) => {
+            // Let what was sent settle, but report the file's error.
+            let _ = dispatcher.flush();
+            pool.abort();
+            let _ = pool.finish();
+            drop(reporter);
+            return Err(anyhow::anyhow!("{}: {e}", path.display()));
+        }
+    };
+    let flushed = dispatcher.barrier();
+    drop(dispatcher);
+    let finished = pool.finish();
+    reporter.finish();
+    flushed.map_err(|e| anyhow::anyhow!(e))?;
+    finished.map_err(|e| anyhow::anyhow!(e))?;
+    Ok(RestoreReport {
+        rdb_version: summary.version,
+        bytes: summary.bytes,
+        stats: apply.stats.clone(),
+        commands: tracker.commands_applied.load(Ordering::Relaxed),
+        target_errors: tracker.target_errors.load(Ordering::Relaxed),
+        elapsed: started.elapsed(),
+        target_version: info.version,
+    })
+}
