@@ -194,6 +194,8 @@ impl SourceProgress {
 pub struct LinkConfig {
     pub endpoint: Endpoint,
     /// Announced with `REPLCONF listening-port` (see [`HandshakeConfig::listening_port`]).
+    /// The default, 0, is a port nothing listens on, so Sentinel cannot mistake us for a
+    /// usable replica.
     pub listening_port: u16,
     /// From a checkpoint: `(replid, last offset applied)`; the link asks for
     /// `PSYNC replid offset+1`.
