@@ -35,7 +35,8 @@ use tokio::time::{Instant, MissedTickBehavior};
 pub trait LinkSink: Send + 'static {
     /// A full resync starts: an RDB follows. `offset` is the offset of `+FULLRESYNC` (the
     /// first stream byte after the RDB is `offset + 1`); `None` for a legacy `SYNC` master,
-    /// whose `replid` is `"?"`.
+    /// whose `replid` is `"?"`. It can come again at any time, also in the middle of an RDB
+    /// whose connection was lost (no `rdb_end` then): discard whatever the previous sync left.
     fn full_resync(&mut self, replid: &str, offset: Option<u64>) -> std::io::Result<()>;
     /// A partial resync (`+CONTINUE`) was accepted: the stream continues after `offset`
     /// (offset of the next stream byte - 1). `replid` is the master's current id.
@@ -131,7 +132,8 @@ impl SourceProgress {
         }
     }
 
-    /// Master offset of the last byte received (handed to the sink).
+    /// Master offset of the last byte received (handed to the sink). For a legacy `SYNC`
+    /// master, which has no offsets, the number of stream bytes since the SYNC.
     pub fn received_offset(&self) -> u64 {
         self.received_offset.load(Ordering::Acquire)
     }
@@ -192,6 +194,8 @@ impl SourceProgress {
 pub struct LinkConfig {
     pub endpoint: Endpoint,
     /// Announced with `REPLCONF listening-port` (see [`HandshakeConfig::listening_port`]).
+    /// The default, 0, is a port nothing listens on, so Sentinel cannot mistake us for a
+    /// usable replica.
     pub listening_port: u16,
     /// From a checkpoint: `(replid, last offset applied)`; the link asks for
     /// `PSYNC replid offset+1`.
