@@ -39,11 +39,35 @@ fn preload(proxy: &Nutcracker, strings: usize, per_type: usize) {
     }
     pipe(&mut c, std::mem::take(&mut cmds), 5000);
     for i in 0..per_type {
-        cmds.push(b(&["HSET", &format!("hash:{i}"), "a", "1", "b", &s(i), "c", "x"]));
+        cmds.push(b(&[
+            "HSET",
+            &format!("hash:{i}"),
+            "a",
+            "1",
+            "b",
+            &s(i),
+            "c",
+            "x",
+        ]));
         cmds.push(b(&["RPUSH", &format!("list:{i}"), "a", "b", &s(i)]));
         cmds.push(b(&["SADD", &format!("set:{i}"), "a", "b", &s(i)]));
-        cmds.push(b(&["ZADD", &format!("zset:{i}"), "1", "a", "2.5", "b", &s(i), "c"]));
-        cmds.push(b(&["SET", &format!("ttl:{i}"), "v", "PX", &s(36_000_000 + i)]));
+        cmds.push(b(&[
+            "ZADD",
+            &format!("zset:{i}"),
+            "1",
+            "a",
+            "2.5",
+            "b",
+            &s(i),
+            "c",
+        ]));
+        cmds.push(b(&[
+            "SET",
+            &format!("ttl:{i}"),
+            "v",
+            "PX",
+            &s(36_000_000 + i),
+        ]));
         cmds.push(b(&["EXPIRE", &format!("hash:{i}"), &s(86_400 + i)]));
     }
     pipe(&mut c, std::mem::take(&mut cmds), 5000);
@@ -51,7 +75,10 @@ fn preload(proxy: &Nutcracker, strings: usize, per_type: usize) {
         ("bin:crlf", b"a\r\nb\r\n".to_vec()),
         ("bin:nul", b"\0x\0".to_vec()),
         ("bin:empty", Vec::new()),
-        ("bin:1mib", (0..(1 << 20)).map(|i| (i % 251) as u8).collect()),
+        (
+            "bin:1mib",
+            (0..(1 << 20)).map(|i| (i % 251) as u8).collect(),
+        ),
     ];
     for (k, v) in binary {
         c.cmd(&[b"SET".to_vec(), k.as_bytes().to_vec(), v]);
@@ -104,10 +131,31 @@ fn master_workload(m: &RedisServer, tag: &str, scratch_db: &str) {
     assert!(matches!(exec, Reply::Array(Some(_))), "{exec:?}");
     c.cmd(&["SELECT", "0"]);
     let script = "redis.call('SET', KEYS[1], ARGV[1]); return redis.call('INCR', KEYS[2])";
-    c.cmd(&["EVAL", script, "2", &format!("{{{tag}}}:e1"), &format!("{{{tag}}}:e2"), "v1"]);
+    c.cmd(&[
+        "EVAL",
+        script,
+        "2",
+        &format!("{{{tag}}}:e1"),
+        &format!("{{{tag}}}:e2"),
+        "v1",
+    ]);
     let sha = c.cmd(&["SCRIPT", "LOAD", script]).as_text().unwrap();
-    c.cmd(&["EVALSHA", &sha, "2", &format!("{{{tag}}}:e1"), &format!("{{{tag}}}:e2"), "v2"]);
-    c.cmd(&["EVALSHA", &sha, "2", &format!("{{{tag}}}:e3"), &format!("{{{tag}}}:e2"), "v3"]);
+    c.cmd(&[
+        "EVALSHA",
+        &sha,
+        "2",
+        &format!("{{{tag}}}:e1"),
+        &format!("{{{tag}}}:e2"),
+        "v2",
+    ]);
+    c.cmd(&[
+        "EVALSHA",
+        &sha,
+        "2",
+        &format!("{{{tag}}}:e3"),
+        &format!("{{{tag}}}:e2"),
+        "v3",
+    ]);
     c.cmd(&["RPUSH", &format!("{tag}:dumpme"), "x", "y", "z"]);
     let payload = match c.cmd(&["DUMP", &format!("{tag}:dumpme")]) {
         Reply::Bulk(Some(p)) => p,
@@ -127,7 +175,17 @@ fn master_workload(m: &RedisServer, tag: &str, scratch_db: &str) {
     c.cmd(&["XADD", &st, "*", "b", "2"]);
     c.cmd(&["XADD", &st, "*", "c", "3"]);
     c.cmd(&["XGROUP", "CREATE", &st, "g", "0"]);
-    c.cmd(&["XREADGROUP", "GROUP", "g", "alice", "COUNT", "2", "STREAMS", &st, ">"]);
+    c.cmd(&[
+        "XREADGROUP",
+        "GROUP",
+        "g",
+        "alice",
+        "COUNT",
+        "2",
+        "STREAMS",
+        &st,
+        ">",
+    ]);
     c.cmd(&["XACK", &st, "g", "1-1"]);
     c.cmd(&["XDEL", &st, "1-1"]);
     // A DB that only this master uses: filled, then flushed.
@@ -197,7 +255,11 @@ fn twemproxy_cluster_into_one_target() {
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, Ordering::Relaxed);
     writer.join().unwrap();
-    assert!(synced, "snapshots not applied in time; log:\n{}", relay.log_text());
+    assert!(
+        synced,
+        "snapshots not applied in time; log:\n{}",
+        relay.log_text()
+    );
     assert!(written.load(Ordering::Relaxed) > 10, "the live writer ran");
 
     // Subscribers on the target get what is PUBLISHed on the masters.
@@ -264,6 +326,11 @@ fn twemproxy_cluster_into_one_target() {
         );
     }
     let (code, took) = relay.terminate(Duration::from_secs(10));
-    assert_eq!(code, Some(0), "exit code after SIGTERM; log:\n{}", relay.log_text());
+    assert_eq!(
+        code,
+        Some(0),
+        "exit code after SIGTERM; log:\n{}",
+        relay.log_text()
+    );
     assert!(took < Duration::from_secs(10), "{took:?}");
 }

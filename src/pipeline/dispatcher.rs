@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::offsets::SourceTracker;
-use super::op::{Batch, Op};
+use super::op::{Batch, Bookkeeping, Op};
 use super::router::partition;
 use crate::target::PoolHandle;
 
@@ -18,6 +18,30 @@ pub struct Dispatcher {
     pool: PoolHandle,
     pub tracker: Arc<SourceTracker>,
     pending: Vec<Pending>,
+    /// Exactly-once records for stream batches (`None` during a snapshot).
+    exactly_once: Option<ExactlyOnce>,
+    /// Per writer: ops ending at or before this offset were applied before a restart (read
+    /// from the target's records) and are skipped.
+    skip_upto: Vec<u64>,
+}
+
+/// How stream batches are recorded on the target.
+#[derive(Debug, Clone)]
+pub struct ExactlyOnce {
+    /// `<prefix>offset:<source>:` (the writer index follows).
+    pub key_base: String,
+    /// The replication id the offsets belong to.
+    pub replid: String,
+}
+
+/// The record keys of `source` start with this; the writer index follows.
+pub fn record_base(prefix: &str, source: &str) -> String {
+    format!("{prefix}offset:{source}:")
+}
+
+/// The record key of `source`'s batches on `writer`.
+pub fn record_key(prefix: &str, source: &str, writer: usize) -> String {
+    format!("{}{writer}", record_base(prefix, source))
 }
 
 #[derive(Default)]
@@ -35,7 +59,21 @@ impl Dispatcher {
             pool,
             tracker,
             pending: (0..n).map(|_| Pending::default()).collect(),
+            exactly_once: None,
+            skip_upto: vec![0; n],
         }
+    }
+
+    /// Record every stream batch on the target (see [`ExactlyOnce`]); `None` stops recording.
+    pub fn set_exactly_once(&mut self, eo: Option<ExactlyOnce>) {
+        self.exactly_once = eo;
+    }
+
+    /// After a restart: ops of writer `w` ending at or before `skip_upto[w]` are already on
+    /// the target.
+    pub fn set_skip(&mut self, skip_upto: Vec<u64>) {
+        self.skip_upto = skip_upto;
+        self.skip_upto.resize(self.pending.len(), 0);
     }
 
     pub fn writers(&self) -> usize {
@@ -51,6 +89,11 @@ impl Dispatcher {
     /// tracker's books from its first op on, so that the applied offset can never pass an op
     /// that is still waiting here.
     pub fn push(&mut self, w: usize, op: Op, start: u64, end: u64) -> Result<(), String> {
+        if end <= self.skip_upto[w] && end > start {
+            // Applied before the restart, in the same writer's recorded transaction.
+            self.tracker.extend(end);
+            return Ok(());
+        }
         let p = &mut self.pending[w];
         if p.ops.is_empty() {
             p.start = start;
@@ -79,11 +122,16 @@ impl Dispatcher {
         }
         let ops = std::mem::take(&mut p.ops);
         p.bytes = 0;
+        let bookkeeping = self.exactly_once.as_ref().map(|eo| Bookkeeping {
+            key: format!("{}{w}", eo.key_base).into(),
+            value: format!("{} {}", eo.replid, p.end).into(),
+        });
         let batch = Batch {
             tracker: self.tracker.clone(),
             ops,
             start: p.start,
             end: p.end,
+            bookkeeping,
         };
         self.pool.send(w, batch)
     }

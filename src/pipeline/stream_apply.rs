@@ -335,12 +335,7 @@ impl StreamApply {
             }
             return Ok(Control::None);
         }
-        let op = Op {
-            db: self.db,
-            payload: raw,
-            replies: 1,
-            leaves_db_unknown: false,
-        };
+        let op = Op::new(self.db, raw, 1);
         self.stats.forwarded += 1;
         match route {
             Some(w) => d.push(w, op, start, end),
@@ -369,16 +364,17 @@ impl StreamApply {
             return Ok(());
         }
         let mut payload = BytesMut::new();
-        crate::resp::encode_command(&mut payload, &[&b"MULTI"[..]]);
         for c in &m.commands {
             payload.extend_from_slice(c);
         }
-        crate::resp::encode_command(&mut payload, &[&b"EXEC"[..]]);
+        // The writer runs these as one transaction (in its own MULTI/EXEC, or inside the
+        // exactly-once transaction of the batch).
         let op = Op {
             db: m.db_at_start,
             payload: payload.freeze(),
-            replies: m.commands.len() as u32 + 2,
+            replies: m.commands.len() as u32,
             leaves_db_unknown: m.selects,
+            atomic: true,
         };
         self.stats.forwarded += 1;
         match (m.global || m.selects, m.writer) {

@@ -12,6 +12,7 @@ use super::events::{EventSink, RelayEvent};
 use super::rdb_reader::SpoolRdbReader;
 use crate::endpoint::Endpoint;
 use crate::pipeline::checkpoint::{self, Checkpoint};
+use crate::pipeline::dispatcher::{record_base, record_key, ExactlyOnce};
 use crate::pipeline::scoped_flush::scoped_flush;
 use crate::pipeline::spool::{Spool, SpoolRecord};
 use crate::pipeline::stream_apply::{Control, StreamApply, StreamOptions};
@@ -19,7 +20,7 @@ use crate::pipeline::{Dispatcher, SourceTracker};
 use crate::rdb::{ParseOptions, RdbParser};
 use crate::resp::framer::CommandFramer;
 use crate::source::SourceProgress;
-use crate::target::{ApplyOptions, SnapshotApply};
+use crate::target::{ApplyOptions, SnapshotApply, TargetConn};
 
 /// Where a source's data goes.
 pub enum Output {
@@ -76,6 +77,21 @@ pub fn run(mut ctx: SourceCtx) -> Result<(), String> {
         sink_offset: 0,
     };
     if let Some(cp) = ctx.resume.clone() {
+        if let Output::Target { dispatcher, .. } = &mut ctx.output {
+            let skip = read_records(
+                &ctx.target,
+                &ctx.stream_opts.own_prefix,
+                &ctx.name,
+                &cp.replid,
+                ctx.writers,
+            )?;
+            tracing::info!(source = %ctx.name, checkpoint = cp.offset, records = ?skip, "exactly-once: commands the target already applied after the checkpoint are skipped");
+            dispatcher.set_skip(skip);
+        }
+        let eo = exactly_once(&ctx, &cp.replid);
+        if let Output::Target { dispatcher, .. } = &mut ctx.output {
+            dispatcher.set_exactly_once(Some(eo));
+        }
         st.replid = Some(cp.replid.clone());
         st.stream = Some(StreamApply::new(ctx.stream_opts.clone(), cp.offset, cp.db));
         st.sink_offset = cp.offset;
@@ -200,6 +216,12 @@ fn full_resync(
         tracing::warn!(source = %ctx.name, "the master forced a full resync: its keys are replaced from the new snapshot (keys deleted on the master meanwhile may remain on the target)");
     }
     ctx.snapshot_done.store(false, Ordering::Release);
+    if let Output::Target { dispatcher, .. } = &mut ctx.output {
+        // Snapshot batches are idempotent (RESTORE ... REPLACE, DEL then chunks) and carry no
+        // record; a crash during the snapshot means a new full sync anyway.
+        dispatcher.set_exactly_once(None);
+        dispatcher.set_skip(Vec::new());
+    }
     if let Err(e) = checkpoint::remove(&ctx.state_dir, &ctx.name) {
         tracing::warn!(source = %ctx.name, "cannot remove the old checkpoint: {e}");
     }
@@ -265,8 +287,12 @@ fn full_resync(
             ctx.name
         ));
     }
+    let eo = exactly_once(ctx, &replid);
     match &mut ctx.output {
-        Output::Target { dispatcher, .. } => dispatcher.barrier()?,
+        Output::Target { dispatcher, .. } => {
+            dispatcher.barrier()?;
+            dispatcher.set_exactly_once(Some(eo));
+        }
         Output::Sink(sink) => sink
             .event(RelayEvent::SnapshotEnd {
                 source: ctx.name.clone(),
@@ -302,6 +328,11 @@ fn partial_resync(
         ));
     }
     tracing::info!(source = %ctx.name, replid = %replid, offset, "partial resync: continuing the stream");
+    let eo = exactly_once(ctx, &replid);
+    if let Output::Target { dispatcher, .. } = &mut ctx.output {
+        dispatcher.flush()?;
+        dispatcher.set_exactly_once(Some(eo));
+    }
     st.replid = Some(replid);
     Ok(())
 }
@@ -324,29 +355,25 @@ fn stream_data(ctx: &mut SourceCtx, st: &mut State, data: Bytes) -> Result<(), S
             }
         };
         match &mut ctx.output {
-            Output::Target { dispatcher, .. } => {
-                match stream.on_frame(frame, dispatcher)? {
-                    Control::None => {}
-                    Control::AckRequested => {
-                        ctx.progress.set_applied_offset(ctx.tracker.applied());
-                        ctx.progress.ack_now.notify_one();
-                    }
-                    Control::ScopedFlush { db, end } => {
-                        let target = ctx.target.as_ref().ok_or_else(|| {
-                            format!("source {}: scoped flush without a target", ctx.name)
-                        })?;
-                        let deleted = scoped_flush(
-                            target,
-                            &ctx.other_sources,
-                            db,
-                            &ctx.stream_opts.own_prefix,
-                        )
-                        .map_err(|e| format!("source {}: FLUSH on a shared target: {e:#}", ctx.name))?;
-                        tracing::info!(source = %ctx.name, db = ?db, deleted, "FLUSH from one of several sources: deleted the target keys that no other source holds");
-                        dispatcher.advance(end);
-                    }
+            Output::Target { dispatcher, .. } => match stream.on_frame(frame, dispatcher)? {
+                Control::None => {}
+                Control::AckRequested => {
+                    ctx.progress.set_applied_offset(ctx.tracker.applied());
+                    ctx.progress.ack_now.notify_one();
                 }
-            }
+                Control::ScopedFlush { db, end } => {
+                    let target = ctx.target.as_ref().ok_or_else(|| {
+                        format!("source {}: scoped flush without a target", ctx.name)
+                    })?;
+                    let deleted =
+                        scoped_flush(target, &ctx.other_sources, db, &ctx.stream_opts.own_prefix)
+                            .map_err(|e| {
+                            format!("source {}: FLUSH on a shared target: {e:#}", ctx.name)
+                        })?;
+                    tracing::info!(source = %ctx.name, db = ?db, deleted, "FLUSH from one of several sources: deleted the target keys that no other source holds");
+                    dispatcher.advance(end);
+                }
+            },
             Output::Sink(sink) => {
                 let start = stream.offset();
                 let end = start + frame.raw.len() as u64;
@@ -396,4 +423,46 @@ impl<R: std::io::Read> std::io::Read for CountingRead<'_, R> {
         self.count.fetch_add(n as u64, Ordering::Relaxed);
         Ok(n)
     }
+}
+
+fn exactly_once(ctx: &SourceCtx, replid: &str) -> ExactlyOnce {
+    ExactlyOnce {
+        key_base: record_base(
+            &String::from_utf8_lossy(&ctx.stream_opts.own_prefix),
+            &ctx.name,
+        ),
+        replid: replid.to_string(),
+    }
+}
+
+/// The offsets recorded on the target by each writer for `source` under `replid`.
+fn read_records(
+    target: &Option<Endpoint>,
+    prefix: &[u8],
+    source: &str,
+    replid: &str,
+    writers: usize,
+) -> Result<Vec<u64>, String> {
+    let Some(target) = target else {
+        return Ok(vec![0; writers]);
+    };
+    let mut conn =
+        TargetConn::connect(target, Duration::from_secs(10)).map_err(|e| e.to_string())?;
+    let prefix = String::from_utf8_lossy(prefix);
+    let io =
+        |e: std::io::Error| format!("target {target}: reading the relay's offset records: {e}");
+    conn.call(&["SELECT", "0"]).map_err(io)?;
+    let mut out = Vec::with_capacity(writers);
+    for w in 0..writers {
+        let key = record_key(&prefix, source, w);
+        let value = conn.call(&["GET", key.as_str()]).map_err(io)?.as_text();
+        let offset = value
+            .as_deref()
+            .and_then(|v| v.split_once(' '))
+            .filter(|(id, _)| *id == replid)
+            .and_then(|(_, off)| off.parse::<u64>().ok())
+            .unwrap_or(0);
+        out.push(offset);
+    }
+    Ok(out)
 }

@@ -209,6 +209,7 @@ impl RelayBuilder {
                 tracing::info!(target = %t, version = %info.version, rdb_version = info.rdb_version, "target connected");
                 let mut a = ApplyOptions::for_target(&info);
                 a.use_restore = cfg.use_restore;
+                a.own_prefix = cfg.stream.own_prefix.clone();
                 (Some(WriterPool::start(t, &cfg.writers)?), Some(a))
             }
             (None, None) => anyhow::bail!("no target: give --target"),
@@ -260,12 +261,7 @@ impl RelayBuilder {
                 stop: stop.clone(),
                 resume: resume.clone(),
                 target: cfg.target.clone(),
-                other_sources: cfg
-                    .sources
-                    .iter()
-                    .filter(|o| *o != ep)
-                    .cloned()
-                    .collect(),
+                other_sources: cfg.sources.iter().filter(|o| *o != ep).cloned().collect(),
                 snapshot_done: snapshot_done.clone(),
                 rdb_bytes_loaded: rdb_loaded.clone(),
             };

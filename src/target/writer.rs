@@ -100,9 +100,26 @@ pub struct WriterPool {
 
 struct InFlight {
     batch: Batch,
-    /// Per op: whether a SELECT was sent before it.
-    selects: Vec<bool>,
+    /// What each reply of this batch answers, in order.
+    plan: Vec<Expect>,
     sent_at: Instant,
+}
+
+/// What one reply answers.
+#[derive(Debug)]
+enum Expect {
+    /// A SELECT the writer added.
+    Select(u32),
+    /// Command `cmd` of op `op`.
+    Cmd { op: u32, cmd: u32 },
+    /// `+OK` to MULTI.
+    Multi,
+    /// `+QUEUED` (or a queue-time error) for a command inside MULTI.
+    Queued(Box<Expect>),
+    /// The EXEC array: one element per queued command.
+    Exec(Vec<Expect>),
+    /// The exactly-once record.
+    Book,
 }
 
 impl WriterPool {
@@ -241,6 +258,105 @@ impl PoolHandle {
 
 const DIRECT_WRITE: usize = 64 * 1024;
 
+/// Builds the bytes and the reply plan of one batch.
+struct Encoder<'a> {
+    out: &'a mut BytesMut,
+    direct: Vec<(usize, Bytes)>,
+    db: Option<u32>,
+}
+
+impl Encoder<'_> {
+    fn select(&mut self, db: u32) {
+        encode_command(self.out, &[&b"SELECT"[..], db.to_string().as_bytes()]);
+    }
+
+    fn payload(&mut self, p: &Bytes) {
+        if p.len() >= DIRECT_WRITE {
+            // Big payloads go straight to the socket after what is buffered, uncopied.
+            self.direct.push((self.out.len(), p.clone()));
+        } else {
+            self.out.extend_from_slice(p);
+        }
+    }
+
+    /// Encode `batch`; returns the plan of its replies.
+    fn batch(&mut self, batch: &Batch) -> Vec<Expect> {
+        let mut plan = Vec::with_capacity(batch.ops.len() + 4);
+        match &batch.bookkeeping {
+            None => {
+                for (i, op) in batch.ops.iter().enumerate() {
+                    if self.db != Some(op.db) {
+                        self.select(op.db);
+                        plan.push(Expect::Select(op.db));
+                    }
+                    let cmds = (0..op.replies).map(|c| Expect::Cmd {
+                        op: i as u32,
+                        cmd: c,
+                    });
+                    if op.atomic {
+                        encode_command(self.out, &[&b"MULTI"[..]]);
+                        plan.push(Expect::Multi);
+                        self.payload(&op.payload);
+                        let items: Vec<Expect> = cmds.collect();
+                        plan.extend((0..op.replies).map(|c| {
+                            Expect::Queued(Box::new(Expect::Cmd {
+                                op: i as u32,
+                                cmd: c,
+                            }))
+                        }));
+                        encode_command(self.out, &[&b"EXEC"[..]]);
+                        plan.push(Expect::Exec(items));
+                    } else {
+                        self.payload(&op.payload);
+                        plan.extend(cmds);
+                    }
+                    self.db = (!op.leaves_db_unknown).then_some(op.db);
+                }
+            }
+            Some(book) => {
+                // One transaction: the batch and its record, or neither.
+                encode_command(self.out, &[&b"MULTI"[..]]);
+                plan.push(Expect::Multi);
+                let mut items = Vec::new();
+                for (i, op) in batch.ops.iter().enumerate() {
+                    if self.db != Some(op.db) {
+                        self.select(op.db);
+                        items.push(Expect::Select(op.db));
+                    }
+                    self.payload(&op.payload);
+                    items.extend((0..op.replies).map(|c| Expect::Cmd {
+                        op: i as u32,
+                        cmd: c,
+                    }));
+                    self.db = (!op.leaves_db_unknown).then_some(op.db);
+                }
+                if self.db != Some(0) {
+                    self.select(0);
+                    items.push(Expect::Select(0));
+                }
+                encode_command(self.out, &[&b"SET"[..], &book.key, &book.value]);
+                items.push(Expect::Book);
+                for it in items.iter() {
+                    plan.push(Expect::Queued(Box::new(shallow(it))));
+                }
+                encode_command(self.out, &[&b"EXEC"[..]]);
+                plan.push(Expect::Exec(items));
+                // Queued SELECTs may not have run (EXECABORT): select again next time.
+                self.db = None;
+            }
+        }
+        plan
+    }
+}
+
+fn shallow(e: &Expect) -> Expect {
+    match e {
+        Expect::Select(d) => Expect::Select(*d),
+        Expect::Cmd { op, cmd } => Expect::Cmd { op: *op, cmd: *cmd },
+        _ => Expect::Book,
+    }
+}
+
 fn send_loop(
     w: usize,
     mut stream: TcpStream,
@@ -269,32 +385,19 @@ fn send_loop(
             }
             out.clear();
         }
-        let mut selects = Vec::with_capacity(batch.ops.len());
-        let mut direct: Vec<(usize, Bytes)> = Vec::new();
-        for op in &batch.ops {
-            let need_select = db != Some(op.db);
-            if need_select {
-                let n = itoa(op.db);
-                encode_command(&mut out, &[&b"SELECT"[..], n.as_bytes()]);
-            }
-            selects.push(need_select);
-            if op.payload.len() >= DIRECT_WRITE {
-                // Big payloads go straight to the socket after what is buffered, uncopied.
-                direct.push((out.len(), op.payload.clone()));
-            } else {
-                out.extend_from_slice(&op.payload);
-            }
-            db = if op.leaves_db_unknown {
-                None
-            } else {
-                Some(op.db)
-            };
-        }
+        let mut enc = Encoder {
+            out: &mut out,
+            direct: Vec::new(),
+            db,
+        };
+        let plan = enc.batch(&batch);
+        db = enc.db;
+        let direct = std::mem::take(&mut enc.direct);
         let bytes = (out.len() + direct.iter().map(|d| d.1.len()).sum::<usize>()) as u64;
         // Register before writing: replies may come back before write_all returns.
         let token = InFlight {
             batch,
-            selects,
+            plan,
             sent_at: Instant::now(),
         };
         if inflight.send(token).is_err() {
@@ -333,6 +436,112 @@ fn send_loop(
     }
 }
 
+/// Stop the pool: the reply thread found a reason.
+struct Fatal;
+
+struct ReplyCtx<'a> {
+    batch: &'a Batch,
+    state: &'a PoolState,
+    policy: ErrorPolicy,
+    commands: u64,
+}
+
+impl ReplyCtx<'_> {
+    fn error(&mut self, op: u32, cmd: u32, msg: &[u8]) -> Result<(), Fatal> {
+        let tracker = &self.batch.tracker;
+        let n = tracker.target_errors.fetch_add(1, Ordering::Relaxed) + 1;
+        let o = &self.batch.ops[op as usize];
+        let what = describe_command(&o.payload, cmd as usize);
+        let msg = String::from_utf8_lossy(msg);
+        metrics::counter!("redis_relay_target_errors_total", "source" => tracker.name.clone())
+            .increment(1);
+        if self.policy == ErrorPolicy::Stop {
+            self.state.fail(format!(
+                "source {}: target refused {what} in db {}: {msg} (--on-target-error stop)",
+                tracker.name, o.db
+            ));
+            return Err(Fatal);
+        }
+        if n <= 20 || n.is_power_of_two() {
+            tracing::warn!(source = %tracker.name, db = o.db, errors = n, "target refused {what}: {msg}");
+        }
+        Ok(())
+    }
+
+    /// Check one reply against what it answers.
+    fn check(&mut self, expect: &Expect, reply: Reply) -> Result<(), Fatal> {
+        match (expect, reply) {
+            (Expect::Select(db), Reply::Error(e)) => {
+                self.state.fail(format!(
+                    "target refused SELECT {db}: {} (is the target a cluster, or are its databases fewer?)",
+                    String::from_utf8_lossy(&e)
+                ));
+                Err(Fatal)
+            }
+            (Expect::Cmd { op, cmd }, Reply::Error(e)) => {
+                self.commands += 1;
+                self.error(*op, *cmd, &e)
+            }
+            (Expect::Cmd { .. }, _) => {
+                self.commands += 1;
+                Ok(())
+            }
+            (Expect::Queued(inner), Reply::Error(e)) => match **inner {
+                // Counted here; the EXEC that follows is an EXECABORT.
+                Expect::Cmd { op, cmd } => self.error(op, cmd, &e),
+                _ => {
+                    self.state.fail(format!(
+                        "target refused a command of the relay's own inside MULTI: {}",
+                        String::from_utf8_lossy(&e)
+                    ));
+                    Err(Fatal)
+                }
+            },
+            (Expect::Multi, Reply::Error(e)) => {
+                self.state.fail(format!(
+                    "target refused MULTI: {}",
+                    String::from_utf8_lossy(&e)
+                ));
+                Err(Fatal)
+            }
+            (Expect::Exec(items), Reply::Array(Some(replies))) => {
+                for (it, r) in items.iter().zip(replies) {
+                    self.check(it, r)?;
+                }
+                Ok(())
+            }
+            (Expect::Exec(items), Reply::Error(e)) => {
+                // EXECABORT: nothing of the transaction ran. The queue-time error was counted;
+                // the other commands were not applied either.
+                let lost = items
+                    .iter()
+                    .filter(|i| matches!(i, Expect::Cmd { .. }))
+                    .count();
+                let tracker = &self.batch.tracker;
+                tracing::error!(source = %tracker.name, commands = lost, "the target aborted a transaction: {}", String::from_utf8_lossy(&e));
+                if self.policy == ErrorPolicy::Stop {
+                    self.state.fail(format!(
+                        "source {}: the target aborted a transaction of {lost} commands: {}",
+                        tracker.name,
+                        String::from_utf8_lossy(&e)
+                    ));
+                    return Err(Fatal);
+                }
+                self.commands += lost as u64;
+                Ok(())
+            }
+            (Expect::Book, Reply::Error(e)) => {
+                self.state.fail(format!(
+                    "target refused the relay's offset record: {}",
+                    String::from_utf8_lossy(&e)
+                ));
+                Err(Fatal)
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 fn reply_loop(
     w: usize,
     mut stream: TcpStream,
@@ -342,66 +551,26 @@ fn reply_loop(
 ) {
     let mut buf = BytesMut::with_capacity(64 * 1024);
     while let Ok(token) = inflight.recv() {
-        let tracker = &token.batch.tracker;
-        let mut commands = 0u64;
-        for (op, &selected) in token.batch.ops.iter().zip(&token.selects) {
-            if selected {
-                match read_reply_from(&mut stream, &mut buf) {
-                    Ok(Reply::Error(e)) => {
-                        state.fail(format!(
-                            "target refused SELECT {}: {} (is the target a cluster, or are its databases fewer?)",
-                            op.db,
-                            String::from_utf8_lossy(&e)
-                        ));
-                        return;
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        state.fail(format!("writer {w}: reading replies failed: {e}"));
-                        return;
-                    }
+        let mut ctx = ReplyCtx {
+            batch: &token.batch,
+            state: &state,
+            policy,
+            commands: 0,
+        };
+        for expect in &token.plan {
+            let reply = match read_reply_from(&mut stream, &mut buf) {
+                Ok(r) => r,
+                Err(e) => {
+                    state.fail(format!("writer {w}: reading replies failed: {e}"));
+                    return;
                 }
-            }
-            for i in 0..op.replies {
-                let reply = match read_reply_from(&mut stream, &mut buf) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        state.fail(format!("writer {w}: reading replies failed: {e}"));
-                        return;
-                    }
-                };
-                // An EXEC answers with the replies of the transaction's commands.
-                let errors: Vec<&[u8]> = match &reply {
-                    Reply::Error(e) => vec![&e[..]],
-                    Reply::Array(Some(items)) => items
-                        .iter()
-                        .filter_map(|r| match r {
-                            Reply::Error(e) => Some(&e[..]),
-                            _ => None,
-                        })
-                        .collect(),
-                    _ => Vec::new(),
-                };
-                for e in errors {
-                    let n = tracker.target_errors.fetch_add(1, Ordering::Relaxed) + 1;
-                    let cmd = describe_command(&op.payload, i as usize);
-                    let msg = String::from_utf8_lossy(e).into_owned();
-                    metrics::counter!("redis_relay_target_errors_total", "source" => tracker.name.clone())
-                        .increment(1);
-                    if policy == ErrorPolicy::Stop {
-                        state.fail(format!(
-                            "source {}: target refused {cmd} in db {}: {msg} (--on-target-error stop)",
-                            tracker.name, op.db
-                        ));
-                        return;
-                    }
-                    if n <= 20 || n.is_power_of_two() {
-                        tracing::warn!(source = %tracker.name, db = op.db, errors = n, "target refused {cmd}: {msg}");
-                    }
-                }
-                commands += 1;
+            };
+            if ctx.check(expect, reply).is_err() {
+                return;
             }
         }
+        let commands = ctx.commands;
+        let tracker = &token.batch.tracker;
         tracker
             .commands_applied
             .fetch_add(commands, Ordering::Relaxed);
@@ -438,8 +607,4 @@ pub fn describe_command(payload: &[u8], index: usize) -> String {
         i += 1;
     }
     "<unknown command>".into()
-}
-
-fn itoa(n: u32) -> String {
-    n.to_string()
 }

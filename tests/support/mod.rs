@@ -364,7 +364,9 @@ impl Relay {
         let text = self.metrics();
         let label = format!("source=\"{source}\"");
         text.lines()
-            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{') && l.contains(&label))
+            .filter(|l| {
+                l.starts_with(name) && l[name.len()..].starts_with('{') && l.contains(&label)
+            })
             .find_map(|l| l.rsplit(' ').next()?.parse().ok())
     }
 
@@ -413,7 +415,10 @@ pub fn http_get(port: u16, path: &str) -> std::io::Result<String> {
     write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
     let mut out = String::new();
     s.read_to_string(&mut out)?;
-    Ok(out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or(out))
+    Ok(out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or(out))
 }
 
 /// Poll `f` until it returns true or `limit` passes.
