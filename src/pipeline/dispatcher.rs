@@ -23,9 +23,25 @@ pub struct Dispatcher {
     /// Per writer: ops ending at or before this offset were applied before a restart (read
     /// from the target's records) and are skipped.
     skip_upto: Vec<u64>,
+    /// Per writer: sequence number of the last recorded batch (with [`run_id`], tells a
+    /// writer which of its batches a broken connection applied).
+    seq: Vec<u64>,
 }
 
-/// How stream batches are recorded on the target.
+/// Identifies this process in batch records: sequence numbers restart with each process.
+pub fn run_id() -> &'static str {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        format!("{:x}{:x}", t, std::process::id())
+    })
+}
+
+/// How batches are recorded on the target: `SET <key_base><writer> "<replid> <end offset>
+/// <run id> <sequence>"` inside each batch's MULTI/EXEC.
 #[derive(Debug, Clone)]
 pub struct ExactlyOnce {
     /// `<prefix>offset:<source>:` (the writer index follows).
@@ -61,6 +77,7 @@ impl Dispatcher {
             pending: (0..n).map(|_| Pending::default()).collect(),
             exactly_once: None,
             skip_upto: vec![0; n],
+            seq: vec![0; n],
         }
     }
 
@@ -122,9 +139,13 @@ impl Dispatcher {
         }
         let ops = std::mem::take(&mut p.ops);
         p.bytes = 0;
-        let bookkeeping = self.exactly_once.as_ref().map(|eo| Bookkeeping {
-            key: format!("{}{w}", eo.key_base).into(),
-            value: format!("{} {}", eo.replid, p.end).into(),
+        let seq = &mut self.seq[w];
+        let bookkeeping = self.exactly_once.as_ref().map(|eo| {
+            *seq += 1;
+            Bookkeeping {
+                key: format!("{}{w}", eo.key_base).into(),
+                value: format!("{} {} {} {}", eo.replid, p.end, run_id(), seq).into(),
+            }
         });
         let batch = Batch {
             tracker: self.tracker.clone(),

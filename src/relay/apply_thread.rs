@@ -217,9 +217,9 @@ fn full_resync(
     }
     ctx.snapshot_done.store(false, Ordering::Release);
     if let Output::Target { dispatcher, .. } = &mut ctx.output {
-        // Snapshot batches are idempotent (RESTORE ... REPLACE, DEL then chunks) and carry no
-        // record; a crash during the snapshot means a new full sync anyway.
-        dispatcher.set_exactly_once(None);
+        // Snapshot batches are recorded too (under the new replid, at the snapshot offset):
+        // nothing of them is skipped after a restart (a crash during the snapshot means a new
+        // full sync), but a writer that loses its connection knows which ones were applied.
         dispatcher.set_skip(Vec::new());
     }
     if let Err(e) = checkpoint::remove(&ctx.state_dir, &ctx.name) {
@@ -231,6 +231,10 @@ fn full_resync(
     st.framer = CommandFramer::new();
     ctx.tracker.reset(off);
     ctx.rdb_bytes_loaded.store(0, Ordering::Relaxed);
+    let eo = exactly_once(ctx, &replid);
+    if let Output::Target { dispatcher, .. } = &mut ctx.output {
+        dispatcher.set_exactly_once(Some(eo));
+    }
 
     let mut reader = SpoolRdbReader::new(ctx.spool.clone(), ctx.stop.clone());
     let counted = CountingRead {

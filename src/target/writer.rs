@@ -95,7 +95,8 @@ pub struct WriterPool {
     senders: Vec<Sender<Batch>>,
     handles: Vec<JoinHandle<()>>,
     pub state: Arc<PoolState>,
-    streams: Vec<TcpStream>,
+    /// Each writer's current socket (to abort).
+    sockets: Vec<Arc<Mutex<Option<TcpStream>>>>,
 }
 
 struct InFlight {
@@ -128,46 +129,36 @@ impl WriterPool {
         let n = opts.writers.max(1);
         let state = Arc::new(PoolState::default());
         let mut senders = Vec::with_capacity(n);
-        let mut handles = Vec::with_capacity(2 * n);
-        let mut streams = Vec::with_capacity(n);
+        let mut handles = Vec::with_capacity(n);
+        let mut sockets = Vec::with_capacity(n);
         for w in 0..n {
+            // Every writer must connect once at start: a wrong address or password is an
+            // error now, not a retry loop.
             let conn = TargetConn::connect(target, opts.connect_timeout)?;
-            let read_half = conn.stream.try_clone().map_err(|e| TargetError::Io {
-                target: target.to_string(),
-                what: "clone the socket",
-                source: e,
-            })?;
-            streams.push(conn.stream.try_clone().map_err(|e| TargetError::Io {
-                target: target.to_string(),
-                what: "clone the socket",
-                source: e,
-            })?);
             let (tx, rx) = bounded::<Batch>(opts.queue);
-            let (ftx, frx) = bounded::<InFlight>(opts.max_in_flight);
             senders.push(tx);
-            let st = state.clone();
-            let o = opts.clone();
-            let name = target.to_string();
+            let slot = Arc::new(Mutex::new(None));
+            sockets.push(slot.clone());
+            let writer = Writer {
+                w,
+                rx,
+                state: state.clone(),
+                opts: opts.clone(),
+                target: target.clone(),
+                socket: slot,
+            };
             handles.push(
                 std::thread::Builder::new()
                     .name(format!("writer-{w}"))
-                    .spawn(move || send_loop(w, conn.stream, rx, ftx, st, o, name))
+                    .spawn(move || writer.run(conn))
                     .expect("spawn writer thread"),
-            );
-            let st = state.clone();
-            let policy = opts.on_error;
-            handles.push(
-                std::thread::Builder::new()
-                    .name(format!("writer-{w}-replies"))
-                    .spawn(move || reply_loop(w, read_half, frx, st, policy))
-                    .expect("spawn reply thread"),
             );
         }
         Ok(WriterPool {
             senders,
             handles,
             state,
-            streams,
+            sockets,
         })
     }
 
@@ -218,8 +209,11 @@ impl WriterPool {
 
     /// Abort: close the sockets so that blocked threads return.
     pub fn abort(&self) {
-        for s in &self.streams {
-            let _ = s.shutdown(Shutdown::Both);
+        self.state.fail("aborted".to_string());
+        for s in &self.sockets {
+            if let Some(s) = s.lock().as_ref() {
+                let _ = s.shutdown(Shutdown::Both);
+            }
         }
     }
 }
@@ -357,82 +351,269 @@ fn shallow(e: &Expect) -> Expect {
     }
 }
 
-fn send_loop(
+/// One writer: its input channel and the connections it goes through.
+struct Writer {
     w: usize,
-    mut stream: TcpStream,
     rx: Receiver<Batch>,
-    inflight: Sender<InFlight>,
     state: Arc<PoolState>,
     opts: WriterOptions,
-    target: String,
-) {
-    let mut out = BytesMut::with_capacity(opts.output_buffer + 1024);
-    let mut db: Option<u32> = None;
-    let fail = |e: std::io::Error| {
-        state.fail(format!("target {target}: writer {w}: write failed: {e}"));
-    };
-    while let Ok(batch) = rx.recv() {
-        if state.failed() {
-            break;
-        }
-        if inflight.is_full() && !out.is_empty() {
-            // The connection is at its in-flight cap: what is buffered must reach the target
-            // before waiting for a slot, or the replies we wait for would never come. (Only
-            // this thread adds to `inflight`, so the send below cannot block after this.)
-            if let Err(e) = stream.write_all(&out) {
-                fail(e);
-                break;
+    target: Endpoint,
+    socket: Arc<Mutex<Option<TcpStream>>>,
+}
+
+/// How one connection ended.
+enum Ended {
+    /// The input is closed and everything was acknowledged.
+    Done,
+    /// The pool failed (fatal error elsewhere or here).
+    Failed,
+    /// The connection broke: these batches were sent but not acknowledged, in order.
+    Broken(Vec<Batch>, String),
+}
+
+impl Writer {
+    /// Run connections until the input closes or the pool fails. A broken connection is
+    /// replaced (with backoff, for as long as it takes); the batches it left unacknowledged
+    /// are checked against their records on the target and only those not applied are sent
+    /// again, so a reconnect neither loses nor doubles a write.
+    fn run(self, first: TargetConn) {
+        let mut conn = Some(first);
+        let mut resend: Vec<Batch> = Vec::new();
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let mut c = match conn.take() {
+                Some(c) => c,
+                None => match self.reconnect(&mut delay) {
+                    Some(c) => c,
+                    None => return,
+                },
+            };
+            if !resend.is_empty() {
+                match self.settle(&mut c, std::mem::take(&mut resend)) {
+                    Ok(left) => resend = left,
+                    Err(e) => {
+                        tracing::warn!(
+                            writer = self.w,
+                            "target {}: checking records after a reconnect failed: {e}",
+                            self.target
+                        );
+                        continue;
+                    }
+                }
             }
-            out.clear();
-        }
-        let mut enc = Encoder {
-            out: &mut out,
-            direct: Vec::new(),
-            db,
-        };
-        let plan = enc.batch(&batch);
-        db = enc.db;
-        let direct = std::mem::take(&mut enc.direct);
-        let bytes = (out.len() + direct.iter().map(|d| d.1.len()).sum::<usize>()) as u64;
-        // Register before writing: replies may come back before write_all returns.
-        let token = InFlight {
-            batch,
-            plan,
-            sent_at: Instant::now(),
-        };
-        if inflight.send(token).is_err() {
-            break;
-        }
-        let mut written = 0;
-        let mut result = Ok(());
-        for (at, payload) in direct {
-            result = stream
-                .write_all(&out[written..at])
-                .and_then(|_| stream.write_all(&payload));
-            written = at;
-            if result.is_err() {
-                break;
+            match self.connection(c, std::mem::take(&mut resend)) {
+                Ended::Done | Ended::Failed => return,
+                Ended::Broken(unacked, why) => {
+                    metrics::counter!("redis_relay_target_reconnects_total").increment(1);
+                    tracing::warn!(
+                        writer = self.w,
+                        unacknowledged_batches = unacked.len(),
+                        "target {}: connection lost ({why}); reconnecting",
+                        self.target
+                    );
+                    resend = unacked;
+                }
             }
-        }
-        if result.is_ok() && (out.len() >= opts.output_buffer || rx.is_empty()) {
-            result = stream.write_all(&out[written..]);
-            written = out.len();
-        }
-        if let Err(e) = result {
-            fail(e);
-            break;
-        }
-        state.bytes_written.fetch_add(bytes, Ordering::Relaxed);
-        if written == out.len() {
-            out.clear();
-        } else if written > 0 {
-            let _ = out.split_to(written);
         }
     }
-    if !out.is_empty() && !state.failed() {
-        if let Err(e) = stream.write_all(&out) {
-            fail(e);
+
+    fn reconnect(&self, delay: &mut Duration) -> Option<TargetConn> {
+        loop {
+            if self.state.failed() {
+                return None;
+            }
+            match TargetConn::connect(&self.target, self.opts.connect_timeout) {
+                Ok(c) => {
+                    tracing::info!(writer = self.w, "target {}: reconnected", self.target);
+                    *delay = Duration::from_millis(100);
+                    return Some(c);
+                }
+                Err(e) => {
+                    tracing::warn!(writer = self.w, "{e}; retrying in {delay:?}");
+                    std::thread::sleep(*delay);
+                    *delay = (*delay * 2).min(Duration::from_secs(5));
+                }
+            }
         }
+    }
+
+    /// Acknowledge the batches the target applied before the connection broke (their record
+    /// says so); return the others, in order, to be sent again.
+    fn settle(&self, c: &mut TargetConn, batches: Vec<Batch>) -> std::io::Result<Vec<Batch>> {
+        c.call(&["SELECT", "0"])?;
+        let mut left = Vec::new();
+        for batch in batches {
+            let applied = match &batch.bookkeeping {
+                Some(book) => {
+                    let value = c.call(&[&b"GET"[..], &book.key])?.as_text();
+                    let want = String::from_utf8_lossy(&book.value).into_owned();
+                    value.is_some_and(|v| record_covers(&v, &want))
+                }
+                None => false,
+            };
+            if applied && left.is_empty() {
+                let cmds: u64 = batch.ops.iter().map(|o| o.replies as u64).sum();
+                batch
+                    .tracker
+                    .commands_applied
+                    .fetch_add(cmds, Ordering::Relaxed);
+                batch.tracker.acknowledged(self.w);
+            } else {
+                left.push(batch);
+            }
+        }
+        Ok(left)
+    }
+
+    /// Pipeline batches over one connection until it breaks or the input closes.
+    fn connection(&self, c: TargetConn, first: Vec<Batch>) -> Ended {
+        let mut stream = c.stream;
+        let read_half = match stream.try_clone() {
+            Ok(r) => r,
+            Err(e) => return Ended::Broken(first, e.to_string()),
+        };
+        *self.socket.lock() = stream.try_clone().ok();
+        let broken = Arc::new(AtomicBool::new(false));
+        let (ftx, frx) = bounded::<InFlight>(self.opts.max_in_flight);
+        let replies = {
+            let (st, br, w, policy) = (
+                self.state.clone(),
+                broken.clone(),
+                self.w,
+                self.opts.on_error,
+            );
+            std::thread::Builder::new()
+                .name(format!("writer-{w}-replies"))
+                .spawn(move || reply_loop(w, read_half, frx, st, policy, br))
+                .expect("spawn reply thread")
+        };
+        let mut out = BytesMut::with_capacity(self.opts.output_buffer + 1024);
+        let mut db: Option<u32> = None;
+        let mut queue: std::collections::VecDeque<Batch> = first.into();
+        let mut why = String::new();
+        let mut input_closed = false;
+        loop {
+            if self.state.failed() || broken.load(Ordering::Acquire) {
+                break;
+            }
+            let batch = match queue.pop_front() {
+                Some(b) => b,
+                None => match self.rx.recv_timeout(Duration::from_millis(100)) {
+                    Ok(b) => b,
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                        if !out.is_empty() {
+                            if let Err(e) = stream.write_all(&out) {
+                                why = e.to_string();
+                                break;
+                            }
+                            out.clear();
+                        }
+                        continue;
+                    }
+                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                        input_closed = true;
+                        break;
+                    }
+                },
+            };
+            if ftx.is_full() && !out.is_empty() {
+                // The connection is at its in-flight cap: what is buffered must reach the
+                // target before waiting for a slot, or the replies we wait for would never
+                // come. (Only this thread adds to the queue, so the send below cannot block
+                // after this.)
+                if let Err(e) = stream.write_all(&out) {
+                    why = e.to_string();
+                    queue.push_front(batch);
+                    break;
+                }
+                out.clear();
+            }
+            let mut enc = Encoder {
+                out: &mut out,
+                direct: Vec::new(),
+                db,
+            };
+            let plan = enc.batch(&batch);
+            db = enc.db;
+            let direct = std::mem::take(&mut enc.direct);
+            let bytes = (out.len() + direct.iter().map(|d| d.1.len()).sum::<usize>()) as u64;
+            // Register before writing: replies may come back before write_all returns.
+            let token = InFlight {
+                batch,
+                plan,
+                sent_at: Instant::now(),
+            };
+            if let Err(e) = ftx.send(token) {
+                queue.push_front(e.into_inner().batch);
+                why = "reply reader stopped".into();
+                break;
+            }
+            let mut written = 0;
+            let mut result = Ok(());
+            for (at, payload) in direct {
+                result = stream
+                    .write_all(&out[written..at])
+                    .and_then(|_| stream.write_all(&payload));
+                written = at;
+                if result.is_err() {
+                    break;
+                }
+            }
+            let more_ready = !queue.is_empty() || !self.rx.is_empty();
+            if result.is_ok() && (out.len() >= self.opts.output_buffer || !more_ready) {
+                result = stream.write_all(&out[written..]);
+                written = out.len();
+            }
+            if let Err(e) = result {
+                why = e.to_string();
+                break;
+            }
+            self.state.bytes_written.fetch_add(bytes, Ordering::Relaxed);
+            if written == out.len() {
+                out.clear();
+            } else if written > 0 {
+                let _ = out.split_to(written);
+            }
+        }
+        if input_closed && !out.is_empty() {
+            if let Err(e) = stream.write_all(&out) {
+                why = e.to_string();
+                input_closed = false;
+            }
+        }
+        if !input_closed {
+            // Wake the reply reader if it waits on a dead or abandoned socket.
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+        drop(ftx);
+        let mut unacked = replies.join().unwrap_or_default();
+        *self.socket.lock() = None;
+        if self.state.failed() {
+            return Ended::Failed;
+        }
+        if input_closed && unacked.is_empty() {
+            return Ended::Done;
+        }
+        unacked.extend(queue);
+        if why.is_empty() {
+            why = "the target closed the connection".into();
+        }
+        Ended::Broken(unacked, why)
+    }
+}
+
+/// Whether the record `have` (`<replid> <end> <run> <seq>`) on the target covers the batch
+/// whose own record is `want`: same run, sequence at least as far.
+fn record_covers(have: &str, want: &str) -> bool {
+    let h: Vec<&str> = have.split(' ').collect();
+    let w: Vec<&str> = want.split(' ').collect();
+    match (h.as_slice(), w.as_slice()) {
+        ([_, _, hrun, hseq], [_, _, wrun, wseq]) => {
+            hrun == wrun
+                && hseq.parse::<u64>().ok() >= wseq.parse::<u64>().ok()
+                && wseq.parse::<u64>().is_ok()
+        }
+        _ => false,
     }
 }
 
@@ -548,7 +729,8 @@ fn reply_loop(
     inflight: Receiver<InFlight>,
     state: Arc<PoolState>,
     policy: ErrorPolicy,
-) {
+    broken: Arc<AtomicBool>,
+) -> Vec<Batch> {
     let mut buf = BytesMut::with_capacity(64 * 1024);
     while let Ok(token) = inflight.recv() {
         let mut ctx = ReplyCtx {
@@ -561,12 +743,19 @@ fn reply_loop(
             let reply = match read_reply_from(&mut stream, &mut buf) {
                 Ok(r) => r,
                 Err(e) => {
-                    state.fail(format!("writer {w}: reading replies failed: {e}"));
-                    return;
+                    // The connection broke: hand this batch and every later one back to the
+                    // writer, which checks their records after reconnecting.
+                    tracing::debug!(writer = w, "reading replies failed: {e}");
+                    broken.store(true, Ordering::Release);
+                    let _ = stream.shutdown(Shutdown::Both);
+                    let mut left = vec![token.batch];
+                    left.extend(inflight.iter().map(|t| t.batch));
+                    return left;
                 }
             };
             if ctx.check(expect, reply).is_err() {
-                return;
+                broken.store(true, Ordering::Release);
+                return Vec::new();
             }
         }
         let commands = ctx.commands;
@@ -578,6 +767,7 @@ fn reply_loop(
             .record(token.sent_at.elapsed().as_secs_f64());
         tracker.acknowledged(w);
     }
+    Vec::new()
 }
 
 /// A short, printable form of the `index`-th command of an encoded payload, for error logs.

@@ -1,6 +1,9 @@
 //! Real servers for the tests: `redis-server` and `nutcracker` processes on free loopback ports,
 //! started by the test and stopped (SIGTERM, then SIGKILL) when dropped.
+
 #![allow(dead_code)]
+
+pub mod fault_proxy;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
