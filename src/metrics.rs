@@ -89,8 +89,12 @@ pub fn describe() {
         "REPLCONF ACKs sent to the source"
     );
     describe_counter!(
-        "redis_relay_reconnects_total",
+        "redis_relay_source_reconnects_total",
         "Connection attempts to the source after the first"
+    );
+    describe_counter!(
+        "redis_relay_target_reconnects_total",
+        "Writer connections to the target that broke and were replaced"
     );
 }
 

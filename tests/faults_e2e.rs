@@ -206,3 +206,78 @@ fn target_error_replies_are_counted_and_logged() {
     let (code, _) = relay.terminate(Duration::from_secs(10));
     assert_eq!(code, Some(0));
 }
+
+#[test]
+fn failover_to_the_replica_continues_with_a_partial_resync() {
+    let master = RedisServer::start(&["repl-diskless-sync no", "repl-backlog-size 64mb"]);
+    let replica = RedisServer::start(&[
+        &format!("replicaof 127.0.0.1 {}", master.port),
+        "repl-backlog-size 64mb",
+    ]);
+    let target = RedisServer::start(&[]);
+    // The relay knows the master by a stable address (a VIP, a DNS name): the proxy.
+    let vip = FaultProxy::start(master.port);
+    let state = tempfile::tempdir().unwrap();
+    let src = format!("127.0.0.1:{}", vip.port);
+    let mut relay = Relay::start_sync(
+        &[
+            "--source".into(),
+            format!("redis://{src}"),
+            "--target".into(),
+            target.url(),
+            "--state-dir".into(),
+            state.path().display().to_string(),
+        ],
+        state.path(),
+    );
+    assert!(wait_until(Duration::from_secs(30), || relay
+        .metric("redis_relay_snapshot_done", &src)
+        == Some(1.0)));
+    let mut m = master.client();
+    for i in 0..500 {
+        m.cmd(&["RPUSH", "fl", &i.to_string()]);
+        m.cmd(&["INCR", "fc"]);
+    }
+    // Wait until the replica and the relay both have everything, then fail over.
+    let offset = || -> i64 {
+        master
+            .client()
+            .info_field("replication", "master_repl_offset")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let want = offset();
+    assert!(wait_until(Duration::from_secs(10), || {
+        replica
+            .client()
+            .info_field("replication", "slave_repl_offset")
+            .and_then(|v| v.parse::<i64>().ok())
+            == Some(want)
+            && relay.metric("redis_relay_applied_offset", &src) == Some(want as f64)
+    }));
+    m.cmd(&["CLIENT", "PAUSE", "5000"]);
+    replica.client().cmd(&["REPLICAOF", "NO", "ONE"]);
+    vip.set_upstream(replica.port);
+    vip.cut();
+    vip.up();
+    let mut r = replica.client();
+    for i in 0..300 {
+        r.cmd(&["RPUSH", "fl", &format!("after-{i}")]);
+        r.cmd(&["INCRBY", "fc", "2"]);
+    }
+    assert!(wait_until(Duration::from_secs(15), || target
+        .client()
+        .cmd(&["LLEN", "fl"])
+        .as_int()
+        == Some(800)));
+    let log = relay.log_text();
+    assert_equal(&[&replica], &target, &log);
+    assert_eq!(
+        stat(&replica, "sync_full"),
+        0,
+        "the new master served no full sync:\n{log}"
+    );
+    assert!(stat(&replica, "sync_partial_ok") >= 1, "{log}");
+    let (code, _) = relay.terminate(Duration::from_secs(10));
+    assert_eq!(code, Some(0), "{}", relay.log_text());
+}

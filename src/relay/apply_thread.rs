@@ -460,11 +460,12 @@ fn read_records(
     for w in 0..writers {
         let key = record_key(&prefix, source, w);
         let value = conn.call(&["GET", key.as_str()]).map_err(io)?.as_text();
+        // "<replid> <end offset> <run id> <sequence>"
         let offset = value
             .as_deref()
-            .and_then(|v| v.split_once(' '))
-            .filter(|(id, _)| *id == replid)
-            .and_then(|(_, off)| off.parse::<u64>().ok())
+            .map(|v| v.split(' ').collect::<Vec<_>>())
+            .filter(|t| t.len() >= 2 && t[0] == replid)
+            .and_then(|t| t[1].parse::<u64>().ok())
             .unwrap_or(0);
         out.push(offset);
     }

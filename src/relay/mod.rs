@@ -519,6 +519,12 @@ impl RelayHandle {
                     metrics::gauge!("redis_relay_spool_bytes", &l).set(s.spool_bytes as f64);
                     metrics::gauge!("redis_relay_snapshot_done", &l).set(if s.snapshot_done { 1.0 } else { 0.0 });
                     metrics::gauge!("redis_relay_connected", &l).set(if s.connected { 1.0 } else { 0.0 });
+                    if let Some(p) = h.inner.sources.iter().find(|x| x.name == s.source) {
+                        let p = &p.progress;
+                        metrics::counter!("redis_relay_acks_sent_total", &l).absolute(p.acks_sent());
+                        metrics::counter!("redis_relay_source_reconnects_total", &l)
+                            .absolute(p.connect_attempts().saturating_sub(1));
+                    }
                     for st in crate::metrics::SYNC_STATES {
                         metrics::gauge!("redis_relay_sync_state", "source" => s.source.clone(), "state" => st.to_string())
                             .set(if st == s.state { 1.0 } else { 0.0 });

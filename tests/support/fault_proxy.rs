@@ -4,12 +4,13 @@
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub struct FaultProxy {
     pub port: u16,
+    upstream: Arc<AtomicU16>,
     down: Arc<AtomicBool>,
     stalled: Arc<AtomicBool>,
     conns: Arc<Mutex<Vec<TcpStream>>>,
@@ -25,9 +26,15 @@ impl FaultProxy {
         let stalled = Arc::new(AtomicBool::new(false));
         let conns = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
+        let upstream = Arc::new(AtomicU16::new(upstream));
         {
-            let (down, stalled, conns, stop) =
-                (down.clone(), stalled.clone(), conns.clone(), stop.clone());
+            let (down, stalled, conns, stop, upstream) = (
+                down.clone(),
+                stalled.clone(),
+                conns.clone(),
+                stop.clone(),
+                upstream.clone(),
+            );
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     let client = match listener.accept() {
@@ -42,7 +49,8 @@ impl FaultProxy {
                         continue;
                     }
                     let _ = client.set_nonblocking(false);
-                    let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                    let to = upstream.load(Ordering::Relaxed);
+                    let Ok(server) = TcpStream::connect(("127.0.0.1", to)) else {
                         continue;
                     };
                     let _ = client.set_nodelay(true);
@@ -63,6 +71,7 @@ impl FaultProxy {
         }
         FaultProxy {
             port,
+            upstream,
             down,
             stalled,
             conns,
@@ -76,6 +85,11 @@ impl FaultProxy {
         for c in self.conns.lock().unwrap().drain(..) {
             let _ = c.shutdown(Shutdown::Both);
         }
+    }
+
+    /// New connections go to `port` from now on (a failover behind a stable address).
+    pub fn set_upstream(&self, port: u16) {
+        self.upstream.store(port, Ordering::Relaxed);
     }
 
     pub fn up(&self) {
