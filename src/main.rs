@@ -589,7 +589,8 @@ fn verify_json(r: &VerifyReport) -> serde_json::Value {
         "counts": c.counts.iter().map(|(k, n)| (k.name().to_string(), serde_json::json!(n))).collect::<serde_json::Map<_, _>>(),
         "differences": c.differences.iter().map(|d| serde_json::json!({
             "db": d.db,
-            "key": d.key,
+            // redis-cli style escaping (\xNN for non-printable bytes), without the quotes.
+            "key": d.key.strip_prefix('"').and_then(|k| k.strip_suffix('"')).unwrap_or(&d.key),
             "kind": d.kind.name(),
             "detail": d.detail,
         })).collect::<Vec<_>>(),
