@@ -460,6 +460,7 @@ fn run(cmd: Command, file: FileConfig) -> anyhow::Result<ExitCode> {
                 .stream_options(StreamOptions {
                     own_prefix: s.key_prefix.clone().into_bytes().into(),
                     exclude_commands: s.exclude_commands.clone(),
+                    filter: std::sync::Arc::new(s.filter.clone()),
                     ..StreamOptions::default()
                 });
             let handle = builder.start()?;

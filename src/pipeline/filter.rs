@@ -146,11 +146,16 @@ impl KeyFilter {
     }
 
     /// Apply the key rules to a command whose keys are `keys` (see the module docs).
-    pub fn split_command(&self, name_upper: &[u8], args: &[Bytes], keys: &[&[u8]]) -> Filtered {
+    pub fn split_command<K: AsRef<[u8]>>(
+        &self,
+        name_upper: &[u8],
+        args: &[Bytes],
+        keys: &[K],
+    ) -> Filtered {
         if !self.has_key_rules() {
             return Filtered::Keep;
         }
-        let allowed: Vec<bool> = keys.iter().map(|k| self.key_allowed(k)).collect();
+        let allowed: Vec<bool> = keys.iter().map(|k| self.key_allowed(k.as_ref())).collect();
         if allowed.iter().all(|a| *a) {
             return Filtered::Keep;
         }

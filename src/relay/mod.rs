@@ -206,6 +206,7 @@ impl RelayBuilder {
                 tracing::info!(target = %t, version = %info.version, rdb_version = info.rdb_version, "target connected");
                 let mut a = ApplyOptions::for_target(&info);
                 a.use_restore = cfg.use_restore;
+                a.filter = cfg.stream.filter.clone();
                 (Some(WriterPool::start(t, &cfg.writers)?), Some(a))
             }
             (None, None) => anyhow::bail!("no target: give --target"),
