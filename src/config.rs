@@ -36,7 +36,6 @@ pub struct FileConfig {
     pub include_regex: Option<Vec<String>>,
     pub exclude_regex: Option<Vec<String>>,
     pub exclude_command: Option<Vec<String>>,
-    pub heartbeat: Option<String>,
 }
 
 /// Check that `value` of `field` is one of `allowed`.
@@ -94,9 +93,6 @@ impl FileConfig {
         if self.writers == Some(0) {
             anyhow::bail!("writers: must be at least 1");
         }
-        if let Some(h) = &self.heartbeat {
-            parse_duration(h).map_err(|e| anyhow::anyhow!("heartbeat: {e}"))?;
-        }
         for m in self.db_map.iter().flatten() {
             crate::pipeline::filter::parse_db_map_entry(m)
                 .map_err(|e| anyhow::anyhow!("db-map: {e}"))?;
@@ -106,8 +102,7 @@ impl FileConfig {
             ("exclude-regex", &self.exclude_regex),
         ] {
             for r in list.iter().flatten() {
-                regex::bytes::Regex::new(r)
-                    .map_err(|e| anyhow::anyhow!("{field}: {r:?}: {e}"))?;
+                regex::bytes::Regex::new(r).map_err(|e| anyhow::anyhow!("{field}: {r:?}: {e}"))?;
             }
         }
         Ok(())
@@ -133,7 +128,9 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     if !(v > 0.0 && v.is_finite()) {
         return Err(format!("{s:?}: must be positive"));
     }
-    Ok(std::time::Duration::from_micros((v * mul_ms * 1000.0) as u64))
+    Ok(std::time::Duration::from_micros(
+        (v * mul_ms * 1000.0) as u64,
+    ))
 }
 
 #[cfg(test)]
@@ -155,7 +152,6 @@ db-map = ["1:0"]
 exclude-prefix = ["tmp:"]
 include-regex = ["^user:[0-9]+$"]
 exclude-command = ["FLUSHALL"]
-heartbeat = "1s"
 "#,
             "t.toml",
         )
@@ -166,22 +162,33 @@ heartbeat = "1s"
 
     #[test]
     fn errors_name_the_field() {
-        let e = FileConfig::parse("writerz = 3\n", "t.toml").unwrap_err().to_string();
+        let e = FileConfig::parse("writerz = 3\n", "t.toml")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("writerz"), "{e}");
-        let e = FileConfig::parse("writers = \"many\"\n", "t.toml").unwrap_err().to_string();
+        let e = FileConfig::parse("writers = \"many\"\n", "t.toml")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("writers"), "{e}");
         let e = FileConfig::parse("on-target-error = \"explode\"\n", "t.toml")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("on-target-error") && e.contains("explode"), "{e}");
-        let e = FileConfig::parse("metrics-addr = \"nowhere\"\n", "t.toml").unwrap_err().to_string();
+        assert!(
+            e.contains("on-target-error") && e.contains("explode"),
+            "{e}"
+        );
+        let e = FileConfig::parse("metrics-addr = \"nowhere\"\n", "t.toml")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("metrics-addr"), "{e}");
-        let e = FileConfig::parse("db-map = [\"1-0\"]\n", "t.toml").unwrap_err().to_string();
+        let e = FileConfig::parse("db-map = [\"1-0\"]\n", "t.toml")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("db-map"), "{e}");
-        let e = FileConfig::parse("exclude-regex = [\"(\"]\n", "t.toml").unwrap_err().to_string();
+        let e = FileConfig::parse("exclude-regex = [\"(\"]\n", "t.toml")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("exclude-regex"), "{e}");
-        let e = FileConfig::parse("heartbeat = \"soon\"\n", "t.toml").unwrap_err().to_string();
-        assert!(e.contains("heartbeat"), "{e}");
     }
 
     #[test]

@@ -5,14 +5,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use redis_relay::check;
+use redis_relay::config::FileConfig;
 use redis_relay::endpoint::Endpoint;
+use redis_relay::pipeline::filter::KeyFilter;
 use redis_relay::pipeline::spool::SpoolOptions;
 use redis_relay::pipeline::stream_apply::StreamOptions;
 use redis_relay::relay::RelayBuilder;
 use redis_relay::restore::{restore_file, RestoreOptions};
-use redis_relay::check;
-use redis_relay::config::FileConfig;
-use redis_relay::pipeline::filter::KeyFilter;
 use redis_relay::target::{ErrorPolicy, WriterOptions};
 use redis_relay::verify::{verify, VerifyOptions, VerifyReport};
 
@@ -174,10 +174,6 @@ struct RunArgs {
     /// Never forward this command from the stream (repeatable, comma-separated).
     #[arg(long, value_delimiter = ',')]
     exclude_command: Vec<String>,
-    /// Write redis-relay:heartbeat:<source> on each source at this period (500ms, 1s) to
-    /// measure the lag in seconds. Off by default: without it nothing is written to a source.
-    #[arg(long)]
-    heartbeat: Option<String>,
 }
 
 /// [`RunArgs`] merged with the config file and the defaults.
@@ -199,7 +195,6 @@ struct Settings {
     if_target_not_empty: check::IfNotEmpty,
     filter: KeyFilter,
     exclude_commands: Vec<Vec<u8>>,
-    heartbeat: Option<std::time::Duration>,
 }
 
 fn pick<T>(cli: Option<T>, file: Option<T>) -> Option<T> {
@@ -228,7 +223,9 @@ impl RunArgs {
         let pool = pick(self.pool, file.pool.clone());
         let sources = match twemproxy {
             Some(path) if source_urls.is_empty() => check::Sources::Twemproxy { path, pool },
-            Some(_) => anyhow::bail!("give --twemproxy or --source, not both (one may come from --config)"),
+            Some(_) => {
+                anyhow::bail!("give --twemproxy or --source, not both (one may come from --config)")
+            }
             None => {
                 anyhow::ensure!(pool.is_none(), "--pool needs --twemproxy");
                 anyhow::ensure!(
@@ -243,12 +240,16 @@ impl RunArgs {
                 )
             }
         };
-        let target = pick(self.target, file.target.clone())
-            .ok_or_else(|| anyhow::anyhow!("give --target URL (or `target` in --config, or REDIS_RELAY_TARGET)"))?;
+        let target = pick(self.target, file.target.clone()).ok_or_else(|| {
+            anyhow::anyhow!("give --target URL (or `target` in --config, or REDIS_RELAY_TARGET)")
+        })?;
         let target = Endpoint::parse(&target).map_err(|e| anyhow::anyhow!("--target: {e}"))?;
-        let on_error = pick(self.on_target_error, file.on_target_error.clone()).unwrap_or_else(|| "skip".into());
+        let on_error = pick(self.on_target_error, file.on_target_error.clone())
+            .unwrap_or_else(|| "skip".into());
         let writers = WriterOptions {
-            writers: pick(self.writers, file.writers).unwrap_or_else(default_writers).max(1),
+            writers: pick(self.writers, file.writers)
+                .unwrap_or_else(default_writers)
+                .max(1),
             on_error: if on_error == "stop" {
                 ErrorPolicy::Stop
             } else {
@@ -269,9 +270,6 @@ impl RunArgs {
             &pick_vec(self.include_regex, file.include_regex.clone()),
             &pick_vec(self.exclude_regex, file.exclude_regex.clone()),
         )?;
-        let heartbeat = pick(self.heartbeat, file.heartbeat.clone())
-            .map(|h| redis_relay::config::parse_duration(&h).map_err(|e| anyhow::anyhow!("--heartbeat: {e}")))
-            .transpose()?;
         let if_not_empty = pick(self.if_target_not_empty, file.if_target_not_empty.clone())
             .unwrap_or_else(|| "abort".into())
             .parse()
@@ -280,14 +278,16 @@ impl RunArgs {
             sources,
             target,
             writers,
-            state_dir: pick(self.state_dir, file.state_dir.clone()).unwrap_or_else(|| "redis-relay-state".into()),
+            state_dir: pick(self.state_dir, file.state_dir.clone())
+                .unwrap_or_else(|| "redis-relay-state".into()),
             metrics_addr,
             big_key_bytes: pick(self.big_key_bytes, file.big_key_bytes).unwrap_or(8 << 20),
             commands_only: self.commands_only || file.commands_only.unwrap_or(false),
             spool_max_bytes: pick(self.spool_max_bytes, file.spool_max_bytes).unwrap_or(16 << 30),
             listening_port: pick(self.listening_port, file.listening_port).unwrap_or(0),
             repl_timeout: pick(self.repl_timeout, file.repl_timeout).unwrap_or(60),
-            key_prefix: pick(self.key_prefix, file.key_prefix.clone()).unwrap_or_else(|| "redis-relay:".into()),
+            key_prefix: pick(self.key_prefix, file.key_prefix.clone())
+                .unwrap_or_else(|| "redis-relay:".into()),
             quiet: self.quiet || file.quiet.unwrap_or(false),
             skip_check: self.skip_check || file.skip_check.unwrap_or(false),
             allow_eviction: self.allow_eviction || file.allow_eviction.unwrap_or(false),
@@ -297,7 +297,6 @@ impl RunArgs {
                 .into_iter()
                 .map(|c| c.trim().to_ascii_uppercase().into_bytes())
                 .collect(),
-            heartbeat,
         })
     }
 }
@@ -416,11 +415,21 @@ fn main() -> ExitCode {
 fn precheck(s: &Settings) -> anyhow::Result<()> {
     let report = check::run(&s.check_options());
     for c in &report.checks {
-        let fix = c.fix.as_deref().map(|f| format!(" (fix: {f})")).unwrap_or_default();
+        let fix = c
+            .fix
+            .as_deref()
+            .map(|f| format!(" (fix: {f})"))
+            .unwrap_or_default();
         match c.status {
-            check::Status::Pass => tracing::info!("precheck {} {}: {}", c.subject, c.check, c.message),
-            check::Status::Warn => tracing::warn!("precheck {} {}: {}{fix}", c.subject, c.check, c.message),
-            check::Status::Fail => tracing::error!("precheck {} {}: {}{fix}", c.subject, c.check, c.message),
+            check::Status::Pass => {
+                tracing::info!("precheck {} {}: {}", c.subject, c.check, c.message)
+            }
+            check::Status::Warn => {
+                tracing::warn!("precheck {} {}: {}{fix}", c.subject, c.check, c.message)
+            }
+            check::Status::Fail => {
+                tracing::error!("precheck {} {}: {}{fix}", c.subject, c.check, c.message)
+            }
         }
     }
     if !report.ok {
@@ -490,6 +499,10 @@ fn run(cmd: Command, file: FileConfig) -> anyhow::Result<ExitCode> {
             json,
         } => {
             let s = args.settings(file)?;
+            anyhow::ensure!(
+                s.filter.is_identity() && s.exclude_commands.is_empty(),
+                "verify compares everything: it does not take --db, --db-map, prefixes, regexes or --exclude-command"
+            );
             let sources = s.endpoints()?;
             let mut opts = VerifyOptions {
                 sample,

@@ -61,11 +61,18 @@ fn healthy_setup_passes_and_text_output_has_one_line_per_check() {
         assert_eq!(line(&r, c, &src.addr())["status"], "pass", "{r:#}");
     }
     for c in ["reachable", "version", "eviction", "memory", "empty"] {
-        assert_eq!(line(&r, c, &format!("target {}", tgt.addr()))["status"], "pass", "{r:#}");
+        assert_eq!(
+            line(&r, c, &format!("target {}", tgt.addr()))["status"],
+            "pass",
+            "{r:#}"
+        );
     }
     let out = relay(&["check", "--source", &src.url(), "--target", &tgt.url()]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.lines().filter(|l| l.starts_with("PASS")).count() >= 8, "{text}");
+    assert!(
+        text.lines().filter(|l| l.starts_with("PASS")).count() >= 8,
+        "{text}"
+    );
     assert!(text.contains("precheck: "), "{text}");
 }
 
@@ -74,7 +81,12 @@ fn wrong_or_missing_password_fails_with_the_fix() {
     let src = RedisServer::start(&["requirepass s3cret"]);
     let tgt = RedisServer::start(&["requirepass t4rget"]);
     let wrong = format!("redis://:nope@{}", src.addr());
-    let (code, r) = check(&["--source", &wrong, "--target", &format!("redis://:t4rget@{}", tgt.addr())]);
+    let (code, r) = check(&[
+        "--source",
+        &wrong,
+        "--target",
+        &format!("redis://:t4rget@{}", tgt.addr()),
+    ]);
     assert_eq!(code, 1);
     let l = line(&r, "auth", &src.addr());
     assert_eq!(l["status"], "fail");
@@ -83,9 +95,18 @@ fn wrong_or_missing_password_fails_with_the_fix() {
     // The password never shows.
     assert!(!r.to_string().contains("nope") && !r.to_string().contains("t4rget"));
     // No password at all on the target.
-    let (code, r) = check(&["--source", &format!("redis://:s3cret@{}", src.addr()), "--target", &tgt.url()]);
+    let (code, r) = check(&[
+        "--source",
+        &format!("redis://:s3cret@{}", src.addr()),
+        "--target",
+        &tgt.url(),
+    ]);
     assert_eq!(code, 1);
-    assert_eq!(line(&r, "reachable", &src.addr())["status"], "pass", "{r:#}");
+    assert_eq!(
+        line(&r, "reachable", &src.addr())["status"],
+        "pass",
+        "{r:#}"
+    );
     let l = line(&r, "auth", &tgt.addr());
     assert_eq!(l["status"], "fail");
     assert!(fix(l).contains("redis://:PASSWORD@"), "{l}");
@@ -95,7 +116,12 @@ fn wrong_or_missing_password_fails_with_the_fix() {
 fn refused_connection_hints_at_bind() {
     let tgt = RedisServer::start(&[]);
     let port = free_port();
-    let (code, r) = check(&["--source", &format!("redis://127.0.0.1:{port}"), "--target", &tgt.url()]);
+    let (code, r) = check(&[
+        "--source",
+        &format!("redis://127.0.0.1:{port}"),
+        "--target",
+        &tgt.url(),
+    ]);
     assert_eq!(code, 1);
     let l = line(&r, "reachable", &format!("127.0.0.1:{port}"));
     assert_eq!(l["status"], "fail");
@@ -112,7 +138,10 @@ fn host_address() -> String {
         "this test needs a non-loopback IPv4 address (protected mode only refuses remote clients)",
     );
     let ip = s.local_addr().unwrap().ip();
-    assert!(!ip.is_loopback() && !ip.is_unspecified(), "no non-loopback address: {ip}");
+    assert!(
+        !ip.is_loopback() && !ip.is_unspecified(),
+        "no non-loopback address: {ip}"
+    );
     ip.to_string()
 }
 
@@ -121,12 +150,23 @@ fn protected_mode_refusal_is_explained() {
     let ip = host_address();
     let src = RedisServer::start(&[&format!("bind 127.0.0.1 {ip}"), "protected-mode yes"]);
     let tgt = RedisServer::start(&[]);
-    let (code, r) = check(&["--source", &format!("redis://{ip}:{}", src.port), "--target", &tgt.url()]);
+    let (code, r) = check(&[
+        "--source",
+        &format!("redis://{ip}:{}", src.port),
+        "--target",
+        &tgt.url(),
+    ]);
     assert_eq!(code, 1);
     let l = line(&r, "reachable", &format!("{ip}:{}", src.port));
     assert_eq!(l["status"], "fail", "{r:#}");
-    assert!(l["message"].as_str().unwrap().contains("protected mode"), "{l}");
-    assert!(fix(l).contains("requirepass") && fix(l).contains("protected-mode"), "{l}");
+    assert!(
+        l["message"].as_str().unwrap().contains("protected mode"),
+        "{l}"
+    );
+    assert!(
+        fix(l).contains("requirepass") && fix(l).contains("protected-mode"),
+        "{l}"
+    );
 }
 
 #[test]
@@ -139,7 +179,13 @@ fn evicting_target_fails_unless_allowed() {
     assert_eq!(l["status"], "fail");
     assert!(l["message"].as_str().unwrap().contains("allkeys-lru"));
     assert!(fix(l).contains("maxmemory-policy noeviction") && fix(l).contains("--allow-eviction"));
-    let (code, r) = check(&["--source", &src.url(), "--target", &tgt.url(), "--allow-eviction"]);
+    let (code, r) = check(&[
+        "--source",
+        &src.url(),
+        "--target",
+        &tgt.url(),
+        "--allow-eviction",
+    ]);
     assert_eq!(code, 0, "{r:#}");
     assert_eq!(line(&r, "eviction", &tgt.addr())["status"], "warn");
 }
@@ -150,7 +196,9 @@ fn small_target_memory_fails() {
     let tgt = RedisServer::start(&["maxmemory 3mb"]);
     let mut c = src.client();
     let v = "x".repeat(10_000);
-    let cmds: Vec<Vec<String>> = (0..1000).map(|i| vec!["SET".into(), format!("k{i}"), v.clone()]).collect();
+    let cmds: Vec<Vec<String>> = (0..1000)
+        .map(|i| vec!["SET".into(), format!("k{i}"), v.clone()])
+        .collect();
     c.pipeline(&cmds);
     let (code, r) = check(&["--source", &src.url(), "--target", &tgt.url()]);
     assert_eq!(code, 1);
@@ -171,12 +219,22 @@ fn non_empty_target_abort_ignore_and_resume() {
     t.cmd(&["SET", "redis-relay:marker", "1"]);
     let state = tempfile::tempdir().unwrap();
     let sd = state.path().display().to_string();
-    let base = ["--source", &src.url(), "--target", &tgt.url(), "--state-dir", &sd];
+    let base = [
+        "--source",
+        &src.url(),
+        "--target",
+        &tgt.url(),
+        "--state-dir",
+        &sd,
+    ];
     let (code, r) = check(&base);
     assert_eq!(code, 1);
     let l = line(&r, "empty", &tgt.addr());
     assert_eq!(l["status"], "fail");
-    assert!(l["message"].as_str().unwrap().contains("db2: 1 keys"), "{l}");
+    assert!(
+        l["message"].as_str().unwrap().contains("db2: 1 keys"),
+        "{l}"
+    );
     assert!(!l["message"].as_str().unwrap().contains("db0"), "{l}");
     assert!(fix(l).contains("--if-target-not-empty ignore"), "{l}");
 
@@ -214,19 +272,44 @@ fn sync_runs_the_prechecks_unless_skipped() {
     let tgt = RedisServer::start(&["maxmemory-policy allkeys-lru"]);
     let state = tempfile::tempdir().unwrap();
     let sd = state.path().display().to_string();
-    let out = relay(&["sync", "-q", "--source", &src.url(), "--target", &tgt.url(), "--state-dir", &sd]);
+    let out = relay(&[
+        "sync",
+        "-q",
+        "--source",
+        &src.url(),
+        "--target",
+        &tgt.url(),
+        "--state-dir",
+        &sd,
+    ]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("FAIL") && err.contains("maxmemory-policy noeviction"), "{err}");
+    assert!(
+        err.contains("FAIL") && err.contains("maxmemory-policy noeviction"),
+        "{err}"
+    );
     assert!(err.contains("--skip-check"), "{err}");
     // With --skip-check it starts (and runs until stopped).
     let mut child = Command::new(env!("CARGO_BIN_EXE_redis-relay"))
-        .args(["sync", "-q", "--skip-check", "--source", &src.url(), "--target", &tgt.url(), "--state-dir", &sd])
+        .args([
+            "sync",
+            "-q",
+            "--skip-check",
+            "--source",
+            &src.url(),
+            "--target",
+            &tgt.url(),
+            "--state-dir",
+            &sd,
+        ])
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_secs(2));
-    assert!(child.try_wait().unwrap().is_none(), "sync --skip-check exited early");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "sync --skip-check exited early"
+    );
     support::stop_child(&mut child);
 }
 
@@ -242,7 +325,9 @@ fn tiny_backlog_under_write_load_warns() {
         let mut c = src.client();
         std::thread::spawn(move || {
             let v = "v".repeat(1000);
-            let cmds: Vec<Vec<String>> = (0..100).map(|i| vec!["SET".into(), format!("k{i}"), v.clone()]).collect();
+            let cmds: Vec<Vec<String>> = (0..100)
+                .map(|i| vec!["SET".into(), format!("k{i}"), v.clone()])
+                .collect();
             while !stop.load(Ordering::Relaxed) {
                 c.pipeline(&cmds);
             }
@@ -280,8 +365,17 @@ fn twemproxy_backend_unreachable_fails() {
     assert_eq!(line(&r, "reachable", &a.addr())["status"], "pass");
     // A broken config file names the problem.
     let bad = proxy.dir.path().join("bad.yml");
-    std::fs::write(&bad, "alpha:\n  listen: 127.0.0.1:1\n  redis: true\n  servers:\n   - nonsense\n").unwrap();
-    let (code, r) = check(&["--twemproxy", &bad.display().to_string(), "--target", &tgt.url()]);
+    std::fs::write(
+        &bad,
+        "alpha:\n  listen: 127.0.0.1:1\n  redis: true\n  servers:\n   - nonsense\n",
+    )
+    .unwrap();
+    let (code, r) = check(&[
+        "--twemproxy",
+        &bad.display().to_string(),
+        "--target",
+        &tgt.url(),
+    ]);
     assert_eq!(code, 1);
     assert_eq!(line(&r, "config", "twemproxy")["status"], "fail", "{r:#}");
 }

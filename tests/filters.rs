@@ -95,7 +95,8 @@ fn filters_apply_to_snapshot_and_stream() {
     m.cmd(&["SET", "user:done", "1"]);
     let mut t = tgt.client();
     assert!(
-        wait_until(Duration::from_secs(20), || get(&mut t, 0, "user:done").is_some()),
+        wait_until(Duration::from_secs(20), || get(&mut t, 0, "user:done")
+            .is_some()),
         "stream not applied: {}",
         relay.log_text()
     );
@@ -111,14 +112,25 @@ fn filters_apply_to_snapshot_and_stream() {
     };
     assert_eq!(
         keys(&mut t, 0),
-        expect_db(&["snap", "live"], &["user:counter", "user:m", "other:ren", "user:done"]),
+        expect_db(
+            &["snap", "live"],
+            &["user:counter", "user:m", "other:ren", "user:done"]
+        ),
         "db 0"
     );
-    assert_eq!(keys(&mut t, 5), expect_db(&["snap", "live"], &[]), "db 1 -> 5");
+    assert_eq!(
+        keys(&mut t, 5),
+        expect_db(&["snap", "live"], &[]),
+        "db 1 -> 5"
+    );
     assert_eq!(get(&mut t, 5, "user:1:live").as_deref(), Some("1"));
     assert!(keys(&mut t, 1).is_empty(), "db 1 is mapped away");
     assert!(keys(&mut t, 2).is_empty(), "db 2 is not copied");
-    assert_eq!(get(&mut t, 0, "user:counter").as_deref(), Some("10"), "INCR excluded");
+    assert_eq!(
+        get(&mut t, 0, "user:counter").as_deref(),
+        Some("10"),
+        "INCR excluded"
+    );
     let (code, _) = relay.terminate(Duration::from_secs(10));
     assert_eq!(code, Some(0), "{}", relay.log_text());
 }

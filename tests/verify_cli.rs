@@ -24,7 +24,10 @@ fn verify_json(args: &[&str]) -> (i32, J) {
     let out = relay(&all);
     let text = String::from_utf8_lossy(&out.stdout);
     let r: J = serde_json::from_str(&text).unwrap_or_else(|e| {
-        panic!("not JSON ({e}): {text}\nstderr: {}", String::from_utf8_lossy(&out.stderr))
+        panic!(
+            "not JSON ({e}): {text}\nstderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
     });
     (out.status.code().unwrap_or(-1), r)
 }
@@ -39,13 +42,44 @@ fn fill(c: &mut Client) {
         }
         for i in 0..200 {
             let k = format!("h:{i}");
-            cmds.push(vec!["HSET".into(), k.clone(), "a".into(), "1".into(), "b".into(), i.to_string()]);
-            cmds.push(vec!["RPUSH".into(), format!("l:{i}"), "x".into(), "y".into()]);
-            cmds.push(vec!["SADD".into(), format!("set:{i}"), "1".into(), "2".into(), "3".into()]);
-            cmds.push(vec!["ZADD".into(), format!("z:{i}"), "1.5".into(), "a".into(), "2".into(), "b".into()]);
+            cmds.push(vec![
+                "HSET".into(),
+                k.clone(),
+                "a".into(),
+                "1".into(),
+                "b".into(),
+                i.to_string(),
+            ]);
+            cmds.push(vec![
+                "RPUSH".into(),
+                format!("l:{i}"),
+                "x".into(),
+                "y".into(),
+            ]);
+            cmds.push(vec![
+                "SADD".into(),
+                format!("set:{i}"),
+                "1".into(),
+                "2".into(),
+                "3".into(),
+            ]);
+            cmds.push(vec![
+                "ZADD".into(),
+                format!("z:{i}"),
+                "1.5".into(),
+                "a".into(),
+                "2".into(),
+                "b".into(),
+            ]);
             cmds.push(vec!["PEXPIREAT".into(), k, "4102444800000".into()]);
         }
-        cmds.push(vec!["XADD".into(), "stream".into(), "1-1".into(), "f".into(), "v".into()]);
+        cmds.push(vec![
+            "XADD".into(),
+            "stream".into(),
+            "1-1".into(),
+            "f".into(),
+            "v".into(),
+        ]);
         for r in c.pipeline(&cmds) {
             assert!(!r.is_error(), "{r:?}");
         }
@@ -75,10 +109,21 @@ fn exact_copy_is_equal_even_with_other_encodings() {
         assert_eq!(d["differing"], 0);
     }
     // A sample is equal too; text output has the table and says so.
-    let out = relay(&["verify", "--sample", "300", "--source", &src.url(), "--target", &tgt.url()]);
+    let out = relay(&[
+        "verify",
+        "--sample",
+        "300",
+        "--source",
+        &src.url(),
+        "--target",
+        &tgt.url(),
+    ]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{text}");
-    assert!(text.contains("no differences") && text.contains("sample"), "{text}");
+    assert!(
+        text.contains("no differences") && text.contains("sample"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -98,7 +143,12 @@ fn every_planted_difference_is_reported() {
     t.cmd(&["DEL", "l:12"]);
     t.cmd(&["SET", "l:12", "x"]); // type
     let (code, r) = verify_json(&[
-        "--source", &src.url(), "--target", &tgt.url(), "--recheck-rounds", "1",
+        "--source",
+        &src.url(),
+        "--target",
+        &tgt.url(),
+        "--recheck-rounds",
+        "1",
     ]);
     assert_eq!(code, 1, "{r:#}");
     assert_eq!(r["equal"], false);
@@ -116,22 +166,56 @@ fn every_planted_difference_is_reported() {
     assert!(has("s:11", "ttl"), "{r:#}");
     assert!(has("l:12", "type"), "{r:#}");
     assert_eq!(diffs.len(), 7, "nothing else differs: {r:#}");
-    let db0 = r["databases"].as_array().unwrap().iter().find(|d| d["db"] == 0).unwrap();
+    let db0 = r["databases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["db"] == 0)
+        .unwrap();
     assert_eq!(db0["differing"], 0);
     // A tolerance of more than the TTL shift hides the TTL differences only.
     let (code, r) = verify_json(&[
-        "--source", &src.url(), "--target", &tgt.url(), "--recheck-rounds", "0",
-        "--ttl-tolerance-ms", "200000",
+        "--source",
+        &src.url(),
+        "--target",
+        &tgt.url(),
+        "--recheck-rounds",
+        "0",
+        "--ttl-tolerance-ms",
+        "200000",
     ]);
     assert_eq!(code, 1);
-    let kinds: Vec<&str> = r["differences"].as_array().unwrap().iter().map(|d| d["kind"].as_str().unwrap()).collect();
-    assert_eq!(kinds.iter().filter(|k| **k == "ttl").count(), 1, "only s:11 (no TTL on the source): {kinds:?}");
+    let kinds: Vec<&str> = r["differences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "ttl").count(),
+        1,
+        "only s:11 (no TTL on the source): {kinds:?}"
+    );
     // The text report has the per-DB table with key counts on both sides.
-    let out = relay(&["verify", "--recheck-rounds", "0", "--source", &src.url(), "--target", &tgt.url()]);
+    let out = relay(&[
+        "verify",
+        "--recheck-rounds",
+        "0",
+        "--source",
+        &src.url(),
+        "--target",
+        &tgt.url(),
+    ]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text.contains("left keys") && text.contains("right keys"), "{text}");
-    assert!(text.contains("s:7") && text.contains("only-on-target"), "{text}");
+    assert!(
+        text.contains("left keys") && text.contains("right keys"),
+        "{text}"
+    );
+    assert!(
+        text.contains("s:7") && text.contains("only-on-target"),
+        "{text}"
+    );
 }
 
 #[test]

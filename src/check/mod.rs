@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::endpoint::Endpoint;
-use crate::target::connection::{rdb_version_for, version_tuple};
 use crate::resp::Reply;
+use crate::target::connection::{rdb_version_for, version_tuple};
 use probe::{human_bytes, parse_size};
 
 /// Outcome of one check.
@@ -194,7 +194,14 @@ impl fmt::Display for CheckReport {
 struct Lines(Vec<CheckLine>);
 
 impl Lines {
-    fn add(&mut self, status: Status, subject: &str, check: &str, message: String, fix: Option<String>) {
+    fn add(
+        &mut self,
+        status: Status,
+        subject: &str,
+        check: &str,
+        message: String,
+        fix: Option<String>,
+    ) {
         self.0.push(CheckLine {
             status,
             subject: subject.to_string(),
@@ -381,7 +388,12 @@ fn int(info: &BTreeMap<String, String>, field: &str) -> Option<u64> {
     info.get(field)?.parse().ok()
 }
 
-fn probe_source(ep: &Endpoint, subject: &str, opts: &CheckOptions, lines: &mut Lines) -> Option<SourceFacts> {
+fn probe_source(
+    ep: &Endpoint,
+    subject: &str,
+    opts: &CheckOptions,
+    lines: &mut Lines,
+) -> Option<SourceFacts> {
     let mut conn = match probe::connect(ep, opts.timeout, "source") {
         Ok(c) => c,
         Err(f) => {
@@ -397,18 +409,28 @@ fn probe_source(ep: &Endpoint, subject: &str, opts: &CheckOptions, lines: &mut L
         }
     };
     let t0 = Instant::now();
-    let version = info0.get("redis_version").cloned().unwrap_or_else(|| "0.0.0".into());
+    let version = info0
+        .get("redis_version")
+        .cloned()
+        .unwrap_or_else(|| "0.0.0".into());
     let role = info0.get("role").cloned().unwrap_or_else(|| "?".into());
     let used = int(&info0, "used_memory_dataset")
         .or_else(|| int(&info0, "used_memory"))
         .unwrap_or(0);
     let keys: u64 = probe::keyspace(&info0).values().sum();
-    let auth = if ep.password.is_some() { "logged in, " } else { "" };
+    let auth = if ep.password.is_some() {
+        "logged in, "
+    } else {
+        ""
+    };
     lines.add(
         Status::Pass,
         subject,
         "reachable",
-        format!("{auth}Redis {version}, role {role}, {keys} keys, {} of data", human_bytes(used)),
+        format!(
+            "{auth}Redis {version}, role {role}, {keys} keys, {} of data",
+            human_bytes(used)
+        ),
         None,
     );
     // PSYNC: version, role, and the command itself (renamed on some managed services).
@@ -434,11 +456,17 @@ fn probe_source(ep: &Endpoint, subject: &str, opts: &CheckOptions, lines: &mut L
     let active = info0.get("repl_backlog_active").map(String::as_str) == Some("1");
     let (delta, estimated) = if active {
         let a = int(&info0, "master_repl_offset").unwrap_or(0);
-        let b = info1.as_ref().and_then(|i| int(i, "master_repl_offset")).unwrap_or(a);
+        let b = info1
+            .as_ref()
+            .and_then(|i| int(i, "master_repl_offset"))
+            .unwrap_or(a);
         (b.saturating_sub(a), false)
     } else {
         let a = int(&info0, "total_net_input_bytes").unwrap_or(0);
-        let b = stats1.as_ref().and_then(|i| int(i, "total_net_input_bytes")).unwrap_or(a);
+        let b = stats1
+            .as_ref()
+            .and_then(|i| int(i, "total_net_input_bytes"))
+            .unwrap_or(a);
         // Less our own INFO and CONFIG commands.
         (b.saturating_sub(a).saturating_sub(120), true)
     };
@@ -454,8 +482,15 @@ fn psync_available(conn: &mut crate::target::TargetConn, ep: &Endpoint, v: (u32,
     let renamed_fix = "the source has PSYNC renamed or disabled (rename-command in redis.conf, or a managed service that hides it): enable it, or ask the provider for the replication command's name".to_string();
     if v >= (3, 0) {
         match conn.call(&["COMMAND", "INFO", "PSYNC"]) {
-            Ok(Reply::Array(Some(items))) if items.first().is_some_and(|i| matches!(i, Reply::Array(None) | Reply::Bulk(None))) => {
-                return Verdict::fail("the server does not know the PSYNC command".into(), renamed_fix);
+            Ok(Reply::Array(Some(items)))
+                if items
+                    .first()
+                    .is_some_and(|i| matches!(i, Reply::Array(None) | Reply::Bulk(None))) =>
+            {
+                return Verdict::fail(
+                    "the server does not know the PSYNC command".into(),
+                    renamed_fix,
+                );
             }
             Ok(_) | Err(_) => {}
         }
@@ -491,25 +526,65 @@ fn probe_target(opts: &CheckOptions, sources: &[SourceFacts], resuming: bool, li
     let info = match probe::info(&mut conn, None) {
         Ok(i) => i,
         Err(e) => {
-            lines.add(Status::Fail, subject, "info", format!("INFO failed: {e}"), Some("the relay needs INFO on the target".into()));
+            lines.add(
+                Status::Fail,
+                subject,
+                "info",
+                format!("INFO failed: {e}"),
+                Some("the relay needs INFO on the target".into()),
+            );
             return;
         }
     };
-    let version = info.get("redis_version").cloned().unwrap_or_else(|| "0.0.0".into());
-    let auth = if opts.target.password.is_some() { "logged in, " } else { "" };
-    lines.add(Status::Pass, subject, "reachable", format!("{auth}Redis {version}, role {}", info.get("role").map(String::as_str).unwrap_or("?")), None);
+    let version = info
+        .get("redis_version")
+        .cloned()
+        .unwrap_or_else(|| "0.0.0".into());
+    let auth = if opts.target.password.is_some() {
+        "logged in, "
+    } else {
+        ""
+    };
+    lines.add(
+        Status::Pass,
+        subject,
+        "reachable",
+        format!(
+            "{auth}Redis {version}, role {}",
+            info.get("role").map(String::as_str).unwrap_or("?")
+        ),
+        None,
+    );
     if info.get("role").map(String::as_str) == Some("slave") {
-        lines.add(Status::Fail, subject, "writable", "the target is a replica: it refuses writes".into(), Some("point --target at a master, or run REPLICAOF NO ONE on it".into()));
+        lines.add(
+            Status::Fail,
+            subject,
+            "writable",
+            "the target is a replica: it refuses writes".into(),
+            Some("point --target at a master, or run REPLICAOF NO ONE on it".into()),
+        );
     }
     let versions: Vec<String> = sources.iter().map(|s| s.version.clone()).collect();
-    lines.verdict(subject, "version", judge_target_version(&versions, &version));
+    lines.verdict(
+        subject,
+        "version",
+        judge_target_version(&versions, &version),
+    );
     let policy = match info.get("maxmemory_policy") {
         Some(p) => Some(p.clone()),
-        None => probe::config_get(&mut conn, "maxmemory-policy").ok().and_then(Result::ok),
+        None => probe::config_get(&mut conn, "maxmemory-policy")
+            .ok()
+            .and_then(Result::ok),
     };
     match policy {
         Some(p) => lines.verdict(subject, "eviction", judge_eviction(&p, opts.allow_eviction)),
-        None => lines.add(Status::Warn, subject, "eviction", "cannot read maxmemory-policy".into(), Some("make sure the target's maxmemory-policy is noeviction".into())),
+        None => lines.add(
+            Status::Warn,
+            subject,
+            "eviction",
+            "cannot read maxmemory-policy".into(),
+            Some("make sure the target's maxmemory-policy is noeviction".into()),
+        ),
     }
     let need: u64 = sources.iter().map(|s| s.used).sum();
     lines.verdict(
@@ -532,21 +607,35 @@ fn probe_target(opts: &CheckOptions, sources: &[SourceFacts], resuming: bool, li
             *n = n.saturating_sub(count_own_keys(&mut conn, *db, &opts.own_prefix));
         }
     }
-    lines.verdict(subject, "empty", judge_not_empty(&keys, opts.if_target_not_empty, resuming));
+    lines.verdict(
+        subject,
+        "empty",
+        judge_not_empty(&keys, opts.if_target_not_empty, resuming),
+    );
 }
 
 fn count_own_keys(conn: &mut crate::target::TargetConn, db: u32, prefix: &str) -> u64 {
-    if prefix.is_empty() || conn.call(&["SELECT", &db.to_string()]).map(|r| r.is_error()).unwrap_or(true) {
+    if prefix.is_empty()
+        || conn
+            .call(&["SELECT", &db.to_string()])
+            .map(|r| r.is_error())
+            .unwrap_or(true)
+    {
         return 0;
     }
     let pattern = format!("{}*", glob_escape(prefix));
     let mut cursor = "0".to_string();
     let mut n = 0;
     loop {
-        let Ok(Reply::Array(Some(parts))) = conn.call(&["SCAN", &cursor, "MATCH", &pattern, "COUNT", "1000"]) else {
+        let Ok(Reply::Array(Some(parts))) =
+            conn.call(&["SCAN", &cursor, "MATCH", &pattern, "COUNT", "1000"])
+        else {
             return n;
         };
-        cursor = parts.first().and_then(|c| c.as_text()).unwrap_or_else(|| "0".into());
+        cursor = parts
+            .first()
+            .and_then(|c| c.as_text())
+            .unwrap_or_else(|| "0".into());
         if let Some(Reply::Array(Some(ks))) = parts.get(1) {
             n += ks.len() as u64;
         }
@@ -581,23 +670,60 @@ pub fn run(opts: &CheckOptions) -> CheckReport {
     let mut lines = Lines(Vec::new());
     // Sources, with a label naming their pool and server in a Twemproxy config.
     let sources: Vec<(Endpoint, String)> = match &opts.sources {
-        Sources::List(eps) => eps.iter().map(|e| (e.clone(), format!("source {e}"))).collect(),
+        Sources::List(eps) => eps
+            .iter()
+            .map(|e| (e.clone(), format!("source {e}")))
+            .collect(),
         Sources::Twemproxy { path, pool } => {
             let subject = format!("twemproxy {}", path.display());
             match crate::source::twemproxy::load_config(path, pool.as_deref()) {
                 Err(e) => {
-                    lines.add(Status::Fail, &subject, "config", format!("{e}"), Some("fix the file at the place named (nutcracker -t -c FILE tests it too)".into()));
+                    lines.add(
+                        Status::Fail,
+                        &subject,
+                        "config",
+                        format!("{e}"),
+                        Some(
+                            "fix the file at the place named (nutcracker -t -c FILE tests it too)"
+                                .into(),
+                        ),
+                    );
                     Vec::new()
                 }
                 Ok(tw) => {
                     let names: Vec<&str> = tw.pools.iter().map(|p| p.name.as_str()).collect();
                     if tw.backends.is_empty() {
-                        lines.add(Status::Fail, &subject, "config", "no Redis backend in the selected pools".into(), Some("check --pool and that the pools have `redis: true` and `servers:`".into()));
+                        lines.add(
+                            Status::Fail,
+                            &subject,
+                            "config",
+                            "no Redis backend in the selected pools".into(),
+                            Some(
+                                "check --pool and that the pools have `redis: true` and `servers:`"
+                                    .into(),
+                            ),
+                        );
                     } else {
-                        lines.add(Status::Pass, &subject, "config", format!("pools {} with {} backends", names.join(", "), tw.backends.len()), None);
+                        lines.add(
+                            Status::Pass,
+                            &subject,
+                            "config",
+                            format!(
+                                "pools {} with {} backends",
+                                names.join(", "),
+                                tw.backends.len()
+                            ),
+                            None,
+                        );
                     }
                     if !tw.skipped_pools.is_empty() {
-                        lines.add(Status::Warn, &subject, "config", format!("memcached pools skipped: {}", tw.skipped_pools.join(", ")), Some("nothing to do: only Redis pools are replicated".into()));
+                        lines.add(
+                            Status::Warn,
+                            &subject,
+                            "config",
+                            format!("memcached pools skipped: {}", tw.skipped_pools.join(", ")),
+                            Some("nothing to do: only Redis pools are replicated".into()),
+                        );
                     }
                     for p in tw.auto_eject_pools() {
                         lines.add(Status::Warn, &subject, "auto-eject", format!("pool {p} has auto_eject_hosts: true: while a backend was ejected its keys went to other backends, so one key may exist on two masters and the target keeps whichever wrote last"), Some("run `verify` after the snapshot; prefer auto_eject_hosts: false for a migration".into()));
@@ -605,8 +731,15 @@ pub fn run(opts: &CheckOptions) -> CheckReport {
                     tw.backends
                         .iter()
                         .map(|b| {
-                            let name = b.name.as_deref().map(|n| format!(" {n}")).unwrap_or_default();
-                            (b.endpoint.clone(), format!("source {} ({}{name})", b.endpoint, b.pool))
+                            let name = b
+                                .name
+                                .as_deref()
+                                .map(|n| format!(" {n}"))
+                                .unwrap_or_default();
+                            (
+                                b.endpoint.clone(),
+                                format!("source {} ({}{name})", b.endpoint, b.pool),
+                            )
                         })
                         .collect()
                 }
@@ -616,7 +749,13 @@ pub fn run(opts: &CheckOptions) -> CheckReport {
     let eps: Vec<Endpoint> = sources.iter().map(|(e, _)| e.clone()).collect();
     for (e, subject) in &sources {
         if e.host == opts.target.host && e.port == opts.target.port {
-            lines.add(Status::Fail, subject, "distinct", "this source is also the target".into(), Some("give a --target that is not one of the sources".into()));
+            lines.add(
+                Status::Fail,
+                subject,
+                "distinct",
+                "this source is also the target".into(),
+                Some("give a --target that is not one of the sources".into()),
+            );
         }
     }
     // Sources in parallel (each one measures its write rate for `rate_window`).
@@ -631,7 +770,10 @@ pub fn run(opts: &CheckOptions) -> CheckReport {
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().unwrap_or_default()).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_default())
+            .collect()
     });
     let mut facts = Vec::new();
     for (l, f) in results {
@@ -658,7 +800,10 @@ mod tests {
         let v = judge_target_version(&["5.0.7".into()], "7.0.15");
         assert_eq!(v.status, Status::Pass);
         // 6.0 and 6.2 both write RDB 9: a 6.0 target loads a 6.2 source's payloads.
-        assert_eq!(judge_target_version(&["6.2.1".into()], "6.0.9").status, Status::Pass);
+        assert_eq!(
+            judge_target_version(&["6.2.1".into()], "6.0.9").status,
+            Status::Pass
+        );
     }
 
     #[test]
@@ -666,8 +811,14 @@ mod tests {
         let v = judge_backlog(16 * 1024, 100_000.0, 60.0, false);
         assert_eq!(v.status, Status::Warn);
         assert!(v.fix.unwrap().contains("CONFIG SET repl-backlog-size"));
-        assert_eq!(judge_backlog(1 << 20, 0.0, 60.0, false).status, Status::Pass);
-        assert_eq!(judge_backlog(100 << 20, 100_000.0, 60.0, false).status, Status::Pass);
+        assert_eq!(
+            judge_backlog(1 << 20, 0.0, 60.0, false).status,
+            Status::Pass
+        );
+        assert_eq!(
+            judge_backlog(100 << 20, 100_000.0, 60.0, false).status,
+            Status::Pass
+        );
     }
 
     #[test]
@@ -680,20 +831,44 @@ mod tests {
     #[test]
     fn headroom() {
         assert_eq!(judge_headroom(0, 1 << 20, 0, 5 << 30).status, Status::Pass);
-        assert_eq!(judge_headroom(10 << 20, 1 << 20, 0, 20 << 20).status, Status::Fail);
-        assert_eq!(judge_headroom(0, 1 << 20, 8 << 30, 20 << 30).status, Status::Warn);
-        assert_eq!(judge_headroom(100 << 20, 1 << 20, 0, 10 << 20).status, Status::Pass);
+        assert_eq!(
+            judge_headroom(10 << 20, 1 << 20, 0, 20 << 20).status,
+            Status::Fail
+        );
+        assert_eq!(
+            judge_headroom(0, 1 << 20, 8 << 30, 20 << 30).status,
+            Status::Warn
+        );
+        assert_eq!(
+            judge_headroom(100 << 20, 1 << 20, 0, 10 << 20).status,
+            Status::Pass
+        );
     }
 
     #[test]
     fn not_empty() {
         let mut k = BTreeMap::new();
-        assert_eq!(judge_not_empty(&k, IfNotEmpty::Abort, false).status, Status::Pass);
+        assert_eq!(
+            judge_not_empty(&k, IfNotEmpty::Abort, false).status,
+            Status::Pass
+        );
         k.insert(0, 0);
-        assert_eq!(judge_not_empty(&k, IfNotEmpty::Abort, false).status, Status::Pass);
+        assert_eq!(
+            judge_not_empty(&k, IfNotEmpty::Abort, false).status,
+            Status::Pass
+        );
         k.insert(3, 10);
-        assert_eq!(judge_not_empty(&k, IfNotEmpty::Abort, false).status, Status::Fail);
-        assert_eq!(judge_not_empty(&k, IfNotEmpty::Ignore, false).status, Status::Warn);
-        assert_eq!(judge_not_empty(&k, IfNotEmpty::Abort, true).status, Status::Pass);
+        assert_eq!(
+            judge_not_empty(&k, IfNotEmpty::Abort, false).status,
+            Status::Fail
+        );
+        assert_eq!(
+            judge_not_empty(&k, IfNotEmpty::Ignore, false).status,
+            Status::Warn
+        );
+        assert_eq!(
+            judge_not_empty(&k, IfNotEmpty::Abort, true).status,
+            Status::Pass
+        );
     }
 }

@@ -20,8 +20,12 @@ pub struct ConnectFailure {
 /// Connect and log in; classify the failure.
 pub fn connect(ep: &Endpoint, timeout: Duration, role: &str) -> Result<TargetConn, ConnectFailure> {
     let conn = TargetConn::connect(ep, timeout).map_err(|e| classify(ep, &e, role))?;
-    let _ = conn.stream.set_read_timeout(Some(timeout.max(Duration::from_secs(5))));
-    let _ = conn.stream.set_write_timeout(Some(timeout.max(Duration::from_secs(5))));
+    let _ = conn
+        .stream
+        .set_read_timeout(Some(timeout.max(Duration::from_secs(5))));
+    let _ = conn
+        .stream
+        .set_write_timeout(Some(timeout.max(Duration::from_secs(5))));
     Ok(conn)
 }
 
@@ -94,7 +98,8 @@ fn classify(ep: &Endpoint, e: &TargetError, role: &str) -> ConnectFailure {
                     message: format!("authentication failed: {reply}"),
                     fix: format!("correct the user name or password in the URL of {flag} (percent-encode `@` and `:` in passwords)"),
                 }
-            } else if upper.contains("NO PASSWORD IS SET") || upper.contains("WITHOUT ANY PASSWORD") {
+            } else if upper.contains("NO PASSWORD IS SET") || upper.contains("WITHOUT ANY PASSWORD")
+            {
                 ConnectFailure {
                     check: "auth",
                     message: format!("a password was given but {ep} has none: {reply}"),
@@ -116,7 +121,10 @@ fn first_sentence(s: &str) -> &str {
 }
 
 /// `INFO` (default sections) as a map of `field -> value`.
-pub fn info(conn: &mut TargetConn, section: Option<&str>) -> std::io::Result<BTreeMap<String, String>> {
+pub fn info(
+    conn: &mut TargetConn,
+    section: Option<&str>,
+) -> std::io::Result<BTreeMap<String, String>> {
     let reply = match section {
         Some(s) => conn.call(&["INFO", s])?,
         None => conn.call(&["INFO"])?,
@@ -145,7 +153,9 @@ pub fn config_get(conn: &mut TargetConn, name: &str) -> std::io::Result<Result<S
         }
         Reply::Array(_) => Ok(Err(format!("CONFIG GET {name} returned nothing"))),
         Reply::Error(e) => Ok(Err(String::from_utf8_lossy(&e).into_owned())),
-        other => Ok(Err(format!("unexpected reply to CONFIG GET {name}: {other:?}"))),
+        other => Ok(Err(format!(
+            "unexpected reply to CONFIG GET {name}: {other:?}"
+        ))),
     }
 }
 

@@ -79,8 +79,14 @@ impl KeyFilter {
         let f = KeyFilter {
             dbs,
             db_map: map,
-            include_prefixes: include_prefix.iter().map(|p| Bytes::from(p.clone())).collect(),
-            exclude_prefixes: exclude_prefix.iter().map(|p| Bytes::from(p.clone())).collect(),
+            include_prefixes: include_prefix
+                .iter()
+                .map(|p| Bytes::from(p.clone()))
+                .collect(),
+            exclude_prefixes: exclude_prefix
+                .iter()
+                .map(|p| Bytes::from(p.clone()))
+                .collect(),
             include_regex: re("include-regex", include_regex)?,
             exclude_regex: re("exclude-regex", exclude_regex)?,
         };
@@ -89,7 +95,10 @@ impl KeyFilter {
         for db in f.dbs.clone().unwrap_or_else(|| (0..16).collect()) {
             if let Some(t) = f.map_db(db) {
                 if let Some(other) = seen.insert(t, db) {
-                    if f.dbs.is_some() || f.db_map.contains_key(&db) || f.db_map.contains_key(&other) {
+                    if f.dbs.is_some()
+                        || f.db_map.contains_key(&db)
+                        || f.db_map.contains_key(&other)
+                    {
                         anyhow::bail!("--db-map: databases {other} and {db} both go to target database {t}; copy one of them only (--db)");
                     }
                 }
@@ -100,9 +109,7 @@ impl KeyFilter {
 
     /// True when everything is copied unchanged.
     pub fn is_identity(&self) -> bool {
-        self.dbs.is_none()
-            && self.db_map.iter().all(|(a, b)| a == b)
-            && !self.has_key_rules()
+        self.dbs.is_none() && self.db_map.iter().all(|(a, b)| a == b) && !self.has_key_rules()
     }
 
     pub fn has_key_rules(&self) -> bool {
@@ -192,20 +199,33 @@ mod tests {
 
     #[test]
     fn dbs_and_map() {
-        let f = KeyFilter::from_options(Some(vec![0, 1]), &["1:5".into()], &[], &[], &[], &[]).unwrap();
+        let f =
+            KeyFilter::from_options(Some(vec![0, 1]), &["1:5".into()], &[], &[], &[], &[]).unwrap();
         assert_eq!(f.map_db(0), Some(0));
         assert_eq!(f.map_db(1), Some(5));
         assert_eq!(f.map_db(2), None);
         assert_eq!(f.target_dbs(), Some(vec![0, 5]));
-        assert!(KeyFilter::from_options(Some(vec![0, 1]), &["1:0".into()], &[], &[], &[], &[]).is_err());
+        assert!(
+            KeyFilter::from_options(Some(vec![0, 1]), &["1:0".into()], &[], &[], &[], &[]).is_err()
+        );
         assert!(KeyFilter::from_options(None, &["1:0".into()], &[], &[], &[], &[]).is_err());
-        assert!(KeyFilter::from_options(Some(vec![1]), &["1:0".into()], &[], &[], &[], &[]).is_ok());
+        assert!(
+            KeyFilter::from_options(Some(vec![1]), &["1:0".into()], &[], &[], &[], &[]).is_ok()
+        );
         assert!(KeyFilter::default().is_identity());
     }
 
     #[test]
     fn keys() {
-        let f = KeyFilter::from_options(None, &[], &["user:".into()], &["user:tmp:".into()], &["^order:[0-9]+$".into()], &[]).unwrap();
+        let f = KeyFilter::from_options(
+            None,
+            &[],
+            &["user:".into()],
+            &["user:tmp:".into()],
+            &["^order:[0-9]+$".into()],
+            &[],
+        )
+        .unwrap();
         assert!(f.key_allowed(b"user:1"));
         assert!(!f.key_allowed(b"user:tmp:1"));
         assert!(f.key_allowed(b"order:12"));

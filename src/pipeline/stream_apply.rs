@@ -449,20 +449,28 @@ impl StreamApply {
             b"FLUSHALL" if f.dbs.is_some() => {
                 // Never empty the target's other databases: FLUSHDB in each copied one.
                 if self.opts.shared_target || self.multi.is_some() {
-                    tracing::warn!("FLUSHALL with --db on a shared target or in a transaction: not forwarded");
+                    tracing::warn!(
+                        "FLUSHALL with --db on a shared target or in a transaction: not forwarded"
+                    );
                     return DbFilter::Drop;
                 }
                 let dbs = f.target_dbs().unwrap_or_default();
                 let mut cmd = BytesMut::new();
                 for t in &dbs {
-                    crate::resp::encode_command(&mut cmd, &[&b"SELECT"[..], t.to_string().as_bytes()]);
+                    crate::resp::encode_command(
+                        &mut cmd,
+                        &[&b"SELECT"[..], t.to_string().as_bytes()],
+                    );
                     crate::resp::encode_command(&mut cmd, &[&b"FLUSHDB"[..]]);
                 }
                 DbFilter::Replace(cmd.freeze(), dbs.len() as u32 * 2)
             }
             b"FLUSHALL" => DbFilter::Keep(self.db),
             b"FLUSHDB" if self.opts.shared_target && !f.db_map.is_empty() => {
-                tracing::warn!(db = self.db, "FLUSHDB with --db-map on a target shared by several sources: not forwarded");
+                tracing::warn!(
+                    db = self.db,
+                    "FLUSHDB with --db-map on a target shared by several sources: not forwarded"
+                );
                 DbFilter::Drop
             }
             _ => {
