@@ -1,4 +1,6 @@
 //! redis-relay: a replication proxy for Redis.
+pub mod check;
+pub mod config;
 pub mod endpoint;
 pub mod metrics;
 pub mod pipeline;

@@ -1,6 +1,7 @@
 //! From sources to writers: ops and batches, routing by key, per-source applied offsets.
 pub mod checkpoint;
 pub mod dispatcher;
+pub mod filter;
 pub mod keys;
 pub mod offsets;
 pub mod op;

@@ -6,10 +6,12 @@
 //! before it acknowledged first, and it acknowledged before anything after it is sent).
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
 use super::dispatcher::Dispatcher;
+use super::filter::{Filtered, KeyFilter};
 use super::keys::{command_keys, KeySpec};
 use super::op::Op;
 use crate::resp::framer::Frame;
@@ -41,6 +43,8 @@ pub struct StreamOptions {
     pub exclude_commands: Vec<Vec<u8>>,
     /// Several sources share the target (FLUSHDB/FLUSHALL/SWAPDB then affect the others' keys).
     pub shared_target: bool,
+    /// Databases and keys copied (shared with the snapshot apply).
+    pub filter: Arc<KeyFilter>,
 }
 
 impl Default for StreamOptions {
@@ -51,8 +55,21 @@ impl Default for StreamOptions {
             drop_sentinel_hello: true,
             exclude_commands: Vec::new(),
             shared_target: false,
+            filter: Arc::default(),
         }
     }
+}
+
+/// Outcome of the database filter on one command.
+enum DbFilter {
+    /// Forward, in this target database.
+    Keep(u32),
+    /// Forward the rewritten arguments, in this target database.
+    Rewritten(u32),
+    /// Not forwarded.
+    Drop,
+    /// Forward this payload (with this many replies) instead, as a barrier.
+    Replace(Bytes, u32),
 }
 
 struct MultiBlock {
@@ -73,6 +90,8 @@ pub struct StreamStats {
     pub barriers: u64,
     pub skipped_own_keys: u64,
     pub excluded: u64,
+    /// Commands left out (or cut down) by the database and key filter.
+    pub filtered: u64,
 }
 
 /// Applies one source's command stream.
@@ -202,7 +221,14 @@ impl StreamApply {
                 };
                 if let Some(m) = self.multi.as_mut() {
                     m.selects = true;
-                    m.commands.push(encode(&frame.args));
+                    // Commands of a database that is not copied are dropped, so is its SELECT.
+                    if let Some(t) = self.opts.filter.map_db(db) {
+                        let t = t.to_string();
+                        m.commands.push(encode(&[
+                            Bytes::from_static(b"SELECT"),
+                            Bytes::from(t.into_bytes()),
+                        ]));
+                    }
                 } else {
                     d.advance(end);
                 }
@@ -247,6 +273,36 @@ impl StreamApply {
         let mut args = frame.args;
         let mut raw = frame.raw;
         let mut rewritten = frame.inline;
+        let target_db = if self.opts.filter.is_identity() {
+            self.db
+        } else {
+            match self.filter_db(&up, &mut args) {
+                DbFilter::Keep(t) => t,
+                DbFilter::Rewritten(t) => {
+                    rewritten = true;
+                    t
+                }
+                DbFilter::Drop => {
+                    self.stats.filtered += 1;
+                    if self.multi.is_none() {
+                        d.advance(end);
+                    }
+                    return Ok(Control::None);
+                }
+                DbFilter::Replace(payload, replies) => {
+                    self.stats.filtered += 1;
+                    self.stats.forwarded += 1;
+                    let op = Op {
+                        db: 0,
+                        payload,
+                        replies,
+                        leaves_db_unknown: true,
+                        atomic: false,
+                    };
+                    return self.barrier_op(d, op, start, end).map(|_| Control::None);
+                }
+            }
+        };
         match up.as_slice() {
             b"EVAL" => {
                 if let Some(body) = args.get(1) {
@@ -277,7 +333,7 @@ impl StreamApply {
             b"FLUSHDB" | b"FLUSHALL" if self.opts.shared_target && self.multi.is_none() => {
                 self.stats.barriers += 1;
                 d.barrier()?;
-                let db = (up.as_slice() == b"FLUSHDB").then_some(self.db);
+                let db = (up.as_slice() == b"FLUSHDB").then_some(target_db);
                 return Ok(Control::ScopedFlush { db, end });
             }
             b"FLUSHDB" | b"FLUSHALL" | b"SWAPDB" if self.opts.shared_target => {
@@ -313,6 +369,26 @@ impl StreamApply {
                 return Ok(Control::None);
             }
         }
+        let decision = match &spec {
+            KeySpec::Keys(keys) => self.opts.filter.split_command(&up, &args, keys),
+            _ => Filtered::Keep,
+        };
+        match decision {
+            Filtered::Keep => {}
+            Filtered::Drop => {
+                self.stats.filtered += 1;
+                if self.multi.is_none() {
+                    d.advance(end);
+                }
+                return Ok(Control::None);
+            }
+            Filtered::Rewrite(new) => {
+                self.stats.filtered += 1;
+                args = new;
+                raw = encode(&args);
+            }
+        }
+        let spec = command_keys(&args);
         let route = match spec {
             KeySpec::Keys(keys) => {
                 let first = d.writer_for(keys[0]);
@@ -335,13 +411,97 @@ impl StreamApply {
             }
             return Ok(Control::None);
         }
-        let op = Op::new(self.db, raw, 1);
+        let op = Op::new(target_db, raw, 1);
         self.stats.forwarded += 1;
         match route {
             Some(w) => d.push(w, op, start, end),
             None => self.barrier_op(d, op, start, end),
         }
         .map(|_| Control::None)
+    }
+
+    /// The database filter and map on one command: its target database, with database
+    /// arguments (MOVE, COPY ... DB, SWAPDB, FLUSHALL) rewritten to target databases.
+    fn filter_db(&mut self, up: &[u8], args: &mut Vec<Bytes>) -> DbFilter {
+        let f = self.opts.filter.clone();
+        let num = |db: u32| Bytes::from(db.to_string().into_bytes());
+        match up {
+            b"SWAPDB" => {
+                let (Some(a), Some(b)) = (parse_db(args.get(1)), parse_db(args.get(2))) else {
+                    return DbFilter::Drop;
+                };
+                match (f.map_db(a), f.map_db(b)) {
+                    (Some(ta), Some(tb)) => {
+                        args[1] = num(ta);
+                        args[2] = num(tb);
+                        DbFilter::Rewritten(self.db)
+                    }
+                    _ => {
+                        tracing::warn!(a, b, "SWAPDB with a database that is not copied: not forwarded; the target differs from the source until the next full sync");
+                        DbFilter::Drop
+                    }
+                }
+            }
+            b"FLUSHALL" if f.dbs.is_some() => {
+                // Never empty the target's other databases: FLUSHDB in each copied one.
+                if self.opts.shared_target || self.multi.is_some() {
+                    tracing::warn!(
+                        "FLUSHALL with --db on a shared target or in a transaction: not forwarded"
+                    );
+                    return DbFilter::Drop;
+                }
+                let dbs = f.target_dbs().unwrap_or_default();
+                let mut cmd = BytesMut::new();
+                for t in &dbs {
+                    crate::resp::encode_command(
+                        &mut cmd,
+                        &[&b"SELECT"[..], t.to_string().as_bytes()],
+                    );
+                    crate::resp::encode_command(&mut cmd, &[&b"FLUSHDB"[..]]);
+                }
+                DbFilter::Replace(cmd.freeze(), dbs.len() as u32 * 2)
+            }
+            b"FLUSHALL" => DbFilter::Keep(self.db),
+            b"FLUSHDB" if self.opts.shared_target && !f.db_map.is_empty() => {
+                tracing::warn!(
+                    db = self.db,
+                    "FLUSHDB with --db-map on a target shared by several sources: not forwarded"
+                );
+                DbFilter::Drop
+            }
+            _ => {
+                let Some(t) = f.map_db(self.db) else {
+                    return DbFilter::Drop;
+                };
+                if up == b"MOVE" && args.len() == 3 {
+                    match parse_db(args.get(2)).map(|d| f.map_db(d)) {
+                        Some(Some(td)) => {
+                            args[2] = num(td);
+                            return DbFilter::Rewritten(t);
+                        }
+                        // Moved out of what is copied: gone, as far as the target knows.
+                        Some(None) => {
+                            *args = vec![Bytes::from_static(b"DEL"), args[1].clone()];
+                            return DbFilter::Rewritten(t);
+                        }
+                        None => {}
+                    }
+                }
+                if up == b"COPY" {
+                    if let Some(i) = args.iter().position(|a| a.eq_ignore_ascii_case(b"DB")) {
+                        match parse_db(args.get(i + 1)).map(|d| f.map_db(d)) {
+                            Some(Some(td)) => {
+                                args[i + 1] = num(td);
+                                return DbFilter::Rewritten(t);
+                            }
+                            Some(None) => return DbFilter::Drop,
+                            None => {}
+                        }
+                    }
+                }
+                DbFilter::Keep(t)
+            }
+        }
     }
 
     fn barrier_op(
@@ -370,7 +530,9 @@ impl StreamApply {
         // The writer runs these as one transaction (in its own MULTI/EXEC, or inside the
         // exactly-once transaction of the batch).
         let op = Op {
-            db: m.db_at_start,
+            // A block that starts in a database not copied has a SELECT before any command
+            // that is kept.
+            db: self.opts.filter.map_db(m.db_at_start).unwrap_or(0),
             payload: payload.freeze(),
             replies: m.commands.len() as u32,
             leaves_db_unknown: m.selects,

@@ -210,6 +210,7 @@ impl RelayBuilder {
                 let mut a = ApplyOptions::for_target(&info);
                 a.use_restore = cfg.use_restore;
                 a.own_prefix = cfg.stream.own_prefix.clone();
+                a.filter = cfg.stream.filter.clone();
                 (Some(WriterPool::start(t, &cfg.writers)?), Some(a))
             }
             (None, None) => anyhow::bail!("no target: give --target"),

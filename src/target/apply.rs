@@ -1,10 +1,13 @@
 //! Snapshot events to ops: RESTORE where the target can load the source's payloads, plain
 //! commands where it cannot, and always bounded commands for big keys.
 
+use std::sync::Arc;
+
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::commands::CommandBuf;
 use super::rewrite::{append_expire, append_value, RewriteTarget};
+use crate::pipeline::filter::KeyFilter;
 use crate::pipeline::{Dispatcher, Op};
 use crate::rdb::{Entry, Event, KeyMeta, KeyType, Value};
 
@@ -34,14 +37,10 @@ pub struct ApplyOptions {
     pub rewrite: RewriteTarget,
     /// Skip keys whose expire time has passed (they would vanish on arrival anyway).
     pub skip_expired: bool,
-    /// Map a source DB to a target DB.
-    pub db_map: fn(u64) -> Option<u32>,
+    /// Databases and keys copied, and where databases go (shared with the stream apply).
+    pub filter: Arc<KeyFilter>,
     /// Keys under this prefix are the relay's own and never copied from a source.
     pub own_prefix: Bytes,
-}
-
-fn identity_db(db: u64) -> Option<u32> {
-    u32::try_from(db).ok()
 }
 
 impl ApplyOptions {
@@ -53,7 +52,7 @@ impl ApplyOptions {
             target_version: info.version_tuple(),
             rewrite: RewriteTarget::from_info(info),
             skip_expired: true,
-            db_map: identity_db,
+            filter: Arc::default(),
             own_prefix: Bytes::from_static(b"redis-relay:"),
         }
     }
@@ -70,6 +69,8 @@ pub struct ApplyStats {
     pub skipped: u64,
     /// Keys under the relay's own prefix found in a snapshot (not copied).
     pub skipped_own: u64,
+    /// Keys left out by the filter (`--db`, key prefixes and regexes).
+    pub filtered: u64,
     pub functions: u64,
 }
 
@@ -172,10 +173,15 @@ impl SnapshotApply {
         own
     }
 
-    fn map_db(&mut self, db: u64) -> Option<u32> {
-        let mapped = (self.opts.db_map)(db);
+    /// The target database of a key, or `None` when the filter leaves it out.
+    fn map_db(&mut self, db: u64, key: &[u8]) -> Option<u32> {
+        let f = &self.opts.filter;
+        let mapped = u32::try_from(db)
+            .ok()
+            .and_then(|d| f.map_db(d))
+            .filter(|_| f.key_allowed(key));
         if mapped.is_none() {
-            self.stats.skipped += 1;
+            self.stats.filtered += 1;
         }
         mapped
     }
@@ -189,7 +195,7 @@ impl SnapshotApply {
         if self.own_key(&entry.meta.key) {
             return Ok(());
         }
-        let Some(db) = self.map_db(entry.meta.db) else {
+        let Some(db) = self.map_db(entry.meta.db, &entry.meta.key) else {
             return Ok(());
         };
         let w = d.writer_for(&entry.meta.key);
@@ -256,10 +262,10 @@ impl SnapshotApply {
         if skip_expired {
             self.stats.expired_skipped += 1;
         }
-        let db = if skip_expired {
+        let db = if skip_expired || self.own_key(&meta.key) {
             None
         } else {
-            self.map_db(meta.db)
+            self.map_db(meta.db, &meta.key)
         };
         let w = d.writer_for(&meta.key);
         let mut c = CommandBuf::new();

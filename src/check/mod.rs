@@ -1,0 +1,874 @@
+//! Prechecks (`redis-relay check`, and the start of `sync`): every source reachable, logged in
+//! and able to PSYNC, with a replication backlog that covers a pause at its write rate; the
+//! target reachable, logged in, new enough, never evicting, with room for the data and empty
+//! (or knowingly not). Every check gives one line: pass, warn or fail, and how to fix it.
+//!
+//! The decisions are plain functions of what the servers said ([`judge_backlog`],
+//! [`judge_target_version`], ...), so they are unit-tested without servers; [`run`] gathers
+//! the facts (sources in parallel) and applies them.
+
+pub mod probe;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::endpoint::Endpoint;
+use crate::resp::Reply;
+use crate::target::connection::{rdb_version_for, version_tuple};
+use probe::{human_bytes, parse_size};
+
+/// Outcome of one check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Pass,
+    Warn,
+    Fail,
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Status::Pass => "PASS",
+            Status::Warn => "WARN",
+            Status::Fail => "FAIL",
+        })
+    }
+}
+
+/// One line of the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckLine {
+    pub status: Status,
+    /// What is checked: `source`, `target` or `twemproxy`, and the server or file.
+    pub subject: String,
+    /// Short name of the check (`reachable`, `auth`, `psync`, `backlog`, `eviction`, ...).
+    pub check: String,
+    pub message: String,
+    /// How to fix it (for warnings and failures).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+}
+
+/// What to do when the target's databases already hold keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IfNotEmpty {
+    /// Refuse to start ("pre-check and intercept").
+    #[default]
+    Abort,
+    /// Start anyway: snapshot keys replace same-named keys, other keys stay.
+    Ignore,
+}
+
+impl std::str::FromStr for IfNotEmpty {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "abort" => Ok(IfNotEmpty::Abort),
+            "ignore" => Ok(IfNotEmpty::Ignore),
+            other => Err(format!("{other:?}: expected abort or ignore")),
+        }
+    }
+}
+
+/// Where the sources come from.
+#[derive(Debug, Clone)]
+pub enum Sources {
+    /// `--source URL ...`
+    List(Vec<Endpoint>),
+    /// `--twemproxy FILE [--pool NAME]`
+    Twemproxy { path: PathBuf, pool: Option<String> },
+}
+
+/// Settings of the prechecks.
+#[derive(Debug, Clone)]
+pub struct CheckOptions {
+    pub sources: Sources,
+    pub target: Endpoint,
+    /// Accept a target whose `maxmemory-policy` evicts keys (warn instead of fail).
+    pub allow_eviction: bool,
+    pub if_target_not_empty: IfNotEmpty,
+    /// The relay's state dir: checkpoints there mean the relay resumes and the target holds
+    /// what it wrote before.
+    pub state_dir: Option<PathBuf>,
+    /// Target databases the relay will write to (after `--db` / `--db-map`); `None`: all.
+    pub target_dbs: Option<Vec<u32>>,
+    /// Keys under this prefix on the target are the relay's own and do not make it "not empty".
+    pub own_prefix: String,
+    /// How long each source's write rate is measured.
+    pub rate_window: Duration,
+    /// A backlog covering fewer seconds of writes than this is a warning.
+    pub min_backlog_secs: f64,
+    pub timeout: Duration,
+}
+
+impl CheckOptions {
+    pub fn new(sources: Sources, target: Endpoint) -> Self {
+        CheckOptions {
+            sources,
+            target,
+            allow_eviction: false,
+            if_target_not_empty: IfNotEmpty::Abort,
+            state_dir: None,
+            target_dbs: None,
+            own_prefix: "redis-relay:".into(),
+            rate_window: Duration::from_secs(1),
+            min_backlog_secs: 60.0,
+            timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+/// Every line of a precheck run.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckReport {
+    pub ok: bool,
+    pub passed: usize,
+    pub warnings: usize,
+    pub failed: usize,
+    pub checks: Vec<CheckLine>,
+    #[serde(serialize_with = "ser_secs")]
+    pub elapsed: Duration,
+}
+
+fn ser_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
+impl CheckReport {
+    fn new(checks: Vec<CheckLine>, elapsed: Duration) -> Self {
+        let count = |st| checks.iter().filter(|c| c.status == st).count();
+        CheckReport {
+            ok: count(Status::Fail) == 0,
+            passed: count(Status::Pass),
+            warnings: count(Status::Warn),
+            failed: count(Status::Fail),
+            checks,
+            elapsed,
+        }
+    }
+
+    /// Lines with this status.
+    pub fn with_status(&self, st: Status) -> impl Iterator<Item = &CheckLine> {
+        self.checks.iter().filter(move |c| c.status == st)
+    }
+
+    /// The first line of check `check` whose subject contains `subject`.
+    pub fn find(&self, check: &str, subject: &str) -> Option<&CheckLine> {
+        self.checks
+            .iter()
+            .find(|c| c.check == check && c.subject.contains(subject))
+    }
+}
+
+impl fmt::Display for CheckReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let w = self
+            .checks
+            .iter()
+            .map(|c| c.subject.len())
+            .max()
+            .unwrap_or(0);
+        for c in &self.checks {
+            writeln!(
+                f,
+                "{}  {:w$}  {:10} {}",
+                c.status, c.subject, c.check, c.message
+            )?;
+            if let Some(fix) = &c.fix {
+                writeln!(f, "      fix: {fix}")?;
+            }
+        }
+        writeln!(
+            f,
+            "precheck: {} passed, {} warnings, {} failed ({:.1?})",
+            self.passed, self.warnings, self.failed, self.elapsed
+        )
+    }
+}
+
+struct Lines(Vec<CheckLine>);
+
+impl Lines {
+    fn add(
+        &mut self,
+        status: Status,
+        subject: &str,
+        check: &str,
+        message: String,
+        fix: Option<String>,
+    ) {
+        self.0.push(CheckLine {
+            status,
+            subject: subject.to_string(),
+            check: check.to_string(),
+            message,
+            fix,
+        });
+    }
+    fn verdict(&mut self, subject: &str, check: &str, v: Verdict) {
+        self.add(v.status, subject, check, v.message, v.fix);
+    }
+}
+
+/// The outcome of one decision.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdict {
+    pub status: Status,
+    pub message: String,
+    pub fix: Option<String>,
+}
+
+impl Verdict {
+    fn pass(message: String) -> Self {
+        Verdict {
+            status: Status::Pass,
+            message,
+            fix: None,
+        }
+    }
+    fn warn(message: String, fix: String) -> Self {
+        Verdict {
+            status: Status::Warn,
+            message,
+            fix: Some(fix),
+        }
+    }
+    fn fail(message: String, fix: String) -> Self {
+        Verdict {
+            status: Status::Fail,
+            message,
+            fix: Some(fix),
+        }
+    }
+}
+
+/// Is the backlog big enough to resume after a pause? `rate` is bytes written per second.
+pub fn judge_backlog(backlog: u64, rate: f64, min_secs: f64, estimated: bool) -> Verdict {
+    let how = if estimated {
+        " (estimated from network input: the master has no backlog yet)"
+    } else {
+        ""
+    };
+    if rate < 1.0 {
+        return Verdict::pass(format!(
+            "repl-backlog-size {}; no writes measured{how}",
+            human_bytes(backlog)
+        ));
+    }
+    let secs = backlog as f64 / rate;
+    let msg = format!(
+        "repl-backlog-size {} holds {secs:.1} s of writes at {}/s{how}",
+        human_bytes(backlog),
+        human_bytes(rate as u64)
+    );
+    if secs < min_secs {
+        // Enough for five minutes at this rate, rounded up to a whole MiB.
+        let want = ((rate * 300.0) as u64).div_ceil(1 << 20).max(1);
+        Verdict::warn(
+            format!("{msg}: a relay restart or a target stall longer than that costs a full resync"),
+            format!("CONFIG SET repl-backlog-size {want}mb (and the same in redis.conf): about 5 minutes of writes at this rate"),
+        )
+    } else {
+        Verdict::pass(msg)
+    }
+}
+
+/// Can snapshot payloads be RESTOREd on the target? Older targets get plain commands.
+pub fn judge_target_version(source_versions: &[String], target_version: &str) -> Verdict {
+    let newest = source_versions
+        .iter()
+        .max_by_key(|v| (rdb_version_for(v), version_tuple(v)));
+    let Some(newest) = newest else {
+        return Verdict::pass(format!("Redis {target_version}"));
+    };
+    if rdb_version_for(target_version) >= rdb_version_for(newest) {
+        Verdict::pass(format!(
+            "Redis {target_version} (sources up to {newest}): snapshot keys are copied with RESTORE"
+        ))
+    } else {
+        Verdict::warn(
+            format!("the target (Redis {target_version}) is older than a source (Redis {newest}): it cannot load the source's RDB payloads, so every snapshot key is rewritten as plain commands (slower; commands the target does not know are refused and counted as target errors)"),
+            format!("use a target running Redis {newest} or newer for the fast RESTORE path, or accept the command path"),
+        )
+    }
+}
+
+/// A target that evicts keys silently loses data the relay wrote.
+pub fn judge_eviction(policy: &str, allow: bool) -> Verdict {
+    if policy == "noeviction" {
+        return Verdict::pass("maxmemory-policy is noeviction".into());
+    }
+    let msg = format!("maxmemory-policy is {policy}: when the target fills up it deletes keys the relay wrote, and the copy silently differs from the sources");
+    let fix = "CONFIG SET maxmemory-policy noeviction on the target (and in its redis.conf); or pass --allow-eviction to accept it".to_string();
+    if allow {
+        Verdict::warn(format!("{msg} (allowed by --allow-eviction)"), fix)
+    } else {
+        Verdict::fail(msg, fix)
+    }
+}
+
+/// Room on the target for the sources' data.
+pub fn judge_headroom(maxmemory: u64, target_used: u64, system_memory: u64, need: u64) -> Verdict {
+    let (limit, what) = if maxmemory > 0 {
+        (maxmemory, "maxmemory")
+    } else if system_memory > 0 {
+        (system_memory, "the host's memory (no maxmemory set)")
+    } else {
+        return Verdict::pass(format!(
+            "no maxmemory; the sources hold {}",
+            human_bytes(need)
+        ));
+    };
+    let free = limit.saturating_sub(target_used);
+    let msg = format!(
+        "the sources hold {}; the target has {} free under {what} ({} used of {})",
+        human_bytes(need),
+        human_bytes(free),
+        human_bytes(target_used),
+        human_bytes(limit)
+    );
+    let fix = format!(
+        "give the target at least {} of memory (CONFIG SET maxmemory), or copy fewer databases or keys (--db, --exclude-prefix)",
+        human_bytes(target_used + need + need / 5)
+    );
+    if need > free {
+        if maxmemory > 0 {
+            Verdict::fail(msg, fix)
+        } else {
+            Verdict::warn(msg, fix)
+        }
+    } else if need as f64 > free as f64 * 0.8 {
+        Verdict::warn(format!("{msg}: less than 20% to spare"), fix)
+    } else {
+        Verdict::pass(msg)
+    }
+}
+
+/// The target's databases hold keys already.
+pub fn judge_not_empty(keys: &BTreeMap<u32, u64>, policy: IfNotEmpty, resuming: bool) -> Verdict {
+    let used: Vec<String> = keys
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(db, n)| format!("db{db}: {n} keys"))
+        .collect();
+    if used.is_empty() {
+        return Verdict::pass("the target databases are empty".into());
+    }
+    let list = used.join(", ");
+    if resuming {
+        return Verdict::pass(format!(
+            "the target holds {list}: expected, the relay resumes from its checkpoints in the state dir"
+        ));
+    }
+    let msg = format!("the target is not empty ({list}): snapshot keys replace keys of the same name, every other key stays and `verify` will report it as extra");
+    match policy {
+        IfNotEmpty::Abort => Verdict::fail(
+            msg,
+            "empty the target (FLUSHALL on a server you own), choose other databases (--db-map), or pass --if-target-not-empty ignore to copy over what is there".into(),
+        ),
+        IfNotEmpty::Ignore => Verdict::warn(
+            format!("{msg} (--if-target-not-empty ignore)"),
+            "nothing to do if this is intended".into(),
+        ),
+    }
+}
+
+/// What one source told us.
+struct SourceFacts {
+    version: String,
+    used: u64,
+}
+
+fn int(info: &BTreeMap<String, String>, field: &str) -> Option<u64> {
+    info.get(field)?.parse().ok()
+}
+
+fn probe_source(
+    ep: &Endpoint,
+    subject: &str,
+    opts: &CheckOptions,
+    lines: &mut Lines,
+) -> Option<SourceFacts> {
+    let mut conn = match probe::connect(ep, opts.timeout, "source") {
+        Ok(c) => c,
+        Err(f) => {
+            lines.add(Status::Fail, subject, f.check, f.message, Some(f.fix));
+            return None;
+        }
+    };
+    let info0 = match probe::info(&mut conn, None) {
+        Ok(i) => i,
+        Err(e) => {
+            lines.add(Status::Fail, subject, "info", format!("INFO failed: {e}"), Some("the relay needs INFO on the source: allow it for the user in the URL (ACL: +info)".into()));
+            return None;
+        }
+    };
+    let t0 = Instant::now();
+    let version = info0
+        .get("redis_version")
+        .cloned()
+        .unwrap_or_else(|| "0.0.0".into());
+    let role = info0.get("role").cloned().unwrap_or_else(|| "?".into());
+    let used = int(&info0, "used_memory_dataset")
+        .or_else(|| int(&info0, "used_memory"))
+        .unwrap_or(0);
+    let keys: u64 = probe::keyspace(&info0).values().sum();
+    let auth = if ep.password.is_some() {
+        "logged in, "
+    } else {
+        ""
+    };
+    lines.add(
+        Status::Pass,
+        subject,
+        "reachable",
+        format!(
+            "{auth}Redis {version}, role {role}, {keys} keys, {} of data",
+            human_bytes(used)
+        ),
+        None,
+    );
+    // PSYNC: version, role, and the command itself (renamed on some managed services).
+    let v = version_tuple(&version);
+    if v < (2, 8) {
+        lines.add(Status::Warn, subject, "psync", format!("Redis {version} has no PSYNC: the relay uses SYNC, and every reconnect costs a full snapshot"), Some("upgrade the source to 2.8 or newer to resume after a disconnect".into()));
+    } else {
+        let verdict = psync_available(&mut conn, ep, v);
+        lines.verdict(subject, "psync", verdict);
+    }
+    if role != "master" {
+        lines.add(Status::Warn, subject, "role", format!("this server is a {role}: the relay replicates from it (chained replication), and writes reach it only through its own master"), Some("point the relay at the master, unless replicating from a replica is what you want (less load on the master)".into()));
+    }
+    // Backlog against the write rate.
+    let backlog = match probe::config_get(&mut conn, "repl-backlog-size") {
+        Ok(Ok(s)) => parse_size(&s),
+        _ => None,
+    };
+    std::thread::sleep(opts.rate_window.saturating_sub(t0.elapsed()));
+    let info1 = probe::info(&mut conn, Some("replication")).ok();
+    let stats1 = probe::info(&mut conn, Some("stats")).ok();
+    let secs = t0.elapsed().as_secs_f64().max(1e-3);
+    let active = info0.get("repl_backlog_active").map(String::as_str) == Some("1");
+    let (delta, estimated) = if active {
+        let a = int(&info0, "master_repl_offset").unwrap_or(0);
+        let b = info1
+            .as_ref()
+            .and_then(|i| int(i, "master_repl_offset"))
+            .unwrap_or(a);
+        (b.saturating_sub(a), false)
+    } else {
+        let a = int(&info0, "total_net_input_bytes").unwrap_or(0);
+        let b = stats1
+            .as_ref()
+            .and_then(|i| int(i, "total_net_input_bytes"))
+            .unwrap_or(a);
+        // Less our own INFO and CONFIG commands.
+        (b.saturating_sub(a).saturating_sub(120), true)
+    };
+    let rate = delta as f64 / secs;
+    match backlog {
+        Some(b) => lines.verdict(subject, "backlog", judge_backlog(b, rate, opts.min_backlog_secs, estimated)),
+        None => lines.add(Status::Warn, subject, "backlog", format!("cannot read repl-backlog-size (CONFIG GET refused); writes measured: {}/s", human_bytes(rate as u64)), Some("make sure the backlog holds a few minutes of writes (repl-backlog-size), or a relay restart costs a full snapshot".into())),
+    }
+    Some(SourceFacts { version, used })
+}
+
+fn psync_available(conn: &mut crate::target::TargetConn, ep: &Endpoint, v: (u32, u32)) -> Verdict {
+    let renamed_fix = "the source has PSYNC renamed or disabled (rename-command in redis.conf, or a managed service that hides it): enable it, or ask the provider for the replication command's name".to_string();
+    if v >= (3, 0) {
+        match conn.call(&["COMMAND", "INFO", "PSYNC"]) {
+            Ok(Reply::Array(Some(items)))
+                if items
+                    .first()
+                    .is_some_and(|i| matches!(i, Reply::Array(None) | Reply::Bulk(None))) =>
+            {
+                return Verdict::fail(
+                    "the server does not know the PSYNC command".into(),
+                    renamed_fix,
+                );
+            }
+            Ok(_) | Err(_) => {}
+        }
+    }
+    if v >= (7, 0) {
+        let user = ep.username.clone().unwrap_or_else(|| "default".into());
+        match conn.call(&["ACL", "DRYRUN", user.as_str(), "PSYNC", "?", "-1"]) {
+            Ok(Reply::Simple(_)) => {}
+            Ok(Reply::Bulk(Some(why))) => {
+                return Verdict::fail(
+                    format!("user {user} may not run PSYNC: {}", String::from_utf8_lossy(&why)),
+                    format!("grant replication to the user: ACL SETUSER {user} +psync +replconf +ping (or +@admin)"),
+                )
+            }
+            _ => {
+                return Verdict::pass("PSYNC available (ACL permission not verifiable with this user)".into())
+            }
+        }
+    }
+    Verdict::pass("PSYNC available".into())
+}
+
+fn probe_target(opts: &CheckOptions, sources: &[SourceFacts], resuming: bool, lines: &mut Lines) {
+    let subject = format!("target {}", opts.target);
+    let subject = subject.as_str();
+    let mut conn = match probe::connect(&opts.target, opts.timeout, "target") {
+        Ok(c) => c,
+        Err(f) => {
+            lines.add(Status::Fail, subject, f.check, f.message, Some(f.fix));
+            return;
+        }
+    };
+    let info = match probe::info(&mut conn, None) {
+        Ok(i) => i,
+        Err(e) => {
+            lines.add(
+                Status::Fail,
+                subject,
+                "info",
+                format!("INFO failed: {e}"),
+                Some("the relay needs INFO on the target".into()),
+            );
+            return;
+        }
+    };
+    let version = info
+        .get("redis_version")
+        .cloned()
+        .unwrap_or_else(|| "0.0.0".into());
+    let auth = if opts.target.password.is_some() {
+        "logged in, "
+    } else {
+        ""
+    };
+    lines.add(
+        Status::Pass,
+        subject,
+        "reachable",
+        format!(
+            "{auth}Redis {version}, role {}",
+            info.get("role").map(String::as_str).unwrap_or("?")
+        ),
+        None,
+    );
+    if info.get("role").map(String::as_str) == Some("slave") {
+        lines.add(
+            Status::Fail,
+            subject,
+            "writable",
+            "the target is a replica: it refuses writes".into(),
+            Some("point --target at a master, or run REPLICAOF NO ONE on it".into()),
+        );
+    }
+    let versions: Vec<String> = sources.iter().map(|s| s.version.clone()).collect();
+    lines.verdict(
+        subject,
+        "version",
+        judge_target_version(&versions, &version),
+    );
+    let policy = match info.get("maxmemory_policy") {
+        Some(p) => Some(p.clone()),
+        None => probe::config_get(&mut conn, "maxmemory-policy")
+            .ok()
+            .and_then(Result::ok),
+    };
+    match policy {
+        Some(p) => lines.verdict(subject, "eviction", judge_eviction(&p, opts.allow_eviction)),
+        None => lines.add(
+            Status::Warn,
+            subject,
+            "eviction",
+            "cannot read maxmemory-policy".into(),
+            Some("make sure the target's maxmemory-policy is noeviction".into()),
+        ),
+    }
+    let need: u64 = sources.iter().map(|s| s.used).sum();
+    lines.verdict(
+        subject,
+        "memory",
+        judge_headroom(
+            int(&info, "maxmemory").unwrap_or(0),
+            int(&info, "used_memory").unwrap_or(0),
+            int(&info, "total_system_memory").unwrap_or(0),
+            need,
+        ),
+    );
+    let mut keys = probe::keyspace(&info);
+    if let Some(dbs) = &opts.target_dbs {
+        keys.retain(|db, _| dbs.contains(db));
+    }
+    // The relay's own keys (heartbeat, markers) do not count.
+    for (db, n) in keys.iter_mut() {
+        if *n > 0 && *n <= 1000 {
+            *n = n.saturating_sub(count_own_keys(&mut conn, *db, &opts.own_prefix));
+        }
+    }
+    lines.verdict(
+        subject,
+        "empty",
+        judge_not_empty(&keys, opts.if_target_not_empty, resuming),
+    );
+}
+
+fn count_own_keys(conn: &mut crate::target::TargetConn, db: u32, prefix: &str) -> u64 {
+    if prefix.is_empty()
+        || conn
+            .call(&["SELECT", &db.to_string()])
+            .map(|r| r.is_error())
+            .unwrap_or(true)
+    {
+        return 0;
+    }
+    let pattern = format!("{}*", glob_escape(prefix));
+    let mut cursor = "0".to_string();
+    let mut n = 0;
+    loop {
+        let Ok(Reply::Array(Some(parts))) =
+            conn.call(&["SCAN", &cursor, "MATCH", &pattern, "COUNT", "1000"])
+        else {
+            return n;
+        };
+        cursor = parts
+            .first()
+            .and_then(|c| c.as_text())
+            .unwrap_or_else(|| "0".into());
+        if let Some(Reply::Array(Some(ks))) = parts.get(1) {
+            n += ks.len() as u64;
+        }
+        if cursor == "0" {
+            return n;
+        }
+    }
+}
+
+fn glob_escape(s: &str) -> String {
+    let mut out = String::new();
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Checkpoints of these sources in the state dir: the relay resumes.
+pub fn resuming(state_dir: Option<&Path>, sources: &[Endpoint]) -> bool {
+    let Some(dir) = state_dir else { return false };
+    sources
+        .iter()
+        .any(|s| crate::pipeline::checkpoint::path_for(dir, &s.to_string()).is_file())
+}
+
+/// Run every check.
+pub fn run(opts: &CheckOptions) -> CheckReport {
+    let started = Instant::now();
+    let mut lines = Lines(Vec::new());
+    // Sources, with a label naming their pool and server in a Twemproxy config.
+    let sources: Vec<(Endpoint, String)> = match &opts.sources {
+        Sources::List(eps) => eps
+            .iter()
+            .map(|e| (e.clone(), format!("source {e}")))
+            .collect(),
+        Sources::Twemproxy { path, pool } => {
+            let subject = format!("twemproxy {}", path.display());
+            match crate::source::twemproxy::load_config(path, pool.as_deref()) {
+                Err(e) => {
+                    lines.add(
+                        Status::Fail,
+                        &subject,
+                        "config",
+                        format!("{e}"),
+                        Some(
+                            "fix the file at the place named (nutcracker -t -c FILE tests it too)"
+                                .into(),
+                        ),
+                    );
+                    Vec::new()
+                }
+                Ok(tw) => {
+                    let names: Vec<&str> = tw.pools.iter().map(|p| p.name.as_str()).collect();
+                    if tw.backends.is_empty() {
+                        lines.add(
+                            Status::Fail,
+                            &subject,
+                            "config",
+                            "no Redis backend in the selected pools".into(),
+                            Some(
+                                "check --pool and that the pools have `redis: true` and `servers:`"
+                                    .into(),
+                            ),
+                        );
+                    } else {
+                        lines.add(
+                            Status::Pass,
+                            &subject,
+                            "config",
+                            format!(
+                                "pools {} with {} backends",
+                                names.join(", "),
+                                tw.backends.len()
+                            ),
+                            None,
+                        );
+                    }
+                    if !tw.skipped_pools.is_empty() {
+                        lines.add(
+                            Status::Warn,
+                            &subject,
+                            "config",
+                            format!("memcached pools skipped: {}", tw.skipped_pools.join(", ")),
+                            Some("nothing to do: only Redis pools are replicated".into()),
+                        );
+                    }
+                    for p in tw.auto_eject_pools() {
+                        lines.add(Status::Warn, &subject, "auto-eject", format!("pool {p} has auto_eject_hosts: true: while a backend was ejected its keys went to other backends, so one key may exist on two masters and the target keeps whichever wrote last"), Some("run `verify` after the snapshot; prefer auto_eject_hosts: false for a migration".into()));
+                    }
+                    tw.backends
+                        .iter()
+                        .map(|b| {
+                            let name = b
+                                .name
+                                .as_deref()
+                                .map(|n| format!(" {n}"))
+                                .unwrap_or_default();
+                            (
+                                b.endpoint.clone(),
+                                format!("source {} ({}{name})", b.endpoint, b.pool),
+                            )
+                        })
+                        .collect()
+                }
+            }
+        }
+    };
+    let eps: Vec<Endpoint> = sources.iter().map(|(e, _)| e.clone()).collect();
+    for (e, subject) in &sources {
+        if e.host == opts.target.host && e.port == opts.target.port {
+            lines.add(
+                Status::Fail,
+                subject,
+                "distinct",
+                "this source is also the target".into(),
+                Some("give a --target that is not one of the sources".into()),
+            );
+        }
+    }
+    // Sources in parallel (each one measures its write rate for `rate_window`).
+    let results: Vec<(Vec<CheckLine>, Option<SourceFacts>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = sources
+            .iter()
+            .map(|(ep, subject)| {
+                s.spawn(move || {
+                    let mut l = Lines(Vec::new());
+                    let facts = probe_source(ep, subject, opts, &mut l);
+                    (l.0, facts)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_default())
+            .collect()
+    });
+    let mut facts = Vec::new();
+    for (l, f) in results {
+        lines.0.extend(l);
+        facts.extend(f);
+    }
+    let resuming = resuming(opts.state_dir.as_deref(), &eps);
+    probe_target(opts, &facts, resuming, &mut lines);
+    CheckReport::new(lines.0, started.elapsed())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn older_target_uses_the_command_path() {
+        let v = judge_target_version(&["7.2.4".into(), "6.2.0".into()], "6.2.14");
+        assert_eq!(v.status, Status::Warn);
+        assert!(v.message.contains("plain commands"), "{v:?}");
+        assert!(v.fix.unwrap().contains("7.2.4"));
+        let v = judge_target_version(&["7.0.15".into()], "7.0.15");
+        assert_eq!(v.status, Status::Pass);
+        let v = judge_target_version(&["5.0.7".into()], "7.0.15");
+        assert_eq!(v.status, Status::Pass);
+        // 6.0 and 6.2 both write RDB 9: a 6.0 target loads a 6.2 source's payloads.
+        assert_eq!(
+            judge_target_version(&["6.2.1".into()], "6.0.9").status,
+            Status::Pass
+        );
+    }
+
+    #[test]
+    fn backlog_against_rate() {
+        let v = judge_backlog(16 * 1024, 100_000.0, 60.0, false);
+        assert_eq!(v.status, Status::Warn);
+        assert!(v.fix.unwrap().contains("CONFIG SET repl-backlog-size"));
+        assert_eq!(
+            judge_backlog(1 << 20, 0.0, 60.0, false).status,
+            Status::Pass
+        );
+        assert_eq!(
+            judge_backlog(100 << 20, 100_000.0, 60.0, false).status,
+            Status::Pass
+        );
+    }
+
+    #[test]
+    fn eviction_policy() {
+        assert_eq!(judge_eviction("noeviction", false).status, Status::Pass);
+        assert_eq!(judge_eviction("allkeys-lru", false).status, Status::Fail);
+        assert_eq!(judge_eviction("allkeys-lru", true).status, Status::Warn);
+    }
+
+    #[test]
+    fn headroom() {
+        assert_eq!(judge_headroom(0, 1 << 20, 0, 5 << 30).status, Status::Pass);
+        assert_eq!(
+            judge_headroom(10 << 20, 1 << 20, 0, 20 << 20).status,
+            Status::Fail
+        );
+        assert_eq!(
+            judge_headroom(0, 1 << 20, 8 << 30, 20 << 30).status,
+            Status::Warn
+        );
+        assert_eq!(
+            judge_headroom(100 << 20, 1 << 20, 0, 10 << 20).status,
+            Status::Pass
+        );
+    }
+
+    #[test]
+    fn not_empty() {
+        let mut k = BTreeMap::new();
+        assert_eq!(
+            judge_not_empty(&k, IfNotEmpty::Abort, false).status,
+            Status::Pass
+        );
+        k.insert(0, 0);
+        assert_eq!(
+            judge_not_empty(&k, IfNotEmpty::Abort, false).status,
+            Status::Pass
+        );
+        k.insert(3, 10);
+        assert_eq!(
+            judge_not_empty(&k, IfNotEmpty::Abort, false).status,
+            Status::Fail
+        );
+        assert_eq!(
+            judge_not_empty(&k, IfNotEmpty::Ignore, false).status,
+            Status::Warn
+        );
+        assert_eq!(
+            judge_not_empty(&k, IfNotEmpty::Abort, true).status,
+            Status::Pass
+        );
+    }
+}

@@ -1,0 +1,236 @@
+//! Talking to one server for the prechecks: connect, log in, read INFO and CONFIG, and turn
+//! connection failures into a message with its fix.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::endpoint::Endpoint;
+use crate::resp::Reply;
+use crate::target::{TargetConn, TargetError};
+
+/// Why a server could not be used, with what to do about it.
+#[derive(Debug, Clone)]
+pub struct ConnectFailure {
+    /// The check that failed: `reachable` or `auth`.
+    pub check: &'static str,
+    pub message: String,
+    pub fix: String,
+}
+
+/// Connect and log in; classify the failure.
+pub fn connect(ep: &Endpoint, timeout: Duration, role: &str) -> Result<TargetConn, ConnectFailure> {
+    let conn = TargetConn::connect(ep, timeout).map_err(|e| classify(ep, &e, role))?;
+    let _ = conn
+        .stream
+        .set_read_timeout(Some(timeout.max(Duration::from_secs(5))));
+    let _ = conn
+        .stream
+        .set_write_timeout(Some(timeout.max(Duration::from_secs(5))));
+    Ok(conn)
+}
+
+fn classify(ep: &Endpoint, e: &TargetError, role: &str) -> ConnectFailure {
+    let flag = if role == "target" {
+        "--target"
+    } else {
+        "--source (or the pool's redis_auth in the Twemproxy config)"
+    };
+    match e {
+        TargetError::Connect { source, .. } => {
+            let refused = source.kind() == std::io::ErrorKind::ConnectionRefused;
+            let message = if refused {
+                format!("connection refused ({source})")
+            } else {
+                format!("cannot connect: {source}")
+            };
+            let fix = if refused {
+                format!(
+                    "nothing accepts connections on {ep}: check that redis-server runs there, and that its `bind` directive includes the address the relay connects from (`bind 127.0.0.1` only accepts local clients); a firewall can refuse too"
+                )
+            } else {
+                format!("check the host and port of {ep}, the network path and firewalls")
+            };
+            ConnectFailure {
+                check: "reachable",
+                message,
+                fix,
+            }
+        }
+        TargetError::Io { what, source, .. } => {
+            let reset = matches!(
+                source.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::UnexpectedEof
+                    | std::io::ErrorKind::BrokenPipe
+            );
+            ConnectFailure {
+                check: "reachable",
+                message: format!("the server closed the connection during {what}: {source}"),
+                fix: if reset {
+                    "the server accepted then dropped the connection: it may be in `protected-mode` (set a password with `requirepass`, or `CONFIG SET protected-mode no` if the network is trusted), at `maxclients`, or not a Redis server".into()
+                } else {
+                    format!("check that {ep} is a Redis server and answers in time")
+                },
+            }
+        }
+        TargetError::Refused { command, reply, .. } => {
+            let upper = reply.to_ascii_uppercase();
+            if upper.starts_with("DENIED") || upper.contains("PROTECTED MODE") {
+                ConnectFailure {
+                    check: "reachable",
+                    message: format!("refused by protected mode: {}", first_sentence(reply)),
+                    fix: format!(
+                        "{ep} runs in protected mode without a password and only accepts loopback clients: set `requirepass` (and give the password in the URL), or `CONFIG SET protected-mode no` and list the relay's address in `bind` if the network is trusted"
+                    ),
+                }
+            } else if upper.starts_with("NOAUTH") {
+                ConnectFailure {
+                    check: "auth",
+                    message: format!("{ep} requires a password: {command} answered {reply}"),
+                    fix: format!("give the password in the URL of {flag}: redis://:PASSWORD@{ep} (or redis://USER:PASSWORD@{ep} for an ACL user)"),
+                }
+            } else if upper.starts_with("WRONGPASS")
+                || upper.contains("INVALID PASSWORD")
+                || upper.contains("INVALID USERNAME")
+            {
+                ConnectFailure {
+                    check: "auth",
+                    message: format!("authentication failed: {reply}"),
+                    fix: format!("correct the user name or password in the URL of {flag} (percent-encode `@` and `:` in passwords)"),
+                }
+            } else if upper.contains("NO PASSWORD IS SET") || upper.contains("WITHOUT ANY PASSWORD")
+            {
+                ConnectFailure {
+                    check: "auth",
+                    message: format!("a password was given but {ep} has none: {reply}"),
+                    fix: format!("remove the password from the URL of {flag}, or set `requirepass` on the server"),
+                }
+            } else {
+                ConnectFailure {
+                    check: "auth",
+                    message: format!("{command} refused: {reply}"),
+                    fix: format!("check the credentials and ACL permissions of the user in {flag}"),
+                }
+            }
+        }
+    }
+}
+
+fn first_sentence(s: &str) -> &str {
+    s.split_once(". ").map(|(a, _)| a).unwrap_or(s)
+}
+
+/// `INFO` (default sections) as a map of `field -> value`.
+pub fn info(
+    conn: &mut TargetConn,
+    section: Option<&str>,
+) -> std::io::Result<BTreeMap<String, String>> {
+    let reply = match section {
+        Some(s) => conn.call(&["INFO", s])?,
+        None => conn.call(&["INFO"])?,
+    };
+    if let Reply::Error(e) = &reply {
+        return Err(std::io::Error::other(format!(
+            "INFO refused: {}",
+            String::from_utf8_lossy(e)
+        )));
+    }
+    Ok(reply
+        .as_text()
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect())
+}
+
+/// `CONFIG GET name`: `Ok(None)` when the server refuses CONFIG (managed services rename it).
+pub fn config_get(conn: &mut TargetConn, name: &str) -> std::io::Result<Result<String, String>> {
+    match conn.call(&["CONFIG", "GET", name])? {
+        Reply::Array(Some(items)) if items.len() >= 2 => {
+            Ok(Ok(items[1].as_text().unwrap_or_default()))
+        }
+        Reply::Array(_) => Ok(Err(format!("CONFIG GET {name} returned nothing"))),
+        Reply::Error(e) => Ok(Err(String::from_utf8_lossy(&e).into_owned())),
+        other => Ok(Err(format!(
+            "unexpected reply to CONFIG GET {name}: {other:?}"
+        ))),
+    }
+}
+
+/// Keys per database from the `keyspace` section of INFO (`db0:keys=3,expires=0,...`).
+pub fn keyspace(info: &BTreeMap<String, String>) -> BTreeMap<u32, u64> {
+    info.iter()
+        .filter_map(|(k, v)| {
+            let db = k.strip_prefix("db")?.parse::<u32>().ok()?;
+            let keys = v
+                .split(',')
+                .find_map(|p| p.strip_prefix("keys="))?
+                .parse::<u64>()
+                .ok()?;
+            Some((db, keys))
+        })
+        .collect()
+}
+
+/// `512mb`, `1gb`, `1048576` as CONFIG and the config file write sizes.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim().to_ascii_lowercase();
+    let (num, mul) = [
+        ("gb", 1u64 << 30),
+        ("mb", 1 << 20),
+        ("kb", 1 << 10),
+        ("g", 1_000_000_000),
+        ("m", 1_000_000),
+        ("k", 1000),
+        ("b", 1),
+    ]
+    .iter()
+    .find_map(|(suf, m)| s.strip_suffix(suf).map(|n| (n.to_string(), *m)))
+    .unwrap_or((s.clone(), 1));
+    num.trim().parse::<u64>().ok().map(|n| n * mul)
+}
+
+/// Bytes for humans: `1.5 MiB`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1048576"), Some(1 << 20));
+        assert_eq!(parse_size("16kb"), Some(16 << 10));
+        assert_eq!(parse_size("1mb"), Some(1 << 20));
+        assert_eq!(parse_size("2gb"), Some(2 << 30));
+        assert_eq!(parse_size("x"), None);
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+    }
+
+    #[test]
+    fn keyspace_lines() {
+        let mut m = BTreeMap::new();
+        m.insert("db0".into(), "keys=3,expires=1,avg_ttl=0".into());
+        m.insert("db12".into(), "keys=7,expires=0,avg_ttl=0".into());
+        m.insert("dbx".into(), "keys=7".into());
+        let k = keyspace(&m);
+        assert_eq!(k.get(&0), Some(&3));
+        assert_eq!(k.get(&12), Some(&7));
+        assert_eq!(k.len(), 2);
+    }
+}

@@ -1,0 +1,128 @@
+//! `--config relay.toml`: options from the file, flags over the file, errors naming the field.
+
+mod support;
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use support::{free_port, wait_until, RedisServer};
+
+fn relay(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_redis-relay"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .env_remove("REDIS_RELAY_TARGET")
+        .output()
+        .expect("run redis-relay")
+}
+
+fn write(dir: &std::path::Path, text: &str) -> String {
+    let p = dir.join("relay.toml");
+    std::fs::write(&p, text).unwrap();
+    p.display().to_string()
+}
+
+#[test]
+fn options_come_from_the_file_and_flags_override_it() {
+    let src = RedisServer::start(&[]);
+    let tgt = RedisServer::start(&["maxmemory-policy allkeys-lru"]);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(
+        dir.path(),
+        &format!(
+            "source = [\"{}\"]\ntarget = \"{}\"\nallow-eviction = true\nstate-dir = \"{}\"\n",
+            src.url(),
+            tgt.url(),
+            dir.path().join("state").display()
+        ),
+    );
+    let out = relay(&["check", "--config", &cfg]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains(&format!("source {}", src.addr())), "{text}");
+    assert!(
+        text.contains("WARN") && text.contains("allowed by --allow-eviction"),
+        "{text}"
+    );
+    // A flag overrides the file: another target.
+    let other = RedisServer::start(&[]);
+    let out = relay(&["check", "--config", &cfg, "--target", &other.url()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains(&format!("target {}", other.addr())), "{text}");
+    assert!(!text.contains(&format!("target {}", tgt.addr())), "{text}");
+}
+
+#[test]
+fn sync_reads_every_option_from_the_file() {
+    let src = RedisServer::start(&[]);
+    let tgt = RedisServer::start(&[]);
+    src.client().cmd(&["SET", "k", "v"]);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = write(
+        dir.path(),
+        &format!(
+            "source = [\"{}\"]\ntarget = \"{}\"\nstate-dir = \"{}\"\nmetrics-addr = \"127.0.0.1:{port}\"\nwriters = 2\nquiet = true\nlog-format = \"json\"\nrepl-timeout = 30\nkey-prefix = \"redis-relay:\"\n",
+            src.url(),
+            tgt.url(),
+            dir.path().join("state").display()
+        ),
+    );
+    let log = std::fs::File::create(dir.path().join("log")).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_redis-relay"))
+        .args(["sync", "--config", &cfg])
+        .env("RUST_LOG", "info")
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut t = tgt.client();
+    let ok = wait_until(Duration::from_secs(20), || {
+        matches!(t.cmd(&["GET", "k"]).as_text().as_deref(), Some("v"))
+    });
+    let metrics = support::http_get(port, "/metrics").unwrap_or_default();
+    support::stop_child(&mut child);
+    let log = std::fs::read_to_string(dir.path().join("log")).unwrap();
+    assert!(ok, "the key was copied; log:\n{log}");
+    assert!(metrics.contains("redis_relay_lag_bytes"), "{metrics}");
+    assert!(log.lines().any(|l| l.starts_with('{')), "JSON logs: {log}");
+    assert!(dir.path().join("state").is_dir());
+}
+
+#[test]
+fn unknown_fields_and_bad_values_name_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    for (text, field) in [
+        ("targett = \"redis://127.0.0.1:1\"\n", "targett"),
+        ("writers = \"four\"\n", "writers"),
+        ("writers = 0\n", "writers"),
+        ("on-target-error = \"explode\"\n", "on-target-error"),
+        ("if-target-not-empty = \"maybe\"\n", "if-target-not-empty"),
+        ("metrics-addr = \"localhost\"\n", "metrics-addr"),
+        ("target = \"http://x\"\n", "target"),
+        ("db = [\"zero\"]\n", "db"),
+        ("db-map = [\"1=0\"]\n", "db-map"),
+        ("include-regex = [\"[\"]\n", "include-regex"),
+        ("listening-port = 70000\n", "listening-port"),
+    ] {
+        let cfg = write(dir.path(), text);
+        let out = relay(&[
+            "check",
+            "--config",
+            &cfg,
+            "--source",
+            "redis://127.0.0.1:1",
+            "--target",
+            "redis://127.0.0.1:2",
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{text}: {err}");
+        assert!(
+            err.contains(field) && err.contains("relay.toml"),
+            "{text}: error should name {field}: {err}"
+        );
+    }
+    let out = relay(&["check", "--config", "/nonexistent/relay.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/relay.toml"));
+}
