@@ -48,20 +48,13 @@ fn stderr(o: &Output) -> String {
 }
 
 /// Restore `rdb` into a fresh 7.0 server and compare with the version's expected content.
-fn restore_and_compare(dir: &Path, rdb: &Path, commands_only: bool) {
+/// `extra` are more restore arguments (`--commands-only`, `--big-key-bytes N`).
+fn restore_and_compare(dir: &Path, rdb: &Path, extra: &[&str]) {
     let server = RedisServer::start(&[]);
-    let extra: &[&str] = if commands_only {
-        &["--commands-only"]
-    } else {
-        &[]
-    };
+    let commands_only = extra.contains(&"--commands-only");
     let started = std::time::Instant::now();
     let out = restore(rdb, &server.url(), extra);
-    let what = format!(
-        "{}{}",
-        rdb.display(),
-        if commands_only { " --commands-only" } else { "" }
-    );
+    let what = format!("{} {}", rdb.display(), extra.join(" "));
     assert!(
         out.status.success(),
         "{what}: exit {:?}\n{}",
@@ -85,6 +78,12 @@ fn restore_and_compare(dir: &Path, rdb: &Path, commands_only: bool) {
         );
     }
 
+    if extra.contains(&"--big-key-bytes") {
+        assert!(
+            !summary.contains("(0 big)"),
+            "{what}: big keys expected: {summary}"
+        );
+    }
     let expected = canon::exact_expected(dir);
     let live = read_canonical(&Endpoint::parse(&server.url()).unwrap()).unwrap();
     let opts = CompareOptions {
@@ -102,7 +101,11 @@ fn restore_and_compare(dir: &Path, rdb: &Path, commands_only: bool) {
             [DiffKind::FieldTtl].into_iter().collect(),
             "{what}:\n{report}"
         );
-        assert_eq!(report.count(DiffKind::FieldTtl), field_ttl_hashes, "{what}:\n{report}");
+        assert_eq!(
+            report.count(DiffKind::FieldTtl),
+            field_ttl_hashes,
+            "{what}:\n{report}"
+        );
     } else {
         assert!(report.is_equal(), "{what}:\n{report}");
     }
@@ -119,9 +122,13 @@ fn check_version(name: &str) {
     let dir = canon::version_dir(&corpus_dir(), name);
     let files = canon::rdb_files(&dir);
     for rdb in &files {
-        restore_and_compare(&dir, rdb, false);
+        restore_and_compare(&dir, rdb, &[]);
     }
-    restore_and_compare(&dir, &dir.join("dump.rdb"), true);
+    let dump = dir.join("dump.rdb");
+    restore_and_compare(&dir, &dump, &["--commands-only"]);
+    // Values over 4 KiB arrive as chunks (BigStart/BigChunk/BigEnd) and are written as
+    // bounded commands, whatever the path of the small ones.
+    restore_and_compare(&dir, &dump, &["--big-key-bytes", "4096"]);
 }
 
 macro_rules! version_tests {
@@ -176,9 +183,18 @@ fn password_protected_target() {
         c.cmd(&["FUNCTION", "FLUSH"]);
         let out = restore(&small_dump(), &url, &[]);
         assert!(out.status.success(), "{}", stderr(&out));
-        assert!(!stderr(&out).contains("pw@"), "no credentials in the output");
+        assert!(
+            !stderr(&out).contains("pw@"),
+            "no credentials in the output"
+        );
         let live = read_canonical(&Endpoint::parse(&url).unwrap()).unwrap();
-        let r = compare_documents_named(&expected, &live, "expected", url.as_str(), &Default::default());
+        let r = compare_documents_named(
+            &expected,
+            &live,
+            "expected",
+            url.as_str(),
+            &Default::default(),
+        );
         assert!(r.is_equal(), "{r}");
     }
 }
@@ -194,8 +210,14 @@ fn wrong_password_fails_cleanly() {
         let out = restore(&small_dump(), &url, &[]);
         let err = stderr(&out);
         assert!(!out.status.success(), "{url}: {err}");
-        assert!(err.contains(&format!("127.0.0.1:{}", server.port)), "{url}: {err}");
-        assert!(err.contains("AUTH") || err.contains("NOAUTH"), "{url}: {err}");
+        assert!(
+            err.contains(&format!("127.0.0.1:{}", server.port)),
+            "{url}: {err}"
+        );
+        assert!(
+            err.contains("AUTH") || err.contains("NOAUTH"),
+            "{url}: {err}"
+        );
         assert!(!err.contains("nope"), "the password is not printed: {err}");
     }
 }

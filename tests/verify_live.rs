@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use redis_relay::endpoint::Endpoint;
 use redis_relay::verify::{
-    compare_documents, read_canonical, verify, CompareOptions, DiffKind, LiveReader,
-    ReadOptions, VerifyOptions,
+    compare_documents, read_canonical, verify, CompareOptions, DiffKind, LiveReader, ReadOptions,
+    VerifyOptions,
 };
 use serde_json::Value as J;
 use support::{corpus_dir, RedisServer};
@@ -96,7 +96,11 @@ fn big_values_are_read_in_pieces() {
         let mut cmd: Vec<Vec<u8>> = vec![b"RPUSH".to_vec(), b"big:list".to_vec()];
         cmd.extend((start..start + 10_000).map(|i| format!("e{i}").into_bytes()));
         let mut set: Vec<Vec<u8>> = vec![b"SADD".to_vec(), b"big:set".to_vec()];
-        set.extend((start..start + 10_000).step_by(3).map(|i| format!("m{i}").into_bytes()));
+        set.extend(
+            (start..start + 10_000)
+                .step_by(3)
+                .map(|i| format!("m{i}").into_bytes()),
+        );
         let mut hash: Vec<Vec<u8>> = vec![b"HSET".to_vec(), b"big:hash".to_vec()];
         let mut zset: Vec<Vec<u8>> = vec![b"ZADD".to_vec(), b"big:zset".to_vec()];
         for i in (start..start + 10_000).step_by(3) {
@@ -120,7 +124,17 @@ fn big_values_are_read_in_pieces() {
     c.pipeline(&cmds);
     c.cmd(&["XGROUP", "CREATE", "big:stream", "g", "0"]);
     // 2,500 pending entries: more than one window, all of them in the PEL.
-    c.cmd(&["XREADGROUP", "GROUP", "g", "alice", "COUNT", "2500", "STREAMS", "big:stream", ">"]);
+    c.cmd(&[
+        "XREADGROUP",
+        "GROUP",
+        "g",
+        "alice",
+        "COUNT",
+        "2500",
+        "STREAMS",
+        "big:stream",
+        ">",
+    ]);
 
     let opts = ReadOptions {
         window: 1000,
@@ -156,7 +170,10 @@ fn big_values_are_read_in_pieces() {
     assert_eq!(g["consumers"][0]["pending"], 2500);
     assert_eq!(g["entries_read"], 2500);
     assert_eq!(
-        g["times"]["pel_delivery_time_ms"].as_object().unwrap().len(),
+        g["times"]["pel_delivery_time_ms"]
+            .as_object()
+            .unwrap()
+            .len(),
         2500
     );
 }
@@ -193,11 +210,16 @@ fn many_small_keys_read_fast() {
     let t = Instant::now();
     let doc = reader.read_document().unwrap();
     let rate = n as f64 / t.elapsed().as_secs_f64();
-    eprintln!("{n} small keys read in {:.2?}: {rate:.0} keys/s", t.elapsed());
+    eprintln!(
+        "{n} small keys read in {:.2?}: {rate:.0} keys/s",
+        t.elapsed()
+    );
     let keys = doc["databases"]["0"]["keys"].as_array().unwrap();
     assert_eq!(keys.len(), n);
     assert_eq!(
-        keys.iter().filter(|k| k["expire_ms"] == 4102444800123i64).count(),
+        keys.iter()
+            .filter(|k| k["expire_ms"] == 4102444800123i64)
+            .count(),
         (0..n).filter(|i| i % 7 == 0).count()
     );
     assert!(rate > 2000.0, "only {rate:.0} keys/s");
@@ -217,8 +239,23 @@ fn verify_finds_each_kind_of_difference() {
     let a = RedisServer::start(&[]);
     let b = RedisServer::start(&[]);
     let t = RedisServer::start(&[]);
-    load(&a, &[&["SET", "s1", "v1"], &["RPUSH", "l1", "x", "y"], &["SELECT", "2"], &["SET", "d2", "x"]]);
-    load(&b, &[&["SET", "s2", "v2"], &["ZADD", "z", "1", "m"], &["PEXPIREAT", "z", "4102444800123"]]);
+    load(
+        &a,
+        &[
+            &["SET", "s1", "v1"],
+            &["RPUSH", "l1", "x", "y"],
+            &["SELECT", "2"],
+            &["SET", "d2", "x"],
+        ],
+    );
+    load(
+        &b,
+        &[
+            &["SET", "s2", "v2"],
+            &["ZADD", "z", "1", "m"],
+            &["PEXPIREAT", "z", "4102444800123"],
+        ],
+    );
     load(
         &t,
         &[
@@ -241,7 +278,10 @@ fn verify_finds_each_kind_of_difference() {
     let r = verify(&sources, &endpoint(&t), &opts).unwrap();
     assert!(r.is_equal(), "{r}");
     assert_eq!(r.compare.dbs[&0].left_keys, 4);
-    assert_eq!(r.compare.dbs[&0].right_keys, 4, "redis-relay: keys are not counted");
+    assert_eq!(
+        r.compare.dbs[&0].right_keys, 4,
+        "redis-relay: keys are not counted"
+    );
     assert_eq!(r.compare.dbs[&2].right_keys, 1);
 
     load(
@@ -333,7 +373,20 @@ fn verify_streams_and_functions() {
             ],
         );
     }
-    load(&a, &[&["XREADGROUP", "GROUP", "g", "c", "COUNT", "1", "STREAMS", "st", ">"]]);
+    load(
+        &a,
+        &[&[
+            "XREADGROUP",
+            "GROUP",
+            "g",
+            "c",
+            "COUNT",
+            "1",
+            "STREAMS",
+            "st",
+            ">",
+        ]],
+    );
     let opts = VerifyOptions {
         recheck_rounds: 0,
         ..VerifyOptions::default()
@@ -341,7 +394,20 @@ fn verify_streams_and_functions() {
     let r = verify(&[endpoint(&a)], &endpoint(&t), &opts).unwrap();
     assert_eq!(r.compare.count(DiffKind::Value), 1, "{r}");
     assert!(r.to_string().contains("group \"g\""), "{r}");
-    load(&t, &[&["XREADGROUP", "GROUP", "g", "c", "COUNT", "1", "STREAMS", "st", ">"]]);
+    load(
+        &t,
+        &[&[
+            "XREADGROUP",
+            "GROUP",
+            "g",
+            "c",
+            "COUNT",
+            "1",
+            "STREAMS",
+            "st",
+            ">",
+        ]],
+    );
     // Same PEL, but delivered at another millisecond (most likely) and seen at another time.
     let mut o = opts.clone();
     o.compare.ignore_stream_times = true;
@@ -355,4 +421,35 @@ fn verify_streams_and_functions() {
     load(&t, &[&["FUNCTION", "LOAD", code]]);
     let r = verify(&[endpoint(&a)], &endpoint(&t), &o).unwrap();
     assert!(r.is_equal(), "{r}");
+}
+
+/// The command sets of older servers (chosen from the version in `INFO server`), emulated
+/// against the 7.0 server here: `KEYS`/`SMEMBERS`/`HGETALL` before 2.8, second-resolution
+/// `TTL` on 2.4, relative `PTTL` before 7.0, `XPENDING`/`XINFO CONSUMERS` before 6.0. Each
+/// reads the same content (expire times within the documented ±1500 ms).
+#[test]
+fn older_server_command_sets_read_the_same() {
+    let dir = canon::version_dir(&corpus_dir(), "5.0.14");
+    let (server, _data) = server_with_rdb(&dir.join("dump.rdb"));
+    let expected = canon::exact_expected(&dir);
+    let opts = CompareOptions {
+        ttl_tolerance_ms: 1500,
+        ..CompareOptions::default()
+    };
+    for version in ["2.4.18", "2.6.17", "2.8.24", "5.0.14", "6.0.20"] {
+        let mut reader = LiveReader::connect(&endpoint(&server), ReadOptions::default()).unwrap();
+        reader.facts = redis_relay::verify::live::ServerFacts::new(version);
+        let live = reader.read_document().unwrap();
+        let report = compare_documents(&expected, &live, &opts);
+        assert!(report.is_equal(), "as {version}:\n{report}");
+        let stream = live["databases"]["0"]["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["key"] == "c3RyZWFtOmdyb3Vwcw==")
+            .expect("stream:groups");
+        // Times only where XINFO STREAM FULL exists.
+        let has_times = stream["value"]["groups"][0].get("times").is_some();
+        assert_eq!(has_times, version == "6.0.20", "as {version}");
+    }
 }

@@ -106,11 +106,7 @@ pub struct Difference {
 impl fmt::Display for Difference {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.db {
-            Some(db) => write!(
-                f,
-                "db {db} {} {}: {}",
-                self.key, self.kind, self.detail
-            ),
+            Some(db) => write!(f, "db {db} {} {}: {}", self.key, self.kind, self.detail),
             None => write!(f, "{} {}: {}", self.key, self.kind, self.detail),
         }
     }
@@ -253,7 +249,11 @@ impl fmt::Display for CompareReport {
         ];
         writeln!(f, "left:  {}", self.left_name)?;
         writeln!(f, "right: {}", self.right_name)?;
-        write!(f, "{:>5} {:>12} {:>12} {:>10}", "db", "left keys", "right keys", "differing")?;
+        write!(
+            f,
+            "{:>5} {:>12} {:>12} {:>10}",
+            "db", "left keys", "right keys", "differing"
+        )?;
         for k in kinds {
             write!(f, " {:>10}", k.name())?;
         }
@@ -373,7 +373,11 @@ fn keys_by_db(doc: &J) -> BTreeMap<u32, BTreeMap<Vec<u8>, &J>> {
 }
 
 /// Every difference between two entries of the same key (empty when equal).
-pub fn compare_entry(left: Option<&J>, right: Option<&J>, opts: &CompareOptions) -> Vec<(DiffKind, String)> {
+pub fn compare_entry(
+    left: Option<&J>,
+    right: Option<&J>,
+    opts: &CompareOptions,
+) -> Vec<(DiffKind, String)> {
     let (l, r) = match (left, right) {
         (None, None) => return Vec::new(),
         (Some(l), None) => {
@@ -410,10 +414,9 @@ fn compare_ttl(l: &J, r: &J, tolerance: i64) -> Option<String> {
         (None, None) => None,
         (Some(a), None) => Some(format!("expires at {a} vs no expire")),
         (None, Some(b)) => Some(format!("no expire vs expires at {b}")),
-        (Some(a), Some(b)) if (a - b).abs() > tolerance => Some(format!(
-            "expires at {a} vs {b} ({:+} ms)",
-            b - a
-        )),
+        (Some(a), Some(b)) if (a - b).abs() > tolerance => {
+            Some(format!("expires at {a} vs {b} ({:+} ms)", b - a))
+        }
         _ => None,
     }
 }
@@ -484,9 +487,19 @@ fn compare_strings(l: &J, r: &J) -> Option<String> {
     if l == r {
         return None;
     }
-    let a = l.as_str().and_then(|s| B64.decode(s).ok()).unwrap_or_default();
-    let b = r.as_str().and_then(|s| B64.decode(s).ok()).unwrap_or_default();
-    let at = a.iter().zip(&b).position(|(x, y)| x != y).unwrap_or(a.len().min(b.len()));
+    let a = l
+        .as_str()
+        .and_then(|s| B64.decode(s).ok())
+        .unwrap_or_default();
+    let b = r
+        .as_str()
+        .and_then(|s| B64.decode(s).ok())
+        .unwrap_or_default();
+    let at = a
+        .iter()
+        .zip(&b)
+        .position(|(x, y)| x != y)
+        .unwrap_or(a.len().min(b.len()));
     Some(format!(
         "{} vs {} bytes, first difference at byte {at}",
         a.len(),
@@ -501,7 +514,11 @@ fn compare_arrays(l: &J, r: &J, what: &str) -> Option<String> {
     let empty = Vec::new();
     let a = l.as_array().unwrap_or(&empty);
     let b = r.as_array().unwrap_or(&empty);
-    let at = a.iter().zip(b).position(|(x, y)| x != y).unwrap_or(a.len().min(b.len()));
+    let at = a
+        .iter()
+        .zip(b)
+        .position(|(x, y)| x != y)
+        .unwrap_or(a.len().min(b.len()));
     Some(format!(
         "{} vs {} {what}s, first difference at index {at}",
         a.len(),
@@ -634,7 +651,10 @@ fn compare_streams(l: &J, r: &J, opts: &CompareOptions) -> Option<String> {
     let (lg, rg) = (by_name(lg), by_name(rg));
     if lg.keys().ne(rg.keys()) {
         let names = |m: &BTreeMap<String, J>| {
-            m.keys().map(|k| b64_escaped(k)).collect::<Vec<_>>().join(",")
+            m.keys()
+                .map(|k| b64_escaped(k))
+                .collect::<Vec<_>>()
+                .join(",")
         };
         return Some(format!("groups [{}] vs [{}]", names(&lg), names(&rg)));
     }
@@ -736,14 +756,20 @@ mod tests {
 
     #[test]
     fn encoding_ignored_scores_as_f64() {
-        let a = doc(json!([{"key": "YQ==", "type": "zset", "encoding": "listpack", "expire_ms": null,
-            "value": [["bQ==", 1.0], ["bg==", "inf"]]}]));
-        let b = doc(json!([{"key": "YQ==", "type": "zset", "encoding": "skiplist", "expire_ms": null,
-            "value": [["bQ==", 1], ["bg==", "inf"]]}]));
+        let a = doc(
+            json!([{"key": "YQ==", "type": "zset", "encoding": "listpack", "expire_ms": null,
+            "value": [["bQ==", 1.0], ["bg==", "inf"]]}]),
+        );
+        let b = doc(
+            json!([{"key": "YQ==", "type": "zset", "encoding": "skiplist", "expire_ms": null,
+            "value": [["bQ==", 1], ["bg==", "inf"]]}]),
+        );
         let r = compare_documents(&a, &b, &CompareOptions::default());
         assert!(r.is_equal(), "{r}");
-        let c = doc(json!([{"key": "YQ==", "type": "zset", "encoding": "skiplist", "expire_ms": null,
-            "value": [["bQ==", 1.5], ["bg==", "inf"]]}]));
+        let c = doc(
+            json!([{"key": "YQ==", "type": "zset", "encoding": "skiplist", "expire_ms": null,
+            "value": [["bQ==", 1.5], ["bg==", "inf"]]}]),
+        );
         let r = compare_documents(&a, &c, &CompareOptions::default());
         assert_eq!(r.count(DiffKind::Value), 1, "{r}");
     }
@@ -776,14 +802,18 @@ mod tests {
 
     #[test]
     fn stream_metadata_only_when_both_have_it() {
-        let a = doc(json!([{"key": "cw==", "type": "stream", "expire_ms": null, "value": {
+        let a = doc(
+            json!([{"key": "cw==", "type": "stream", "expire_ms": null, "value": {
             "entries": [], "length": 0, "last_id": "1-1", "first_id": "0-0", "groups": [
               {"name": "Zw==", "last_delivered_id": "0-0", "entries_read": null, "pel": [], "consumers": [],
-               "times": {"pel_delivery_time_ms": {}, "consumers": {"Yw==": {"seen_time_ms": 5}}}}]}}]));
-        let b = doc(json!([{"key": "cw==", "type": "stream", "expire_ms": null, "value": {
+               "times": {"pel_delivery_time_ms": {}, "consumers": {"Yw==": {"seen_time_ms": 5}}}}]}}]),
+        );
+        let b = doc(
+            json!([{"key": "cw==", "type": "stream", "expire_ms": null, "value": {
             "entries": [], "length": 0, "last_id": "1-1", "groups": [
               {"name": "Zw==", "last_delivered_id": "0-0", "pel": [], "consumers": [],
-               "times": {"pel_delivery_time_ms": {}, "consumers": {"Yw==": {"seen_time_ms": 6}}}}]}}]));
+               "times": {"pel_delivery_time_ms": {}, "consumers": {"Yw==": {"seen_time_ms": 6}}}}]}}]),
+        );
         let mut o = CompareOptions::default();
         let r = compare_documents(&a, &b, &o);
         assert_eq!(r.count(DiffKind::Value), 1, "{r}");

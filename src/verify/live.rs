@@ -251,11 +251,14 @@ struct GroupInfo {
     pending: u64,
     last_delivered_id: String,
     entries_read: Option<J>,
-    /// From FULL or XPENDING: (id, consumer, delivery_count, delivery_time_ms).
-    pel: Option<Vec<(String, Bytes, i64, Option<i64>)>>,
+    /// From FULL or XPENDING.
+    pel: Option<Vec<PelEntry>>,
     /// (name, pel ids, seen_time, active_time).
     consumers: Option<Vec<ConsumerInfo>>,
 }
+
+/// (id, consumer, delivery count, delivery time in ms: only from `XINFO STREAM FULL`).
+type PelEntry = (String, Bytes, i64, Option<i64>);
 
 #[derive(Debug, Default, Clone)]
 struct ConsumerInfo {
@@ -415,8 +418,7 @@ impl KeyRead {
             "set" | "hash" => {
                 if !self.scan_started || self.cursor.is_some() {
                     let whole = !f.has_scan();
-                    let (scan, all, scan_req, all_req): (&[u8], &[u8], Req, Req) = if ty == "set"
-                    {
+                    let (scan, all, scan_req, all_req): (&[u8], &[u8], Req, Req) = if ty == "set" {
                         (b"SSCAN", b"SMEMBERS", Req::Sscan, Req::Smembers)
                     } else {
                         (b"HSCAN", b"HGETALL", Req::Hscan, Req::Hgetall)
@@ -424,7 +426,10 @@ impl KeyRead {
                     if whole {
                         out.push((all_req, cmd(&[all, k])));
                     } else {
-                        let cur = self.cursor.clone().unwrap_or_else(|| Bytes::from_static(b"0"));
+                        let cur = self
+                            .cursor
+                            .clone()
+                            .unwrap_or_else(|| Bytes::from_static(b"0"));
                         let count = w.to_string();
                         out.push((scan_req, cmd(&[scan, k, &cur, b"COUNT", count.as_bytes()])));
                     }
@@ -459,7 +464,14 @@ impl KeyRead {
                     let count = w.to_string();
                     out.push((
                         Req::Xrange,
-                        cmd(&[b"XRANGE", k, start.as_bytes(), b"+", b"COUNT", count.as_bytes()]),
+                        cmd(&[
+                            b"XRANGE",
+                            k,
+                            start.as_bytes(),
+                            b"+",
+                            b"COUNT",
+                            count.as_bytes(),
+                        ]),
                     ));
                 }
                 if s.groups_known && !s.detail_done && !s.detail_requested {
@@ -548,7 +560,8 @@ impl KeyRead {
             Req::Lrange => {
                 let items = array_of(r).ok_or_else(|| unstable("LRANGE", r))?;
                 for i in items {
-                    self.list.push(bytes_of(i).ok_or_else(|| unstable("LRANGE", r))?);
+                    self.list
+                        .push(bytes_of(i).ok_or_else(|| unstable("LRANGE", r))?);
                 }
             }
             Req::Zrange => {
@@ -657,8 +670,11 @@ impl KeyRead {
                         .ok_or_else(|| unstable("XINFO GROUPS name", r))?;
                     self.stream.groups.push(GroupInfo {
                         name,
-                        pending: m.get("pending").and_then(|v| v.as_int()).unwrap_or(0).max(0)
-                            as u64,
+                        pending: m
+                            .get("pending")
+                            .and_then(|v| v.as_int())
+                            .unwrap_or(0)
+                            .max(0) as u64,
                         last_delivered_id: m
                             .get("last-delivered-id")
                             .and_then(|v| text_of(v))
@@ -872,7 +888,11 @@ impl KeyRead {
                         .unwrap_or(std::cmp::Ordering::Equal)
                         .then_with(|| a.0.cmp(&b.0))
                 });
-                J::Array(z.iter().map(|(m, s)| json!([b64(m), score_json(*s)])).collect())
+                J::Array(
+                    z.iter()
+                        .map(|(m, s)| json!([b64(m), score_json(*s)]))
+                        .collect(),
+                )
             }
             "hash" => {
                 let m: Map<String, J> = self
@@ -1131,7 +1151,10 @@ impl LiveReader {
                     return None;
                 };
                 let next = text_of(cur)?.parse().ok()?;
-                let keys = array_of(keys)?.iter().map(bytes_of).collect::<Option<_>>()?;
+                let keys = array_of(keys)?
+                    .iter()
+                    .map(bytes_of)
+                    .collect::<Option<_>>()?;
                 Some((next, keys))
             };
             parse().ok_or_else(|| anyhow!("{}: SCAN failed: {r:?}", self.endpoint))?
@@ -1301,7 +1324,8 @@ impl LiveReader {
                 }))
             };
             out.push(
-                parse().ok_or_else(|| anyhow!("{}: unexpected FUNCTION LIST reply", self.endpoint))?,
+                parse()
+                    .ok_or_else(|| anyhow!("{}: unexpected FUNCTION LIST reply", self.endpoint))?,
             );
         }
         out.sort_by(|a, b| a["library_name"].as_str().cmp(&b["library_name"].as_str()));
@@ -1322,11 +1346,7 @@ impl LiveReader {
                     match r {
                         Ok(Some(j)) => entries.push(j),
                         Ok(None) => {}
-                        Err(e) => bail!(
-                            "{}: db {db} key {}: {e}",
-                            self.endpoint,
-                            escape_key(k)
-                        ),
+                        Err(e) => bail!("{}: db {db} key {}: {e}", self.endpoint, escape_key(k)),
                     }
                 }
             }
@@ -1388,7 +1408,10 @@ mod tests {
 
     #[test]
     fn keys_escaped() {
-        assert_eq!(escape_key(b"a\x00b\r\n\"\xff"), "\"a\\x00b\\r\\n\\\"\\xff\"");
+        assert_eq!(
+            escape_key(b"a\x00b\r\n\"\xff"),
+            "\"a\\x00b\\r\\n\\\"\\xff\""
+        );
     }
 
     #[test]

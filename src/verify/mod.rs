@@ -149,10 +149,7 @@ pub fn verify(
             Some(n) => job.sample_db(db, n, (src_n, tgt_n), &dbs, &mut srcs, &mut tgt)?,
         }
     }
-    if opts.functions
-        && srcs.iter().all(|s| s.facts.has_functions())
-        && tgt.facts.has_functions()
-    {
+    if opts.functions && srcs.iter().all(|s| s.facts.has_functions()) && tgt.facts.has_functions() {
         // Each master of a cluster holds the same libraries; the first one stands for all.
         let l = srcs[0].functions()?;
         let r = tgt.functions()?;
@@ -212,8 +209,9 @@ impl Job<'_> {
         let (l, r) = read_both(&mut srcs[si], tgt, db, keys)?;
         for ((k, l), r) in keys.iter().zip(l).zip(r) {
             let equal = match (&l, &r) {
-                (Ok(a), Ok(b)) => compare_entry(a.as_ref(), b.as_ref(), &self.opts.compare)
-                    .is_empty(),
+                (Ok(a), Ok(b)) => {
+                    compare_entry(a.as_ref(), b.as_ref(), &self.opts.compare).is_empty()
+                }
                 _ => false,
             };
             if equal {
@@ -254,7 +252,10 @@ impl Job<'_> {
                 let (next, keys) = srcs[si].scan_page(db, cursor)?;
                 // A key seen twice (SCAN repeats, or two masters holding it) is compared once:
                 // the first source holding it stands for the union.
-                let keys: Vec<Bytes> = keys.into_iter().filter(|k| seen.insert(k.clone())).collect();
+                let keys: Vec<Bytes> = keys
+                    .into_iter()
+                    .filter(|k| seen.insert(k.clone()))
+                    .collect();
                 if !keys.is_empty() {
                     self.compare_batch(db, si, &keys, srcs, tgt)?;
                 }
@@ -442,7 +443,9 @@ fn recheck(
                 let r = tgt.read_keys(db, chunk)?;
                 let mut l: Vec<ReadResult> = vec![Ok(None); chunk.len()];
                 for (si, s) in srcs.iter_mut().enumerate() {
-                    let idx: Vec<usize> = (0..chunk.len()).filter(|&i| owners[i] == Some(si)).collect();
+                    let idx: Vec<usize> = (0..chunk.len())
+                        .filter(|&i| owners[i] == Some(si))
+                        .collect();
                     if idx.is_empty() {
                         continue;
                     }

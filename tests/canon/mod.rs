@@ -16,14 +16,23 @@ pub fn versions(corpus: &Path) -> Vec<PathBuf> {
         .filter(|p| p.join("dump.rdb").is_file())
         .collect();
     v.sort();
-    assert_eq!(v.len(), 12, "expected 12 Redis versions in {}", corpus.display());
+    assert_eq!(
+        v.len(),
+        12,
+        "expected 12 Redis versions in {}",
+        corpus.display()
+    );
     v
 }
 
 /// One version directory, by name (`"7.0.15"`).
 pub fn version_dir(corpus: &Path, name: &str) -> PathBuf {
     let d = corpus.join(name);
-    assert!(d.join("dump.rdb").is_file(), "{} has no dump.rdb", d.display());
+    assert!(
+        d.join("dump.rdb").is_file(),
+        "{} has no dump.rdb",
+        d.display()
+    );
     d
 }
 
@@ -60,7 +69,10 @@ pub fn exact_expected(dir: &Path) -> J {
         .iter()
         .map(|k| {
             (
-                (k["db"].as_u64().unwrap(), k["key"].as_str().unwrap().to_string()),
+                (
+                    k["db"].as_u64().unwrap(),
+                    k["key"].as_str().unwrap().to_string(),
+                ),
                 k["expire_ms"].clone(),
             )
         })
@@ -71,19 +83,31 @@ pub fn exact_expected(dir: &Path) -> J {
         let db: u64 = db.parse().unwrap();
         for e in v["keys"].as_array_mut().unwrap() {
             let key = e["key"].as_str().unwrap().to_string();
-            let t = exact
-                .get(&(db, key.clone()))
-                .unwrap_or_else(|| panic!("{}: db {db} key {key} not in dump.structure.json", dir.display()));
+            let t = exact.get(&(db, key.clone())).unwrap_or_else(|| {
+                panic!(
+                    "{}: db {db} key {key} not in dump.structure.json",
+                    dir.display()
+                )
+            });
             let approx = e["expire_ms"].as_i64();
             // The approximation must be close to the exact value, or the two files disagree.
             if let (Some(a), Some(x)) = (approx, t.as_i64()) {
-                assert!((a - x).abs() <= 1500, "{}: {key}: {a} vs {x}", dir.display());
+                assert!(
+                    (a - x).abs() <= 1500,
+                    "{}: {key}: {a} vs {x}",
+                    dir.display()
+                );
             }
             e["expire_ms"] = t.clone();
             n += 1;
         }
     }
-    assert_eq!(n, exact.len(), "{}: key counts of expected.json and dump.structure.json", dir.display());
+    assert_eq!(
+        n,
+        exact.len(),
+        "{}: key counts of expected.json and dump.structure.json",
+        dir.display()
+    );
     expected
 }
 
