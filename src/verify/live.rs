@@ -14,10 +14,11 @@
 //! from the start (a few times) instead of producing a value stitched from two states.
 //!
 //! What a read of a busy server can and cannot promise: the commands of one round go out in one
-//! write and Redis runs them back to back, so a value read in one round (up to 64 windows, i.e.
-//! 64,000 elements by default) is a consistent snapshot. A bigger value spans rounds; a change
-//! of its length between rounds is detected (and the key read again), but a list rotated at
-//! constant length is not. `verify` re-reads differing keys for that reason.
+//! write and Redis normally runs them back to back (one read of its query buffer), so a value
+//! read in one round (up to 64 windows, i.e. 64,000 elements by default) is a consistent
+//! snapshot. A bigger value spans rounds; a change of its length between rounds is detected
+//! (and the key read again), but a list rotated at constant length is not. `verify` re-reads
+//! differing keys for that reason.
 //!
 //! Only plain RESP2 commands are sent on a plain connection: no `HELLO`, no `CLIENT SETINFO`
 //! (some proxies and old servers refuse them).
