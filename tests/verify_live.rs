@@ -453,3 +453,72 @@ fn older_server_command_sets_read_the_same() {
         assert_eq!(has_times, version == "6.0.20", "as {version}");
     }
 }
+
+/// A key that is deleted, re-created and changes type while it is read (over many rounds):
+/// the reader returns one of the states the key really had, or says it kept changing; never
+/// a value stitched from two states of different lengths or types.
+#[test]
+fn keys_changing_while_read_are_read_again() {
+    let server = RedisServer::start(&[]);
+    let port = server.port;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    let writer = std::thread::spawn(move || {
+        let mut c = support::Client::connect(port).unwrap();
+        let mut push: Vec<Vec<u8>> = vec![b"RPUSH".to_vec(), b"hot".to_vec()];
+        push.extend((0..3000).map(|i| i.to_string().into_bytes()));
+        let mut rounds = 0u64;
+        while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+            c.pipeline(&[vec![b"DEL".to_vec(), b"hot".to_vec()], push.clone()]);
+            c.pipeline(&[
+                vec![b"DEL".to_vec(), b"hot".to_vec()],
+                vec![b"SET".to_vec(), b"hot".to_vec(), b"now a string".to_vec()],
+            ]);
+            c.pipeline(&[
+                vec![b"DEL".to_vec(), b"hot".to_vec()],
+                vec![b"RPUSH".to_vec(), b"hot".to_vec(), b"short".to_vec()],
+            ]);
+            rounds += 1;
+        }
+        rounds
+    });
+    let opts = ReadOptions {
+        window: 10,
+        ..ReadOptions::default()
+    };
+    let mut reader = LiveReader::connect(&endpoint(&server), opts).unwrap();
+    let (mut lists, mut others, mut gave_up) = (0, 0, 0);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline {
+        let r = reader
+            .read_keys(0, &[bytes::Bytes::from_static(b"hot")])
+            .unwrap()
+            .pop()
+            .unwrap();
+        match r {
+            Ok(Some(v)) if v["type"] == "list" => {
+                let n = v["value"].as_array().unwrap().len();
+                assert!(n == 3000 || n == 1, "stitched list of {n} elements");
+                if n == 3000 {
+                    let last =
+                        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "2999");
+                    assert_eq!(v["value"][2999], last.as_str());
+                }
+                lists += 1;
+            }
+            Ok(Some(v)) => {
+                assert_eq!(v["type"], "string");
+                others += 1;
+            }
+            Ok(None) => others += 1,
+            Err(e) => {
+                assert!(e.contains("kept changing"), "{e}");
+                gave_up += 1;
+            }
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let rounds = writer.join().unwrap();
+    eprintln!("{rounds} writer rounds; reads: {lists} lists, {others} other, {gave_up} gave up");
+    assert!(rounds > 10 && lists + others + gave_up > 10);
+}

@@ -221,11 +221,12 @@ enum Req {
     Encoding,
     Get,
     Llen,
-    Lrange,
+    /// A window, with the number of elements it must hold when the length is known.
+    Lrange(Option<usize>),
     Smembers,
     Sscan,
     Zcard,
-    Zrange,
+    Zrange(Option<usize>),
     Hgetall,
     Hscan,
     FieldTtl(Vec<Bytes>),
@@ -394,12 +395,11 @@ impl KeyRead {
         match ty.as_str() {
             "string" => out.push((Req::Get, cmd(&[b"GET", k]))),
             "list" | "zset" => {
-                let (len_cmd, range_cmd, len_req, range_req): (&[u8], &[u8], Req, Req) =
-                    if ty == "list" {
-                        (b"LLEN", b"LRANGE", Req::Llen, Req::Lrange)
-                    } else {
-                        (b"ZCARD", b"ZRANGE", Req::Zcard, Req::Zrange)
-                    };
+                let (len_cmd, range_cmd, len_req): (&[u8], &[u8], Req) = if ty == "list" {
+                    (b"LLEN", b"LRANGE", Req::Llen)
+                } else {
+                    (b"ZCARD", b"ZRANGE", Req::Zcard)
+                };
                 let total = match self.len {
                     None => {
                         out.push((len_req, cmd(&[len_cmd, k])));
@@ -413,10 +413,16 @@ impl KeyRead {
                     let stop = (start + w).min(total) - 1;
                     let (s, e) = (start.to_string(), stop.to_string());
                     let mut c = cmd(&[range_cmd, k, s.as_bytes(), e.as_bytes()]);
-                    if ty == "zset" {
+                    // Once the length is known every window must come back full; a short one
+                    // means the value shrank since.
+                    let must = self.len.map(|_| stop + 1 - start);
+                    let req = if ty == "zset" {
                         c.push(Bytes::from_static(b"WITHSCORES"));
-                    }
-                    out.push((range_req.clone(), c));
+                        Req::Zrange(must)
+                    } else {
+                        Req::Lrange(must)
+                    };
+                    out.push((req, c));
                     start = stop + 1;
                     windows += 1;
                 }
@@ -564,15 +570,21 @@ impl KeyRead {
                     self.next_index = n as usize;
                 }
             }
-            Req::Lrange => {
+            Req::Lrange(must) => {
                 let items = array_of(r).ok_or_else(|| unstable("LRANGE", r))?;
+                if must.is_some_and(|n| n != items.len()) {
+                    return Err(Unstable("the list changed while read".into()));
+                }
                 for i in items {
                     self.list
                         .push(bytes_of(i).ok_or_else(|| unstable("LRANGE", r))?);
                 }
             }
-            Req::Zrange => {
+            Req::Zrange(must) => {
                 let items = array_of(r).ok_or_else(|| unstable("ZRANGE", r))?;
+                if must.is_some_and(|n| 2 * n != items.len()) {
+                    return Err(Unstable("the zset changed while read".into()));
+                }
                 for pair in items.chunks(2) {
                     let [m, s] = pair else {
                         return Err(unstable("ZRANGE", r));
@@ -1261,6 +1273,15 @@ impl LiveReader {
                 }
                 batch.clear();
                 kr.requests(&facts, window, &mut batch);
+                if batch.is_empty() {
+                    // Nothing left to ask, yet incomplete: what was read does not add up
+                    // (e.g. windows of a list that was replaced meanwhile). Start over.
+                    kr.restart(Unstable("the value changed while read".into()));
+                    if kr.finished() {
+                        continue;
+                    }
+                    kr.requests(&facts, window, &mut batch);
+                }
                 for (req, c) in batch.drain(..) {
                     owners.push((i, req));
                     cmds.push(c);
