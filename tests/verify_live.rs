@@ -478,6 +478,19 @@ fn keys_changing_while_read_are_read_again() {
                 vec![b"DEL".to_vec(), b"hot".to_vec()],
                 vec![b"RPUSH".to_vec(), b"hot".to_vec(), b"short".to_vec()],
             ]);
+            // A set scanned in pages, replaced by a smaller one and back.
+            let mut big: Vec<Vec<u8>> = vec![b"SADD".to_vec(), b"hotset".to_vec()];
+            big.extend((0..3000).map(|i| format!("m{i}").into_bytes()));
+            c.pipeline(&[vec![b"DEL".to_vec(), b"hotset".to_vec()], big]);
+            c.pipeline(&[
+                vec![b"DEL".to_vec(), b"hotset".to_vec()],
+                vec![
+                    b"SADD".to_vec(),
+                    b"hotset".to_vec(),
+                    b"x".to_vec(),
+                    b"m1".to_vec(),
+                ],
+            ]);
             rounds += 1;
         }
         rounds
@@ -490,11 +503,24 @@ fn keys_changing_while_read_are_read_again() {
     let (mut lists, mut others, mut gave_up) = (0, 0, 0);
     let deadline = Instant::now() + Duration::from_secs(2);
     while Instant::now() < deadline {
-        let r = reader
-            .read_keys(0, &[bytes::Bytes::from_static(b"hot")])
-            .unwrap()
-            .pop()
+        let mut both = reader
+            .read_keys(
+                0,
+                &[
+                    bytes::Bytes::from_static(b"hot"),
+                    bytes::Bytes::from_static(b"hotset"),
+                ],
+            )
             .unwrap();
+        match both.pop().unwrap() {
+            Ok(Some(v)) => {
+                let n = v["value"].as_array().unwrap().len();
+                assert!(n == 3000 || n == 2, "stitched set of {n} members");
+            }
+            Ok(None) => {}
+            Err(e) => assert!(e.contains("kept changing"), "{e}"),
+        }
+        let r = both.pop().unwrap();
         match r {
             Ok(Some(v)) if v["type"] == "list" => {
                 let n = v["value"].as_array().unwrap().len();

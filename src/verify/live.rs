@@ -224,6 +224,8 @@ enum Req {
     /// A window, with the number of elements it must hold when the length is known.
     Lrange(Option<usize>),
     Smembers,
+    /// SCARD/HLEN next to the first scan page: the pages must add up to it.
+    Card,
     Sscan,
     Zcard,
     Zrange(Option<usize>),
@@ -439,6 +441,10 @@ impl KeyRead {
                     if whole {
                         out.push((all_req, cmd(&[all, k])));
                     } else {
+                        if !self.scan_started {
+                            let card: &[u8] = if ty == "set" { b"SCARD" } else { b"HLEN" };
+                            out.push((Req::Card, cmd(&[card, k])));
+                        }
                         let cur = self
                             .cursor
                             .clone()
@@ -560,6 +566,10 @@ impl KeyRead {
                 Reply::Bulk(Some(b)) => self.string = Some(b.clone()),
                 _ => return Err(unstable("GET", r)),
             },
+            Req::Card => {
+                let n = r.as_int().ok_or_else(|| unstable("SCARD/HLEN", r))?;
+                self.len = Some(n.max(0) as usize);
+            }
             Req::Llen | Req::Zcard => {
                 let n = r.as_int().ok_or_else(|| unstable("LLEN/ZCARD", r))?;
                 if n <= 0 {
@@ -861,6 +871,14 @@ impl KeyRead {
             ))),
             Some("zset") if self.len != Some(self.zset.len()) => {
                 Err(Unstable("zset changed while read".into()))
+            }
+            // SSCAN/HSCAN pages taken from two states of a value do not add up to its size
+            // (SCARD/HLEN are only asked where SCAN is used).
+            Some("set") if self.len.is_some_and(|n| n != self.set.len()) => {
+                Err(Unstable("set changed while read".into()))
+            }
+            Some("hash") if self.len.is_some_and(|n| n != self.hash.len()) => {
+                Err(Unstable("hash changed while read".into()))
             }
             Some("stream") => {
                 let declared = self
