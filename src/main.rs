@@ -6,6 +6,9 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use redis_relay::endpoint::Endpoint;
+use redis_relay::pipeline::spool::SpoolOptions;
+use redis_relay::pipeline::stream_apply::StreamOptions;
+use redis_relay::relay::RelayBuilder;
 use redis_relay::restore::{restore_file, RestoreOptions};
 use redis_relay::target::{ErrorPolicy, WriterOptions};
 
@@ -25,6 +28,40 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Replicate masters (PSYNC) into the target: snapshot, then the live stream, until stopped.
+    Sync {
+        #[command(flatten)]
+        sources: SourceArgs,
+        #[command(flatten)]
+        target: TargetArgs,
+        /// Where checkpoints and the spool live.
+        #[arg(long, default_value = "redis-relay-state")]
+        state_dir: PathBuf,
+        /// Serve Prometheus metrics at http://ADDR/metrics.
+        #[arg(long)]
+        metrics_addr: Option<std::net::SocketAddr>,
+        /// Values bigger than this (bytes) are written as chunked commands, never one RESTORE.
+        #[arg(long, default_value_t = 8 << 20)]
+        big_key_bytes: usize,
+        /// Never use RESTORE for the snapshot; write plain commands.
+        #[arg(long)]
+        commands_only: bool,
+        /// Most bytes a source's spool may hold on disk before the source stops.
+        #[arg(long, default_value_t = 16 << 30)]
+        spool_max_bytes: u64,
+        /// Port announced to the masters (REPLCONF listening-port); nothing listens there.
+        #[arg(long, default_value_t = 0)]
+        listening_port: u16,
+        /// Declare a master dead after this many seconds without a byte.
+        #[arg(long, default_value_t = 60)]
+        repl_timeout: u64,
+        /// Key prefix reserved for the relay's own bookkeeping keys on the target.
+        #[arg(long, default_value = "redis-relay:")]
+        key_prefix: String,
+        /// No progress output.
+        #[arg(long, short)]
+        quiet: bool,
+    },
     /// Print every key of an RDB file as one JSON object per line.
     Dump {
         file: PathBuf,
@@ -47,6 +84,44 @@ enum Command {
         #[arg(long, short)]
         quiet: bool,
     },
+}
+
+#[derive(Args, Clone)]
+struct SourceArgs {
+    /// A Twemproxy (nutcracker) YAML config: replicate every backend of its pools.
+    #[arg(long, conflicts_with = "source")]
+    twemproxy: Option<PathBuf>,
+    /// Only this pool of the Twemproxy config.
+    #[arg(long, requires = "twemproxy")]
+    pool: Option<String>,
+    /// A master to replicate: redis://[user[:password]@]host:port (repeatable).
+    #[arg(long)]
+    source: Vec<String>,
+}
+
+impl SourceArgs {
+    fn endpoints(&self) -> anyhow::Result<Vec<Endpoint>> {
+        if let Some(path) = &self.twemproxy {
+            let tw = redis_relay::source::twemproxy::load_config(path, self.pool.as_deref())?;
+            for p in tw.auto_eject_pools() {
+                tracing::warn!(pool = p, "auto_eject_hosts is true: while a backend was ejected, its keys were written to other backends, so one key may exist on two masters and the target keeps whichever wrote last");
+            }
+            anyhow::ensure!(
+                !tw.backends.is_empty(),
+                "{}: no Redis backend found",
+                path.display()
+            );
+            return Ok(tw.backends.into_iter().map(|b| b.endpoint).collect());
+        }
+        anyhow::ensure!(
+            !self.source.is_empty(),
+            "give --twemproxy FILE or at least one --source URL"
+        );
+        self.source
+            .iter()
+            .map(|s| Endpoint::parse(s).map_err(Into::into))
+            .collect()
+    }
 }
 
 #[derive(Args, Clone)]
@@ -113,6 +188,44 @@ fn main() -> ExitCode {
 
 fn run(cmd: Command) -> anyhow::Result<ExitCode> {
     match cmd {
+        Command::Sync {
+            sources,
+            target,
+            state_dir,
+            metrics_addr,
+            big_key_bytes,
+            commands_only,
+            spool_max_bytes,
+            listening_port,
+            repl_timeout,
+            key_prefix,
+            quiet,
+        } => {
+            if let Some(addr) = metrics_addr {
+                redis_relay::metrics::install_exporter(addr)?;
+                tracing::info!("metrics at http://{addr}/metrics");
+            }
+            let builder = RelayBuilder::new()
+                .sources(sources.endpoints()?)
+                .target(target.endpoint()?)
+                .state_dir(&state_dir)
+                .writers(target.writer_options())
+                .big_value_bytes(big_key_bytes)
+                .use_restore(!commands_only)
+                .listening_port(listening_port)
+                .repl_timeout(std::time::Duration::from_secs(repl_timeout.max(1)))
+                .spool(SpoolOptions {
+                    max_disk_bytes: spool_max_bytes,
+                    ..SpoolOptions::default()
+                })
+                .stream_options(StreamOptions {
+                    own_prefix: key_prefix.into_bytes().into(),
+                    ..StreamOptions::default()
+                });
+            let handle = builder.start()?;
+            let code = redis_relay::relay::run_until_signal(&handle, quiet)?;
+            Ok(code)
+        }
         Command::Dump { file, canonical } => {
             let f = std::fs::File::open(&file)
                 .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", file.display()))?;

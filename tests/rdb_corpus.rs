@@ -70,7 +70,15 @@ fn corpus_dumps_match_expected() {
                     )
                 })
                 .collect();
-            assert_eq!(ours, theirs, "{what}: keys/types in file order");
+            if f.ends_with("dump.rdb") {
+                assert_eq!(ours, theirs, "{what}: keys/types in file order");
+            } else {
+                // dump.structure.json indexes dump.rdb; the lru/lfu saves may order keys differently.
+                let (mut a, mut b) = (ours.clone(), theirs.clone());
+                a.sort();
+                b.sort();
+                assert_eq!(a, b, "{what}: keys/types");
+            }
             assert_eq!(summary.keys as usize, theirs.len(), "{what}: key count");
 
             // IDLE / FREQ on every key of the lru/lfu dumps.

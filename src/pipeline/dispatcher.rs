@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::offsets::SourceTracker;
-use super::op::{Batch, Op};
+use super::op::{Batch, Bookkeeping, Op};
 use super::router::partition;
 use crate::target::PoolHandle;
 
@@ -18,6 +18,46 @@ pub struct Dispatcher {
     pool: PoolHandle,
     pub tracker: Arc<SourceTracker>,
     pending: Vec<Pending>,
+    /// Exactly-once records for stream batches (`None` during a snapshot).
+    exactly_once: Option<ExactlyOnce>,
+    /// Per writer: ops ending at or before this offset were applied before a restart (read
+    /// from the target's records) and are skipped.
+    skip_upto: Vec<u64>,
+    /// Per writer: sequence number of the last recorded batch (with [`run_id`], tells a
+    /// writer which of its batches a broken connection applied).
+    seq: Vec<u64>,
+}
+
+/// Identifies this process in batch records: sequence numbers restart with each process.
+pub fn run_id() -> &'static str {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        format!("{:x}{:x}", t, std::process::id())
+    })
+}
+
+/// How batches are recorded on the target: `SET <key_base><writer> "<replid> <end offset>
+/// <run id> <sequence>"` inside each batch's MULTI/EXEC.
+#[derive(Debug, Clone)]
+pub struct ExactlyOnce {
+    /// `<prefix>offset:<source>:` (the writer index follows).
+    pub key_base: String,
+    /// The replication id the offsets belong to.
+    pub replid: String,
+}
+
+/// The record keys of `source` start with this; the writer index follows.
+pub fn record_base(prefix: &str, source: &str) -> String {
+    format!("{prefix}offset:{source}:")
+}
+
+/// The record key of `source`'s batches on `writer`.
+pub fn record_key(prefix: &str, source: &str, writer: usize) -> String {
+    format!("{}{writer}", record_base(prefix, source))
 }
 
 #[derive(Default)]
@@ -35,7 +75,22 @@ impl Dispatcher {
             pool,
             tracker,
             pending: (0..n).map(|_| Pending::default()).collect(),
+            exactly_once: None,
+            skip_upto: vec![0; n],
+            seq: vec![0; n],
         }
+    }
+
+    /// Record every stream batch on the target (see [`ExactlyOnce`]); `None` stops recording.
+    pub fn set_exactly_once(&mut self, eo: Option<ExactlyOnce>) {
+        self.exactly_once = eo;
+    }
+
+    /// After a restart: ops of writer `w` ending at or before `skip_upto[w]` are already on
+    /// the target.
+    pub fn set_skip(&mut self, skip_upto: Vec<u64>) {
+        self.skip_upto = skip_upto;
+        self.skip_upto.resize(self.pending.len(), 0);
     }
 
     pub fn writers(&self) -> usize {
@@ -47,19 +102,34 @@ impl Dispatcher {
         partition(key, self.pending.len())
     }
 
-    /// Queue `op` for writer `w`; it covers stream offsets `(start, end]`.
+    /// Queue `op` for writer `w`; it covers stream offsets `(start, end]`. The batch is on the
+    /// tracker's books from its first op on, so that the applied offset can never pass an op
+    /// that is still waiting here.
     pub fn push(&mut self, w: usize, op: Op, start: u64, end: u64) -> Result<(), String> {
+        if end <= self.skip_upto[w] && end > start {
+            // Applied before the restart, in the same writer's recorded transaction.
+            self.tracker.extend(end);
+            return Ok(());
+        }
         let p = &mut self.pending[w];
         if p.ops.is_empty() {
             p.start = start;
+            self.tracker.opened(w, start);
         }
         p.end = end;
+        self.tracker.extend(end);
         p.bytes += op.payload.len();
         p.ops.push(op);
         if p.bytes >= BATCH_BYTES || p.ops.len() >= BATCH_OPS {
             self.flush_writer(w)?;
         }
         Ok(())
+    }
+
+    /// Bytes up to `end` needed no work (PING, REPLCONF, SELECT): count them as applied once
+    /// everything before them is.
+    pub fn advance(&mut self, end: u64) {
+        self.tracker.extend(end);
     }
 
     fn flush_writer(&mut self, w: usize) -> Result<(), String> {
@@ -69,18 +139,22 @@ impl Dispatcher {
         }
         let ops = std::mem::take(&mut p.ops);
         p.bytes = 0;
-        let (start, end) = (p.start, p.end);
-        self.tracker.dispatched(w, start, end);
+        let seq = &mut self.seq[w];
+        let bookkeeping = self.exactly_once.as_ref().map(|eo| {
+            *seq += 1;
+            Bookkeeping {
+                key: format!("{}{w}", eo.key_base).into(),
+                value: format!("{} {} {} {}", eo.replid, p.end, run_id(), seq).into(),
+            }
+        });
         let batch = Batch {
             tracker: self.tracker.clone(),
             ops,
-            start,
-            end,
+            start: p.start,
+            end: p.end,
+            bookkeeping,
         };
-        self.pool.send(w, batch).inspect_err(|_| {
-            // Never applied: take it off the books so that the applied offset stays honest.
-            self.tracker.acknowledged(w);
-        })
+        self.pool.send(w, batch)
     }
 
     /// Hand every pending batch to its writer.

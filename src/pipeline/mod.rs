@@ -1,8 +1,13 @@
 //! From sources to writers: ops and batches, routing by key, per-source applied offsets.
+pub mod checkpoint;
 pub mod dispatcher;
+pub mod keys;
 pub mod offsets;
 pub mod op;
 pub mod router;
+pub mod scoped_flush;
+pub mod spool;
+pub mod stream_apply;
 
 pub use dispatcher::Dispatcher;
 pub use offsets::SourceTracker;

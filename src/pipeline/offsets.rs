@@ -43,11 +43,21 @@ impl SourceTracker {
         }
     }
 
-    /// Called by the dispatcher before it sends a batch `(start, end]` to `writer`.
-    pub fn dispatched(&self, writer: usize, start: u64, end: u64) {
+    /// Called by the dispatcher when it starts a batch for `writer` at offset `start`.
+    pub fn opened(&self, writer: usize, start: u64) {
         self.outstanding[writer].lock().push_back(start);
         *self.in_flight.lock() += 1;
+    }
+
+    /// What was dispatched (or needed no work) now reaches `end`.
+    pub fn extend(&self, end: u64) {
         self.dispatched_end.fetch_max(end, Ordering::AcqRel);
+    }
+
+    /// A batch `(start, end]` for `writer` (open and extend at once).
+    pub fn dispatched(&self, writer: usize, start: u64, end: u64) {
+        self.opened(writer, start);
+        self.extend(end);
     }
 
     /// Restart the offset space (a new full sync): only valid while nothing is in flight.

@@ -22,6 +22,30 @@ pub struct Op {
     /// The payload ends in another database than `db` (a MULTI block with SELECT inside):
     /// the writer must SELECT again before its next op.
     pub leaves_db_unknown: bool,
+    /// The commands form one transaction (a MULTI ... EXEC of the master, without the MULTI
+    /// and EXEC themselves): the writer runs them atomically.
+    pub atomic: bool,
+}
+
+impl Op {
+    /// Plain commands (not a transaction) that stay in `db`.
+    pub fn new(db: u32, payload: Bytes, replies: u32) -> Op {
+        Op {
+            db,
+            payload,
+            replies,
+            leaves_db_unknown: false,
+            atomic: false,
+        }
+    }
+}
+
+/// The record that makes a batch exactly-once: `SET key value` in database 0, inside the
+/// batch's own MULTI/EXEC, so the target holds the batch and its record, or neither.
+#[derive(Debug, Clone)]
+pub struct Bookkeeping {
+    pub key: Bytes,
+    pub value: Bytes,
 }
 
 /// Ops of one source for one writer, covering the stream offsets `(start, end]`.
@@ -33,6 +57,8 @@ pub struct Batch {
     pub start: u64,
     /// Stream offset after the last op.
     pub end: u64,
+    /// Set for stream batches when exactly-once is on.
+    pub bookkeeping: Option<Bookkeeping>,
 }
 
 impl Batch {

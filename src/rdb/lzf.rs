@@ -178,7 +178,7 @@ pub(crate) mod tests {
                 if let Some(&j) = table.get(key) {
                     let j: usize = j;
                     let dist = i - j;
-                    if dist <= WINDOW && dist >= 1 {
+                    if (1..=WINDOW).contains(&dist) {
                         let mut len = 0;
                         while i + len < input.len() && len < 264 && input[j + len] == input[i + len]
                         {

@@ -360,6 +360,7 @@ impl<R: Read> RdbReader<R> {
         &self.buf[self.pos..self.end]
     }
 
+    #[cfg(test)]
     pub(crate) fn get_ref(&self) -> &R {
         &self.inner
     }

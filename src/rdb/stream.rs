@@ -87,8 +87,7 @@ pub fn decode_node(
         };
         let deleted = flags & FLAG_DELETED != 0;
         let mut fields = Vec::new();
-        let n_lp;
-        if flags & FLAG_SAMEFIELDS != 0 {
+        let n_lp = if flags & FLAG_SAMEFIELDS != 0 {
             if !deleted {
                 fields.reserve(nmaster);
             }
@@ -98,7 +97,7 @@ pub fn decode_node(
                     fields.push((f.clone(), v));
                 }
             }
-            n_lp = 3 + nmaster;
+            3 + nmaster
         } else {
             let nf = count(int(&mut it, "entry field count")?, "field count")?;
             if !deleted {
@@ -111,11 +110,10 @@ pub fn decode_node(
                     fields.push((f, v));
                 }
             }
-            n_lp = nf
-                .checked_mul(2)
+            nf.checked_mul(2)
                 .and_then(|x| x.checked_add(4))
-                .ok_or("stream node: field count overflow")?;
-        }
+                .ok_or("stream node: field count overflow")?
+        };
         let lp_count = int(&mut it, "entry lp-count")?;
         if usize::try_from(lp_count).ok() != Some(n_lp) {
             return Err(format!(

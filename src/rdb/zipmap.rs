@@ -25,7 +25,7 @@ pub fn decode(blob: &Bytes) -> Result<Vec<(Bytes, Bytes)>, String> {
                 *pos += 4;
                 Ok(Some(u32::from_le_bytes([s[0], s[1], s[2], s[3]]) as usize))
             }
-            253 | 0..=252 => Ok(Some(c as usize)),
+            0..=253 => Ok(Some(c as usize)),
         }
     };
     loop {

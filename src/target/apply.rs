@@ -36,6 +36,8 @@ pub struct ApplyOptions {
     pub skip_expired: bool,
     /// Map a source DB to a target DB.
     pub db_map: fn(u64) -> Option<u32>,
+    /// Keys under this prefix are the relay's own and never copied from a source.
+    pub own_prefix: Bytes,
 }
 
 fn identity_db(db: u64) -> Option<u32> {
@@ -52,6 +54,7 @@ impl ApplyOptions {
             rewrite: RewriteTarget::from_info(info),
             skip_expired: true,
             db_map: identity_db,
+            own_prefix: Bytes::from_static(b"redis-relay:"),
         }
     }
 }
@@ -65,6 +68,8 @@ pub struct ApplyStats {
     pub big_keys: u64,
     pub expired_skipped: u64,
     pub skipped: u64,
+    /// Keys under the relay's own prefix found in a snapshot (not copied).
+    pub skipped_own: u64,
     pub functions: u64,
 }
 
@@ -125,12 +130,7 @@ impl SnapshotApply {
             return Ok(());
         }
         let (payload, replies) = cmds.take();
-        let op = Op {
-            db,
-            payload,
-            replies,
-            leaves_db_unknown: false,
-        };
+        let op = Op::new(db, payload, replies);
         d.push(w, op, self.offset, self.offset)
             .map_err(ApplyError::Dispatch)
     }
@@ -164,6 +164,14 @@ impl SnapshotApply {
         Ok(())
     }
 
+    fn own_key(&mut self, key: &[u8]) -> bool {
+        let own = !self.opts.own_prefix.is_empty() && key.starts_with(&self.opts.own_prefix);
+        if own {
+            self.stats.skipped_own += 1;
+        }
+        own
+    }
+
     fn map_db(&mut self, db: u64) -> Option<u32> {
         let mapped = (self.opts.db_map)(db);
         if mapped.is_none() {
@@ -176,6 +184,9 @@ impl SnapshotApply {
         self.stats.keys += 1;
         if self.expired(&entry.meta) {
             self.stats.expired_skipped += 1;
+            return Ok(());
+        }
+        if self.own_key(&entry.meta.key) {
             return Ok(());
         }
         let Some(db) = self.map_db(entry.meta.db) else {

@@ -95,14 +95,32 @@ pub struct WriterPool {
     senders: Vec<Sender<Batch>>,
     handles: Vec<JoinHandle<()>>,
     pub state: Arc<PoolState>,
-    streams: Vec<TcpStream>,
+    /// Each writer's current socket (to abort).
+    sockets: Vec<Arc<Mutex<Option<TcpStream>>>>,
 }
 
 struct InFlight {
     batch: Batch,
-    /// Per op: whether a SELECT was sent before it.
-    selects: Vec<bool>,
+    /// What each reply of this batch answers, in order.
+    plan: Vec<Expect>,
     sent_at: Instant,
+}
+
+/// What one reply answers.
+#[derive(Debug)]
+enum Expect {
+    /// A SELECT the writer added.
+    Select(u32),
+    /// Command `cmd` of op `op`.
+    Cmd { op: u32, cmd: u32 },
+    /// `+OK` to MULTI.
+    Multi,
+    /// `+QUEUED` (or a queue-time error) for a command inside MULTI.
+    Queued(Box<Expect>),
+    /// The EXEC array: one element per queued command.
+    Exec(Vec<Expect>),
+    /// The exactly-once record.
+    Book,
 }
 
 impl WriterPool {
@@ -111,46 +129,36 @@ impl WriterPool {
         let n = opts.writers.max(1);
         let state = Arc::new(PoolState::default());
         let mut senders = Vec::with_capacity(n);
-        let mut handles = Vec::with_capacity(2 * n);
-        let mut streams = Vec::with_capacity(n);
+        let mut handles = Vec::with_capacity(n);
+        let mut sockets = Vec::with_capacity(n);
         for w in 0..n {
+            // Every writer must connect once at start: a wrong address or password is an
+            // error now, not a retry loop.
             let conn = TargetConn::connect(target, opts.connect_timeout)?;
-            let read_half = conn.stream.try_clone().map_err(|e| TargetError::Io {
-                target: target.to_string(),
-                what: "clone the socket",
-                source: e,
-            })?;
-            streams.push(conn.stream.try_clone().map_err(|e| TargetError::Io {
-                target: target.to_string(),
-                what: "clone the socket",
-                source: e,
-            })?);
             let (tx, rx) = bounded::<Batch>(opts.queue);
-            let (ftx, frx) = bounded::<InFlight>(opts.max_in_flight);
             senders.push(tx);
-            let st = state.clone();
-            let o = opts.clone();
-            let name = target.to_string();
+            let slot = Arc::new(Mutex::new(None));
+            sockets.push(slot.clone());
+            let writer = Writer {
+                w,
+                rx,
+                state: state.clone(),
+                opts: opts.clone(),
+                target: target.clone(),
+                socket: slot,
+            };
             handles.push(
                 std::thread::Builder::new()
                     .name(format!("writer-{w}"))
-                    .spawn(move || send_loop(w, conn.stream, rx, ftx, st, o, name))
+                    .spawn(move || writer.run(conn))
                     .expect("spawn writer thread"),
-            );
-            let st = state.clone();
-            let policy = opts.on_error;
-            handles.push(
-                std::thread::Builder::new()
-                    .name(format!("writer-{w}-replies"))
-                    .spawn(move || reply_loop(w, read_half, frx, st, policy))
-                    .expect("spawn reply thread"),
             );
         }
         Ok(WriterPool {
             senders,
             handles,
             state,
-            streams,
+            sockets,
         })
     }
 
@@ -201,8 +209,11 @@ impl WriterPool {
 
     /// Abort: close the sockets so that blocked threads return.
     pub fn abort(&self) {
-        for s in &self.streams {
-            let _ = s.shutdown(Shutdown::Both);
+        self.state.fail("aborted".to_string());
+        for s in &self.sockets {
+            if let Some(s) = s.lock().as_ref() {
+                let _ = s.shutdown(Shutdown::Both);
+            }
         }
     }
 }
@@ -241,94 +252,473 @@ impl PoolHandle {
 
 const DIRECT_WRITE: usize = 64 * 1024;
 
-fn send_loop(
-    w: usize,
-    mut stream: TcpStream,
-    rx: Receiver<Batch>,
-    inflight: Sender<InFlight>,
-    state: Arc<PoolState>,
-    opts: WriterOptions,
-    target: String,
-) {
-    let mut out = BytesMut::with_capacity(opts.output_buffer + 1024);
-    let mut db: Option<u32> = None;
-    let fail = |e: std::io::Error| {
-        state.fail(format!("target {target}: writer {w}: write failed: {e}"));
-    };
-    while let Ok(batch) = rx.recv() {
-        if state.failed() {
-            break;
-        }
-        if inflight.is_full() && !out.is_empty() {
-            // The connection is at its in-flight cap: what is buffered must reach the target
-            // before waiting for a slot, or the replies we wait for would never come. (Only
-            // this thread adds to `inflight`, so the send below cannot block after this.)
-            if let Err(e) = stream.write_all(&out) {
-                fail(e);
-                break;
-            }
-            out.clear();
-        }
-        let mut selects = Vec::with_capacity(batch.ops.len());
-        let mut direct: Vec<(usize, Bytes)> = Vec::new();
-        for op in &batch.ops {
-            let need_select = db != Some(op.db);
-            if need_select {
-                let n = itoa(op.db);
-                encode_command(&mut out, &[&b"SELECT"[..], n.as_bytes()]);
-            }
-            selects.push(need_select);
-            if op.payload.len() >= DIRECT_WRITE {
-                // Big payloads go straight to the socket after what is buffered, uncopied.
-                direct.push((out.len(), op.payload.clone()));
-            } else {
-                out.extend_from_slice(&op.payload);
-            }
-            db = if op.leaves_db_unknown {
-                None
-            } else {
-                Some(op.db)
-            };
-        }
-        let bytes = (out.len() + direct.iter().map(|d| d.1.len()).sum::<usize>()) as u64;
-        // Register before writing: replies may come back before write_all returns.
-        let token = InFlight {
-            batch,
-            selects,
-            sent_at: Instant::now(),
-        };
-        if inflight.send(token).is_err() {
-            break;
-        }
-        let mut written = 0;
-        let mut result = Ok(());
-        for (at, payload) in direct {
-            result = stream
-                .write_all(&out[written..at])
-                .and_then(|_| stream.write_all(&payload));
-            written = at;
-            if result.is_err() {
-                break;
-            }
-        }
-        if result.is_ok() && (out.len() >= opts.output_buffer || rx.is_empty()) {
-            result = stream.write_all(&out[written..]);
-            written = out.len();
-        }
-        if let Err(e) = result {
-            fail(e);
-            break;
-        }
-        state.bytes_written.fetch_add(bytes, Ordering::Relaxed);
-        if written == out.len() {
-            out.clear();
-        } else if written > 0 {
-            let _ = out.split_to(written);
+/// Builds the bytes and the reply plan of one batch.
+struct Encoder<'a> {
+    out: &'a mut BytesMut,
+    direct: Vec<(usize, Bytes)>,
+    db: Option<u32>,
+}
+
+impl Encoder<'_> {
+    fn select(&mut self, db: u32) {
+        encode_command(self.out, &[&b"SELECT"[..], db.to_string().as_bytes()]);
+    }
+
+    fn payload(&mut self, p: &Bytes) {
+        if p.len() >= DIRECT_WRITE {
+            // Big payloads go straight to the socket after what is buffered, uncopied.
+            self.direct.push((self.out.len(), p.clone()));
+        } else {
+            self.out.extend_from_slice(p);
         }
     }
-    if !out.is_empty() && !state.failed() {
-        if let Err(e) = stream.write_all(&out) {
-            fail(e);
+
+    /// Encode `batch`; returns the plan of its replies.
+    fn batch(&mut self, batch: &Batch) -> Vec<Expect> {
+        let mut plan = Vec::with_capacity(batch.ops.len() + 4);
+        match &batch.bookkeeping {
+            None => {
+                for (i, op) in batch.ops.iter().enumerate() {
+                    if self.db != Some(op.db) {
+                        self.select(op.db);
+                        plan.push(Expect::Select(op.db));
+                    }
+                    let cmds = (0..op.replies).map(|c| Expect::Cmd {
+                        op: i as u32,
+                        cmd: c,
+                    });
+                    if op.atomic {
+                        encode_command(self.out, &[&b"MULTI"[..]]);
+                        plan.push(Expect::Multi);
+                        self.payload(&op.payload);
+                        let items: Vec<Expect> = cmds.collect();
+                        plan.extend((0..op.replies).map(|c| {
+                            Expect::Queued(Box::new(Expect::Cmd {
+                                op: i as u32,
+                                cmd: c,
+                            }))
+                        }));
+                        encode_command(self.out, &[&b"EXEC"[..]]);
+                        plan.push(Expect::Exec(items));
+                    } else {
+                        self.payload(&op.payload);
+                        plan.extend(cmds);
+                    }
+                    self.db = (!op.leaves_db_unknown).then_some(op.db);
+                }
+            }
+            Some(book) => {
+                // One transaction: the batch and its record, or neither.
+                encode_command(self.out, &[&b"MULTI"[..]]);
+                plan.push(Expect::Multi);
+                let mut items = Vec::new();
+                for (i, op) in batch.ops.iter().enumerate() {
+                    if self.db != Some(op.db) {
+                        self.select(op.db);
+                        items.push(Expect::Select(op.db));
+                    }
+                    self.payload(&op.payload);
+                    items.extend((0..op.replies).map(|c| Expect::Cmd {
+                        op: i as u32,
+                        cmd: c,
+                    }));
+                    self.db = (!op.leaves_db_unknown).then_some(op.db);
+                }
+                if self.db != Some(0) {
+                    self.select(0);
+                    items.push(Expect::Select(0));
+                }
+                encode_command(self.out, &[&b"SET"[..], &book.key, &book.value]);
+                items.push(Expect::Book);
+                for it in items.iter() {
+                    plan.push(Expect::Queued(Box::new(shallow(it))));
+                }
+                encode_command(self.out, &[&b"EXEC"[..]]);
+                plan.push(Expect::Exec(items));
+                // Queued SELECTs may not have run (EXECABORT): select again next time.
+                self.db = None;
+            }
+        }
+        plan
+    }
+}
+
+fn shallow(e: &Expect) -> Expect {
+    match e {
+        Expect::Select(d) => Expect::Select(*d),
+        Expect::Cmd { op, cmd } => Expect::Cmd { op: *op, cmd: *cmd },
+        _ => Expect::Book,
+    }
+}
+
+/// One writer: its input channel and the connections it goes through.
+struct Writer {
+    w: usize,
+    rx: Receiver<Batch>,
+    state: Arc<PoolState>,
+    opts: WriterOptions,
+    target: Endpoint,
+    socket: Arc<Mutex<Option<TcpStream>>>,
+}
+
+/// How one connection ended.
+enum Ended {
+    /// The input is closed and everything was acknowledged.
+    Done,
+    /// The pool failed (fatal error elsewhere or here).
+    Failed,
+    /// The connection broke: these batches were sent but not acknowledged, in order.
+    Broken(Vec<Batch>, String),
+}
+
+impl Writer {
+    /// Run connections until the input closes or the pool fails. A broken connection is
+    /// replaced (with backoff, for as long as it takes); the batches it left unacknowledged
+    /// are checked against their records on the target and only those not applied are sent
+    /// again, so a reconnect neither loses nor doubles a write.
+    fn run(self, first: TargetConn) {
+        let mut conn = Some(first);
+        let mut resend: Vec<Batch> = Vec::new();
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let mut c = match conn.take() {
+                Some(c) => c,
+                None => match self.reconnect(&mut delay) {
+                    Some(c) => c,
+                    None => return,
+                },
+            };
+            if !resend.is_empty() {
+                match self.settle(&mut c, std::mem::take(&mut resend)) {
+                    Ok(left) => resend = left,
+                    Err(e) => {
+                        tracing::warn!(
+                            writer = self.w,
+                            "target {}: checking records after a reconnect failed: {e}",
+                            self.target
+                        );
+                        continue;
+                    }
+                }
+            }
+            match self.connection(c, std::mem::take(&mut resend)) {
+                Ended::Done | Ended::Failed => return,
+                Ended::Broken(unacked, why) => {
+                    metrics::counter!("redis_relay_target_reconnects_total").increment(1);
+                    tracing::warn!(
+                        writer = self.w,
+                        unacknowledged_batches = unacked.len(),
+                        "target {}: connection lost ({why}); reconnecting",
+                        self.target
+                    );
+                    resend = unacked;
+                }
+            }
+        }
+    }
+
+    fn reconnect(&self, delay: &mut Duration) -> Option<TargetConn> {
+        loop {
+            if self.state.failed() {
+                return None;
+            }
+            match TargetConn::connect(&self.target, self.opts.connect_timeout) {
+                Ok(c) => {
+                    tracing::info!(writer = self.w, "target {}: reconnected", self.target);
+                    *delay = Duration::from_millis(100);
+                    return Some(c);
+                }
+                Err(e) => {
+                    tracing::warn!(writer = self.w, "{e}; retrying in {delay:?}");
+                    std::thread::sleep(*delay);
+                    *delay = (*delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// Acknowledge the batches the target applied before the connection broke (their record
+    /// says so); return the others, in order, to be sent again.
+    fn settle(&self, c: &mut TargetConn, batches: Vec<Batch>) -> std::io::Result<Vec<Batch>> {
+        c.call(&["SELECT", "0"])?;
+        let mut left = Vec::new();
+        for batch in batches {
+            let applied = match &batch.bookkeeping {
+                Some(book) => {
+                    let value = c.call(&[&b"GET"[..], &book.key])?.as_text();
+                    let want = String::from_utf8_lossy(&book.value).into_owned();
+                    value.is_some_and(|v| record_covers(&v, &want))
+                }
+                None => false,
+            };
+            if applied && left.is_empty() {
+                let cmds: u64 = batch.ops.iter().map(|o| o.replies as u64).sum();
+                batch
+                    .tracker
+                    .commands_applied
+                    .fetch_add(cmds, Ordering::Relaxed);
+                batch.tracker.acknowledged(self.w);
+            } else {
+                left.push(batch);
+            }
+        }
+        Ok(left)
+    }
+
+    /// Pipeline batches over one connection until it breaks or the input closes.
+    fn connection(&self, c: TargetConn, first: Vec<Batch>) -> Ended {
+        let mut stream = c.stream;
+        let read_half = match stream.try_clone() {
+            Ok(r) => r,
+            Err(e) => return Ended::Broken(first, e.to_string()),
+        };
+        *self.socket.lock() = stream.try_clone().ok();
+        let broken = Arc::new(AtomicBool::new(false));
+        let (ftx, frx) = bounded::<InFlight>(self.opts.max_in_flight);
+        let replies = {
+            let (st, br, w, policy) = (
+                self.state.clone(),
+                broken.clone(),
+                self.w,
+                self.opts.on_error,
+            );
+            std::thread::Builder::new()
+                .name(format!("writer-{w}-replies"))
+                .spawn(move || reply_loop(w, read_half, frx, st, policy, br))
+                .expect("spawn reply thread")
+        };
+        let mut out = BytesMut::with_capacity(self.opts.output_buffer + 1024);
+        let mut db: Option<u32> = None;
+        let mut queue: std::collections::VecDeque<Batch> = first.into();
+        let mut why = String::new();
+        let mut input_closed = false;
+        loop {
+            if self.state.failed() || broken.load(Ordering::Acquire) {
+                break;
+            }
+            let batch = match queue.pop_front() {
+                Some(b) => b,
+                None => match self.rx.recv_timeout(Duration::from_millis(100)) {
+                    Ok(b) => b,
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                        if !out.is_empty() {
+                            if let Err(e) = stream.write_all(&out) {
+                                why = e.to_string();
+                                break;
+                            }
+                            out.clear();
+                        }
+                        continue;
+                    }
+                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                        input_closed = true;
+                        break;
+                    }
+                },
+            };
+            if ftx.is_full() && !out.is_empty() {
+                // The connection is at its in-flight cap: what is buffered must reach the
+                // target before waiting for a slot, or the replies we wait for would never
+                // come. (Only this thread adds to the queue, so the send below cannot block
+                // after this.)
+                if let Err(e) = stream.write_all(&out) {
+                    why = e.to_string();
+                    queue.push_front(batch);
+                    break;
+                }
+                out.clear();
+            }
+            let mut enc = Encoder {
+                out: &mut out,
+                direct: Vec::new(),
+                db,
+            };
+            let plan = enc.batch(&batch);
+            db = enc.db;
+            let direct = std::mem::take(&mut enc.direct);
+            let bytes = (out.len() + direct.iter().map(|d| d.1.len()).sum::<usize>()) as u64;
+            // Register before writing: replies may come back before write_all returns.
+            let token = InFlight {
+                batch,
+                plan,
+                sent_at: Instant::now(),
+            };
+            if let Err(e) = ftx.send(token) {
+                queue.push_front(e.into_inner().batch);
+                why = "reply reader stopped".into();
+                break;
+            }
+            let mut written = 0;
+            let mut result = Ok(());
+            for (at, payload) in direct {
+                result = stream
+                    .write_all(&out[written..at])
+                    .and_then(|_| stream.write_all(&payload));
+                written = at;
+                if result.is_err() {
+                    break;
+                }
+            }
+            let more_ready = !queue.is_empty() || !self.rx.is_empty();
+            if result.is_ok() && (out.len() >= self.opts.output_buffer || !more_ready) {
+                result = stream.write_all(&out[written..]);
+                written = out.len();
+            }
+            if let Err(e) = result {
+                why = e.to_string();
+                break;
+            }
+            self.state.bytes_written.fetch_add(bytes, Ordering::Relaxed);
+            if written == out.len() {
+                out.clear();
+            } else if written > 0 {
+                let _ = out.split_to(written);
+            }
+        }
+        if input_closed && !out.is_empty() {
+            if let Err(e) = stream.write_all(&out) {
+                why = e.to_string();
+                input_closed = false;
+            }
+        }
+        if !input_closed {
+            // Wake the reply reader if it waits on a dead or abandoned socket.
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+        drop(ftx);
+        let mut unacked = replies.join().unwrap_or_default();
+        *self.socket.lock() = None;
+        if self.state.failed() {
+            return Ended::Failed;
+        }
+        if input_closed && unacked.is_empty() {
+            return Ended::Done;
+        }
+        unacked.extend(queue);
+        if why.is_empty() {
+            why = "the target closed the connection".into();
+        }
+        Ended::Broken(unacked, why)
+    }
+}
+
+/// Whether the record `have` (`<replid> <end> <run> <seq>`) on the target covers the batch
+/// whose own record is `want`: same run, sequence at least as far.
+fn record_covers(have: &str, want: &str) -> bool {
+    let h: Vec<&str> = have.split(' ').collect();
+    let w: Vec<&str> = want.split(' ').collect();
+    match (h.as_slice(), w.as_slice()) {
+        ([_, _, hrun, hseq], [_, _, wrun, wseq]) => {
+            hrun == wrun
+                && hseq.parse::<u64>().ok() >= wseq.parse::<u64>().ok()
+                && wseq.parse::<u64>().is_ok()
+        }
+        _ => false,
+    }
+}
+
+/// Stop the pool: the reply thread found a reason.
+struct Fatal;
+
+struct ReplyCtx<'a> {
+    batch: &'a Batch,
+    state: &'a PoolState,
+    policy: ErrorPolicy,
+    commands: u64,
+}
+
+impl ReplyCtx<'_> {
+    fn error(&mut self, op: u32, cmd: u32, msg: &[u8]) -> Result<(), Fatal> {
+        let tracker = &self.batch.tracker;
+        let n = tracker.target_errors.fetch_add(1, Ordering::Relaxed) + 1;
+        let o = &self.batch.ops[op as usize];
+        let what = describe_command(&o.payload, cmd as usize);
+        let msg = String::from_utf8_lossy(msg);
+        metrics::counter!("redis_relay_target_errors_total", "source" => tracker.name.clone())
+            .increment(1);
+        if self.policy == ErrorPolicy::Stop {
+            self.state.fail(format!(
+                "source {}: target refused {what} in db {}: {msg} (--on-target-error stop)",
+                tracker.name, o.db
+            ));
+            return Err(Fatal);
+        }
+        if n <= 20 || n.is_power_of_two() {
+            tracing::warn!(source = %tracker.name, db = o.db, errors = n, "target refused {what}: {msg}");
+        }
+        Ok(())
+    }
+
+    /// Check one reply against what it answers.
+    fn check(&mut self, expect: &Expect, reply: Reply) -> Result<(), Fatal> {
+        match (expect, reply) {
+            (Expect::Select(db), Reply::Error(e)) => {
+                self.state.fail(format!(
+                    "target refused SELECT {db}: {} (is the target a cluster, or are its databases fewer?)",
+                    String::from_utf8_lossy(&e)
+                ));
+                Err(Fatal)
+            }
+            (Expect::Cmd { op, cmd }, Reply::Error(e)) => {
+                self.commands += 1;
+                self.error(*op, *cmd, &e)
+            }
+            (Expect::Cmd { .. }, _) => {
+                self.commands += 1;
+                Ok(())
+            }
+            (Expect::Queued(inner), Reply::Error(e)) => match **inner {
+                // Counted here; the EXEC that follows is an EXECABORT.
+                Expect::Cmd { op, cmd } => self.error(op, cmd, &e),
+                _ => {
+                    self.state.fail(format!(
+                        "target refused a command of the relay's own inside MULTI: {}",
+                        String::from_utf8_lossy(&e)
+                    ));
+                    Err(Fatal)
+                }
+            },
+            (Expect::Multi, Reply::Error(e)) => {
+                self.state.fail(format!(
+                    "target refused MULTI: {}",
+                    String::from_utf8_lossy(&e)
+                ));
+                Err(Fatal)
+            }
+            (Expect::Exec(items), Reply::Array(Some(replies))) => {
+                for (it, r) in items.iter().zip(replies) {
+                    self.check(it, r)?;
+                }
+                Ok(())
+            }
+            (Expect::Exec(items), Reply::Error(e)) => {
+                // EXECABORT: nothing of the transaction ran. The queue-time error was counted;
+                // the other commands were not applied either.
+                let lost = items
+                    .iter()
+                    .filter(|i| matches!(i, Expect::Cmd { .. }))
+                    .count();
+                let tracker = &self.batch.tracker;
+                tracing::error!(source = %tracker.name, commands = lost, "the target aborted a transaction: {}", String::from_utf8_lossy(&e));
+                if self.policy == ErrorPolicy::Stop {
+                    self.state.fail(format!(
+                        "source {}: the target aborted a transaction of {lost} commands: {}",
+                        tracker.name,
+                        String::from_utf8_lossy(&e)
+                    ));
+                    return Err(Fatal);
+                }
+                self.commands += lost as u64;
+                Ok(())
+            }
+            (Expect::Book, Reply::Error(e)) => {
+                self.state.fail(format!(
+                    "target refused the relay's offset record: {}",
+                    String::from_utf8_lossy(&e)
+                ));
+                Err(Fatal)
+            }
+            _ => Ok(()),
         }
     }
 }
@@ -339,57 +729,37 @@ fn reply_loop(
     inflight: Receiver<InFlight>,
     state: Arc<PoolState>,
     policy: ErrorPolicy,
-) {
+    broken: Arc<AtomicBool>,
+) -> Vec<Batch> {
     let mut buf = BytesMut::with_capacity(64 * 1024);
     while let Ok(token) = inflight.recv() {
-        let tracker = &token.batch.tracker;
-        let mut commands = 0u64;
-        for (op, &selected) in token.batch.ops.iter().zip(&token.selects) {
-            if selected {
-                match read_reply_from(&mut stream, &mut buf) {
-                    Ok(Reply::Error(e)) => {
-                        state.fail(format!(
-                            "target refused SELECT {}: {} (is the target a cluster, or are its databases fewer?)",
-                            op.db,
-                            String::from_utf8_lossy(&e)
-                        ));
-                        return;
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        state.fail(format!("writer {w}: reading replies failed: {e}"));
-                        return;
-                    }
+        let mut ctx = ReplyCtx {
+            batch: &token.batch,
+            state: &state,
+            policy,
+            commands: 0,
+        };
+        for expect in &token.plan {
+            let reply = match read_reply_from(&mut stream, &mut buf) {
+                Ok(r) => r,
+                Err(e) => {
+                    // The connection broke: hand this batch and every later one back to the
+                    // writer, which checks their records after reconnecting.
+                    tracing::debug!(writer = w, "reading replies failed: {e}");
+                    broken.store(true, Ordering::Release);
+                    let _ = stream.shutdown(Shutdown::Both);
+                    let mut left = vec![token.batch];
+                    left.extend(inflight.iter().map(|t| t.batch));
+                    return left;
                 }
-            }
-            for i in 0..op.replies {
-                match read_reply_from(&mut stream, &mut buf) {
-                    Ok(Reply::Error(e)) => {
-                        let n = tracker.target_errors.fetch_add(1, Ordering::Relaxed) + 1;
-                        let cmd = describe_command(&op.payload, i as usize);
-                        let msg = String::from_utf8_lossy(&e).into_owned();
-                        metrics::counter!("redis_relay_target_errors_total", "source" => tracker.name.clone())
-                            .increment(1);
-                        if policy == ErrorPolicy::Stop {
-                            state.fail(format!(
-                                "source {}: target refused {cmd} in db {}: {msg} (--on-target-error stop)",
-                                tracker.name, op.db
-                            ));
-                            return;
-                        }
-                        if n <= 20 || n.is_power_of_two() {
-                            tracing::warn!(source = %tracker.name, db = op.db, errors = n, "target refused {cmd}: {msg}");
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        state.fail(format!("writer {w}: reading replies failed: {e}"));
-                        return;
-                    }
-                }
-                commands += 1;
+            };
+            if ctx.check(expect, reply).is_err() {
+                broken.store(true, Ordering::Release);
+                return Vec::new();
             }
         }
+        let commands = ctx.commands;
+        let tracker = &token.batch.tracker;
         tracker
             .commands_applied
             .fetch_add(commands, Ordering::Relaxed);
@@ -397,6 +767,7 @@ fn reply_loop(
             .record(token.sent_at.elapsed().as_secs_f64());
         tracker.acknowledged(w);
     }
+    Vec::new()
 }
 
 /// A short, printable form of the `index`-th command of an encoded payload, for error logs.
@@ -426,8 +797,4 @@ pub fn describe_command(payload: &[u8], index: usize) -> String {
         i += 1;
     }
     "<unknown command>".into()
-}
-
-fn itoa(n: u32) -> String {
-    n.to_string()
 }

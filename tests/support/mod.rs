@@ -1,6 +1,9 @@
 //! Real servers for the tests: `redis-server` and `nutcracker` processes on free loopback ports,
 //! started by the test and stopped (SIGTERM, then SIGKILL) when dropped.
+
 #![allow(dead_code)]
+
+pub mod fault_proxy;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -320,4 +323,115 @@ impl Drop for Nutcracker {
     fn drop(&mut self) {
         stop_child(&mut self.child);
     }
+}
+
+/// The relay binary, started as a child process with its stderr in a log file.
+pub struct Relay {
+    pub child: Child,
+    pub log: PathBuf,
+    pub metrics_port: u16,
+}
+
+impl Relay {
+    /// `redis-relay sync` with `args` plus `--metrics-addr` on a free port.
+    pub fn start_sync(args: &[String], log_dir: &Path) -> Relay {
+        let metrics_port = free_port();
+        let log = log_dir.join(format!("relay-{}.log", metrics_port));
+        let file = std::fs::File::create(&log).expect("relay log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_redis-relay"))
+            .arg("sync")
+            .args(args)
+            .arg("--metrics-addr")
+            .arg(format!("127.0.0.1:{metrics_port}"))
+            .arg("-q")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("spawn redis-relay");
+        Relay {
+            child,
+            log,
+            metrics_port,
+        }
+    }
+
+    /// The Prometheus text, or an empty string while the listener is not up.
+    pub fn metrics(&self) -> String {
+        http_get(self.metrics_port, "/metrics").unwrap_or_default()
+    }
+
+    /// Value of `name{source="<source>"...}` in the metrics, if present.
+    pub fn metric(&self, name: &str, source: &str) -> Option<f64> {
+        let text = self.metrics();
+        let label = format!("source=\"{source}\"");
+        text.lines()
+            .filter(|l| {
+                l.starts_with(name) && l[name.len()..].starts_with('{') && l.contains(&label)
+            })
+            .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM and wait up to `limit`; returns the exit code and the time it took.
+    pub fn terminate(&mut self, limit: Duration) -> (Option<i32>, Duration) {
+        let started = Instant::now();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        while started.elapsed() < limit {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return (st.code(), started.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        (None, started.elapsed())
+    }
+
+    /// SIGKILL, as a crash.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A minimal HTTP GET on loopback (the metrics endpoint).
+pub fn http_get(port: u16, path: &str) -> std::io::Result<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or(out))
+}
+
+/// Poll `f` until it returns true or `limit` passes.
+pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
 }

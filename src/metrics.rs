@@ -1,0 +1,112 @@
+//! The Prometheus metrics the relay emits. The library only emits through the `metrics`
+//! facade; the binary installs the exporter (`install_exporter`). Every name here is listed,
+//! with its meaning, in the README.
+
+use std::net::SocketAddr;
+
+use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+
+use crate::source::LinkState;
+
+pub const SYNC_STATES: [LinkState; 7] = [
+    LinkState::Connecting,
+    LinkState::Handshake,
+    LinkState::Rdb,
+    LinkState::Streaming,
+    LinkState::Backoff,
+    LinkState::Stopped,
+    LinkState::Failed,
+];
+
+/// Register descriptions (HELP lines) for every metric.
+pub fn describe() {
+    describe_gauge!(
+        "redis_relay_lag_bytes",
+        Unit::Bytes,
+        "Master replication offset minus the offset the target has acknowledged, per source"
+    );
+    describe_gauge!(
+        "redis_relay_applied_offset",
+        "Highest stream offset up to which the target acknowledged everything, per source"
+    );
+    describe_gauge!(
+        "redis_relay_master_offset",
+        "Master replication offset: last stream byte received from the source"
+    );
+    describe_counter!(
+        "redis_relay_commands_applied_total",
+        "Commands acknowledged by the target (snapshot and stream), per source"
+    );
+    describe_counter!(
+        "redis_relay_bytes_received_total",
+        Unit::Bytes,
+        "Bytes received from the source (RDB and stream)"
+    );
+    describe_gauge!(
+        "redis_relay_rdb_bytes_loaded",
+        Unit::Bytes,
+        "Bytes of the current snapshot parsed and handed to the writers"
+    );
+    describe_gauge!(
+        "redis_relay_rdb_bytes_total",
+        Unit::Bytes,
+        "Size of the current snapshot as announced by the master (0 for diskless transfers)"
+    );
+    describe_gauge!("redis_relay_sync_state", "1 for the current state of the source's replication link (connecting, handshake, rdb, streaming, backoff, stopped, failed)");
+    describe_counter!(
+        "redis_relay_target_errors_total",
+        "Error replies from the target, per source"
+    );
+    describe_histogram!(
+        "redis_relay_apply_latency_seconds",
+        Unit::Seconds,
+        "Time from writing a batch to the target to its last reply"
+    );
+    describe_gauge!(
+        "redis_relay_spool_bytes",
+        Unit::Bytes,
+        "Bytes waiting in the source's spool (memory and disk)"
+    );
+    describe_gauge!(
+        "redis_relay_spool_disk_bytes",
+        Unit::Bytes,
+        "Bytes of the spool on disk"
+    );
+    describe_counter!(
+        "redis_relay_full_syncs_total",
+        "Full resyncs (snapshots) completed, per source"
+    );
+    describe_gauge!(
+        "redis_relay_snapshot_done",
+        "1 once the source's snapshot is acknowledged by the target"
+    );
+    describe_gauge!(
+        "redis_relay_connected",
+        "1 while the replication link to the source is up"
+    );
+    describe_counter!(
+        "redis_relay_acks_sent_total",
+        "REPLCONF ACKs sent to the source"
+    );
+    describe_counter!(
+        "redis_relay_reconnects_total",
+        "Connection attempts to the source after the first"
+    );
+}
+
+/// Install the Prometheus exporter on `addr` (`/metrics`). Only for binaries: it sets a
+/// process-wide recorder.
+pub fn install_exporter(addr: SocketAddr) -> anyhow::Result<()> {
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full("redis_relay_apply_latency_seconds".into()),
+            &[
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ],
+        )?
+        .install()
+        .map_err(|e| anyhow::anyhow!("cannot serve metrics on {addr}: {e}"))?;
+    describe();
+    Ok(())
+}

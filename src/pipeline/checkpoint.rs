@@ -1,0 +1,100 @@
+//! Durable per-source state: where to resume with PSYNC after a restart.
+//!
+//! Written only once the source's snapshot is entirely acknowledged by the target, and only
+//! with an applied offset (never ahead of the target), at a transaction boundary. The write is
+//! atomic: a temp file, fsync, rename, fsync of the directory.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// `host:port` of the master.
+    pub source: String,
+    /// The master's replication id.
+    pub replid: String,
+    /// Every stream byte up to this offset is applied on the target.
+    pub offset: u64,
+    /// The database selected at `offset` (a master does not repeat SELECT after +CONTINUE).
+    pub db: u32,
+    /// Writers at the time (the key partitioning depends on it).
+    pub writers: usize,
+}
+
+/// The checkpoint file of `source` under `state_dir`.
+pub fn path_for(state_dir: &Path, source: &str) -> PathBuf {
+    let safe: String = source
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    state_dir.join(format!("{safe}.checkpoint.json"))
+}
+
+pub fn load(state_dir: &Path, source: &str) -> std::io::Result<Option<Checkpoint>> {
+    let path = path_for(state_dir, source);
+    match std::fs::read(&path) {
+        Ok(data) => serde_json::from_slice(&data).map(Some).map_err(|e| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{}: {e}", path.display()),
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+pub fn save(state_dir: &Path, cp: &Checkpoint) -> std::io::Result<()> {
+    std::fs::create_dir_all(state_dir)?;
+    let path = path_for(state_dir, &cp.source);
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = File::create(&tmp)?;
+        f.write_all(&serde_json::to_vec_pretty(cp).map_err(std::io::Error::other)?)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, &path)?;
+    if let Ok(dir) = File::open(state_dir) {
+        let _ = dir.sync_all();
+    }
+    Ok(())
+}
+
+/// Forget a source's checkpoint (a full sync started: the old position is meaningless).
+pub fn remove(state_dir: &Path, source: &str) -> std::io::Result<()> {
+    match std::fs::remove_file(path_for(state_dir, source)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(load(dir.path(), "127.0.0.1:6379").unwrap(), None);
+        let cp = Checkpoint {
+            source: "127.0.0.1:6379".into(),
+            replid: "a".repeat(40),
+            offset: 12345,
+            db: 3,
+            writers: 2,
+        };
+        save(dir.path(), &cp).unwrap();
+        assert_eq!(load(dir.path(), "127.0.0.1:6379").unwrap(), Some(cp));
+        remove(dir.path(), "127.0.0.1:6379").unwrap();
+        assert_eq!(load(dir.path(), "127.0.0.1:6379").unwrap(), None);
+    }
+}

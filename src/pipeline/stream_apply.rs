@@ -1,0 +1,385 @@
+//! The command stream of one source, after the snapshot: routed by key, in order per key.
+//!
+//! Replication-internal traffic (PING, REPLCONF) never reaches the target; SELECT becomes the
+//! database of the following ops; MULTI ... EXEC travels as one op so the target applies it
+//! atomically; anything that may touch several writers' keys runs as a barrier (everything
+//! before it acknowledged first, and it acknowledged before anything after it is sent).
+
+use std::collections::{HashMap, VecDeque};
+
+use bytes::{Bytes, BytesMut};
+
+use super::dispatcher::Dispatcher;
+use super::keys::{command_keys, KeySpec};
+use super::op::Op;
+use crate::resp::framer::Frame;
+
+/// What the stream apply reports to its caller besides ops.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Control {
+    /// Nothing special.
+    None,
+    /// `REPLCONF GETACK`: the master wants an ACK now.
+    AckRequested,
+    /// FLUSHDB (`Some(db)`) or FLUSHALL (`None`) on a target shared with other sources: the
+    /// caller deletes only the keys that no other source holds (see [`super::scoped_flush`]),
+    /// then calls [`super::Dispatcher::advance`] with `end`. Everything before it is applied.
+    ScopedFlush { db: Option<u32>, end: u64 },
+}
+
+/// Settings of the stream apply.
+#[derive(Debug, Clone)]
+pub struct StreamOptions {
+    /// Keys under this prefix belong to the relay and are never copied from a source.
+    pub own_prefix: Bytes,
+    /// Rewrite EVALSHA of a script seen earlier in the stream into EVAL (so a target that lost
+    /// its script cache, or never saw the script, cannot answer NOSCRIPT).
+    pub evalsha_to_eval: bool,
+    /// Drop PUBLISH to Sentinel's hello channel.
+    pub drop_sentinel_hello: bool,
+    /// Commands never forwarded (upper case).
+    pub exclude_commands: Vec<Vec<u8>>,
+    /// Several sources share the target (FLUSHDB/FLUSHALL/SWAPDB then affect the others' keys).
+    pub shared_target: bool,
+}
+
+impl Default for StreamOptions {
+    fn default() -> Self {
+        StreamOptions {
+            own_prefix: Bytes::from_static(b"redis-relay:"),
+            evalsha_to_eval: true,
+            drop_sentinel_hello: true,
+            exclude_commands: Vec::new(),
+            shared_target: false,
+        }
+    }
+}
+
+struct MultiBlock {
+    start: u64,
+    db_at_start: u32,
+    commands: Vec<Bytes>,
+    writer: Option<usize>,
+    global: bool,
+    selects: bool,
+}
+
+/// Counters of the stream apply.
+#[derive(Debug, Default, Clone)]
+pub struct StreamStats {
+    pub commands: u64,
+    pub forwarded: u64,
+    pub internal: u64,
+    pub barriers: u64,
+    pub skipped_own_keys: u64,
+    pub excluded: u64,
+}
+
+/// Applies one source's command stream.
+pub struct StreamApply {
+    opts: StreamOptions,
+    /// The database the master's next command runs in.
+    db: u32,
+    /// Offset of the last byte processed.
+    offset: u64,
+    /// SELECTs seen, as (offset after the SELECT, db): to know the database in effect at any
+    /// applied offset (what a checkpoint must store).
+    selects: VecDeque<(u64, u32)>,
+    multi: Option<MultiBlock>,
+    scripts: HashMap<String, Bytes>,
+    pub stats: StreamStats,
+}
+
+fn upper_name(name: &[u8]) -> Vec<u8> {
+    name.to_ascii_uppercase()
+}
+
+fn encode(args: &[Bytes]) -> Bytes {
+    let mut b = BytesMut::new();
+    crate::resp::encode_command(&mut b, args);
+    b.freeze()
+}
+
+fn parse_db(arg: Option<&Bytes>) -> Option<u32> {
+    std::str::from_utf8(arg?).ok()?.trim().parse().ok()
+}
+
+impl StreamApply {
+    /// Start after `offset` (the FULLRESYNC offset or a checkpoint) in database `db`.
+    pub fn new(opts: StreamOptions, offset: u64, db: u32) -> Self {
+        let mut selects = VecDeque::new();
+        selects.push_back((offset, db));
+        StreamApply {
+            opts,
+            db,
+            offset,
+            selects,
+            multi: None,
+            scripts: HashMap::new(),
+            stats: StreamStats::default(),
+        }
+    }
+
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Inside MULTI ... EXEC (offsets inside are not checkpoints).
+    pub fn in_transaction(&self) -> bool {
+        self.multi.is_some()
+    }
+
+    /// The database in effect after everything up to `offset` ran; forgets older history.
+    pub fn db_at(&mut self, offset: u64) -> u32 {
+        while self.selects.len() > 1 && self.selects[1].0 <= offset {
+            self.selects.pop_front();
+        }
+        self.selects.front().map(|s| s.1).unwrap_or(self.db)
+    }
+
+    /// The database the next command runs in.
+    pub fn current_db(&self) -> u32 {
+        self.db
+    }
+
+    /// Follow a frame without dispatching it (for custom sinks): offset, SELECT, MULTI/EXEC.
+    pub fn observe(&mut self, frame: &Frame) {
+        self.offset += frame.raw.len() as u64;
+        self.stats.commands += 1;
+        let Some(name) = frame.name() else { return };
+        if name.eq_ignore_ascii_case(b"SELECT") {
+            if let Some(db) = parse_db(frame.args.get(1)) {
+                self.db = db;
+                self.selects.push_back((self.offset, db));
+            }
+        } else if name.eq_ignore_ascii_case(b"MULTI") {
+            self.multi = Some(MultiBlock {
+                start: self.offset,
+                db_at_start: self.db,
+                commands: Vec::new(),
+                writer: None,
+                global: false,
+                selects: false,
+            });
+        } else if name.eq_ignore_ascii_case(b"EXEC") {
+            self.multi = None;
+        }
+    }
+
+    /// Handle one frame of the stream.
+    pub fn on_frame(&mut self, frame: Frame, d: &mut Dispatcher) -> Result<Control, String> {
+        let start = self.offset;
+        let end = start + frame.raw.len() as u64;
+        self.offset = end;
+        self.stats.commands += 1;
+        let Some(name) = frame.name() else {
+            if self.multi.is_none() {
+                d.advance(end);
+            }
+            return Ok(Control::None);
+        };
+        let up = upper_name(name);
+        match up.as_slice() {
+            b"PING" | b"REPLCONF" => {
+                self.stats.internal += 1;
+                let getack = up == b"REPLCONF"
+                    && frame
+                        .args
+                        .get(1)
+                        .is_some_and(|a| a.eq_ignore_ascii_case(b"GETACK"));
+                if self.multi.is_none() {
+                    d.advance(end);
+                }
+                return Ok(if getack {
+                    Control::AckRequested
+                } else {
+                    Control::None
+                });
+            }
+            b"SELECT" => {
+                let Some(db) = parse_db(frame.args.get(1)) else {
+                    return Err(format!("bad SELECT in the stream at offset {start}"));
+                };
+                if let Some(m) = self.multi.as_mut() {
+                    m.selects = true;
+                    m.commands.push(encode(&frame.args));
+                } else {
+                    d.advance(end);
+                }
+                self.db = db;
+                self.selects.push_back((end, db));
+                return Ok(Control::None);
+            }
+            b"MULTI" => {
+                self.multi = Some(MultiBlock {
+                    start,
+                    db_at_start: self.db,
+                    commands: Vec::new(),
+                    writer: None,
+                    global: false,
+                    selects: false,
+                });
+                return Ok(Control::None);
+            }
+            b"EXEC" => {
+                let Some(m) = self.multi.take() else {
+                    // An EXEC without MULTI does nothing on a replica either.
+                    d.advance(end);
+                    return Ok(Control::None);
+                };
+                self.exec(m, end, d)?;
+                return Ok(Control::None);
+            }
+            _ => {}
+        }
+        if self
+            .opts
+            .exclude_commands
+            .iter()
+            .any(|c| c.as_slice() == up.as_slice())
+        {
+            self.stats.excluded += 1;
+            if self.multi.is_none() {
+                d.advance(end);
+            }
+            return Ok(Control::None);
+        }
+        let mut args = frame.args;
+        let mut raw = frame.raw;
+        let mut rewritten = frame.inline;
+        match up.as_slice() {
+            b"EVAL" => {
+                if let Some(body) = args.get(1) {
+                    self.scripts.insert(
+                        sha1_smol::Sha1::from(&body[..]).digest().to_string(),
+                        body.clone(),
+                    );
+                }
+            }
+            b"SCRIPT" if args.len() >= 3 && args[1].eq_ignore_ascii_case(b"LOAD") => {
+                self.scripts.insert(
+                    sha1_smol::Sha1::from(&args[2][..]).digest().to_string(),
+                    args[2].clone(),
+                );
+            }
+            b"EVALSHA" if self.opts.evalsha_to_eval => {
+                let known = args
+                    .get(1)
+                    .and_then(|sha| std::str::from_utf8(sha).ok())
+                    .and_then(|sha| self.scripts.get(&sha.to_ascii_lowercase()))
+                    .cloned();
+                if let Some(body) = known {
+                    args[0] = Bytes::from_static(b"EVAL");
+                    args[1] = body;
+                    rewritten = true;
+                }
+            }
+            b"FLUSHDB" | b"FLUSHALL" if self.opts.shared_target && self.multi.is_none() => {
+                self.stats.barriers += 1;
+                d.barrier()?;
+                let db = (up.as_slice() == b"FLUSHDB").then_some(self.db);
+                return Ok(Control::ScopedFlush { db, end });
+            }
+            b"FLUSHDB" | b"FLUSHALL" | b"SWAPDB" if self.opts.shared_target => {
+                tracing::warn!(
+                    db = self.db,
+                    offset = start,
+                    "forwarding {} from one source to a target shared by several sources: it also affects the keys the other sources wrote",
+                    String::from_utf8_lossy(&up)
+                );
+            }
+            b"PUBLISH"
+                if self.opts.drop_sentinel_hello
+                    && args.get(1).is_some_and(|c| &c[..] == b"__sentinel__:hello") =>
+            {
+                self.stats.internal += 1;
+                if self.multi.is_none() {
+                    d.advance(end);
+                }
+                return Ok(Control::None);
+            }
+            _ => {}
+        }
+        if rewritten {
+            raw = encode(&args);
+        }
+        let spec = command_keys(&args);
+        if let KeySpec::Keys(keys) = &spec {
+            if keys.iter().any(|k| k.starts_with(&self.opts.own_prefix)) {
+                self.stats.skipped_own_keys += 1;
+                if self.multi.is_none() {
+                    d.advance(end);
+                }
+                return Ok(Control::None);
+            }
+        }
+        let route = match spec {
+            KeySpec::Keys(keys) => {
+                let first = d.writer_for(keys[0]);
+                if keys.iter().all(|k| d.writer_for(k) == first) {
+                    Some(first)
+                } else {
+                    None
+                }
+            }
+            KeySpec::Channel(c) => Some(d.writer_for(c)),
+            KeySpec::Global => None,
+        };
+        if let Some(m) = self.multi.as_mut() {
+            m.commands.push(raw);
+            match (route, m.writer) {
+                (None, _) => m.global = true,
+                (Some(w), None) => m.writer = Some(w),
+                (Some(w), Some(prev)) if w != prev => m.global = true,
+                _ => {}
+            }
+            return Ok(Control::None);
+        }
+        let op = Op::new(self.db, raw, 1);
+        self.stats.forwarded += 1;
+        match route {
+            Some(w) => d.push(w, op, start, end),
+            None => self.barrier_op(d, op, start, end),
+        }
+        .map(|_| Control::None)
+    }
+
+    fn barrier_op(
+        &mut self,
+        d: &mut Dispatcher,
+        op: Op,
+        start: u64,
+        end: u64,
+    ) -> Result<(), String> {
+        self.stats.barriers += 1;
+        d.barrier()?;
+        d.push(0, op, start, end)?;
+        d.barrier()
+    }
+
+    fn exec(&mut self, m: MultiBlock, end: u64, d: &mut Dispatcher) -> Result<(), String> {
+        if m.commands.is_empty() {
+            // An empty MULTI/EXEC (2.4 sends them for read-only transactions).
+            d.advance(end);
+            return Ok(());
+        }
+        let mut payload = BytesMut::new();
+        for c in &m.commands {
+            payload.extend_from_slice(c);
+        }
+        // The writer runs these as one transaction (in its own MULTI/EXEC, or inside the
+        // exactly-once transaction of the batch).
+        let op = Op {
+            db: m.db_at_start,
+            payload: payload.freeze(),
+            replies: m.commands.len() as u32,
+            leaves_db_unknown: m.selects,
+            atomic: true,
+        };
+        self.stats.forwarded += 1;
+        match (m.global || m.selects, m.writer) {
+            (false, Some(w)) => d.push(w, op, m.start, end),
+            _ => self.barrier_op(d, op, m.start, end),
+        }
+    }
+}

@@ -1,0 +1,529 @@
+//! The relay as a library: configure with [`RelayBuilder`], run with [`RelayBuilder::start`],
+//! watch and stop through the returned [`RelayHandle`].
+//!
+//! ```no_run
+//! use redis_relay::endpoint::Endpoint;
+//! use redis_relay::relay::RelayBuilder;
+//!
+//! let handle = RelayBuilder::new()
+//!     .source(Endpoint::parse("redis://10.0.0.1:6379").unwrap())
+//!     .target(Endpoint::parse("redis://127.0.0.1:6380").unwrap())
+//!     .state_dir("/var/lib/redis-relay")
+//!     .start()
+//!     .unwrap();
+//! for s in handle.status() {
+//!     println!("{}: {} lag {} bytes", s.source, s.state, s.lag_bytes);
+//! }
+//! handle.shutdown(std::time::Duration::from_secs(10)).unwrap();
+//! ```
+//!
+//! Each source gets a link task (the fake replica, on the relay's own small tokio runtime)
+//! that only reads the socket and spools, and an apply thread that parses, routes and
+//! tracks offsets. The writers are shared by all sources.
+
+mod apply_thread;
+pub mod events;
+mod rdb_reader;
+mod run;
+mod spool_sink;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+pub use events::{EventSink, RelayEvent};
+pub use run::run_until_signal;
+
+use crate::endpoint::Endpoint;
+use crate::pipeline::checkpoint;
+use crate::pipeline::spool::{Spool, SpoolOptions};
+use crate::pipeline::stream_apply::StreamOptions;
+use crate::pipeline::{Dispatcher, SourceTracker};
+use crate::rdb::ParseOptions;
+use crate::source::{LinkConfig, LinkState, SourceProgress};
+use crate::target::{ApplyOptions, TargetConn, WriterOptions, WriterPool};
+use apply_thread::{Output, SourceCtx};
+
+/// Everything a relay needs; built by [`RelayBuilder`].
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    pub sources: Vec<Endpoint>,
+    pub target: Option<Endpoint>,
+    pub state_dir: PathBuf,
+    pub writers: WriterOptions,
+    pub spool: SpoolOptions,
+    pub stream: StreamOptions,
+    /// Values bigger than this are written as chunked commands (never one RESTORE).
+    pub big_value_bytes: usize,
+    /// Use RESTORE when the target's RDB version allows it.
+    pub use_restore: bool,
+    /// Announced to the masters with `REPLCONF listening-port` (see the README: Sentinel).
+    pub listening_port: u16,
+    pub repl_timeout: Duration,
+}
+
+/// Makes the sink of each source (called with its `host:port`).
+type SinkFactory = Box<dyn FnMut(&str) -> Box<dyn EventSink> + Send>;
+
+/// Builder of a relay.
+pub struct RelayBuilder {
+    cfg: RelayConfig,
+    sink_factory: Option<SinkFactory>,
+}
+
+impl Default for RelayBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RelayBuilder {
+    pub fn new() -> Self {
+        RelayBuilder {
+            cfg: RelayConfig {
+                sources: Vec::new(),
+                target: None,
+                state_dir: PathBuf::from("redis-relay-state"),
+                writers: WriterOptions::default(),
+                spool: SpoolOptions::default(),
+                stream: StreamOptions::default(),
+                big_value_bytes: ParseOptions::default().big_value_bytes,
+                use_restore: true,
+                listening_port: 0,
+                repl_timeout: Duration::from_secs(60),
+            },
+            sink_factory: None,
+        }
+    }
+
+    pub fn from_config(cfg: RelayConfig) -> Self {
+        RelayBuilder {
+            cfg,
+            sink_factory: None,
+        }
+    }
+
+    pub fn source(mut self, ep: Endpoint) -> Self {
+        self.cfg.sources.push(ep);
+        self
+    }
+
+    pub fn sources(mut self, eps: impl IntoIterator<Item = Endpoint>) -> Self {
+        self.cfg.sources.extend(eps);
+        self
+    }
+
+    pub fn target(mut self, ep: Endpoint) -> Self {
+        self.cfg.target = Some(ep);
+        self
+    }
+
+    pub fn state_dir(mut self, dir: impl AsRef<Path>) -> Self {
+        self.cfg.state_dir = dir.as_ref().to_path_buf();
+        self
+    }
+
+    pub fn writers(mut self, opts: WriterOptions) -> Self {
+        self.cfg.writers = opts;
+        self
+    }
+
+    pub fn spool(mut self, opts: SpoolOptions) -> Self {
+        self.cfg.spool = opts;
+        self
+    }
+
+    pub fn stream_options(mut self, opts: StreamOptions) -> Self {
+        self.cfg.stream = opts;
+        self
+    }
+
+    pub fn big_value_bytes(mut self, n: usize) -> Self {
+        self.cfg.big_value_bytes = n;
+        self
+    }
+
+    pub fn use_restore(mut self, yes: bool) -> Self {
+        self.cfg.use_restore = yes;
+        self
+    }
+
+    pub fn listening_port(mut self, port: u16) -> Self {
+        self.cfg.listening_port = port;
+        self
+    }
+
+    pub fn repl_timeout(mut self, t: Duration) -> Self {
+        self.cfg.repl_timeout = t;
+        self
+    }
+
+    /// Send every source's events to a sink of your own instead of a Redis target. The
+    /// factory is called once per source with its `host:port`.
+    pub fn sink<F>(mut self, factory: F) -> Self
+    where
+        F: FnMut(&str) -> Box<dyn EventSink> + Send + 'static,
+    {
+        self.sink_factory = Some(Box::new(factory));
+        self
+    }
+
+    pub fn config(&self) -> &RelayConfig {
+        &self.cfg
+    }
+
+    /// Connect and start everything. Fails at once when the target is unreachable or a
+    /// checkpoint is unreadable; source connection problems are retried by the links.
+    pub fn start(mut self) -> anyhow::Result<RelayHandle> {
+        let mut cfg = self.cfg.clone();
+        anyhow::ensure!(
+            !cfg.sources.is_empty(),
+            "no source: give --source or --twemproxy"
+        );
+        cfg.stream.shared_target = cfg.sources.len() > 1;
+        let mut names = std::collections::HashSet::new();
+        for s in &cfg.sources {
+            anyhow::ensure!(names.insert(s.to_string()), "source {s} is listed twice");
+        }
+        std::fs::create_dir_all(&cfg.state_dir).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot create the state dir {}: {e}",
+                cfg.state_dir.display()
+            )
+        })?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("relay-links")
+            .enable_all()
+            .build()?;
+        let (pool, apply_opts) = match (&cfg.target, &self.sink_factory) {
+            (_, Some(_)) => (None, None),
+            (Some(t), None) => {
+                let info = TargetConn::connect(t, cfg.writers.connect_timeout)?
+                    .info()
+                    .map_err(|e| anyhow::anyhow!("target {t}: INFO failed: {e}"))?;
+                tracing::info!(target = %t, version = %info.version, rdb_version = info.rdb_version, "target connected");
+                let mut a = ApplyOptions::for_target(&info);
+                a.use_restore = cfg.use_restore;
+                a.own_prefix = cfg.stream.own_prefix.clone();
+                (Some(WriterPool::start(t, &cfg.writers)?), Some(a))
+            }
+            (None, None) => anyhow::bail!("no target: give --target"),
+        };
+        let writers = pool.as_ref().map(|p| p.writers()).unwrap_or(1);
+        let stop = Arc::new(AtomicBool::new(false));
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let mut sources = Vec::new();
+        for (i, ep) in cfg.sources.iter().enumerate() {
+            let name = ep.to_string();
+            let resume = checkpoint::load(&cfg.state_dir, &name)
+                .map_err(|e| anyhow::anyhow!("source {name}: unreadable checkpoint: {e}"))?;
+            if let Some(cp) = &resume {
+                if pool.is_some() && cp.writers != writers {
+                    tracing::warn!(source = %name, "the checkpoint was written with {} writers, now {writers}", cp.writers);
+                }
+                tracing::info!(source = %name, replid = %cp.replid, offset = cp.offset, db = cp.db, "resuming from the checkpoint");
+            }
+            let spool = Spool::new(
+                &cfg.state_dir.join("spool").join(sanitize(&name)),
+                cfg.spool.clone(),
+            )?;
+            let progress = Arc::new(SourceProgress::new(name.clone()));
+            let tracker = Arc::new(SourceTracker::new(name.clone(), i, writers, 0));
+            let output = match (&pool, &mut self.sink_factory) {
+                (_, Some(f)) => Output::Sink(f(&name)),
+                (Some(p), None) => Output::Target {
+                    dispatcher: Dispatcher::new(p.handle(), tracker.clone()),
+                    apply: apply_opts.clone().expect("apply options with a target"),
+                },
+                (None, None) => unreachable!("checked above"),
+            };
+            let snapshot_done = Arc::new(AtomicBool::new(false));
+            let rdb_loaded = Arc::new(AtomicU64::new(0));
+            let ctx = SourceCtx {
+                name: name.clone(),
+                spool: spool.clone(),
+                progress: progress.clone(),
+                tracker: tracker.clone(),
+                output,
+                stream_opts: cfg.stream.clone(),
+                parse_opts: ParseOptions {
+                    capture_raw: cfg.use_restore,
+                    big_value_bytes: cfg.big_value_bytes,
+                    ..ParseOptions::default()
+                },
+                state_dir: cfg.state_dir.clone(),
+                writers,
+                stop: stop.clone(),
+                resume: resume.clone(),
+                target: cfg.target.clone(),
+                other_sources: cfg.sources.iter().filter(|o| *o != ep).cloned().collect(),
+                snapshot_done: snapshot_done.clone(),
+                rdb_bytes_loaded: rdb_loaded.clone(),
+            };
+            let fatal = Arc::new(Mutex::new(None::<String>));
+            let f2 = fatal.clone();
+            let n2 = name.clone();
+            let apply = std::thread::Builder::new()
+                .name(format!("apply-{name}"))
+                .spawn(move || {
+                    if let Err(e) = apply_thread::run(ctx) {
+                        tracing::error!(source = %n2, "{e}");
+                        *f2.lock() = Some(e);
+                    }
+                })?;
+            let mut link_cfg = LinkConfig::new(ep.clone());
+            link_cfg.listening_port = cfg.listening_port;
+            link_cfg.repl_timeout = cfg.repl_timeout;
+            link_cfg.resume = resume.map(|cp| (cp.replid, cp.offset));
+            let sink = spool_sink::SpoolSink {
+                spool: spool.clone(),
+                source: name.clone(),
+            };
+            let _link = runtime.spawn(crate::source::run_link(
+                link_cfg,
+                progress.clone(),
+                sink,
+                stop_rx.clone(),
+            ));
+            sources.push(SourceRuntime {
+                name,
+                progress,
+                tracker,
+                spool,
+                snapshot_done,
+                rdb_loaded,
+                apply: Mutex::new(Some(apply)),
+                fatal,
+            });
+        }
+        let handle = RelayHandle {
+            inner: Arc::new(Inner {
+                sources,
+                pool: Mutex::new(pool),
+                stop,
+                stop_tx,
+                runtime: Mutex::new(Some(runtime)),
+                started: Instant::now(),
+            }),
+        };
+        handle.spawn_metrics_updater();
+        Ok(handle)
+    }
+}
+
+fn sanitize(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+struct SourceRuntime {
+    name: String,
+    progress: Arc<SourceProgress>,
+    tracker: Arc<SourceTracker>,
+    spool: Arc<Spool>,
+    snapshot_done: Arc<AtomicBool>,
+    rdb_loaded: Arc<AtomicU64>,
+    apply: Mutex<Option<JoinHandle<()>>>,
+    fatal: Arc<Mutex<Option<String>>>,
+}
+
+struct Inner {
+    sources: Vec<SourceRuntime>,
+    pool: Mutex<Option<WriterPool>>,
+    stop: Arc<AtomicBool>,
+    stop_tx: tokio::sync::watch::Sender<bool>,
+    runtime: Mutex<Option<tokio::runtime::Runtime>>,
+    started: Instant,
+}
+
+/// Status of one source.
+#[derive(Debug, Clone)]
+pub struct SourceStatus {
+    pub source: String,
+    pub state: LinkState,
+    pub connected: bool,
+    pub snapshot_done: bool,
+    /// Last stream offset received from the master.
+    pub master_offset: u64,
+    /// Offset up to which the target acknowledged everything.
+    pub applied_offset: u64,
+    pub lag_bytes: u64,
+    pub rdb_bytes_loaded: u64,
+    pub rdb_bytes_total: Option<u64>,
+    pub commands_applied: u64,
+    pub target_errors: u64,
+    pub spool_bytes: u64,
+    pub full_syncs: u64,
+    pub error: Option<String>,
+}
+
+/// A running relay. Cheap to clone.
+#[derive(Clone)]
+pub struct RelayHandle {
+    inner: Arc<Inner>,
+}
+
+impl RelayHandle {
+    /// Status of every source.
+    pub fn status(&self) -> Vec<SourceStatus> {
+        self.inner
+            .sources
+            .iter()
+            .map(|s| {
+                let received = s.progress.received_offset();
+                let done = s.snapshot_done.load(Ordering::Acquire);
+                let applied = if done { s.tracker.applied() } else { 0 };
+                let link_error = match s.progress.state() {
+                    LinkState::Failed => s.progress.last_error(),
+                    _ => None,
+                };
+                SourceStatus {
+                    source: s.name.clone(),
+                    state: s.progress.state(),
+                    connected: s.progress.is_connected(),
+                    snapshot_done: done,
+                    master_offset: received,
+                    applied_offset: applied,
+                    lag_bytes: received.saturating_sub(applied),
+                    rdb_bytes_loaded: s.rdb_loaded.load(Ordering::Relaxed),
+                    rdb_bytes_total: s.progress.rdb_bytes_total(),
+                    commands_applied: s.tracker.commands_applied.load(Ordering::Relaxed),
+                    target_errors: s.tracker.target_errors.load(Ordering::Relaxed),
+                    spool_bytes: s.spool.memory_bytes.load(Ordering::Relaxed)
+                        + s.spool.disk_bytes.load(Ordering::Relaxed),
+                    full_syncs: s.progress.full_syncs(),
+                    error: s.fatal.lock().clone().or(link_error),
+                }
+            })
+            .collect()
+    }
+
+    /// The first fatal error of any source or of the writers, if one happened. Transient
+    /// problems (a master restarting, a refused connection) are retried and are not errors.
+    pub fn error(&self) -> Option<String> {
+        if let Some(p) = self.inner.pool.lock().as_ref() {
+            if let Some(e) = p.state.error() {
+                return Some(e);
+            }
+        }
+        self.inner.sources.iter().find_map(|s| {
+            if let Some(e) = s.fatal.lock().clone() {
+                return Some(e);
+            }
+            (s.progress.state() == LinkState::Failed).then(|| {
+                format!(
+                    "source {}: {}",
+                    s.name,
+                    s.progress
+                        .last_error()
+                        .unwrap_or_else(|| "replication link failed".into())
+                )
+            })
+        })
+    }
+
+    /// Every source has its snapshot applied.
+    pub fn all_snapshots_done(&self) -> bool {
+        self.inner
+            .sources
+            .iter()
+            .all(|s| s.snapshot_done.load(Ordering::Acquire))
+    }
+
+    pub fn uptime(&self) -> Duration {
+        self.inner.started.elapsed()
+    }
+
+    /// Stop reading, let the writers drain, write the checkpoints, and stop. Returns the
+    /// first fatal error, if any happened while running.
+    pub fn shutdown(&self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        let inner = &self.inner;
+        inner.stop.store(true, Ordering::Release);
+        let _ = inner.stop_tx.send(true);
+        for s in &inner.sources {
+            s.spool.close();
+        }
+        // The apply threads hand over their batches, wait for the target and checkpoint.
+        let running = || {
+            inner
+                .sources
+                .iter()
+                .any(|s| s.apply.lock().as_ref().is_some_and(|h| !h.is_finished()))
+        };
+        while Instant::now() < deadline && running() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut first_err = None;
+        if let Some(pool) = inner.pool.lock().take() {
+            if running() {
+                // Abandon the writers (their sockets are closed); the checkpoints on disk
+                // only cover what the target acknowledged, so nothing is lost.
+                first_err = Some(
+                    "shutdown timed out before the target acknowledged everything".to_string(),
+                );
+                pool.abort();
+            } else if let Err(e) = pool.finish() {
+                first_err.get_or_insert(e);
+            }
+        }
+        for s in &inner.sources {
+            if let Some(h) = s.apply.lock().take() {
+                let _ = h.join();
+            }
+            if let Some(e) = s.fatal.lock().clone() {
+                first_err.get_or_insert(e);
+            }
+        }
+        if let Some(rt) = inner.runtime.lock().take() {
+            rt.shutdown_timeout(Duration::from_secs(1));
+        }
+        match first_err {
+            Some(e) => Err(anyhow::anyhow!(e)),
+            None => Ok(()),
+        }
+    }
+
+    fn spawn_metrics_updater(&self) {
+        let weak = Arc::downgrade(&self.inner);
+        let _ = std::thread::Builder::new()
+            .name("relay-metrics".into())
+            .spawn(move || loop {
+                std::thread::sleep(Duration::from_millis(500));
+                let Some(inner) = weak.upgrade() else { return };
+                if inner.stop.load(Ordering::Acquire) {
+                    return;
+                }
+                let h = RelayHandle { inner };
+                for s in h.status() {
+                    let l = [("source", s.source.clone())];
+                    metrics::gauge!("redis_relay_lag_bytes", &l).set(s.lag_bytes as f64);
+                    metrics::gauge!("redis_relay_applied_offset", &l).set(s.applied_offset as f64);
+                    metrics::gauge!("redis_relay_master_offset", &l).set(s.master_offset as f64);
+                    metrics::counter!("redis_relay_commands_applied_total", &l).absolute(s.commands_applied);
+                    metrics::gauge!("redis_relay_rdb_bytes_loaded", &l).set(s.rdb_bytes_loaded as f64);
+                    metrics::gauge!("redis_relay_rdb_bytes_total", &l)
+                        .set(s.rdb_bytes_total.unwrap_or(0) as f64);
+                    metrics::gauge!("redis_relay_spool_bytes", &l).set(s.spool_bytes as f64);
+                    metrics::gauge!("redis_relay_snapshot_done", &l).set(if s.snapshot_done { 1.0 } else { 0.0 });
+                    metrics::gauge!("redis_relay_connected", &l).set(if s.connected { 1.0 } else { 0.0 });
+                    for st in crate::metrics::SYNC_STATES {
+                        metrics::gauge!("redis_relay_sync_state", "source" => s.source.clone(), "state" => st.to_string())
+                            .set(if st == s.state { 1.0 } else { 0.0 });
+                    }
+                }
+            });
+    }
+}

@@ -1,0 +1,498 @@
+//! Reading a Twemproxy (nutcracker) configuration to find the masters behind it.
+//!
+//! PSYNC cannot go through Twemproxy, so the relay replicates from every backend listed under
+//! a pool's `servers:` directly. Each server line is `host:port:weight [name]`; the pool's
+//! `redis_auth` is the password of every backend of that pool.
+//!
+//! With `auto_eject_hosts: true`, keys are re-hashed to other backends while a host is
+//! ejected, so one key can exist on two backends and merging them into one target has no
+//! defined winner. We cannot fix that, but we report it so the caller can warn loudly.
+
+use crate::endpoint::Endpoint;
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use thiserror::Error;
+
+/// Hash functions Twemproxy knows (`hash:`).
+const HASHES: &[&str] = &[
+    "one_at_a_time",
+    "md5",
+    "crc16",
+    "crc32",
+    "crc32a",
+    "fnv1_64",
+    "fnv1a_64",
+    "fnv1_32",
+    "fnv1a_32",
+    "hsieh",
+    "murmur",
+    "jenkins",
+];
+/// Distributions Twemproxy knows (`distribution:`).
+const DISTRIBUTIONS: &[&str] = &["ketama", "modula", "random"];
+
+/// One Redis backend of a pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backend {
+    /// The pool it was first listed in.
+    pub pool: String,
+    /// The optional server name of the `servers:` line (used by ketama for hashing).
+    pub name: Option<String>,
+    /// Weight from the `servers:` line.
+    pub weight: u32,
+    /// Address, with the pool's `redis_auth` as password and `redis_db` as db.
+    pub endpoint: Endpoint,
+}
+
+/// A pool as written in the file (the fields the relay cares about).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolInfo {
+    pub name: String,
+    pub listen: Option<String>,
+    pub hash: Option<String>,
+    pub distribution: Option<String>,
+    pub auto_eject_hosts: bool,
+    pub redis: bool,
+    pub redis_db: Option<u32>,
+    /// Line of the pool in the file.
+    pub line: u64,
+}
+
+/// The masters to replicate from, found in a Twemproxy configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TwemproxySources {
+    /// Backends in file order, each `host:port` once.
+    pub backends: Vec<Backend>,
+    /// The selected pools, in file order.
+    pub pools: Vec<PoolInfo>,
+    /// Memcached pools (`redis: false` or absent) skipped when all pools were selected.
+    pub skipped_pools: Vec<String>,
+}
+
+impl TwemproxySources {
+    /// Selected pools with `auto_eject_hosts: true`: their keys may live on two backends.
+    pub fn auto_eject_pools(&self) -> Vec<&str> {
+        self.pools
+            .iter()
+            .filter(|p| p.auto_eject_hosts)
+            .map(|p| p.name.as_str())
+            .collect()
+    }
+
+    /// True when some selected pool ejects hosts (warn: keys can live on two backends).
+    pub fn auto_eject_warning(&self) -> bool {
+        self.pools.iter().any(|p| p.auto_eject_hosts)
+    }
+}
+
+/// A configuration that cannot be used; the message names the pool, field and line.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum TwemproxyError {
+    #[error("cannot read twemproxy config {path}: {reason}")]
+    Io { path: String, reason: String },
+    #[error("twemproxy config is not valid YAML for a nutcracker config: {0}")]
+    Yaml(String),
+    #[error("twemproxy config has no pools")]
+    NoPools,
+    #[error("twemproxy config has no pool named {wanted:?} (pools: {available})")]
+    NoSuchPool { wanted: String, available: String },
+    #[error("twemproxy pool {pool:?} (line {line}) is a memcached pool (`redis: true` is missing): PSYNC needs Redis backends")]
+    NotRedis { pool: String, line: u64 },
+    #[error("twemproxy config has only memcached pools ({0}): nothing to replicate")]
+    NoRedisPools(String),
+    #[error("twemproxy pool {pool:?}, field {field:?}, line {line}: {reason}")]
+    Field {
+        pool: String,
+        field: &'static str,
+        line: u64,
+        reason: String,
+    },
+    #[error("backend {addr} is listed in pool {first:?} and in pool {second:?} (line {line}) with a different redis_auth")]
+    ConflictingAuth {
+        addr: String,
+        first: String,
+        second: String,
+        line: u64,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+struct RawPool {
+    listen: Option<Spanned<String>>,
+    hash: Option<Spanned<String>>,
+    distribution: Option<Spanned<String>>,
+    auto_eject_hosts: Option<bool>,
+    redis: Option<bool>,
+    redis_auth: Option<String>,
+    redis_db: Option<Spanned<i64>>,
+    servers: Option<Spanned<Vec<Spanned<String>>>>,
+}
+
+/// Reads a nutcracker YAML file. `pool`: `None` for every Redis pool, or one pool's name.
+pub fn load_config(path: &Path, pool: Option<&str>) -> Result<TwemproxySources, TwemproxyError> {
+    let text = std::fs::read_to_string(path).map_err(|e| TwemproxyError::Io {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    parse_config(&text, pool)
+}
+
+/// Parses a nutcracker YAML document. `pool`: `None` for every Redis pool, or one pool's name.
+pub fn parse_config(yaml: &str, pool: Option<&str>) -> Result<TwemproxySources, TwemproxyError> {
+    let raw: BTreeMap<String, Spanned<RawPool>> =
+        serde_saphyr::from_str(yaml).map_err(|e| TwemproxyError::Yaml(e.to_string()))?;
+    if raw.is_empty() {
+        return Err(TwemproxyError::NoPools);
+    }
+    // Back to file order (the map is sorted by name).
+    let mut pools: Vec<(String, Spanned<RawPool>)> = raw.into_iter().collect();
+    pools.sort_by_key(|(_, p)| p.referenced.line());
+
+    let selected: Vec<(String, Spanned<RawPool>)> = match pool {
+        Some(wanted) => {
+            let available = pools
+                .iter()
+                .map(|(n, _)| n.as_str())
+                .collect::<Vec<_>>()
+                .join(", ");
+            let Some(p) = pools.into_iter().find(|(n, _)| n == wanted) else {
+                return Err(TwemproxyError::NoSuchPool {
+                    wanted: wanted.to_string(),
+                    available,
+                });
+            };
+            if p.1.value.redis != Some(true) {
+                return Err(TwemproxyError::NotRedis {
+                    pool: p.0,
+                    line: p.1.referenced.line(),
+                });
+            }
+            vec![p]
+        }
+        None => pools,
+    };
+
+    let mut out = TwemproxySources {
+        backends: Vec::new(),
+        pools: Vec::new(),
+        skipped_pools: Vec::new(),
+    };
+    // host:port -> (index in backends, password)
+    let mut seen: HashMap<(String, u16), (usize, Option<String>)> = HashMap::new();
+    for (name, sp) in selected {
+        let line = sp.referenced.line();
+        let p = sp.value;
+        if p.redis != Some(true) {
+            out.skipped_pools.push(name);
+            continue;
+        }
+        let field_err = |field: &'static str, line: u64, reason: String| TwemproxyError::Field {
+            pool: name.clone(),
+            field,
+            line,
+            reason,
+        };
+        if let Some(h) = &p.hash {
+            if !HASHES.contains(&h.value.as_str()) {
+                return Err(field_err(
+                    "hash",
+                    h.referenced.line(),
+                    format!(
+                        "unknown hash {:?} (expected one of {})",
+                        h.value,
+                        HASHES.join(", ")
+                    ),
+                ));
+            }
+        }
+        if let Some(d) = &p.distribution {
+            if !DISTRIBUTIONS.contains(&d.value.as_str()) {
+                return Err(field_err(
+                    "distribution",
+                    d.referenced.line(),
+                    format!(
+                        "unknown distribution {:?} (expected one of {})",
+                        d.value,
+                        DISTRIBUTIONS.join(", ")
+                    ),
+                ));
+            }
+        }
+        let redis_db = match &p.redis_db {
+            None => None,
+            Some(db) => Some(u32::try_from(db.value).map_err(|_| {
+                field_err(
+                    "redis_db",
+                    db.referenced.line(),
+                    format!("expected a database index >= 0, got {}", db.value),
+                )
+            })?),
+        };
+        let password = p.redis_auth.clone().filter(|s| !s.is_empty());
+        let servers = match &p.servers {
+            Some(s) if !s.value.is_empty() => &s.value,
+            Some(s) => {
+                return Err(field_err(
+                    "servers",
+                    s.referenced.line(),
+                    "the list is empty".into(),
+                ))
+            }
+            None => return Err(field_err("servers", line, "missing".into())),
+        };
+        for s in servers {
+            let sline = s.referenced.line();
+            let (host, port, weight, sname) =
+                parse_server_line(&s.value).map_err(|r| field_err("servers", sline, r))?;
+            let key = (host.clone(), port);
+            if let Some((_, pw)) = seen.get(&key) {
+                if *pw != password {
+                    let (idx, _) = seen[&key];
+                    return Err(TwemproxyError::ConflictingAuth {
+                        addr: out.backends[idx].endpoint.to_string(),
+                        first: out.backends[idx].pool.clone(),
+                        second: name.clone(),
+                        line: sline,
+                    });
+                }
+                continue;
+            }
+            seen.insert(key, (out.backends.len(), password.clone()));
+            out.backends.push(Backend {
+                pool: name.clone(),
+                name: sname,
+                weight,
+                endpoint: Endpoint {
+                    host,
+                    port,
+                    username: None,
+                    password: password.clone(),
+                    db: redis_db,
+                },
+            });
+        }
+        out.pools.push(PoolInfo {
+            name: name.clone(),
+            listen: p.listen.map(|l| l.value),
+            hash: p.hash.map(|h| h.value),
+            distribution: p.distribution.map(|d| d.value),
+            auto_eject_hosts: p.auto_eject_hosts.unwrap_or(false),
+            redis: true,
+            redis_db,
+            line,
+        });
+    }
+    if out.pools.is_empty() {
+        return Err(TwemproxyError::NoRedisPools(out.skipped_pools.join(", ")));
+    }
+    Ok(out)
+}
+
+/// `host:port:weight [name]` (Twemproxy splits the address from the right, so a host name
+/// cannot contain `:`; unix socket paths are rejected: PSYNC here needs TCP).
+fn parse_server_line(s: &str) -> Result<(String, u16, u32, Option<String>), String> {
+    let mut parts = s.split_whitespace();
+    let addr = parts
+        .next()
+        .ok_or_else(|| "empty server entry (expected host:port:weight [name])".to_string())?;
+    let name = parts.next().map(str::to_string);
+    if let Some(extra) = parts.next() {
+        return Err(format!(
+            "unexpected {extra:?} in server entry {s:?} (expected host:port:weight [name])"
+        ));
+    }
+    if addr.starts_with('/') {
+        return Err(format!(
+            "unix socket backend {addr:?} is not supported (the relay connects over TCP)"
+        ));
+    }
+    let mut it = addr.rsplitn(3, ':');
+    let (w, p, h) = match (it.next(), it.next(), it.next()) {
+        (Some(w), Some(p), Some(h)) if !h.is_empty() => (w, p, h),
+        _ => return Err(format!("server entry {s:?} is not host:port:weight [name]")),
+    };
+    let port: u16 = p
+        .parse()
+        .ok()
+        .filter(|&p| p != 0)
+        .ok_or_else(|| format!("bad port {p:?} in server entry {s:?}"))?;
+    let weight: u32 = w
+        .parse()
+        .map_err(|_| format!("bad weight {w:?} in server entry {s:?} (expected an integer)"))?;
+    Ok((h.to_string(), port, weight, name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONF: &str = r#"
+alpha:
+  listen: 127.0.0.1:22121
+  hash: fnv1a_64
+  distribution: ketama
+  auto_eject_hosts: true
+  redis: true
+  server_retry_timeout: 2000
+  server_failure_limit: 1
+  servers:
+   - 127.0.0.1:6379:1
+   - 127.0.0.1:6380:1
+
+beta:
+  listen: 127.0.0.1:22122
+  hash: fnv1a_64
+  hash_tag: "{}"
+  distribution: ketama
+  auto_eject_hosts: false
+  timeout: 400
+  redis: true
+  redis_auth: "s3cret"
+  redis_db: 2
+  servers:
+   - 10.0.0.1:6379:1 server1
+   - 10.0.0.2:6379:1 server2
+   - 10.0.0.3:6379:1 server3
+
+gamma:
+  listen: 127.0.0.1:22123
+  hash: fnv1a_64
+  distribution: ketama
+  timeout: 400
+  backlog: 1024
+  preconnect: true
+  auto_eject_hosts: true
+  server_retry_timeout: 2000
+  server_failure_limit: 3
+  servers:
+   - 127.0.0.1:11212:1
+   - 127.0.0.1:11213:1
+
+delta:
+  listen: 0.0.0.0:22124
+  redis: true
+  servers:
+   - 127.0.0.1:6380:2
+   - cache-1.internal:7000:1
+"#;
+
+    #[test]
+    fn all_pools() {
+        let s = parse_config(CONF, None).unwrap();
+        let addrs: Vec<String> = s.backends.iter().map(|b| b.endpoint.to_string()).collect();
+        assert_eq!(
+            addrs,
+            vec![
+                "127.0.0.1:6379",
+                "127.0.0.1:6380",
+                "10.0.0.1:6379",
+                "10.0.0.2:6379",
+                "10.0.0.3:6379",
+                "cache-1.internal:7000"
+            ]
+        );
+        assert_eq!(s.skipped_pools, vec!["gamma"]);
+        assert_eq!(
+            s.pools.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
+            vec!["alpha", "beta", "delta"]
+        );
+        assert!(s.auto_eject_warning());
+        assert_eq!(s.auto_eject_pools(), vec!["alpha"]);
+        let b = &s.backends[2];
+        assert_eq!(b.endpoint.password.as_deref(), Some("s3cret"));
+        assert_eq!(b.endpoint.db, Some(2));
+        assert_eq!(b.name.as_deref(), Some("server1"));
+        assert_eq!(b.pool, "beta");
+        assert_eq!(s.backends[0].endpoint.password, None);
+        // 127.0.0.1:6380 appears in alpha and delta: kept once, from alpha.
+        assert_eq!(s.backends[1].pool, "alpha");
+    }
+
+    #[test]
+    fn one_pool() {
+        let s = parse_config(CONF, Some("beta")).unwrap();
+        assert_eq!(s.backends.len(), 3);
+        assert!(!s.auto_eject_warning());
+        assert_eq!(s.pools[0].hash.as_deref(), Some("fnv1a_64"));
+        assert_eq!(s.pools[0].listen.as_deref(), Some("127.0.0.1:22122"));
+        let e = parse_config(CONF, Some("nope")).unwrap_err();
+        assert!(e.to_string().contains("alpha, beta, gamma, delta"), "{e}");
+        let e = parse_config(CONF, Some("gamma")).unwrap_err();
+        assert!(matches!(e, TwemproxyError::NotRedis { .. }), "{e}");
+        assert!(e.to_string().contains("line 30"), "{e}");
+    }
+
+    #[test]
+    fn errors_name_pool_field_line() {
+        let bad = "p1:\n  redis: true\n  servers:\n   - 127.0.0.1:6379:1\n   - 127.0.0.1:x:1\n";
+        let e = parse_config(bad, None).unwrap_err();
+        assert_eq!(
+            e,
+            TwemproxyError::Field {
+                pool: "p1".into(),
+                field: "servers",
+                line: 5,
+                reason: "bad port \"x\" in server entry \"127.0.0.1:x:1\"".into()
+            }
+        );
+        let bad = "p1:\n  redis: true\n  hash: sha1\n  servers:\n   - h:1:1\n";
+        let e = parse_config(bad, None).unwrap_err().to_string();
+        assert!(
+            e.contains("\"p1\"") && e.contains("hash") && e.contains("line 3"),
+            "{e}"
+        );
+        let bad = "p1:\n  redis: true\n  distribution: round\n  servers:\n   - h:1:1\n";
+        assert!(parse_config(bad, None)
+            .unwrap_err()
+            .to_string()
+            .contains("distribution"));
+        let bad = "p1:\n  redis: true\n  listen: 1.2.3.4:5\n";
+        let e = parse_config(bad, None).unwrap_err().to_string();
+        assert!(e.contains("servers") && e.contains("missing"), "{e}");
+        let bad = "p1:\n  redis: true\n  servers:\n   - /tmp/redis.sock:1\n";
+        assert!(parse_config(bad, None)
+            .unwrap_err()
+            .to_string()
+            .contains("unix socket"));
+        let bad = "p1:\n  redis: true\n  servers:\n   - h:6379\n";
+        assert!(parse_config(bad, None)
+            .unwrap_err()
+            .to_string()
+            .contains("host:port:weight"));
+        let bad = "p1:\n  redis: true\n  redis_db: -1\n  servers:\n   - h:1:1\n";
+        assert!(parse_config(bad, None)
+            .unwrap_err()
+            .to_string()
+            .contains("redis_db"));
+        let bad = "p1:\n  redis: true\n  servers: [\n";
+        assert!(matches!(
+            parse_config(bad, None).unwrap_err(),
+            TwemproxyError::Yaml(_)
+        ));
+        let conflict = "a:\n  redis: true\n  redis_auth: x\n  servers:\n   - h:1:1\nb:\n  redis: true\n  servers:\n   - h:1:1\n";
+        let e = parse_config(conflict, None).unwrap_err();
+        assert!(
+            matches!(e, TwemproxyError::ConflictingAuth { line: 9, .. }),
+            "{e}"
+        );
+        let only_mc = "m:\n  servers:\n   - h:1:1\n";
+        assert!(matches!(
+            parse_config(only_mc, None).unwrap_err(),
+            TwemproxyError::NoRedisPools(_)
+        ));
+    }
+
+    #[test]
+    fn load_from_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("nutcracker.yml");
+        std::fs::write(&p, CONF).unwrap();
+        assert_eq!(load_config(&p, Some("alpha")).unwrap().backends.len(), 2);
+        assert!(matches!(
+            load_config(&dir.path().join("missing.yml"), None).unwrap_err(),
+            TwemproxyError::Io { .. }
+        ));
+    }
+}

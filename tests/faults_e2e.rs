@@ -1,0 +1,208 @@
+//! Faults with real processes, each under non-idempotent traffic, ending with an exact
+//! comparison: the target unreachable for seconds (writers retry, the spool absorbs the
+//! stream), the source connection cut (partial resync, no full sync), a silent (stalled)
+//! master past the replication timeout, and target error replies counted and logged.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis_relay::endpoint::Endpoint;
+use redis_relay::verify::{verify, VerifyOptions};
+use support::fault_proxy::FaultProxy;
+use support::{wait_until, Client, RedisServer, Relay};
+
+fn traffic(mut c: Client, stop: Arc<AtomicBool>) -> u64 {
+    let mut i = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let cmds: Vec<Vec<String>> = vec![
+            vec!["RPUSH".into(), format!("l:{}", i % 31), i.to_string()],
+            vec!["INCRBY".into(), format!("c:{}", i % 13), "3".into()],
+            vec!["APPEND".into(), format!("a:{}", i % 7), format!("{i},")],
+            vec![
+                "HINCRBYFLOAT".into(),
+                "hf".into(),
+                format!("f{}", i % 5),
+                "0.25".into(),
+            ],
+        ];
+        for r in c.pipeline(&cmds) {
+            assert!(!r.is_error(), "{r:?}");
+        }
+        i += 1;
+        if i % 20 == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    i
+}
+
+fn assert_equal(sources: &[&RedisServer], target: &RedisServer, log: &str) {
+    let eps: Vec<Endpoint> = sources
+        .iter()
+        .map(|s| Endpoint::parse(&s.addr()).unwrap())
+        .collect();
+    let report = verify(
+        &eps,
+        &Endpoint::parse(&target.addr()).unwrap(),
+        &VerifyOptions {
+            recheck_rounds: 10,
+            ..VerifyOptions::default()
+        },
+    )
+    .expect("verify runs");
+    assert!(report.is_equal(), "target differs:\n{report}\nlog:\n{log}");
+}
+
+fn stat(m: &RedisServer, field: &str) -> i64 {
+    m.client()
+        .info_field("stats", field)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(-1)
+}
+
+#[test]
+fn target_unreachable_then_back_loses_nothing() {
+    let master = RedisServer::start(&["repl-diskless-sync no"]);
+    let target = RedisServer::start(&[]);
+    let to_target = FaultProxy::start(target.port);
+    let state = tempfile::tempdir().unwrap();
+    let mut relay = Relay::start_sync(
+        &[
+            "--source".into(),
+            master.url(),
+            "--target".into(),
+            format!("redis://127.0.0.1:{}", to_target.port),
+            "--state-dir".into(),
+            state.path().display().to_string(),
+        ],
+        state.path(),
+    );
+    let src = master.addr();
+    assert!(wait_until(Duration::from_secs(30), || relay
+        .metric("redis_relay_snapshot_done", &src)
+        == Some(1.0)));
+    let stop = Arc::new(AtomicBool::new(false));
+    let t = {
+        let (c, s) = (master.client(), stop.clone());
+        std::thread::spawn(move || traffic(c, s))
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    to_target.cut();
+    std::thread::sleep(Duration::from_secs(4));
+    // The source link stayed up meanwhile (no reconnect, no full sync).
+    assert_eq!(relay.metric("redis_relay_connected", &src), Some(1.0));
+    to_target.up();
+    std::thread::sleep(Duration::from_millis(800));
+    stop.store(true, Ordering::Relaxed);
+    assert!(t.join().unwrap() > 50);
+    assert_equal(&[&master], &target, &relay.log_text());
+    let log = relay.log_text();
+    assert!(
+        log.contains("connection lost"),
+        "log names the target fault:\n{log}"
+    );
+    assert_eq!(stat(&master, "sync_full"), 1, "{log}");
+    let (code, _) = relay.terminate(Duration::from_secs(10));
+    assert_eq!(code, Some(0), "{}", relay.log_text());
+}
+
+#[test]
+fn source_cut_and_stall_resume_partially() {
+    // A backlog that covers the outages (the default 1 MB does not, at this write rate).
+    let master = RedisServer::start(&["repl-diskless-sync no", "repl-backlog-size 128mb"]);
+    let target = RedisServer::start(&[]);
+    let to_master = FaultProxy::start(master.port);
+    let state = tempfile::tempdir().unwrap();
+    let src = format!("127.0.0.1:{}", to_master.port);
+    let mut relay = Relay::start_sync(
+        &[
+            "--source".into(),
+            format!("redis://{src}"),
+            "--target".into(),
+            target.url(),
+            "--state-dir".into(),
+            state.path().display().to_string(),
+            "--repl-timeout".into(),
+            "2".into(),
+        ],
+        state.path(),
+    );
+    assert!(wait_until(Duration::from_secs(30), || relay
+        .metric("redis_relay_snapshot_done", &src)
+        == Some(1.0)));
+    let stop = Arc::new(AtomicBool::new(false));
+    let t = {
+        let (c, s) = (master.client(), stop.clone());
+        std::thread::spawn(move || traffic(c, s))
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    // A dropped connection.
+    to_master.cut();
+    std::thread::sleep(Duration::from_millis(700));
+    to_master.up();
+    std::thread::sleep(Duration::from_secs(1));
+    // A silent master (half-open link): the relay gives up after --repl-timeout and resumes.
+    to_master.stall(true);
+    std::thread::sleep(Duration::from_secs(3));
+    to_master.stall(false);
+    to_master.cut();
+    to_master.up();
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::Relaxed);
+    assert!(t.join().unwrap() > 50);
+    let log = relay.log_text();
+    assert_equal(&[&master], &target, &log);
+    assert_eq!(stat(&master, "sync_full"), 1, "no new full sync:\n{log}");
+    assert!(
+        stat(&master, "sync_partial_ok") >= 2,
+        "partial resyncs:\n{log}"
+    );
+    let (code, _) = relay.terminate(Duration::from_secs(10));
+    assert_eq!(code, Some(0), "{}", relay.log_text());
+}
+
+#[test]
+fn target_error_replies_are_counted_and_logged() {
+    let master = RedisServer::start(&["repl-diskless-sync no"]);
+    let target = RedisServer::start(&[]);
+    let state = tempfile::tempdir().unwrap();
+    let mut relay = Relay::start_sync(
+        &[
+            "--source".into(),
+            master.url(),
+            "--target".into(),
+            target.url(),
+            "--state-dir".into(),
+            state.path().display().to_string(),
+        ],
+        state.path(),
+    );
+    let src = master.addr();
+    assert!(wait_until(Duration::from_secs(30), || relay
+        .metric("redis_relay_snapshot_done", &src)
+        == Some(1.0)));
+    // A key of another type on the target only: the master's RPUSH is a WRONGTYPE there.
+    target.client().cmd(&["SET", "clash", "string"]);
+    let mut m = master.client();
+    m.cmd(&["RPUSH", "clash", "x"]);
+    m.cmd(&["SET", "after", "1"]);
+    assert!(wait_until(Duration::from_secs(10), || relay
+        .metric("redis_relay_target_errors_total", &src)
+        == Some(1.0)));
+    assert!(wait_until(Duration::from_secs(5), || target
+        .client()
+        .cmd(&["GET", "after"])
+        .as_text()
+        .as_deref()
+        == Some("1")));
+    let log = relay.log_text();
+    assert!(
+        log.contains("WRONGTYPE") && log.contains("\"RPUSH\" \"clash\""),
+        "{log}"
+    );
+    let (code, _) = relay.terminate(Duration::from_secs(10));
+    assert_eq!(code, Some(0));
+}

@@ -1,0 +1,181 @@
+//! Restarts lose nothing and double nothing: the relay is SIGKILLed at random points under
+//! heavy non-idempotent traffic (list pushes and pops, INCRBY, APPEND, HINCRBYFLOAT, SADD/SREM,
+//! ZINCRBY, short TTLs) and restarted with the same state dir. No master may count a new full
+//! sync, and the target must equal the union of the masters exactly.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis_relay::endpoint::Endpoint;
+use redis_relay::verify::{verify, VerifyOptions};
+use support::{wait_until, Client, Nutcracker, RedisServer, Relay};
+
+fn b(words: &[String]) -> Vec<Vec<u8>> {
+    words.iter().map(|w| w.as_bytes().to_vec()).collect()
+}
+
+/// Mixed non-idempotent writes through nutcracker until `stop`.
+fn traffic(mut c: Client, stop: Arc<AtomicBool>, done: Arc<AtomicU64>, seed: u64) {
+    let mut i = seed;
+    while !stop.load(Ordering::Relaxed) {
+        let k = i % 97;
+        let cmds: Vec<Vec<Vec<u8>>> = vec![
+            b(&["RPUSH".into(), format!("list:{k}"), format!("{i}")]),
+            b(&[
+                "INCRBY".into(),
+                format!("ctr:{k}"),
+                format!("{}", i % 7 + 1),
+            ]),
+            b(&["APPEND".into(), format!("app:{}", k % 13), format!("{i},")]),
+            b(&[
+                "HINCRBYFLOAT".into(),
+                format!("hf:{}", k % 11),
+                "f".into(),
+                "0.5".into(),
+            ]),
+            b(&[
+                "SADD".into(),
+                format!("set:{}", k % 17),
+                format!("{}", i % 50),
+            ]),
+            b(&[
+                "SREM".into(),
+                format!("set:{}", k % 17),
+                format!("{}", (i + 25) % 50),
+            ]),
+            b(&[
+                "ZINCRBY".into(),
+                format!("z:{}", k % 5),
+                "1.5".into(),
+                format!("m{}", i % 9),
+            ]),
+            b(&[
+                "SET".into(),
+                format!("short:{}", i % 200),
+                "x".into(),
+                "PX".into(),
+                "700".into(),
+            ]),
+            b(&["LPOP".into(), format!("list:{}", (k + 1) % 97)]),
+        ];
+        for r in c.pipeline(&cmds) {
+            assert!(!r.is_error(), "{r:?}");
+        }
+        done.fetch_add(1, Ordering::Relaxed);
+        i += 1;
+        if i % 50 == 0 {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
+
+fn sync_full(m: &RedisServer) -> i64 {
+    m.client()
+        .info_field("stats", "sync_full")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(-1)
+}
+
+#[test]
+fn sigkill_under_traffic_loses_and_doubles_nothing() {
+    let a = RedisServer::start(&["repl-diskless-sync no", "repl-backlog-size 64mb"]);
+    let bm = RedisServer::start(&[
+        "repl-diskless-sync yes",
+        "repl-diskless-sync-delay 0",
+        "repl-backlog-size 64mb",
+    ]);
+    let target = RedisServer::start(&[]);
+    let proxy = Nutcracker::start(&[a.addr(), bm.addr()]);
+    let state = tempfile::tempdir().unwrap();
+    let args = vec![
+        "--twemproxy".to_string(),
+        proxy.config_path.display().to_string(),
+        "--target".into(),
+        target.url(),
+        "--state-dir".into(),
+        state.path().display().to_string(),
+    ];
+    let sources = [a.addr(), bm.addr()];
+    let mut relay = Relay::start_sync(&args, state.path());
+    assert!(
+        wait_until(Duration::from_secs(60), || sources
+            .iter()
+            .all(|s| relay.metric("redis_relay_snapshot_done", s) == Some(1.0))),
+        "first sync: {}",
+        relay.log_text()
+    );
+    let full_before = (sync_full(&a), sync_full(&bm));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let workers: Vec<_> = (0..2)
+        .map(|n| {
+            let (c, s, d) = (proxy.client(), stop.clone(), done.clone());
+            std::thread::spawn(move || traffic(c, s, d, n * 1_000_000))
+        })
+        .collect();
+
+    // Kill at pseudo-random points, keep writing for a second, restart.
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut logs = String::new();
+    for round in 0..4 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        std::thread::sleep(Duration::from_millis(300 + seed % 1200));
+        relay.kill();
+        logs.push_str(&format!("--- run {round}\n{}", relay.log_text()));
+        std::thread::sleep(Duration::from_secs(1));
+        relay = Relay::start_sync(&args, state.path());
+        assert!(
+            wait_until(Duration::from_secs(30), || sources
+                .iter()
+                .all(|s| relay.metric("redis_relay_snapshot_done", s) == Some(1.0))),
+            "restart {round} did not resume: {}",
+            relay.log_text()
+        );
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.join().unwrap();
+    }
+    assert!(done.load(Ordering::Relaxed) > 100, "traffic ran");
+    // Let the short TTLs run out on both sides.
+    std::thread::sleep(Duration::from_millis(1500));
+
+    let eps: Vec<Endpoint> = sources
+        .iter()
+        .map(|s| Endpoint::parse(s).unwrap())
+        .collect();
+    let report = verify(
+        &eps,
+        &Endpoint::parse(&target.addr()).unwrap(),
+        &VerifyOptions {
+            recheck_rounds: 10,
+            ..VerifyOptions::default()
+        },
+    )
+    .expect("verify runs");
+    logs.push_str(&relay.log_text());
+    assert!(
+        report.is_equal(),
+        "target differs:\n{report}\nlogs:\n{logs}"
+    );
+    assert_eq!(
+        (sync_full(&a), sync_full(&bm)),
+        full_before,
+        "a restart caused a full sync; logs:\n{logs}"
+    );
+    let (code, took) = relay.terminate(Duration::from_secs(10));
+    assert_eq!(
+        code,
+        Some(0),
+        "exit after SIGTERM; log:\n{}",
+        relay.log_text()
+    );
+    assert!(took < Duration::from_secs(10));
+}
