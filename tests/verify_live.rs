@@ -223,6 +223,15 @@ fn many_small_keys_read_fast() {
         (0..n).filter(|i| i % 7 == 0).count()
     );
     assert!(rate > 2000.0, "only {rate:.0} keys/s");
+
+    // verify() of the server against itself: both sides read, every key equal.
+    let ep = endpoint(&server);
+    let r = verify(std::slice::from_ref(&ep), &ep, &VerifyOptions::default()).unwrap();
+    eprintln!("verify of {n} keys against themselves: {r}");
+    assert!(r.is_equal(), "{r}");
+    assert_eq!(r.compare.dbs[&0].left_keys, n as u64);
+    assert_eq!(r.compare.dbs[&0].right_keys, n as u64);
+    assert_eq!(r.keys_read, 2 * n as u64);
 }
 
 fn load(server: &RedisServer, cmds: &[&[&str]]) {
