@@ -101,8 +101,11 @@ pub fn restore_file(
     let summary = match result {
         Ok(s) => s,
         Err(e) => {
-            // Let what was sent settle, but report the file's error.
+            // Let what was sent settle, but report the file's error. The dispatcher holds
+            // senders of the pool: it must be gone before `finish`, whose writers only stop
+            // once every sender is dropped.
             let _ = dispatcher.flush();
+            drop(dispatcher);
             pool.abort();
             let _ = pool.finish();
             drop(reporter);

@@ -13,6 +13,13 @@
 //! 300,000-element value. A key that changes type or vanishes between two rounds is read again
 //! from the start (a few times) instead of producing a value stitched from two states.
 //!
+//! What a read of a busy server can and cannot promise: the commands of one round go out in one
+//! write and Redis normally runs them back to back (one read of its query buffer), so a value
+//! read in one round (up to 64 windows, i.e. 64,000 elements by default) is a consistent
+//! snapshot. A bigger value spans rounds; a change of its length between rounds is detected
+//! (and the key read again), but a list rotated at constant length is not. `verify` re-reads
+//! differing keys for that reason.
+//!
 //! Only plain RESP2 commands are sent on a plain connection: no `HELLO`, no `CLIENT SETINFO`
 //! (some proxies and old servers refuse them).
 
@@ -214,11 +221,14 @@ enum Req {
     Encoding,
     Get,
     Llen,
-    Lrange,
+    /// A window, with the number of elements it must hold when the length is known.
+    Lrange(Option<usize>),
     Smembers,
+    /// SCARD/HLEN next to the first scan page: the pages must add up to it.
+    Card,
     Sscan,
     Zcard,
-    Zrange,
+    Zrange(Option<usize>),
     Hgetall,
     Hscan,
     FieldTtl(Vec<Bytes>),
@@ -251,11 +261,14 @@ struct GroupInfo {
     pending: u64,
     last_delivered_id: String,
     entries_read: Option<J>,
-    /// From FULL or XPENDING: (id, consumer, delivery_count, delivery_time_ms).
-    pel: Option<Vec<(String, Bytes, i64, Option<i64>)>>,
+    /// From FULL or XPENDING.
+    pel: Option<Vec<PelEntry>>,
     /// (name, pel ids, seen_time, active_time).
     consumers: Option<Vec<ConsumerInfo>>,
 }
+
+/// (id, consumer, delivery count, delivery time in ms: only from `XINFO STREAM FULL`).
+type PelEntry = (String, Bytes, i64, Option<i64>);
 
 #[derive(Debug, Default, Clone)]
 struct ConsumerInfo {
@@ -384,12 +397,11 @@ impl KeyRead {
         match ty.as_str() {
             "string" => out.push((Req::Get, cmd(&[b"GET", k]))),
             "list" | "zset" => {
-                let (len_cmd, range_cmd, len_req, range_req): (&[u8], &[u8], Req, Req) =
-                    if ty == "list" {
-                        (b"LLEN", b"LRANGE", Req::Llen, Req::Lrange)
-                    } else {
-                        (b"ZCARD", b"ZRANGE", Req::Zcard, Req::Zrange)
-                    };
+                let (len_cmd, range_cmd, len_req): (&[u8], &[u8], Req) = if ty == "list" {
+                    (b"LLEN", b"LRANGE", Req::Llen)
+                } else {
+                    (b"ZCARD", b"ZRANGE", Req::Zcard)
+                };
                 let total = match self.len {
                     None => {
                         out.push((len_req, cmd(&[len_cmd, k])));
@@ -403,10 +415,16 @@ impl KeyRead {
                     let stop = (start + w).min(total) - 1;
                     let (s, e) = (start.to_string(), stop.to_string());
                     let mut c = cmd(&[range_cmd, k, s.as_bytes(), e.as_bytes()]);
-                    if ty == "zset" {
+                    // Once the length is known every window must come back full; a short one
+                    // means the value shrank since.
+                    let must = self.len.map(|_| stop + 1 - start);
+                    let req = if ty == "zset" {
                         c.push(Bytes::from_static(b"WITHSCORES"));
-                    }
-                    out.push((range_req.clone(), c));
+                        Req::Zrange(must)
+                    } else {
+                        Req::Lrange(must)
+                    };
+                    out.push((req, c));
                     start = stop + 1;
                     windows += 1;
                 }
@@ -423,6 +441,10 @@ impl KeyRead {
                     if whole {
                         out.push((all_req, cmd(&[all, k])));
                     } else {
+                        if !self.scan_started {
+                            let card: &[u8] = if ty == "set" { b"SCARD" } else { b"HLEN" };
+                            out.push((Req::Card, cmd(&[card, k])));
+                        }
                         let cur = self
                             .cursor
                             .clone()
@@ -544,6 +566,10 @@ impl KeyRead {
                 Reply::Bulk(Some(b)) => self.string = Some(b.clone()),
                 _ => return Err(unstable("GET", r)),
             },
+            Req::Card => {
+                let n = r.as_int().ok_or_else(|| unstable("SCARD/HLEN", r))?;
+                self.len = Some(n.max(0) as usize);
+            }
             Req::Llen | Req::Zcard => {
                 let n = r.as_int().ok_or_else(|| unstable("LLEN/ZCARD", r))?;
                 if n <= 0 {
@@ -554,15 +580,21 @@ impl KeyRead {
                     self.next_index = n as usize;
                 }
             }
-            Req::Lrange => {
+            Req::Lrange(must) => {
                 let items = array_of(r).ok_or_else(|| unstable("LRANGE", r))?;
+                if must.is_some_and(|n| n != items.len()) {
+                    return Err(Unstable("the list changed while read".into()));
+                }
                 for i in items {
                     self.list
                         .push(bytes_of(i).ok_or_else(|| unstable("LRANGE", r))?);
                 }
             }
-            Req::Zrange => {
+            Req::Zrange(must) => {
                 let items = array_of(r).ok_or_else(|| unstable("ZRANGE", r))?;
+                if must.is_some_and(|n| 2 * n != items.len()) {
+                    return Err(Unstable("the zset changed while read".into()));
+                }
                 for pair in items.chunks(2) {
                     let [m, s] = pair else {
                         return Err(unstable("ZRANGE", r));
@@ -839,6 +871,14 @@ impl KeyRead {
             ))),
             Some("zset") if self.len != Some(self.zset.len()) => {
                 Err(Unstable("zset changed while read".into()))
+            }
+            // SSCAN/HSCAN pages taken from two states of a value do not add up to its size
+            // (SCARD/HLEN are only asked where SCAN is used).
+            Some("set") if self.len.is_some_and(|n| n != self.set.len()) => {
+                Err(Unstable("set changed while read".into()))
+            }
+            Some("hash") if self.len.is_some_and(|n| n != self.hash.len()) => {
+                Err(Unstable("hash changed while read".into()))
             }
             Some("stream") => {
                 let declared = self
@@ -1251,6 +1291,15 @@ impl LiveReader {
                 }
                 batch.clear();
                 kr.requests(&facts, window, &mut batch);
+                if batch.is_empty() {
+                    // Nothing left to ask, yet incomplete: what was read does not add up
+                    // (e.g. windows of a list that was replaced meanwhile). Start over.
+                    kr.restart(Unstable("the value changed while read".into()));
+                    if kr.finished() {
+                        continue;
+                    }
+                    kr.requests(&facts, window, &mut batch);
+                }
                 for (req, c) in batch.drain(..) {
                     owners.push((i, req));
                     cmds.push(c);

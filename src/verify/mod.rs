@@ -8,6 +8,10 @@
 //! [`VerifyOptions::recheck_delay`], up to [`VerifyOptions::recheck_rounds`] times, and only
 //! what still differs is reported. Keys under the relay's own prefix (`redis-relay:`) are not
 //! data and are left out on both sides.
+//!
+//! Memory: the names of the keys of one database (of the sources) are held while that database
+//! is compared, to find the target's extra keys and to compare a key SCAN returns twice only
+//! once; values are held one SCAN page at a time.
 
 pub mod compare;
 pub mod live;
