@@ -36,7 +36,7 @@ fn classify(ep: &Endpoint, e: &TargetError, role: &str) -> ConnectFailure {
         "--source (or the pool's redis_auth in the Twemproxy config)"
     };
     match e {
-        TargetError::Connect { source, .. } => {
+        TargetError::Connect { cause: source, .. } => {
             let refused = source.kind() == std::io::ErrorKind::ConnectionRefused;
             let message = if refused {
                 format!("connection refused ({source})")
@@ -56,7 +56,7 @@ fn classify(ep: &Endpoint, e: &TargetError, role: &str) -> ConnectFailure {
                 fix,
             }
         }
-        TargetError::Io { what, source, .. } => {
+        TargetError::Io { what, cause: source, .. } => {
             let reset = matches!(
                 source.kind(),
                 std::io::ErrorKind::ConnectionReset

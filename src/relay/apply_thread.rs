@@ -27,7 +27,7 @@ pub enum Output {
     /// The Redis target, through the writer pool.
     Target {
         dispatcher: Dispatcher,
-        apply: ApplyOptions,
+        apply: Box<ApplyOptions>,
     },
     /// A program's own sink.
     Sink(Box<dyn EventSink>),
@@ -247,7 +247,7 @@ fn full_resync(
         Output::Target {
             dispatcher, apply, ..
         } => {
-            let mut snap = SnapshotApply::new(apply.clone(), off);
+            let mut snap = SnapshotApply::new((**apply).clone(), off);
             let r = parser.run(|ev| snap.on_event(ev, dispatcher).map_err(|e| e.into()));
             if r.is_ok() {
                 let s = &snap.stats;

@@ -239,7 +239,7 @@ impl RelayBuilder {
                 (_, Some(f)) => Output::Sink(f(&name)),
                 (Some(p), None) => Output::Target {
                     dispatcher: Dispatcher::new(p.handle(), tracker.clone()),
-                    apply: apply_opts.clone().expect("apply options with a target"),
+                    apply: Box::new(apply_opts.clone().expect("apply options with a target")),
                 },
                 (None, None) => unreachable!("checked above"),
             };

@@ -59,16 +59,18 @@ pub struct TargetConn {
 
 #[derive(Debug, thiserror::Error)]
 pub enum TargetError {
-    #[error("target {target}: cannot connect: {source}")]
+    // The cause is part of the message (not a `source`), so that `{e}` and `{e:#}` both
+    // print it once.
+    #[error("target {target}: cannot connect: {cause}")]
     Connect {
         target: String,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-    #[error("target {target}: {what}: {source}")]
+    #[error("target {target}: {what}: {cause}")]
     Io {
         target: String,
         what: &'static str,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("target {target}: {command} failed: {reply}")]
     Refused {
@@ -86,7 +88,7 @@ impl TargetConn {
             .to_socket_addrs()
             .map_err(|source| TargetError::Connect {
                 target: target.clone(),
-                source,
+                cause: source,
             })?;
         let mut last = None;
         let mut stream = None;
@@ -101,12 +103,12 @@ impl TargetConn {
         }
         let stream = stream.ok_or_else(|| TargetError::Connect {
             target: target.clone(),
-            source: last.unwrap_or_else(|| std::io::ErrorKind::AddrNotAvailable.into()),
+            cause: last.unwrap_or_else(|| std::io::ErrorKind::AddrNotAvailable.into()),
         })?;
         let io = |what, source| TargetError::Io {
             target: target.clone(),
             what,
-            source,
+            cause: source,
         };
         stream
             .set_nodelay(true)
