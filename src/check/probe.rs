@@ -56,7 +56,11 @@ fn classify(ep: &Endpoint, e: &TargetError, role: &str) -> ConnectFailure {
                 fix,
             }
         }
-        TargetError::Io { what, cause: source, .. } => {
+        TargetError::Io {
+            what,
+            cause: source,
+            ..
+        } => {
             let reset = matches!(
                 source.kind(),
                 std::io::ErrorKind::ConnectionReset
