@@ -389,16 +389,13 @@ impl Writer {
                 },
             };
             if !resend.is_empty() {
-                match self.settle(&mut c, std::mem::take(&mut resend)) {
-                    Ok(left) => resend = left,
-                    Err(e) => {
-                        tracing::warn!(
-                            writer = self.w,
-                            "target {}: checking records after a reconnect failed: {e}",
-                            self.target
-                        );
-                        continue;
-                    }
+                if let Err(e) = self.settle(&mut c, &mut resend) {
+                    tracing::warn!(
+                        writer = self.w,
+                        "target {}: checking records after a reconnect failed: {e}",
+                        self.target
+                    );
+                    continue;
                 }
             }
             match self.connection(c, std::mem::take(&mut resend)) {
@@ -438,31 +435,32 @@ impl Writer {
     }
 
     /// Acknowledge the batches the target applied before the connection broke (their record
-    /// says so); return the others, in order, to be sent again.
-    fn settle(&self, c: &mut TargetConn, batches: Vec<Batch>) -> std::io::Result<Vec<Batch>> {
+    /// says so) and remove them from `batches`; the others stay, in order, to be sent again.
+    /// On an error nothing is removed.
+    fn settle(&self, c: &mut TargetConn, batches: &mut Vec<Batch>) -> std::io::Result<()> {
         c.call(&["SELECT", "0"])?;
-        let mut left = Vec::new();
-        for batch in batches {
-            let applied = match &batch.bookkeeping {
-                Some(book) => {
-                    let value = c.call(&[&b"GET"[..], &book.key])?.as_text();
-                    let want = String::from_utf8_lossy(&book.value).into_owned();
-                    value.is_some_and(|v| record_covers(&v, &want))
-                }
-                None => false,
+        let mut applied = 0;
+        for batch in batches.iter() {
+            // Batches apply in order: the first one not applied ends the applied prefix.
+            let Some(book) = &batch.bookkeeping else {
+                break;
             };
-            if applied && left.is_empty() {
-                let cmds: u64 = batch.ops.iter().map(|o| o.replies as u64).sum();
-                batch
-                    .tracker
-                    .commands_applied
-                    .fetch_add(cmds, Ordering::Relaxed);
-                batch.tracker.acknowledged(self.w);
-            } else {
-                left.push(batch);
+            let value = c.call(&[&b"GET"[..], &book.key])?.as_text();
+            let want = String::from_utf8_lossy(&book.value);
+            if !value.is_some_and(|v| record_covers(&v, &want)) {
+                break;
             }
+            applied += 1;
         }
-        Ok(left)
+        for batch in batches.drain(..applied) {
+            let cmds: u64 = batch.ops.iter().map(|o| o.replies as u64).sum();
+            batch
+                .tracker
+                .commands_applied
+                .fetch_add(cmds, Ordering::Relaxed);
+            batch.tracker.acknowledged(self.w);
+        }
+        Ok(())
     }
 
     /// Pipeline batches over one connection until it breaks or the input closes.
@@ -797,4 +795,30 @@ pub fn describe_command(payload: &[u8], index: usize) -> String {
         i += 1;
     }
     "<unknown command>".into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_cover_earlier_batches_of_the_same_run_only() {
+        let have = "abc 500 run1 7";
+        assert!(record_covers(have, "abc 400 run1 6"));
+        assert!(record_covers(have, "abc 500 run1 7"));
+        assert!(!record_covers(have, "abc 600 run1 8"));
+        assert!(
+            !record_covers(have, "abc 400 run2 3"),
+            "another process's sequence"
+        );
+        assert!(!record_covers("garbage", "abc 400 run1 3"));
+    }
+
+    #[test]
+    fn describes_the_nth_command() {
+        let mut b = BytesMut::new();
+        encode_command(&mut b, &["SET", "k", "v"]);
+        encode_command(&mut b, &["RPUSH", "list", "a", "b", "c"]);
+        assert_eq!(describe_command(&b, 1), "\"RPUSH\" \"list\" \"a\" ...");
+    }
 }
