@@ -26,16 +26,26 @@ fn main() -> anyhow::Result<()> {
         .sink(|_source| {
             Box::new(|ev: RelayEvent| {
                 match ev {
-                    RelayEvent::FullResync { source, replid, offset } => {
+                    RelayEvent::FullResync {
+                        source,
+                        replid,
+                        offset,
+                    } => {
                         println!("# {source}: full resync {replid} at {offset:?}")
                     }
-                    RelayEvent::Snapshot { event: Event::Entry(e), .. } => println!(
+                    RelayEvent::Snapshot {
+                        event: Event::Entry(e),
+                        ..
+                    } => println!(
                         "snapshot db={} key={:?} type={}",
                         e.meta.db,
                         String::from_utf8_lossy(&e.meta.key),
                         e.meta.key_type.name()
                     ),
-                    RelayEvent::Snapshot { event: Event::BigStart(m), .. } => println!(
+                    RelayEvent::Snapshot {
+                        event: Event::BigStart(m),
+                        ..
+                    } => println!(
                         "snapshot db={} key={:?} type={} (big, in chunks)",
                         m.db,
                         String::from_utf8_lossy(&m.key),
@@ -43,7 +53,9 @@ fn main() -> anyhow::Result<()> {
                     ),
                     RelayEvent::Snapshot { .. } => {}
                     RelayEvent::SnapshotEnd { source } => println!("# {source}: snapshot done"),
-                    RelayEvent::Command { db, offset, args, .. } => {
+                    RelayEvent::Command {
+                        db, offset, args, ..
+                    } => {
                         let words: Vec<String> = args
                             .iter()
                             .map(|a| String::from_utf8_lossy(a).into_owned())

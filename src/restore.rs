@@ -101,9 +101,11 @@ pub fn restore_file(
     let summary = match result {
         Ok(s) => s,
         Err(e) => {
-            // Let what was sent settle, but report the file's error.
+            // Let what was sent settle, but report the file's error. The dispatcher holds
+            // senders of the pool: drop it first, or the writers never see their inputs close
+            // and `finish` waits forever.
             let _ = dispatcher.flush();
-            pool.abort();
+            drop(dispatcher);
             let _ = pool.finish();
             drop(reporter);
             return Err(anyhow::anyhow!("{}: {e}", path.display()));
