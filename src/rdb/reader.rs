@@ -425,6 +425,30 @@ pub(crate) fn fmt_i64(v: i64, buf: &mut [u8; 20]) -> &[u8] {
     &buf[i..]
 }
 
+/// Integers below this are shared static strings (no allocation per compact-encoded element).
+const SMALL_INTS: usize = 10_000;
+
+fn small_ints() -> &'static [Bytes] {
+    static TABLE: std::sync::OnceLock<Box<[Bytes]>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        let text: &'static mut String = Box::leak(Box::new(String::new()));
+        let mut ends = Vec::with_capacity(SMALL_INTS);
+        for i in 0..SMALL_INTS {
+            text.push_str(&i.to_string());
+            ends.push(text.len());
+        }
+        let text: &'static str = text;
+        let mut start = 0;
+        ends.into_iter()
+            .map(|e| {
+                let b = Bytes::from_static(&text.as_bytes()[start..e]);
+                start = e;
+                b
+            })
+            .collect()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -461,28 +485,4 @@ mod tests {
         assert_eq!(r.array::<2>().unwrap(), [2, 3]);
         assert_eq!(r.get_ref().1, 3);
     }
-}
-
-/// Integers below this are shared static strings (no allocation per compact-encoded element).
-const SMALL_INTS: usize = 10_000;
-
-fn small_ints() -> &'static [Bytes] {
-    static TABLE: std::sync::OnceLock<Box<[Bytes]>> = std::sync::OnceLock::new();
-    TABLE.get_or_init(|| {
-        let text: &'static mut String = Box::leak(Box::new(String::new()));
-        let mut ends = Vec::with_capacity(SMALL_INTS);
-        for i in 0..SMALL_INTS {
-            text.push_str(&i.to_string());
-            ends.push(text.len());
-        }
-        let text: &'static str = text;
-        let mut start = 0;
-        ends.into_iter()
-            .map(|e| {
-                let b = Bytes::from_static(&text.as_bytes()[start..e]);
-                start = e;
-                b
-            })
-            .collect()
-    })
 }

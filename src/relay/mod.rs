@@ -66,10 +66,13 @@ pub struct RelayConfig {
     pub repl_timeout: Duration,
 }
 
+/// Makes the event sink of each source (by source name).
+type SinkFactory = Box<dyn FnMut(&str) -> Box<dyn EventSink> + Send>;
+
 /// Builder of a relay.
 pub struct RelayBuilder {
     cfg: RelayConfig,
-    sink_factory: Option<Box<dyn FnMut(&str) -> Box<dyn EventSink> + Send>>,
+    sink_factory: Option<SinkFactory>,
 }
 
 impl Default for RelayBuilder {

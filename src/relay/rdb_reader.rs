@@ -54,10 +54,7 @@ impl Read for SpoolRdbReader {
                 return Ok(0);
             }
             if self.stop.load(Ordering::Acquire) {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::Other,
-                    "shutting down during the snapshot",
-                ));
+                return Err(std::io::Error::other("shutting down during the snapshot"));
             }
             match self
                 .spool
