@@ -558,7 +558,7 @@ fn run(cmd: Command, file: FileConfig) -> anyhow::Result<ExitCode> {
             let report = restore_file(&file, &target.endpoint()?, &opts)?;
             let s = &report.stats;
             eprintln!(
-                "restored {} keys from {} (RDB {}) into Redis {} in {:.2?}: {} by RESTORE, {} as commands ({} big), {} already expired, {} skipped, {} function libraries; {} commands acknowledged, {} refused",
+                "restored {} keys from {} (RDB {}) into Redis {} in {:.2?}: {} by RESTORE, {} as commands ({} big), {} already expired, {} empty, {} skipped, {} function libraries; {} commands acknowledged, {} refused",
                 s.keys,
                 file.display(),
                 report.rdb_version,
@@ -568,6 +568,7 @@ fn run(cmd: Command, file: FileConfig) -> anyhow::Result<ExitCode> {
                 s.rewritten,
                 s.big_keys,
                 s.expired_skipped,
+                s.empty_skipped,
                 s.skipped,
                 s.functions,
                 report.commands,

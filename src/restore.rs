@@ -102,11 +102,10 @@ pub fn restore_file(
         Ok(s) => s,
         Err(e) => {
             // Let what was sent settle, but report the file's error. The dispatcher holds
-            // senders of the pool: it must be gone before `finish`, whose writers only stop
-            // once every sender is dropped.
+            // senders of the pool: drop it first, or the writers never see their inputs close
+            // and `finish` waits forever.
             let _ = dispatcher.flush();
             drop(dispatcher);
-            pool.abort();
             let _ = pool.finish();
             drop(reporter);
             return Err(anyhow::anyhow!("{}: {e}", path.display()));

@@ -235,7 +235,9 @@ impl<R: Read> RdbParser<R> {
                     self.emit(emit, Event::Function(FunctionLibrary { code }))?;
                 }
                 op::FUNCTION_PRE_GA => {
-                    // 7.0 release candidates: name, engine, optional description, body.
+                    // 7.0 release candidates: name, engine, optional description, body. Redis
+                    // rebuilds the code as "#!<engine> name=<name>\n<body>", the engine name as
+                    // written (FUNCTION LIST then shows e.g. "#!LUA name=lib").
                     let name = self.r.string()?;
                     let engine = self.r.string()?;
                     if self.r.plain_len()? != 0 {
@@ -244,7 +246,7 @@ impl<R: Read> RdbParser<R> {
                     let body = self.r.string()?;
                     let mut code = Vec::with_capacity(body.len() + name.len() + 16);
                     code.extend_from_slice(b"#!");
-                    code.extend(engine.iter().map(|c| c.to_ascii_lowercase()));
+                    code.extend_from_slice(&engine);
                     code.extend_from_slice(b" name=");
                     code.extend_from_slice(&name);
                     code.push(b'\n');

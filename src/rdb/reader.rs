@@ -10,7 +10,7 @@
 
 use super::error::RdbError;
 use super::lzf;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use crc::{Crc, Digest, Table, CRC_64_REDIS};
 use std::io::Read;
 
@@ -18,6 +18,13 @@ use std::io::Read;
 pub static CRC64: Crc<u64, Table<16>> = Crc::<u64, Table<16>>::new(&CRC_64_REDIS);
 
 const BUF_SIZE: usize = 64 * 1024;
+
+/// Small strings are copied into a shared arena of this size and handed out as slices of it,
+/// instead of one allocation per string (hashtable-encoded sets, hashes and zsets are made of
+/// millions of small strings).
+const ARENA_SIZE: usize = 64 * 1024;
+/// Strings up to this size go to the arena.
+const ARENA_MAX: usize = 512;
 
 /// A decoded RDB length: a plain length, or the special-encoding selector of a string.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +60,7 @@ pub(crate) struct RdbReader<R> {
     crc_from: usize,
     rec: Option<Vec<u8>>,
     rec_from: usize,
+    arena: BytesMut,
 }
 
 impl<R: Read> RdbReader<R> {
@@ -69,6 +77,7 @@ impl<R: Read> RdbReader<R> {
             crc_from: 0,
             rec: None,
             rec_from: 0,
+            arena: BytesMut::new(),
         }
     }
 
@@ -199,9 +208,25 @@ impl<R: Read> RdbReader<R> {
     /// bytes actually arrive, so a corrupt huge length fails with EOF instead of an allocation.
     pub(crate) fn bytes(&mut self, n: u64) -> Result<Bytes, RdbError> {
         self.expect(n);
-        if n <= (self.end - self.pos) as u64 {
+        if n <= BUF_SIZE as u64 {
             let n = n as usize;
-            let b = Bytes::copy_from_slice(&self.buf[self.pos..self.pos + n]);
+            if self.end - self.pos < n {
+                // Only the guaranteed bytes were read ahead: bring the rest of this string into
+                // the buffer (one read), rather than a zeroed Vec per string.
+                self.fill(n)?;
+            }
+            let src = &self.buf[self.pos..self.pos + n];
+            let b = if n == 0 {
+                Bytes::new()
+            } else if n <= ARENA_MAX {
+                if self.arena.capacity() - self.arena.len() < n {
+                    self.arena = BytesMut::with_capacity(ARENA_SIZE);
+                }
+                self.arena.extend_from_slice(src);
+                self.arena.split().freeze()
+            } else {
+                Bytes::copy_from_slice(src)
+            };
             self.pos += n;
             return Ok(b);
         }
@@ -372,6 +397,9 @@ impl<R: Read> RdbReader<R> {
 
 /// Decimal text of an integer-encoded value as a byte string.
 pub(crate) fn int_bytes(v: i64) -> Bytes {
+    if (0..SMALL_INTS as i64).contains(&v) {
+        return small_ints()[v as usize].clone();
+    }
     let mut buf = [0u8; 20];
     let s = fmt_i64(v, &mut buf);
     Bytes::copy_from_slice(s)
@@ -395,6 +423,30 @@ pub(crate) fn fmt_i64(v: i64, buf: &mut [u8; 20]) -> &[u8] {
         buf[i] = b'-';
     }
     &buf[i..]
+}
+
+/// Integers below this are shared static strings (no allocation per compact-encoded element).
+const SMALL_INTS: usize = 10_000;
+
+fn small_ints() -> &'static [Bytes] {
+    static TABLE: std::sync::OnceLock<Box<[Bytes]>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        let text: &'static mut String = Box::leak(Box::new(String::new()));
+        let mut ends = Vec::with_capacity(SMALL_INTS);
+        for i in 0..SMALL_INTS {
+            text.push_str(&i.to_string());
+            ends.push(text.len());
+        }
+        let text: &'static str = text;
+        let mut start = 0;
+        ends.into_iter()
+            .map(|e| {
+                let b = Bytes::from_static(&text.as_bytes()[start..e]);
+                start = e;
+                b
+            })
+            .collect()
+    })
 }
 
 #[cfg(test)]

@@ -36,6 +36,11 @@ impl<W: Write> RdbWriter<W> {
         self.w.write_all(b)
     }
 
+    /// Bytes written as they are (an object type byte, a hand-made encoding), CRC included.
+    pub fn bytes(&mut self, b: &[u8]) -> io::Result<()> {
+        self.raw(b)
+    }
+
     pub fn write_len(&mut self, n: u64) -> io::Result<()> {
         if n < 64 {
             self.raw(&[n as u8])

@@ -9,7 +9,7 @@ use super::commands::CommandBuf;
 use super::rewrite::{append_expire, append_value, RewriteTarget};
 use crate::pipeline::filter::KeyFilter;
 use crate::pipeline::{Dispatcher, Op};
-use crate::rdb::{Entry, Event, KeyMeta, KeyType, Value};
+use crate::rdb::{Entry, Event, KeyMeta, KeyType, StreamId, Value};
 
 /// CRC-64/Jones as Redis computes it for RDB files and DUMP payloads.
 pub const CRC64: crc::Crc<u64, crc::Table<16>> =
@@ -66,6 +66,9 @@ pub struct ApplyStats {
     pub rewritten: u64,
     pub big_keys: u64,
     pub expired_skipped: u64,
+    /// Empty lists, sets, sorted sets and hashes (Redis skips them when it loads an RDB, and
+    /// refuses them in RESTORE).
+    pub empty_skipped: u64,
     pub skipped: u64,
     /// Keys under the relay's own prefix found in a snapshot (not copied).
     pub skipped_own: u64,
@@ -90,6 +93,8 @@ struct BigKey {
     writer: usize,
     first: bool,
     skip: bool,
+    /// The first entry id of a big stream (its chunks come before its metadata).
+    stream_first: Option<StreamId>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -195,6 +200,12 @@ impl SnapshotApply {
         if self.own_key(&entry.meta.key) {
             return Ok(());
         }
+        if is_empty_collection(&entry.value) {
+            // Redis never holds an empty collection: a loading server drops such keys
+            // ("empty keys skipped"), and RESTORE refuses them as bad data.
+            self.stats.empty_skipped += 1;
+            return Ok(());
+        }
         let Some(db) = self.map_db(entry.meta.db, &entry.meta.key) else {
             return Ok(());
         };
@@ -279,16 +290,27 @@ impl SnapshotApply {
             meta,
             writer: w,
             first: true,
+            stream_first: None,
         });
         Ok(())
     }
 
-    fn big_chunk(&mut self, value: Value, d: &mut Dispatcher) -> Result<(), ApplyError> {
+    fn big_chunk(&mut self, mut value: Value, d: &mut Dispatcher) -> Result<(), ApplyError> {
         let Some(big) = self.big.as_mut() else {
             return Ok(());
         };
         if big.skip {
             return Ok(());
+        }
+        if let Value::Stream(s) = &mut value {
+            if big.stream_first.is_none() {
+                big.stream_first = s.entries.first().map(|e| e.id);
+            }
+            if let Some(m) = s.meta.as_mut() {
+                if m.first_id.is_none() && m.entries_added.is_none() {
+                    m.first_id = big.stream_first;
+                }
+            }
         }
         let mut c = CommandBuf::new();
         if let Err(e) = append_value(&mut c, &big.meta, &value, big.first, &self.opts.rewrite) {
@@ -313,6 +335,17 @@ impl SnapshotApply {
         let mut c = CommandBuf::new();
         append_expire(&mut c, &big.meta);
         self.send(d, big.writer, big.db, &mut c)
+    }
+}
+
+/// Whether `v` is a list, set, sorted set or hash without elements (streams may be empty).
+fn is_empty_collection(v: &Value) -> bool {
+    match v {
+        Value::List(l) => l.is_empty(),
+        Value::Set(l) => l.is_empty(),
+        Value::ZSet(l) => l.is_empty(),
+        Value::Hash(l) => l.is_empty(),
+        _ => false,
     }
 }
 

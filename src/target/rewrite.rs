@@ -8,7 +8,7 @@ use bytes::Bytes;
 
 use super::commands::{format_score, CommandBuf};
 use super::connection::TargetInfo;
-use crate::rdb::{HashField, KeyMeta, StreamMeta, StreamValue, Value};
+use crate::rdb::{HashField, KeyMeta, StreamId, StreamMeta, StreamValue, Value};
 
 /// Elements per command when a collection is written as commands.
 pub const ELEMENTS_PER_COMMAND: usize = 1024;
@@ -198,7 +198,40 @@ fn append_stream(out: &mut CommandBuf, key: &[u8], s: &StreamValue, target: &Rew
         }
     }
     if let Some(meta) = &s.meta {
-        append_stream_meta(out, key, meta, target);
+        if meta.first_id.is_none() && meta.entries_added.is_none() {
+            // A stream of an RDB older than 10: give the group estimate the first entry's id.
+            let mut m = meta.clone();
+            m.first_id = s.entries.first().map(|e| e.id);
+            append_stream_meta(out, key, &m, target);
+        } else {
+            append_stream_meta(out, key, meta, target);
+        }
+    }
+}
+
+/// The `entries_read` of a consumer group that Redis 7.0+ estimates when it loads a stream of
+/// an RDB older than 10 (`streamEstimateDistanceFromFirstEverEntry`, with `entries_added` set
+/// to the length and no deleted entries): `XGROUP CREATE` without ENTRIESREAD would leave it
+/// unknown instead. `first_id` is the stream's first entry (none when it is empty).
+pub fn estimate_entries_read(
+    length: u64,
+    last_id: StreamId,
+    first_id: Option<StreamId>,
+    group_id: StreamId,
+) -> Option<i64> {
+    let added = length as i64;
+    if added == 0 {
+        return Some(0);
+    }
+    match group_id.cmp(&last_id) {
+        std::cmp::Ordering::Equal => return Some(added),
+        std::cmp::Ordering::Greater => return None,
+        std::cmp::Ordering::Less => {}
+    }
+    match group_id.cmp(&first_id.unwrap_or_default()) {
+        std::cmp::Ordering::Less => Some(0),
+        std::cmp::Ordering::Equal => Some(1),
+        std::cmp::Ordering::Greater => None,
     }
 }
 
@@ -247,7 +280,16 @@ fn append_stream_meta(out: &mut CommandBuf, key: &[u8], meta: &StreamMeta, targe
     }
     for g in &meta.groups {
         let gid = g.last_delivered_id.to_string();
-        match (target.stream_v2, g.entries_read) {
+        let mut entries_read = g.entries_read;
+        if entries_read.is_none() && meta.entries_added.is_none() {
+            entries_read = estimate_entries_read(
+                meta.length,
+                meta.last_id,
+                meta.first_id,
+                g.last_delivered_id,
+            );
+        }
+        match (target.stream_v2, entries_read) {
             (true, Some(n)) if n >= 0 => out.push(&[
                 &b"XGROUP"[..],
                 b"CREATE",
@@ -284,5 +326,78 @@ fn append_stream_meta(out: &mut CommandBuf, key: &[u8], meta: &StreamMeta, targe
                 b"JUSTID",
             ]);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rdb::{ConsumerGroup, KeyType, StreamEntry};
+
+    fn id(ms: u64, seq: u64) -> StreamId {
+        StreamId { ms, seq }
+    }
+
+    #[test]
+    fn entries_read_estimate_follows_redis() {
+        let (last, first) = (id(50, 0), Some(id(10, 0)));
+        assert_eq!(estimate_entries_read(0, id(0, 0), None, id(5, 0)), Some(0));
+        assert_eq!(estimate_entries_read(30, last, first, last), Some(30));
+        assert_eq!(estimate_entries_read(30, last, first, id(60, 0)), None);
+        assert_eq!(estimate_entries_read(30, last, first, id(0, 0)), Some(0));
+        assert_eq!(estimate_entries_read(30, last, first, id(10, 0)), Some(1));
+        assert_eq!(estimate_entries_read(30, last, first, id(20, 0)), None);
+    }
+
+    /// A stream of an RDB < 10 (no entries_added) into a 7.0+ target: a group whose last
+    /// delivered id is the stream's last id gets ENTRIESREAD = length, as Redis computes on
+    /// load (found with HDT3213/rdb cases/stream_listpacks_1.rdb: XINFO said 150, we null).
+    #[test]
+    fn old_stream_group_gets_estimated_entries_read() {
+        let entries: Vec<StreamEntry> = (1..=3)
+            .map(|i| StreamEntry {
+                id: id(i, 0),
+                fields: vec![(Bytes::from_static(b"f"), Bytes::from_static(b"v"))],
+            })
+            .collect();
+        let group = |name: &'static [u8], last| ConsumerGroup {
+            name: Bytes::from_static(name),
+            last_delivered_id: last,
+            entries_read: None,
+            pel: Vec::new(),
+            consumers: Vec::new(),
+        };
+        let v = Value::Stream(Box::new(StreamValue {
+            entries,
+            meta: Some(StreamMeta {
+                length: 3,
+                last_id: id(3, 0),
+                first_id: None,
+                max_deleted_entry_id: None,
+                entries_added: None,
+                groups: vec![group(b"all", id(3, 0)), group(b"first", id(1, 0))],
+            }),
+        }));
+        let meta = KeyMeta {
+            db: 0,
+            key: Bytes::from_static(b"s"),
+            rdb_type: crate::rdb::types::STREAM_LISTPACKS,
+            key_type: KeyType::Stream,
+            expire_ms: None,
+            idle: None,
+            freq: None,
+        };
+        let mut c = CommandBuf::new();
+        append_value(&mut c, &meta, &v, true, &RewriteTarget::newest()).unwrap();
+        let (payload, _) = c.take();
+        let text = String::from_utf8_lossy(&payload).replace("\r\n", " ");
+        assert!(
+            text.contains("CREATE $1 s $3 all $3 3-0 $11 ENTRIESREAD $1 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("CREATE $1 s $5 first $3 1-0 $11 ENTRIESREAD $1 1"),
+            "{text}"
+        );
     }
 }
