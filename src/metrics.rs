@@ -84,6 +84,15 @@ pub fn describe() {
         "redis_relay_connected",
         "1 while the replication link to the source is up"
     );
+    describe_gauge!(
+        "redis_relay_backlog_bytes",
+        Unit::Bytes,
+        "The master's repl-backlog-size"
+    );
+    describe_gauge!(
+        "redis_relay_backlog_usage_ratio",
+        "Lag bytes divided by the master's repl-backlog-size (1 = a reconnect needs a full resync)"
+    );
     describe_counter!(
         "redis_relay_acks_sent_total",
         "REPLCONF ACKs sent to the source"

@@ -281,3 +281,57 @@ fn failover_to_the_replica_continues_with_a_partial_resync() {
     let (code, _) = relay.terminate(Duration::from_secs(10));
     assert_eq!(code, Some(0), "{}", relay.log_text());
 }
+
+#[test]
+fn backlog_too_small_for_the_lag_is_warned_before_it_overflows() {
+    let master = RedisServer::start(&["repl-diskless-sync no", "repl-backlog-size 1mb"]);
+    let target = RedisServer::start(&[]);
+    let state = tempfile::tempdir().unwrap();
+    let mut relay = Relay::start_sync(
+        &[
+            "--source".into(),
+            master.url(),
+            "--target".into(),
+            target.url(),
+            "--state-dir".into(),
+            state.path().display().to_string(),
+        ],
+        state.path(),
+    );
+    let src = master.addr();
+    assert!(wait_until(Duration::from_secs(30), || relay
+        .metric("redis_relay_snapshot_done", &src)
+        == Some(1.0)));
+    assert!(
+        wait_until(Duration::from_secs(10), || relay
+            .metric("redis_relay_backlog_bytes", &src)
+            == Some(1048576.0)),
+        "backlog size read from the master: {}",
+        relay.metrics()
+    );
+    // The target stops taking writes; 700 KB arrive on the master meanwhile.
+    target.client().cmd(&["CLIENT", "PAUSE", "4000", "WRITE"]);
+    let mut m = master.client();
+    let value = "x".repeat(1000);
+    for i in 0..700 {
+        m.cmd(&["SET", &format!("k{i}"), &value]);
+    }
+    assert!(
+        wait_until(Duration::from_secs(3), || relay
+            .metric("redis_relay_backlog_usage_ratio", &src)
+            .is_some_and(|r| r >= 0.5)),
+        "usage ratio: {}",
+        relay.metrics()
+    );
+    assert!(wait_until(Duration::from_secs(3), || relay
+        .log_text()
+        .contains("CONFIG SET repl-backlog-size")));
+    // Once the target is back everything arrives.
+    assert!(wait_until(Duration::from_secs(20), || target
+        .client()
+        .cmd(&["DBSIZE"])
+        .as_int()
+        >= Some(700)));
+    let (code, _) = relay.terminate(Duration::from_secs(10));
+    assert_eq!(code, Some(0), "{}", relay.log_text());
+}

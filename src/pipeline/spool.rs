@@ -236,7 +236,8 @@ impl Spool {
             if self.ready.wait_for(&mut g, timeout).timed_out() {
                 if let Some(rec) = g.mem.pop_front() {
                     g.mem_bytes -= rec.size();
-                    self.memory_bytes.store(g.mem_bytes as u64, Ordering::Relaxed);
+                    self.memory_bytes
+                        .store(g.mem_bytes as u64, Ordering::Relaxed);
                     return Ok(Some(rec));
                 }
                 return Ok(None);

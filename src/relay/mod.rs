@@ -22,6 +22,7 @@
 //! tracks offsets. The writers are shared by all sources.
 
 mod apply_thread;
+mod backlog;
 pub mod events;
 mod rdb_reader;
 mod run;
@@ -313,6 +314,7 @@ impl RelayBuilder {
             }),
         };
         handle.spawn_metrics_updater();
+        backlog::spawn(Arc::downgrade(&handle.inner), cfg.sources.clone());
         Ok(handle)
     }
 }
