@@ -100,7 +100,7 @@ fn long_bracket(b: &[u8], i: usize) -> Option<(String, usize)> {
     }
     let start = j + 1;
     let mut close = vec![b']'];
-    close.extend(std::iter::repeat(b'=').take(level));
+    close.extend(std::iter::repeat_n(b'=', level));
     close.push(b']');
     let pos = b[start..]
         .windows(close.len())
