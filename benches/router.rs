@@ -20,10 +20,19 @@ fn args(words: &[&str]) -> Vec<Bytes> {
 fn mix(n: usize) -> Vec<Vec<Bytes>> {
     (0..n)
         .map(|i| {
-            let k = format!("user:{:08}:profile", i.wrapping_mul(2_654_435_761) % 1_000_000);
+            let k = format!(
+                "user:{:08}:profile",
+                i.wrapping_mul(2_654_435_761) % 1_000_000
+            );
             let k2 = format!("session:{:08}", i % 50_000);
             match i % 20 {
-                0..=5 => args(&["SET", &k, "some-value-of-medium-size", "PXAT", "2111303699112"]),
+                0..=5 => args(&[
+                    "SET",
+                    &k,
+                    "some-value-of-medium-size",
+                    "PXAT",
+                    "2111303699112",
+                ]),
                 6..=8 => args(&["HSET", &k, "field", "value", "f2", "v2"]),
                 9 | 10 => args(&["LPUSH", &k2, "item"]),
                 11 => args(&["INCRBY", &k, "5"]),
@@ -57,23 +66,26 @@ fn bench(c: &mut Criterion) {
         })
     });
     for writers in [2usize, 8] {
-        g.bench_function(format!("command_keys_and_partition_{writers}_writers"), |b| {
-            b.iter(|| {
-                let mut acc = 0usize;
-                for a in &cmds {
-                    match command_keys(black_box(a)) {
-                        KeySpec::Keys(keys) => {
-                            for k in keys {
-                                acc = acc.wrapping_add(partition(k, writers));
+        g.bench_function(
+            format!("command_keys_and_partition_{writers}_writers"),
+            |b| {
+                b.iter(|| {
+                    let mut acc = 0usize;
+                    for a in &cmds {
+                        match command_keys(black_box(a)) {
+                            KeySpec::Keys(keys) => {
+                                for k in keys {
+                                    acc = acc.wrapping_add(partition(k, writers));
+                                }
                             }
+                            KeySpec::Channel(ch) => acc = acc.wrapping_add(partition(ch, writers)),
+                            KeySpec::Global => acc = acc.wrapping_add(1),
                         }
-                        KeySpec::Channel(ch) => acc = acc.wrapping_add(partition(ch, writers)),
-                        KeySpec::Global => acc = acc.wrapping_add(1),
                     }
-                }
-                acc
-            })
-        });
+                    acc
+                })
+            },
+        );
     }
     g.finish();
 }

@@ -116,9 +116,13 @@ fn find_bin(candidates: &[&str]) -> PathBuf {
 }
 
 fn stop_child(child: &mut Child) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
     let _ = Command::new("kill")
         .arg("-TERM")
         .arg(child.id().to_string())
+        .stderr(Stdio::null())
         .status();
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
@@ -833,7 +837,14 @@ struct Row {
     met: String,
 }
 
-fn row(scenario: &str, ours: String, base: &str, ratio: String, goal: &str, met: Option<bool>) -> Row {
+fn row(
+    scenario: &str,
+    ours: String,
+    base: &str,
+    ratio: String,
+    goal: &str,
+    met: Option<bool>,
+) -> Row {
     Row {
         scenario: scenario.into(),
         ours,
@@ -872,13 +883,17 @@ fn machine() -> String {
     format!(
         "{ncpu} CPUs ({model}), {:.1} GiB RAM, load average at the end {}",
         total as f64 / 1024.0 / 1024.0,
-        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
     )
 }
 
 // ---------------------------------------------------------------------------------------------
 
 fn main() -> Res<()> {
+    START.with(|_| ());
     let o = parse_opts();
     let tmp = tempfile::Builder::new().prefix("e2e-bench").tempdir()?;
     let dir = tmp.path();
@@ -928,11 +943,14 @@ fn main() -> Res<()> {
     let pipe_secs = {
         let p = Server::start(dir, "pipe-target", &[]);
         let t = Instant::now();
-        let st_out = Command::new(find_bin(&["/usr/bin/redis-cli", "/usr/local/bin/redis-cli"]))
-            .args(["-h", "127.0.0.1", "-p", &p.port.to_string(), "--pipe"])
-            .stdin(File::open(&data)?)
-            .stdout(Stdio::null())
-            .status()?;
+        let st_out = Command::new(find_bin(&[
+            "/usr/bin/redis-cli",
+            "/usr/local/bin/redis-cli",
+        ]))
+        .args(["-h", "127.0.0.1", "-p", &p.port.to_string(), "--pipe"])
+        .stdin(File::open(&data)?)
+        .stdout(Stdio::null())
+        .status()?;
         let secs = t.elapsed().as_secs_f64();
         assert!(st_out.success(), "redis-cli --pipe failed");
         assert_eq!(dbsize(&p), expected, "redis-cli --pipe target");
@@ -957,7 +975,10 @@ fn main() -> Res<()> {
             if db.is_none() && replica_synced(&rb, &mb) {
                 db = Some(t.elapsed());
             }
-            assert!(t.elapsed() < Duration::from_secs(1800), "replicas never synced");
+            assert!(
+                t.elapsed() < Duration::from_secs(1800),
+                "replicas never synced"
+            );
             std::thread::sleep(Duration::from_millis(25));
         }
         t.elapsed().as_secs_f64()
@@ -967,20 +988,15 @@ fn main() -> Res<()> {
 
     // ---- the relay: full sync
     let target = Server::start(dir, "target", &[]);
-    let t = Instant::now();
     let mut relay = Relay::start(
         dir,
         "relay",
-        &[
-            "--twemproxy".into(),
-            nut.config.display().to_string(),
-        ],
+        &["--twemproxy".into(), nut.config.display().to_string()],
         &target,
     );
     let pid = relay.pid();
     let sampler = RssSampler::start(pid);
     let full = wait_caught_up(&mut relay, &[&ma, &mb], Duration::from_secs(3600))?;
-    let _ = t;
     let full_secs = full.as_secs_f64();
     let full_rss = sampler.finish(pid);
     let full_cpu = cpu_secs(pid, tck);
@@ -1011,7 +1027,10 @@ fn main() -> Res<()> {
     rows.push(row(
         "full sync: vs `redis-cli --pipe` of the same data",
         format!("{full_secs:.2} s"),
-        &format!("{pipe_secs:.2} s ({:.0} keys/s)", st.keys as f64 / pipe_secs),
+        &format!(
+            "{pipe_secs:.2} s ({:.0} keys/s)",
+            st.keys as f64 / pipe_secs
+        ),
         format!("{:.2}x", full_secs / pipe_secs),
         "(info)",
         None,
@@ -1040,7 +1059,9 @@ fn main() -> Res<()> {
     }
     let sampler = RssSampler::start(pid);
     let applied0 = sum_metric(&relay, "redis_relay_commands_applied_total");
-    target.client().cmd(&["CLIENT", "PAUSE", "3600000", "WRITE"]);
+    target
+        .client()
+        .cmd(&["CLIENT", "PAUSE", "3600000", "WRITE"]);
     let t = Instant::now();
     let (load_reqs, _) = redis_benchmark(nut.port, o.catchup_n, 16)?;
     log(format!(
@@ -1081,7 +1102,10 @@ fn main() -> Res<()> {
                 if sr.is_none() && rc.cmd(&["EXISTS", &key]) == Reply::Integer(1) {
                     sr = Some(t0.elapsed());
                 }
-                assert!(t0.elapsed() < Duration::from_secs(60), "probe {key} never arrived");
+                assert!(
+                    t0.elapsed() < Duration::from_secs(60),
+                    "probe {key} never arrived"
+                );
             }
             lt.push(st_.unwrap().as_secs_f64() * 1e3);
             lr.push(sr.unwrap().as_secs_f64() * 1e3);
@@ -1124,7 +1148,10 @@ fn main() -> Res<()> {
         Some(catch_rss < 128 * 1024),
     ));
     rows.push(row(
-        &format!("steady lag p50 ({} probes, {}/s load)", o.probes, o.steady_rate),
+        &format!(
+            "steady lag p50 ({} probes, {}/s load)",
+            o.probes, o.steady_rate
+        ),
         format!("{t50:.2} ms"),
         &format!("{r50:.2} ms, native replica"),
         format!("{:.1}x", t50 / r50),
@@ -1142,7 +1169,10 @@ fn main() -> Res<()> {
     let (code, _) = {
         let t = Instant::now();
         stop_child(&mut relay.child);
-        (relay.child.try_wait().ok().flatten().and_then(|s| s.code()), t.elapsed())
+        (
+            relay.child.try_wait().ok().flatten().and_then(|s| s.code()),
+            t.elapsed(),
+        )
     };
     if code != Some(0) {
         notes.push(format!("relay exit code after SIGTERM: {code:?}"));
@@ -1161,7 +1191,7 @@ fn main() -> Res<()> {
         let mut c = m3.client();
         let mut out = BytesMut::new();
         let mut cmds = 0u64;
-        let mut push = |out: &mut BytesMut, cmds: &mut u64, c: &mut Client, force: bool| {
+        let push = |out: &mut BytesMut, cmds: &mut u64, c: &mut Client, force: bool| {
             if *cmds >= 50 || (force && *cmds > 0) {
                 c.stream.write_all(out).unwrap();
                 for _ in 0..*cmds {
@@ -1233,7 +1263,11 @@ fn main() -> Res<()> {
             "big keys: one {}-element list + one {}-field hash, relay peak RSS",
             o.big_list, o.big_hash
         ),
-        format!("{} ({:.1} s, {big_cpu:.1} CPU s)", mib(big_rss), big.as_secs_f64()),
+        format!(
+            "{} ({:.1} s, {big_cpu:.1} CPU s)",
+            mib(big_rss),
+            big.as_secs_f64()
+        ),
         "",
         String::new(),
         "< 128 MiB",
