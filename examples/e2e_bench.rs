@@ -50,11 +50,14 @@ struct Opts {
     probes: usize,
     steady_rate: u64,
     size_label: &'static str,
+    /// Directory for `perf record` profiles of the relay (full sync, catch-up, big keys).
+    perf_dir: Option<PathBuf>,
 }
 
 fn parse_opts() -> Opts {
     let mut keys: Option<u64> = None;
     let mut quick = false;
+    let mut perf_dir = None;
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -66,8 +69,9 @@ fn parse_opts() -> Opts {
                 )
             }
             "--quick" => quick = true,
+            "--perf" => perf_dir = Some(PathBuf::from(it.next().expect("--perf DIR"))),
             "-h" | "--help" => {
-                eprintln!("usage: e2e_bench [--keys N] [--quick]");
+                eprintln!("usage: e2e_bench [--keys N] [--quick] [--perf DIR]");
                 std::process::exit(0);
             }
             other => panic!("unknown argument {other} (usage: e2e_bench [--keys N] [--quick])"),
@@ -82,6 +86,7 @@ fn parse_opts() -> Opts {
             probes: 200,
             steady_rate: 5_000,
             size_label: "quick",
+            perf_dir,
         }
     } else {
         Opts {
@@ -92,6 +97,7 @@ fn parse_opts() -> Opts {
             probes: 1_000,
             steady_rate: 10_000,
             size_label: "full",
+            perf_dir,
         }
     }
 }
@@ -359,6 +365,36 @@ fn metric_by_source(text: &str, name: &str) -> Vec<(String, f64)> {
             Some((src, v))
         })
         .collect()
+}
+
+/// `perf record -g` attached to the relay for one phase, when `--perf DIR` is given.
+struct Perf(Option<Child>);
+
+impl Perf {
+    fn start(dir: &Option<PathBuf>, pid: u32, name: &str) -> Perf {
+        let Some(dir) = dir else { return Perf(None) };
+        std::fs::create_dir_all(dir).expect("perf dir");
+        let child = Command::new("perf")
+            .args(["record", "-g", "-F", "499", "-p", &pid.to_string(), "-o"])
+            .arg(dir.join(format!("{name}.data")))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok();
+        std::thread::sleep(Duration::from_millis(200));
+        Perf(child)
+    }
+
+    fn stop(self) {
+        if let Some(mut c) = self.0 {
+            let _ = Command::new("kill")
+                .arg("-INT")
+                .arg(c.id().to_string())
+                .status();
+            let _ = c.wait();
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -996,9 +1032,11 @@ fn main() -> Res<()> {
     );
     let pid = relay.pid();
     let sampler = RssSampler::start(pid);
+    let perf = Perf::start(&o.perf_dir, pid, "full-sync");
     let full = wait_caught_up(&mut relay, &[&ma, &mb], Duration::from_secs(3600))?;
     let full_secs = full.as_secs_f64();
     let full_rss = sampler.finish(pid);
+    perf.stop();
     let full_cpu = cpu_secs(pid, tck);
     let own = relay_keys(&target);
     let got = dbsize(&target) - own;
@@ -1058,7 +1096,9 @@ fn main() -> Res<()> {
         notes.push("could not reset VmHWM (clear_refs): catch-up RSS is sampled VmRSS only".into());
     }
     let sampler = RssSampler::start(pid);
+    let perf = Perf::start(&o.perf_dir, pid, "catch-up");
     let applied0 = sum_metric(&relay, "redis_relay_commands_applied_total");
+    let cpu0 = cpu_secs(pid, tck);
     target
         .client()
         .cmd(&["CLIENT", "PAUSE", "3600000", "WRITE"]);
@@ -1073,8 +1113,10 @@ fn main() -> Res<()> {
     target.client().cmd(&["CLIENT", "UNPAUSE"]);
     let catch = wait_caught_up(&mut relay, &[&ma, &mb], Duration::from_secs(3600))?;
     let catch_rss = sampler.finish(pid);
+    perf.stop();
     let applied = sum_metric(&relay, "redis_relay_commands_applied_total") - applied0;
     let catch_ops = applied / catch.as_secs_f64();
+    let catch_cpu = cpu_secs(pid, tck) - cpu0;
     log(format!(
         "catch-up: {applied} commands applied in {:.2}s after unpause, peak RSS {}",
         catch.as_secs_f64(),
@@ -1140,8 +1182,8 @@ fn main() -> Res<()> {
         Some(catch_ops >= 0.9 * ingest),
     ));
     rows.push(row(
-        "catch-up: relay peak RSS",
-        mib(catch_rss),
+        "catch-up: relay peak RSS (CPU from pause to caught up)",
+        format!("{} ({catch_cpu:.1} CPU s)", mib(catch_rss)),
         "",
         String::new(),
         "< 128 MiB",
@@ -1243,8 +1285,10 @@ fn main() -> Res<()> {
     );
     let pid = relay.pid();
     let sampler = RssSampler::start(pid);
+    let perf = Perf::start(&o.perf_dir, pid, "big-keys");
     let big = wait_caught_up(&mut relay, &[&m3], Duration::from_secs(3600))?;
     let big_rss = sampler.finish(pid);
+    perf.stop();
     let big_cpu = cpu_secs(pid, tck);
     let llen = t3.client().int(&["LLEN", "big:list"]);
     let hlen = t3.client().int(&["HLEN", "big:hash"]);
