@@ -218,7 +218,7 @@ impl Nutcracker {
             let port = free_port();
             let stats = free_port();
             let mut yaml = format!(
-                "alpha:\n  listen: 127.0.0.1:{port}\n  hash: murmur\n  distribution: ketama\n  redis: true\n  auto_eject_hosts: false\n  timeout: 30000\n  server_retry_timeout: 2000\n  servers:\n"
+                "alpha:\n  listen: 127.0.0.1:{port}\n  hash: murmur\n  distribution: ketama\n  redis: true\n  auto_eject_hosts: false\n  server_retry_timeout: 2000\n  servers:\n"
             );
             for (i, b) in backends.iter().enumerate() {
                 yaml.push_str(&format!("   - {}:1 server{i}\n", b.addr()));
@@ -538,23 +538,36 @@ impl Client {
     }
 }
 
-/// Stream a file of RESP commands to `port` and read as many replies; returns (commands, errors).
-fn pipe_file(path: &Path, port: u16, commands: u64) -> Res<(u64, u64)> {
+/// Commands per block of the data file (`DataStats::blocks` holds each block's end offset).
+const BLOCK: u64 = 1000;
+/// Most commands in flight while loading (nutcracker buffers whatever it is sent: an unbounded
+/// pipeline of the whole file makes it grow by gigabytes).
+const WINDOW: u64 = 20_000;
+
+/// Stream a file of RESP commands to `port` and read as many replies, with at most about
+/// `WINDOW` commands in flight; returns (commands, errors).
+fn pipe_file(path: &Path, port: u16, st: &DataStats) -> Res<(u64, u64)> {
+    let commands = st.commands;
     let stream = TcpStream::connect(("127.0.0.1", port))?;
     stream.set_nodelay(true)?;
     let mut reader = stream.try_clone()?;
     let path = path.to_path_buf();
+    let blocks = st.blocks.clone();
+    let replies = Arc::new(AtomicU64::new(0));
+    let seen_w = replies.clone();
     let writer = std::thread::spawn(move || -> std::io::Result<()> {
-        let mut f = File::open(path)?;
+        let data = std::fs::read(path)?;
         let mut s = stream;
-        let mut buf = vec![0u8; 256 << 10];
-        loop {
-            let n = f.read(&mut buf)?;
-            if n == 0 {
-                return Ok(());
+        let mut start = 0usize;
+        for (i, &end) in blocks.iter().enumerate() {
+            let sent_before = i as u64 * BLOCK;
+            while sent_before > seen_w.load(Ordering::Acquire) + WINDOW {
+                std::thread::sleep(Duration::from_micros(200));
             }
-            s.write_all(&buf[..n])?;
+            s.write_all(&data[start..end as usize])?;
+            start = end as usize;
         }
+        Ok(())
     });
     let (mut seen, mut errors) = (0u64, 0u64);
     let mut buf = BytesMut::with_capacity(1 << 20);
@@ -575,6 +588,7 @@ fn pipe_file(path: &Path, port: u16, commands: u64) -> Res<(u64, u64)> {
             }
             seen += 1;
         }
+        replies.store(seen, Ordering::Release);
     }
     writer.join().map_err(|_| "writer panicked")??;
     Ok((seen, errors))
@@ -621,6 +635,8 @@ struct DataStats {
     keys: u64,
     elements: u64,
     bytes: u64,
+    /// End offset in the file of every `BLOCK` commands (and of the last command).
+    blocks: Vec<u64>,
 }
 
 /// The mixed data set as RESP commands in a file: 90% strings of 16..=512 bytes; 10% hashes,
@@ -636,6 +652,7 @@ fn generate(path: &Path, keys: u64) -> Res<DataStats> {
         keys,
         elements: 0,
         bytes: 0,
+        blocks: Vec::new(),
     };
     for i in 0..keys {
         out.clear();
@@ -679,6 +696,9 @@ fn generate(path: &Path, keys: u64) -> Res<DataStats> {
         st.commands += 1;
         st.bytes += out.len() as u64;
         w.write_all(&out)?;
+        if st.commands % BLOCK == 0 || st.commands == keys {
+            st.blocks.push(st.bytes);
+        }
     }
     w.flush()?;
     Ok(st)
@@ -964,7 +984,7 @@ fn main() -> Res<()> {
         st.bytes as f64 / 1e6
     ));
     let t = Instant::now();
-    let (_, errs) = pipe_file(&data, nut.port, st.commands)?;
+    let (_, errs) = pipe_file(&data, nut.port, &st)?;
     assert_eq!(errs, 0, "errors while loading through nutcracker");
     let expected = dbsize(&ma) + dbsize(&mb);
     log(format!(
