@@ -59,7 +59,7 @@ pub struct SpoolOptions {
 impl Default for SpoolOptions {
     fn default() -> Self {
         SpoolOptions {
-            memory_bytes: 16 << 20,
+            memory_bytes: 4 << 20,
             segment_bytes: 64 << 20,
             max_disk_bytes: 16 << 30,
         }
