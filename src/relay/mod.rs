@@ -437,9 +437,7 @@ impl RateWindow {
         {
             self.samples.push_back((now, value));
         }
-        while self.samples.len() > 2
-            && now.duration_since(self.samples[0].0) > Self::WINDOW
-        {
+        while self.samples.len() > 2 && now.duration_since(self.samples[0].0) > Self::WINDOW {
             self.samples.pop_front();
         }
         let (t0, v0) = *self.samples.front()?;

@@ -377,7 +377,11 @@ mod tests {
             ..status()
         };
         assert_eq!(phase(&d), Phase::SnapshotDiskless);
-        assert!(status_text(&d, 0.0).contains("diskless"), "{}", status_text(&d, 0.0));
+        assert!(
+            status_text(&d, 0.0).contains("diskless"),
+            "{}",
+            status_text(&d, 0.0)
+        );
         let w = SourceStatus {
             state: LinkState::Connecting,
             rdb_bytes_loaded: 0,
