@@ -128,12 +128,21 @@ enum Phase {
 fn phase(s: &SourceStatus) -> Phase {
     if s.snapshot_done {
         Phase::Live
-    } else if s.rdb_bytes_loaded == 0 && s.state != LinkState::Rdb {
+    } else if s.rdb_bytes_loaded == 0 && (s.state != LinkState::Rdb || s.rdb_bytes_total.is_none())
+    {
+        // Before +FULLRESYNC, or during the master's BGSAVE (no byte, no size yet).
         Phase::Waiting
     } else if s.rdb_bytes_total.is_some_and(|t| t > 0) {
         Phase::Snapshot
     } else {
         Phase::SnapshotDiskless
+    }
+}
+
+fn waiting_text(s: &SourceStatus) -> String {
+    match s.state {
+        LinkState::Rdb => "rdb: waiting for the master's snapshot (BGSAVE)".into(),
+        st => format!("{st}: waiting for the snapshot"),
     }
 }
 
@@ -150,7 +159,7 @@ fn lag_seconds_text(s: &SourceStatus) -> String {
 /// One line of text for a source (the log line's message; the bars use the same words).
 fn status_text(s: &SourceStatus, ops_per_sec: f64) -> String {
     match phase(s) {
-        Phase::Waiting => format!("{} {}: waiting for the snapshot", s.source, s.state),
+        Phase::Waiting => format!("{} {}", s.source, waiting_text(s)),
         Phase::Snapshot | Phase::SnapshotDiskless => {
             let total = match s.rdb_bytes_total.filter(|t| *t > 0) {
                 Some(t) => format!(
@@ -307,7 +316,7 @@ impl Bars {
             }
             match p {
                 Phase::Waiting => {
-                    bar.set_message(format!("{}: waiting for the snapshot", s.state));
+                    bar.set_message(waiting_text(s));
                     bar.tick();
                 }
                 Phase::Snapshot | Phase::SnapshotDiskless => {
@@ -388,6 +397,12 @@ mod tests {
             ..status()
         };
         assert_eq!(phase(&w), Phase::Waiting);
+        let bgsave = SourceStatus {
+            rdb_bytes_loaded: 0,
+            rdb_bytes_total: None,
+            ..status()
+        };
+        assert_eq!(phase(&bgsave), Phase::Waiting);
     }
 
     #[test]
