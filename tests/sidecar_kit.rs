@@ -152,6 +152,7 @@ fn alert_rules() {
     let groups = doc["groups"].as_array().expect("groups");
     let mut alerts = BTreeSet::new();
     let mut names = BTreeSet::new();
+    let duration = Regex::new(r"^[0-9]+[smh]$").unwrap();
     for g in groups {
         assert!(g["name"].is_string());
         for r in g["rules"].as_array().expect("rules") {
@@ -166,10 +167,7 @@ fn alert_rules() {
             assert!(r["annotations"]["summary"].is_string(), "{alert}: summary");
             if let Some(f) = r.get("for") {
                 let f = f.as_str().expect("for: a duration");
-                assert!(
-                    Regex::new(r"^[0-9]+[smh]$").unwrap().is_match(f),
-                    "{alert}: for {f}"
-                );
+                assert!(duration.is_match(f), "{alert}: for {f}");
             }
             // Balanced parentheses and braces: the least a PromQL parser would demand.
             for (o, c) in [('(', ')'), ('{', '}'), ('[', ']')] {

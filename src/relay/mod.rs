@@ -396,22 +396,25 @@ fn spawn_heartbeat(
                 }
                 let stamp = apply_thread::unix_ms().to_string();
                 let args: [&[u8]; 5] = [b"SET", &key, stamp.as_bytes(), b"PX", ttl_ms.as_bytes()];
-                match conn.as_mut().map(|c| c.call(&args)) {
-                    Some(Ok(crate::resp::Reply::Error(e))) => {
-                        if !warned {
-                            tracing::warn!(source = %ep, "heartbeat: the source refused the write: {}", String::from_utf8_lossy(&e));
-                            warned = true;
-                        }
-                    }
-                    Some(Ok(_)) => warned = false,
+                let problem = match conn.as_mut().map(|c| c.call(&args)) {
+                    Some(Ok(crate::resp::Reply::Error(e))) => Some(format!(
+                        "the source refused the write: {}",
+                        String::from_utf8_lossy(&e)
+                    )),
+                    Some(Ok(_)) | None => None,
                     Some(Err(e)) => {
-                        if !warned {
-                            tracing::warn!(source = %ep, "heartbeat: {e}");
-                            warned = true;
-                        }
                         conn = None;
+                        Some(e.to_string())
                     }
-                    None => {}
+                };
+                match problem {
+                    // Logged once until a heartbeat gets through again.
+                    Some(p) if !warned => {
+                        tracing::warn!(source = %ep, "heartbeat: {p}");
+                        warned = true;
+                    }
+                    Some(_) => {}
+                    None => warned = false,
                 }
             }
         })?;
@@ -430,11 +433,9 @@ impl RateWindow {
     /// Add a sample (at most one per 250 ms) and return the rate per second over the window.
     fn sample(&mut self, value: u64) -> Option<f64> {
         let now = Instant::now();
-        if self
-            .samples
-            .back()
-            .is_none_or(|(t, _)| now.duration_since(*t) >= Duration::from_millis(250))
-        {
+        if self.samples.back().map_or(true, |(t, _)| {
+            now.duration_since(*t) >= Duration::from_millis(250)
+        }) {
             self.samples.push_back((now, value));
         }
         while self.samples.len() > 2 && now.duration_since(self.samples[0].0) > Self::WINDOW {
