@@ -433,9 +433,13 @@ impl RateWindow {
     /// Add a sample (at most one per 250 ms) and return the rate per second over the window.
     fn sample(&mut self, value: u64) -> Option<f64> {
         let now = Instant::now();
-        if self.samples.back().map_or(true, |(t, _)| {
-            now.duration_since(*t) >= Duration::from_millis(250)
-        }) {
+        // Neither Option::is_none_or (above the MSRV) nor map_or(true, ..) (clippy on newer
+        // MSRVs).
+        let due = match self.samples.back() {
+            Some((t, _)) => now.duration_since(*t) >= Duration::from_millis(250),
+            None => true,
+        };
+        if due {
             self.samples.push_back((now, value));
         }
         while self.samples.len() > 2 && now.duration_since(self.samples[0].0) > Self::WINDOW {
