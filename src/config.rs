@@ -24,6 +24,7 @@ pub struct FileConfig {
     pub listening_port: Option<u16>,
     pub repl_timeout: Option<u64>,
     pub key_prefix: Option<String>,
+    pub heartbeat: Option<String>,
     pub quiet: Option<bool>,
     pub log_format: Option<String>,
     pub skip_check: Option<bool>,
@@ -76,6 +77,9 @@ impl FileConfig {
         }
         if let Some(v) = &self.log_format {
             one_of("log-format", v, &["text", "json"])?;
+        }
+        if let Some(v) = &self.heartbeat {
+            parse_duration(v).map_err(|e| anyhow::anyhow!("heartbeat: {e}"))?;
         }
         if let Some(v) = &self.metrics_addr {
             v.parse::<std::net::SocketAddr>()
@@ -152,11 +156,17 @@ db-map = ["1:0"]
 exclude-prefix = ["tmp:"]
 include-regex = ["^user:[0-9]+$"]
 exclude-command = ["FLUSHALL"]
+heartbeat = "1s"
 "#,
             "t.toml",
         )
         .unwrap();
         assert_eq!(c.writers, Some(4));
+        assert_eq!(c.heartbeat.as_deref(), Some("1s"));
+        let e = FileConfig::parse("heartbeat = \"often\"\n", "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("heartbeat") && e.contains("often"), "{e}");
         assert_eq!(c.db, Some(vec![0, 1]));
     }
 

@@ -141,6 +141,10 @@ struct RunArgs {
     /// Key prefix reserved for the relay's own keys [default: redis-relay:].
     #[arg(long)]
     key_prefix: Option<String>,
+    /// Write `SET <key-prefix>heartbeat:<source> <unix ms>` on each source this often (500ms,
+    /// 1s, ...) and export the lag in seconds it measures [default: off: no write to a source].
+    #[arg(long, value_parser = redis_relay::config::parse_duration)]
+    heartbeat: Option<std::time::Duration>,
     /// No progress output.
     #[arg(long, short)]
     quiet: bool,
@@ -189,6 +193,7 @@ struct Settings {
     listening_port: u16,
     repl_timeout: u64,
     key_prefix: String,
+    heartbeat: Option<std::time::Duration>,
     quiet: bool,
     skip_check: bool,
     allow_eviction: bool,
@@ -288,6 +293,15 @@ impl RunArgs {
             repl_timeout: pick(self.repl_timeout, file.repl_timeout).unwrap_or(60),
             key_prefix: pick(self.key_prefix, file.key_prefix.clone())
                 .unwrap_or_else(|| "redis-relay:".into()),
+            heartbeat: match self.heartbeat {
+                Some(d) => Some(d),
+                None => file
+                    .heartbeat
+                    .as_deref()
+                    .map(redis_relay::config::parse_duration)
+                    .transpose()
+                    .map_err(|e| anyhow::anyhow!("heartbeat: {e}"))?,
+            },
             quiet: self.quiet || file.quiet.unwrap_or(false),
             skip_check: self.skip_check || file.skip_check.unwrap_or(false),
             allow_eviction: self.allow_eviction || file.allow_eviction.unwrap_or(false),
@@ -373,7 +387,7 @@ fn init_logging(format: &str) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(redis_relay::progress::log_writer);
     if format == "json" {
         builder.json().init();
     } else {
@@ -462,6 +476,7 @@ fn run(cmd: Command, file: FileConfig) -> anyhow::Result<ExitCode> {
                 .use_restore(!s.commands_only)
                 .listening_port(s.listening_port)
                 .repl_timeout(std::time::Duration::from_secs(s.repl_timeout.max(1)))
+                .heartbeat(s.heartbeat)
                 .spool(SpoolOptions {
                     max_disk_bytes: s.spool_max_bytes,
                     ..SpoolOptions::default()

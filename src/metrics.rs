@@ -26,6 +26,20 @@ pub fn describe() {
         "Master replication offset minus the offset the target has acknowledged, per source"
     );
     describe_gauge!(
+        "redis_relay_lag_seconds",
+        Unit::Seconds,
+        "With --heartbeat: time from the heartbeat's write on the source until the target acknowledged everything written before it"
+    );
+    describe_gauge!(
+        "redis_relay_lag_seconds_estimate",
+        Unit::Seconds,
+        "Lag bytes divided by the master's write rate over the last 10 s (an estimate; +Inf when behind while the master is idle)"
+    );
+    describe_gauge!(
+        "redis_relay_snapshot_keys",
+        "Keys of the current (or last) snapshot handed to the target"
+    );
+    describe_gauge!(
         "redis_relay_applied_offset",
         "Highest stream offset up to which the target acknowledged everything, per source"
     );

@@ -2,9 +2,41 @@
 
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+/// The bars being drawn on the terminal, if any: log lines are printed above them.
+static ACTIVE_BARS: RwLock<Option<indicatif::MultiProgress>> = RwLock::new(None);
+
+/// Register (or, with `None`, forget) the bars that log lines must not tear.
+pub fn set_active_bars(bars: Option<indicatif::MultiProgress>) {
+    *ACTIVE_BARS.write().unwrap_or_else(|e| e.into_inner()) = bars;
+}
+
+/// A writer to stderr for the log (`tracing_subscriber::fmt().with_writer(log_writer)`): while
+/// progress bars are drawn, each log line is printed above them instead of through them.
+pub fn log_writer() -> LogWriter {
+    LogWriter
+}
+
+/// See [`log_writer`].
+pub struct LogWriter;
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let bars = ACTIVE_BARS.read().unwrap_or_else(|e| e.into_inner());
+        match bars.as_ref() {
+            Some(mp) => mp.suspend(|| std::io::stderr().write_all(buf))?,
+            None => std::io::stderr().write_all(buf)?,
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
 
 /// Counters a job updates and the reporter reads.
 #[derive(Debug, Default)]

@@ -27,6 +27,10 @@ pub enum Control {
     /// caller deletes only the keys that no other source holds (see [`super::scoped_flush`]),
     /// then calls [`super::Dispatcher::advance`] with `end`. Everything before it is applied.
     ScopedFlush { db: Option<u32>, end: u64 },
+    /// The relay's own heartbeat (`SET <prefix>heartbeat:<source> <unix ms>`, written on the
+    /// source by the relay): not forwarded; the target has everything before it once the
+    /// applied offset reaches `end`.
+    Heartbeat { stamp_ms: u64, end: u64 },
 }
 
 /// Settings of the stream apply.
@@ -185,6 +189,23 @@ impl StreamApply {
         }
     }
 
+    /// The stamp of a heartbeat the relay wrote on the source (`SET <prefix>heartbeat:...
+    /// <unix ms>`), outside MULTI; `None` for any other frame.
+    pub fn heartbeat_stamp(&self, frame: &Frame) -> Option<u64> {
+        if self.multi.is_some() || frame.args.len() < 3 {
+            return None;
+        }
+        if !frame.args[0].eq_ignore_ascii_case(b"SET") {
+            return None;
+        }
+        let key = &frame.args[1];
+        let prefix = &self.opts.own_prefix;
+        if !(key.starts_with(prefix) && key[prefix.len()..].starts_with(b"heartbeat:")) {
+            return None;
+        }
+        std::str::from_utf8(&frame.args[2]).ok()?.parse().ok()
+    }
+
     /// Handle one frame of the stream.
     pub fn on_frame(&mut self, frame: Frame, d: &mut Dispatcher) -> Result<Control, String> {
         let start = self.offset;
@@ -198,6 +219,12 @@ impl StreamApply {
             return Ok(Control::None);
         };
         let up = upper_name(name);
+        if let Some(stamp_ms) = self.heartbeat_stamp(&frame) {
+            // Before the database filter: the heartbeat is observed whatever is copied.
+            self.stats.skipped_own_keys += 1;
+            d.advance(end);
+            return Ok(Control::Heartbeat { stamp_ms, end });
+        }
         match up.as_slice() {
             b"PING" | b"REPLCONF" => {
                 self.stats.internal += 1;

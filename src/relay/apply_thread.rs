@@ -1,6 +1,7 @@
 //! One source's apply thread: takes records from the spool in order, loads the snapshot,
 //! applies the command stream, keeps the applied offset, ACK position and checkpoint.
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -17,7 +18,7 @@ use crate::pipeline::scoped_flush::scoped_flush;
 use crate::pipeline::spool::{Spool, SpoolRecord};
 use crate::pipeline::stream_apply::{Control, StreamApply, StreamOptions};
 use crate::pipeline::{Dispatcher, SourceTracker};
-use crate::rdb::{ParseOptions, RdbParser};
+use crate::rdb::{Event, ParseOptions, RdbParser};
 use crate::resp::framer::CommandFramer;
 use crate::source::SourceProgress;
 use crate::target::{ApplyOptions, SnapshotApply, TargetConn};
@@ -52,6 +53,21 @@ pub struct SourceCtx {
     /// Set once the snapshot is fully acknowledged (or when resuming).
     pub snapshot_done: Arc<AtomicBool>,
     pub rdb_bytes_loaded: Arc<AtomicU64>,
+    /// Keys of the current snapshot handed to the writers (or the sink).
+    pub snapshot_keys: Arc<AtomicU64>,
+    /// Lag measured by the last heartbeat, in microseconds (`u64::MAX`: none yet).
+    pub heartbeat_lag_us: Arc<AtomicU64>,
+}
+
+/// No heartbeat measured yet.
+pub const NO_LAG: u64 = u64::MAX;
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 struct State {
@@ -63,6 +79,8 @@ struct State {
     last_cp_time: Instant,
     /// Custom sink: offset of the last event it took.
     sink_offset: u64,
+    /// Heartbeats seen in the stream and not yet acknowledged: (stamp ms, end offset).
+    heartbeats: VecDeque<(u64, u64)>,
 }
 
 /// Run until stopped or the spool is closed and drained. Returns a fatal error.
@@ -75,6 +93,7 @@ pub fn run(mut ctx: SourceCtx) -> Result<(), String> {
         last_tick: Instant::now(),
         last_cp_time: Instant::now(),
         sink_offset: 0,
+        heartbeats: VecDeque::new(),
     };
     if let Some(cp) = ctx.resume.clone() {
         if let Output::Target { dispatcher, .. } = &mut ctx.output {
@@ -138,6 +157,7 @@ pub fn run(mut ctx: SourceCtx) -> Result<(), String> {
                 break Err(e);
             }
         }
+        check_heartbeats(&ctx, &mut st);
         tick(&mut ctx, &mut st, false);
     };
     // Shutting down: hand over what is batched, wait for the target, checkpoint.
@@ -153,6 +173,35 @@ fn flush(ctx: &mut SourceCtx) -> Result<(), String> {
     match &mut ctx.output {
         Output::Target { dispatcher, .. } => dispatcher.flush(),
         Output::Sink(_) => Ok(()),
+    }
+}
+
+/// Record the lag of the heartbeats the target has now acknowledged (everything before them
+/// applied): now minus the stamp written on the source. While the oldest one seen is still
+/// waiting, the lag shown is at least its age, so a stuck target shows a growing lag.
+fn check_heartbeats(ctx: &SourceCtx, st: &mut State) {
+    if st.heartbeats.is_empty() {
+        return;
+    }
+    let applied = applied(ctx, st);
+    let now_us = unix_ms().saturating_mul(1000);
+    let mut measured = None;
+    while let Some(&(stamp, end)) = st.heartbeats.front() {
+        if applied < end {
+            break;
+        }
+        st.heartbeats.pop_front();
+        measured = Some(now_us.saturating_sub(stamp.saturating_mul(1000)));
+    }
+    if let Some(lag) = measured {
+        ctx.heartbeat_lag_us.store(lag, Ordering::Relaxed);
+    }
+    if let Some(&(stamp, _)) = st.heartbeats.front() {
+        let age = now_us.saturating_sub(stamp.saturating_mul(1000));
+        let shown = ctx.heartbeat_lag_us.load(Ordering::Relaxed);
+        if shown == NO_LAG || age > shown {
+            ctx.heartbeat_lag_us.store(age, Ordering::Relaxed);
+        }
     }
 }
 
@@ -231,6 +280,8 @@ fn full_resync(
     st.framer = CommandFramer::new();
     ctx.tracker.reset(off);
     ctx.rdb_bytes_loaded.store(0, Ordering::Relaxed);
+    ctx.snapshot_keys.store(0, Ordering::Relaxed);
+    st.heartbeats.clear();
     let eo = exactly_once(ctx, &replid);
     if let Output::Target { dispatcher, .. } = &mut ctx.output {
         dispatcher.set_exactly_once(Some(eo));
@@ -243,12 +294,17 @@ fn full_resync(
     };
     let mut parser = RdbParser::new(counted, ctx.parse_opts.clone());
     let name = ctx.name.clone();
+    let keys = ctx.snapshot_keys.clone();
     let result = match &mut ctx.output {
         Output::Target {
             dispatcher, apply, ..
         } => {
             let mut snap = SnapshotApply::new((**apply).clone(), off);
-            let r = parser.run(|ev| snap.on_event(ev, dispatcher).map_err(|e| e.into()));
+            let r = parser.run(|ev| {
+                let r = snap.on_event(ev, dispatcher).map_err(|e| e.into());
+                keys.store(snap.stats.keys, Ordering::Relaxed);
+                r
+            });
             if r.is_ok() {
                 let s = &snap.stats;
                 tracing::info!(source = %name, keys = s.keys, restored = s.restored, as_commands = s.rewritten, big = s.big_keys, expired = s.expired_skipped, skipped = s.skipped, "snapshot parsed; waiting for the target to acknowledge it");
@@ -263,6 +319,9 @@ fn full_resync(
             })
             .map_err(|e| format!("source {name}: sink refused the full resync: {e}"))?;
             parser.run(|ev| {
+                if matches!(ev, Event::Entry(_) | Event::BigStart(_)) {
+                    keys.fetch_add(1, Ordering::Relaxed);
+                }
                 sink.event(RelayEvent::Snapshot {
                     source: name.clone(),
                     event: ev,
@@ -377,8 +436,17 @@ fn stream_data(ctx: &mut SourceCtx, st: &mut State, data: Bytes) -> Result<(), S
                     tracing::info!(source = %ctx.name, db = ?db, deleted, "FLUSH from one of several sources: deleted the target keys that no other source holds");
                     dispatcher.advance(end);
                 }
+                Control::Heartbeat { stamp_ms, end } => st.heartbeats.push_back((stamp_ms, end)),
             },
             Output::Sink(sink) => {
+                if let Some(stamp) = stream.heartbeat_stamp(&frame) {
+                    // The relay's own key: not for the sink; the sink has everything before.
+                    stream.observe(&frame);
+                    st.sink_offset = stream.offset();
+                    let lag = unix_ms().saturating_sub(stamp).saturating_mul(1000);
+                    ctx.heartbeat_lag_us.store(lag, Ordering::Relaxed);
+                    continue;
+                }
                 let start = stream.offset();
                 let end = start + frame.raw.len() as u64;
                 let name = frame.name().map(|n| n.to_ascii_uppercase());

@@ -65,6 +65,9 @@ pub struct RelayConfig {
     /// Announced to the masters with `REPLCONF listening-port` (see the README: Sentinel).
     pub listening_port: u16,
     pub repl_timeout: Duration,
+    /// Write `SET <prefix>heartbeat:<source> <unix ms>` on each source this often (a normal
+    /// client connection) and measure the lag in seconds when it comes back in the stream.
+    pub heartbeat: Option<Duration>,
 }
 
 /// Makes the sink of each source (called with its `host:port`).
@@ -96,6 +99,7 @@ impl RelayBuilder {
                 use_restore: true,
                 listening_port: 0,
                 repl_timeout: Duration::from_secs(60),
+                heartbeat: None,
             },
             sink_factory: None,
         }
@@ -160,6 +164,12 @@ impl RelayBuilder {
 
     pub fn repl_timeout(mut self, t: Duration) -> Self {
         self.cfg.repl_timeout = t;
+        self
+    }
+
+    /// Write a heartbeat key on every source each `period` (`None`: never write to a source).
+    pub fn heartbeat(mut self, period: Option<Duration>) -> Self {
+        self.cfg.heartbeat = period;
         self
     }
 
@@ -246,6 +256,8 @@ impl RelayBuilder {
             };
             let snapshot_done = Arc::new(AtomicBool::new(false));
             let rdb_loaded = Arc::new(AtomicU64::new(0));
+            let snapshot_keys = Arc::new(AtomicU64::new(0));
+            let heartbeat_lag_us = Arc::new(AtomicU64::new(apply_thread::NO_LAG));
             let ctx = SourceCtx {
                 name: name.clone(),
                 spool: spool.clone(),
@@ -266,6 +278,8 @@ impl RelayBuilder {
                 other_sources: cfg.sources.iter().filter(|o| *o != ep).cloned().collect(),
                 snapshot_done: snapshot_done.clone(),
                 rdb_bytes_loaded: rdb_loaded.clone(),
+                snapshot_keys: snapshot_keys.clone(),
+                heartbeat_lag_us: heartbeat_lag_us.clone(),
             };
             let fatal = Arc::new(Mutex::new(None::<String>));
             let f2 = fatal.clone();
@@ -299,9 +313,20 @@ impl RelayBuilder {
                 spool,
                 snapshot_done,
                 rdb_loaded,
+                snapshot_keys,
+                heartbeat_lag_us,
+                ingest: Mutex::new(RateWindow::default()),
                 apply: Mutex::new(Some(apply)),
                 fatal,
             });
+            if let Some(period) = cfg.heartbeat {
+                spawn_heartbeat(
+                    ep.clone(),
+                    heartbeat_key(&cfg.stream.own_prefix, sources.last().map(|s| &s.name)),
+                    period,
+                    stop.clone(),
+                )?;
+            }
         }
         let handle = RelayHandle {
             inner: Arc::new(Inner {
@@ -316,6 +341,116 @@ impl RelayBuilder {
         handle.spawn_metrics_updater();
         backlog::spawn(Arc::downgrade(&handle.inner), cfg.sources.clone());
         Ok(handle)
+    }
+}
+
+/// `<prefix>heartbeat:<host:port>`.
+fn heartbeat_key(prefix: &[u8], source: Option<&String>) -> Vec<u8> {
+    let mut k = prefix.to_vec();
+    k.extend_from_slice(b"heartbeat:");
+    k.extend_from_slice(source.map(|s| s.as_bytes()).unwrap_or_default());
+    k
+}
+
+/// The heartbeat writer of one source: `SET <key> <unix ms> PX <ttl>` every `period` through
+/// its own client connection (never the replication link). The key expires by itself once the
+/// relay is gone (the master then replicates a DEL, which the stream apply skips as well).
+fn spawn_heartbeat(
+    ep: Endpoint,
+    key: Vec<u8>,
+    period: Duration,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<()> {
+    let ttl_ms = (period.as_millis() as u64 * 10).max(60_000).to_string();
+    std::thread::Builder::new()
+        .name(format!("heartbeat-{ep}"))
+        .spawn(move || {
+            let mut conn: Option<TargetConn> = None;
+            let mut warned = false;
+            let mut next = Instant::now();
+            while !stop.load(Ordering::Acquire) {
+                let now = Instant::now();
+                if now < next {
+                    std::thread::sleep((next - now).min(Duration::from_millis(100)));
+                    continue;
+                }
+                next += period;
+                if next < now {
+                    next = now + period;
+                }
+                if conn.is_none() {
+                    let timeout = period.clamp(Duration::from_millis(200), Duration::from_secs(5));
+                    match TargetConn::connect(&ep, timeout) {
+                        Ok(c) => {
+                            let t = Some(timeout.max(Duration::from_secs(2)));
+                            let _ = c.stream.set_read_timeout(t);
+                            let _ = c.stream.set_write_timeout(t);
+                            conn = Some(c);
+                        }
+                        Err(e) => {
+                            if !warned {
+                                tracing::warn!(source = %ep, "heartbeat: cannot connect: {e}");
+                                warned = true;
+                            }
+                            continue;
+                        }
+                    }
+                }
+                let stamp = apply_thread::unix_ms().to_string();
+                let args: [&[u8]; 5] = [b"SET", &key, stamp.as_bytes(), b"PX", ttl_ms.as_bytes()];
+                let problem = match conn.as_mut().map(|c| c.call(&args)) {
+                    Some(Ok(crate::resp::Reply::Error(e))) => Some(format!(
+                        "the source refused the write: {}",
+                        String::from_utf8_lossy(&e)
+                    )),
+                    Some(Ok(_)) | None => None,
+                    Some(Err(e)) => {
+                        conn = None;
+                        Some(e.to_string())
+                    }
+                };
+                match problem {
+                    // Logged once until a heartbeat gets through again.
+                    Some(p) if !warned => {
+                        tracing::warn!(source = %ep, "heartbeat: {p}");
+                        warned = true;
+                    }
+                    Some(_) => {}
+                    None => warned = false,
+                }
+            }
+        })?;
+    Ok(())
+}
+
+/// Samples of a growing counter over the last seconds, for a recent rate.
+#[derive(Default)]
+struct RateWindow {
+    samples: std::collections::VecDeque<(Instant, u64)>,
+}
+
+impl RateWindow {
+    const WINDOW: Duration = Duration::from_secs(10);
+
+    /// Add a sample (at most one per 250 ms) and return the rate per second over the window.
+    fn sample(&mut self, value: u64) -> Option<f64> {
+        let now = Instant::now();
+        // Neither Option::is_none_or (above the MSRV) nor map_or(true, ..) (clippy on newer
+        // MSRVs).
+        let due = match self.samples.back() {
+            Some((t, _)) => now.duration_since(*t) >= Duration::from_millis(250),
+            None => true,
+        };
+        if due {
+            self.samples.push_back((now, value));
+        }
+        while self.samples.len() > 2 && now.duration_since(self.samples[0].0) > Self::WINDOW {
+            self.samples.pop_front();
+        }
+        let (t0, v0) = *self.samples.front()?;
+        let (t1, v1) = *self.samples.back()?;
+        let secs = t1.duration_since(t0).as_secs_f64();
+        (secs >= 0.2).then(|| v1.saturating_sub(v0) as f64 / secs)
     }
 }
 
@@ -338,6 +473,10 @@ struct SourceRuntime {
     spool: Arc<Spool>,
     snapshot_done: Arc<AtomicBool>,
     rdb_loaded: Arc<AtomicU64>,
+    snapshot_keys: Arc<AtomicU64>,
+    heartbeat_lag_us: Arc<AtomicU64>,
+    /// Bytes received from the master (its offset) over the last seconds.
+    ingest: Mutex<RateWindow>,
     apply: Mutex<Option<JoinHandle<()>>>,
     fatal: Arc<Mutex<Option<String>>>,
 }
@@ -365,6 +504,17 @@ pub struct SourceStatus {
     pub lag_bytes: u64,
     pub rdb_bytes_loaded: u64,
     pub rdb_bytes_total: Option<u64>,
+    /// Keys of the current (or last) snapshot handed to the target.
+    pub snapshot_keys: u64,
+    /// Lag in seconds measured by the heartbeat (with [`RelayBuilder::heartbeat`] only): the
+    /// time from the heartbeat's write on the source until the target acknowledged everything
+    /// the source wrote before it.
+    pub lag_seconds: Option<f64>,
+    /// Lag in seconds estimated as `lag_bytes` over the recent rate of the master's offset
+    /// (bytes per second over the last 10 s); `None` during the snapshot.
+    pub lag_seconds_estimate: Option<f64>,
+    /// Bytes per second the master's offset grew over the last 10 s.
+    pub ingest_bytes_per_sec: Option<f64>,
     pub commands_applied: u64,
     pub target_errors: u64,
     pub spool_bytes: u64,
@@ -388,6 +538,18 @@ impl RelayHandle {
                 let received = s.progress.received_offset();
                 let done = s.snapshot_done.load(Ordering::Acquire);
                 let applied = if done { s.tracker.applied() } else { 0 };
+                let lag_bytes = received.saturating_sub(applied);
+                let rate = s.ingest.lock().sample(received);
+                let estimate = match (done, rate) {
+                    (false, _) => None,
+                    (true, _) if lag_bytes == 0 => Some(0.0),
+                    (true, Some(r)) if r > 0.0 => Some(lag_bytes as f64 / r),
+                    // Behind while the master wrote nothing for 10 s: no progress to
+                    // divide by, the lag grows without bound.
+                    (true, Some(_)) => Some(f64::INFINITY),
+                    (true, None) => None,
+                };
+                let hb = s.heartbeat_lag_us.load(Ordering::Relaxed);
                 let link_error = match s.progress.state() {
                     LinkState::Failed => s.progress.last_error(),
                     _ => None,
@@ -399,9 +561,13 @@ impl RelayHandle {
                     snapshot_done: done,
                     master_offset: received,
                     applied_offset: applied,
-                    lag_bytes: received.saturating_sub(applied),
+                    lag_bytes,
                     rdb_bytes_loaded: s.rdb_loaded.load(Ordering::Relaxed),
                     rdb_bytes_total: s.progress.rdb_bytes_total(),
+                    snapshot_keys: s.snapshot_keys.load(Ordering::Relaxed),
+                    lag_seconds: (hb != apply_thread::NO_LAG).then(|| hb as f64 / 1e6),
+                    lag_seconds_estimate: estimate,
+                    ingest_bytes_per_sec: rate,
                     commands_applied: s.tracker.commands_applied.load(Ordering::Relaxed),
                     target_errors: s.tracker.target_errors.load(Ordering::Relaxed),
                     spool_bytes: s.spool.memory_bytes.load(Ordering::Relaxed)
@@ -522,6 +688,13 @@ impl RelayHandle {
                     metrics::gauge!("redis_relay_spool_bytes", &l).set(s.spool_bytes as f64);
                     metrics::gauge!("redis_relay_snapshot_done", &l).set(if s.snapshot_done { 1.0 } else { 0.0 });
                     metrics::gauge!("redis_relay_connected", &l).set(if s.connected { 1.0 } else { 0.0 });
+                    metrics::gauge!("redis_relay_snapshot_keys", &l).set(s.snapshot_keys as f64);
+                    if let Some(v) = s.lag_seconds {
+                        metrics::gauge!("redis_relay_lag_seconds", &l).set(v);
+                    }
+                    if let Some(v) = s.lag_seconds_estimate {
+                        metrics::gauge!("redis_relay_lag_seconds_estimate", &l).set(v);
+                    }
                     if let Some(p) = h.inner.sources.iter().find(|x| x.name == s.source) {
                         let p = &p.progress;
                         metrics::counter!("redis_relay_acks_sent_total", &l).absolute(p.acks_sent());

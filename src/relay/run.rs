@@ -1,27 +1,37 @@
 //! Running a relay in the foreground: status output until SIGTERM/SIGINT or a fatal error.
+//!
+//! On a terminal (stderr) every source gets its own line, drawn with
+//! `indicatif::MultiProgress`: during the snapshot a bar (bytes loaded of the announced size,
+//! keys, rate, ETA) or, for a diskless transfer whose size is unknown, a spinner with the bytes;
+//! once the snapshot is acknowledged, the live status (lag, ops/s, errors). Log lines are
+//! printed above the bars (see [`crate::progress::log_writer`]). Without a terminal, one log
+//! line per source every 10 s, with the same numbers as structured fields. `quiet` turns both
+//! off.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use super::RelayHandle;
+use indicatif::{HumanBytes, MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use super::{RelayHandle, SourceStatus};
+use crate::source::LinkState;
 
 /// Block until SIGTERM or SIGINT (then shut down gracefully: exit 0) or a fatal error (exit 1).
-/// Prints a status line every 10 s (every second on a terminal).
+/// Shows progress per source on a terminal, logs it every 10 s otherwise (see the module doc).
 pub fn run_until_signal(handle: &RelayHandle, quiet: bool) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let tty = std::io::stderr().is_terminal();
-    let period = if tty {
-        Duration::from_secs(1)
+    let mut view = if quiet {
+        View::Quiet
+    } else if std::io::stderr().is_terminal() {
+        View::Bars(Bars::new(handle.status().len()))
     } else {
-        Duration::from_secs(10)
+        View::Log(LogLines::new(Duration::from_secs(10)))
     };
     let outcome = rt.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        let mut last = Instant::now();
-        let mut last_cmds = 0u64;
         loop {
             tokio::select! {
                 _ = term.recv() => return Ok::<_, anyhow::Error>(None),
@@ -31,46 +41,10 @@ pub fn run_until_signal(handle: &RelayHandle, quiet: bool) -> anyhow::Result<Exi
             if let Some(e) = handle.error() {
                 return Ok(Some(e));
             }
-            if !quiet && last.elapsed() >= period {
-                let secs = last.elapsed().as_secs_f64();
-                last = Instant::now();
-                let status = handle.status();
-                let cmds: u64 = status.iter().map(|s| s.commands_applied).sum();
-                let rate = (cmds.saturating_sub(last_cmds)) as f64 / secs;
-                last_cmds = cmds;
-                let parts: Vec<String> = status
-                    .iter()
-                    .map(|s| {
-                        if s.snapshot_done {
-                            format!("{} {} lag {} B", s.source, s.state, s.lag_bytes)
-                        } else {
-                            let total = s
-                                .rdb_bytes_total
-                                .map(|t| format!("/{t}"))
-                                .unwrap_or_default();
-                            format!(
-                                "{} {} snapshot {}{total} B",
-                                s.source, s.state, s.rdb_bytes_loaded
-                            )
-                        }
-                    })
-                    .collect();
-                let errors: u64 = status.iter().map(|s| s.target_errors).sum();
-                let line = format!(
-                    "{} | {rate:.0} cmd/s | {errors} target errors",
-                    parts.join(" | ")
-                );
-                if tty {
-                    eprint!("\r\x1b[2K{line}");
-                } else {
-                    tracing::info!("{line}");
-                }
-            }
+            view.update(handle);
         }
     });
-    if tty && !quiet {
-        eprintln!();
-    }
+    view.finish();
     match outcome? {
         None => {
             tracing::info!("signal received: draining and writing checkpoints");
@@ -84,5 +58,369 @@ pub fn run_until_signal(handle: &RelayHandle, quiet: bool) -> anyhow::Result<Exi
             eprintln!("error: {e}");
             Ok(ExitCode::from(1))
         }
+    }
+}
+
+enum View {
+    Quiet,
+    Bars(Bars),
+    Log(LogLines),
+}
+
+impl View {
+    fn update(&mut self, handle: &RelayHandle) {
+        match self {
+            View::Quiet => {}
+            View::Bars(b) => b.update(&handle.status()),
+            View::Log(l) => l.update(handle),
+        }
+    }
+
+    fn finish(&mut self) {
+        if let View::Bars(b) = self {
+            b.finish();
+        }
+    }
+}
+
+/// Per-source rates between two looks at the status.
+#[derive(Default, Clone)]
+struct Rates {
+    at: Option<Instant>,
+    commands: u64,
+    keys: u64,
+    ops_per_sec: f64,
+    keys_per_sec: f64,
+}
+
+impl Rates {
+    /// Update with the current counters once `every` has passed since the last update.
+    fn update(&mut self, s: &SourceStatus, every: Duration) {
+        let now = Instant::now();
+        match self.at {
+            Some(at) if now.duration_since(at) < every => return,
+            Some(at) => {
+                let secs = now.duration_since(at).as_secs_f64();
+                self.ops_per_sec = s.commands_applied.saturating_sub(self.commands) as f64 / secs;
+                self.keys_per_sec = s.snapshot_keys.saturating_sub(self.keys) as f64 / secs;
+            }
+            None => {}
+        }
+        self.at = Some(now);
+        self.commands = s.commands_applied;
+        self.keys = s.snapshot_keys;
+    }
+}
+
+/// What a source's line shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Before the snapshot's first byte (connecting, handshake, the master's BGSAVE).
+    Waiting,
+    /// Loading a snapshot of known size.
+    Snapshot,
+    /// Loading a diskless snapshot (size unknown).
+    SnapshotDiskless,
+    /// Snapshot acknowledged: the stream.
+    Live,
+}
+
+fn phase(s: &SourceStatus) -> Phase {
+    if s.snapshot_done {
+        Phase::Live
+    } else if s.rdb_bytes_loaded == 0 && (s.state != LinkState::Rdb || s.rdb_bytes_total.is_none())
+    {
+        // Before +FULLRESYNC, or during the master's BGSAVE (no byte, no size yet).
+        Phase::Waiting
+    } else if s.rdb_bytes_total.is_some_and(|t| t > 0) {
+        Phase::Snapshot
+    } else {
+        Phase::SnapshotDiskless
+    }
+}
+
+fn waiting_text(s: &SourceStatus) -> String {
+    match s.state {
+        LinkState::Rdb => "rdb: waiting for the master's snapshot (BGSAVE)".into(),
+        st => format!("{st}: waiting for the snapshot"),
+    }
+}
+
+/// The lag in seconds to show: the heartbeat's when there is one, else the estimate (`~`).
+fn lag_seconds_text(s: &SourceStatus) -> String {
+    match (s.lag_seconds, s.lag_seconds_estimate) {
+        (Some(v), _) => format!("{v:.2} s"),
+        (None, Some(v)) if v.is_finite() => format!("~{v:.1} s"),
+        (None, Some(_)) => "no progress".into(),
+        (None, None) => "? s".into(),
+    }
+}
+
+/// One line of text for a source (the log line's message; the bars use the same words).
+fn status_text(s: &SourceStatus, ops_per_sec: f64) -> String {
+    match phase(s) {
+        Phase::Waiting => format!("{} {}", s.source, waiting_text(s)),
+        Phase::Snapshot | Phase::SnapshotDiskless => {
+            let total = match s.rdb_bytes_total.filter(|t| *t > 0) {
+                Some(t) => format!(
+                    " of {} ({:.1}%)",
+                    HumanBytes(t),
+                    s.rdb_bytes_loaded as f64 * 100.0 / t as f64
+                ),
+                None => " (diskless: size unknown)".into(),
+            };
+            format!(
+                "{} snapshot: {}{total}, {} keys",
+                s.source,
+                HumanBytes(s.rdb_bytes_loaded),
+                s.snapshot_keys
+            )
+        }
+        Phase::Live => format!(
+            "{} {}: lag {} ({}), {ops_per_sec:.0} ops/s, {} target errors{}",
+            s.source,
+            s.state,
+            HumanBytes(s.lag_bytes),
+            lag_seconds_text(s),
+            s.target_errors,
+            if s.spool_bytes > 0 {
+                format!(", spool {}", HumanBytes(s.spool_bytes))
+            } else {
+                String::new()
+            }
+        ),
+    }
+}
+
+/// A log line per source every `period` (no terminal).
+struct LogLines {
+    period: Duration,
+    last: Instant,
+    rates: Vec<Rates>,
+}
+
+impl LogLines {
+    fn new(period: Duration) -> Self {
+        LogLines {
+            period,
+            last: Instant::now(),
+            rates: Vec::new(),
+        }
+    }
+
+    fn update(&mut self, handle: &RelayHandle) {
+        let status = handle.status();
+        self.rates.resize(status.len(), Rates::default());
+        for (s, r) in status.iter().zip(self.rates.iter_mut()) {
+            r.update(s, self.period);
+        }
+        if self.last.elapsed() < self.period {
+            return;
+        }
+        self.last = Instant::now();
+        for (s, r) in status.iter().zip(&self.rates) {
+            log_status(s, r.ops_per_sec, r.keys_per_sec);
+        }
+    }
+}
+
+fn log_status(s: &SourceStatus, ops_per_sec: f64, keys_per_sec: f64) {
+    let text = status_text(s, ops_per_sec);
+    let state = s.state.to_string();
+    match phase(s) {
+        Phase::Live => tracing::info!(
+            source = %s.source,
+            state,
+            phase = "streaming",
+            lag_bytes = s.lag_bytes,
+            lag_seconds = s.lag_seconds,
+            lag_seconds_estimate = s.lag_seconds_estimate.filter(|v| v.is_finite()),
+            ops_per_sec = ops_per_sec.round() as u64,
+            commands_applied = s.commands_applied,
+            target_errors = s.target_errors,
+            spool_bytes = s.spool_bytes,
+            snapshot_keys = s.snapshot_keys,
+            "{text}"
+        ),
+        p => tracing::info!(
+            source = %s.source,
+            state,
+            phase = if p == Phase::Waiting { "waiting" } else { "snapshot" },
+            rdb_bytes_loaded = s.rdb_bytes_loaded,
+            rdb_bytes_total = s.rdb_bytes_total,
+            snapshot_keys = s.snapshot_keys,
+            keys_per_sec = keys_per_sec.round() as u64,
+            target_errors = s.target_errors,
+            "{text}"
+        ),
+    }
+}
+
+/// One line per source on the terminal.
+struct Bars {
+    mp: MultiProgress,
+    lines: Vec<(ProgressBar, Option<Phase>)>,
+    rates: Vec<Rates>,
+}
+
+const TICK: &[&str] = &["⠋", "⠙", "⠹", "⠸", "⠼", "⠴", "⠦", "⠧", "⠇", "⠏", "✓"];
+
+fn style(p: Phase) -> ProgressStyle {
+    let t = match p {
+        Phase::Waiting => "{prefix:.bold} {spinner} {msg}",
+        Phase::Snapshot => {
+            "{prefix:.bold} snapshot [{bar:30.cyan/blue}] {bytes}/{total_bytes} {bytes_per_sec} {msg} ETA {eta}"
+        }
+        Phase::SnapshotDiskless => {
+            "{prefix:.bold} {spinner} snapshot {bytes} (diskless, size unknown) {bytes_per_sec} {msg}"
+        }
+        Phase::Live => "{prefix:.bold} {msg}",
+    };
+    ProgressStyle::with_template(t)
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ")
+        .tick_strings(TICK)
+}
+
+impl Bars {
+    fn new(sources: usize) -> Self {
+        let mp = MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(5));
+        crate::progress::set_active_bars(Some(mp.clone()));
+        Bars {
+            mp,
+            lines: Vec::with_capacity(sources),
+            rates: Vec::new(),
+        }
+    }
+
+    fn update(&mut self, status: &[SourceStatus]) {
+        self.rates.resize(status.len(), Rates::default());
+        let width = status.iter().map(|s| s.source.len()).max().unwrap_or(0);
+        while self.lines.len() < status.len() {
+            let bar = self.mp.add(ProgressBar::new(1));
+            self.lines.push((bar, None));
+        }
+        for ((s, (bar, shown)), r) in status
+            .iter()
+            .zip(self.lines.iter_mut())
+            .zip(self.rates.iter_mut())
+        {
+            r.update(s, Duration::from_secs(1));
+            let p = phase(s);
+            if *shown != Some(p) {
+                bar.set_style(style(p));
+                bar.set_prefix(format!("{:width$}", s.source));
+                // A new snapshot (or the first): the rate and ETA start over.
+                bar.reset();
+                *shown = Some(p);
+            }
+            match p {
+                Phase::Waiting => {
+                    bar.set_message(waiting_text(s));
+                    bar.tick();
+                }
+                Phase::Snapshot | Phase::SnapshotDiskless => {
+                    if let Some(t) = s.rdb_bytes_total.filter(|t| *t > 0) {
+                        bar.set_length(t);
+                    }
+                    bar.set_position(s.rdb_bytes_loaded);
+                    bar.set_message(format!(
+                        "{} keys ({:.0} keys/s)",
+                        s.snapshot_keys, r.keys_per_sec
+                    ));
+                }
+                Phase::Live => {
+                    let text = status_text(s, r.ops_per_sec);
+                    let text = text.strip_prefix(&s.source).unwrap_or(&text).trim_start();
+                    bar.set_message(text.to_string());
+                }
+            }
+        }
+    }
+
+    fn finish(&mut self) {
+        for (bar, _) in &self.lines {
+            bar.abandon();
+        }
+        crate::progress::set_active_bars(None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status() -> SourceStatus {
+        SourceStatus {
+            source: "10.0.0.1:6379".into(),
+            state: LinkState::Rdb,
+            connected: true,
+            snapshot_done: false,
+            master_offset: 0,
+            applied_offset: 0,
+            lag_bytes: 0,
+            rdb_bytes_loaded: 512 << 20,
+            rdb_bytes_total: Some(1 << 30),
+            snapshot_keys: 1_234_567,
+            lag_seconds: None,
+            lag_seconds_estimate: None,
+            ingest_bytes_per_sec: None,
+            commands_applied: 0,
+            target_errors: 0,
+            spool_bytes: 0,
+            full_syncs: 0,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn snapshot_text_has_bytes_and_keys() {
+        let s = status();
+        assert_eq!(phase(&s), Phase::Snapshot);
+        assert_eq!(
+            status_text(&s, 0.0),
+            "10.0.0.1:6379 snapshot: 512.00 MiB of 1.00 GiB (50.0%), 1234567 keys"
+        );
+        let d = SourceStatus {
+            rdb_bytes_total: None,
+            ..status()
+        };
+        assert_eq!(phase(&d), Phase::SnapshotDiskless);
+        assert!(
+            status_text(&d, 0.0).contains("diskless"),
+            "{}",
+            status_text(&d, 0.0)
+        );
+        let w = SourceStatus {
+            state: LinkState::Connecting,
+            rdb_bytes_loaded: 0,
+            ..status()
+        };
+        assert_eq!(phase(&w), Phase::Waiting);
+        let bgsave = SourceStatus {
+            rdb_bytes_loaded: 0,
+            rdb_bytes_total: None,
+            ..status()
+        };
+        assert_eq!(phase(&bgsave), Phase::Waiting);
+    }
+
+    #[test]
+    fn live_text_has_lag_rate_and_errors() {
+        let mut s = status();
+        s.snapshot_done = true;
+        s.state = LinkState::Streaming;
+        s.lag_bytes = 2048;
+        s.target_errors = 3;
+        s.lag_seconds_estimate = Some(0.3);
+        assert_eq!(
+            status_text(&s, 1500.4),
+            "10.0.0.1:6379 streaming: lag 2.00 KiB (~0.3 s), 1500 ops/s, 3 target errors"
+        );
+        s.lag_seconds = Some(0.031);
+        assert!(status_text(&s, 0.0).contains("(0.03 s)"));
+        s.lag_seconds = None;
+        s.lag_seconds_estimate = Some(f64::INFINITY);
+        assert!(status_text(&s, 0.0).contains("no progress"));
     }
 }

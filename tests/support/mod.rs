@@ -335,6 +335,11 @@ pub struct Relay {
 impl Relay {
     /// `redis-relay sync` with `args` plus `--metrics-addr` on a free port.
     pub fn start_sync(args: &[String], log_dir: &Path) -> Relay {
+        Self::start_sync_with(args, log_dir, true)
+    }
+
+    /// [`Relay::start_sync`], with `-q` only when `quiet`.
+    pub fn start_sync_with(args: &[String], log_dir: &Path, quiet: bool) -> Relay {
         let metrics_port = free_port();
         let log = log_dir.join(format!("relay-{}.log", metrics_port));
         let file = std::fs::File::create(&log).expect("relay log file");
@@ -343,7 +348,7 @@ impl Relay {
             .args(args)
             .arg("--metrics-addr")
             .arg(format!("127.0.0.1:{metrics_port}"))
-            .arg("-q")
+            .args(quiet.then_some("-q"))
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
