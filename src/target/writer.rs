@@ -166,27 +166,6 @@ impl WriterPool {
         self.senders.len()
     }
 
-    /// Send a batch to writer `w`, waiting while its queue is full. Fails once the pool has
-    /// failed (the batch is not applied).
-    pub fn send(&self, w: usize, batch: Batch) -> Result<(), String> {
-        let mut batch = batch;
-        loop {
-            if let Some(e) = self.state.error() {
-                return Err(e);
-            }
-            match self.senders[w].send_timeout(batch, Duration::from_millis(200)) {
-                Ok(()) => return Ok(()),
-                Err(crossbeam_channel::SendTimeoutError::Timeout(b)) => batch = b,
-                Err(crossbeam_channel::SendTimeoutError::Disconnected(_)) => {
-                    return Err(self
-                        .state
-                        .error()
-                        .unwrap_or_else(|| "writer stopped".to_string()))
-                }
-            }
-        }
-    }
-
     /// A sender handle for writer `w` (dispatchers on other threads).
     pub fn handle(&self) -> PoolHandle {
         PoolHandle {
@@ -230,6 +209,8 @@ impl PoolHandle {
         self.senders.len()
     }
 
+    /// Send a batch to writer `w`, waiting while its queue is full. Fails once the pool has
+    /// failed (the batch is not applied).
     pub fn send(&self, w: usize, batch: Batch) -> Result<(), String> {
         let mut batch = batch;
         loop {

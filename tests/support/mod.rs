@@ -440,3 +440,24 @@ pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
     false
 }
+
+/// Compare the union of `sources` with `target` (re-checking keys in flight) and panic with the
+/// report and `log` when they differ.
+pub fn assert_union_equal(sources: &[String], target: &str, log: &str) {
+    use redis_relay::endpoint::Endpoint;
+    use redis_relay::verify::{verify, VerifyOptions};
+    let eps: Vec<Endpoint> = sources
+        .iter()
+        .map(|s| Endpoint::parse(s).expect("source address"))
+        .collect();
+    let report = verify(
+        &eps,
+        &Endpoint::parse(target).expect("target address"),
+        &VerifyOptions {
+            recheck_rounds: 10,
+            ..VerifyOptions::default()
+        },
+    )
+    .expect("verify runs");
+    assert!(report.is_equal(), "target differs:\n{report}\nlog:\n{log}");
+}
