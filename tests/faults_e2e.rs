@@ -321,3 +321,63 @@ fn backlog_too_small_for_the_lag_is_warned_before_it_overflows() {
     let (code, _) = relay.terminate(Duration::from_secs(10));
     assert_eq!(code, Some(0), "{}", relay.log_text());
 }
+
+#[test]
+fn forced_full_resync_leaves_no_stale_key_to_merge_with() {
+    // A backlog far too small for the outage: the resume must become a full resync.
+    let master = RedisServer::start(&["repl-diskless-sync no", "repl-backlog-size 16kb"]);
+    let target = RedisServer::start(&[]);
+    let to_master = FaultProxy::start(master.port);
+    let state = tempfile::tempdir().unwrap();
+    let src = format!("127.0.0.1:{}", to_master.port);
+    let mut relay = Relay::start_sync(
+        &[
+            "--source".into(),
+            format!("redis://{src}"),
+            "--target".into(),
+            target.url(),
+            "--state-dir".into(),
+            state.path().display().to_string(),
+        ],
+        state.path(),
+    );
+    assert!(wait_until(Duration::from_secs(30), || relay
+        .metric("redis_relay_snapshot_done", &src)
+        == Some(1.0)));
+    let mut m = master.client();
+    m.cmd(&["RPUSH", "gone", "old-1", "old-2"]);
+    m.cmd(&["SET", "kept", "1"]);
+    assert!(wait_until(Duration::from_secs(10), || target
+        .client()
+        .cmd(&["LLEN", "gone"])
+        .as_int()
+        == Some(2)));
+    to_master.cut();
+    m.cmd(&["DEL", "gone"]);
+    let filler = "f".repeat(1000);
+    for i in 0..200 {
+        m.cmd(&["SET", &format!("filler:{i}"), &filler]);
+    }
+    to_master.up();
+    assert!(
+        wait_until(Duration::from_secs(30), || relay
+            .metric("redis_relay_full_syncs_total", &src)
+            == Some(2.0)
+            && relay.metric("redis_relay_snapshot_done", &src) == Some(1.0)),
+        "a second full sync: {}",
+        relay.log_text()
+    );
+    // Written after the new snapshot: must not be merged with the stale list.
+    m.cmd(&["RPUSH", "gone", "new-1"]);
+    let log = relay.log_text();
+    assert_equal(&[&master], &target, &log);
+    assert_eq!(
+        target.client().cmd(&["LRANGE", "gone", "0", "-1"]),
+        redis_relay::resp::Reply::Array(Some(vec![redis_relay::resp::Reply::Bulk(Some(
+            "new-1".into()
+        ))])),
+        "the stale list was not merged into"
+    );
+    let (code, _) = relay.terminate(Duration::from_secs(10));
+    assert_eq!(code, Some(0), "{}", relay.log_text());
+}

@@ -27,6 +27,18 @@ pub fn scoped_flush(
     db: Option<u32>,
     keep_prefix: &[u8],
 ) -> anyhow::Result<u64> {
+    delete_unowned(target, others, db, keep_prefix, &|_, _| false)
+}
+
+/// Like [`scoped_flush`], but also keeps every key for which `keep(db, key)` is true: after a
+/// forced full resync, the keys of the new snapshot (so only the stale ones go).
+pub fn delete_unowned(
+    target: &Endpoint,
+    others: &[Endpoint],
+    db: Option<u32>,
+    keep_prefix: &[u8],
+    keep: &dyn Fn(u32, &[u8]) -> bool,
+) -> anyhow::Result<u64> {
     let timeout = Duration::from_secs(10);
     let mut t = TargetConn::connect(target, timeout)?;
     let mut srcs: Vec<TargetConn> = others
@@ -50,7 +62,7 @@ pub fn scoped_flush(
             let (next, keys) = scan_reply(reply)?;
             let mut doomed: Vec<Bytes> = keys
                 .into_iter()
-                .filter(|k| !k.starts_with(keep_prefix))
+                .filter(|k| !k.starts_with(keep_prefix) && !keep(d, k))
                 .collect();
             for s in srcs.iter_mut() {
                 if doomed.is_empty() {

@@ -1,7 +1,9 @@
 //! One source's apply thread: takes records from the spool in order, loads the snapshot,
 //! applies the command stream, keeps the applied offset, ACK position and checkpoint.
 
+use std::collections::HashSet;
 use std::collections::VecDeque;
+use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -14,7 +16,7 @@ use super::rdb_reader::SpoolRdbReader;
 use crate::endpoint::Endpoint;
 use crate::pipeline::checkpoint::{self, Checkpoint};
 use crate::pipeline::dispatcher::{record_base, record_key, ExactlyOnce};
-use crate::pipeline::scoped_flush::scoped_flush;
+use crate::pipeline::scoped_flush::{delete_unowned, scoped_flush};
 use crate::pipeline::spool::{Spool, SpoolRecord};
 use crate::pipeline::stream_apply::{Control, StreamApply, StreamOptions};
 use crate::pipeline::{Dispatcher, SourceTracker};
@@ -261,8 +263,9 @@ fn full_resync(
     if let Output::Target { dispatcher, .. } = &mut ctx.output {
         dispatcher.barrier()?;
     }
-    if st.stream.is_some() {
-        tracing::warn!(source = %ctx.name, "the master forced a full resync: its keys are replaced from the new snapshot (keys deleted on the master meanwhile may remain on the target)");
+    let unexpected = st.stream.is_some() || ctx.resume.is_some();
+    if unexpected {
+        tracing::warn!(source = %ctx.name, "the master forced a full resync: its keys are replaced from the new snapshot, and the keys it no longer has are removed from the target");
     }
     ctx.snapshot_done.store(false, Ordering::Release);
     if let Output::Target { dispatcher, .. } = &mut ctx.output {
@@ -287,6 +290,12 @@ fn full_resync(
         dispatcher.set_exactly_once(Some(eo));
     }
 
+    // A full resync after the target already holds data of this source (a resume refused,
+    // a backlog overrun): keys the master deleted meanwhile must not survive on the target,
+    // or a later write to the same key would merge with the stale value. Remember the keys of
+    // the new snapshot (a 64-bit hash each), and once it is applied delete every target key
+    // that is neither in it nor held by another source.
+    let mut snapshot_keys: Option<HashSet<u64>> = unexpected.then(HashSet::new);
     let mut reader = SpoolRdbReader::new(ctx.spool.clone(), ctx.stop.clone());
     let counted = CountingRead {
         inner: &mut reader,
@@ -300,7 +309,21 @@ fn full_resync(
             dispatcher, apply, ..
         } => {
             let mut snap = SnapshotApply::new((**apply).clone(), off);
+            let filter = apply.filter.clone();
+            let seen = &mut snapshot_keys;
             let r = parser.run(|ev| {
+                if let Some(set) = seen.as_mut() {
+                    let meta = match &ev {
+                        Event::Entry(e) => Some(&e.meta),
+                        Event::BigStart(m) => Some(m),
+                        _ => None,
+                    };
+                    if let Some(m) = meta {
+                        if let Some(db) = u32::try_from(m.db).ok().and_then(|d| filter.map_db(d)) {
+                            set.insert(key_hash(db, &m.key));
+                        }
+                    }
+                }
                 let r = snap.on_event(ev, dispatcher).map_err(|e| e.into());
                 keys.store(snap.stats.keys, Ordering::Relaxed);
                 r
@@ -355,6 +378,17 @@ fn full_resync(
         Output::Target { dispatcher, .. } => {
             dispatcher.barrier()?;
             dispatcher.set_exactly_once(Some(eo));
+            if let (Some(set), Some(target)) = (&snapshot_keys, &ctx.target) {
+                let deleted = delete_unowned(
+                    target,
+                    &ctx.other_sources,
+                    None,
+                    &ctx.stream_opts.own_prefix,
+                    &|db, k| set.contains(&key_hash(db, k)),
+                )
+                .map_err(|e| format!("source {}: removing stale keys: {e:#}", ctx.name))?;
+                tracing::warn!(source = %ctx.name, deleted, "forced full resync: removed the target keys that are neither in the new snapshot nor on another source");
+            }
         }
         Output::Sink(sink) => sink
             .event(RelayEvent::SnapshotEnd {
@@ -538,4 +572,12 @@ fn read_records(
         out.push(offset);
     }
     Ok(out)
+}
+
+/// A 64-bit hash of a key in a database (the stale-key sweep keeps a set of these).
+fn key_hash(db: u32, key: &[u8]) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    db.hash(&mut h);
+    key.hash(&mut h);
+    h.finish()
 }
