@@ -17,11 +17,13 @@ use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 
-fn b64(b: &[u8]) -> J {
+/// A byte string in the canonical form: standard base64.
+pub fn b64(b: &[u8]) -> J {
     J::String(B64.encode(b))
 }
 
-fn score_json(s: f64) -> J {
+/// A score as the canonical form writes it: a number when finite, else `"inf"`/`"-inf"`.
+pub fn score_json(s: f64) -> J {
     if s.is_finite() {
         serde_json::Number::from_f64(s)
             .map(J::Number)

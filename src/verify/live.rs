@@ -139,24 +139,8 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-fn b64(b: &[u8]) -> J {
-    J::String(B64.encode(b))
-}
-
-/// A score as the canonical form writes it: a number when finite, else `"inf"`/`"-inf"`.
-pub fn score_json(s: f64) -> J {
-    if s.is_finite() {
-        serde_json::Number::from_f64(s)
-            .map(J::Number)
-            .unwrap_or(J::Null)
-    } else if s.is_nan() {
-        J::String("nan".into())
-    } else if s > 0.0 {
-        J::String("inf".into())
-    } else {
-        J::String("-inf".into())
-    }
-}
+use crate::rdb::json::b64;
+pub use crate::rdb::json::score_json;
 
 /// Bytes of a bulk or simple-string reply.
 fn bytes_of(r: &Reply) -> Option<Bytes> {
