@@ -42,6 +42,34 @@ fn assert_equal(sources: &[&RedisServer], target: &RedisServer, log: &str) {
     support::assert_union_equal(&addrs, &target.addr(), log);
 }
 
+/// `redis-relay sync` of one source into `target`, returned once the snapshot is applied.
+fn synced_relay(
+    source_url: String,
+    target_url: String,
+    state: &std::path::Path,
+    extra: &[&str],
+    src: &str,
+) -> Relay {
+    let mut args = vec![
+        "--source".to_string(),
+        source_url,
+        "--target".into(),
+        target_url,
+        "--state-dir".into(),
+        state.display().to_string(),
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let relay = Relay::start_sync(&args, state);
+    assert!(
+        wait_until(Duration::from_secs(30), || relay
+            .metric("redis_relay_snapshot_done", src)
+            == Some(1.0)),
+        "snapshot not applied:\n{}",
+        relay.log_text()
+    );
+    relay
+}
+
 fn stat(m: &RedisServer, field: &str) -> i64 {
     m.client()
         .info_field("stats", field)
@@ -55,21 +83,14 @@ fn target_unreachable_then_back_loses_nothing() {
     let target = RedisServer::start(&[]);
     let to_target = FaultProxy::start(target.port);
     let state = tempfile::tempdir().unwrap();
-    let mut relay = Relay::start_sync(
-        &[
-            "--source".into(),
-            master.url(),
-            "--target".into(),
-            format!("redis://127.0.0.1:{}", to_target.port),
-            "--state-dir".into(),
-            state.path().display().to_string(),
-        ],
-        state.path(),
-    );
     let src = master.addr();
-    assert!(wait_until(Duration::from_secs(30), || relay
-        .metric("redis_relay_snapshot_done", &src)
-        == Some(1.0)));
+    let mut relay = synced_relay(
+        master.url(),
+        format!("redis://127.0.0.1:{}", to_target.port),
+        state.path(),
+        &[],
+        &src,
+    );
     let stop = Arc::new(AtomicBool::new(false));
     let t = {
         let (c, s) = (master.client(), stop.clone());
@@ -103,22 +124,13 @@ fn source_cut_and_stall_resume_partially() {
     let to_master = FaultProxy::start(master.port);
     let state = tempfile::tempdir().unwrap();
     let src = format!("127.0.0.1:{}", to_master.port);
-    let mut relay = Relay::start_sync(
-        &[
-            "--source".into(),
-            format!("redis://{src}"),
-            "--target".into(),
-            target.url(),
-            "--state-dir".into(),
-            state.path().display().to_string(),
-            "--repl-timeout".into(),
-            "2".into(),
-        ],
+    let mut relay = synced_relay(
+        format!("redis://{src}"),
+        target.url(),
         state.path(),
+        &["--repl-timeout", "2"],
+        &src,
     );
-    assert!(wait_until(Duration::from_secs(30), || relay
-        .metric("redis_relay_snapshot_done", &src)
-        == Some(1.0)));
     let stop = Arc::new(AtomicBool::new(false));
     let t = {
         let (c, s) = (master.client(), stop.clone());
@@ -155,21 +167,8 @@ fn target_error_replies_are_counted_and_logged() {
     let master = RedisServer::start(&["repl-diskless-sync no"]);
     let target = RedisServer::start(&[]);
     let state = tempfile::tempdir().unwrap();
-    let mut relay = Relay::start_sync(
-        &[
-            "--source".into(),
-            master.url(),
-            "--target".into(),
-            target.url(),
-            "--state-dir".into(),
-            state.path().display().to_string(),
-        ],
-        state.path(),
-    );
     let src = master.addr();
-    assert!(wait_until(Duration::from_secs(30), || relay
-        .metric("redis_relay_snapshot_done", &src)
-        == Some(1.0)));
+    let mut relay = synced_relay(master.url(), target.url(), state.path(), &[], &src);
     // A key of another type on the target only: the master's RPUSH is a WRONGTYPE there.
     target.client().cmd(&["SET", "clash", "string"]);
     let mut m = master.client();
@@ -205,20 +204,13 @@ fn failover_to_the_replica_continues_with_a_partial_resync() {
     let vip = FaultProxy::start(master.port);
     let state = tempfile::tempdir().unwrap();
     let src = format!("127.0.0.1:{}", vip.port);
-    let mut relay = Relay::start_sync(
-        &[
-            "--source".into(),
-            format!("redis://{src}"),
-            "--target".into(),
-            target.url(),
-            "--state-dir".into(),
-            state.path().display().to_string(),
-        ],
+    let mut relay = synced_relay(
+        format!("redis://{src}"),
+        target.url(),
         state.path(),
+        &[],
+        &src,
     );
-    assert!(wait_until(Duration::from_secs(30), || relay
-        .metric("redis_relay_snapshot_done", &src)
-        == Some(1.0)));
     let mut m = master.client();
     for i in 0..500 {
         m.cmd(&["RPUSH", "fl", &i.to_string()]);
@@ -273,21 +265,8 @@ fn backlog_too_small_for_the_lag_is_warned_before_it_overflows() {
     let master = RedisServer::start(&["repl-diskless-sync no", "repl-backlog-size 1mb"]);
     let target = RedisServer::start(&[]);
     let state = tempfile::tempdir().unwrap();
-    let mut relay = Relay::start_sync(
-        &[
-            "--source".into(),
-            master.url(),
-            "--target".into(),
-            target.url(),
-            "--state-dir".into(),
-            state.path().display().to_string(),
-        ],
-        state.path(),
-    );
     let src = master.addr();
-    assert!(wait_until(Duration::from_secs(30), || relay
-        .metric("redis_relay_snapshot_done", &src)
-        == Some(1.0)));
+    let mut relay = synced_relay(master.url(), target.url(), state.path(), &[], &src);
     assert!(
         wait_until(Duration::from_secs(10), || relay
             .metric("redis_relay_backlog_bytes", &src)
@@ -330,20 +309,13 @@ fn forced_full_resync_leaves_no_stale_key_to_merge_with() {
     let to_master = FaultProxy::start(master.port);
     let state = tempfile::tempdir().unwrap();
     let src = format!("127.0.0.1:{}", to_master.port);
-    let mut relay = Relay::start_sync(
-        &[
-            "--source".into(),
-            format!("redis://{src}"),
-            "--target".into(),
-            target.url(),
-            "--state-dir".into(),
-            state.path().display().to_string(),
-        ],
+    let mut relay = synced_relay(
+        format!("redis://{src}"),
+        target.url(),
         state.path(),
+        &[],
+        &src,
     );
-    assert!(wait_until(Duration::from_secs(30), || relay
-        .metric("redis_relay_snapshot_done", &src)
-        == Some(1.0)));
     let mut m = master.client();
     m.cmd(&["RPUSH", "gone", "old-1", "old-2"]);
     m.cmd(&["SET", "kept", "1"]);
