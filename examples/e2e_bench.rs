@@ -52,12 +52,16 @@ struct Opts {
     size_label: &'static str,
     /// Directory for `perf record` profiles of the relay (full sync, catch-up, big keys).
     perf_dir: Option<PathBuf>,
+    /// Only write the generated data set (RESP) to this file and exit (for offline profiling:
+    /// `redis-cli --pipe < FILE`, `SAVE`, then `redis-relay restore`).
+    gen_only: Option<PathBuf>,
 }
 
 fn parse_opts() -> Opts {
     let mut keys: Option<u64> = None;
     let mut quick = false;
     let mut perf_dir = None;
+    let mut gen_only = None;
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -70,8 +74,9 @@ fn parse_opts() -> Opts {
             }
             "--quick" => quick = true,
             "--perf" => perf_dir = Some(PathBuf::from(it.next().expect("--perf DIR"))),
+            "--gen-only" => gen_only = Some(PathBuf::from(it.next().expect("--gen-only FILE"))),
             "-h" | "--help" => {
-                eprintln!("usage: e2e_bench [--keys N] [--quick] [--perf DIR]");
+                eprintln!("usage: e2e_bench [--keys N] [--quick] [--perf DIR] [--gen-only FILE]");
                 std::process::exit(0);
             }
             other => panic!("unknown argument {other} (usage: e2e_bench [--keys N] [--quick])"),
@@ -87,6 +92,7 @@ fn parse_opts() -> Opts {
             steady_rate: 5_000,
             size_label: "quick",
             perf_dir,
+            gen_only,
         }
     } else {
         Opts {
@@ -98,6 +104,7 @@ fn parse_opts() -> Opts {
             steady_rate: 10_000,
             size_label: "full",
             perf_dir,
+            gen_only,
         }
     }
 }
@@ -970,6 +977,17 @@ fn machine() -> String {
 fn main() -> Res<()> {
     START.with(|_| ());
     let o = parse_opts();
+    if let Some(path) = &o.gen_only {
+        let st = generate(path, o.keys)?;
+        eprintln!(
+            "wrote {} keys, {} elements, {:.1} MB of RESP to {}",
+            st.keys,
+            st.elements,
+            st.bytes as f64 / 1e6,
+            path.display()
+        );
+        return Ok(());
+    }
     let tmp = tempfile::Builder::new().prefix("e2e-bench").tempdir()?;
     let dir = tmp.path();
     let tck = clk_tck();
@@ -1130,6 +1148,19 @@ fn main() -> Res<()> {
     ));
 
     // ---- catch-up
+    // Warm-up: the same load once, target not paused, until the relay has applied it. The
+    // measured round and the baseline (`-P 64` at the target, later) then both write keys that
+    // exist. Without it the measured round would create ~200,000 keys on a target that already
+    // holds the full-sync data set (at 1,000,000 keys that crosses a main-dictionary resize, and
+    // the target itself ingests new keys at half the rate of existing ones), while the baseline,
+    // run afterwards, would overwrite them: two different workloads.
+    let t = Instant::now();
+    redis_benchmark(nut.port, o.catchup_n, 16)?;
+    wait_caught_up(&mut relay, &[&ma, &mb], Duration::from_secs(3600))?;
+    log(format!(
+        "catch-up warm-up: same load once, applied in {:.1}s",
+        t.elapsed().as_secs_f64()
+    ));
     let hwm_reset = reset_hwm(pid);
     if !hwm_reset {
         notes.push("could not reset VmHWM (clear_refs): catch-up RSS is sampled VmRSS only".into());

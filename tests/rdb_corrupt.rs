@@ -149,7 +149,7 @@ fn mini_rdb(raw: &[u8], version: u32) -> Vec<u8> {
     d.extend_from_slice(&[3, b'k', b'e', b'y']);
     d.extend_from_slice(&raw[1..]);
     d.push(0xff);
-    let crc = CRC64.checksum(&d);
+    let crc = crc64(&d);
     d.extend_from_slice(&crc.to_le_bytes());
     d
 }
@@ -157,7 +157,7 @@ fn mini_rdb(raw: &[u8], version: u32) -> Vec<u8> {
 fn fix_crc(d: &mut [u8]) {
     if d.len() > 8 {
         let n = d.len() - 8;
-        let crc = CRC64.checksum(&d[..n]);
+        let crc = crc64(&d[..n]);
         d[n..].copy_from_slice(&crc.to_le_bytes());
     }
 }

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use redis_relay::rdb::{decode_dump_payload, ParseOptions, RdbParser, CRC64};
+use redis_relay::rdb::{decode_dump_payload, ParseOptions, RdbParser, crc64};
 
 fuzz_target!(|data: &[u8]| {
     let _ = RdbParser::new(data, ParseOptions { verify_checksum: false, capture_raw: true, ..Default::default() })
@@ -18,7 +18,7 @@ fuzz_target!(|data: &[u8]| {
     if !data.is_empty() {
         let mut p = data.to_vec();
         p.extend_from_slice(&12u16.to_le_bytes());
-        let crc = CRC64.checksum(&p);
+        let crc = crc64(&p);
         p.extend_from_slice(&crc.to_le_bytes());
         let _ = decode_dump_payload(&p);
     }

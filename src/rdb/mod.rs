@@ -6,6 +6,7 @@
 pub mod model;
 
 mod collect;
+pub mod crc;
 pub mod elem;
 pub mod error;
 pub mod function;
@@ -23,4 +24,4 @@ pub mod zipmap;
 pub use error::{RdbError, RdbErrorKind};
 pub use model::*;
 pub use parser::{decode_dump_payload, key_type_of, ParseOptions, ParseSummary, RdbParser};
-pub use reader::CRC64;
+pub use crc::{crc64, Crc64};

@@ -6,7 +6,8 @@ use super::error::{HandlerError, RdbError};
 use super::listpack::ListpackIter;
 use super::lzf;
 use super::model::*;
-use super::reader::{RdbReader, StrHeader, CRC64};
+use super::crc::crc64;
+use super::reader::{RdbReader, StrHeader};
 use super::stream;
 use super::ziplist::ZiplistIter;
 use super::{intset, zipmap};
@@ -987,7 +988,7 @@ pub fn decode_dump_payload(payload: &[u8]) -> Result<(KeyType, Value), RdbError>
     let body_end = payload.len() - 10;
     let crc_at = payload.len() - 8;
     let stored = u64::from_le_bytes(payload[crc_at..].try_into().unwrap_or([0; 8]));
-    let computed = CRC64.checksum(&payload[..crc_at]);
+    let computed = crc64(&payload[..crc_at]);
     if stored != computed {
         return Err(RdbError {
             offset: crc_at as u64,

@@ -2,14 +2,13 @@
 //! of the data path (e.g. a 1 GB RDB holding one 300 MB list). The files it writes are valid
 //! RDB version 10 (Redis 7.0) files with a CRC64 trailer, loadable by a real server.
 
-use super::reader::CRC64;
-use crc::{Digest, Table};
+use super::crc::Crc64;
 use std::io::{self, Write};
 
 /// Writes RDB structures and maintains the CRC64 as it goes.
 pub struct RdbWriter<W: Write> {
     w: W,
-    crc: Digest<'static, u64, Table<16>>,
+    crc: Crc64,
     written: u64,
 }
 
@@ -18,7 +17,7 @@ impl<W: Write> RdbWriter<W> {
     pub fn new(w: W, version: u32) -> io::Result<Self> {
         let mut s = RdbWriter {
             w,
-            crc: CRC64.digest(),
+            crc: Crc64::new(),
             written: 0,
         };
         s.raw(format!("REDIS{version:04}").as_bytes())?;
@@ -150,7 +149,7 @@ impl<W: Write> RdbWriter<W> {
     /// Write the EOF opcode and the CRC64 trailer; returns the inner writer.
     pub fn finish(mut self) -> io::Result<W> {
         self.raw(&[255])?;
-        let crc = self.crc.clone().finalize();
+        let crc = self.crc.value();
         self.w.write_all(&crc.to_le_bytes())?;
         self.written += 8;
         self.w.flush()?;

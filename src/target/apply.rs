@@ -11,16 +11,12 @@ use crate::pipeline::filter::KeyFilter;
 use crate::pipeline::{Dispatcher, Op};
 use crate::rdb::{Entry, Event, KeyMeta, KeyType, StreamId, Value};
 
-/// CRC-64/Jones as Redis computes it for RDB files and DUMP payloads.
-pub const CRC64: crc::Crc<u64, crc::Table<16>> =
-    crc::Crc::<u64, crc::Table<16>>::new(&crc::CRC_64_REDIS);
-
 /// Build a DUMP/RESTORE payload: serialized value + 2-byte RDB version + CRC64, little endian.
 pub fn restore_payload(raw: &[u8], rdb_version: u16) -> Bytes {
     let mut out = BytesMut::with_capacity(raw.len() + 10);
     out.put_slice(raw);
     out.put_u16_le(rdb_version);
-    let crc = CRC64.checksum(&out);
+    let crc = crate::rdb::crc64(&out);
     out.put_u64_le(crc);
     out.freeze()
 }
@@ -358,6 +354,6 @@ mod tests {
         // DUMP of the string "bar" on Redis 7.0 (RDB 10): \x00\x03bar\n\x00 + CRC64.
         let p = restore_payload(b"\x00\x03bar", 10);
         assert_eq!(&p[..7], b"\x00\x03bar\x0a\x00");
-        assert_eq!(CRC64.checksum(b"123456789"), 0xe9c6d914c4b8d9ca);
+        assert_eq!(crate::rdb::crc64(b"123456789"), 0xe9c6d914c4b8d9ca);
     }
 }

@@ -162,7 +162,7 @@ pub fn compare_with_expected(actual: &J, expected: &J, structure: &J, what: &str
 pub fn dump_payload(raw: &[u8], version: u32) -> Vec<u8> {
     let mut p = raw.to_vec();
     p.extend_from_slice(&(version as u16).to_le_bytes());
-    let crc = CRC64.checksum(&p);
+    let crc = crc64(&p);
     p.extend_from_slice(&crc.to_le_bytes());
     p
 }
