@@ -703,7 +703,7 @@ fn generate(path: &Path, keys: u64) -> Res<DataStats> {
         st.commands += 1;
         st.bytes += out.len() as u64;
         w.write_all(&out)?;
-        if st.commands % BLOCK == 0 || st.commands == keys {
+        if st.commands.is_multiple_of(BLOCK) || st.commands == keys {
             st.blocks.push(st.bytes);
         }
     }

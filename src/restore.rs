@@ -63,6 +63,7 @@ pub fn restore_file(
         .map_err(|e| anyhow::anyhow!("target {target}: INFO failed: {e}"))?;
     let mut apply_opts = ApplyOptions::for_target(&info);
     apply_opts.use_restore = !opts.commands_only;
+    let undecoded_up_to_version = apply_opts.undecoded_up_to_version();
     let pool = WriterPool::start(target, &opts.writers)?;
     let tracker = Arc::new(SourceTracker::new(
         path.display().to_string(),
@@ -89,6 +90,7 @@ pub fn restore_file(
     let parse_opts = ParseOptions {
         capture_raw: !opts.commands_only,
         big_value_bytes: opts.big_value_bytes,
+        undecoded_up_to_version,
         ..ParseOptions::default()
     };
     let mut parser = RdbParser::new(reader, parse_opts);

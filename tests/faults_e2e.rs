@@ -30,7 +30,7 @@ fn traffic(mut c: Client, stop: Arc<AtomicBool>) -> u64 {
             assert!(!r.is_error(), "{r:?}");
         }
         i += 1;
-        if i % 20 == 0 {
+        if i.is_multiple_of(20) {
             std::thread::sleep(Duration::from_millis(1));
         }
     }

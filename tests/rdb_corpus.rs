@@ -118,7 +118,7 @@ fn corpus_dumps_match_expected() {
                 big_value_bytes: 64,
                 chunk_bytes: 100,
                 chunk_elements: 3,
-                verify_checksum: true,
+                ..Default::default()
             };
             let (tevs, _) = events(&data, tiny);
             let mut bigs = 0;
@@ -139,7 +139,7 @@ fn corpus_dumps_match_expected() {
                                 );
                                 0
                             }
-                            Value::Module { .. } => 0,
+                            Value::Module { .. } | Value::Undecoded => 0,
                         };
                         assert!(n <= 3, "{what}: chunk of {n} elements");
                     }
@@ -163,6 +163,113 @@ fn corpus_dumps_match_expected() {
     }
     assert_eq!(files, 16, "12 dump.rdb + 2 lru + 2 lfu");
     eprintln!("checked {files} RDB files, {keys_total} keys");
+}
+
+/// Parse `data` decoding and passing through (`undecoded_up_to_version`): the same events,
+/// except that entries may be undecoded, and those decode from their raw bytes to the value
+/// the decoding parse gave. Returns how many entries were passed through undecoded.
+fn pass_through_matches_decoding(data: &[u8], base: &ParseOptions, what: &str) -> usize {
+    let decoding = ParseOptions {
+        capture_raw: true,
+        ..base.clone()
+    };
+    let passing = ParseOptions {
+        capture_raw: true,
+        undecoded_up_to_version: u32::MAX,
+        ..base.clone()
+    };
+    let (dec, ds) = events(data, decoding);
+    let (pass, ps) = events(data, passing);
+    assert_eq!(ds, ps, "{what}: summary");
+    assert_eq!(dec.len(), pass.len(), "{what}: event count");
+    let mut undecoded = 0;
+    for (a, b) in dec.iter().zip(&pass) {
+        match (a, b) {
+            (Event::Entry(a), Event::Entry(b)) => {
+                assert_eq!(a.meta, b.meta, "{what}");
+                assert_eq!(a.raw, b.raw, "{what}: raw of {:?}", a.meta.key);
+                if b.value == Value::Undecoded {
+                    undecoded += 1;
+                }
+                let v = b
+                    .decoded_value()
+                    .unwrap_or_else(|e| panic!("{what}: {:?}: {e}", a.meta.key));
+                assert_eq!(*v, a.value, "{what}: value of {:?}", a.meta.key);
+            }
+            _ => assert_eq!(a, b, "{what}"),
+        }
+    }
+    undecoded
+}
+
+#[test]
+fn pass_through_gives_the_events_of_a_decoding_parse() {
+    let thresholds = [8 << 20, 2000, 300, 64];
+    let mut total = 0;
+    for dir in versions() {
+        for f in rdb_files(&dir) {
+            let data = std::fs::read(&f).unwrap();
+            for big in thresholds {
+                let base = ParseOptions {
+                    big_value_bytes: big,
+                    chunk_bytes: 100,
+                    chunk_elements: 3,
+                    ..Default::default()
+                };
+                let what = format!("{} (big {big})", f.display());
+                let n = pass_through_matches_decoding(&data, &base, &what);
+                if big == 8 << 20 {
+                    assert!(n > 5, "{what}: only {n} entries passed through");
+                }
+                total += n;
+            }
+        }
+    }
+    // Shapes the corpus lacks: empty collections (never passed through: Redis drops them and
+    // RESTORE refuses them), empty quicklist nodes, values around the big threshold.
+    let mut w = redis_relay::rdb::testgen::RdbWriter::new(Vec::new(), 11).unwrap();
+    let none: &[&[u8]] = &[];
+    w.key_set(b"empty-set", none).unwrap();
+    w.key_hash(b"empty-hash", &[]).unwrap();
+    w.key_zset2(b"empty-zset", &[]).unwrap();
+    w.key_list_quicklist2(b"no-nodes", Vec::<Vec<&[u8]>>::new(), 0)
+        .unwrap();
+    w.key_list_quicklist2(b"empty-node", vec![vec![]], 1)
+        .unwrap();
+    w.key_list_quicklist2(
+        b"empty-and-full",
+        vec![vec![], vec![b"a".as_slice(), b"bb", b"12345"]],
+        2,
+    )
+    .unwrap();
+    let long: Vec<Vec<u8>> = (0..40).map(|i| vec![b'x'; i * 7]).collect();
+    let long: Vec<&[u8]> = long.iter().map(|v| v.as_slice()).collect();
+    w.key_set(b"set", &long).unwrap();
+    let pairs: Vec<(&[u8], &[u8])> = long.iter().map(|v| (*v, b"-42".as_slice())).collect();
+    w.key_hash(b"hash", &pairs).unwrap();
+    let members: Vec<(&[u8], f64)> = long.iter().map(|v| (*v, 1.5)).collect();
+    w.key_zset2(b"zset", &members).unwrap();
+    w.key_list_quicklist2(b"list", long.chunks(7).map(|c| c.to_vec()), 6)
+        .unwrap();
+    w.key_string(b"int", b"123456789").unwrap();
+    w.key_string(b"string", &[b'y'; 3000]).unwrap();
+    let data = w.finish().unwrap();
+    for big in [8 << 20, 5000, 1000, 300, 64, 1] {
+        let base = ParseOptions {
+            big_value_bytes: big,
+            chunk_bytes: 100,
+            chunk_elements: 3,
+            ..Default::default()
+        };
+        let what = format!("generated (big {big})");
+        let n = pass_through_matches_decoding(&data, &base, &what);
+        if big == 8 << 20 {
+            // Everything but the five empty lists, sets, hashes and sorted sets.
+            assert_eq!(n, 7, "{what}");
+        }
+        total += n;
+    }
+    eprintln!("{total} entries passed through undecoded, all equal to their decoding");
 }
 
 #[test]
@@ -201,6 +308,22 @@ fn psync_payloads_parse_without_over_reading() {
                 "{what}: the parser read past the RDB trailer"
             );
             compare_with_expected(&b.finish(), &expected, &structure, &what);
+            // Passing values through (skipping their bytes) must stop at the same place.
+            let passing = ParseOptions {
+                capture_raw: true,
+                undecoded_up_to_version: u32::MAX,
+                ..Default::default()
+            };
+            let mut parser = RdbParser::new(Cursor::new(&bin[off..]), passing);
+            let s = parser
+                .run(|_| Ok(()))
+                .unwrap_or_else(|e| panic!("{what} (pass-through): {e}"));
+            assert_eq!(s.bytes, len, "{what} (pass-through): RDB length");
+            assert_eq!(
+                parser.into_inner().position(),
+                len,
+                "{what} (pass-through): the parser read past the RDB trailer"
+            );
             n += 1;
         }
     }

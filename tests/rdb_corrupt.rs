@@ -36,11 +36,13 @@ fn truncation_always_fails_with_offset() {
             cuts.push(rng.below(data.len()));
         }
         cuts.push(data.len() - 1);
-        for cut in cuts {
+        for (i, cut) in cuts.into_iter().enumerate() {
+            // Every other cut also through the pass-through walk (values skipped undecoded).
             let err = parse(
                 &data[..cut],
                 ParseOptions {
                     capture_raw: true,
+                    undecoded_up_to_version: if i % 2 == 0 { 0 } else { u32::MAX },
                     ..Default::default()
                 },
             )
@@ -96,14 +98,17 @@ fn byte_flips_fail_or_are_caught_by_checksum() {
             if i % 4 != 0 {
                 continue;
             }
-            let _ = parse(
-                &d,
-                ParseOptions {
-                    verify_checksum: false,
-                    capture_raw: true,
-                    ..Default::default()
-                },
-            );
+            for undecoded_up_to_version in [0, u32::MAX] {
+                let _ = parse(
+                    &d,
+                    ParseOptions {
+                        verify_checksum: false,
+                        capture_raw: true,
+                        undecoded_up_to_version,
+                        ..Default::default()
+                    },
+                );
+            }
             let _ = parse(
                 &d,
                 ParseOptions {
@@ -267,19 +272,25 @@ fn mutation_fuzz_bounded() {
         if i % 2 == 0 {
             fix_crc(&mut file);
         }
-        let opts = if i % 3 == 0 {
-            ParseOptions {
+        let opts = match i % 3 {
+            0 => ParseOptions {
                 capture_raw: true,
                 big_value_bytes: 40,
                 chunk_bytes: 16,
                 chunk_elements: 2,
-                verify_checksum: true,
-            }
-        } else {
-            ParseOptions {
+                ..Default::default()
+            },
+            1 => ParseOptions {
                 capture_raw: true,
                 ..Default::default()
-            }
+            },
+            // The pass-through walk, with a threshold that sends some values back to decoding.
+            _ => ParseOptions {
+                capture_raw: true,
+                big_value_bytes: 200,
+                undecoded_up_to_version: u32::MAX,
+                ..Default::default()
+            },
         };
         if parse(&file, opts).is_ok() {
             ok += 1;

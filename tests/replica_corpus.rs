@@ -111,7 +111,7 @@ async fn send_chunked<W: AsyncWriteExt + Unpin>(w: &mut W, data: &[u8], rng: &mu
         let n = rng.chunk().min(data.len() - pos);
         w.write_all(&data[pos..pos + n]).await.unwrap();
         pos += n;
-        if rng.next() % 8 == 0 {
+        if rng.next().is_multiple_of(8) {
             w.flush().await.unwrap();
             tokio::task::yield_now().await;
         }

@@ -64,7 +64,7 @@ fn traffic(mut c: Client, stop: Arc<AtomicBool>, done: Arc<AtomicU64>, seed: u64
         }
         done.fetch_add(1, Ordering::Relaxed);
         i += 1;
-        if i % 50 == 0 {
+        if i.is_multiple_of(50) {
             std::thread::sleep(Duration::from_millis(2));
         }
     }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use super::offsets::SourceTracker;
 use super::op::{Batch, Bookkeeping, Op};
 use super::router::partition;
+use crate::target::commands::CommandBuf;
 use crate::target::PoolHandle;
 
 /// Flush a writer's pending batch at this many payload bytes...
@@ -63,9 +64,29 @@ pub fn record_key(prefix: &str, source: &str, writer: usize) -> String {
 #[derive(Default)]
 struct Pending {
     ops: Vec<Op>,
+    /// Plain commands appended by [`Dispatcher::push_commands`] since the last op: they become
+    /// one op (in `open_db`) when something else comes or the batch is flushed.
+    open: CommandBuf,
+    open_db: u32,
     bytes: usize,
+    /// Commands in the batch (ops count as one).
+    commands: usize,
     start: u64,
     end: u64,
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        self.ops.is_empty() && self.open.is_empty()
+    }
+
+    /// Turn the open commands into an op.
+    fn seal(&mut self) {
+        if !self.open.is_empty() {
+            let (payload, replies) = self.open.take();
+            self.ops.push(Op::new(self.open_db, payload, replies));
+        }
+    }
 }
 
 impl Dispatcher {
@@ -112,15 +133,58 @@ impl Dispatcher {
             return Ok(());
         }
         let p = &mut self.pending[w];
-        if p.ops.is_empty() {
+        if p.is_empty() {
             p.start = start;
             self.tracker.opened(w, start);
         }
         p.end = end;
         self.tracker.extend(end);
+        p.seal();
         p.bytes += op.payload.len();
+        p.commands += 1;
         p.ops.push(op);
-        if p.bytes >= BATCH_BYTES || p.ops.len() >= BATCH_OPS {
+        if p.bytes >= BATCH_BYTES || p.commands >= BATCH_OPS {
+            self.flush_writer(w)?;
+        }
+        Ok(())
+    }
+
+    /// Like [`Self::push`] for plain commands that stay in `db`: they are copied into the
+    /// writer's pending batch, where consecutive ones in the same database share one buffer
+    /// (one allocation per batch instead of one per key during a snapshot).
+    pub fn push_commands(
+        &mut self,
+        w: usize,
+        db: u32,
+        cmds: &CommandBuf,
+        start: u64,
+        end: u64,
+    ) -> Result<(), String> {
+        if cmds.is_empty() {
+            return Ok(());
+        }
+        if end <= self.skip_upto[w] && end > start {
+            self.tracker.extend(end);
+            return Ok(());
+        }
+        let p = &mut self.pending[w];
+        if p.is_empty() {
+            p.start = start;
+            self.tracker.opened(w, start);
+        }
+        p.end = end;
+        self.tracker.extend(end);
+        if p.open_db != db {
+            p.seal();
+            p.open_db = db;
+        }
+        if p.open.is_empty() {
+            p.open.reserve(BATCH_BYTES.max(cmds.len()) + 4096);
+        }
+        p.open.append(cmds);
+        p.bytes += cmds.len();
+        p.commands += cmds.count as usize;
+        if p.bytes >= BATCH_BYTES || p.commands >= BATCH_OPS {
             self.flush_writer(w)?;
         }
         Ok(())
@@ -134,11 +198,13 @@ impl Dispatcher {
 
     fn flush_writer(&mut self, w: usize) -> Result<(), String> {
         let p = &mut self.pending[w];
-        if p.ops.is_empty() {
+        if p.is_empty() {
             return Ok(());
         }
+        p.seal();
         let ops = std::mem::take(&mut p.ops);
         p.bytes = 0;
+        p.commands = 0;
         let seq = &mut self.seq[w];
         let bookkeeping = self.exactly_once.as_ref().map(|eo| {
             *seq += 1;

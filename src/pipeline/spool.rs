@@ -383,7 +383,7 @@ mod tests {
         // Interleave pushes and pops so that the spool goes to disk and comes back.
         for round in 0..20 {
             for _ in 0..(if round % 3 == 0 { 50 } else { 5 }) {
-                let rec = if n % 7 == 0 {
+                let rec = if n.is_multiple_of(7) {
                     SpoolRecord::FullResync {
                         replid: format!("id{n}"),
                         offset: Some(n as u64),

@@ -13,7 +13,7 @@ use bytes::Bytes;
 pub(crate) type Emit<'a> = dyn FnMut(Event) -> Result<(), HandlerError> + 'a;
 
 /// Fixed accounting overhead per element, so that many tiny elements also count.
-const ELEM_OVERHEAD: usize = 16;
+pub(crate) const ELEM_OVERHEAD: usize = 16;
 
 /// One decoded element of a collection.
 pub(crate) enum Item {
@@ -25,6 +25,15 @@ pub(crate) enum Item {
 }
 
 impl Item {
+    /// A hash field without a TTL.
+    pub(crate) fn field(field: Bytes, value: Bytes) -> Item {
+        Item::Hash(HashField {
+            field,
+            value,
+            expire_ms: None,
+        })
+    }
+
     fn size(&self) -> usize {
         ELEM_OVERHEAD
             + match self {
@@ -74,6 +83,7 @@ fn empty_like(v: &Value) -> Value {
         Value::Module { module_id } => Value::Module {
             module_id: *module_id,
         },
+        Value::Undecoded => Value::Undecoded,
     }
 }
 
@@ -180,7 +190,7 @@ impl Collector {
                     self.push_big(it, sz, emit)?;
                 }
             }
-            Value::String(_) | Value::Module { .. } => {}
+            Value::String(_) | Value::Module { .. } | Value::Undecoded => {}
         }
         Ok(())
     }

@@ -209,6 +209,8 @@ pub fn key_to_json(db: u64, meta: &KeyMeta, value: &Value, rdb_version: u32) -> 
         Value::Module { module_id } => {
             json!({"module": super::model::module_name(*module_id), "module_id": module_id})
         }
+        // Only a pass-through parse produces it (`Entry::decoded_value` decodes it).
+        Value::Undecoded => json!({ "undecoded": true }),
     };
     o.insert("value".into(), v);
     J::Object(o)

@@ -15,13 +15,16 @@ pub mod json;
 pub mod listpack;
 pub mod lzf;
 pub mod parser;
+mod passthrough;
 pub(crate) mod reader;
 pub mod stream;
 pub mod testgen;
 pub mod ziplist;
 pub mod zipmap;
 
+pub use crc::{crc64, Crc64};
 pub use error::{RdbError, RdbErrorKind};
 pub use model::*;
-pub use parser::{decode_dump_payload, key_type_of, ParseOptions, ParseSummary, RdbParser};
-pub use crc::{crc64, Crc64};
+pub use parser::{
+    decode_dump_payload, decode_value_body, key_type_of, ParseOptions, ParseSummary, RdbParser,
+};

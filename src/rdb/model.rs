@@ -181,6 +181,10 @@ pub enum Value {
     Module {
         module_id: u64,
     },
+    /// Not decoded: the parser was asked to pass values through
+    /// ([`ParseOptions::undecoded_up_to_version`](super::ParseOptions)); `Entry::raw` holds
+    /// it, [`Entry::decoded_value`] decodes it.
+    Undecoded,
 }
 
 /// A whole key with a value small enough to hold in memory.
@@ -192,6 +196,22 @@ pub struct Entry {
     /// body of a DUMP payload (append the 2-byte RDB version and the CRC64 to make one).
     /// Present when the parser was asked to capture raw bytes.
     pub raw: Option<Bytes>,
+}
+
+impl Entry {
+    /// The value, decoded from `raw` when the parser passed it through undecoded.
+    pub fn decoded_value(&self) -> Result<std::borrow::Cow<'_, Value>, super::RdbError> {
+        match (&self.value, &self.raw) {
+            (Value::Undecoded, Some(raw)) => {
+                super::decode_value_body(raw, 0).map(std::borrow::Cow::Owned)
+            }
+            (Value::Undecoded, None) => Err(super::RdbError::corrupt(
+                0,
+                "value neither decoded nor captured",
+            )),
+            (v, _) => Ok(std::borrow::Cow::Borrowed(v)),
+        }
+    }
 }
 
 /// One function library (FUNCTION2 opcode; also the pre-GA FUNCTION opcode).

@@ -1,12 +1,13 @@
 //! The streaming RDB parser: opcodes, object types and their encodings, RDB versions 1 to 12.
 
 use super::collect::{Collector, Emit, Item, Limits};
+use super::crc::crc64;
 use super::elem::{parse_f64, Elem};
 use super::error::{HandlerError, RdbError};
 use super::listpack::ListpackIter;
 use super::lzf;
 use super::model::*;
-use super::crc::crc64;
+use super::passthrough::read_value_undecoded;
 use super::reader::{RdbReader, StrHeader};
 use super::stream;
 use super::ziplist::ZiplistIter;
@@ -46,6 +47,11 @@ pub struct ParseOptions {
     pub chunk_elements: usize,
     /// Verify the CRC64 trailer (when it is not zero). Default true.
     pub verify_checksum: bool,
+    /// With `capture_raw`, when the file's RDB version is at most this: values that are not
+    /// big are not decoded but delivered as [`Value::Undecoded`] with their `raw` bytes (see
+    /// [`super::passthrough`]). For a consumer that only forwards `raw` (RESTORE into a target
+    /// of this RDB version) it saves most of the parse. 0 (the default): always decode.
+    pub undecoded_up_to_version: u32,
 }
 
 impl Default for ParseOptions {
@@ -56,6 +62,7 @@ impl Default for ParseOptions {
             chunk_bytes: 1 << 20,
             chunk_elements: 1024,
             verify_checksum: true,
+            undecoded_up_to_version: 0,
         }
     }
 }
@@ -334,7 +341,11 @@ impl<R: Read> RdbParser<R> {
             self.r.start_record(&[t]);
         }
         let lim = self.limits();
-        let res = read_value(&mut self.r, t, meta, lim, self.version, emit);
+        let res = if self.opts.capture_raw && self.version <= self.opts.undecoded_up_to_version {
+            read_value_undecoded(&mut self.r, t, meta, lim, emit)
+        } else {
+            read_value(&mut self.r, t, meta, lim, emit)
+        };
         self.r.stop_record();
         res
     }
@@ -374,6 +385,47 @@ fn h(r_pos: u64) -> impl Fn(HandlerError) -> RdbError {
     move |e| RdbError::handler(r_pos, e)
 }
 
+/// How the value of an RDB object type is laid out.
+pub(crate) enum Layout {
+    /// A string (raw, integer or LZF).
+    String,
+    /// One blob: a ziplist, listpack, intset or zipmap (after a fixed prefix, see
+    /// [`blob_prefix`]).
+    Blob,
+    /// A count, then that many parts: elements of a plain list, set, sorted set or hash, or
+    /// quicklist nodes (see [`decode_part`]).
+    Parts,
+    /// Anything else (hashes with field TTLs, streams, modules).
+    Other,
+}
+
+pub(crate) fn layout(t: u8) -> Layout {
+    use types::*;
+    match t {
+        STRING => Layout::String,
+        LIST_ZIPLIST
+        | SET_INTSET
+        | SET_LISTPACK
+        | ZSET_ZIPLIST
+        | ZSET_LISTPACK
+        | HASH_ZIPMAP
+        | HASH_ZIPLIST
+        | HASH_LISTPACK
+        | HASH_LISTPACK_EX
+        | HASH_LISTPACK_EX_PRE_GA => Layout::Blob,
+        LIST | SET | ZSET | ZSET_2 | HASH | LIST_QUICKLIST | LIST_QUICKLIST_2 => Layout::Parts,
+        _ => Layout::Other,
+    }
+}
+
+/// Read what comes before the blob of a [`Layout::Blob`] value.
+pub(crate) fn blob_prefix<R: Read>(r: &mut RdbReader<R>, t: u8) -> Result<(), RdbError> {
+    if t == types::HASH_LISTPACK_EX {
+        r.millis()?; // minimum field expire time; informational
+    }
+    Ok(())
+}
+
 /// Decode one value of type `t` from `r` and deliver it through `emit`. The reader's
 /// recording (if on) is taken as the raw bytes of a whole value.
 pub(crate) fn read_value<R: Read>(
@@ -381,74 +433,31 @@ pub(crate) fn read_value<R: Read>(
     t: u8,
     meta: KeyMeta,
     lim: Limits,
-    version: u32,
     emit: &mut Emit<'_>,
 ) -> Result<(), RdbError> {
     use types::*;
-    let _ = version;
+    match layout(t) {
+        Layout::String => {
+            let at = r.position();
+            let hdr = r.str_header()?;
+            return string_value(r, at, hdr, meta, lim, emit);
+        }
+        Layout::Blob => {
+            blob_prefix(r, t)?;
+            let (at, blob) = blob(r)?;
+            return blob_value(r, t, meta, lim, at, blob, emit);
+        }
+        Layout::Parts => {
+            let n = r.count(part_min_bytes(t))?;
+            let mut c = Collector::new(meta, empty_value(t), lim);
+            for _ in 0..n {
+                decode_part(r, t, &mut c, emit)?;
+            }
+            return finish(r, c, None, emit);
+        }
+        Layout::Other => {}
+    }
     match t {
-        STRING => read_string_value(r, meta, lim, emit),
-        LIST | SET => {
-            let empty = if t == LIST {
-                Value::List(Vec::new())
-            } else {
-                Value::Set(Vec::new())
-            };
-            let mut c = Collector::new(meta, empty, lim);
-            let n = r.count(1)?;
-            for _ in 0..n {
-                let b = r.string()?;
-                let it = if t == LIST {
-                    Item::List(b)
-                } else {
-                    Item::Set(b)
-                };
-                c.push(it, emit).map_err(h(r.position()))?;
-                if c.big {
-                    r.stop_record();
-                }
-            }
-            finish(r, c, None, emit)
-        }
-        ZSET | ZSET_2 => {
-            let mut c = Collector::new(meta, Value::ZSet(Vec::new()), lim);
-            let n = r.count(2)?;
-            for _ in 0..n {
-                let m = r.string()?;
-                let score = if t == ZSET_2 {
-                    f64::from_le_bytes(r.array::<8>()?)
-                } else {
-                    read_string_double(r)?
-                };
-                c.push(Item::ZSet(m, score), emit)
-                    .map_err(h(r.position()))?;
-                if c.big {
-                    r.stop_record();
-                }
-            }
-            finish(r, c, None, emit)
-        }
-        HASH => {
-            let mut c = Collector::new(meta, Value::Hash(Vec::new()), lim);
-            let n = r.count(2)?;
-            for _ in 0..n {
-                let field = r.string()?;
-                let value = r.string()?;
-                c.push(
-                    Item::Hash(HashField {
-                        field,
-                        value,
-                        expire_ms: None,
-                    }),
-                    emit,
-                )
-                .map_err(h(r.position()))?;
-                if c.big {
-                    r.stop_record();
-                }
-            }
-            finish(r, c, None, emit)
-        }
         HASH_METADATA | HASH_METADATA_PRE_GA => {
             let mut min_expire = 0u64;
             if t == HASH_METADATA {
@@ -505,122 +514,6 @@ pub(crate) fn read_value<R: Read>(
             }
             finish(r, c, None, emit)
         }
-        LIST_ZIPLIST | LIST_QUICKLIST | LIST_QUICKLIST_2 => {
-            let mut c = Collector::new(meta, Value::List(Vec::new()), lim);
-            if t == LIST_ZIPLIST {
-                let (at, blob) = blob(r)?;
-                let it = ZiplistIter::new(blob).map_err(|m| RdbError::corrupt(at, m))?;
-                push_elems(r, &mut c, it, at, emit, |e| Item::List(e.into_bytes()))?;
-            } else {
-                let nodes = r.count(if t == LIST_QUICKLIST { 1 } else { 2 })?;
-                for _ in 0..nodes {
-                    let container = if t == LIST_QUICKLIST_2 {
-                        let at = r.position();
-                        let k = r.plain_len()?;
-                        if k != 1 && k != 2 {
-                            return Err(RdbError::corrupt(
-                                at,
-                                format!("unknown quicklist container {k}"),
-                            ));
-                        }
-                        k
-                    } else {
-                        0
-                    };
-                    let (at, blob) = blob(r)?;
-                    match container {
-                        0 => {
-                            let it =
-                                ZiplistIter::new(blob).map_err(|m| RdbError::corrupt(at, m))?;
-                            push_elems(r, &mut c, it, at, emit, |e| Item::List(e.into_bytes()))?;
-                        }
-                        1 => {
-                            c.push(Item::List(blob), emit).map_err(h(r.position()))?;
-                        }
-                        _ => {
-                            let it =
-                                ListpackIter::new(blob).map_err(|m| RdbError::corrupt(at, m))?;
-                            push_elems(r, &mut c, it, at, emit, |e| Item::List(e.into_bytes()))?;
-                        }
-                    }
-                    if c.big {
-                        r.stop_record();
-                    }
-                }
-            }
-            finish(r, c, None, emit)
-        }
-        SET_INTSET => {
-            let mut c = Collector::new(meta, Value::Set(Vec::new()), lim);
-            let (at, blob) = blob(r)?;
-            let it = intset::decode(&blob).map_err(|m| RdbError::corrupt(at, m))?;
-            for v in it {
-                c.push(Item::Set(super::reader::int_bytes(v)), emit)
-                    .map_err(h(r.position()))?;
-            }
-            if c.big {
-                r.stop_record();
-            }
-            finish(r, c, None, emit)
-        }
-        SET_LISTPACK => {
-            let mut c = Collector::new(meta, Value::Set(Vec::new()), lim);
-            let (at, blob) = blob(r)?;
-            let it = ListpackIter::new(blob).map_err(|m| RdbError::corrupt(at, m))?;
-            push_elems(r, &mut c, it, at, emit, |e| Item::Set(e.into_bytes()))?;
-            finish(r, c, None, emit)
-        }
-        ZSET_ZIPLIST | ZSET_LISTPACK => {
-            let mut c = Collector::new(meta, Value::ZSet(Vec::new()), lim);
-            let (at, blob) = blob(r)?;
-            if t == ZSET_ZIPLIST {
-                let it = ZiplistIter::new(blob).map_err(|m| RdbError::corrupt(at, m))?;
-                push_zset_pairs(r, &mut c, it, at, emit)?;
-            } else {
-                let it = ListpackIter::new(blob).map_err(|m| RdbError::corrupt(at, m))?;
-                push_zset_pairs(r, &mut c, it, at, emit)?;
-            }
-            finish(r, c, None, emit)
-        }
-        HASH_ZIPMAP | HASH_ZIPLIST | HASH_LISTPACK | HASH_LISTPACK_EX | HASH_LISTPACK_EX_PRE_GA => {
-            if t == HASH_LISTPACK_EX {
-                r.millis()?; // minimum field expire time; informational
-            }
-            let mut c = Collector::new(meta, Value::Hash(Vec::new()), lim);
-            let (at, blob) = blob(r)?;
-            match t {
-                HASH_ZIPMAP => {
-                    let pairs = zipmap::decode(&blob).map_err(|m| RdbError::corrupt(at, m))?;
-                    for (field, value) in pairs {
-                        c.push(
-                            Item::Hash(HashField {
-                                field,
-                                value,
-                                expire_ms: None,
-                            }),
-                            emit,
-                        )
-                        .map_err(h(r.position()))?;
-                    }
-                }
-                HASH_ZIPLIST => {
-                    let it = ZiplistIter::new(blob).map_err(|m| RdbError::corrupt(at, m))?;
-                    push_hash_tuples(r, &mut c, it, at, false, emit)?;
-                }
-                HASH_LISTPACK => {
-                    let it = ListpackIter::new(blob).map_err(|m| RdbError::corrupt(at, m))?;
-                    push_hash_tuples(r, &mut c, it, at, false, emit)?;
-                }
-                _ => {
-                    let it = ListpackIter::new(blob).map_err(|m| RdbError::corrupt(at, m))?;
-                    push_hash_tuples(r, &mut c, it, at, true, emit)?;
-                }
-            }
-            if c.big {
-                r.stop_record();
-            }
-            finish(r, c, None, emit)
-        }
         STREAM_LISTPACKS | STREAM_LISTPACKS_2 | STREAM_LISTPACKS_3 => {
             read_stream(r, t, meta, lim, emit)
         }
@@ -646,7 +539,177 @@ pub(crate) fn read_value<R: Read>(
     }
 }
 
-fn finish<R: Read>(
+/// The empty value of a collection type (what a [`Collector`] starts from).
+pub(crate) fn empty_value(t: u8) -> Value {
+    use types::*;
+    match t {
+        LIST | LIST_ZIPLIST | LIST_QUICKLIST | LIST_QUICKLIST_2 => Value::List(Vec::new()),
+        SET | SET_INTSET | SET_LISTPACK => Value::Set(Vec::new()),
+        ZSET | ZSET_2 | ZSET_ZIPLIST | ZSET_LISTPACK => Value::ZSet(Vec::new()),
+        _ => Value::Hash(Vec::new()),
+    }
+}
+
+/// The least number of bytes one part of a multi-part value takes (for the read-ahead).
+pub(crate) fn part_min_bytes(t: u8) -> u64 {
+    use types::*;
+    match t {
+        LIST | SET | LIST_QUICKLIST => 1,
+        _ => 2,
+    }
+}
+
+/// Decode the next part of a multi-part value into `c`: one element of a plain list, set,
+/// sorted set or hash (a string, a string and a score, two strings), or one quicklist node.
+/// The recording stops once the value turned out big.
+pub(crate) fn decode_part<X: Read>(
+    r: &mut RdbReader<X>,
+    t: u8,
+    c: &mut Collector,
+    emit: &mut Emit<'_>,
+) -> Result<(), RdbError> {
+    use types::*;
+    match t {
+        LIST => {
+            let b = r.string()?;
+            c.push(Item::List(b), emit).map_err(h(r.position()))?;
+        }
+        SET => {
+            let b = r.string()?;
+            c.push(Item::Set(b), emit).map_err(h(r.position()))?;
+        }
+        ZSET | ZSET_2 => {
+            let m = r.string()?;
+            let score = if t == ZSET_2 {
+                f64::from_le_bytes(r.array::<8>()?)
+            } else {
+                read_string_double(r)?
+            };
+            c.push(Item::ZSet(m, score), emit)
+                .map_err(h(r.position()))?;
+        }
+        HASH => {
+            let field = r.string()?;
+            let value = r.string()?;
+            c.push(Item::field(field, value), emit)
+                .map_err(h(r.position()))?;
+        }
+        LIST_QUICKLIST | LIST_QUICKLIST_2 => {
+            let container = if t == LIST_QUICKLIST_2 {
+                quicklist_container(r)?
+            } else {
+                QUICKLIST_ZIPLIST
+            };
+            let (at, blob) = blob(r)?;
+            match container {
+                QUICKLIST_ZIPLIST => {
+                    let it = ZiplistIter::new(blob).map_err(|m| RdbError::corrupt(at, m))?;
+                    push_elems(r, c, it, at, emit, |e| Item::List(e.into_bytes()))?;
+                }
+                QUICKLIST_PLAIN => {
+                    c.push(Item::List(blob), emit).map_err(h(r.position()))?;
+                }
+                _ => {
+                    let it = ListpackIter::new(blob).map_err(|m| RdbError::corrupt(at, m))?;
+                    push_elems(r, c, it, at, emit, |e| Item::List(e.into_bytes()))?;
+                }
+            }
+        }
+        _ => {
+            return Err(RdbError::corrupt(
+                r.position(),
+                format!("object type {t} has no parts"),
+            ))
+        }
+    }
+    if c.big {
+        r.stop_record();
+    }
+    Ok(())
+}
+
+/// Quicklist node containers: a ziplist (RDB type 14, written as 0 here), one plain element,
+/// or a listpack.
+pub(crate) const QUICKLIST_ZIPLIST: u64 = 0;
+pub(crate) const QUICKLIST_PLAIN: u64 = 1;
+pub(crate) const QUICKLIST_PACKED: u64 = 2;
+
+/// The container of the next QUICKLIST_2 node.
+pub(crate) fn quicklist_container<X: Read>(r: &mut RdbReader<X>) -> Result<u64, RdbError> {
+    let at = r.position();
+    let k = r.plain_len()?;
+    if k != QUICKLIST_PLAIN && k != QUICKLIST_PACKED {
+        return Err(RdbError::corrupt(
+            at,
+            format!("unknown quicklist container {k}"),
+        ));
+    }
+    Ok(k)
+}
+
+/// Decode a value held in one blob (ziplist, listpack, intset or zipmap), read from `at`.
+pub(crate) fn blob_value<R: Read>(
+    r: &mut RdbReader<R>,
+    t: u8,
+    meta: KeyMeta,
+    lim: Limits,
+    at: u64,
+    blob: Bytes,
+    emit: &mut Emit<'_>,
+) -> Result<(), RdbError> {
+    use types::*;
+    let mut c = Collector::new(meta, empty_value(t), lim);
+    match t {
+        LIST_ZIPLIST => {
+            let it = ZiplistIter::new(blob).map_err(|m| RdbError::corrupt(at, m))?;
+            push_elems(r, &mut c, it, at, emit, |e| Item::List(e.into_bytes()))?;
+        }
+        SET_INTSET => {
+            let it = intset::decode(&blob).map_err(|m| RdbError::corrupt(at, m))?;
+            for v in it {
+                c.push(Item::Set(super::reader::int_bytes(v)), emit)
+                    .map_err(h(r.position()))?;
+            }
+        }
+        SET_LISTPACK => {
+            let it = ListpackIter::new(blob).map_err(|m| RdbError::corrupt(at, m))?;
+            push_elems(r, &mut c, it, at, emit, |e| Item::Set(e.into_bytes()))?;
+        }
+        ZSET_ZIPLIST => {
+            let it = ZiplistIter::new(blob).map_err(|m| RdbError::corrupt(at, m))?;
+            push_zset_pairs(r, &mut c, it, at, emit)?;
+        }
+        ZSET_LISTPACK => {
+            let it = ListpackIter::new(blob).map_err(|m| RdbError::corrupt(at, m))?;
+            push_zset_pairs(r, &mut c, it, at, emit)?;
+        }
+        HASH_ZIPMAP => {
+            let pairs = zipmap::decode(&blob).map_err(|m| RdbError::corrupt(at, m))?;
+            for (field, value) in pairs {
+                c.push(Item::field(field, value), emit)
+                    .map_err(h(r.position()))?;
+            }
+        }
+        HASH_ZIPLIST => {
+            let it = ZiplistIter::new(blob).map_err(|m| RdbError::corrupt(at, m))?;
+            push_hash_tuples(r, &mut c, it, at, false, emit)?;
+        }
+        HASH_LISTPACK => {
+            let it = ListpackIter::new(blob).map_err(|m| RdbError::corrupt(at, m))?;
+            push_hash_tuples(r, &mut c, it, at, false, emit)?;
+        }
+        _ => {
+            let it = ListpackIter::new(blob).map_err(|m| RdbError::corrupt(at, m))?;
+            push_hash_tuples(r, &mut c, it, at, true, emit)?;
+        }
+    }
+    if c.big {
+        r.stop_record();
+    }
+    finish(r, c, None, emit)
+}
+
+pub(crate) fn finish<R: Read>(
     r: &mut RdbReader<R>,
     c: Collector,
     stream_meta: Option<StreamMeta>,
@@ -780,14 +843,15 @@ fn read_string_double<R: Read>(r: &mut RdbReader<R>) -> Result<f64, RdbError> {
     }
 }
 
-fn read_string_value<R: Read>(
+/// Decode a string value whose header (read from `at`) is `hdr`.
+pub(crate) fn string_value<R: Read>(
     r: &mut RdbReader<R>,
+    at: u64,
+    hdr: StrHeader,
     meta: KeyMeta,
     lim: Limits,
     emit: &mut Emit<'_>,
 ) -> Result<(), RdbError> {
-    let at = r.position();
-    let hdr = r.str_header()?;
     let size = match hdr {
         StrHeader::Raw(n) => n,
         StrHeader::Int(_) => 0,
@@ -1000,11 +1064,29 @@ pub fn decode_dump_payload(payload: &[u8]) -> Result<(KeyType, Value), RdbError>
         payload[body_end],
         payload[body_end + 1],
     ]));
+    if version > MAX_RDB_VERSION {
+        return Err(RdbError::unsupported(
+            body_end as u64,
+            format!(
+                "DUMP payload of RDB version {version} (this parser knows 1 to {MAX_RDB_VERSION})"
+            ),
+        ));
+    }
     let body = &payload[..body_end];
-    let t = body[0];
+    let key_type = key_type_of(body[0])
+        .ok_or_else(|| RdbError::corrupt(0, format!("unknown object type {}", body[0])))?;
+    Ok((key_type, decode_value_body(body, 0)?))
+}
+
+/// Decode a serialized value: the type byte and the value, as in [`Entry::raw`] (a DUMP payload
+/// without its version and CRC). `at` is its offset in the file, for error messages.
+pub fn decode_value_body(body: &[u8], at: u64) -> Result<Value, RdbError> {
+    let Some(&t) = body.first() else {
+        return Err(RdbError::corrupt(at, "empty serialized value"));
+    };
     let key_type =
-        key_type_of(t).ok_or_else(|| RdbError::corrupt(0, format!("unknown object type {t}")))?;
-    let mut r = RdbReader::new(body, false);
+        key_type_of(t).ok_or_else(|| RdbError::corrupt(at, format!("unknown object type {t}")))?;
+    let mut r = RdbReader::new(body, false).at_offset(at);
     r.tail = 0;
     r.u8()?;
     let meta = KeyMeta {
@@ -1028,13 +1110,13 @@ pub fn decode_dump_payload(payload: &[u8]) -> Result<(KeyType, Value), RdbError>
         }
         Ok(())
     };
-    read_value(&mut r, t, meta, lim, version, &mut sink)?;
-    if r.position() != body.len() as u64 {
+    read_value(&mut r, t, meta, lim, &mut sink)?;
+    let end = at + body.len() as u64;
+    if r.position() != end {
         return Err(RdbError::corrupt(
             r.position(),
-            "trailing bytes after the value in DUMP payload",
+            "trailing bytes after the serialized value",
         ));
     }
-    let v = out.ok_or_else(|| RdbError::corrupt(0, "DUMP payload produced no value"))?;
-    Ok((key_type, v))
+    out.ok_or_else(|| RdbError::corrupt(at, "the serialized value produced no value"))
 }

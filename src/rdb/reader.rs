@@ -8,10 +8,10 @@
 //! decoded so far, plus the EOF opcode and CRC64 trailer that close every RDB), and refills only
 //! read up to that bound. Big blobs therefore arrive in one read, and small keys in a few.
 
+use super::crc::Crc64;
 use super::error::RdbError;
 use super::lzf;
 use bytes::{Bytes, BytesMut};
-use super::crc::Crc64;
 use std::io::Read;
 
 const BUF_SIZE: usize = 64 * 1024;
@@ -57,6 +57,8 @@ pub(crate) struct RdbReader<R> {
     crc_from: usize,
     rec: Option<Vec<u8>>,
     rec_from: usize,
+    /// Bytes consumed before the recording started that begin it (the object type byte).
+    rec_seed: ([u8; 1], usize),
     arena: BytesMut,
 }
 
@@ -74,8 +76,17 @@ impl<R: Read> RdbReader<R> {
             crc_from: 0,
             rec: None,
             rec_from: 0,
+            rec_seed: ([0], 0),
             arena: BytesMut::new(),
         }
+    }
+
+    /// A reader whose input starts at offset `offset` of a file (positions and error offsets
+    /// are then absolute).
+    pub(crate) fn at_offset(mut self, offset: u64) -> Self {
+        self.base = offset;
+        self.guaranteed_end = offset;
+        self
     }
 
     /// Bytes consumed so far.
@@ -103,7 +114,7 @@ impl<R: Read> RdbReader<R> {
         }
         if self.rec_from < self.pos {
             if let Some(r) = self.rec.as_mut() {
-                r.extend_from_slice(&self.buf[self.rec_from..self.pos]);
+                record(r, self.rec_seed, &self.buf[self.rec_from..self.pos]);
             }
             self.rec_from = self.pos;
         }
@@ -196,7 +207,7 @@ impl<R: Read> RdbReader<R> {
             d.update(direct);
         }
         if let Some(r) = self.rec.as_mut() {
-            r.extend_from_slice(direct);
+            record(r, self.rec_seed, direct);
         }
         Ok(())
     }
@@ -240,16 +251,19 @@ impl<R: Read> RdbReader<R> {
         Ok(Bytes::from(v))
     }
 
-    /// Skip `n` bytes (still checksummed and recorded).
+    /// Skip `n` bytes without copying them out (still checksummed and recorded).
     pub(crate) fn skip(&mut self, n: u64) -> Result<(), RdbError> {
+        self.expect(n);
         let mut left = n;
-        let mut scratch = [0u8; 4096];
-        while left > 0 {
-            let k = left.min(scratch.len() as u64) as usize;
-            self.read_into(&mut scratch[..k])?;
-            left -= k as u64;
+        loop {
+            let k = ((self.end - self.pos) as u64).min(left);
+            self.pos += k as usize;
+            left -= k;
+            if left == 0 {
+                return Ok(());
+            }
+            self.fill(1)?;
         }
-        Ok(())
     }
 
     pub(crate) fn len(&mut self) -> Result<Len, RdbError> {
@@ -345,13 +359,31 @@ impl<R: Read> RdbReader<R> {
         Ok(u64::from_le_bytes(self.array::<8>()?))
     }
 
-    /// Start recording consumed bytes (for `raw`), seeded with bytes already consumed.
+    /// Start recording consumed bytes (for `raw`), seeded with (at most one) byte already
+    /// consumed. Nothing is allocated yet: a value that ends inside the buffer is copied once,
+    /// at its exact size, by [`Self::take_record`].
     pub(crate) fn start_record(&mut self, seed: &[u8]) {
         self.sync();
-        let mut v = Vec::with_capacity(256);
-        v.extend_from_slice(seed);
-        self.rec = Some(v);
+        let mut s = [0u8; 1];
+        let n = seed.len().min(1);
+        s[..n].copy_from_slice(&seed[..n]);
+        debug_assert_eq!(n, seed.len(), "a record seed is at most one byte");
+        self.rec_seed = (s, n);
+        self.rec = Some(Vec::new());
         self.rec_from = self.pos;
+    }
+
+    /// A copy of what was recorded so far (the recording goes on).
+    pub(crate) fn recorded(&mut self) -> Option<Vec<u8>> {
+        self.sync();
+        let (seed, n) = self.rec_seed;
+        self.rec.as_ref().map(|r| {
+            if r.is_empty() {
+                seed[..n].to_vec()
+            } else {
+                r.clone()
+            }
+        })
     }
 
     pub(crate) fn stop_record(&mut self) {
@@ -359,8 +391,16 @@ impl<R: Read> RdbReader<R> {
     }
 
     pub(crate) fn take_record(&mut self) -> Option<Bytes> {
-        self.sync();
-        self.rec.take().map(Bytes::from)
+        let mut r = self.rec.take()?;
+        let tail = &self.buf[self.rec_from..self.pos];
+        if r.is_empty() {
+            let (seed, n) = self.rec_seed;
+            r = Vec::with_capacity(n + tail.len());
+            r.extend_from_slice(&seed[..n]);
+        }
+        r.extend_from_slice(tail);
+        self.rec_from = self.pos;
+        Some(Bytes::from(r))
     }
 
     /// The CRC64 of everything consumed so far (None when checksumming is off).
@@ -390,6 +430,15 @@ impl<R: Read> RdbReader<R> {
     pub(crate) fn into_inner(self) -> R {
         self.inner
     }
+}
+
+/// Append `bytes` to a recording, starting it with its seed.
+fn record(rec: &mut Vec<u8>, (seed, n): ([u8; 1], usize), bytes: &[u8]) {
+    if rec.is_empty() {
+        rec.reserve(n + bytes.len());
+        rec.extend_from_slice(&seed[..n]);
+    }
+    rec.extend_from_slice(bytes);
 }
 
 /// Decimal text of an integer-encoded value as a byte string.

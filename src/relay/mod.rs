@@ -268,6 +268,9 @@ impl RelayBuilder {
                 parse_opts: ParseOptions {
                     capture_raw: cfg.use_restore,
                     big_value_bytes: cfg.big_value_bytes,
+                    undecoded_up_to_version: apply_opts
+                        .as_ref()
+                        .map_or(0, |a| a.undecoded_up_to_version()),
                     ..ParseOptions::default()
                 },
                 state_dir: cfg.state_dir.clone(),

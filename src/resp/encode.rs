@@ -19,6 +19,12 @@ pub fn encode_bulk(out: &mut BytesMut, data: &[u8]) {
     out.put_slice(b"\r\n");
 }
 
+/// Append a bulk string header `$<len>\r\n`, for callers that write the data (then `\r\n`)
+/// themselves.
+pub fn encode_bulk_header(out: &mut BytesMut, len: usize) {
+    put_header(out, b'$', len);
+}
+
 /// Append an array header `*<n>\r\n`, for callers that stream the arguments themselves.
 pub fn encode_array_header(out: &mut BytesMut, n: usize) {
     put_header(out, b'*', n);

@@ -3,22 +3,22 @@
 
 use std::sync::Arc;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 
 use super::commands::CommandBuf;
 use super::rewrite::{append_expire, append_value, RewriteTarget};
 use crate::pipeline::filter::KeyFilter;
-use crate::pipeline::{Dispatcher, Op};
-use crate::rdb::{Entry, Event, KeyMeta, KeyType, StreamId, Value};
+use crate::pipeline::Dispatcher;
+use crate::rdb::{Crc64, Entry, Event, KeyMeta, KeyType, StreamId, Value};
 
-/// Build a DUMP/RESTORE payload: serialized value + 2-byte RDB version + CRC64, little endian.
-pub fn restore_payload(raw: &[u8], rdb_version: u16) -> Bytes {
-    let mut out = BytesMut::with_capacity(raw.len() + 10);
-    out.put_slice(raw);
-    out.put_u16_le(rdb_version);
-    let crc = crate::rdb::crc64(&out);
-    out.put_u64_le(crc);
-    out.freeze()
+/// Append a DUMP/RESTORE payload as one argument: the serialized value, the 2-byte RDB version
+/// and the CRC64 of both, little endian.
+pub fn arg_dump_payload(c: &mut CommandBuf, raw: &[u8], rdb_version: u16) {
+    let version = rdb_version.to_le_bytes();
+    let mut crc = Crc64::new();
+    crc.update(raw);
+    crc.update(&version);
+    c.arg_concat(&[raw, &version, &crc.value().to_le_bytes()]);
 }
 
 /// How snapshot keys are written.
@@ -40,6 +40,16 @@ pub struct ApplyOptions {
 }
 
 impl ApplyOptions {
+    /// What [`ParseOptions::undecoded_up_to_version`](crate::rdb::ParseOptions) should be
+    /// for this apply: values of RDBs that RESTORE can load need no decoding.
+    pub fn undecoded_up_to_version(&self) -> u32 {
+        if self.use_restore {
+            self.target_rdb_version
+        } else {
+            0
+        }
+    }
+
     pub fn for_target(info: &super::TargetInfo) -> Self {
         ApplyOptions {
             use_restore: true,
@@ -81,6 +91,8 @@ pub struct SnapshotApply {
     pub stats: ApplyStats,
     /// The stream offset the snapshot corresponds to (ops are registered at it).
     offset: u64,
+    /// Reused for each key's commands (they are copied into the writer's batch).
+    scratch: CommandBuf,
 }
 
 struct BigKey {
@@ -107,6 +119,7 @@ impl SnapshotApply {
             big: None,
             stats: ApplyStats::default(),
             offset,
+            scratch: CommandBuf::new(),
         }
     }
 
@@ -121,20 +134,25 @@ impl SnapshotApply {
         self.opts.skip_expired && meta.expire_ms.is_some_and(|ms| ms <= Self::now_ms())
     }
 
+    /// An empty command buffer (the reused one).
+    fn buf(&mut self) -> CommandBuf {
+        let mut c = std::mem::take(&mut self.scratch);
+        c.clear();
+        c
+    }
+
     fn send(
-        &self,
+        &mut self,
         d: &mut Dispatcher,
         w: usize,
         db: u32,
-        cmds: &mut CommandBuf,
+        cmds: CommandBuf,
     ) -> Result<(), ApplyError> {
-        if cmds.is_empty() {
-            return Ok(());
-        }
-        let (payload, replies) = cmds.take();
-        let op = Op::new(db, payload, replies);
-        d.push(w, op, self.offset, self.offset)
-            .map_err(ApplyError::Dispatch)
+        let res = d
+            .push_commands(w, db, &cmds, self.offset, self.offset)
+            .map_err(ApplyError::Dispatch);
+        self.scratch = cmds;
+        res
     }
 
     /// Handle one parser event.
@@ -143,15 +161,15 @@ impl SnapshotApply {
             Event::Header { version } => self.source_rdb_version = version,
             Event::Aux { key, value } if &key[..] == b"lua" => {
                 // Scripts cached on a 4.0-6.2 master: load them so that later EVALSHAs work.
-                let mut c = CommandBuf::new();
+                let mut c = self.buf();
                 c.push(&[&b"SCRIPT"[..], b"LOAD", &value]);
-                self.send(d, 0, 0, &mut c)?;
+                self.send(d, 0, 0, c)?;
             }
             Event::Function(lib) => {
                 if self.opts.target_version >= (7, 0) {
-                    let mut c = CommandBuf::new();
+                    let mut c = self.buf();
                     c.push(&[&b"FUNCTION"[..], b"LOAD", b"REPLACE", &lib.code]);
-                    self.send(d, 0, 0, &mut c)?;
+                    self.send(d, 0, 0, c)?;
                     self.stats.functions += 1;
                 } else {
                     tracing::warn!("the target is older than Redis 7.0 and has no functions: a function library is not copied");
@@ -206,7 +224,7 @@ impl SnapshotApply {
             return Ok(());
         };
         let w = d.writer_for(&entry.meta.key);
-        let mut c = CommandBuf::new();
+        let mut c = self.buf();
         let restorable =
             self.opts.use_restore && self.source_rdb_version <= self.opts.target_rdb_version;
         match (&entry.raw, restorable) {
@@ -215,10 +233,18 @@ impl SnapshotApply {
                 self.stats.restored += 1;
             }
             _ => {
+                let value = match entry.decoded_value() {
+                    Ok(v) => v,
+                    Err(e) => {
+                        tracing::error!(key = %String::from_utf8_lossy(&entry.meta.key), db, "{e}");
+                        self.stats.skipped += 1;
+                        return Ok(());
+                    }
+                };
                 if entry.meta.key_type != KeyType::String {
                     c.push(&[&b"DEL"[..], &entry.meta.key]);
                 }
-                match append_value(&mut c, &entry.meta, &entry.value, true, &self.opts.rewrite) {
+                match append_value(&mut c, &entry.meta, &value, true, &self.opts.rewrite) {
                     Ok(()) => {
                         append_expire(&mut c, &entry.meta);
                         self.stats.rewritten += 1;
@@ -231,35 +257,40 @@ impl SnapshotApply {
                 }
             }
         }
-        self.send(d, w, db, &mut c)
+        self.send(d, w, db, c)
     }
 
-    fn push_restore(&self, c: &mut CommandBuf, meta: &KeyMeta, raw: &Bytes) {
-        let payload = restore_payload(raw, self.source_rdb_version as u16);
+    fn push_restore(&self, c: &mut CommandBuf, meta: &KeyMeta, raw: &[u8]) {
         let absttl = self.opts.target_has_absttl;
         let ttl = match meta.expire_ms {
-            None => "0".to_string(),
-            Some(ms) if absttl => ms.to_string(),
-            Some(ms) => (ms - Self::now_ms()).max(1).to_string(),
+            None => None,
+            Some(ms) if absttl => Some(ms.to_string()),
+            Some(ms) => Some((ms - Self::now_ms()).max(1).to_string()),
         };
-        let mut args: Vec<&[u8]> =
-            vec![b"RESTORE", &meta.key, ttl.as_bytes(), &payload, b"REPLACE"];
-        if absttl && meta.expire_ms.is_some() {
-            args.push(b"ABSTTL");
+        let idle = meta.idle.filter(|_| absttl).map(|i| i.to_string());
+        let freq = meta.freq.filter(|_| absttl).map(|f| f.to_string());
+        let args = 5
+            + usize::from(absttl && ttl.is_some())
+            + 2 * usize::from(idle.is_some())
+            + 2 * usize::from(freq.is_some());
+        c.reserve(raw.len() + meta.key.len() + 128);
+        c.begin(args);
+        c.arg(b"RESTORE");
+        c.arg(&meta.key);
+        c.arg(ttl.as_deref().map_or(b"0", str::as_bytes));
+        arg_dump_payload(c, raw, self.source_rdb_version as u16);
+        c.arg(b"REPLACE");
+        if absttl && ttl.is_some() {
+            c.arg(b"ABSTTL");
         }
-        let idle = meta.idle.map(|i| i.to_string());
-        let freq = meta.freq.map(|f| f.to_string());
-        if absttl {
-            if let Some(i) = &idle {
-                args.push(b"IDLETIME");
-                args.push(i.as_bytes());
-            }
-            if let Some(f) = &freq {
-                args.push(b"FREQ");
-                args.push(f.as_bytes());
-            }
+        if let Some(i) = &idle {
+            c.arg(b"IDLETIME");
+            c.arg(i.as_bytes());
         }
-        c.push(&args);
+        if let Some(f) = &freq {
+            c.arg(b"FREQ");
+            c.arg(f.as_bytes());
+        }
     }
 
     fn big_start(&mut self, meta: KeyMeta, d: &mut Dispatcher) -> Result<(), ApplyError> {
@@ -275,10 +306,10 @@ impl SnapshotApply {
             self.map_db(meta.db, &meta.key)
         };
         let w = d.writer_for(&meta.key);
-        let mut c = CommandBuf::new();
+        let mut c = self.buf();
         if let Some(db) = db {
             c.push(&[&b"DEL"[..], &meta.key]);
-            self.send(d, w, db, &mut c)?;
+            self.send(d, w, db, c)?;
         }
         self.big = Some(BigKey {
             db: db.unwrap_or(0),
@@ -292,6 +323,7 @@ impl SnapshotApply {
     }
 
     fn big_chunk(&mut self, mut value: Value, d: &mut Dispatcher) -> Result<(), ApplyError> {
+        let mut c = self.buf();
         let Some(big) = self.big.as_mut() else {
             return Ok(());
         };
@@ -308,7 +340,7 @@ impl SnapshotApply {
                 }
             }
         }
-        let mut c = CommandBuf::new();
+
         if let Err(e) = append_value(&mut c, &big.meta, &value, big.first, &self.opts.rewrite) {
             tracing::error!(key = %String::from_utf8_lossy(&big.meta.key), "{e}");
             big.skip = true;
@@ -317,7 +349,7 @@ impl SnapshotApply {
         }
         big.first = false;
         let (w, db) = (big.writer, big.db);
-        self.send(d, w, db, &mut c)
+        self.send(d, w, db, c)
     }
 
     fn big_end(&mut self, d: &mut Dispatcher) -> Result<(), ApplyError> {
@@ -328,9 +360,9 @@ impl SnapshotApply {
             return Ok(());
         }
         self.stats.rewritten += 1;
-        let mut c = CommandBuf::new();
+        let mut c = self.buf();
         append_expire(&mut c, &big.meta);
-        self.send(d, big.writer, big.db, &mut c)
+        self.send(d, big.writer, big.db, c)
     }
 }
 
@@ -352,8 +384,16 @@ mod tests {
     #[test]
     fn payload_footer_matches_redis_dump() {
         // DUMP of the string "bar" on Redis 7.0 (RDB 10): \x00\x03bar\n\x00 + CRC64.
-        let p = restore_payload(b"\x00\x03bar", 10);
-        assert_eq!(&p[..7], b"\x00\x03bar\x0a\x00");
+        let mut c = CommandBuf::new();
+        arg_dump_payload(&mut c, b"\x00\x03bar", 10);
+        let (p, _) = c.take();
+        assert_eq!(&p[..4], b"$15\r");
+        let body = &p[5..p.len() - 2];
+        assert_eq!(&body[..7], b"\x00\x03bar\x0a\x00");
+        assert_eq!(
+            crate::rdb::decode_dump_payload(body).unwrap().1,
+            Value::String(Bytes::from_static(b"bar"))
+        );
         assert_eq!(crate::rdb::crc64(b"123456789"), 0xe9c6d914c4b8d9ca);
     }
 }

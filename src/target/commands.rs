@@ -4,7 +4,7 @@
 
 use bytes::{Bytes, BytesMut};
 
-use crate::resp::encode::{encode_array_header, encode_bulk};
+use crate::resp::encode::{encode_array_header, encode_bulk, encode_bulk_header};
 
 #[derive(Debug, Default)]
 pub struct CommandBuf {
@@ -30,6 +30,32 @@ impl CommandBuf {
 
     pub fn arg(&mut self, a: &[u8]) {
         encode_bulk(&mut self.payload, a);
+    }
+
+    /// Add one argument made of `parts` one after the other (no buffer in between).
+    pub fn arg_concat(&mut self, parts: &[&[u8]]) {
+        encode_bulk_header(&mut self.payload, parts.iter().map(|p| p.len()).sum());
+        for p in parts {
+            self.payload.extend_from_slice(p);
+        }
+        self.payload.extend_from_slice(b"\r\n");
+    }
+
+    /// Append the commands of `other`.
+    pub fn append(&mut self, other: &CommandBuf) {
+        self.payload.extend_from_slice(&other.payload);
+        self.count += other.count;
+    }
+
+    /// Forget the commands, keep the memory.
+    pub fn clear(&mut self) {
+        self.payload.clear();
+        self.count = 0;
+    }
+
+    /// Make room for `n` more bytes (one allocation for commands of a known size).
+    pub fn reserve(&mut self, n: usize) {
+        self.payload.reserve(n);
     }
 
     pub fn is_empty(&self) -> bool {

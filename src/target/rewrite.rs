@@ -20,6 +20,8 @@ pub const BYTES_PER_COMMAND: usize = 1024 * 1024;
 pub enum RewriteError {
     #[error("module value of type {0} can only be moved with RESTORE (load the module on the target, and use a target whose RDB version is at least the source's)")]
     Module(String),
+    #[error("the value was passed through undecoded; decode it (Entry::decoded_value) before rewriting it as commands")]
+    Undecoded,
 }
 
 /// What the rewrite needs to know about the target.
@@ -99,6 +101,7 @@ pub fn append_value(
         Value::Module { module_id } => {
             return Err(RewriteError::Module(crate::rdb::module_name(*module_id)))
         }
+        Value::Undecoded => return Err(RewriteError::Undecoded),
     }
     Ok(())
 }
