@@ -127,26 +127,14 @@ impl Dispatcher {
     /// tracker's books from its first op on, so that the applied offset can never pass an op
     /// that is still waiting here.
     pub fn push(&mut self, w: usize, op: Op, start: u64, end: u64) -> Result<(), String> {
-        if end <= self.skip_upto[w] && end > start {
-            // Applied before the restart, in the same writer's recorded transaction.
-            self.tracker.extend(end);
+        let Some(p) = self.enter(w, start, end) else {
             return Ok(());
-        }
-        let p = &mut self.pending[w];
-        if p.is_empty() {
-            p.start = start;
-            self.tracker.opened(w, start);
-        }
-        p.end = end;
-        self.tracker.extend(end);
+        };
         p.seal();
         p.bytes += op.payload.len();
         p.commands += 1;
         p.ops.push(op);
-        if p.bytes >= BATCH_BYTES || p.commands >= BATCH_OPS {
-            self.flush_writer(w)?;
-        }
-        Ok(())
+        self.flush_if_full(w)
     }
 
     /// Like [`Self::push`] for plain commands that stay in `db`: they are copied into the
@@ -163,17 +151,9 @@ impl Dispatcher {
         if cmds.is_empty() {
             return Ok(());
         }
-        if end <= self.skip_upto[w] && end > start {
-            self.tracker.extend(end);
+        let Some(p) = self.enter(w, start, end) else {
             return Ok(());
-        }
-        let p = &mut self.pending[w];
-        if p.is_empty() {
-            p.start = start;
-            self.tracker.opened(w, start);
-        }
-        p.end = end;
-        self.tracker.extend(end);
+        };
         if p.open_db != db {
             p.seal();
             p.open_db = db;
@@ -184,6 +164,28 @@ impl Dispatcher {
         p.open.append(cmds);
         p.bytes += cmds.len();
         p.commands += cmds.count as usize;
+        self.flush_if_full(w)
+    }
+
+    /// The pending batch of writer `w`, with `(start, end]` on the books; `None` when that
+    /// range was applied before a restart (in the same writer's recorded transaction).
+    fn enter(&mut self, w: usize, start: u64, end: u64) -> Option<&mut Pending> {
+        if end <= self.skip_upto[w] && end > start {
+            self.tracker.extend(end);
+            return None;
+        }
+        let p = &mut self.pending[w];
+        if p.is_empty() {
+            p.start = start;
+            self.tracker.opened(w, start);
+        }
+        p.end = end;
+        self.tracker.extend(end);
+        Some(p)
+    }
+
+    fn flush_if_full(&mut self, w: usize) -> Result<(), String> {
+        let p = &self.pending[w];
         if p.bytes >= BATCH_BYTES || p.commands >= BATCH_OPS {
             self.flush_writer(w)?;
         }

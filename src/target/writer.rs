@@ -54,8 +54,8 @@ impl Default for WriterOptions {
                 .map(|n| n.get())
                 .unwrap_or(2),
             output_buffer: 256 * 1024,
-            max_in_flight: 64,
-            queue: 64,
+            max_in_flight: 16,
+            queue: 16,
             on_error: ErrorPolicy::Skip,
             connect_timeout: Duration::from_secs(5),
         }
