@@ -306,25 +306,7 @@ fn parse_preamble(line: &[u8]) -> Result<State, TransferError> {
 
 /// First occurrence of `needle` in `hay`.
 fn find(hay: &[u8], needle: &[u8; EOF_MARK_LEN]) -> Option<usize> {
-    if hay.len() < EOF_MARK_LEN {
-        return None;
-    }
-    let first = needle[0];
-    let last_start = hay.len() - EOF_MARK_LEN;
-    let mut i = 0;
-    while i <= last_start {
-        match hay[i..=last_start].iter().position(|&b| b == first) {
-            None => return None,
-            Some(off) => {
-                i += off;
-                if &hay[i..i + EOF_MARK_LEN] == needle {
-                    return Some(i);
-                }
-                i += 1;
-            }
-        }
-    }
-    None
+    memchr::memmem::find(hay, needle)
 }
 
 #[cfg(test)]
