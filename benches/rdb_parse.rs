@@ -40,6 +40,9 @@ fn bench(c: &mut Criterion) {
         };
         b.iter(|| parse_bytes(&data, &o))
     });
+    g.bench_function("corpus_7.4.1_undecoded", |b| {
+        b.iter(|| parse_bytes(&data, &undecoded()))
+    });
 
     let mb: u64 = std::env::var("RDB_BENCH_MB")
         .ok()
@@ -71,6 +74,17 @@ fn bench(c: &mut Criterion) {
         })
     });
     g.finish();
+}
+
+/// What a relay into a target of the same version parses with: raw bytes, values undecoded,
+/// reading ahead (its input ends with the RDB).
+fn undecoded() -> ParseOptions {
+    ParseOptions {
+        capture_raw: true,
+        undecoded_up_to_version: u32::MAX,
+        read_ahead: true,
+        ..Default::default()
+    }
 }
 
 /// One in-memory RDB (version 11) of about `target` bytes holding keys of one encoding family.
@@ -143,6 +157,9 @@ fn bench_families(c: &mut Criterion) {
         g.throughput(Throughput::Bytes(data.len() as u64));
         g.bench_function(family, |b| {
             b.iter(|| parse_bytes(&data, &ParseOptions::default()))
+        });
+        g.bench_function(format!("{family}_undecoded"), |b| {
+            b.iter(|| parse_bytes(&data, &undecoded()))
         });
     }
     g.finish();

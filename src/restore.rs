@@ -91,6 +91,7 @@ pub fn restore_file(
         capture_raw: !opts.commands_only,
         big_value_bytes: opts.big_value_bytes,
         undecoded_up_to_version,
+        read_ahead: true,
         ..ParseOptions::default()
     };
     let mut parser = RdbParser::new(reader, parse_opts);

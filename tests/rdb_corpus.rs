@@ -176,6 +176,7 @@ fn pass_through_matches_decoding(data: &[u8], base: &ParseOptions, what: &str) -
     let passing = ParseOptions {
         capture_raw: true,
         undecoded_up_to_version: u32::MAX,
+        read_ahead: true,
         ..base.clone()
     };
     let (dec, ds) = events(data, decoding);

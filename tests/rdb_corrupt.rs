@@ -43,6 +43,7 @@ fn truncation_always_fails_with_offset() {
                 ParseOptions {
                     capture_raw: true,
                     undecoded_up_to_version: if i % 2 == 0 { 0 } else { u32::MAX },
+                    read_ahead: i % 3 == 0,
                     ..Default::default()
                 },
             )

@@ -52,6 +52,12 @@ pub struct ParseOptions {
     /// [`super::passthrough`]). For a consumer that only forwards `raw` (RESTORE into a target
     /// of this RDB version) it saves most of the parse. 0 (the default): always decode.
     pub undecoded_up_to_version: u32,
+    /// The input ends where the RDB ends (a file, or the relay's spool, which keeps the
+    /// snapshot apart from the command stream): read ahead as far as the buffer allows. By
+    /// default (false) only bytes certain to belong to the RDB are read, as on a replication
+    /// socket where the command stream follows; that means many small reads on keys made of
+    /// many small parts. [`RdbParser::unread`] tells what was read beyond the RDB.
+    pub read_ahead: bool,
 }
 
 impl Default for ParseOptions {
@@ -63,6 +69,7 @@ impl Default for ParseOptions {
             chunk_elements: 1024,
             verify_checksum: true,
             undecoded_up_to_version: 0,
+            read_ahead: false,
         }
     }
 }
@@ -120,8 +127,10 @@ const EB_EXPIRE_TIME_MAX: u64 = 0x0000_FFFF_FFFF_FFFF;
 impl<R: Read> RdbParser<R> {
     pub fn new(reader: R, opts: ParseOptions) -> Self {
         let verify = opts.verify_checksum;
+        let mut r = RdbReader::new(reader, verify);
+        r.read_ahead = opts.read_ahead;
         RdbParser {
-            r: RdbReader::new(reader, verify),
+            r,
             opts,
             version: 0,
             keys: 0,
@@ -131,6 +140,12 @@ impl<R: Read> RdbParser<R> {
     /// Bytes consumed from the reader so far.
     pub fn position(&self) -> u64 {
         self.r.position()
+    }
+
+    /// Bytes read from the input but not consumed: after `run`, what followed the RDB within
+    /// the read-ahead (always 0 without [`ParseOptions::read_ahead`]).
+    pub fn unread(&self) -> usize {
+        self.r.buffered().len()
     }
 
     /// The RDB version from the header (0 before it was read).

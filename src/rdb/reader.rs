@@ -60,6 +60,8 @@ pub(crate) struct RdbReader<R> {
     /// Bytes consumed before the recording started that begin it (the object type byte).
     rec_seed: ([u8; 1], usize),
     arena: BytesMut,
+    /// Read as much as the buffer takes, not only the guaranteed bytes (bounded input).
+    pub(crate) read_ahead: bool,
 }
 
 impl<R: Read> RdbReader<R> {
@@ -78,6 +80,7 @@ impl<R: Read> RdbReader<R> {
             rec_from: 0,
             rec_seed: ([0], 0),
             arena: BytesMut::new(),
+            read_ahead: false,
         }
     }
 
@@ -133,7 +136,11 @@ impl<R: Read> RdbReader<R> {
             self.rec_from = 0;
         }
         while self.end < need {
-            let ahead = self.guaranteed_end.saturating_sub(self.base);
+            let ahead = if self.read_ahead {
+                BUF_SIZE as u64
+            } else {
+                self.guaranteed_end.saturating_sub(self.base)
+            };
             let want = (ahead.min(BUF_SIZE as u64) as usize).max(need);
             match self.inner.read(&mut self.buf[self.end..want]) {
                 Ok(0) => return Err(RdbError::eof(self.base + self.end as u64)),
@@ -252,7 +259,17 @@ impl<R: Read> RdbReader<R> {
     }
 
     /// Skip `n` bytes without copying them out (still checksummed and recorded).
+    #[inline]
     pub(crate) fn skip(&mut self, n: u64) -> Result<(), RdbError> {
+        if (self.end - self.pos) as u64 >= n {
+            self.pos += n as usize;
+            return Ok(());
+        }
+        self.skip_across(n)
+    }
+
+    #[cold]
+    fn skip_across(&mut self, n: u64) -> Result<(), RdbError> {
         self.expect(n);
         let mut left = n;
         loop {
@@ -415,9 +432,8 @@ impl<R: Read> RdbReader<R> {
         self.crc = None;
     }
 
-    /// Unconsumed buffered bytes (non-empty only if the input continues past the RDB within
-    /// a guaranteed range, which the parser never requests).
-    #[allow(dead_code)]
+    /// Unconsumed buffered bytes (after the RDB: non-empty only with `read_ahead` on an input
+    /// that goes on past the RDB; without it the parser never requests such bytes).
     pub(crate) fn buffered(&self) -> &[u8] {
         &self.buf[self.pos..self.end]
     }

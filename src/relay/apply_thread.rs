@@ -352,6 +352,7 @@ fn full_resync(
             })
         }
     };
+    let unread = parser.unread() as u64;
     drop(parser);
     if let Err(e) = result {
         if let Some(next) = reader.interrupted_by.take() {
@@ -364,9 +365,10 @@ fn full_resync(
         }
         return Err(format!("source {}: snapshot: {e}", ctx.name));
     }
-    let extra = reader
-        .drain()
-        .map_err(|e| format!("source {}: after the snapshot: {e}", ctx.name))?;
+    let extra = unread
+        + reader
+            .drain()
+            .map_err(|e| format!("source {}: after the snapshot: {e}", ctx.name))?;
     if extra > 0 {
         return Err(format!(
             "source {}: {extra} bytes after the end of the RDB in the snapshot transfer",

@@ -271,6 +271,8 @@ impl RelayBuilder {
                     undecoded_up_to_version: apply_opts
                         .as_ref()
                         .map_or(0, |a| a.undecoded_up_to_version()),
+                    // The spool hands the snapshot over apart from the stream.
+                    read_ahead: true,
                     ..ParseOptions::default()
                 },
                 state_dir: cfg.state_dir.clone(),
