@@ -70,6 +70,50 @@ fn traffic(mut c: Client, stop: Arc<AtomicBool>, done: Arc<AtomicU64>, seed: u64
     }
 }
 
+/// Only commands that set state (replayable: their batches go without MULTI/EXEC), in long
+/// pipelines, until `stop`.
+fn assignments(mut c: Client, stop: Arc<AtomicBool>, done: Arc<AtomicU64>) {
+    let mut i = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let cmds: Vec<Vec<Vec<u8>>> = (0..200)
+            .map(|j| {
+                let k = (i * 7 + j) % 300;
+                match j % 6 {
+                    0 => b(&["SET".into(), format!("as:{k}"), format!("{i}-{j}")]),
+                    1 => b(&[
+                        "HSET".into(),
+                        format!("ah:{}", k % 40),
+                        format!("f{}", j % 9),
+                        format!("{i}"),
+                    ]),
+                    2 => b(&[
+                        "SADD".into(),
+                        format!("aset:{}", k % 30),
+                        format!("{}", i % 40),
+                    ]),
+                    3 => b(&[
+                        "SREM".into(),
+                        format!("aset:{}", k % 30),
+                        format!("{}", (i + 7) % 40),
+                    ]),
+                    4 => b(&["DEL".into(), format!("as:{}", (k + 150) % 300)]),
+                    _ => b(&[
+                        "ZADD".into(),
+                        format!("az:{}", k % 20),
+                        format!("{}", i % 100),
+                        format!("m{}", j % 13),
+                    ]),
+                }
+            })
+            .collect();
+        for r in c.pipeline(&cmds) {
+            assert!(!r.is_error(), "{r:?}");
+        }
+        done.fetch_add(1, Ordering::Relaxed);
+        i += 1;
+    }
+}
+
 fn sync_full(m: &RedisServer) -> i64 {
     m.client()
         .info_field("stats", "sync_full")
@@ -115,6 +159,12 @@ fn sigkill_under_traffic_loses_and_doubles_nothing() {
             std::thread::spawn(move || traffic(c, s, d, n * 1_000_000))
         })
         .collect();
+    let stop_assign = Arc::new(AtomicBool::new(false));
+    let assigned = Arc::new(AtomicU64::new(0));
+    let assigner = {
+        let (c, s, d) = (proxy.client(), stop_assign.clone(), assigned.clone());
+        std::thread::spawn(move || assignments(c, s, d))
+    };
 
     // Kill at pseudo-random points, keep writing for a second, restart.
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
@@ -141,7 +191,19 @@ fn sigkill_under_traffic_loses_and_doubles_nothing() {
     for w in workers {
         w.join().unwrap();
     }
+    // Assignments alone for a while: their batches run without a transaction.
+    std::thread::sleep(Duration::from_secs(1));
+    stop_assign.store(true, Ordering::Relaxed);
+    assigner.join().unwrap();
     assert!(done.load(Ordering::Relaxed) > 100, "traffic ran");
+    assert!(assigned.load(Ordering::Relaxed) > 10, "assignments ran");
+    let plain: f64 = relay
+        .metrics()
+        .lines()
+        .filter(|l| l.starts_with("redis_relay_batches_total{") && l.contains("transaction=\"no\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(plain > 0.0, "no batch went without a transaction");
     // Let the short TTLs run out on both sides.
     std::thread::sleep(Duration::from_millis(1500));
 

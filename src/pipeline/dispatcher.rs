@@ -71,6 +71,8 @@ struct Pending {
     bytes: usize,
     /// Commands in the batch (ops count as one).
     commands: usize,
+    /// Some op of the batch is not replayable (or comes from the snapshot).
+    needs_transaction: bool,
     start: u64,
     end: u64,
 }
@@ -133,6 +135,7 @@ impl Dispatcher {
         p.seal();
         p.bytes += op.payload.len();
         p.commands += 1;
+        p.needs_transaction |= !op.replayable;
         p.ops.push(op);
         self.flush_if_full(w)
     }
@@ -162,6 +165,7 @@ impl Dispatcher {
             p.open.reserve(BATCH_BYTES.max(cmds.len()) + 4096);
         }
         p.open.append(cmds);
+        p.needs_transaction = true;
         p.bytes += cmds.len();
         p.commands += cmds.count as usize;
         self.flush_if_full(w)
@@ -205,14 +209,23 @@ impl Dispatcher {
         }
         p.seal();
         let ops = std::mem::take(&mut p.ops);
+        let transaction = std::mem::take(&mut p.needs_transaction);
         p.bytes = 0;
         p.commands = 0;
         let seq = &mut self.seq[w];
+        let tracker = &self.tracker;
         let bookkeeping = self.exactly_once.as_ref().map(|eo| {
             *seq += 1;
+            metrics::counter!(
+                "redis_relay_batches_total",
+                "source" => tracker.name.clone(),
+                "transaction" => if transaction { "yes" } else { "no" }
+            )
+            .increment(1);
             Bookkeeping {
                 key: format!("{}{w}", eo.key_base).into(),
                 value: format!("{} {} {} {}", eo.replid, p.end, run_id(), seq).into(),
+                transaction,
             }
         });
         let batch = Batch {

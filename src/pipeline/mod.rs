@@ -5,6 +5,7 @@ pub mod filter;
 pub mod keys;
 pub mod offsets;
 pub mod op;
+pub mod replayable;
 pub mod router;
 pub mod scoped_flush;
 pub mod spool;

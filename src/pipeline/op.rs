@@ -25,6 +25,9 @@ pub struct Op {
     /// The commands form one transaction (a MULTI ... EXEC of the master, without the MULTI
     /// and EXEC themselves): the writer runs them atomically.
     pub atomic: bool,
+    /// Running the commands again after they ran changes nothing, provided what follows runs
+    /// again too (see [`super::replayable`]): a batch of such ops needs no transaction.
+    pub replayable: bool,
 }
 
 impl Op {
@@ -36,6 +39,7 @@ impl Op {
             replies,
             leaves_db_unknown: false,
             atomic: false,
+            replayable: false,
         }
     }
 }
@@ -46,6 +50,9 @@ impl Op {
 pub struct Bookkeeping {
     pub key: Bytes,
     pub value: Bytes,
+    /// Run the batch and the record as one MULTI/EXEC. False when every op is replayable:
+    /// the commands then go plainly, the record after them on the same connection.
+    pub transaction: bool,
 }
 
 /// Ops of one source for one writer, covering the stream offsets `(start, end]`.

@@ -14,6 +14,7 @@ use super::dispatcher::Dispatcher;
 use super::filter::{Filtered, KeyFilter};
 use super::keys::{command_keys, KeySpec};
 use super::op::Op;
+use super::replayable::replayable;
 use crate::resp::framer::Frame;
 
 /// What the stream apply reports to its caller besides ops.
@@ -325,6 +326,7 @@ impl StreamApply {
                         replies,
                         leaves_db_unknown: true,
                         atomic: false,
+                        replayable: false,
                     };
                     return self.barrier_op(d, op, start, end).map(|_| Control::None);
                 }
@@ -438,7 +440,8 @@ impl StreamApply {
             }
             return Ok(Control::None);
         }
-        let op = Op::new(target_db, raw, 1);
+        let mut op = Op::new(target_db, raw, 1);
+        op.replayable = replayable(&up, &args);
         self.stats.forwarded += 1;
         match route {
             Some(w) => d.push(w, op, start, end),
@@ -564,6 +567,7 @@ impl StreamApply {
             replies: m.commands.len() as u32,
             leaves_db_unknown: m.selects,
             atomic: true,
+            replayable: false,
         };
         self.stats.forwarded += 1;
         match (m.global || m.selects, m.writer) {

@@ -254,39 +254,54 @@ impl Encoder<'_> {
         }
     }
 
+    /// Encode the ops of `batch` as they are (a master's transaction as MULTI/EXEC).
+    fn plain_ops(&mut self, batch: &Batch, plan: &mut Vec<Expect>) {
+        for (i, op) in batch.ops.iter().enumerate() {
+            if self.db != Some(op.db) {
+                self.select(op.db);
+                plan.push(Expect::Select(op.db));
+            }
+            let cmds = (0..op.replies).map(|c| Expect::Cmd {
+                op: i as u32,
+                cmd: c,
+            });
+            if op.atomic {
+                encode_command(self.out, &[&b"MULTI"[..]]);
+                plan.push(Expect::Multi);
+                self.payload(&op.payload);
+                let items: Vec<Expect> = cmds.collect();
+                plan.extend((0..op.replies).map(|c| {
+                    Expect::Queued(Box::new(Expect::Cmd {
+                        op: i as u32,
+                        cmd: c,
+                    }))
+                }));
+                encode_command(self.out, &[&b"EXEC"[..]]);
+                plan.push(Expect::Exec(items));
+            } else {
+                self.payload(&op.payload);
+                plan.extend(cmds);
+            }
+            self.db = (!op.leaves_db_unknown).then_some(op.db);
+        }
+    }
+
     /// Encode `batch`; returns the plan of its replies.
     fn batch(&mut self, batch: &Batch) -> Vec<Expect> {
         let mut plan = Vec::with_capacity(batch.ops.len() + 4);
         match &batch.bookkeeping {
-            None => {
-                for (i, op) in batch.ops.iter().enumerate() {
-                    if self.db != Some(op.db) {
-                        self.select(op.db);
-                        plan.push(Expect::Select(op.db));
-                    }
-                    let cmds = (0..op.replies).map(|c| Expect::Cmd {
-                        op: i as u32,
-                        cmd: c,
-                    });
-                    if op.atomic {
-                        encode_command(self.out, &[&b"MULTI"[..]]);
-                        plan.push(Expect::Multi);
-                        self.payload(&op.payload);
-                        let items: Vec<Expect> = cmds.collect();
-                        plan.extend((0..op.replies).map(|c| {
-                            Expect::Queued(Box::new(Expect::Cmd {
-                                op: i as u32,
-                                cmd: c,
-                            }))
-                        }));
-                        encode_command(self.out, &[&b"EXEC"[..]]);
-                        plan.push(Expect::Exec(items));
-                    } else {
-                        self.payload(&op.payload);
-                        plan.extend(cmds);
-                    }
-                    self.db = (!op.leaves_db_unknown).then_some(op.db);
+            None => self.plain_ops(batch, &mut plan),
+            Some(book) if !book.transaction => {
+                // Replayable commands, then their record: the record is on the target only if
+                // they ran, and running them twice is harmless (`pipeline::replayable`).
+                self.plain_ops(batch, &mut plan);
+                if self.db != Some(0) {
+                    self.select(0);
+                    plan.push(Expect::Select(0));
                 }
+                encode_command(self.out, &[&b"SET"[..], &book.key, &book.value]);
+                plan.push(Expect::Book);
+                self.db = Some(0);
             }
             Some(book) => {
                 // One transaction: the batch and its record, or neither.
