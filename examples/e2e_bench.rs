@@ -1119,11 +1119,24 @@ fn main() -> Res<()> {
     let sampler = RssSampler::start(pid);
     let perf = Perf::start(&o.perf_dir, pid, "full-sync");
     // Timed on the target itself, like the replicas on their own INFO (the relay's metrics are
-    // refreshed every 500 ms): every key of this data set is small and arrives in one RESTORE
-    // (source and target are the same Redis), so the target holds everything once it has
-    // executed as many RESTOREs as the masters hold keys.
+    // refreshed every 500 ms): every key of this data set is small and arrives whole (one
+    // RESTORE, or in an MSET for plain strings), so the target holds everything once its key
+    // count, less the relay's own record keys, reaches the masters' (records: counted by name, `redis-relay:offset:<source>:<writer>`).
+    let writers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let records: Vec<String> = [&ma, &mb]
+        .iter()
+        .flat_map(|m| (0..writers).map(move |w| format!("redis-relay:offset:{}:{w}", m.addr())))
+        .collect();
     let full = loop {
-        if calls(&target, ["restore"])[0] >= expected as u64 {
+        let mut c = target.client();
+        let own = c.int(
+            &["EXISTS"]
+                .iter()
+                .copied()
+                .chain(records.iter().map(|r| r.as_str()))
+                .collect::<Vec<_>>(),
+        );
+        if dbsize(&target) - own >= expected {
             break t_sync.elapsed();
         }
         relay.check_alive();

@@ -573,13 +573,14 @@ fn run(cmd: Command, file: FileConfig) -> anyhow::Result<ExitCode> {
             let report = restore_file(&file, &target.endpoint()?, &opts)?;
             let s = &report.stats;
             eprintln!(
-                "restored {} keys from {} (RDB {}) into Redis {} in {:.2?}: {} by RESTORE, {} as commands ({} big), {} already expired, {} empty, {} skipped, {} function libraries; {} commands acknowledged, {} refused",
+                "restored {} keys from {} (RDB {}) into Redis {} in {:.2?}: {} by RESTORE, {} plain strings by MSET, {} as commands ({} big), {} already expired, {} empty, {} skipped, {} function libraries; {} commands acknowledged, {} refused",
                 s.keys,
                 file.display(),
                 report.rdb_version,
                 report.target_version,
                 report.elapsed,
                 s.restored,
+                s.mset,
                 s.rewritten,
                 s.big_keys,
                 s.expired_skipped,

@@ -26,5 +26,6 @@ pub use crc::{crc64, Crc64};
 pub use error::{RdbError, RdbErrorKind};
 pub use model::*;
 pub use parser::{
-    decode_dump_payload, decode_value_body, key_type_of, ParseOptions, ParseSummary, RdbParser,
+    decode_dump_payload, decode_string_body, decode_value_body, key_type_of, ParseOptions,
+    ParseSummary, RdbParser,
 };

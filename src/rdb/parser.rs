@@ -1093,6 +1093,35 @@ pub fn decode_dump_payload(payload: &[u8]) -> Result<(KeyType, Value), RdbError>
     Ok((key_type, decode_value_body(body, 0)?))
 }
 
+/// The value of a serialized string (`Entry::raw` of a string key): a slice of `body` when it
+/// is stored plainly, else decoded (integer or LZF).
+pub fn decode_string_body(body: &Bytes) -> Result<Bytes, RdbError> {
+    if body.first() != Some(&types::STRING) {
+        return Err(RdbError::corrupt(0, "not a serialized string"));
+    }
+    let mut r = RdbReader::new(&body[1..], false);
+    r.tail = 0;
+    let h = r.str_header()?;
+    let at = 1 + r.position() as usize;
+    let end = |n: u64| {
+        at.checked_add(usize::try_from(n).ok()?)
+            .filter(|e| *e == body.len())
+    };
+    match h {
+        StrHeader::Raw(n) => {
+            let e = end(n).ok_or_else(|| RdbError::corrupt(at as u64, "string length"))?;
+            Ok(body.slice(at..e))
+        }
+        StrHeader::Int(v) => Ok(super::reader::int_bytes(v)),
+        StrHeader::Lzf { clen, ulen } => {
+            let e = end(clen).ok_or_else(|| RdbError::corrupt(at as u64, "string length"))?;
+            lzf::decompress(&body[at..e], ulen)
+                .map(Bytes::from)
+                .map_err(|m| RdbError::corrupt(at as u64, format!("LZF string: {m}")))
+        }
+    }
+}
+
 /// Decode a serialized value: the type byte and the value, as in [`Entry::raw`] (a DUMP payload
 /// without its version and CRC). `at` is its offset in the file, for error messages.
 pub fn decode_value_body(body: &[u8], at: u64) -> Result<Value, RdbError> {

@@ -330,7 +330,7 @@ fn full_resync(
             });
             if r.is_ok() {
                 let s = &snap.stats;
-                tracing::info!(source = %name, keys = s.keys, restored = s.restored, as_commands = s.rewritten, big = s.big_keys, expired = s.expired_skipped, skipped = s.skipped, "snapshot parsed; waiting for the target to acknowledge it");
+                tracing::info!(source = %name, keys = s.keys, restored = s.restored, in_mset = s.mset, as_commands = s.rewritten, big = s.big_keys, expired = s.expired_skipped, skipped = s.skipped, "snapshot parsed; waiting for the target to acknowledge it");
             }
             r
         }

@@ -53,6 +53,11 @@ impl CommandBuf {
         self.count = 0;
     }
 
+    /// Append arguments already encoded as bulk strings (after [`Self::begin`] counted them).
+    pub fn raw_args(&mut self, encoded: &[u8]) {
+        self.payload.extend_from_slice(encoded);
+    }
+
     /// Make room for `n` more bytes (one allocation for commands of a known size).
     pub fn reserve(&mut self, n: usize) {
         self.payload.reserve(n);
