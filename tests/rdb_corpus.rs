@@ -196,6 +196,12 @@ fn pass_through_matches_decoding(data: &[u8], base: &ParseOptions, what: &str) -
                     .decoded_value()
                     .unwrap_or_else(|e| panic!("{what}: {:?}: {e}", a.meta.key));
                 assert_eq!(*v, a.value, "{what}: value of {:?}", a.meta.key);
+                if let (Value::String(sv), Some(raw)) = (&a.value, &a.raw) {
+                    // What the snapshot apply sends in MSETs.
+                    let direct = decode_string_body(raw)
+                        .unwrap_or_else(|e| panic!("{what}: {:?}: {e}", a.meta.key));
+                    assert_eq!(&direct, sv, "{what}: string of {:?}", a.meta.key);
+                }
             }
             _ => assert_eq!(a, b, "{what}"),
         }

@@ -1099,26 +1099,22 @@ pub fn decode_string_body(body: &Bytes) -> Result<Bytes, RdbError> {
     if body.first() != Some(&types::STRING) {
         return Err(RdbError::corrupt(0, "not a serialized string"));
     }
-    let mut r = RdbReader::new(&body[1..], false);
-    r.tail = 0;
-    let h = r.str_header()?;
-    let at = 1 + r.position() as usize;
+    let (h, used) = super::reader::str_header_of(&body[1..])
+        .ok_or_else(|| RdbError::corrupt(1, "invalid string header"))?;
+    let at = 1 + used;
     let end = |n: u64| {
-        at.checked_add(usize::try_from(n).ok()?)
+        usize::try_from(n)
+            .ok()
+            .and_then(|n| at.checked_add(n))
             .filter(|e| *e == body.len())
+            .ok_or_else(|| RdbError::corrupt(at as u64, "string length does not match"))
     };
     match h {
-        StrHeader::Raw(n) => {
-            let e = end(n).ok_or_else(|| RdbError::corrupt(at as u64, "string length"))?;
-            Ok(body.slice(at..e))
-        }
+        StrHeader::Raw(n) => Ok(body.slice(at..end(n)?)),
         StrHeader::Int(v) => Ok(super::reader::int_bytes(v)),
-        StrHeader::Lzf { clen, ulen } => {
-            let e = end(clen).ok_or_else(|| RdbError::corrupt(at as u64, "string length"))?;
-            lzf::decompress(&body[at..e], ulen)
-                .map(Bytes::from)
-                .map_err(|m| RdbError::corrupt(at as u64, format!("LZF string: {m}")))
-        }
+        StrHeader::Lzf { clen, ulen } => lzf::decompress(&body[at..end(clen)?], ulen)
+            .map(Bytes::from)
+            .map_err(|m| RdbError::corrupt(at as u64, format!("LZF string: {m}"))),
     }
 }
 
@@ -1163,4 +1159,30 @@ pub fn decode_value_body(body: &[u8], at: u64) -> Result<Value, RdbError> {
         ));
     }
     out.ok_or_else(|| RdbError::corrupt(at, "the serialized value produced no value"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn string_bodies_decode_without_a_reader() {
+        let cases: [(&[u8], &[u8]); 6] = [
+            (b"\x00\x03bar", b"bar"),
+            (b"\x00\x00", b""),
+            (b"\x00\xc0\x85", b"-123"),
+            (b"\x00\xc1\x39\x30", b"12345"),
+            (b"\x00\xc2\x15\xcd\x5b\x07", b"123456789"),
+            (b"\x00\x40\x02hi", b"hi"),
+        ];
+        for (body, want) in cases {
+            let got = decode_string_body(&Bytes::copy_from_slice(body)).unwrap();
+            assert_eq!(&got[..], want, "{body:?}");
+        }
+        // A 14-bit length must cover exactly the rest.
+        assert!(decode_string_body(&Bytes::from_static(b"\x00\x40\x03hi")).is_err());
+        assert!(decode_string_body(&Bytes::from_static(b"\x00\x05ab")).is_err());
+        assert!(decode_string_body(&Bytes::from_static(b"\x02\x03bar")).is_err());
+        assert!(decode_string_body(&Bytes::from_static(b"\x00\xc3")).is_err());
+    }
 }

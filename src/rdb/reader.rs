@@ -448,6 +448,46 @@ impl<R: Read> RdbReader<R> {
     }
 }
 
+/// Decode a string header at the start of `b` without a reader (for serialized values held in
+/// memory): the header and its length in bytes, or `None` when `b` is too short or invalid.
+pub(crate) fn str_header_of(b: &[u8]) -> Option<(StrHeader, usize)> {
+    let first = *b.first()?;
+    let plain = |b: &[u8]| -> Option<(u64, usize)> {
+        let x = *b.first()?;
+        match x >> 6 {
+            0 => Some((u64::from(x & 0x3f), 1)),
+            1 => Some(((u64::from(x & 0x3f) << 8) | u64::from(*b.get(1)?), 2)),
+            2 if x == 0x80 => Some((
+                u64::from(u32::from_be_bytes(b.get(1..5)?.try_into().ok()?)),
+                5,
+            )),
+            2 if x == 0x81 => Some((u64::from_be_bytes(b.get(1..9)?.try_into().ok()?), 9)),
+            _ => None,
+        }
+    };
+    if first >> 6 != 3 {
+        let (n, used) = plain(b)?;
+        return Some((StrHeader::Raw(n), used));
+    }
+    match first & 0x3f {
+        0 => Some((StrHeader::Int(i64::from(*b.get(1)? as i8)), 2)),
+        1 => Some((
+            StrHeader::Int(i64::from(i16::from_le_bytes(b.get(1..3)?.try_into().ok()?))),
+            3,
+        )),
+        2 => Some((
+            StrHeader::Int(i64::from(i32::from_le_bytes(b.get(1..5)?.try_into().ok()?))),
+            5,
+        )),
+        3 => {
+            let (clen, u1) = plain(b.get(1..)?)?;
+            let (ulen, u2) = plain(b.get(1 + u1..)?)?;
+            Some((StrHeader::Lzf { clen, ulen }, 1 + u1 + u2))
+        }
+        _ => None,
+    }
+}
+
 /// Append `bytes` to a recording, starting it with its seed.
 fn record(rec: &mut Vec<u8>, (seed, n): ([u8; 1], usize), bytes: &[u8]) {
     if rec.is_empty() {
