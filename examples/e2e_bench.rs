@@ -1231,8 +1231,8 @@ fn main() -> Res<()> {
     let applied0 = sum_metric(&relay, "redis_relay_commands_applied_total");
     let cpu0 = cpu_secs(pid, tck);
     // Rounds, each the relay's catch-up then the baseline in the same state (the machine's
-    // speed drifts within a run): the medians are compared.
-    let (mut relay_rates, mut ingest_rates) = (Vec::new(), Vec::new());
+    // speed drifts within a run): the median of the rounds' ratios is the figure.
+    let (mut relay_rates, mut ingest_rates, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     let mut catch_secs = 0.0;
     let mut load_reqs = 0;
     for round in 1..=o.catchup_rounds {
@@ -1285,6 +1285,7 @@ fn main() -> Res<()> {
         ));
         relay_rates.push(rate);
         ingest_rates.push(ingest);
+        ratios.push(rate / ingest);
     }
     let catch_rss = sampler.finish(pid);
     perf.stop();
@@ -1292,18 +1293,19 @@ fn main() -> Res<()> {
     let catch_cpu = (cpu_secs(pid, tck) - cpu0) / o.catchup_rounds as f64;
     let catch_ops = median(&mut relay_rates);
     let ingest = median(&mut ingest_rates);
+    let ratio = median(&mut ratios);
     log(format!(
         "catch-up: {applied} commands applied over {} rounds ({catch_secs:.2}s after unpauses), peak RSS {}",
         o.catchup_rounds,
         mib(catch_rss)
     ));
     let catch_row = row(
-        &format!("catch-up after a paused target ({load_reqs} ops, `redis-benchmark -P 16` via nutcracker), median of {} rounds", o.catchup_rounds),
+        &format!("catch-up after a paused target ({load_reqs} ops, `redis-benchmark -P 16` via nutcracker), medians of {} rounds", o.catchup_rounds),
         format!("{catch_ops:.0} ops/s"),
         &format!("{ingest:.0} ops/s, target's own ingest (`-P 64`)"),
-        format!("{:.0}%", 100.0 * catch_ops / ingest),
+        format!("{:.0}% (median of the rounds' ratios)", 100.0 * ratio),
         "≥ 90%",
-        Some(catch_ops >= 0.9 * ingest),
+        Some(ratio >= 0.9),
     );
 
     // ---- steady lag
