@@ -3,36 +3,17 @@
 
 mod support;
 
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value as J;
-use support::{free_port, Nutcracker, RedisServer};
-
-fn relay(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_redis-relay"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .env_remove("REDIS_RELAY_TARGET")
-        .output()
-        .expect("run redis-relay")
-}
+use support::{free_port, relay_cli, relay_json, Nutcracker, RedisServer};
 
 /// `check --json` with `args`: (exit code, report).
 fn check(args: &[&str]) -> (i32, J) {
-    let mut all = vec!["check", "--json"];
-    all.extend_from_slice(args);
-    let out = relay(&all);
-    let text = String::from_utf8_lossy(&out.stdout);
-    let report: J = serde_json::from_str(&text).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}): {text}\nstderr: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    (out.status.code().unwrap_or(-1), report)
+    relay_json("check", args)
 }
 
 /// The line of `check` whose subject contains `subject`.
@@ -67,7 +48,7 @@ fn healthy_setup_passes_and_text_output_has_one_line_per_check() {
             "{r:#}"
         );
     }
-    let out = relay(&["check", "--source", &src.url(), "--target", &tgt.url()]);
+    let out = relay_cli(&["check", "--source", &src.url(), "--target", &tgt.url()]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.lines().filter(|l| l.starts_with("PASS")).count() >= 8,
@@ -272,7 +253,7 @@ fn sync_runs_the_prechecks_unless_skipped() {
     let tgt = RedisServer::start(&["maxmemory-policy allkeys-lru"]);
     let state = tempfile::tempdir().unwrap();
     let sd = state.path().display().to_string();
-    let out = relay(&[
+    let out = relay_cli(&[
         "sync",
         "-q",
         "--source",

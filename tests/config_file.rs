@@ -2,19 +2,10 @@
 
 mod support;
 
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
-use support::{free_port, wait_until, RedisServer};
-
-fn relay(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_redis-relay"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .env_remove("REDIS_RELAY_TARGET")
-        .output()
-        .expect("run redis-relay")
-}
+use support::{free_port, relay_cli, wait_until, RedisServer};
 
 fn write(dir: &std::path::Path, text: &str) -> String {
     let p = dir.join("relay.toml");
@@ -36,7 +27,7 @@ fn options_come_from_the_file_and_flags_override_it() {
             dir.path().join("state").display()
         ),
     );
-    let out = relay(&["check", "--config", &cfg]);
+    let out = relay_cli(&["check", "--config", &cfg]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{text}");
     assert!(text.contains(&format!("source {}", src.addr())), "{text}");
@@ -46,7 +37,7 @@ fn options_come_from_the_file_and_flags_override_it() {
     );
     // A flag overrides the file: another target.
     let other = RedisServer::start(&[]);
-    let out = relay(&["check", "--config", &cfg, "--target", &other.url()]);
+    let out = relay_cli(&["check", "--config", &cfg, "--target", &other.url()]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{text}");
     assert!(text.contains(&format!("target {}", other.addr())), "{text}");
@@ -106,7 +97,7 @@ fn unknown_fields_and_bad_values_name_the_field() {
         ("listening-port = 70000\n", "listening-port"),
     ] {
         let cfg = write(dir.path(), text);
-        let out = relay(&[
+        let out = relay_cli(&[
             "check",
             "--config",
             &cfg,
@@ -122,7 +113,7 @@ fn unknown_fields_and_bad_values_name_the_field() {
             "{text}: error should name {field}: {err}"
         );
     }
-    let out = relay(&["check", "--config", "/nonexistent/relay.toml"]);
+    let out = relay_cli(&["check", "--config", "/nonexistent/relay.toml"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/relay.toml"));
 }

@@ -4,32 +4,11 @@
 
 mod support;
 
-use std::process::{Command, Output};
-
 use serde_json::Value as J;
-use support::{Client, RedisServer};
-
-fn relay(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_redis-relay"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .env_remove("REDIS_RELAY_TARGET")
-        .output()
-        .expect("run redis-relay")
-}
+use support::{relay_cli, relay_json, Client, RedisServer};
 
 fn verify_json(args: &[&str]) -> (i32, J) {
-    let mut all = vec!["verify", "--json"];
-    all.extend_from_slice(args);
-    let out = relay(&all);
-    let text = String::from_utf8_lossy(&out.stdout);
-    let r: J = serde_json::from_str(&text).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}): {text}\nstderr: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    (out.status.code().unwrap_or(-1), r)
+    relay_json("verify", args)
 }
 
 /// The same data on any server: every type, TTLs, several DBs.
@@ -109,7 +88,7 @@ fn exact_copy_is_equal_even_with_other_encodings() {
         assert_eq!(d["differing"], 0);
     }
     // A sample is equal too; text output has the table and says so.
-    let out = relay(&[
+    let out = relay_cli(&[
         "verify",
         "--sample",
         "300",
@@ -197,7 +176,7 @@ fn every_planted_difference_is_reported() {
         "only s:11 (no TTL on the source): {kinds:?}"
     );
     // The text report has the per-DB table with key counts on both sides.
-    let out = relay(&[
+    let out = relay_cli(&[
         "verify",
         "--recheck-rounds",
         "0",

@@ -27,6 +27,31 @@ pub fn corpus_dir() -> PathBuf {
 
 /// A port that was free a moment ago (the OS picks it; the race with other tests is retried
 /// by the callers that start servers).
+/// Run the `redis-relay` binary to completion (logs at `warn`, no target from the environment).
+pub fn relay_cli(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_redis-relay"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .env_remove("REDIS_RELAY_TARGET")
+        .output()
+        .expect("run redis-relay")
+}
+
+/// `redis-relay <subcommand> --json <args>`: (exit code, the JSON report on stdout).
+pub fn relay_json(subcommand: &str, args: &[&str]) -> (i32, serde_json::Value) {
+    let mut all = vec![subcommand, "--json"];
+    all.extend_from_slice(args);
+    let out = relay_cli(&all);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let report = serde_json::from_str(&text).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {text}\nstderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code().unwrap_or(-1), report)
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
