@@ -6,24 +6,9 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value as J;
 
-/// The twelve version directories of the corpus, sorted; fails loudly when the corpus is
-/// missing or incomplete.
-pub fn versions(corpus: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(corpus)
-        .expect("read corpus dir")
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .filter(|p| p.join("dump.rdb").is_file())
-        .collect();
-    v.sort();
-    assert_eq!(
-        v.len(),
-        12,
-        "expected 12 Redis versions in {}",
-        corpus.display()
-    );
-    v
-}
+#[path = "../common/mod.rs"]
+mod common;
+pub use common::{rdb_files, read_json, versions};
 
 /// One version directory, by name (`"7.0.15"`).
 pub fn version_dir(corpus: &Path, name: &str) -> PathBuf {
@@ -34,20 +19,6 @@ pub fn version_dir(corpus: &Path, name: &str) -> PathBuf {
         d.display()
     );
     d
-}
-
-/// `dump.rdb`, and `dump-lru.rdb`/`dump-lfu.rdb` where present.
-pub fn rdb_files(dir: &Path) -> Vec<PathBuf> {
-    ["dump.rdb", "dump-lru.rdb", "dump-lfu.rdb"]
-        .iter()
-        .map(|f| dir.join(f))
-        .filter(|p| p.is_file())
-        .collect()
-}
-
-pub fn read_json(p: &Path) -> J {
-    let s = std::fs::read(p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()));
-    serde_json::from_slice(&s).unwrap_or_else(|e| panic!("parse {}: {e}", p.display()))
 }
 
 /// The RDB version of the version's dump (from `dump.structure.json`).

@@ -25,8 +25,6 @@ pub fn corpus_dir() -> PathBuf {
     dir
 }
 
-/// A port that was free a moment ago (the OS picks it; the race with other tests is retried
-/// by the callers that start servers).
 /// Run the `redis-relay` binary to completion (logs at `warn`, no target from the environment).
 pub fn relay_cli(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_redis-relay"))
@@ -52,6 +50,8 @@ pub fn relay_json(subcommand: &str, args: &[&str]) -> (i32, serde_json::Value) {
     (out.status.code().unwrap_or(-1), report)
 }
 
+/// A port that was free a moment ago (the OS picks it; the race with other tests is retried
+/// by the callers that start servers).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
