@@ -12,6 +12,9 @@ use serde::Deserialize;
 pub struct FileConfig {
     pub twemproxy: Option<PathBuf>,
     pub pool: Option<String>,
+    pub local_server: Option<Vec<String>>,
+    pub peer: Option<Vec<String>>,
+    pub target_owner: Option<String>,
     pub source: Option<Vec<String>>,
     pub target: Option<String>,
     pub writers: Option<usize>,
@@ -74,6 +77,15 @@ impl FileConfig {
         }
         if let Some(v) = &self.if_target_not_empty {
             one_of("if-target-not-empty", v, &["abort", "ignore"])?;
+        }
+        if let Some(v) = &self.target_owner {
+            one_of("target-owner", v, &["shared", "exclusive"])?;
+        }
+        for s in self.peer.iter().flatten() {
+            crate::endpoint::Endpoint::parse(s).map_err(|e| anyhow::anyhow!("peer: {e}"))?;
+        }
+        if self.local_server.as_ref().is_some_and(|l| !l.is_empty()) && self.twemproxy.is_none() {
+            anyhow::bail!("local-server needs twemproxy (the pool it is a server of)");
         }
         if let Some(v) = &self.log_format {
             one_of("log-format", v, &["text", "json"])?;

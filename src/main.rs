@@ -11,7 +11,8 @@ use redis_relay::endpoint::Endpoint;
 use redis_relay::pipeline::filter::KeyFilter;
 use redis_relay::pipeline::spool::SpoolOptions;
 use redis_relay::pipeline::stream_apply::StreamOptions;
-use redis_relay::relay::RelayBuilder;
+use redis_relay::relay::{Ownership, RelayBuilder};
+use redis_relay::source::topology::Topology;
 use redis_relay::restore::{restore_file, RestoreOptions};
 use redis_relay::target::{ErrorPolicy, WriterOptions};
 use redis_relay::verify::{verify, VerifyOptions, VerifyReport};
@@ -103,6 +104,19 @@ struct RunArgs {
     /// Only this pool of the Twemproxy config.
     #[arg(long)]
     pool: Option<String>,
+    /// Sidecar mode: replicate only this server of the Twemproxy pool (its name in the config,
+    /// or its host:port as written there; `auto`: the backends on this host's addresses). The
+    /// pool's other servers are the peers whose keys are never deleted (repeatable).
+    #[arg(long, value_delimiter = ',', requires = "twemproxy")]
+    local_server: Vec<String>,
+    /// Another master writing into the same target, whose keys this relay never deletes
+    /// (repeatable): redis://[user[:password]@]host:port
+    #[arg(long)]
+    peer: Vec<String>,
+    /// Who writes into the target: `shared` (default: only keys proven to be this relay's
+    /// are ever deleted) or `exclusive` (this relay is the target's only writer).
+    #[arg(long, value_enum)]
+    target_owner: Option<redis_relay::relay::TargetOwner>,
     /// A master to replicate: redis://[user[:password]@]host:port (repeatable).
     #[arg(long)]
     source: Vec<String>,
@@ -183,6 +197,8 @@ struct RunArgs {
 /// [`RunArgs`] merged with the config file and the defaults.
 struct Settings {
     sources: check::Sources,
+    peers: Vec<Endpoint>,
+    target_owner: redis_relay::relay::TargetOwner,
     target: Endpoint,
     writers: WriterOptions,
     state_dir: PathBuf,
@@ -226,8 +242,27 @@ impl RunArgs {
         let twemproxy = pick(self.twemproxy, file.twemproxy.clone());
         let source_urls = pick_vec(self.source, file.source.clone());
         let pool = pick(self.pool, file.pool.clone());
+        let local = pick_vec(self.local_server, file.local_server.clone());
+        anyhow::ensure!(
+            local.is_empty() || twemproxy.is_some(),
+            "--local-server needs --twemproxy (the pool it is a server of)"
+        );
+        let peers = pick_vec(self.peer, file.peer.clone())
+            .iter()
+            .map(|s| Endpoint::parse(s).map_err(|e| anyhow::anyhow!("--peer: {e}")))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let target_owner = match self.target_owner {
+            Some(o) => o,
+            None => file
+                .target_owner
+                .as_deref()
+                .map(str::parse)
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("target-owner: {e}"))?
+                .unwrap_or_default(),
+        };
         let sources = match twemproxy {
-            Some(path) if source_urls.is_empty() => check::Sources::Twemproxy { path, pool },
+            Some(path) if source_urls.is_empty() => check::Sources::Twemproxy { path, pool, local },
             Some(_) => {
                 anyhow::bail!("give --twemproxy or --source, not both (one may come from --config)")
             }
@@ -281,6 +316,8 @@ impl RunArgs {
             .map_err(|e| anyhow::anyhow!("--if-target-not-empty: {e}"))?;
         Ok(Settings {
             sources,
+            peers,
+            target_owner,
             target,
             writers,
             state_dir: pick(self.state_dir, file.state_dir.clone())
@@ -316,22 +353,17 @@ impl RunArgs {
 }
 
 impl Settings {
-    fn endpoints(&self) -> anyhow::Result<Vec<Endpoint>> {
-        match &self.sources {
-            check::Sources::List(eps) => Ok(eps.clone()),
-            check::Sources::Twemproxy { path, pool } => {
-                let tw = redis_relay::source::twemproxy::load_config(path, pool.as_deref())?;
-                for p in tw.auto_eject_pools() {
-                    tracing::warn!(pool = p, "auto_eject_hosts is true: while a backend was ejected, its keys were written to other backends, so one key may exist on two masters and the target keeps whichever wrote last");
-                }
-                anyhow::ensure!(
-                    !tw.backends.is_empty(),
-                    "{}: no Redis backend found",
-                    path.display()
-                );
-                Ok(tw.backends.into_iter().map(|b| b.endpoint).collect())
-            }
+    /// The masters this relay replicates, its peers and the pool's placement.
+    fn topology(&self) -> anyhow::Result<Topology> {
+        let t = Topology::resolve(&self.sources, &self.peers)?;
+        for w in &t.warnings {
+            tracing::warn!("{w}");
         }
+        Ok(t)
+    }
+
+    fn endpoints(&self) -> anyhow::Result<Vec<Endpoint>> {
+        Ok(self.topology()?.sources)
     }
 
     fn check_options(&self) -> check::CheckOptions {
@@ -467,8 +499,15 @@ fn run(cmd: Command, file: FileConfig) -> anyhow::Result<ExitCode> {
                 redis_relay::metrics::install_exporter(addr)?;
                 tracing::info!("metrics at http://{addr}/metrics");
             }
+            let topology = s.topology()?;
             let builder = RelayBuilder::new()
-                .sources(s.endpoints()?)
+                .sources(topology.sources.clone())
+                .ownership(Ownership {
+                    peers: topology.peers.clone(),
+                    pool_known: topology.pool_known,
+                    owner: topology.owner.clone(),
+                    target_owner: s.target_owner,
+                })
                 .target(s.target.clone())
                 .state_dir(&s.state_dir)
                 .writers(s.writers.clone())

@@ -115,6 +115,27 @@ pub fn describe() {
         "redis_relay_source_reconnects_total",
         "Connection attempts to the source after the first"
     );
+    describe_gauge!(
+        "redis_relay_deferred_deletions",
+        "target keys whose deletion (after a FLUSHDB/FLUSHALL of the source, or a forced full resync) waits for a peer master that did not answer"
+    );
+    describe_gauge!(
+        "redis_relay_deferred_deletion_age_seconds",
+        Unit::Seconds,
+        "age of the oldest deferred deletion (0 when none)"
+    );
+    describe_counter!(
+        "redis_relay_deletions_total",
+        "target keys deleted as proven to be the source's, by cause: flush (FLUSHDB/FLUSHALL of the source), stale (sweep after a forced full resync), deferred (a deferred deletion completed)"
+    );
+    describe_counter!(
+        "redis_relay_deletions_kept_total",
+        "target keys a deletion left in place, by reason: on_peer (a peer master holds the key), unattributed (the relay knows no other writer and cannot prove the key is its own)"
+    );
+    describe_counter!(
+        "redis_relay_peer_checks_total",
+        "pipelined EXISTS round trips to peer masters made to prove deletions"
+    );
     describe_counter!(
         "redis_relay_target_reconnects_total",
         "Writer connections to the target that broke and were replaced"

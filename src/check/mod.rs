@@ -75,14 +75,7 @@ impl std::str::FromStr for IfNotEmpty {
     }
 }
 
-/// Where the sources come from.
-#[derive(Debug, Clone)]
-pub enum Sources {
-    /// `--source URL ...`
-    List(Vec<Endpoint>),
-    /// `--twemproxy FILE [--pool NAME]`
-    Twemproxy { path: PathBuf, pool: Option<String> },
-}
+pub use crate::source::topology::Sources;
 
 /// Settings of the prechecks.
 #[derive(Debug, Clone)]
@@ -674,7 +667,7 @@ pub fn run(opts: &CheckOptions) -> CheckReport {
             .iter()
             .map(|e| (e.clone(), format!("source {e}")))
             .collect(),
-        Sources::Twemproxy { path, pool } => {
+        Sources::Twemproxy { path, pool, .. } => {
             let subject = format!("twemproxy {}", path.display());
             match crate::source::twemproxy::load_config(path, pool.as_deref()) {
                 Err(e) => {

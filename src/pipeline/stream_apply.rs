@@ -46,7 +46,8 @@ pub struct StreamOptions {
     pub drop_sentinel_hello: bool,
     /// Commands never forwarded (upper case).
     pub exclude_commands: Vec<Vec<u8>>,
-    /// Several sources share the target (FLUSHDB/FLUSHALL/SWAPDB then affect the others' keys).
+    /// Other writers share the target (FLUSHDB/FLUSHALL become proven deletions, SWAPDB
+    /// affects the others' keys).
     pub shared_target: bool,
     /// Databases and keys copied (shared with the snapshot apply).
     pub filter: Arc<KeyFilter>,
@@ -365,7 +366,19 @@ impl StreamApply {
                 let db = (up.as_slice() == b"FLUSHDB").then_some(target_db);
                 return Ok(Control::ScopedFlush { db, end });
             }
-            b"FLUSHDB" | b"FLUSHALL" | b"SWAPDB" if self.opts.shared_target => {
+            b"FLUSHDB" | b"FLUSHALL" if self.opts.shared_target => {
+                // Inside the source's MULTI the deletion cannot be proven key by key within
+                // the transaction; forwarding it would delete other writers' keys.
+                tracing::error!(
+                    db = self.db,
+                    offset = start,
+                    "{} inside a MULTI of the source, on a target with other writers: not forwarded; the keys it flushed stay on the target until the next full sync",
+                    String::from_utf8_lossy(&up)
+                );
+                self.stats.filtered += 1;
+                return Ok(Control::None);
+            }
+            b"SWAPDB" if self.opts.shared_target => {
                 tracing::warn!(
                     db = self.db,
                     offset = start,
@@ -474,11 +487,13 @@ impl StreamApply {
             }
             b"FLUSHALL" if f.dbs.is_some() => {
                 // Never empty the target's other databases: FLUSHDB in each copied one.
-                if self.opts.shared_target || self.multi.is_some() {
-                    tracing::warn!(
-                        "FLUSHALL with --db on a shared target or in a transaction: not forwarded"
-                    );
+                if self.multi.is_some() {
+                    tracing::warn!("FLUSHALL with --db in a transaction: not forwarded");
                     return DbFilter::Drop;
+                }
+                if self.opts.shared_target {
+                    // A proven deletion over the copied databases (Control::ScopedFlush).
+                    return DbFilter::Keep(self.db);
                 }
                 let dbs = f.target_dbs().unwrap_or_default();
                 let mut cmd = BytesMut::new();
@@ -492,13 +507,6 @@ impl StreamApply {
                 DbFilter::Replace(cmd.freeze(), dbs.len() as u32 * 2)
             }
             b"FLUSHALL" => DbFilter::Keep(self.db),
-            b"FLUSHDB" if self.opts.shared_target && !f.db_map.is_empty() => {
-                tracing::warn!(
-                    db = self.db,
-                    "FLUSHDB with --db-map on a target shared by several sources: not forwarded"
-                );
-                DbFilter::Drop
-            }
             _ => {
                 let Some(t) = f.map_db(self.db) else {
                     return DbFilter::Drop;

@@ -3,7 +3,6 @@
 
 use std::collections::HashSet;
 use std::collections::VecDeque;
-use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -11,19 +10,39 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use super::deferred::{key_hash, Deferred};
 use super::events::{EventSink, RelayEvent};
 use super::rdb_reader::SpoolRdbReader;
 use crate::endpoint::Endpoint;
 use crate::pipeline::checkpoint::{self, Checkpoint};
 use crate::pipeline::dispatcher::{record_base, record_key, ExactlyOnce};
-use crate::pipeline::scoped_flush::{delete_unowned, scoped_flush};
+use crate::pipeline::filter::KeyFilter;
+use crate::pipeline::keys::{command_keys, KeySpec};
 use crate::pipeline::spool::{Spool, SpoolRecord};
 use crate::pipeline::stream_apply::{Control, StreamApply, StreamOptions};
 use crate::pipeline::{Dispatcher, SourceTracker};
 use crate::rdb::{Event, ParseOptions, RdbParser};
 use crate::resp::framer::CommandFramer;
+use crate::source::topology::KeyOwner;
 use crate::source::SourceProgress;
+use crate::target::deletion::{self, Authority, Plan, Scope};
 use crate::target::{ApplyOptions, SnapshotApply, TargetConn};
+
+/// A [`Deleter`] from a source's context, field by field (so the output stays free).
+macro_rules! deleter {
+    ($ctx:expr) => {
+        Deleter {
+            name: &$ctx.name,
+            target: $ctx.target.as_ref(),
+            authority: &$ctx.authority,
+            owner: $ctx.owner.as_ref(),
+            filter: &$ctx.stream_opts.filter,
+            own_prefix: &$ctx.stream_opts.own_prefix,
+            deferred_keys: &$ctx.deferred_keys,
+            deferred_since_ms: &$ctx.deferred_since_ms,
+        }
+    };
+}
 
 /// Where a source's data goes.
 pub enum Output {
@@ -49,9 +68,17 @@ pub struct SourceCtx {
     pub writers: usize,
     pub stop: Arc<AtomicBool>,
     pub resume: Option<Checkpoint>,
-    /// The target and the other sources (for a FLUSHDB/FLUSHALL scoped to this source).
+    /// The target, and who else writes into it: a key leaves the target by anything but this
+    /// source's own DEL/UNLINK/expiry only when it is proven this source's
+    /// ([`crate::target::deletion`]).
     pub target: Option<Endpoint>,
-    pub other_sources: Vec<Endpoint>,
+    pub authority: Authority,
+    /// Where a key belongs (nutcracker's placement): the peer to ask first.
+    pub owner: Option<KeyOwner>,
+    /// Keys waiting for a deletion that could not be proven yet (a peer did not answer).
+    pub deferred_keys: Arc<AtomicU64>,
+    /// Unix ms of the oldest pending deferral (0: none).
+    pub deferred_since_ms: Arc<AtomicU64>,
     /// Set once the snapshot is fully acknowledged (or when resuming).
     pub snapshot_done: Arc<AtomicBool>,
     pub rdb_bytes_loaded: Arc<AtomicU64>,
@@ -83,10 +110,27 @@ struct State {
     sink_offset: u64,
     /// Heartbeats seen in the stream and not yet acknowledged: (stamp ms, end offset).
     heartbeats: VecDeque<(u64, u64)>,
+    /// Deletions waiting for a peer, and when they are tried again.
+    deferred: Deferred,
+    next_retry: Instant,
+    retry_backoff: Duration,
 }
+
+/// First wait before deferred deletions are tried again; doubles up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_secs(2);
+const RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// Run until stopped or the spool is closed and drained. Returns a fatal error.
 pub fn run(mut ctx: SourceCtx) -> Result<(), String> {
+    let deferred = Deferred::open(&ctx.state_dir, &super::sanitize(&ctx.name)).map_err(|e| {
+        format!(
+            "source {}: cannot read its deferred deletions: {e}",
+            ctx.name
+        )
+    })?;
+    if !deferred.is_empty() {
+        tracing::warn!(source = %ctx.name, keys = deferred.len(), "deletions deferred before the restart are still waiting for a peer: retrying them");
+    }
     let mut st = State {
         replid: None,
         stream: None,
@@ -96,7 +140,11 @@ pub fn run(mut ctx: SourceCtx) -> Result<(), String> {
         last_cp_time: Instant::now(),
         sink_offset: 0,
         heartbeats: VecDeque::new(),
+        deferred,
+        next_retry: Instant::now(),
+        retry_backoff: RETRY_FIRST,
     };
+    publish_deferred(&ctx, &st.deferred);
     if let Some(cp) = ctx.resume.clone() {
         if let Output::Target { dispatcher, .. } = &mut ctx.output {
             let skip = read_records(
@@ -161,6 +209,9 @@ pub fn run(mut ctx: SourceCtx) -> Result<(), String> {
         }
         check_heartbeats(&ctx, &mut st);
         tick(&mut ctx, &mut st, false);
+        if let Err(e) = retry_deferred(&ctx, &mut st) {
+            break Err(e);
+        }
     };
     // Shutting down: hand over what is batched, wait for the target, checkpoint.
     let drained = match &mut ctx.output {
@@ -228,6 +279,12 @@ fn tick(ctx: &mut SourceCtx, st: &mut State, force: bool) {
         return;
     }
     st.last_cp_time = Instant::now();
+    // The deferred set must reflect every command up to the checkpoint written next.
+    if let Err(e) = st.deferred.save_if_dirty() {
+        tracing::error!(source = %ctx.name, "cannot write the deferred deletions: {e}");
+        return;
+    }
+    publish_deferred(ctx, &st.deferred);
     let (Some(replid), Some(stream)) = (&st.replid, st.stream.as_mut()) else {
         return;
     };
@@ -263,7 +320,12 @@ fn full_resync(
     if let Output::Target { dispatcher, .. } = &mut ctx.output {
         dispatcher.barrier()?;
     }
-    let unexpected = st.stream.is_some() || ctx.resume.is_some();
+    // The target may hold keys of this source from before: after a resume refused, a
+    // backlog overrun, or a crash in the middle of an earlier sweep (its records are there).
+    let unexpected = st.stream.is_some()
+        || ctx.resume.is_some()
+        || !st.deferred.is_empty()
+        || has_records(ctx)?;
     if unexpected {
         tracing::warn!(source = %ctx.name, "the master forced a full resync: its keys are replaced from the new snapshot, and the keys it no longer has are removed from the target");
     }
@@ -380,17 +442,17 @@ fn full_resync(
         Output::Target { dispatcher, .. } => {
             dispatcher.barrier()?;
             dispatcher.set_exactly_once(Some(eo));
-            if let (Some(set), Some(target)) = (&snapshot_keys, &ctx.target) {
-                let deleted = delete_unowned(
-                    target,
-                    &ctx.other_sources,
-                    None,
-                    &ctx.stream_opts.own_prefix,
-                    &|db, k| set.contains(&key_hash(db, k)),
-                )
-                .map_err(|e| format!("source {}: removing stale keys: {e:#}", ctx.name))?;
-                tracing::warn!(source = %ctx.name, deleted, "forced full resync: removed the target keys that are neither in the new snapshot nor on another source");
-            }
+        }
+        Output::Sink(_) => {}
+    }
+    if let Some(set) = &snapshot_keys {
+        if ctx.target.is_some() {
+            tracing::info!(source = %ctx.name, "stale-key sweep: deleting the target keys of this source that are not in the new snapshot");
+            delete_proven(deleter!(ctx), &mut st.deferred, Job::Stale(set))?;
+        }
+    }
+    match &mut ctx.output {
+        Output::Target { .. } => {
         }
         Output::Sink(sink) => sink
             .event(RelayEvent::SnapshotEnd {
@@ -453,6 +515,11 @@ fn stream_data(ctx: &mut SourceCtx, st: &mut State, data: Bytes) -> Result<(), S
                 ))
             }
         };
+        if !st.deferred.is_empty() {
+            if let Some(t) = ctx.stream_opts.filter.map_db(stream.current_db()) {
+                touch_keys(&mut st.deferred, t, &frame.args);
+            }
+        }
         match &mut ctx.output {
             Output::Target { dispatcher, .. } => match stream.on_frame(frame, dispatcher)? {
                 Control::None => {}
@@ -461,15 +528,8 @@ fn stream_data(ctx: &mut SourceCtx, st: &mut State, data: Bytes) -> Result<(), S
                     ctx.progress.ack_now.notify_one();
                 }
                 Control::ScopedFlush { db, end } => {
-                    let target = ctx.target.as_ref().ok_or_else(|| {
-                        format!("source {}: scoped flush without a target", ctx.name)
-                    })?;
-                    let deleted =
-                        scoped_flush(target, &ctx.other_sources, db, &ctx.stream_opts.own_prefix)
-                            .map_err(|e| {
-                            format!("source {}: FLUSH on a shared target: {e:#}", ctx.name)
-                        })?;
-                    tracing::info!(source = %ctx.name, db = ?db, deleted, "FLUSH from one of several sources: deleted the target keys that no other source holds");
+                    tracing::info!(source = %ctx.name, db = ?db, "FLUSH{} of the source: deleting the target keys proven to be this source's", if db.is_some() { "DB" } else { "ALL" });
+                    delete_proven(deleter!(ctx), &mut st.deferred, Job::Flush(db))?;
                     dispatcher.advance(end);
                 }
                 Control::Heartbeat { stamp_ms, end } => st.heartbeats.push_back((stamp_ms, end)),
@@ -576,10 +636,205 @@ fn read_records(
     Ok(out)
 }
 
-/// A 64-bit hash of a key in a database (the stale-key sweep keeps a set of these).
-fn key_hash(db: u32, key: &[u8]) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    db.hash(&mut h);
-    key.hash(&mut h);
-    h.finish()
+/// The parts of a source's context a deletion needs (borrowed apart from its output, which
+/// the stream keeps using).
+struct Deleter<'a> {
+    name: &'a str,
+    target: Option<&'a Endpoint>,
+    authority: &'a Authority,
+    owner: Option<&'a KeyOwner>,
+    filter: &'a KeyFilter,
+    own_prefix: &'a [u8],
+    deferred_keys: &'a AtomicU64,
+    deferred_since_ms: &'a AtomicU64,
+}
+
+
+/// What a deletion is for.
+enum Job<'a> {
+    /// The source flushed one database (`Some`) or all of them.
+    Flush(Option<u32>),
+    /// After a forced full resync: every key not in the new snapshot (64-bit hashes).
+    Stale(&'a HashSet<u64>),
+    /// The deletions deferred earlier.
+    Retry,
+}
+
+impl Job<'_> {
+    fn cause(&self) -> &'static str {
+        match self {
+            Job::Flush(_) => "flush",
+            Job::Stale(_) => "stale",
+            Job::Retry => "deferred",
+        }
+    }
+}
+
+/// Delete the target keys proven to be this source's ([`crate::target::deletion`]): not held
+/// by any peer, not written on the target meanwhile. Keys a peer could not vouch for are
+/// deferred; keys nobody can be asked about (no peers known) stay and are counted.
+fn delete_proven(d: Deleter<'_>, deferred: &mut Deferred, job: Job<'_>) -> Result<(), String> {
+    let Some(target) = d.target else {
+        return Err(format!("source {}: a deletion without a target", d.name));
+    };
+    let peers: Vec<Endpoint> = match d.authority {
+        Authority::Peers(p) => p.clone(),
+        _ => Vec::new(),
+    };
+    let hint = |k: &[u8]| -> Option<usize> {
+        let o = d.owner?.owner(k)?;
+        peers.iter().position(|p| *p == o)
+    };
+    let peer_dbs = |t: u32| source_dbs_for(d.filter, t);
+    let snapshot = match &job {
+        Job::Stale(set) => Some(*set),
+        _ => None,
+    };
+    let keep = |db: u32, k: &[u8]| {
+        k.starts_with(d.own_prefix)
+            || !d.filter.key_allowed(k)
+            || source_dbs_for(d.filter, db).is_empty()
+            || snapshot.is_some_and(|s| s.contains(&key_hash(db, k)))
+    };
+    if matches!(job, Job::Stale(_)) {
+        // The sweep derives every candidate again, the deferred ones included.
+        deferred
+            .clear()
+            .map_err(|e| format!("source {}: deferred deletions: {e}", d.name))?;
+    }
+    let pending = match job {
+        Job::Retry => deferred
+            .pending_keys()
+            .map_err(|e| format!("source {}: deferred deletions: {e}", d.name))?,
+        _ => Vec::new(),
+    };
+    let mut doubt: Vec<(u32, Bytes)> = Vec::new();
+    let started = Instant::now();
+    let report = {
+        let set: &Deferred = deferred;
+        let retrying = matches!(job, Job::Retry);
+        // A deferred key the own stream wrote since is the source's own data now.
+        let still = |db: u32, k: &[u8]| !retrying || set.contains(db, k);
+        let plan = Plan {
+            target,
+            authority: d.authority,
+            hint: Some(&hint),
+            peer_dbs: &peer_dbs,
+            keep: &keep,
+            still_candidate: &still,
+            batch: 256,
+            timeout: Duration::from_secs(2),
+        };
+        let mut defer = |db: u32, k: Bytes| doubt.push((db, k));
+        match &job {
+            Job::Flush(db) => deletion::sweep(&plan, db.map_or(Scope::AllDbs, Scope::Db), &mut defer),
+            Job::Stale(_) => deletion::sweep(&plan, Scope::AllDbs, &mut defer),
+            Job::Retry => deletion::retry(&plan, &mut pending.into_iter(), &mut defer),
+        }
+    };
+    let report = report.map_err(|e| format!("source {}: {} deletion: {e}", d.name, job.cause()))?;
+    let stored = match job {
+        Job::Retry => deferred.replace(doubt),
+        _ => deferred.add_all(&doubt, unix_ms()),
+    };
+    stored.map_err(|e| format!("source {}: cannot store the deferred deletions: {e}", d.name))?;
+    publish(&d, deferred);
+    let l = [("source", d.name.to_string())];
+    metrics::counter!("redis_relay_deletions_total", "source" => d.name.to_string(), "cause" => job.cause()).increment(report.deleted);
+    metrics::counter!("redis_relay_deletions_kept_total", "source" => d.name.to_string(), "reason" => "on_peer").increment(report.kept_on_peer);
+    metrics::counter!("redis_relay_deletions_kept_total", "source" => d.name.to_string(), "reason" => "unattributed").increment(report.unattributed);
+    metrics::counter!("redis_relay_peer_checks_total", &l).increment(report.peer_round_trips);
+    tracing::info!(source = %d.name, cause = job.cause(), scanned = report.scanned, deleted = report.deleted, kept_on_peer = report.kept_on_peer, deferred = report.deferred, unattributed = report.unattributed, peer_round_trips = report.peer_round_trips, watch_aborts = report.watch_aborts, elapsed_ms = started.elapsed().as_millis() as u64, "proven deletion done");
+    if report.deferred > 0 {
+        tracing::warn!(source = %d.name, keys = deferred.len(), peers_down = ?report.peers_down, "deletion deferred: a peer did not answer, so these keys may be its own; they stay on the target and the deletion is retried until the peer answers");
+    }
+    if report.unattributed > 0 {
+        tracing::warn!(source = %d.name, keys = report.unattributed, "keys left in place: this relay does not know the target's other writers, so it cannot prove these keys are its source's; name the other masters with --peer (or --twemproxy with --local-server), or declare the relay the target's only writer with --target-owner exclusive");
+    }
+    Ok(())
+}
+
+/// Try the deferred deletions again when due (exponential backoff while a peer stays away).
+fn retry_deferred(ctx: &SourceCtx, st: &mut State) -> Result<(), String> {
+    if st.deferred.is_empty()
+        || Instant::now() < st.next_retry
+        || !ctx.snapshot_done.load(Ordering::Acquire)
+        || !matches!(ctx.output, Output::Target { .. })
+    {
+        return Ok(());
+    }
+    let before = st.deferred.len();
+    delete_proven(deleter!(ctx), &mut st.deferred, Job::Retry)?;
+    if st.deferred.is_empty() {
+        tracing::info!(source = %ctx.name, keys = before, "deferred deletions completed");
+        st.retry_backoff = RETRY_FIRST;
+    } else {
+        st.retry_backoff = (st.retry_backoff * 2).min(RETRY_MAX);
+    }
+    st.next_retry = Instant::now() + st.retry_backoff;
+    Ok(())
+}
+
+fn publish(d: &Deleter<'_>, deferred: &Deferred) {
+    d.deferred_keys.store(deferred.len() as u64, Ordering::Relaxed);
+    d.deferred_since_ms
+        .store(deferred.since_ms().unwrap_or(0), Ordering::Relaxed);
+}
+
+fn publish_deferred(ctx: &SourceCtx, deferred: &Deferred) {
+    publish(&deleter!(ctx), deferred);
+}
+
+/// The source databases whose keys land in target database `t` (peers are asked there).
+fn source_dbs_for(filter: &KeyFilter, t: u32) -> Vec<u32> {
+    if filter.is_identity() {
+        return vec![t];
+    }
+    let mut dbs: Vec<u32> = (0..64u32).chain(filter.db_map.keys().copied()).collect();
+    dbs.sort_unstable();
+    dbs.dedup();
+    dbs.retain(|s| filter.map_db(*s) == Some(t));
+    dbs
+}
+
+/// The own stream is about to write these keys: never delete them as deferred.
+fn touch_keys(deferred: &mut Deferred, db: u32, args: &[Bytes]) {
+    match command_keys(args) {
+        KeySpec::Keys(keys) => keys.into_iter().for_each(|k| deferred.touch(db, k)),
+        KeySpec::Channel(_) => {}
+        KeySpec::Global => {
+            // Scripts and functions name their keys after numkeys.
+            let name = args.first().map(|a| a.to_ascii_uppercase());
+            if matches!(
+                name.as_deref(),
+                Some(b"EVAL" | b"EVALSHA" | b"EVAL_RO" | b"EVALSHA_RO" | b"FCALL" | b"FCALL_RO")
+            ) {
+                let n = args
+                    .get(2)
+                    .and_then(|n| std::str::from_utf8(n).ok()?.parse::<usize>().ok())
+                    .unwrap_or(0);
+                for k in args.iter().skip(3).take(n) {
+                    deferred.touch(db, k);
+                }
+            }
+        }
+    }
+}
+
+/// This source's exactly-once records are on the target: it held this source's data before.
+fn has_records(ctx: &SourceCtx) -> Result<bool, String> {
+    let (Some(target), Output::Target { .. }) = (&ctx.target, &ctx.output) else {
+        return Ok(false);
+    };
+    let prefix = String::from_utf8_lossy(&ctx.stream_opts.own_prefix);
+    let mut conn =
+        TargetConn::connect(target, Duration::from_secs(10)).map_err(|e| e.to_string())?;
+    let io = |e: std::io::Error| format!("target {target}: reading the relay's records: {e}");
+    conn.call(&["SELECT", "0"]).map_err(io)?;
+    let keys: Vec<String> = (0..ctx.writers)
+        .map(|w| record_key(&prefix, &ctx.name, w))
+        .collect();
+    let mut args = vec!["EXISTS"];
+    args.extend(keys.iter().map(String::as_str));
+    Ok(matches!(conn.call(&args).map_err(io)?, crate::resp::Reply::Integer(n) if n > 0))
 }

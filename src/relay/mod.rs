@@ -23,6 +23,7 @@
 
 mod apply_thread;
 mod backlog;
+pub mod deferred;
 pub mod events;
 mod rdb_reader;
 mod run;
@@ -45,7 +46,9 @@ use crate::pipeline::spool::{Spool, SpoolOptions};
 use crate::pipeline::stream_apply::StreamOptions;
 use crate::pipeline::{Dispatcher, SourceTracker};
 use crate::rdb::ParseOptions;
+use crate::source::topology::KeyOwner;
 use crate::source::{LinkConfig, LinkState, SourceProgress};
+use crate::target::deletion::Authority;
 use crate::target::{ApplyOptions, TargetConn, WriterOptions, WriterPool};
 use apply_thread::{Output, SourceCtx};
 
@@ -68,6 +71,62 @@ pub struct RelayConfig {
     /// Write `SET <prefix>heartbeat:<source> <unix ms>` on each source this often (a normal
     /// client connection) and measure the lag in seconds when it comes back in the stream.
     pub heartbeat: Option<Duration>,
+    /// Who else writes into the target: decides which keys the relay may ever delete.
+    pub ownership: Ownership,
+}
+
+/// Who writes into the target (`--target-owner`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TargetOwner {
+    /// Other writers may exist: only keys proven to be the relay's are deleted.
+    #[default]
+    Shared,
+    /// The relay (all its sources) is the target's only writer.
+    Exclusive,
+}
+
+impl std::str::FromStr for TargetOwner {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "shared" => Ok(TargetOwner::Shared),
+            "exclusive" => Ok(TargetOwner::Exclusive),
+            other => Err(format!("{other:?} is not one of shared, exclusive")),
+        }
+    }
+}
+
+/// What the relay knows of the target's other writers.
+#[derive(Debug, Clone, Default)]
+pub struct Ownership {
+    /// Masters outside this relay that write into the target (pool peers, `--peer`).
+    pub peers: Vec<Endpoint>,
+    /// The sources and peers are every writer (a whole Twemproxy pool).
+    pub pool_known: bool,
+    /// Where a key belongs (nutcracker's placement): which peer to ask first.
+    pub owner: Option<KeyOwner>,
+    pub target_owner: TargetOwner,
+}
+
+impl Ownership {
+    /// The authority a deletion on behalf of `source` needs, among `all_sources` of the relay.
+    pub fn authority(&self, source: &Endpoint, all_sources: &[Endpoint]) -> Authority {
+        let mut peers: Vec<Endpoint> = all_sources.iter().filter(|o| *o != source).cloned().collect();
+        if self.target_owner == TargetOwner::Exclusive {
+            return if peers.is_empty() {
+                Authority::Exclusive
+            } else {
+                Authority::Peers(peers)
+            };
+        }
+        peers.extend(self.peers.iter().filter(|p| !peers.contains(p)).cloned().collect::<Vec<_>>());
+        if peers.is_empty() && !self.pool_known {
+            Authority::Unknown
+        } else {
+            Authority::Peers(peers)
+        }
+    }
 }
 
 /// Makes the sink of each source (called with its `host:port`).
@@ -100,6 +159,7 @@ impl RelayBuilder {
                 listening_port: 0,
                 repl_timeout: Duration::from_secs(60),
                 heartbeat: None,
+                ownership: Ownership::default(),
             },
             sink_factory: None,
         }
@@ -183,6 +243,12 @@ impl RelayBuilder {
         self
     }
 
+    /// The target's other writers (see [`Ownership`]).
+    pub fn ownership(mut self, o: Ownership) -> Self {
+        self.cfg.ownership = o;
+        self
+    }
+
     pub fn config(&self) -> &RelayConfig {
         &self.cfg
     }
@@ -195,7 +261,10 @@ impl RelayBuilder {
             !cfg.sources.is_empty(),
             "no source: give --source or --twemproxy"
         );
-        cfg.stream.shared_target = cfg.sources.len() > 1;
+        // A FLUSHDB/FLUSHALL of a source is forwarded as is only when that source is the
+        // target's only writer; otherwise it becomes a deletion of the keys proven its own.
+        cfg.stream.shared_target = cfg.sources.len() > 1
+            || cfg.ownership.target_owner != TargetOwner::Exclusive;
         let mut names = std::collections::HashSet::new();
         for s in &cfg.sources {
             anyhow::ensure!(names.insert(s.to_string()), "source {s} is listed twice");
@@ -258,6 +327,8 @@ impl RelayBuilder {
             let rdb_loaded = Arc::new(AtomicU64::new(0));
             let snapshot_keys = Arc::new(AtomicU64::new(0));
             let heartbeat_lag_us = Arc::new(AtomicU64::new(apply_thread::NO_LAG));
+            let deferred_keys = Arc::new(AtomicU64::new(0));
+            let deferred_since_ms = Arc::new(AtomicU64::new(0));
             let ctx = SourceCtx {
                 name: name.clone(),
                 spool: spool.clone(),
@@ -280,7 +351,10 @@ impl RelayBuilder {
                 stop: stop.clone(),
                 resume: resume.clone(),
                 target: cfg.target.clone(),
-                other_sources: cfg.sources.iter().filter(|o| *o != ep).cloned().collect(),
+                authority: cfg.ownership.authority(ep, &cfg.sources),
+                owner: cfg.ownership.owner.clone(),
+                deferred_keys: deferred_keys.clone(),
+                deferred_since_ms: deferred_since_ms.clone(),
                 snapshot_done: snapshot_done.clone(),
                 rdb_bytes_loaded: rdb_loaded.clone(),
                 snapshot_keys: snapshot_keys.clone(),
@@ -320,6 +394,8 @@ impl RelayBuilder {
                 rdb_loaded,
                 snapshot_keys,
                 heartbeat_lag_us,
+                deferred_keys,
+                deferred_since_ms,
                 ingest: Mutex::new(RateWindow::default()),
                 apply: Mutex::new(Some(apply)),
                 fatal,
@@ -459,7 +535,7 @@ impl RateWindow {
     }
 }
 
-fn sanitize(name: &str) -> String {
+pub(crate) fn sanitize(name: &str) -> String {
     name.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
@@ -480,6 +556,8 @@ struct SourceRuntime {
     rdb_loaded: Arc<AtomicU64>,
     snapshot_keys: Arc<AtomicU64>,
     heartbeat_lag_us: Arc<AtomicU64>,
+    deferred_keys: Arc<AtomicU64>,
+    deferred_since_ms: Arc<AtomicU64>,
     /// Bytes received from the master (its offset) over the last seconds.
     ingest: Mutex<RateWindow>,
     apply: Mutex<Option<JoinHandle<()>>>,
@@ -524,6 +602,10 @@ pub struct SourceStatus {
     pub target_errors: u64,
     pub spool_bytes: u64,
     pub full_syncs: u64,
+    /// Target keys whose deletion waits for a peer that did not answer.
+    pub deferred_deletions: u64,
+    /// Age of the oldest of them, in seconds.
+    pub deferred_deletion_age_seconds: Option<f64>,
     pub error: Option<String>,
 }
 
@@ -578,6 +660,11 @@ impl RelayHandle {
                     spool_bytes: s.spool.memory_bytes.load(Ordering::Relaxed)
                         + s.spool.disk_bytes.load(Ordering::Relaxed),
                     full_syncs: s.progress.full_syncs(),
+                    deferred_deletions: s.deferred_keys.load(Ordering::Relaxed),
+                    deferred_deletion_age_seconds: match s.deferred_since_ms.load(Ordering::Relaxed) {
+                        0 => None,
+                        since => Some(apply_thread::unix_ms().saturating_sub(since) as f64 / 1000.0),
+                    },
                     error: s.fatal.lock().clone().or(link_error),
                 }
             })
@@ -694,6 +781,9 @@ impl RelayHandle {
                     metrics::gauge!("redis_relay_snapshot_done", &l).set(if s.snapshot_done { 1.0 } else { 0.0 });
                     metrics::gauge!("redis_relay_connected", &l).set(if s.connected { 1.0 } else { 0.0 });
                     metrics::gauge!("redis_relay_snapshot_keys", &l).set(s.snapshot_keys as f64);
+                    metrics::gauge!("redis_relay_deferred_deletions", &l).set(s.deferred_deletions as f64);
+                    metrics::gauge!("redis_relay_deferred_deletion_age_seconds", &l)
+                        .set(s.deferred_deletion_age_seconds.unwrap_or(0.0));
                     if let Some(v) = s.lag_seconds {
                         metrics::gauge!("redis_relay_lag_seconds", &l).set(v);
                     }

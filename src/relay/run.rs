@@ -156,6 +156,18 @@ fn lag_seconds_text(s: &SourceStatus) -> String {
     }
 }
 
+/// Deletions waiting for a peer, when there are any.
+fn deferred_text(s: &SourceStatus) -> String {
+    if s.deferred_deletions == 0 {
+        return String::new();
+    }
+    format!(
+        ", {} deletions deferred (oldest {:.0} s: a peer did not answer)",
+        s.deferred_deletions,
+        s.deferred_deletion_age_seconds.unwrap_or(0.0)
+    )
+}
+
 /// One line of text for a source (the log line's message; the bars use the same words).
 fn status_text(s: &SourceStatus, ops_per_sec: f64) -> String {
     match phase(s) {
@@ -187,8 +199,8 @@ fn status_text(s: &SourceStatus, ops_per_sec: f64) -> String {
                 format!(", spool {}", HumanBytes(s.spool_bytes))
             } else {
                 String::new()
-            }
-        ),
+            },
+        ) + &deferred_text(s),
     }
 }
 
@@ -240,6 +252,7 @@ fn log_status(s: &SourceStatus, ops_per_sec: f64, keys_per_sec: f64) {
             target_errors = s.target_errors,
             spool_bytes = s.spool_bytes,
             snapshot_keys = s.snapshot_keys,
+            deferred_deletions = s.deferred_deletions,
             "{text}"
         ),
         p => tracing::info!(
@@ -369,6 +382,8 @@ mod tests {
             target_errors: 0,
             spool_bytes: 0,
             full_syncs: 0,
+            deferred_deletions: 0,
+            deferred_deletion_age_seconds: None,
             error: None,
         }
     }

@@ -2,6 +2,7 @@
 pub mod handshake;
 pub mod link;
 pub mod transfer;
+pub mod topology;
 pub mod twemproxy;
 
 pub use link::{run_link, LinkConfig, LinkError, LinkSink, LinkState, SourceProgress};
