@@ -15,7 +15,7 @@ use redis_relay::relay::{Ownership, RelayBuilder};
 use redis_relay::source::topology::Topology;
 use redis_relay::restore::{restore_file, RestoreOptions};
 use redis_relay::target::{ErrorPolicy, WriterOptions};
-use redis_relay::verify::{verify, VerifyOptions, VerifyReport};
+use redis_relay::verify::{verify, OwnedScope, VerifyOptions, VerifyReport};
 
 #[derive(Parser)]
 #[command(
@@ -368,6 +368,7 @@ impl Settings {
 
     fn check_options(&self) -> check::CheckOptions {
         let mut o = check::CheckOptions::new(self.sources.clone(), self.target.clone());
+        o.peers = self.peers.clone();
         o.allow_eviction = self.allow_eviction;
         o.if_target_not_empty = self.if_target_not_empty;
         o.state_dir = Some(self.state_dir.clone());
@@ -557,12 +558,20 @@ fn run(cmd: Command, file: FileConfig) -> anyhow::Result<ExitCode> {
                 s.filter.is_identity() && s.exclude_commands.is_empty(),
                 "verify compares everything: it does not take --db, --db-map, prefixes, regexes or --exclude-command"
             );
-            let sources = s.endpoints()?;
+            let topology = s.topology()?;
+            let sidecar = matches!(&s.sources, check::Sources::Twemproxy { local, .. } if !local.is_empty());
             let mut opts = VerifyOptions {
                 sample,
                 recheck_rounds,
+                // One sidecar's share: its backend(s) against the target keys they own.
+                owned: (sidecar || !topology.peers.is_empty()).then(|| OwnedScope {
+                    owner: topology.owner.clone(),
+                    local: topology.sources.clone(),
+                    peers: topology.peers.clone(),
+                }),
                 ..VerifyOptions::default()
             };
+            let sources = topology.sources;
             opts.compare.ttl_tolerance_ms = ttl_tolerance_ms;
             opts.compare.max_differences = max_differences;
             opts.read.ignore_prefixes = vec![s.key_prefix.clone().into_bytes().into()];

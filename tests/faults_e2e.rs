@@ -309,11 +309,12 @@ fn forced_full_resync_leaves_no_stale_key_to_merge_with() {
     let to_master = FaultProxy::start(master.port);
     let state = tempfile::tempdir().unwrap();
     let src = format!("127.0.0.1:{}", to_master.port);
+    // The relay is the target's only writer: the sweep may delete what no snapshot holds.
     let mut relay = synced_relay(
         format!("redis://{src}"),
         target.url(),
         state.path(),
-        &[],
+        &["--target-owner", "exclusive"],
         &src,
     );
     let mut m = master.client();

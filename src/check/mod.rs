@@ -75,12 +75,17 @@ impl std::str::FromStr for IfNotEmpty {
     }
 }
 
+mod ownership;
+
 pub use crate::source::topology::Sources;
+use crate::source::topology::Topology;
 
 /// Settings of the prechecks.
 #[derive(Debug, Clone)]
 pub struct CheckOptions {
     pub sources: Sources,
+    /// Other masters writing into the target (`--peer`).
+    pub peers: Vec<Endpoint>,
     pub target: Endpoint,
     /// Accept a target whose `maxmemory-policy` evicts keys (warn instead of fail).
     pub allow_eviction: bool,
@@ -103,6 +108,7 @@ impl CheckOptions {
     pub fn new(sources: Sources, target: Endpoint) -> Self {
         CheckOptions {
             sources,
+            peers: Vec::new(),
             target,
             allow_eviction: false,
             if_target_not_empty: IfNotEmpty::Abort,
@@ -506,7 +512,13 @@ fn psync_available(conn: &mut crate::target::TargetConn, ep: &Endpoint, v: (u32,
     Verdict::pass("PSYNC available".into())
 }
 
-fn probe_target(opts: &CheckOptions, sources: &[SourceFacts], resuming: bool, lines: &mut Lines) {
+fn probe_target(
+    opts: &CheckOptions,
+    sources: &[SourceFacts],
+    resuming: bool,
+    shared: Option<&Topology>,
+    lines: &mut Lines,
+) {
     let subject = format!("target {}", opts.target);
     let subject = subject.as_str();
     let mut conn = match probe::connect(&opts.target, opts.timeout, "target") {
@@ -593,6 +605,17 @@ fn probe_target(opts: &CheckOptions, sources: &[SourceFacts], resuming: bool, li
     let mut keys = probe::keyspace(&info);
     if let Some(dbs) = &opts.target_dbs {
         keys.retain(|db, _| dbs.contains(db));
+    }
+    if let Some(t) = shared {
+        let v = match ownership::classify_target(&mut conn, &keys, t, &opts.own_prefix, opts.timeout) {
+            Ok(c) => ownership::judge_shared(&c, opts.if_target_not_empty, resuming),
+            Err(e) => Verdict::fail(
+                format!("cannot tell the target's keys apart: {e}"),
+                "every backend of the pool (and every --peer) must answer EXISTS".into(),
+            ),
+        };
+        lines.verdict(subject, "empty", v);
+        return;
     }
     // The relay's own keys (heartbeat, markers) do not count.
     for (db, n) in keys.iter_mut() {
@@ -739,7 +762,62 @@ pub fn run(opts: &CheckOptions) -> CheckReport {
             }
         }
     };
+    // Who else writes into the target: a sidecar's peers, `--peer`s.
+    let shared = matches!(&opts.sources, Sources::Twemproxy { local, .. } if !local.is_empty())
+        || !opts.peers.is_empty();
+    let topology = if shared {
+        match Topology::resolve(&opts.sources, &opts.peers) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                lines.add(
+                    Status::Fail,
+                    "sidecar",
+                    "config",
+                    e.to_string(),
+                    Some("name a server of the pool with --local-server (its name or host:port as written), or auto".into()),
+                );
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let sources: Vec<(Endpoint, String)> = match &topology {
+        Some(t) => {
+            lines.add(
+                Status::Pass,
+                "sidecar",
+                "peers",
+                format!(
+                    "replicates {}; {} other writer(s) of the target: {}",
+                    t.sources.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(", "),
+                    t.peers.len(),
+                    t.peers.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(", ")
+                ),
+                None,
+            );
+            ownership::check_peers(&t.peers, opts.timeout, &mut lines);
+            sources
+                .into_iter()
+                .filter(|(e, _)| t.sources.contains(e))
+                .collect()
+        }
+        None => sources,
+    };
     let eps: Vec<Endpoint> = sources.iter().map(|(e, _)| e.clone()).collect();
+    // Keys sitting on a backend they do not hash to (with a computable placement).
+    let owner = match &topology {
+        Some(t) => t.owner.clone(),
+        None => match &opts.sources {
+            Sources::Twemproxy { .. } => Topology::resolve(&opts.sources, &[]).ok().and_then(|t| t.owner),
+            Sources::List(_) => None,
+        },
+    };
+    if let Some(owner) = &owner {
+        for (e, subject) in &sources {
+            lines.verdict(subject, "placement", ownership::misplaced(e, owner, opts.timeout));
+        }
+    }
     for (e, subject) in &sources {
         if e.host == opts.target.host && e.port == opts.target.port {
             lines.add(
@@ -774,7 +852,7 @@ pub fn run(opts: &CheckOptions) -> CheckReport {
         facts.extend(f);
     }
     let resuming = resuming(opts.state_dir.as_deref(), &eps);
-    probe_target(opts, &facts, resuming, &mut lines);
+    probe_target(opts, &facts, resuming, topology.as_ref(), &mut lines);
     CheckReport::new(lines.0, started.elapsed())
 }
 

@@ -112,19 +112,20 @@ pub struct Ownership {
 impl Ownership {
     /// The authority a deletion on behalf of `source` needs, among `all_sources` of the relay.
     pub fn authority(&self, source: &Endpoint, all_sources: &[Endpoint]) -> Authority {
-        let mut peers: Vec<Endpoint> = all_sources.iter().filter(|o| *o != source).cloned().collect();
-        if self.target_owner == TargetOwner::Exclusive {
-            return if peers.is_empty() {
-                Authority::Exclusive
-            } else {
-                Authority::Peers(peers)
-            };
+        let mut peers: Vec<Endpoint> = all_sources
+            .iter()
+            .filter(|o| *o != source)
+            .cloned()
+            .collect();
+        for p in &self.peers {
+            if !peers.contains(p) {
+                peers.push(p.clone());
+            }
         }
-        peers.extend(self.peers.iter().filter(|p| !peers.contains(p)).cloned().collect::<Vec<_>>());
-        if peers.is_empty() && !self.pool_known {
-            Authority::Unknown
-        } else {
-            Authority::Peers(peers)
+        match (peers.is_empty(), self.target_owner, self.pool_known) {
+            (true, TargetOwner::Exclusive, _) => Authority::Exclusive,
+            (true, TargetOwner::Shared, false) => Authority::Unknown,
+            _ => Authority::Peers(peers),
         }
     }
 }
@@ -802,5 +803,57 @@ impl RelayHandle {
                     }
                 }
             });
+    }
+}
+
+#[cfg(test)]
+mod ownership_tests {
+    use super::*;
+
+    fn ep(port: u16) -> Endpoint {
+        Endpoint::new("127.0.0.1", port)
+    }
+
+    fn peers(a: Authority) -> Option<Vec<u16>> {
+        match a {
+            Authority::Peers(p) => Some(p.iter().map(|e| e.port).collect()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn authority_of_each_deployment() {
+        let one = [ep(1)];
+        let two = [ep(1), ep(2)];
+        // One plain --source: nobody to ask, nothing attributable.
+        let o = Ownership::default();
+        assert!(matches!(o.authority(&ep(1), &one), Authority::Unknown));
+        // Several sources in one process: they are each other's peers.
+        assert_eq!(peers(o.authority(&ep(1), &two)), Some(vec![2]));
+        // --peer given.
+        let o = Ownership {
+            peers: vec![ep(7)],
+            ..Ownership::default()
+        };
+        assert_eq!(peers(o.authority(&ep(1), &two)), Some(vec![2, 7]));
+        // A whole pool known, of one backend: the relay is its only writer.
+        let o = Ownership {
+            pool_known: true,
+            ..Ownership::default()
+        };
+        assert_eq!(peers(o.authority(&ep(1), &one)), Some(vec![]));
+        // --target-owner exclusive.
+        let o = Ownership {
+            target_owner: TargetOwner::Exclusive,
+            peers: vec![ep(7)],
+            ..Ownership::default()
+        };
+        assert_eq!(peers(o.authority(&ep(1), &one)), Some(vec![7]));
+        let o = Ownership {
+            target_owner: TargetOwner::Exclusive,
+            ..Ownership::default()
+        };
+        assert!(matches!(o.authority(&ep(1), &one), Authority::Exclusive));
+        assert_eq!(peers(o.authority(&ep(1), &two)), Some(vec![2]));
     }
 }

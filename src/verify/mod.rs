@@ -24,6 +24,7 @@ use bytes::Bytes;
 use serde_json::Value as J;
 
 use crate::endpoint::Endpoint;
+use crate::source::topology::KeyOwner;
 pub use compare::{
     compare_documents, compare_documents_named, compare_entry, CompareOptions, CompareReport,
     DiffKind, Difference,
@@ -49,6 +50,27 @@ pub struct VerifyOptions {
     /// Compare function libraries too (7.0+ on both sides).
     pub functions: bool,
     pub read: ReadOptions,
+    /// A sidecar's view: compare its backend(s) with the target keys they own only.
+    pub owned: Option<OwnedScope>,
+}
+
+/// Which target keys belong to the compared sources when other masters write into the same
+/// target (`verify --twemproxy FILE --local-server NAME`): those nutcracker places on one of
+/// the sources (or, without a computable placement, every key), less those a peer holds.
+#[derive(Debug, Clone)]
+pub struct OwnedScope {
+    pub owner: Option<KeyOwner>,
+    pub local: Vec<Endpoint>,
+    pub peers: Vec<Endpoint>,
+}
+
+impl OwnedScope {
+    fn places_here(&self, key: &[u8]) -> bool {
+        match &self.owner {
+            Some(o) => o.owner(key).is_some_and(|e| self.local.contains(&e)),
+            None => true,
+        }
+    }
 }
 
 impl Default for VerifyOptions {
@@ -63,6 +85,7 @@ impl Default for VerifyOptions {
                 ignore_prefixes: vec![Bytes::from_static(RELAY_PREFIX)],
                 ..ReadOptions::default()
             },
+            owned: None,
         }
     }
 }
@@ -122,6 +145,12 @@ pub fn verify(
         .map(|s| LiveReader::connect(s, opts.read.clone()))
         .collect::<anyhow::Result<_>>()?;
     let mut tgt = LiveReader::connect(target, opts.read.clone())?;
+    let mut peers: Vec<LiveReader> = opts
+        .owned
+        .iter()
+        .flat_map(|o| o.peers.iter())
+        .map(|p| LiveReader::connect(p, opts.read.clone()))
+        .collect::<anyhow::Result<_>>()?;
     let left_name = sources
         .iter()
         .map(|s| s.to_string())
@@ -146,6 +175,7 @@ pub fn verify(
         opts,
         report: &mut report,
         pending: &mut pending,
+        peers: &mut peers,
     };
     for (&db, &(src_n, tgt_n)) in &dbs {
         match opts.sample {
@@ -179,6 +209,8 @@ struct Job<'a> {
     opts: &'a VerifyOptions,
     report: &'a mut CompareReport,
     pending: &'a mut Vec<Pending>,
+    /// The peers of [`VerifyOptions::owned`] (none otherwise).
+    peers: &'a mut Vec<LiveReader>,
 }
 
 type ReadResult = Result<Option<J>, String>;
@@ -275,6 +307,7 @@ impl Job<'_> {
         let mut cursor = 0;
         loop {
             let (next, keys) = tgt.scan_page(db, cursor)?;
+            let keys = self.owned_here(db, keys, &seen)?;
             let fresh: Vec<Bytes> = keys
                 .into_iter()
                 .filter(|k| target_seen.insert(k.clone()))
@@ -290,6 +323,37 @@ impl Job<'_> {
         }
         self.report.db_mut(db).right_keys = target_seen.len() as u64;
         Ok(())
+    }
+
+    /// With [`VerifyOptions::owned`]: the target keys that belong to the compared sources
+    /// (seen on them, or placed on them and held by no peer). Otherwise all of `keys`.
+    fn owned_here(
+        &mut self,
+        db: u32,
+        keys: Vec<Bytes>,
+        seen: &HashSet<Bytes>,
+    ) -> anyhow::Result<Vec<Bytes>> {
+        let Some(scope) = &self.opts.owned else {
+            return Ok(keys);
+        };
+        let mut keys: Vec<Bytes> = keys
+            .into_iter()
+            .filter(|k| seen.contains(k) || scope.places_here(k))
+            .collect();
+        for p in self.peers.iter_mut() {
+            let unseen: Vec<Bytes> = keys.iter().filter(|k| !seen.contains(*k)).cloned().collect();
+            if unseen.is_empty() {
+                break;
+            }
+            let held: HashSet<Bytes> = unseen
+                .iter()
+                .zip(p.exists(db, &unseen)?)
+                .filter(|(_, e)| *e)
+                .map(|(k, _)| k.clone())
+                .collect();
+            keys.retain(|k| !held.contains(k));
+        }
+        Ok(keys)
     }
 
     /// Keys found on the target: which source (if any) has them now; compare accordingly.
@@ -381,6 +445,7 @@ impl Job<'_> {
                 .into_iter()
                 .filter(|k| !seen.contains(k))
                 .collect();
+            let keys = self.owned_here(db, keys, &seen)?;
             for chunk in keys.chunks(self.opts.read.scan_count.max(1)) {
                 self.check_extra(db, chunk, srcs, tgt)?;
             }
