@@ -1,8 +1,9 @@
 //! The sidecar kit in `examples/sidecar/` (Prometheus scrape config and alert rules, Grafana
-//! dashboard, systemd unit, example config): every file parses, every `redis_relay_*` metric
-//! it uses is in the README's metrics table and described in `src/metrics.rs`, and the files
-//! agree with each other (metrics address, state dir, config path). `promtool` is not
-//! available here: the PromQL itself is not parsed.
+//! dashboard, systemd unit and template unit, example config): every file parses, every
+//! `redis_relay_*` metric it uses is in the README's metrics table and described in
+//! `src/metrics.rs`, and the files agree with each other (metrics port, state dir, config
+//! path, the `backend` label of one sidecar per master). `promtool` and `systemd-analyze` are
+//! not available here: the PromQL and the unit directives themselves are not checked.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -41,6 +42,65 @@ fn metric_names(text: &str) -> BTreeSet<String> {
         .find_iter(text)
         .map(|m| m.as_str().to_string())
         .collect()
+}
+
+/// A systemd unit, read as INI: section -> (key, value) lines in order. Comments and blank
+/// lines are skipped; any other line must be `[Section]` or `Key=value` under a section.
+fn unit(name: &str) -> BTreeMap<String, Vec<(String, String)>> {
+    let text = read(&kit(name));
+    let mut sections: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+    let mut current: Option<String> = None;
+    for l in text.lines().map(str::trim) {
+        if l.is_empty() || l.starts_with('#') || l.starts_with(';') {
+            continue;
+        }
+        if let Some(s) = l.strip_prefix('[').and_then(|s| s.strip_suffix(']')) {
+            assert!(
+                sections.insert(s.to_string(), Vec::new()).is_none(),
+                "{name}: [{s}] twice"
+            );
+            current = Some(s.to_string());
+            continue;
+        }
+        let (k, v) = l
+            .split_once('=')
+            .unwrap_or_else(|| panic!("{name}: not a unit line: {l:?}"));
+        assert!(
+            !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric()),
+            "{name}: bad key in {l:?}"
+        );
+        let s = current
+            .as_ref()
+            .unwrap_or_else(|| panic!("{name}: {l:?} before any section"));
+        sections
+            .get_mut(s)
+            .unwrap()
+            .push((k.to_string(), v.to_string()));
+    }
+    for s in ["Unit", "Service", "Install"] {
+        assert!(sections.contains_key(s), "{name}: no [{s}]");
+    }
+    sections
+}
+
+/// The values of `key` in `section` of a parsed unit.
+fn unit_values<'a>(
+    u: &'a BTreeMap<String, Vec<(String, String)>>,
+    section: &str,
+    key: &str,
+) -> Vec<&'a str> {
+    u[section]
+        .iter()
+        .filter(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+        .collect()
+}
+
+/// The port of a `HOST:PORT`.
+fn port(addr: &str) -> &str {
+    addr.rsplit_once(':')
+        .unwrap_or_else(|| panic!("{addr}: not HOST:PORT"))
+        .1
 }
 
 /// The README's metrics table: name -> type.
@@ -136,14 +196,46 @@ fn prometheus_scrape_config() {
         .find(|j| j["job_name"] == "redis-relay")
         .expect("a redis-relay job");
     assert_eq!(job["metrics_path"], "/metrics");
-    let targets = job["static_configs"][0]["targets"].as_array().unwrap();
-    // The relay's metrics-addr of the example config.
+    // One sidecar per master host, all on the port of relay.toml's metrics-addr (and of the
+    // template unit's METRICS_ADDR), each target labelled with its backend.
     let cfg = FileConfig::parse(&read(&kit("relay.toml")), "relay.toml").unwrap();
-    assert_eq!(
-        targets[0].as_str(),
-        cfg.metrics_addr.as_deref(),
-        "prometheus.yml scrapes another address than relay.toml's metrics-addr"
+    let metrics_addr = cfg
+        .metrics_addr
+        .as_deref()
+        .expect("relay.toml: metrics-addr");
+    assert!(
+        !metrics_addr.starts_with("127."),
+        "relay.toml: metrics-addr {metrics_addr} cannot be scraped from another host"
     );
+    let template = unit("redis-relay@.service");
+    assert!(
+        unit_values(&template, "Service", "Environment")
+            .contains(&format!("METRICS_ADDR={metrics_addr}").as_str()),
+        "redis-relay@.service: METRICS_ADDR is not relay.toml's metrics-addr {metrics_addr}"
+    );
+    let statics = job["static_configs"].as_array().expect("static_configs");
+    assert!(
+        statics.len() >= 2,
+        "prometheus.yml: one target per master host"
+    );
+    let mut hosts = BTreeSet::new();
+    let mut backends = BTreeSet::new();
+    for s in statics {
+        let backend = s["labels"]["backend"]
+            .as_str()
+            .unwrap_or_else(|| panic!("prometheus.yml: {s}: no backend label"));
+        assert!(!backend.is_empty());
+        assert!(backends.insert(backend), "backend {backend} twice");
+        let targets = s["targets"].as_array().expect("targets");
+        assert_eq!(targets.len(), 1, "{backend}: one target (its sidecar)");
+        let target = targets[0].as_str().expect("target");
+        assert_eq!(
+            port(target),
+            port(metrics_addr),
+            "prometheus.yml scrapes {target}, not the port of relay.toml's metrics-addr"
+        );
+        assert!(hosts.insert(target), "{target} twice");
+    }
 }
 
 #[test]
@@ -187,16 +279,43 @@ fn alert_rules() {
         "RedisRelaySourceDisconnected",
         "RedisRelayBacklogRisk",
         "RedisRelaySpoolGrowing",
+        "RedisRelaySidecarDown",
+        "RedisRelayDeletionDeferred",
     ] {
         assert!(alerts.contains(a), "missing alert {a}");
     }
-    let disconnected = groups
-        .iter()
-        .flat_map(|g| g["rules"].as_array().unwrap())
-        .find(|r| r["alert"] == "RedisRelaySourceDisconnected")
-        .unwrap();
+    let rule = |name: &str| {
+        groups
+            .iter()
+            .flat_map(|g| g["rules"].as_array().unwrap())
+            .find(|r| r["alert"] == name)
+            .unwrap()
+    };
+    let disconnected = rule("RedisRelaySourceDisconnected");
     assert_eq!(disconnected["expr"], "redis_relay_connected == 0");
     assert_eq!(disconnected["for"], "1m");
+    let down = rule("RedisRelaySidecarDown");
+    assert_eq!(down["expr"], "up{job=\"redis-relay\"} == 0");
+    assert_eq!(down["for"], "1m");
+    let deferred = rule("RedisRelayDeletionDeferred");
+    assert_eq!(
+        deferred["expr"],
+        "redis_relay_deferred_deletion_age_seconds > 300"
+    );
+    // Per backend: the summaries name the backend (prometheus.yml's label).
+    for a in [
+        "RedisRelaySidecarDown",
+        "RedisRelayDeletionDeferred",
+        "RedisRelayLagBytesHigh",
+        "RedisRelayLagSecondsHigh",
+        "RedisRelayLagSecondsEstimateHigh",
+    ] {
+        let summary = rule(a)["annotations"]["summary"].as_str().unwrap();
+        assert!(
+            summary.contains("{{ $labels.backend }}"),
+            "{a}: the summary does not name the backend: {summary}"
+        );
+    }
     check_documented("alerts.yml", &names);
 }
 
@@ -239,9 +358,31 @@ fn grafana_dashboard() {
         "redis_relay_target_errors_total",
         "histogram_quantile(0.99, sum by (le) (rate(redis_relay_apply_latency_seconds_bucket",
         "redis_relay_spool_bytes",
+        // Per backend (sidecars).
+        "up{job=\"redis-relay\"",
+        "redis_relay_deferred_deletions{backend=~\"$backend\"",
+        "redis_relay_deferred_deletion_age_seconds{backend=~\"$backend\"",
+        "sum by (backend, source, cause) (increase(redis_relay_deletions_total",
+        "sum by (backend, source, reason) (increase(redis_relay_deletions_kept_total",
+        "rate(redis_relay_peer_checks_total",
     ] {
         assert!(all.contains(needle), "no panel uses {needle}");
     }
+    let vars = doc["templating"]["list"].as_array().expect("templating");
+    let var = |name: &str| {
+        vars.iter()
+            .find(|v| v["name"] == name)
+            .unwrap_or_else(|| panic!("no ${name} variable"))
+    };
+    assert_eq!(
+        var("backend")["query"]["query"],
+        "label_values(redis_relay_connected, backend)"
+    );
+    // The source list follows the backends picked, so every panel filtered by $source does.
+    assert!(var("source")["query"]["query"]
+        .as_str()
+        .unwrap()
+        .contains("backend=~\"$backend\""));
     let mut names = metric_names(&all);
     let mut rest = Vec::new();
     strings(&doc["templating"], &mut rest);
@@ -257,6 +398,9 @@ fn example_config_and_systemd_unit() {
         Some(Path::new("/var/lib/redis-relay"))
     );
     assert!(cfg.heartbeat.is_some());
+    // One file for every host: each sidecar picks its own backends.
+    assert!(cfg.twemproxy.is_some() && cfg.source.is_none());
+    assert_eq!(cfg.local_server, Some(vec!["auto".to_string()]));
     let unit = read(&kit("redis-relay.service"));
     let lines: BTreeSet<&str> = unit.lines().map(str::trim).collect();
     for l in [
@@ -277,4 +421,62 @@ fn example_config_and_systemd_unit() {
             "not a unit line: {l:?}"
         );
     }
+}
+
+#[test]
+fn sidecar_template_unit() {
+    let single = unit("redis-relay.service");
+    let template = unit("redis-relay@.service");
+    let exec = unit_values(&template, "Service", "ExecStart");
+    assert_eq!(exec.len(), 1, "one ExecStart");
+    let args: Vec<&str> = exec[0].split_whitespace().collect();
+    assert_eq!(
+        &args[..4],
+        [
+            "/usr/local/bin/redis-relay",
+            "sync",
+            "--config",
+            "/etc/redis-relay/relay.toml"
+        ]
+    );
+    let flag = |name: &str| {
+        let i = args
+            .iter()
+            .position(|a| *a == name)
+            .unwrap_or_else(|| panic!("ExecStart lacks {name}"));
+        args[i + 1]
+    };
+    assert_eq!(flag("--local-server"), "%i");
+    assert_eq!(flag("--state-dir"), "/var/lib/redis-relay/%i");
+    assert_eq!(flag("--metrics-addr"), "${METRICS_ADDR}");
+    assert_eq!(
+        unit_values(&template, "Service", "StateDirectory"),
+        ["redis-relay/%i"]
+    );
+    assert_eq!(
+        unit_values(&template, "Service", "WorkingDirectory"),
+        ["/var/lib/redis-relay/%i"]
+    );
+    // The same user, stop behaviour, restart policy and hardening as redis-relay.service:
+    // every other [Service] line of it, and the same [Install].
+    let own = ["ExecStart", "StateDirectory", "WorkingDirectory"];
+    for (k, v) in &single["Service"] {
+        if own.contains(&k.as_str()) {
+            continue;
+        }
+        assert!(
+            template["Service"].contains(&(k.clone(), v.clone())),
+            "redis-relay@.service lacks {k}={v} of redis-relay.service"
+        );
+    }
+    assert_eq!(template["Install"], single["Install"]);
+    for k in ["StartLimitIntervalSec", "StartLimitBurst", "After"] {
+        assert_eq!(
+            unit_values(&template, "Unit", k),
+            unit_values(&single, "Unit", k),
+            "[Unit] {k}"
+        );
+    }
+    // The instance name reaches the relay as --local-server: the header says how to enable one.
+    assert!(read(&kit("redis-relay@.service")).contains("systemctl enable --now redis-relay@"));
 }
