@@ -8,6 +8,9 @@
 //! ejected, so one key can exist on two backends and merging them into one target has no
 //! defined winner. We cannot fix that, but we report it so the caller can warn loudly.
 
+pub mod hashkit;
+mod md5;
+
 use crate::endpoint::Endpoint;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
