@@ -7,34 +7,20 @@
 //! With `auto_eject_hosts: true`, keys are re-hashed to other backends while a host is
 //! ejected, so one key can exist on two backends and merging them into one target has no
 //! defined winner. We cannot fix that, but we report it so the caller can warn loudly.
+//!
+//! Which backend owns a key: [`hashkit`] and [`placement`] compute it as nutcracker does.
 
 pub mod hashkit;
 mod md5;
+pub mod placement;
 
 use crate::endpoint::Endpoint;
+use placement::Distribution;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use thiserror::Error;
-
-/// Hash functions Twemproxy knows (`hash:`).
-const HASHES: &[&str] = &[
-    "one_at_a_time",
-    "md5",
-    "crc16",
-    "crc32",
-    "crc32a",
-    "fnv1_64",
-    "fnv1a_64",
-    "fnv1_32",
-    "fnv1a_32",
-    "hsieh",
-    "murmur",
-    "jenkins",
-];
-/// Distributions Twemproxy knows (`distribution:`).
-const DISTRIBUTIONS: &[&str] = &["ketama", "modula", "random"];
 
 /// One Redis backend of a pool.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +47,103 @@ pub struct PoolInfo {
     pub redis_db: Option<u32>,
     /// Line of the pool in the file.
     pub line: u64,
+    /// `hash_tag:` (open and close byte): only the part of a key between them is hashed.
+    pub hash_tag: Option<[u8; 2]>,
+    /// Every `servers:` line of the pool, in file order (a backend shared with an earlier
+    /// pool is listed here too, unlike in [`TwemproxySources::backends`]).
+    pub servers: Vec<ServerLine>,
+}
+
+/// One line of a pool's `servers:`, as written.
+///
+/// nutcracker places keys by server *name*, not by address, so the text matters: `07005` is
+/// not `7005` and `localhost` is not `127.0.0.1` for placement, even when they reach the same
+/// Redis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerLine {
+    /// The optional name after the address (`host:port:weight name`).
+    pub name: Option<String>,
+    /// Host name or address, or the socket path of a unix socket line.
+    pub host: String,
+    /// TCP port; 0 for a unix socket.
+    pub port: u16,
+    /// `host:port` exactly as written (the socket path for a unix socket).
+    pub address: String,
+    /// Weight (>= 1, as nutcracker requires).
+    pub weight: u32,
+    /// Where to connect, with the pool's `redis_auth` and `redis_db`.
+    pub endpoint: Endpoint,
+}
+
+impl ServerLine {
+    /// Parses `host:port:weight [name]` or `/path/to/socket:weight [name]` as nutcracker does:
+    /// from the right, so the host is whatever is left before the port (`::1:6379:1` parses).
+    pub fn parse(s: &str) -> Result<ServerLine, String> {
+        let mut parts = s.split_whitespace();
+        let addr = parts
+            .next()
+            .ok_or_else(|| "empty server entry (expected host:port:weight [name])".to_string())?;
+        let name = parts.next().map(str::to_string);
+        if let Some(extra) = parts.next() {
+            return Err(format!(
+                "unexpected {extra:?} in server entry {s:?} (expected host:port:weight [name])"
+            ));
+        }
+        let (address, w) = addr
+            .rsplit_once(':')
+            .filter(|(a, _)| !a.is_empty())
+            .ok_or_else(|| format!("server entry {s:?} is not host:port:weight [name]"))?;
+        let weight: u32 = w
+            .parse()
+            .map_err(|_| format!("bad weight {w:?} in server entry {s:?} (expected an integer)"))?;
+        if weight == 0 {
+            return Err(format!(
+                "weight 0 in server entry {s:?} (nutcracker requires a weight >= 1)"
+            ));
+        }
+        let (host, port) = if address.starts_with('/') {
+            (address.to_string(), 0)
+        } else {
+            let (h, p) = address
+                .rsplit_once(':')
+                .filter(|(h, _)| !h.is_empty())
+                .ok_or_else(|| format!("server entry {s:?} is not host:port:weight [name]"))?;
+            let port: u16 = p
+                .parse()
+                .ok()
+                .filter(|&p| p != 0)
+                .ok_or_else(|| format!("bad port {p:?} in server entry {s:?}"))?;
+            (h.to_string(), port)
+        };
+        Ok(ServerLine {
+            name,
+            endpoint: Endpoint::new(host.clone(), port),
+            host,
+            port,
+            address: address.to_string(),
+            weight,
+        })
+    }
+
+    /// True for a `/path/to/socket:weight` line.
+    pub fn is_unix_socket(&self) -> bool {
+        self.host.starts_with('/')
+    }
+
+    /// The string nutcracker hashes to place this server: the given name; else the host
+    /// alone on port 11211 (libmemcached compatibility); else `host:port` as written. A unix
+    /// socket without a name is its path followed by `:`.
+    pub fn hash_name(&self) -> String {
+        if let Some(n) = &self.name {
+            n.clone()
+        } else if self.is_unix_socket() {
+            format!("{}:", self.address)
+        } else if self.port == 11211 {
+            self.host.clone()
+        } else {
+            self.address.clone()
+        }
+    }
 }
 
 /// The masters to replicate from, found in a Twemproxy configuration.
@@ -130,6 +213,7 @@ struct RawPool {
     redis: Option<bool>,
     redis_auth: Option<String>,
     redis_db: Option<Spanned<i64>>,
+    hash_tag: Option<Spanned<String>>,
     servers: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
@@ -198,29 +282,26 @@ pub fn parse_config(yaml: &str, pool: Option<&str>) -> Result<TwemproxySources, 
             reason,
         };
         if let Some(h) = &p.hash {
-            if !HASHES.contains(&h.value.as_str()) {
-                return Err(field_err(
-                    "hash",
-                    h.referenced.line(),
-                    format!(
-                        "unknown hash {:?} (expected one of {})",
-                        h.value,
-                        HASHES.join(", ")
-                    ),
-                ));
+            if let Err(e) = h.value.parse::<hashkit::HashKind>() {
+                return Err(field_err("hash", h.referenced.line(), e.to_string()));
             }
         }
-        if let Some(d) = &p.distribution {
-            if !DISTRIBUTIONS.contains(&d.value.as_str()) {
-                return Err(field_err(
-                    "distribution",
-                    d.referenced.line(),
+        let hash_tag = match &p.hash_tag {
+            None => None,
+            Some(t) => Some(<[u8; 2]>::try_from(t.value.as_bytes()).map_err(|_| {
+                field_err(
+                    "hash_tag",
+                    t.referenced.line(),
                     format!(
-                        "unknown distribution {:?} (expected one of {})",
-                        d.value,
-                        DISTRIBUTIONS.join(", ")
+                        "{:?} is not 2 bytes (an opening and a closing character, e.g. \"{{}}\")",
+                        t.value
                     ),
-                ));
+                )
+            })?),
+        };
+        if let Some(d) = &p.distribution {
+            if let Err(reason) = d.value.parse::<Distribution>() {
+                return Err(field_err("distribution", d.referenced.line(), reason));
             }
         }
         let redis_db = match &p.redis_db {
@@ -245,10 +326,42 @@ pub fn parse_config(yaml: &str, pool: Option<&str>) -> Result<TwemproxySources, 
             }
             None => return Err(field_err("servers", line, "missing".into())),
         };
+        let mut lines: Vec<ServerLine> = Vec::with_capacity(servers.len());
+        let mut names: HashMap<String, u64> = HashMap::new();
         for s in servers {
             let sline = s.referenced.line();
-            let (host, port, weight, sname) =
-                parse_server_line(&s.value).map_err(|r| field_err("servers", sline, r))?;
+            let mut server =
+                ServerLine::parse(&s.value).map_err(|r| field_err("servers", sline, r))?;
+            if server.is_unix_socket() {
+                return Err(field_err(
+                    "servers",
+                    sline,
+                    format!(
+                        "unix socket backend {:?} is not supported (the relay connects over TCP)",
+                        server.address
+                    ),
+                ));
+            }
+            // nutcracker refuses two servers with one name: placement would be ambiguous.
+            if let Some(first) = names.insert(server.hash_name(), sline) {
+                return Err(field_err(
+                    "servers",
+                    sline,
+                    format!(
+                        "server {:?} has the same name as the one on line {first} (nutcracker refuses duplicate names)",
+                        server.hash_name()
+                    ),
+                ));
+            }
+            server.endpoint.password = password.clone();
+            server.endpoint.db = redis_db;
+            let (host, port, weight, sname) = (
+                server.host.clone(),
+                server.port,
+                server.weight,
+                server.name.clone(),
+            );
+            lines.push(server);
             let key = (host.clone(), port);
             if let Some((_, pw)) = seen.get(&key) {
                 if *pw != password {
@@ -285,46 +398,14 @@ pub fn parse_config(yaml: &str, pool: Option<&str>) -> Result<TwemproxySources, 
             redis: true,
             redis_db,
             line,
+            hash_tag,
+            servers: lines,
         });
     }
     if out.pools.is_empty() {
         return Err(TwemproxyError::NoRedisPools(out.skipped_pools.join(", ")));
     }
     Ok(out)
-}
-
-/// `host:port:weight [name]` (Twemproxy splits the address from the right, so a host name
-/// cannot contain `:`; unix socket paths are rejected: PSYNC here needs TCP).
-fn parse_server_line(s: &str) -> Result<(String, u16, u32, Option<String>), String> {
-    let mut parts = s.split_whitespace();
-    let addr = parts
-        .next()
-        .ok_or_else(|| "empty server entry (expected host:port:weight [name])".to_string())?;
-    let name = parts.next().map(str::to_string);
-    if let Some(extra) = parts.next() {
-        return Err(format!(
-            "unexpected {extra:?} in server entry {s:?} (expected host:port:weight [name])"
-        ));
-    }
-    if addr.starts_with('/') {
-        return Err(format!(
-            "unix socket backend {addr:?} is not supported (the relay connects over TCP)"
-        ));
-    }
-    let mut it = addr.rsplitn(3, ':');
-    let (w, p, h) = match (it.next(), it.next(), it.next()) {
-        (Some(w), Some(p), Some(h)) if !h.is_empty() => (w, p, h),
-        _ => return Err(format!("server entry {s:?} is not host:port:weight [name]")),
-    };
-    let port: u16 = p
-        .parse()
-        .ok()
-        .filter(|&p| p != 0)
-        .ok_or_else(|| format!("bad port {p:?} in server entry {s:?}"))?;
-    let weight: u32 = w
-        .parse()
-        .map_err(|_| format!("bad weight {w:?} in server entry {s:?} (expected an integer)"))?;
-    Ok((h.to_string(), port, weight, name))
 }
 
 #[cfg(test)]
@@ -497,5 +578,80 @@ delta:
             load_config(&dir.path().join("missing.yml"), None).unwrap_err(),
             TwemproxyError::Io { .. }
         ));
+    }
+
+    #[test]
+    fn server_lines_and_hash_names() {
+        let s = ServerLine::parse("127.0.0.1:07005:3").unwrap();
+        assert_eq!((s.host.as_str(), s.port, s.weight), ("127.0.0.1", 7005, 3));
+        assert_eq!(s.address, "127.0.0.1:07005");
+        assert_eq!(s.hash_name(), "127.0.0.1:07005");
+        assert_eq!(
+            ServerLine::parse("cache:11211:1").unwrap().hash_name(),
+            "cache"
+        );
+        let s = ServerLine::parse("10.0.0.1:6379:1 redis-a").unwrap();
+        assert_eq!(s.hash_name(), "redis-a");
+        assert_eq!(s.name.as_deref(), Some("redis-a"));
+        let s = ServerLine::parse("::1:6379:1").unwrap();
+        assert_eq!((s.host.as_str(), s.port), ("::1", 6379));
+        assert_eq!(s.hash_name(), "::1:6379");
+        let s = ServerLine::parse("/run/redis.sock:2").unwrap();
+        assert!(s.is_unix_socket());
+        assert_eq!((s.port, s.weight), (0, 2));
+        assert_eq!(s.hash_name(), "/run/redis.sock:");
+        assert_eq!(
+            ServerLine::parse("/run/redis.sock:1 sock")
+                .unwrap()
+                .hash_name(),
+            "sock"
+        );
+        assert!(ServerLine::parse("h:1:0").unwrap_err().contains("weight 0"));
+        assert!(ServerLine::parse("h:1:x")
+            .unwrap_err()
+            .contains("bad weight"));
+    }
+
+    #[test]
+    fn pool_servers_and_hash_tag() {
+        let s = parse_config(CONF, None).unwrap();
+        let beta = &s.pools[1];
+        assert_eq!(beta.hash_tag, Some(*b"{}"));
+        assert_eq!(s.pools[0].hash_tag, None);
+        let names: Vec<_> = beta.servers.iter().map(|l| l.hash_name()).collect();
+        assert_eq!(names, ["server1", "server2", "server3"]);
+        assert_eq!(beta.servers[0].endpoint.password.as_deref(), Some("s3cret"));
+        assert_eq!(beta.servers[0].endpoint.db, Some(2));
+        // delta lists 127.0.0.1:6380 again: kept in its servers, not in backends.
+        let delta = &s.pools[2];
+        assert_eq!(delta.servers.len(), 2);
+        assert_eq!(delta.servers[0].address, "127.0.0.1:6380");
+        assert_eq!(delta.servers[0].weight, 2);
+
+        let bad = "p1:\n  redis: true\n  hash_tag: \"{\"\n  servers:\n   - h:1:1\n";
+        let e = parse_config(bad, None).unwrap_err();
+        assert!(
+            matches!(&e, TwemproxyError::Field { pool, field: "hash_tag", line: 3, .. } if pool == "p1"),
+            "{e}"
+        );
+        let bad = "p1:\n  redis: true\n  hash_tag: \"{{}}\"\n  servers:\n   - h:1:1\n";
+        assert!(parse_config(bad, None)
+            .unwrap_err()
+            .to_string()
+            .contains("2 bytes"));
+        let ok = "p1:\n  redis: true\n  hash_tag: \"$$\"\n  servers:\n   - h:1:1\n";
+        assert_eq!(
+            parse_config(ok, None).unwrap().pools[0].hash_tag,
+            Some(*b"$$")
+        );
+
+        let dup = "p1:\n  redis: true\n  servers:\n   - h:1:1 a\n   - h:2:1 a\n";
+        let e = parse_config(dup, None).unwrap_err().to_string();
+        assert!(e.contains("same name") && e.contains("line 4"), "{e}");
+        let zero = "p1:\n  redis: true\n  servers:\n   - h:1:0\n";
+        assert!(parse_config(zero, None)
+            .unwrap_err()
+            .to_string()
+            .contains("weight 0"));
     }
 }
