@@ -8,18 +8,21 @@
 //! ejected, so one key can exist on two backends and merging them into one target has no
 //! defined winner. We cannot fix that, but we report it so the caller can warn loudly.
 //!
-//! Which backend owns a key: [`hashkit`] and [`placement`] compute it as nutcracker does.
+//! A relay running beside some of the backends (a sidecar) also needs to know which backend
+//! owns a key: [`hashkit`] and [`placement`] compute it as nutcracker does, and [`sidecar`]
+//! splits a pool into the local servers and their peers.
 
 pub mod hashkit;
 mod md5;
 pub mod placement;
 
 use crate::endpoint::Endpoint;
-use placement::Distribution;
+use placement::{Distribution, Placement, PlacementError};
 use serde::Deserialize;
 use serde_saphyr::Spanned;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
+use std::sync::Arc;
 use thiserror::Error;
 
 /// One Redis backend of a pool.
@@ -144,6 +147,14 @@ impl ServerLine {
             self.address.clone()
         }
     }
+
+    /// The name shown to users: `name (host:port)`, or `host:port`.
+    fn label(&self) -> String {
+        match &self.name {
+            Some(n) => format!("{n} ({})", self.address),
+            None => self.address.clone(),
+        }
+    }
 }
 
 /// The masters to replicate from, found in a Twemproxy configuration.
@@ -202,6 +213,20 @@ pub enum TwemproxyError {
         second: String,
         line: u64,
     },
+    #[error("twemproxy pool {pool:?} has no server {wanted:?} (servers: {available}); give a server name or host:port as written in the config, or `auto`")]
+    NoSuchServer {
+        wanted: String,
+        pool: String,
+        available: String,
+    },
+    #[error("no local server given for twemproxy pool {pool:?} (servers: {available}); give server names, host:port as written in the config, or `auto`")]
+    NoLocalServer { pool: String, available: String },
+    #[error("the twemproxy config has several Redis pools ({pools}): choose the one this sidecar serves with --pool")]
+    SeveralPools { pools: String },
+    #[error("`auto`: none of the servers of twemproxy pool {pool:?} has an address of this machine (servers: {available}); name the local servers instead")]
+    AutoMatchedNothing { pool: String, available: String },
+    #[error(transparent)]
+    Placement(#[from] PlacementError),
 }
 
 #[derive(Debug, Deserialize)]
@@ -406,6 +431,179 @@ pub fn parse_config(yaml: &str, pool: Option<&str>) -> Result<TwemproxySources, 
         return Err(TwemproxyError::NoRedisPools(out.skipped_pools.join(", ")));
     }
     Ok(out)
+}
+
+/// A pool seen from a relay running beside some of its backends: which servers are local,
+/// which are peers, and who owns a key.
+#[derive(Debug, Clone)]
+pub struct SidecarView {
+    /// The pool served.
+    pub pool: PoolInfo,
+    /// Key ownership; `None` for `distribution: random` (ask the peers instead).
+    pub placement: Option<Arc<Placement>>,
+    /// The local servers: indices into `pool.servers`, ascending.
+    pub local: Vec<usize>,
+}
+
+impl SidecarView {
+    /// True when server `i` has the address of a local server. Two lines of one pool can
+    /// name the same backend; data of either then lands on that one Redis.
+    fn is_local_server(&self, i: usize) -> bool {
+        let s = &self.pool.servers[i];
+        self.local
+            .iter()
+            .any(|&l| same_address(&self.pool.servers[l], s))
+    }
+
+    /// The local backends, each address once.
+    pub fn locals(&self) -> Vec<Endpoint> {
+        unique_endpoints(self.local.iter().map(|&i| &self.pool.servers[i]))
+    }
+
+    /// The pool's other backends (not at a local address), each address once, in file order.
+    pub fn peers(&self) -> Vec<Endpoint> {
+        unique_endpoints(
+            (0..self.pool.servers.len())
+                .filter(|&i| !self.is_local_server(i))
+                .map(|i| &self.pool.servers[i]),
+        )
+    }
+
+    /// Index into `pool.servers` of the server owning `key`; `None` when not computable.
+    pub fn owner_of(&self, key: &[u8]) -> Option<usize> {
+        self.placement.as_ref().map(|p| p.owner(key))
+    }
+
+    /// Whether `key` is owned by a local backend; `None` when not computable.
+    pub fn is_local(&self, key: &[u8]) -> Option<bool> {
+        self.owner_of(key).map(|i| self.is_local_server(i))
+    }
+
+    /// For a key: the index into [`SidecarView::peers`] of the peer that owns it; `None` when
+    /// it is owned locally or ownership cannot be computed. The function owns what it needs,
+    /// so it can be moved to other threads.
+    pub fn peer_hint(&self) -> impl Fn(&[u8]) -> Option<usize> + Send + Sync + 'static {
+        let peers = self.peers();
+        let to_peer: Vec<Option<usize>> = (0..self.pool.servers.len())
+            .map(|i| {
+                if self.is_local_server(i) {
+                    return None;
+                }
+                let s = &self.pool.servers[i];
+                peers
+                    .iter()
+                    .position(|e| e.host == s.endpoint.host && e.port == s.endpoint.port)
+            })
+            .collect();
+        let placement = self.placement.clone();
+        move |key: &[u8]| placement.as_ref().and_then(|p| to_peer[p.owner(key)])
+    }
+}
+
+fn same_address(a: &ServerLine, b: &ServerLine) -> bool {
+    a.endpoint.host == b.endpoint.host && a.endpoint.port == b.endpoint.port
+}
+
+fn unique_endpoints<'a>(servers: impl Iterator<Item = &'a ServerLine>) -> Vec<Endpoint> {
+    let mut seen = HashSet::new();
+    servers
+        .filter(|s| seen.insert((s.endpoint.host.clone(), s.endpoint.port)))
+        .map(|s| s.endpoint.clone())
+        .collect()
+}
+
+/// Splits the selected Redis pool into local servers and peers.
+///
+/// `local` holds server names or `host:port` as written in the config, or the single word
+/// `auto`: the servers whose host resolves to an address of this machine (one we can bind).
+pub fn sidecar(tw: &TwemproxySources, local: &[String]) -> Result<SidecarView, TwemproxyError> {
+    let pool = match tw.pools.as_slice() {
+        [p] => p,
+        [] => return Err(TwemproxyError::NoRedisPools(tw.skipped_pools.join(", "))),
+        many => {
+            return Err(TwemproxyError::SeveralPools {
+                pools: many
+                    .iter()
+                    .map(|p| p.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+        }
+    };
+    let available = || {
+        pool.servers
+            .iter()
+            .map(ServerLine::label)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut chosen: Vec<usize> = Vec::new();
+    if let [only] = local {
+        if only == "auto" {
+            chosen = auto_local(&pool.servers);
+            if chosen.is_empty() {
+                return Err(TwemproxyError::AutoMatchedNothing {
+                    pool: pool.name.clone(),
+                    available: available(),
+                });
+            }
+        }
+    }
+    if chosen.is_empty() {
+        if local.is_empty() {
+            return Err(TwemproxyError::NoLocalServer {
+                pool: pool.name.clone(),
+                available: available(),
+            });
+        }
+        for wanted in local {
+            let found: Vec<usize> = (0..pool.servers.len())
+                .filter(|&i| {
+                    let s = &pool.servers[i];
+                    s.name.as_deref() == Some(wanted.as_str()) || s.address == *wanted
+                })
+                .collect();
+            if found.is_empty() {
+                return Err(TwemproxyError::NoSuchServer {
+                    wanted: wanted.clone(),
+                    pool: pool.name.clone(),
+                    available: available(),
+                });
+            }
+            chosen.extend(found);
+        }
+        chosen.sort_unstable();
+        chosen.dedup();
+    }
+    Ok(SidecarView {
+        pool: pool.clone(),
+        placement: match Placement::for_pool(pool) {
+            Ok(p) => Some(Arc::new(p)),
+            Err(PlacementError::NotComputable { .. }) => None,
+            Err(e) => return Err(e.into()),
+        },
+        local: chosen,
+    })
+}
+
+/// Servers whose host resolves to an address this machine can bind.
+fn auto_local(servers: &[ServerLine]) -> Vec<usize> {
+    use std::net::{TcpListener, ToSocketAddrs};
+    let mut by_host: HashMap<&str, bool> = HashMap::new();
+    (0..servers.len())
+        .filter(|&i| {
+            let s = &servers[i];
+            if s.is_unix_socket() {
+                return false;
+            }
+            *by_host.entry(s.host.as_str()).or_insert_with(|| {
+                (s.host.as_str(), s.port)
+                    .to_socket_addrs()
+                    .map(|mut addrs| addrs.any(|a| TcpListener::bind((a.ip(), 0)).is_ok()))
+                    .unwrap_or(false)
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -653,5 +851,117 @@ delta:
             .unwrap_err()
             .to_string()
             .contains("weight 0"));
+    }
+
+    const SIDECAR: &str = r#"
+cache:
+  redis: true
+  hash: murmur
+  redis_auth: pw
+  servers:
+   - 127.0.0.1:7001:1 a
+   - 127.0.0.1:7002:1 b
+   - 192.0.2.10:7003:1 c
+   - 192.0.2.11:7004:1
+"#;
+
+    fn view(local: &[&str]) -> Result<SidecarView, TwemproxyError> {
+        let tw = parse_config(SIDECAR, None).unwrap();
+        let local: Vec<String> = local.iter().map(|s| s.to_string()).collect();
+        sidecar(&tw, &local)
+    }
+
+    #[test]
+    fn sidecar_selects_by_name_and_address() {
+        let v = view(&["b", "192.0.2.11:7004"]).unwrap();
+        assert_eq!(v.local, vec![1, 3]);
+        let addrs = |eps: Vec<Endpoint>| eps.iter().map(|e| e.to_string()).collect::<Vec<_>>();
+        assert_eq!(addrs(v.locals()), ["127.0.0.1:7002", "192.0.2.11:7004"]);
+        assert_eq!(addrs(v.peers()), ["127.0.0.1:7001", "192.0.2.10:7003"]);
+        assert_eq!(v.peers()[0].password.as_deref(), Some("pw"));
+
+        let hint = v.peer_hint();
+        let peers = v.peers();
+        let placement = v.placement.clone().unwrap();
+        let mut seen = [0usize; 4];
+        for i in 0..400 {
+            let key = format!("key:{i}");
+            let owner = placement.owner(key.as_bytes());
+            seen[owner] += 1;
+            assert_eq!(v.owner_of(key.as_bytes()), Some(owner));
+            let local = owner == 1 || owner == 3;
+            assert_eq!(v.is_local(key.as_bytes()), Some(local));
+            match hint(key.as_bytes()) {
+                None => assert!(local, "{key}"),
+                Some(p) => {
+                    assert!(!local);
+                    assert_eq!(peers[p], v.pool.servers[owner].endpoint);
+                }
+            }
+        }
+        assert!(seen.iter().all(|&n| n > 0), "{seen:?}");
+    }
+
+    #[test]
+    fn sidecar_errors() {
+        let e = view(&["z"]).unwrap_err();
+        assert!(matches!(e, TwemproxyError::NoSuchServer { .. }), "{e}");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("\"cache\"")
+                && msg.contains("a (127.0.0.1:7001)")
+                && msg.contains("192.0.2.11:7004"),
+            "{msg}"
+        );
+        // host:port must be written as in the config.
+        assert!(view(&["localhost:7001"]).is_err());
+        assert!(matches!(
+            view(&[]).unwrap_err(),
+            TwemproxyError::NoLocalServer { .. }
+        ));
+        let tw = parse_config(CONF, None).unwrap();
+        let e = sidecar(&tw, &["server1".to_string()]).unwrap_err();
+        assert!(matches!(e, TwemproxyError::SeveralPools { .. }), "{e}");
+        assert!(e.to_string().contains("alpha, beta, delta") && e.to_string().contains("--pool"));
+        let tw = parse_config(CONF, Some("beta")).unwrap();
+        let e = sidecar(&tw, &["auto".to_string()]).unwrap_err();
+        assert!(
+            matches!(e, TwemproxyError::AutoMatchedNothing { .. }),
+            "{e}"
+        );
+        assert!(e.to_string().contains("server1 (10.0.0.1:6379)"), "{e}");
+    }
+
+    #[test]
+    fn sidecar_auto_and_random() {
+        // 127.0.0.1 is bindable, 192.0.2.x (TEST-NET-1) is not.
+        let v = view(&["auto"]).unwrap();
+        assert_eq!(v.local, vec![0, 1]);
+        let random = SIDECAR.replace("hash: murmur", "distribution: random");
+        let tw = parse_config(&random, None).unwrap();
+        let v = sidecar(&tw, &["a".to_string()]).unwrap();
+        assert!(v.placement.is_none());
+        assert_eq!(v.owner_of(b"k"), None);
+        assert_eq!(v.is_local(b"k"), None);
+        assert_eq!(v.peer_hint()(b"k"), None);
+        assert_eq!(v.peers().len(), 3);
+    }
+
+    #[test]
+    fn sidecar_shared_address_is_local() {
+        // Two names for one backend: when one is local, so is the other.
+        let conf = "p:\n  redis: true\n  servers:\n   - 10.1.1.1:6379:1 x\n   - 10.1.1.1:6379:1 y\n   - 10.1.1.2:6379:1 z\n";
+        let tw = parse_config(conf, None).unwrap();
+        let v = sidecar(&tw, &["x".to_string()]).unwrap();
+        assert_eq!(v.local, vec![0]);
+        assert_eq!(v.locals().len(), 1);
+        assert_eq!(v.peers().len(), 1);
+        let hint = v.peer_hint();
+        for i in 0..100 {
+            let key = format!("k{i}");
+            let owner = v.owner_of(key.as_bytes()).unwrap();
+            assert_eq!(v.is_local(key.as_bytes()), Some(owner != 2));
+            assert_eq!(hint(key.as_bytes()), (owner == 2).then_some(0));
+        }
     }
 }
