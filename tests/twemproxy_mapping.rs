@@ -69,7 +69,9 @@ struct Case {
     label: String,
     /// Pool options, one per line, e.g. `hash: md5\ndistribution: ketama\n`.
     options: String,
-    /// One `servers:` line per backend, given the backend's port.
+    /// Number of `servers:` lines; line `i` points at backend `i % 3`.
+    count: usize,
+    /// `servers:` line `i`, given its backend's port.
     line: fn(usize, u16) -> String,
 }
 
@@ -81,6 +83,7 @@ fn case(label: &str, options: &str, line: fn(usize, u16) -> String) -> Case {
     Case {
         label: label.to_string(),
         options: options.to_string(),
+        count: 3,
         line,
     }
 }
@@ -135,6 +138,17 @@ fn cases() -> Vec<Case> {
     }
     // Defaults: no hash:, no distribution: (fnv1a_64 over ketama).
     cases.push(case("defaults", "", unnamed));
+    // Many names over the 3 backends: with 25 or 50 servers ketama gives 156 points each, not
+    // 160 (f32 arithmetic), and modula sorts n2 before n10.
+    for (n, d) in [(25, "ketama"), (50, "ketama"), (25, "modula")] {
+        let mut c = case(
+            &format!("{d} {n} names"),
+            &format!("distribution: {d}\n"),
+            |i, port| format!("127.0.0.1:{port}:1 n{i}"),
+        );
+        c.count = n;
+        cases.push(c);
+    }
     cases
 }
 
@@ -146,8 +160,11 @@ fn yaml(case: &Case, listen: u16, ports: &[u16]) -> String {
         y.push_str(&format!("  {option}\n"));
     }
     y.push_str("  servers:\n");
-    for (i, &p) in ports.iter().enumerate() {
-        y.push_str(&format!("   - {}\n", (case.line)(i, p)));
+    for i in 0..case.count {
+        y.push_str(&format!(
+            "   - {}\n",
+            (case.line)(i, ports[i % ports.len()])
+        ));
     }
     y
 }
