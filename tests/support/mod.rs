@@ -281,19 +281,28 @@ pub struct Nutcracker {
 impl Nutcracker {
     /// One pool `alpha` in redis mode over `backends` (`127.0.0.1:port`).
     pub fn start(backends: &[String]) -> Nutcracker {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut last = String::new();
-        for _ in 0..5 {
-            let port = free_port();
-            let stats = free_port();
+        Self::start_yaml(|port| {
             let mut yaml = format!(
                 "alpha:\n  listen: 127.0.0.1:{port}\n  hash: murmur\n  distribution: ketama\n  redis: true\n  auto_eject_hosts: false\n  server_retry_timeout: 2000\n  servers:\n"
             );
             for (i, b) in backends.iter().enumerate() {
                 yaml.push_str(&format!("   - {b}:1 server{i}\n"));
             }
+            yaml
+        })
+    }
+
+    /// Any config: `yaml(port)` must make the first pool listen on `127.0.0.1:port`, and that
+    /// pool must answer GET (a Redis pool with its backends up).
+    pub fn start_yaml(yaml: impl Fn(u16) -> String) -> Nutcracker {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut last = String::new();
+        for _ in 0..5 {
+            let port = free_port();
+            let stats = free_port();
+            let yaml = yaml(port);
             let config_path = dir.path().join("nutcracker.yml");
-            std::fs::write(&config_path, yaml).expect("write nutcracker config");
+            std::fs::write(&config_path, &yaml).expect("write nutcracker config");
             let mut child = Command::new(nutcracker_bin())
                 .arg("-c")
                 .arg(&config_path)
@@ -312,7 +321,7 @@ impl Nutcracker {
             loop {
                 if let Ok(Some(st)) = child.try_wait() {
                     last = format!(
-                        "nutcracker exited with {st}: {}",
+                        "nutcracker exited with {st} on\n{yaml}\nlog: {}",
                         std::fs::read_to_string(dir.path().join("nutcracker.log"))
                             .unwrap_or_default()
                     );
