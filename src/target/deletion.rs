@@ -67,6 +67,13 @@ pub enum Scope {
     AllDbs,
 }
 
+/// Where a key most likely lives: an index into the peers.
+pub type Hint<'a> = dyn Fn(&[u8]) -> Option<usize> + Sync + 'a;
+/// Target db -> the source dbs whose keys land there.
+pub type PeerDbs<'a> = dyn Fn(u32) -> Vec<u32> + Sync + 'a;
+/// A yes/no question about a key of a db.
+pub type KeyTest<'a> = dyn Fn(u32, &[u8]) -> bool + Sync + 'a;
+
 /// What a deletion needs to know; see [`Plan::new`] for the defaults.
 pub struct Plan<'a> {
     pub target: &'a Endpoint,
@@ -74,18 +81,18 @@ pub struct Plan<'a> {
     /// Index into the peers of the peer a key most likely lives on (nutcracker's placement),
     /// asked first; None: no hint. A hint that returns None for a key (placed on the relay's
     /// own backend) has that key asked of every peer at once.
-    pub hint: Option<&'a (dyn Fn(&[u8]) -> Option<usize> + Sync)>,
+    pub hint: Option<&'a Hint<'a>>,
     /// Target db -> the source dbs whose keys land there (peers are asked in those dbs;
     /// usually `vec![db]`). An empty list means no peer can hold keys of that target db.
-    pub peer_dbs: &'a (dyn Fn(u32) -> Vec<u32> + Sync),
+    pub peer_dbs: &'a PeerDbs<'a>,
     /// Never candidates: the relay's own key prefix, keys the relay's filters never copy, the
     /// keys of a new snapshot.
-    pub keep: &'a (dyn Fn(u32, &[u8]) -> bool + Sync),
+    pub keep: &'a KeyTest<'a>,
     /// Asked after WATCH and before the peer check: false when the key must no longer be
     /// deleted (the relay's own stream wrote it since the flush). The caller marks keys
     /// *before* dispatching writes, so a key seen as still a candidate here is written on the
     /// target only after the WATCH, and EXEC then aborts.
-    pub still_candidate: &'a (dyn Fn(u32, &[u8]) -> bool + Sync),
+    pub still_candidate: &'a KeyTest<'a>,
     /// Keys per WATCH/MULTI batch (at least 1).
     pub batch: usize,
     /// Connect/read timeout for peers.
