@@ -31,6 +31,10 @@ use crate::target::connection::{read_reply_from, TargetConn, TargetError};
 
 /// Keys per WATCH/MULTI batch: large enough that the round trips (one WATCH, one per peer, one
 /// EXEC) are paid for many keys, small enough that a write to one of them aborts little work.
+/// Not larger: Redis (7.0 at least) checks each key WATCH adds against every key the
+/// connection already watches, so a batch costs the target O(batch²). Measured on 1M keys
+/// (2 peers, a third stale, loaded 2-core machine): batch 64: 11.7 s, 128: 7.9 s, 256: 6.6 s,
+/// 1024: 17 s, 4096: 57 s.
 pub const DEFAULT_BATCH: usize = 256;
 /// Connect/read timeout for peers: a peer slower than this is treated as down (its keys are
 /// deferred), which is safe, so the bound can be short.
@@ -53,7 +57,8 @@ pub enum Authority {
     /// The other writers are these masters (the pool's other backends, `--peer`s, the other
     /// sources of the same process). A candidate is deleted only once every peer answered that
     /// it does not hold it. An empty list means the relay's source(s) are the only writers (a
-    /// pool of one backend): candidates are deleted.
+    /// pool of one backend): candidates are deleted. The endpoints' own db is not used: peers
+    /// are asked in the dbs [`Plan::peer_dbs`] names.
     Peers(Vec<Endpoint>),
     /// Writers unknown: nothing is deleted, candidates are counted as unattributed.
     Unknown,
@@ -233,6 +238,9 @@ fn quote(r: &Reply) -> String {
 }
 
 /// SCAN the scope and delete the proven candidates; keys in doubt go to `defer(db, key)`.
+///
+/// SCAN may return a key twice (the target rehashing meanwhile): it is then counted twice,
+/// and may be deferred twice, so the caller should store deferred keys as a set.
 pub fn sweep(
     plan: &Plan,
     scope: Scope,
