@@ -2,6 +2,7 @@
 pub mod apply;
 pub mod commands;
 pub mod connection;
+pub mod deletion;
 pub mod rewrite;
 pub mod writer;
 

@@ -104,6 +104,21 @@ impl RedisServer {
         panic!("could not start redis-server: {last_err}");
     }
 
+    /// Start a server on a given port (to restart one that was stopped, at the address its
+    /// clients know). Retries for a few seconds while the old process releases the port.
+    pub fn start_on(port: u16, config: &[&str]) -> RedisServer {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match Self::try_start(port, config) {
+                Ok(s) => return s,
+                Err(e) if Instant::now() > deadline => {
+                    panic!("could not start redis-server on port {port}: {e}")
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    }
+
     fn try_start(port: u16, config: &[&str]) -> Result<RedisServer, String> {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let mut conf = format!(

@@ -1,0 +1,1207 @@
+//! Deleting target keys only when they are proven to be the relay's own.
+//!
+//! After a master's FLUSHDB/FLUSHALL, or after a forced full resync (stale keys), the relay must
+//! remove from the target what its own source(s) no longer hold. The target is often shared:
+//! other masters (the other backends of a nutcracker pool, other relays running as sidecars)
+//! write into the same databases. A key may therefore be deleted only when it is *proven* to be
+//! the relay's own:
+//!
+//! 1. no peer master holds it at deletion time (pipelined `EXISTS` on every peer), and
+//! 2. nobody wrote it on the target between that check and the `DEL`: the key is `WATCH`ed on
+//!    the target *before* the peer check and deleted in `MULTI`/`DEL`/`EXEC`, so a write by
+//!    another relay (or by the relay's own stream) after the check makes `EXEC` abort, and the
+//!    batch is examined again.
+//!
+//! A peer that cannot answer proves nothing: the keys only it could hold are handed back to the
+//! caller (`defer`), which stores them and calls [`retry`] later. A relay that does not know who
+//! else writes to the target ([`Authority::Unknown`]) deletes nothing and counts the keys.
+//!
+//! Blocking I/O on purpose: a deletion runs while the flushing source's stream is held back, so
+//! there is nothing else for the caller's thread to do meanwhile.
+
+use std::io::Write;
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::endpoint::Endpoint;
+use crate::resp::{encode_command, Reply};
+use crate::target::connection::{read_reply_from, TargetConn, TargetError};
+
+/// Keys per WATCH/MULTI batch: large enough that the round trips (one WATCH, one per peer, one
+/// EXEC) are paid for many keys, small enough that a write to one of them aborts little work.
+/// Not larger: Redis (7.0 at least) checks each key WATCH adds against every key the
+/// connection already watches, so a batch costs the target O(batch²). Measured on 1M keys
+/// (2 peers, a third stale, loaded 2-core machine): batch 64: 11.7 s, 128: 7.9 s, 256: 6.6 s,
+/// 1024: 17 s, 4096: 57 s.
+pub const DEFAULT_BATCH: usize = 256;
+/// Connect/read timeout for peers: a peer slower than this is treated as down (its keys are
+/// deferred), which is safe, so the bound can be short.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+/// EXEC aborts of one batch before it is split (a hot key must not stall the whole sweep).
+const MAX_ABORTS: u32 = 5;
+const SCAN_COUNT: &str = "1000";
+/// The target is not optional (an error there fails the call), so it gets a generous bound:
+/// only a hung server should hit it.
+const TARGET_MIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest reply text quoted in an error.
+const QUOTE_MAX: usize = 200;
+
+/// Who besides this relay may hold keys on the target.
+#[derive(Debug, Clone)]
+pub enum Authority {
+    /// `--target-owner exclusive`: the relay is the target's only writer; candidates are
+    /// deleted without asking anyone.
+    Exclusive,
+    /// The other writers are these masters (the pool's other backends, `--peer`s, the other
+    /// sources of the same process). A candidate is deleted only once every peer answered that
+    /// it does not hold it. An empty list means the relay's source(s) are the only writers (a
+    /// pool of one backend): candidates are deleted. The endpoints' own db is not used: peers
+    /// are asked in the dbs [`Plan::peer_dbs`] names.
+    Peers(Vec<Endpoint>),
+    /// Writers unknown: nothing is deleted, candidates are counted as unattributed.
+    Unknown,
+}
+
+/// Which target databases a [`sweep`] scans.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    Db(u32),
+    /// Every db listed in the target's `INFO keyspace` (the ones holding keys).
+    AllDbs,
+}
+
+/// Where a key most likely lives: an index into the peers.
+pub type Hint<'a> = dyn Fn(&[u8]) -> Option<usize> + Sync + 'a;
+/// Target db -> the source dbs whose keys land there.
+pub type PeerDbs<'a> = dyn Fn(u32) -> Vec<u32> + Sync + 'a;
+/// A yes/no question about a key of a db.
+pub type KeyTest<'a> = dyn Fn(u32, &[u8]) -> bool + Sync + 'a;
+
+/// What a deletion needs to know; see [`Plan::new`] for the defaults.
+pub struct Plan<'a> {
+    pub target: &'a Endpoint,
+    pub authority: &'a Authority,
+    /// Index into the peers of the peer a key most likely lives on (nutcracker's placement),
+    /// asked first; None: no hint. A hint that returns None for a key (placed on the relay's
+    /// own backend) has that key asked of every peer at once.
+    pub hint: Option<&'a Hint<'a>>,
+    /// Target db -> the source dbs whose keys land there (peers are asked in those dbs;
+    /// usually `vec![db]`). An empty list means no peer can hold keys of that target db.
+    pub peer_dbs: &'a PeerDbs<'a>,
+    /// Never candidates: the relay's own key prefix, keys the relay's filters never copy, the
+    /// keys of a new snapshot.
+    pub keep: &'a KeyTest<'a>,
+    /// Asked after WATCH and before the peer check: false when the key must no longer be
+    /// deleted (the relay's own stream wrote it since the flush). The caller marks keys
+    /// *before* dispatching writes, so a key seen as still a candidate here is written on the
+    /// target only after the WATCH, and EXEC then aborts.
+    pub still_candidate: &'a KeyTest<'a>,
+    /// Keys per WATCH/MULTI batch (at least 1).
+    pub batch: usize,
+    /// Connect/read timeout for peers.
+    pub timeout: Duration,
+}
+
+fn same_db(db: u32) -> Vec<u32> {
+    vec![db]
+}
+
+fn keep_nothing(_: u32, _: &[u8]) -> bool {
+    false
+}
+
+fn always(_: u32, _: &[u8]) -> bool {
+    true
+}
+
+impl<'a> Plan<'a> {
+    /// No hint, peers asked in the same db, nothing kept, every candidate still a candidate,
+    /// [`DEFAULT_BATCH`] and [`DEFAULT_TIMEOUT`]; set the fields that differ.
+    pub fn new(target: &'a Endpoint, authority: &'a Authority) -> Plan<'a> {
+        Plan {
+            target,
+            authority,
+            hint: None,
+            peer_dbs: &same_db,
+            keep: &keep_nothing,
+            still_candidate: &always,
+            batch: DEFAULT_BATCH,
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+}
+
+/// What a [`sweep`] or [`retry`] did.
+#[derive(Default, Debug, Clone)]
+pub struct Report {
+    /// Keys examined: returned by SCAN, or given to [`retry`].
+    pub scanned: u64,
+    /// Keys the target's DEL replies counted.
+    pub deleted: u64,
+    /// Candidates a peer holds: kept.
+    pub kept_on_peer: u64,
+    /// Candidates in doubt (a peer could not answer), handed to `defer`.
+    pub deferred: u64,
+    /// Candidates under [`Authority::Unknown`]: not deleted, not deferred.
+    pub unattributed: u64,
+    /// Pipelined EXISTS exchanges with peers (one per peer asked per batch and round).
+    pub peer_round_trips: u64,
+    /// EXEC aborts (a watched key was written while its batch was examined).
+    pub watch_aborts: u64,
+    /// `host:port` of each peer that could not answer during this call.
+    pub peers_down: Vec<String>,
+    /// Keys `keep` excluded.
+    pub kept_by_rule: u64,
+    /// Keys `still_candidate` withdrew (written by the relay's own stream since the flush).
+    pub superseded: u64,
+    /// EXISTS commands sent to peers (what a hint saves).
+    pub peer_exists: u64,
+}
+
+/// A deletion that could not go on. Every variant names the server (`host:port`, never a
+/// password) and the command.
+#[derive(Debug, thiserror::Error)]
+pub enum DeletionError {
+    #[error("{role} {server}: {command}: {cause}")]
+    Io {
+        role: &'static str,
+        server: String,
+        command: String,
+        cause: std::io::Error,
+    },
+    #[error("{role} {server}: {command} refused: {reply}")]
+    Refused {
+        role: &'static str,
+        server: String,
+        command: String,
+        reply: String,
+    },
+    #[error("{role} {server}: {command}: unexpected reply {reply}")]
+    Unexpected {
+        role: &'static str,
+        server: String,
+        command: String,
+        reply: String,
+    },
+}
+
+impl DeletionError {
+    fn from_target(e: TargetError) -> DeletionError {
+        match e {
+            TargetError::Connect { target, cause } => DeletionError::Io {
+                role: "target",
+                server: target,
+                command: "connect".into(),
+                cause,
+            },
+            TargetError::Io {
+                target,
+                what,
+                cause,
+            } => DeletionError::Io {
+                role: "target",
+                server: target,
+                command: what.into(),
+                cause,
+            },
+            TargetError::Refused {
+                target,
+                command,
+                reply,
+            } => DeletionError::Refused {
+                role: "target",
+                server: target,
+                command,
+                reply,
+            },
+        }
+    }
+}
+
+/// A reply quoted in an error, bounded.
+fn quote(r: &Reply) -> String {
+    let mut s = match r {
+        Reply::Error(e) => String::from_utf8_lossy(e).into_owned(),
+        other => format!("{other:?}"),
+    };
+    if s.len() > QUOTE_MAX {
+        let mut end = QUOTE_MAX;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push('…');
+    }
+    s
+}
+
+/// SCAN the scope and delete the proven candidates; keys in doubt go to `defer(db, key)`.
+///
+/// SCAN may return a key twice (the target rehashing meanwhile): it is then counted twice,
+/// and may be deferred twice, so the caller should store deferred keys as a set.
+pub fn sweep(
+    plan: &Plan,
+    scope: Scope,
+    defer: &mut dyn FnMut(u32, Bytes),
+) -> Result<Report, DeletionError> {
+    let mut s = Session::open(plan)?;
+    let dbs = match scope {
+        Scope::Db(d) => vec![d],
+        Scope::AllDbs => s.target.keyspace_dbs()?,
+    };
+    for db in dbs {
+        s.target.select(db)?;
+        let mut batcher = Batcher::new(plan.batch);
+        let mut cursor = Bytes::from_static(b"0");
+        loop {
+            let (next, keys) = s.target.scan(&cursor)?;
+            for k in keys {
+                if let Some((d, batch)) = s.admit(db, k).and_then(|k| batcher.push(db, k)) {
+                    s.process(d, batch, defer)?;
+                }
+            }
+            if &next[..] == b"0" {
+                break;
+            }
+            cursor = next;
+        }
+        if let Some((d, batch)) = batcher.finish() {
+            s.process(d, batch, defer)?;
+        }
+    }
+    Ok(s.report)
+}
+
+/// The same for an explicit list of keys (retrying deferred deletions). `keep` and
+/// `still_candidate` apply again: the snapshot or the stream may have claimed a key since it
+/// was deferred.
+pub fn retry(
+    plan: &Plan,
+    keys: &mut dyn Iterator<Item = (u32, Bytes)>,
+    defer: &mut dyn FnMut(u32, Bytes),
+) -> Result<Report, DeletionError> {
+    let mut s = Session::open(plan)?;
+    let mut batcher = Batcher::new(plan.batch);
+    for (db, k) in keys {
+        if let Some((d, batch)) = s.admit(db, k).and_then(|k| batcher.push(db, k)) {
+            s.target.select(d)?;
+            s.process(d, batch, defer)?;
+        }
+    }
+    if let Some((d, batch)) = batcher.finish() {
+        s.target.select(d)?;
+        s.process(d, batch, defer)?;
+    }
+    Ok(s.report)
+}
+
+/// Groups keys into batches of one db and at most `size` keys, in arrival order. A batch is
+/// handed out when the next key does not fit (another db, or the batch is full), so `push`
+/// yields at most one batch.
+#[derive(Debug)]
+struct Batcher {
+    size: usize,
+    db: u32,
+    keys: Vec<Bytes>,
+}
+
+impl Batcher {
+    fn new(size: usize) -> Batcher {
+        let size = size.max(1);
+        Batcher {
+            size,
+            db: 0,
+            keys: Vec::with_capacity(size.min(4096)),
+        }
+    }
+
+    fn push(&mut self, db: u32, key: Bytes) -> Option<(u32, Vec<Bytes>)> {
+        let out = if !self.keys.is_empty() && (db != self.db || self.keys.len() >= self.size) {
+            Some((self.db, std::mem::take(&mut self.keys)))
+        } else {
+            None
+        };
+        self.db = db;
+        self.keys.push(key);
+        out
+    }
+
+    fn finish(&mut self) -> Option<(u32, Vec<Bytes>)> {
+        (!self.keys.is_empty()).then(|| (self.db, std::mem::take(&mut self.keys)))
+    }
+}
+
+/// The first round with a hint: each key goes to its hinted peer; a key without a hint (or with
+/// an index past the peers) goes to every peer, since it will have to be asked everywhere
+/// anyway. Returns, per peer, indices into the keys.
+fn first_round(hints: &[Option<usize>], peers: usize) -> Vec<Vec<usize>> {
+    let mut asks = vec![Vec::new(); peers];
+    for (i, h) in hints.iter().enumerate() {
+        match h {
+            Some(p) if *p < peers => asks[*p].push(i),
+            _ => asks.iter_mut().for_each(|a| a.push(i)),
+        }
+    }
+    asks
+}
+
+/// The second round with a hint: a key its hinted peer did not hold (or could not answer for)
+/// is asked of every other peer. Keys without a usable hint were asked everywhere already.
+fn second_round(hints: &[Option<usize>], found: &[bool], peers: usize) -> Vec<Vec<usize>> {
+    let mut asks = vec![Vec::new(); peers];
+    for (i, h) in hints.iter().enumerate() {
+        match h {
+            Some(q) if *q < peers && !found[i] => {
+                for (p, a) in asks.iter_mut().enumerate() {
+                    if p != *q {
+                        a.push(i);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    asks
+}
+
+/// What becomes of one candidate once the peers answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Kept,
+    Deferred,
+    Delete,
+}
+
+/// Found on a peer wins over doubt: a key some peer holds is kept whoever else was down.
+fn verdict(found: bool, doubt: bool) -> Verdict {
+    if found {
+        Verdict::Kept
+    } else if doubt {
+        Verdict::Deferred
+    } else {
+        Verdict::Delete
+    }
+}
+
+/// An EXISTS reply: whether the key is there; None for anything else.
+fn exists_reply(r: &Reply) -> Option<bool> {
+    match r {
+        Reply::Integer(n) => Some(*n > 0),
+        _ => None,
+    }
+}
+
+/// How a `MULTI; DEL ...; EXEC` ended.
+#[derive(Debug, PartialEq, Eq)]
+enum ExecOutcome {
+    /// Nil: a watched key changed; nothing ran.
+    Aborted,
+    Deleted(u64),
+    /// An error reply (EXECABORT, or DEL's own error inside the array).
+    Failed(String),
+}
+
+fn exec_reply(r: &Reply) -> Option<ExecOutcome> {
+    match r {
+        Reply::Array(None) | Reply::Bulk(None) => Some(ExecOutcome::Aborted),
+        Reply::Array(Some(items)) if items.len() == 1 => match &items[0] {
+            Reply::Integer(n) => Some(ExecOutcome::Deleted((*n).max(0) as u64)),
+            e @ Reply::Error(_) => Some(ExecOutcome::Failed(quote(e))),
+            _ => None,
+        },
+        e @ Reply::Error(_) => Some(ExecOutcome::Failed(quote(e))),
+        _ => None,
+    }
+}
+
+/// A SCAN reply: (next cursor, keys).
+fn scan_reply(r: Reply) -> Option<(Bytes, Vec<Bytes>)> {
+    let Reply::Array(Some(mut items)) = r else {
+        return None;
+    };
+    if items.len() != 2 {
+        return None;
+    }
+    let keys = match items.pop()? {
+        Reply::Array(Some(ks)) => ks
+            .into_iter()
+            .map(|k| match k {
+                Reply::Bulk(Some(b)) => Some(b),
+                _ => None,
+            })
+            .collect::<Option<Vec<_>>>()?,
+        _ => return None,
+    };
+    let cursor = match items.pop()? {
+        Reply::Bulk(Some(c)) | Reply::Simple(c) => c,
+        _ => return None,
+    };
+    Some((cursor, keys))
+}
+
+/// The dbs of an `INFO keyspace` text (`db3:keys=1,expires=0,avg_ttl=0`).
+fn keyspace_dbs(text: &str) -> Vec<u32> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("db")?.split(':').next()?.parse().ok())
+        .collect()
+}
+
+/// Read a peer's answers to one pipeline, recording the keys it holds; the first failure
+/// (I/O, timeout, error reply) ends the reading: the connection is then unusable.
+fn read_answers(
+    conn: &mut PeerConn,
+    name: &str,
+    expect: &[Expect],
+    found: &mut [bool],
+) -> Option<DeletionError> {
+    for e in expect {
+        let command = match e {
+            Expect::Select => "SELECT",
+            Expect::Exists(_) => "EXISTS",
+        };
+        let r = match conn.recv() {
+            Ok(r) => r,
+            Err(cause) => {
+                return Some(DeletionError::Io {
+                    role: "peer",
+                    server: name.into(),
+                    command: command.into(),
+                    cause,
+                })
+            }
+        };
+        let ok = match e {
+            Expect::Select => is_ok(&r),
+            Expect::Exists(i) => match exists_reply(&r) {
+                Some(held) => {
+                    found[*i] |= held;
+                    true
+                }
+                None => false,
+            },
+        };
+        if !ok {
+            let (server, command, reply) = (name.into(), command.into(), quote(&r));
+            return Some(if r.is_error() {
+                DeletionError::Refused {
+                    role: "peer",
+                    server,
+                    command,
+                    reply,
+                }
+            } else {
+                DeletionError::Unexpected {
+                    role: "peer",
+                    server,
+                    command,
+                    reply,
+                }
+            });
+        }
+    }
+    None
+}
+
+fn is_ok(r: &Reply) -> bool {
+    matches!(r, Reply::Simple(s) if &s[..] == b"OK")
+}
+
+/// The target connection and the db it has selected.
+struct Target {
+    conn: TargetConn,
+    name: String,
+    db: Option<u32>,
+}
+
+impl Target {
+    fn io(&self, command: &str, cause: std::io::Error) -> DeletionError {
+        DeletionError::Io {
+            role: "target",
+            server: self.name.clone(),
+            command: command.into(),
+            cause,
+        }
+    }
+
+    fn refused(&self, command: &str, r: &Reply) -> DeletionError {
+        DeletionError::Refused {
+            role: "target",
+            server: self.name.clone(),
+            command: command.into(),
+            reply: quote(r),
+        }
+    }
+
+    fn unexpected(&self, command: &str, r: &Reply) -> DeletionError {
+        DeletionError::Unexpected {
+            role: "target",
+            server: self.name.clone(),
+            command: command.into(),
+            reply: quote(r),
+        }
+    }
+
+    fn send(&mut self, out: &[u8], command: &str) -> Result<(), DeletionError> {
+        self.conn
+            .stream
+            .write_all(out)
+            .map_err(|e| self.io(command, e))
+    }
+
+    /// The next reply; an error reply is a [`DeletionError::Refused`] for `command`.
+    fn recv(&mut self, command: &str) -> Result<Reply, DeletionError> {
+        let r = self.conn.read_reply().map_err(|e| self.io(command, e))?;
+        if r.is_error() {
+            return Err(self.refused(command, &r));
+        }
+        Ok(r)
+    }
+
+    fn call<A: AsRef<[u8]>>(&mut self, args: &[A], command: &str) -> Result<Reply, DeletionError> {
+        let mut out = BytesMut::new();
+        encode_command(&mut out, args);
+        self.send(&out, command)?;
+        self.recv(command)
+    }
+
+    fn call_ok<A: AsRef<[u8]>>(&mut self, args: &[A], command: &str) -> Result<(), DeletionError> {
+        let r = self.call(args, command)?;
+        if is_ok(&r) {
+            Ok(())
+        } else {
+            Err(self.unexpected(command, &r))
+        }
+    }
+
+    fn select(&mut self, db: u32) -> Result<(), DeletionError> {
+        if self.db != Some(db) {
+            let d = db.to_string();
+            self.call_ok(&["SELECT", d.as_str()], &format!("SELECT {db}"))?;
+            self.db = Some(db);
+        }
+        Ok(())
+    }
+
+    fn keyspace_dbs(&mut self) -> Result<Vec<u32>, DeletionError> {
+        let r = self.call(&["INFO", "keyspace"], "INFO keyspace")?;
+        match r.as_text() {
+            Some(text) => Ok(keyspace_dbs(&text)),
+            None => Err(self.unexpected("INFO keyspace", &r)),
+        }
+    }
+
+    fn scan(&mut self, cursor: &[u8]) -> Result<(Bytes, Vec<Bytes>), DeletionError> {
+        let r = self.call(
+            &[&b"SCAN"[..], cursor, b"COUNT", SCAN_COUNT.as_bytes()],
+            "SCAN",
+        )?;
+        let shown = quote(&r);
+        scan_reply(r).ok_or_else(|| DeletionError::Unexpected {
+            role: "target",
+            server: self.name.clone(),
+            command: "SCAN".into(),
+            reply: shown,
+        })
+    }
+}
+
+/// A peer connection. Not a [`TargetConn`]: a peer that accepts the TCP connection but never
+/// answers (stopped, overloaded) must time out already during AUTH/PING, so the socket
+/// timeouts are set before the login.
+struct PeerConn {
+    stream: TcpStream,
+    buf: BytesMut,
+}
+
+impl PeerConn {
+    fn connect(ep: &Endpoint, timeout: Duration) -> Result<PeerConn, DeletionError> {
+        let server = ep.to_string();
+        let io = |command: &str, cause| DeletionError::Io {
+            role: "peer",
+            server: server.clone(),
+            command: command.into(),
+            cause,
+        };
+        let mut last = None;
+        let mut stream = None;
+        for a in (ep.host.as_str(), ep.port)
+            .to_socket_addrs()
+            .map_err(|e| io("resolve", e))?
+        {
+            match TcpStream::connect_timeout(&a, timeout) {
+                Ok(s) => {
+                    stream = Some(s);
+                    break;
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        let stream = stream.ok_or_else(|| {
+            io(
+                "connect",
+                last.unwrap_or_else(|| std::io::ErrorKind::AddrNotAvailable.into()),
+            )
+        })?;
+        stream
+            .set_read_timeout(Some(timeout))
+            .and_then(|_| stream.set_write_timeout(Some(timeout)))
+            .and_then(|_| stream.set_nodelay(true))
+            .map_err(|e| io("connect", e))?;
+        let mut conn = PeerConn {
+            stream,
+            buf: BytesMut::with_capacity(16 * 1024),
+        };
+        let refused = |command: &str, r: &Reply| DeletionError::Refused {
+            role: "peer",
+            server: server.clone(),
+            command: command.into(),
+            reply: quote(r),
+        };
+        if let Some(pass) = &ep.password {
+            let r = match &ep.username {
+                Some(user) => conn.call(&["AUTH", user.as_str(), pass.as_str()]),
+                None => conn.call(&["AUTH", pass.as_str()]),
+            }
+            .map_err(|e| io("AUTH", e))?;
+            if r.is_error() {
+                return Err(refused("AUTH", &r));
+            }
+        }
+        let r = conn.call(&["PING"]).map_err(|e| io("PING", e))?;
+        if r.is_error() {
+            return Err(refused("PING", &r));
+        }
+        Ok(conn)
+    }
+
+    fn call<A: AsRef<[u8]>>(&mut self, args: &[A]) -> std::io::Result<Reply> {
+        let mut out = BytesMut::new();
+        encode_command(&mut out, args);
+        self.stream.write_all(&out)?;
+        self.recv()
+    }
+
+    fn recv(&mut self) -> std::io::Result<Reply> {
+        read_reply_from(&mut self.stream, &mut self.buf)
+    }
+}
+
+enum PeerState {
+    /// Not connected yet (peers are connected on first use: a sweep with no candidates
+    /// contacts nobody).
+    Idle,
+    Up {
+        conn: PeerConn,
+        db: Option<u32>,
+    },
+    /// Could not answer once: not asked again during this call, its keys are in doubt.
+    Down,
+}
+
+struct Peer<'a> {
+    ep: &'a Endpoint,
+    name: String,
+    state: PeerState,
+}
+
+/// What one reply in a peer's pipeline answers.
+#[derive(Clone, Copy)]
+enum Expect {
+    Select,
+    Exists(usize),
+}
+
+/// The result of examining a batch once.
+enum Attempt {
+    /// EXEC aborted: examine the batch again.
+    Aborted,
+    Done(Outcome),
+}
+
+#[derive(Default)]
+struct Outcome {
+    superseded: u64,
+    kept: u64,
+    deferred: Vec<Bytes>,
+    deleted: u64,
+}
+
+/// One call's connections and counters.
+struct Session<'p, 'a> {
+    plan: &'p Plan<'a>,
+    target: Target,
+    peers: Vec<Peer<'a>>,
+    report: Report,
+}
+
+impl<'p, 'a> Session<'p, 'a> {
+    fn open(plan: &'p Plan<'a>) -> Result<Session<'p, 'a>, DeletionError> {
+        let timeout = plan.timeout.max(TARGET_MIN_TIMEOUT);
+        let conn = TargetConn::connect(plan.target, timeout).map_err(DeletionError::from_target)?;
+        let mut target = Target {
+            conn,
+            name: plan.target.to_string(),
+            db: None,
+        };
+        target
+            .conn
+            .stream
+            .set_read_timeout(Some(timeout))
+            .and_then(|_| target.conn.stream.set_write_timeout(Some(timeout)))
+            .map_err(|e| target.io("set timeouts", e))?;
+        if !matches!(plan.authority, Authority::Unknown) {
+            // The deletions are pipelined as MULTI; DEL; EXEC. Were MULTI refused (an ACL
+            // without it), the DEL would run at once, outside the WATCH guard: make sure
+            // first that this connection may open a transaction.
+            target.call_ok(&["MULTI"], "MULTI")?;
+            target.call_ok(&["DISCARD"], "DISCARD")?;
+        }
+        let peers = match plan.authority {
+            Authority::Peers(eps) => eps
+                .iter()
+                .map(|ep| Peer {
+                    ep,
+                    name: ep.to_string(),
+                    state: PeerState::Idle,
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        Ok(Session {
+            plan,
+            target,
+            peers,
+            report: Report::default(),
+        })
+    }
+
+    /// Count a key and return it if it is a candidate.
+    fn admit(&mut self, db: u32, key: Bytes) -> Option<Bytes> {
+        self.report.scanned += 1;
+        if (self.plan.keep)(db, &key) {
+            self.report.kept_by_rule += 1;
+            None
+        } else {
+            Some(key)
+        }
+    }
+
+    /// Decide a batch of candidates of `db` (the target has `db` selected).
+    fn process(
+        &mut self,
+        db: u32,
+        keys: Vec<Bytes>,
+        defer: &mut dyn FnMut(u32, Bytes),
+    ) -> Result<(), DeletionError> {
+        if matches!(self.plan.authority, Authority::Unknown) {
+            self.report.unattributed += keys.len() as u64;
+            return Ok(());
+        }
+        let mut work = vec![keys];
+        while let Some(batch) = work.pop() {
+            let mut aborts = 0;
+            loop {
+                match self.attempt(db, &batch)? {
+                    Attempt::Done(o) => {
+                        self.report.superseded += o.superseded;
+                        self.report.kept_on_peer += o.kept;
+                        self.report.deleted += o.deleted;
+                        self.report.deferred += o.deferred.len() as u64;
+                        for k in o.deferred {
+                            defer(db, k);
+                        }
+                        break;
+                    }
+                    Attempt::Aborted => {
+                        self.report.watch_aborts += 1;
+                        aborts += 1;
+                        if aborts < MAX_ABORTS {
+                            continue;
+                        }
+                        // Some key keeps being written: isolate it instead of stalling the
+                        // rest; a single key that keeps changing is left for later.
+                        if batch.len() == 1 {
+                            self.report.deferred += 1;
+                            defer(db, batch[0].clone());
+                        } else {
+                            let mut first = batch;
+                            let second = first.split_off(first.len() / 2);
+                            work.push(second);
+                            work.push(first);
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// WATCH the batch, drop what the stream claimed, ask the peers, delete the rest in one
+    /// transaction. Always leaves the connection with nothing watched.
+    fn attempt(&mut self, db: u32, batch: &[Bytes]) -> Result<Attempt, DeletionError> {
+        let mut out = BytesMut::new();
+        let mut args: Vec<&[u8]> = Vec::with_capacity(batch.len() + 1);
+        args.push(b"WATCH");
+        args.extend(batch.iter().map(|k| &k[..]));
+        encode_command(&mut out, &args);
+        self.target.send(&out, "WATCH")?;
+        let r = self.target.recv("WATCH")?;
+        if !is_ok(&r) {
+            return Err(self.target.unexpected("WATCH", &r));
+        }
+
+        let mut outcome = Outcome::default();
+        let mut live: Vec<Bytes> = Vec::with_capacity(batch.len());
+        for k in batch {
+            if (self.plan.still_candidate)(db, k) {
+                live.push(k.clone());
+            } else {
+                outcome.superseded += 1;
+            }
+        }
+        let (found, doubt) = self.check_peers(db, &live);
+        let mut doomed: Vec<&[u8]> = Vec::with_capacity(live.len() + 1);
+        doomed.push(b"DEL");
+        for (i, k) in live.iter().enumerate() {
+            match verdict(found[i], doubt[i]) {
+                Verdict::Kept => outcome.kept += 1,
+                Verdict::Deferred => outcome.deferred.push(k.clone()),
+                Verdict::Delete => doomed.push(k),
+            }
+        }
+        if doomed.len() == 1 {
+            self.target.call_ok(&["UNWATCH"], "UNWATCH")?;
+            return Ok(Attempt::Done(outcome));
+        }
+
+        // One round trip; UNWATCH is a no-op after EXEC but keeps the rule "nothing watched
+        // when a batch is left" independent of how EXEC ended.
+        out.clear();
+        encode_command(&mut out, &["MULTI"]);
+        encode_command(&mut out, &doomed);
+        encode_command(&mut out, &["EXEC"]);
+        encode_command(&mut out, &["UNWATCH"]);
+        self.target.send(&out, "MULTI/DEL/EXEC")?;
+        let multi = self.target.recv("MULTI")?;
+        if !is_ok(&multi) {
+            return Err(self.target.unexpected("MULTI", &multi));
+        }
+        let queued = self
+            .target
+            .conn
+            .read_reply()
+            .map_err(|e| self.target.io("DEL", e))?;
+        let exec = self
+            .target
+            .conn
+            .read_reply()
+            .map_err(|e| self.target.io("EXEC", e))?;
+        let unwatch = self.target.recv("UNWATCH")?;
+        if queued.is_error() {
+            return Err(self.target.refused("DEL", &queued));
+        }
+        if !is_ok(&unwatch) {
+            return Err(self.target.unexpected("UNWATCH", &unwatch));
+        }
+        match exec_reply(&exec) {
+            Some(ExecOutcome::Aborted) => Ok(Attempt::Aborted),
+            Some(ExecOutcome::Deleted(n)) => {
+                outcome.deleted = n;
+                Ok(Attempt::Done(outcome))
+            }
+            Some(ExecOutcome::Failed(e)) => Err(DeletionError::Refused {
+                role: "target",
+                server: self.target.name.clone(),
+                command: "EXEC (DEL)".into(),
+                reply: e,
+            }),
+            None => Err(self.target.unexpected("EXEC", &exec)),
+        }
+    }
+
+    /// For each key: (found on some peer, some peer that might hold it could not answer).
+    fn check_peers(&mut self, db: u32, keys: &[Bytes]) -> (Vec<bool>, Vec<bool>) {
+        let mut found = vec![false; keys.len()];
+        let mut doubt = vec![false; keys.len()];
+        let n = self.peers.len();
+        if n == 0 || keys.is_empty() {
+            return (found, doubt);
+        }
+        let dbs = (self.plan.peer_dbs)(db);
+        if dbs.is_empty() {
+            return (found, doubt);
+        }
+        match self.plan.hint {
+            None => {
+                // Peer after peer, each asked only what the previous ones did not hold.
+                for p in 0..n {
+                    let rest: Vec<usize> = (0..keys.len()).filter(|&i| !found[i]).collect();
+                    if rest.is_empty() {
+                        break;
+                    }
+                    let mut asks = vec![Vec::new(); n];
+                    asks[p] = rest;
+                    self.ask(&asks, keys, &dbs, &mut found, &mut doubt);
+                }
+            }
+            Some(hint) => {
+                let hints: Vec<Option<usize>> = keys.iter().map(|k| hint(k)).collect();
+                let asks = first_round(&hints, n);
+                self.ask(&asks, keys, &dbs, &mut found, &mut doubt);
+                let asks = second_round(&hints, &found, n);
+                self.ask(&asks, keys, &dbs, &mut found, &mut doubt);
+            }
+        }
+        (found, doubt)
+    }
+
+    /// One round: every peer with something to ask gets its pipeline written first, then the
+    /// replies are read, so the peers work in parallel. A peer that fails is marked down and
+    /// the keys it was asked and did not confirm become doubtful.
+    fn ask(
+        &mut self,
+        asks: &[Vec<usize>],
+        keys: &[Bytes],
+        dbs: &[u32],
+        found: &mut [bool],
+        doubt: &mut [bool],
+    ) {
+        let timeout = self.plan.timeout;
+        let mut inflight: Vec<(usize, Vec<Expect>)> = Vec::new();
+        for (p, idx) in asks.iter().enumerate() {
+            if idx.is_empty() {
+                continue;
+            }
+            if let PeerState::Idle = self.peers[p].state {
+                match PeerConn::connect(self.peers[p].ep, timeout) {
+                    Ok(conn) => self.peers[p].state = PeerState::Up { conn, db: None },
+                    Err(e) => self.mark_down(p, &e),
+                }
+            }
+            let name = self.peers[p].name.clone();
+            let PeerState::Up { conn, db: current } = &mut self.peers[p].state else {
+                idx.iter().for_each(|&i| doubt[i] = true);
+                continue;
+            };
+            let mut out = BytesMut::new();
+            let mut expect = Vec::with_capacity(idx.len() * dbs.len() + dbs.len());
+            let mut selected = *current;
+            for &d in dbs {
+                if selected != Some(d) {
+                    encode_command(&mut out, &[&b"SELECT"[..], d.to_string().as_bytes()]);
+                    expect.push(Expect::Select);
+                    selected = Some(d);
+                }
+                for &i in idx {
+                    encode_command(&mut out, &[&b"EXISTS"[..], &keys[i]]);
+                    expect.push(Expect::Exists(i));
+                }
+            }
+            self.report.peer_round_trips += 1;
+            self.report.peer_exists += (idx.len() * dbs.len()) as u64;
+            match conn.stream.write_all(&out) {
+                Ok(()) => {
+                    // Counted as selected only once the replies confirm it.
+                    *current = None;
+                    inflight.push((p, expect));
+                }
+                Err(cause) => {
+                    let e = DeletionError::Io {
+                        role: "peer",
+                        server: name,
+                        command: "EXISTS".into(),
+                        cause,
+                    };
+                    self.mark_down(p, &e);
+                    idx.iter().for_each(|&i| doubt[i] = true);
+                }
+            }
+        }
+        for (p, expect) in inflight {
+            let name = self.peers[p].name.clone();
+            let failure = match &mut self.peers[p].state {
+                PeerState::Up { conn, db: current } => {
+                    let failure = read_answers(conn, &name, &expect, found);
+                    if failure.is_none() {
+                        *current = dbs.last().copied();
+                    }
+                    failure
+                }
+                _ => None,
+            };
+            if let Some(e) = failure {
+                self.mark_down(p, &e);
+                for &i in &asks[p] {
+                    if !found[i] {
+                        doubt[i] = true;
+                    }
+                }
+            }
+        }
+    }
+
+    fn mark_down(&mut self, p: usize, e: &DeletionError) {
+        let peer = &mut self.peers[p];
+        tracing::warn!(peer = %peer.name, error = %e, "peer could not answer: the keys only it might hold are not deleted (deferred)");
+        peer.state = PeerState::Down;
+        if !self.report.peers_down.contains(&peer.name) {
+            self.report.peers_down.push(peer.name.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    fn drain(bt: &mut Batcher, items: &[(u32, &str)]) -> Vec<(u32, Vec<Bytes>)> {
+        let mut out: Vec<_> = items
+            .iter()
+            .filter_map(|(d, k)| bt.push(*d, b(k)))
+            .collect();
+        out.extend(bt.finish());
+        out
+    }
+
+    #[test]
+    fn batches_split_by_size_and_db() {
+        let mut bt = Batcher::new(2);
+        let got = drain(
+            &mut bt,
+            &[(0, "a"), (0, "b"), (0, "c"), (1, "d"), (1, "e"), (0, "f")],
+        );
+        assert_eq!(
+            got,
+            vec![
+                (0, vec![b("a"), b("b")]),
+                (0, vec![b("c")]),
+                (1, vec![b("d"), b("e")]),
+                (0, vec![b("f")]),
+            ]
+        );
+        assert_eq!(bt.finish(), None);
+    }
+
+    #[test]
+    fn batch_of_zero_means_one() {
+        let mut bt = Batcher::new(0);
+        let got = drain(&mut bt, &[(3, "a"), (3, "b")]);
+        assert_eq!(got, vec![(3, vec![b("a")]), (3, vec![b("b")])]);
+    }
+
+    #[test]
+    fn hint_rounds() {
+        // keys: 0 -> peer 1, 1 -> peer 0, 2 -> no hint, 3 -> out of range (like no hint)
+        let hints = [Some(1), Some(0), None, Some(7)];
+        let r1 = first_round(&hints, 2);
+        assert_eq!(r1, vec![vec![1, 2, 3], vec![0, 2, 3]]);
+        // key 0 found on its peer, key 1 not: only key 1 goes on, to peer 1.
+        let found = [true, false, false, false];
+        assert_eq!(second_round(&hints, &found, 2), vec![vec![], vec![1]]);
+        // all found where hinted: no second round at all
+        assert!(second_round(&hints, &[true, true, false, false], 2)
+            .iter()
+            .all(|a| a.is_empty()));
+        // three peers: the miss is asked of both others
+        assert_eq!(
+            second_round(&[Some(2)], &[false], 3),
+            vec![vec![0], vec![0], vec![]]
+        );
+    }
+
+    #[test]
+    fn verdicts() {
+        assert_eq!(verdict(true, true), Verdict::Kept);
+        assert_eq!(verdict(true, false), Verdict::Kept);
+        assert_eq!(verdict(false, true), Verdict::Deferred);
+        assert_eq!(verdict(false, false), Verdict::Delete);
+    }
+
+    #[test]
+    fn exists_replies() {
+        assert_eq!(exists_reply(&Reply::Integer(1)), Some(true));
+        assert_eq!(exists_reply(&Reply::Integer(0)), Some(false));
+        assert_eq!(exists_reply(&Reply::Error(b("LOADING"))), None);
+        assert_eq!(exists_reply(&Reply::Bulk(None)), None);
+    }
+
+    #[test]
+    fn exec_replies() {
+        assert_eq!(exec_reply(&Reply::Array(None)), Some(ExecOutcome::Aborted));
+        assert_eq!(
+            exec_reply(&Reply::Array(Some(vec![Reply::Integer(3)]))),
+            Some(ExecOutcome::Deleted(3))
+        );
+        assert_eq!(
+            exec_reply(&Reply::Error(b("EXECABORT Transaction discarded"))),
+            Some(ExecOutcome::Failed(
+                "EXECABORT Transaction discarded".into()
+            ))
+        );
+        assert_eq!(
+            exec_reply(&Reply::Array(Some(vec![Reply::Error(b("NOPERM x"))]))),
+            Some(ExecOutcome::Failed("NOPERM x".into()))
+        );
+        assert_eq!(exec_reply(&Reply::Integer(1)), None);
+    }
+
+    #[test]
+    fn scan_replies() {
+        let r = Reply::Array(Some(vec![
+            Reply::Bulk(Some(b("17"))),
+            Reply::Array(Some(vec![
+                Reply::Bulk(Some(b("a"))),
+                Reply::Bulk(Some(b("b"))),
+            ])),
+        ]));
+        assert_eq!(scan_reply(r), Some((b("17"), vec![b("a"), b("b")])));
+        assert_eq!(scan_reply(Reply::Error(b("NOPERM"))), None);
+        assert_eq!(scan_reply(Reply::Array(Some(vec![]))), None);
+    }
+
+    #[test]
+    fn keyspace() {
+        let text =
+            "# Keyspace\r\ndb0:keys=3,expires=0,avg_ttl=0\r\ndb12:keys=1,expires=1,avg_ttl=9\r\n";
+        assert_eq!(keyspace_dbs(text), vec![0, 12]);
+        assert!(keyspace_dbs("# Keyspace\r\n").is_empty());
+    }
+
+    #[test]
+    fn errors_name_server_and_command_not_password() {
+        let mut ep = Endpoint::new("10.0.0.1", 6380);
+        ep.password = Some("sekret".into());
+        let e = DeletionError::Refused {
+            role: "target",
+            server: ep.to_string(),
+            command: "DEL".into(),
+            reply: "NOPERM this user has no permissions".into(),
+        };
+        let text = e.to_string();
+        assert!(
+            text.contains("10.0.0.1:6380") && text.contains("DEL"),
+            "{text}"
+        );
+        assert!(!text.contains("sekret"));
+        let long = Reply::Error(Bytes::from(vec![b'x'; 1000]));
+        assert!(quote(&long).chars().count() <= QUOTE_MAX + 1);
+    }
+
+    #[test]
+    fn plan_defaults() {
+        let ep = Endpoint::new("h", 1);
+        let a = Authority::Exclusive;
+        let p = Plan::new(&ep, &a);
+        assert_eq!((p.peer_dbs)(4), vec![4]);
+        assert!(!(p.keep)(0, b"k"));
+        assert!((p.still_candidate)(0, b"k"));
+        assert_eq!(p.batch, DEFAULT_BATCH);
+    }
+}
