@@ -12,8 +12,8 @@ use redis_relay::pipeline::filter::KeyFilter;
 use redis_relay::pipeline::spool::SpoolOptions;
 use redis_relay::pipeline::stream_apply::StreamOptions;
 use redis_relay::relay::{Ownership, RelayBuilder};
-use redis_relay::source::topology::Topology;
 use redis_relay::restore::{restore_file, RestoreOptions};
+use redis_relay::source::topology::Topology;
 use redis_relay::target::{ErrorPolicy, WriterOptions};
 use redis_relay::verify::{verify, OwnedScope, VerifyOptions, VerifyReport};
 
@@ -362,10 +362,6 @@ impl Settings {
         Ok(t)
     }
 
-    fn endpoints(&self) -> anyhow::Result<Vec<Endpoint>> {
-        Ok(self.topology()?.sources)
-    }
-
     fn check_options(&self) -> check::CheckOptions {
         let mut o = check::CheckOptions::new(self.sources.clone(), self.target.clone());
         o.peers = self.peers.clone();
@@ -559,7 +555,8 @@ fn run(cmd: Command, file: FileConfig) -> anyhow::Result<ExitCode> {
                 "verify compares everything: it does not take --db, --db-map, prefixes, regexes or --exclude-command"
             );
             let topology = s.topology()?;
-            let sidecar = matches!(&s.sources, check::Sources::Twemproxy { local, .. } if !local.is_empty());
+            let sidecar =
+                matches!(&s.sources, check::Sources::Twemproxy { local, .. } if !local.is_empty());
             let mut opts = VerifyOptions {
                 sample,
                 recheck_rounds,

@@ -607,13 +607,14 @@ fn probe_target(
         keys.retain(|db, _| dbs.contains(db));
     }
     if let Some(t) = shared {
-        let v = match ownership::classify_target(&mut conn, &keys, t, &opts.own_prefix, opts.timeout) {
-            Ok(c) => ownership::judge_shared(&c, opts.if_target_not_empty, resuming),
-            Err(e) => Verdict::fail(
-                format!("cannot tell the target's keys apart: {e}"),
-                "every backend of the pool (and every --peer) must answer EXISTS".into(),
-            ),
-        };
+        let v =
+            match ownership::classify_target(&mut conn, &keys, t, &opts.own_prefix, opts.timeout) {
+                Ok(c) => ownership::judge_shared(&c, opts.if_target_not_empty, resuming),
+                Err(e) => Verdict::fail(
+                    format!("cannot tell the target's keys apart: {e}"),
+                    "every backend of the pool (and every --peer) must answer EXISTS".into(),
+                ),
+            };
         lines.verdict(subject, "empty", v);
         return;
     }
@@ -790,9 +791,17 @@ pub fn run(opts: &CheckOptions) -> CheckReport {
                 "peers",
                 format!(
                     "replicates {}; {} other writer(s) of the target: {}",
-                    t.sources.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(", "),
+                    t.sources
+                        .iter()
+                        .map(|e| e.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
                     t.peers.len(),
-                    t.peers.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(", ")
+                    t.peers
+                        .iter()
+                        .map(|e| e.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
                 None,
             );
@@ -809,13 +818,19 @@ pub fn run(opts: &CheckOptions) -> CheckReport {
     let owner = match &topology {
         Some(t) => t.owner.clone(),
         None => match &opts.sources {
-            Sources::Twemproxy { .. } => Topology::resolve(&opts.sources, &[]).ok().and_then(|t| t.owner),
+            Sources::Twemproxy { .. } => Topology::resolve(&opts.sources, &[])
+                .ok()
+                .and_then(|t| t.owner),
             Sources::List(_) => None,
         },
     };
     if let Some(owner) = &owner {
         for (e, subject) in &sources {
-            lines.verdict(subject, "placement", ownership::misplaced(e, owner, opts.timeout));
+            lines.verdict(
+                subject,
+                "placement",
+                ownership::misplaced(e, owner, opts.timeout),
+            );
         }
     }
     for (e, subject) in &sources {

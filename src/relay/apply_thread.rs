@@ -322,10 +322,8 @@ fn full_resync(
     }
     // The target may hold keys of this source from before: after a resume refused, a
     // backlog overrun, or a crash in the middle of an earlier sweep (its records are there).
-    let unexpected = st.stream.is_some()
-        || ctx.resume.is_some()
-        || !st.deferred.is_empty()
-        || has_records(ctx)?;
+    let unexpected =
+        st.stream.is_some() || ctx.resume.is_some() || !st.deferred.is_empty() || has_records(ctx)?;
     if unexpected {
         tracing::warn!(source = %ctx.name, "the master forced a full resync: its keys are replaced from the new snapshot, and the keys it no longer has are removed from the target");
     }
@@ -452,8 +450,7 @@ fn full_resync(
         }
     }
     match &mut ctx.output {
-        Output::Target { .. } => {
-        }
+        Output::Target { .. } => {}
         Output::Sink(sink) => sink
             .event(RelayEvent::SnapshotEnd {
                 source: ctx.name.clone(),
@@ -649,7 +646,6 @@ struct Deleter<'a> {
     deferred_since_ms: &'a AtomicU64,
 }
 
-
 /// What a deletion is for.
 enum Job<'a> {
     /// The source flushed one database (`Some`) or all of them.
@@ -727,7 +723,9 @@ fn delete_proven(d: Deleter<'_>, deferred: &mut Deferred, job: Job<'_>) -> Resul
         };
         let mut defer = |db: u32, k: Bytes| doubt.push((db, k));
         match &job {
-            Job::Flush(db) => deletion::sweep(&plan, db.map_or(Scope::AllDbs, Scope::Db), &mut defer),
+            Job::Flush(db) => {
+                deletion::sweep(&plan, db.map_or(Scope::AllDbs, Scope::Db), &mut defer)
+            }
             Job::Stale(_) => deletion::sweep(&plan, Scope::AllDbs, &mut defer),
             Job::Retry => deletion::retry(&plan, &mut pending.into_iter(), &mut defer),
         }
@@ -737,7 +735,12 @@ fn delete_proven(d: Deleter<'_>, deferred: &mut Deferred, job: Job<'_>) -> Resul
         Job::Retry => deferred.replace(doubt),
         _ => deferred.add_all(&doubt, unix_ms()),
     };
-    stored.map_err(|e| format!("source {}: cannot store the deferred deletions: {e}", d.name))?;
+    stored.map_err(|e| {
+        format!(
+            "source {}: cannot store the deferred deletions: {e}",
+            d.name
+        )
+    })?;
     publish(&d, deferred);
     let l = [("source", d.name.to_string())];
     metrics::counter!("redis_relay_deletions_total", "source" => d.name.to_string(), "cause" => job.cause()).increment(report.deleted);
@@ -776,7 +779,8 @@ fn retry_deferred(ctx: &SourceCtx, st: &mut State) -> Result<(), String> {
 }
 
 fn publish(d: &Deleter<'_>, deferred: &Deferred) {
-    d.deferred_keys.store(deferred.len() as u64, Ordering::Relaxed);
+    d.deferred_keys
+        .store(deferred.len() as u64, Ordering::Relaxed);
     d.deferred_since_ms
         .store(deferred.since_ms().unwrap_or(0), Ordering::Relaxed);
 }

@@ -264,8 +264,8 @@ impl RelayBuilder {
         );
         // A FLUSHDB/FLUSHALL of a source is forwarded as is only when that source is the
         // target's only writer; otherwise it becomes a deletion of the keys proven its own.
-        cfg.stream.shared_target = cfg.sources.len() > 1
-            || cfg.ownership.target_owner != TargetOwner::Exclusive;
+        cfg.stream.shared_target =
+            cfg.sources.len() > 1 || cfg.ownership.target_owner != TargetOwner::Exclusive;
         let mut names = std::collections::HashSet::new();
         for s in &cfg.sources {
             anyhow::ensure!(names.insert(s.to_string()), "source {s} is listed twice");
@@ -662,9 +662,12 @@ impl RelayHandle {
                         + s.spool.disk_bytes.load(Ordering::Relaxed),
                     full_syncs: s.progress.full_syncs(),
                     deferred_deletions: s.deferred_keys.load(Ordering::Relaxed),
-                    deferred_deletion_age_seconds: match s.deferred_since_ms.load(Ordering::Relaxed) {
+                    deferred_deletion_age_seconds: match s.deferred_since_ms.load(Ordering::Relaxed)
+                    {
                         0 => None,
-                        since => Some(apply_thread::unix_ms().saturating_sub(since) as f64 / 1000.0),
+                        since => {
+                            Some(apply_thread::unix_ms().saturating_sub(since) as f64 / 1000.0)
+                        }
                     },
                     error: s.fatal.lock().clone().or(link_error),
                 }

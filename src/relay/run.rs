@@ -188,19 +188,21 @@ fn status_text(s: &SourceStatus, ops_per_sec: f64) -> String {
                 s.snapshot_keys
             )
         }
-        Phase::Live => format!(
-            "{} {}: lag {} ({}), {ops_per_sec:.0} ops/s, {} target errors{}",
-            s.source,
-            s.state,
-            HumanBytes(s.lag_bytes),
-            lag_seconds_text(s),
-            s.target_errors,
-            if s.spool_bytes > 0 {
-                format!(", spool {}", HumanBytes(s.spool_bytes))
-            } else {
-                String::new()
-            },
-        ) + &deferred_text(s),
+        Phase::Live => {
+            format!(
+                "{} {}: lag {} ({}), {ops_per_sec:.0} ops/s, {} target errors{}",
+                s.source,
+                s.state,
+                HumanBytes(s.lag_bytes),
+                lag_seconds_text(s),
+                s.target_errors,
+                if s.spool_bytes > 0 {
+                    format!(", spool {}", HumanBytes(s.spool_bytes))
+                } else {
+                    String::new()
+                },
+            ) + &deferred_text(s)
+        }
     }
 }
 

@@ -13,7 +13,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::endpoint::Endpoint;
-use crate::source::twemproxy::{self, Placement, TwemproxyError};
+use crate::source::twemproxy::placement::Placement;
+use crate::source::twemproxy::{self, TwemproxyError};
 
 /// Where the masters come from (`--source` or `--twemproxy`).
 #[derive(Debug, Clone)]
@@ -29,9 +30,12 @@ pub enum Sources {
     },
 }
 
+/// Key -> the master it belongs to.
+type OwnerFn = dyn Fn(&[u8]) -> Option<Endpoint> + Send + Sync;
+
 /// The backend a key belongs to, as nutcracker routes it (None: not computable).
 #[derive(Clone)]
-pub struct KeyOwner(Arc<dyn Fn(&[u8]) -> Option<Endpoint> + Send + Sync>);
+pub struct KeyOwner(Arc<OwnerFn>);
 
 impl KeyOwner {
     pub fn new(f: impl Fn(&[u8]) -> Option<Endpoint> + Send + Sync + 'static) -> Self {
@@ -139,8 +143,12 @@ impl Topology {
                 } else {
                     let view = twemproxy::sidecar(&tw, local)?;
                     let owner = view.placement.clone().map(|p| {
-                        let servers: Vec<Endpoint> =
-                            view.pool.servers.iter().map(|s| s.endpoint.clone()).collect();
+                        let servers: Vec<Endpoint> = view
+                            .pool
+                            .servers
+                            .iter()
+                            .map(|s| s.endpoint.clone())
+                            .collect();
                         KeyOwner::new(move |k| Some(servers[p.owner(k)].clone()))
                     });
                     if view.placement.is_none() {

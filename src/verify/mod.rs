@@ -341,7 +341,11 @@ impl Job<'_> {
             .filter(|k| seen.contains(k) || scope.places_here(k))
             .collect();
         for p in self.peers.iter_mut() {
-            let unseen: Vec<Bytes> = keys.iter().filter(|k| !seen.contains(*k)).cloned().collect();
+            let unseen: Vec<Bytes> = keys
+                .iter()
+                .filter(|k| !seen.contains(*k))
+                .cloned()
+                .collect();
             if unseen.is_empty() {
                 break;
             }
