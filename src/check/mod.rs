@@ -607,9 +607,16 @@ fn probe_target(
         keys.retain(|db, _| dbs.contains(db));
     }
     if let Some(t) = shared {
+        // Records of these sources on the target: the relay wrote here before (a crash during
+        // a full resync removes the checkpoint, not the data): keys of no backend are its own
+        // stale ones, which the sweep after the next snapshot removes.
+        let wrote_before = resuming
+            || t.sources
+                .iter()
+                .any(|e| ownership::has_records(&mut conn, &opts.own_prefix, e));
         let v =
             match ownership::classify_target(&mut conn, &keys, t, &opts.own_prefix, opts.timeout) {
-                Ok(c) => ownership::judge_shared(&c, opts.if_target_not_empty, resuming),
+                Ok(c) => ownership::judge_shared(&c, opts.if_target_not_empty, wrote_before),
                 Err(e) => Verdict::fail(
                     format!("cannot tell the target's keys apart: {e}"),
                     "every backend of the pool (and every --peer) must answer EXISTS".into(),

@@ -202,6 +202,18 @@ pub(super) fn judge_shared(c: &Classified, policy: IfNotEmpty, resuming: bool) -
     v
 }
 
+/// The target holds exactly-once records of `source` (in DB 0): the relay wrote there before.
+pub(super) fn has_records(conn: &mut TargetConn, own_prefix: &str, source: &Endpoint) -> bool {
+    let base = crate::pipeline::dispatcher::record_base(own_prefix, &source.to_string());
+    let keys: Vec<String> = (0..256).map(|w| format!("{base}{w}")).collect();
+    if !matches!(conn.call(&["SELECT", "0"]), Ok(Reply::Simple(_))) {
+        return false;
+    }
+    let mut args = vec!["EXISTS"];
+    args.extend(keys.iter().map(String::as_str));
+    matches!(conn.call(&args), Ok(Reply::Integer(n)) if n > 0)
+}
+
 /// SCAN `db` of `conn` page by page, at most `cap` keys.
 fn scan_db(
     conn: &mut TargetConn,
