@@ -444,3 +444,70 @@ fn a_refusing_target_is_an_error_naming_it_and_the_command() {
     assert!(text.contains("DEL") && text.contains("NOPERM"), "{text}");
     assert!(!text.contains("pw"), "{text}");
 }
+
+#[test]
+fn two_source_dbs_into_one_and_a_peer_with_a_password() {
+    let target = RedisServer::start(&[]);
+    let p0 = RedisServer::start(&["requirepass s3cret"]);
+    let mut pc = p0.client();
+    pc.cmd(&["AUTH", "s3cret"]);
+    put(&mut pc, 3, &["from3"]);
+    put(&mut pc, 4, &["from4"]);
+    let mut tc = target.client();
+    put(&mut tc, 0, &["from3", "from4", "stale"]);
+    let mut peer = ep(&p0);
+    peer.password = Some("s3cret".into());
+    let auth = Authority::Peers(vec![peer]);
+    let tep = ep(&target);
+    // Source dbs 3 and 4 both land in target db 0.
+    let merged = |db: u32| if db == 0 { vec![3, 4] } else { vec![] };
+    let mut plan = Plan::new(&tep, &auth);
+    plan.peer_dbs = &merged;
+    let (r, deferred) = run(&plan, Scope::Db(0));
+    assert!(deferred.is_empty() && r.peers_down.is_empty(), "{r:?}");
+    assert_eq!((r.kept_on_peer, r.deleted, r.peer_round_trips), (2, 1, 1));
+    assert_eq!(r.peer_exists, 6);
+    assert_eq!(keys(&mut tc, 0), set_of(&["from3", "from4"]));
+
+    // A wrong password proves nothing: deferred, and the error does not show it.
+    let mut wrong = ep(&p0);
+    wrong.password = Some("nope".into());
+    let auth = Authority::Peers(vec![wrong]);
+    plan.authority = &auth;
+    put(&mut tc, 0, &["stale"]);
+    let (r, deferred) = run(&plan, Scope::Db(0));
+    assert_eq!((r.deferred, r.deleted, r.kept_on_peer), (3, 0, 0), "{r:?}");
+    assert_eq!(deferred.len(), 3);
+    assert_eq!(r.peers_down, vec![p0.addr()]);
+}
+
+#[test]
+fn retry_applies_keep_and_still_candidate_again() {
+    let target = RedisServer::start(&[]);
+    let mut tc = target.client();
+    put(&mut tc, 0, &["k1", "k2", "k3"]);
+    put(&mut tc, 1, &["k1"]);
+    let auth = Authority::Exclusive;
+    let tep = ep(&target);
+    let snapshot = |db: u32, k: &[u8]| db == 0 && k == b"k1";
+    let stream = |db: u32, k: &[u8]| !(db == 0 && k == b"k2");
+    let mut plan = Plan::new(&tep, &auth);
+    plan.keep = &snapshot;
+    plan.still_candidate = &stream;
+    plan.batch = 1;
+    let mut list = vec![
+        (0, Bytes::from_static(b"k1")),
+        (0, Bytes::from_static(b"k2")),
+        (1, Bytes::from_static(b"k1")),
+        (0, Bytes::from_static(b"k3")),
+    ]
+    .into_iter();
+    let r = retry(&plan, &mut list, &mut |_, _| panic!("nothing to defer")).expect("retry");
+    assert_eq!(
+        (r.scanned, r.kept_by_rule, r.superseded, r.deleted),
+        (4, 1, 1, 2),
+        "{r:?}"
+    );
+    assert_eq!(keys(&mut tc, 0), set_of(&["k1", "k2"]));
+    assert!(keys(&mut tc, 1).is_empty());
+}
