@@ -96,12 +96,12 @@ fn own_or_filtered(_db: u32, k: &[u8]) -> bool {
     k.starts_with(b"relay:") || k == b"filtered"
 }
 
-#[test]
-fn keys_on_peers_kept_stale_deleted_own_untouched() {
+fn keys_on_peers_kept_stale_deleted_own_untouched_with(precheck: bool) {
     let t = three();
     let auth = Authority::Peers(vec![ep(&t.p0), ep(&t.p1)]);
     let target = ep(&t.target);
     let mut plan = Plan::new(&target, &auth);
+    plan.precheck = precheck;
     plan.keep = &own_or_filtered;
     let (r, deferred) = run(&plan, Scope::Db(0));
     assert!(deferred.is_empty(), "{deferred:?}");
@@ -157,8 +157,7 @@ fn all_dbs_and_peer_db_mapping() {
     assert!(exists(&mut tc, 0, "s0"));
 }
 
-#[test]
-fn a_peer_down_defers_then_retry_settles() {
+fn a_peer_down_defers_then_retry_settles_with(precheck: bool) {
     let Three { target, p0, p1 } = three();
     let p1_port = p1.port;
     let auth = Authority::Peers(vec![ep(&p0), ep(&p1)]);
@@ -166,6 +165,7 @@ fn a_peer_down_defers_then_retry_settles() {
     drop(p1);
     let target_ep = ep(&target);
     let mut plan = Plan::new(&target_ep, &auth);
+    plan.precheck = precheck;
     plan.keep = &own_or_filtered;
     let (r, deferred) = run(&plan, Scope::Db(0));
     assert_eq!(r.deleted, 0, "{r:?}");
@@ -253,8 +253,7 @@ fn unknown_deletes_nothing_exclusive_deletes_all() {
     assert_eq!(r.deleted, 1);
 }
 
-#[test]
-fn watch_guard_redoes_a_batch_written_meanwhile() {
+fn watch_guard_redoes_a_batch_written_meanwhile_with(precheck: bool) {
     let t = three();
     let auth = Authority::Peers(vec![ep(&t.p0), ep(&t.p1)]);
     let target = ep(&t.target);
@@ -273,14 +272,17 @@ fn watch_guard_redoes_a_batch_written_meanwhile() {
         true
     };
     let mut plan = Plan::new(&target, &auth);
+    plan.precheck = precheck;
     plan.keep = &own_or_filtered;
     plan.still_candidate = &meanwhile;
     let (r, deferred) = run(&plan, Scope::Db(0));
     assert!(deferred.is_empty());
     assert!(r.watch_aborts >= 1, "{r:?}");
     assert_eq!((r.deleted, r.kept_on_peer), (2, 5), "{r:?}");
+    // Twice: 7 candidates, or with the precheck only the 3 no peer held.
+    let per_look = if precheck { 3 } else { 7 };
     assert!(
-        calls.load(Ordering::SeqCst) >= 14,
+        calls.load(Ordering::SeqCst) >= 2 * per_look,
         "the batch was examined twice"
     );
     let mut tc = t.target.client();
@@ -294,8 +296,7 @@ fn watch_guard_redoes_a_batch_written_meanwhile() {
     );
 }
 
-#[test]
-fn watch_guard_alone_saves_a_key_the_own_stream_wrote() {
+fn watch_guard_alone_saves_a_key_the_own_stream_wrote_with(precheck: bool) {
     // The relay's own stream writes `s1` right after the WATCH (it was marked just before, so
     // from the next call on it is no longer a candidate); no peer ever holds it. Only the
     // WATCH stands between the write and the DEL.
@@ -314,6 +315,7 @@ fn watch_guard_alone_saves_a_key_the_own_stream_wrote() {
         true
     };
     let mut plan = Plan::new(&target, &auth);
+    plan.precheck = precheck;
     plan.keep = &own_or_filtered;
     plan.still_candidate = &check;
     let (r, _) = run(&plan, Scope::Db(0));
@@ -411,6 +413,14 @@ fn a_correct_hint_saves_round_trips() {
     // p0 {a, b, own}, then p1 {b, own}.
     assert_eq!((r.peer_round_trips, r.peer_exists), (2, 5), "{r:?}");
     assert_eq!((r.kept_on_peer, r.deleted), (2, 1));
+
+    // With the precheck: p0 {a, own}, p1 {b, own}; then `own`, watched, of both at once.
+    put(&mut tc, 0, &["own"]);
+    hinted.precheck = true;
+    let (r, _) = run(&hinted, Scope::Db(0));
+    assert_eq!((r.peer_round_trips, r.peer_exists), (4, 6), "{r:?}");
+    assert_eq!((r.kept_on_peer, r.deleted), (2, 1));
+    hinted.precheck = false;
 
     // A wrong hint costs a second round but decides the same.
     put(&mut tc, 0, &["own"]);
@@ -510,4 +520,44 @@ fn retry_applies_keep_and_still_candidate_again() {
     );
     assert_eq!(keys(&mut tc, 0), set_of(&["k1", "k2"]));
     assert!(keys(&mut tc, 1).is_empty());
+}
+
+#[test]
+fn keys_on_peers_kept_stale_deleted_own_untouched() {
+    keys_on_peers_kept_stale_deleted_own_untouched_with(false);
+}
+
+#[test]
+fn keys_on_peers_kept_stale_deleted_own_untouched_precheck() {
+    keys_on_peers_kept_stale_deleted_own_untouched_with(true);
+}
+
+#[test]
+fn a_peer_down_defers_then_retry_settles() {
+    a_peer_down_defers_then_retry_settles_with(false);
+}
+
+#[test]
+fn a_peer_down_defers_then_retry_settles_precheck() {
+    a_peer_down_defers_then_retry_settles_with(true);
+}
+
+#[test]
+fn watch_guard_redoes_a_batch_written_meanwhile() {
+    watch_guard_redoes_a_batch_written_meanwhile_with(false);
+}
+
+#[test]
+fn watch_guard_redoes_a_batch_written_meanwhile_precheck() {
+    watch_guard_redoes_a_batch_written_meanwhile_with(true);
+}
+
+#[test]
+fn watch_guard_alone_saves_a_key_the_own_stream_wrote() {
+    watch_guard_alone_saves_a_key_the_own_stream_wrote_with(false);
+}
+
+#[test]
+fn watch_guard_alone_saves_a_key_the_own_stream_wrote_precheck() {
+    watch_guard_alone_saves_a_key_the_own_stream_wrote_with(true);
 }

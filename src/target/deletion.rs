@@ -102,6 +102,12 @@ pub struct Plan<'a> {
     pub batch: usize,
     /// Connect/read timeout for peers.
     pub timeout: Duration,
+    /// Ask the peers about the whole batch *before* the WATCH, and WATCH (and ask again) only
+    /// the keys no peer held. Keeping a key needs no proof, so the first answer is final for
+    /// the keys a peer holds; only those about to be deleted pay for the guard. Worth it when
+    /// most candidates are on peers (a sidecar's master flushed its share of a merged target):
+    /// WATCH costs the target O(batch²).
+    pub precheck: bool,
 }
 
 fn same_db(db: u32) -> Vec<u32> {
@@ -129,6 +135,7 @@ impl<'a> Plan<'a> {
             still_candidate: &always,
             batch: DEFAULT_BATCH,
             timeout: DEFAULT_TIMEOUT,
+            precheck: false,
         }
     }
 }
@@ -799,6 +806,14 @@ impl<'p, 'a> Session<'p, 'a> {
             self.report.unattributed += keys.len() as u64;
             return Ok(());
         }
+        let keys = if self.plan.precheck {
+            self.precheck(db, keys, defer)
+        } else {
+            keys
+        };
+        if keys.is_empty() {
+            return Ok(());
+        }
         let mut work = vec![keys];
         while let Some(batch) = work.pop() {
             let mut aborts = 0;
@@ -839,6 +854,32 @@ impl<'p, 'a> Session<'p, 'a> {
         Ok(())
     }
 
+    /// [`Plan::precheck`]: settle the keys a peer holds (kept) or might hold (deferred) without
+    /// WATCH; return the others, which still need the guarded check.
+    fn precheck(
+        &mut self,
+        db: u32,
+        keys: Vec<Bytes>,
+        defer: &mut dyn FnMut(u32, Bytes),
+    ) -> Vec<Bytes> {
+        if self.peers.is_empty() {
+            return keys;
+        }
+        let (found, doubt) = self.check_peers(db, &keys, false);
+        let mut rest = Vec::with_capacity(keys.len());
+        for (i, k) in keys.into_iter().enumerate() {
+            match verdict(found[i], doubt[i]) {
+                Verdict::Kept => self.report.kept_on_peer += 1,
+                Verdict::Deferred => {
+                    self.report.deferred += 1;
+                    defer(db, k);
+                }
+                Verdict::Delete => rest.push(k),
+            }
+        }
+        rest
+    }
+
     /// WATCH the batch, drop what the stream claimed, ask the peers, delete the rest in one
     /// transaction. Always leaves the connection with nothing watched.
     fn attempt(&mut self, db: u32, batch: &[Bytes]) -> Result<Attempt, DeletionError> {
@@ -862,7 +903,8 @@ impl<'p, 'a> Session<'p, 'a> {
                 outcome.superseded += 1;
             }
         }
-        let (found, doubt) = self.check_peers(db, &live);
+        // After a precheck no peer held these a moment ago: ask every peer at once.
+        let (found, doubt) = self.check_peers(db, &live, self.plan.precheck);
         let mut doomed: Vec<&[u8]> = Vec::with_capacity(live.len() + 1);
         doomed.push(b"DEL");
         for (i, k) in live.iter().enumerate() {
@@ -923,7 +965,8 @@ impl<'p, 'a> Session<'p, 'a> {
     }
 
     /// For each key: (found on some peer, some peer that might hold it could not answer).
-    fn check_peers(&mut self, db: u32, keys: &[Bytes]) -> (Vec<bool>, Vec<bool>) {
+    /// `at_once`: every key to every peer in one parallel round, ignoring the hint.
+    fn check_peers(&mut self, db: u32, keys: &[Bytes], at_once: bool) -> (Vec<bool>, Vec<bool>) {
         let mut found = vec![false; keys.len()];
         let mut doubt = vec![false; keys.len()];
         let n = self.peers.len();
@@ -932,6 +975,11 @@ impl<'p, 'a> Session<'p, 'a> {
         }
         let dbs = (self.plan.peer_dbs)(db);
         if dbs.is_empty() {
+            return (found, doubt);
+        }
+        if at_once {
+            let asks = first_round(&vec![None; keys.len()], n);
+            self.ask(&asks, keys, &dbs, &mut found, &mut doubt);
             return (found, doubt);
         }
         match self.plan.hint {
