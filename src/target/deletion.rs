@@ -81,6 +81,8 @@ pub type KeyTest<'a> = dyn Fn(u32, &[u8]) -> bool + Sync + 'a;
 
 /// What a deletion needs to know; see [`Plan::new`] for the defaults.
 pub struct Plan<'a> {
+    /// The endpoint's own db is not used: [`Scope`] (or the keys given to [`retry`]) names the
+    /// dbs.
     pub target: &'a Endpoint,
     pub authority: &'a Authority,
     /// Index into the peers of the peer a key most likely lives on (nutcracker's placement),
@@ -105,8 +107,11 @@ pub struct Plan<'a> {
     /// Ask the peers about the whole batch *before* the WATCH, and WATCH (and ask again) only
     /// the keys no peer held. Keeping a key needs no proof, so the first answer is final for
     /// the keys a peer holds; only those about to be deleted pay for the guard. Worth it when
-    /// most candidates are on peers (a sidecar's master flushed its share of a merged target):
-    /// WATCH costs the target O(batch²).
+    /// most candidates are on peers (a sidecar's master flushed its share of a merged target,
+    /// or the stale-key pass after a resync, whose candidates are mostly the other masters'
+    /// keys): WATCH costs the target O(batch²). Costs one more peer round per batch, so off
+    /// when most candidates are stale. Measured on 1M keys, 2/3 of them on 2 peers, batch 256,
+    /// loaded 2-core machine: 5.4-8.5 s without, 3.9-5.7 s with.
     pub precheck: bool,
 }
 
@@ -124,7 +129,7 @@ fn always(_: u32, _: &[u8]) -> bool {
 
 impl<'a> Plan<'a> {
     /// No hint, peers asked in the same db, nothing kept, every candidate still a candidate,
-    /// [`DEFAULT_BATCH`] and [`DEFAULT_TIMEOUT`]; set the fields that differ.
+    /// [`DEFAULT_BATCH`], [`DEFAULT_TIMEOUT`], no precheck; set the fields that differ.
     pub fn new(target: &'a Endpoint, authority: &'a Authority) -> Plan<'a> {
         Plan {
             target,
@@ -149,7 +154,8 @@ pub struct Report {
     pub deleted: u64,
     /// Candidates a peer holds: kept.
     pub kept_on_peer: u64,
-    /// Candidates in doubt (a peer could not answer), handed to `defer`.
+    /// Candidates in doubt (a peer could not answer, or the key was written on every one of
+    /// its last WATCHes), handed to `defer`.
     pub deferred: u64,
     /// Candidates under [`Authority::Unknown`]: not deleted, not deferred.
     pub unattributed: u64,
