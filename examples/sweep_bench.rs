@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! cargo run --release --example sweep_bench -- <target-port> <peer0-port> <peer1-port> \
-//!     [--keys 1000000] [--batch 256] [--rounds 1]
+//!     [--keys 1000000] [--batch 256] [--rounds 1] [--precheck]
 //! ```
 //!
 //! The target holds `k:0 .. k:N-1`; peer 0 holds the keys with i % 3 == 0, peer 1 those with
@@ -23,7 +23,7 @@ use redis_relay::target::TargetConn;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: sweep_bench <target-port> <peer0-port> <peer1-port> [--keys N] [--batch N] [--rounds N]";
+    let usage = "usage: sweep_bench <target-port> <peer0-port> <peer1-port> [--keys N] [--batch N] [--rounds N] [--precheck]";
     if args.len() < 3 {
         eprintln!("{usage}");
         std::process::exit(2);
@@ -44,6 +44,7 @@ fn main() {
     let n = opt("--keys", 1_000_000);
     let batch = opt("--batch", 256);
     let rounds = opt("--rounds", 1);
+    let precheck = args.iter().any(|a| a == "--precheck");
 
     let t0 = Instant::now();
     fill(&target, true, n, |_| true);
@@ -74,6 +75,7 @@ fn main() {
             let mut plan = Plan::new(&target, &authority);
             plan.batch = batch;
             plan.timeout = Duration::from_secs(5);
+            plan.precheck = precheck;
             if hinted {
                 plan.hint = Some(&placement);
             }
@@ -82,7 +84,7 @@ fn main() {
             let r = sweep(&plan, Scope::Db(0), &mut |_, _| deferred += 1).expect("sweep");
             let secs = start.elapsed().as_secs_f64();
             println!(
-                "round {round} hint={hinted:<5} batch={batch}: {secs:.2} s ({:.0} keys/s) scanned={} deleted={} kept_on_peer={} deferred={} peer_round_trips={} peer_exists={} watch_aborts={}",
+                "round {round} hint={hinted:<5} precheck={precheck:<5} batch={batch}: {secs:.2} s ({:.0} keys/s) scanned={} deleted={} kept_on_peer={} deferred={} peer_round_trips={} peer_exists={} watch_aborts={}",
                 r.scanned as f64 / secs,
                 r.scanned,
                 r.deleted,

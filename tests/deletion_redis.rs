@@ -96,12 +96,12 @@ fn own_or_filtered(_db: u32, k: &[u8]) -> bool {
     k.starts_with(b"relay:") || k == b"filtered"
 }
 
-#[test]
-fn keys_on_peers_kept_stale_deleted_own_untouched() {
+fn keys_on_peers_kept_stale_deleted_own_untouched_with(precheck: bool) {
     let t = three();
     let auth = Authority::Peers(vec![ep(&t.p0), ep(&t.p1)]);
     let target = ep(&t.target);
     let mut plan = Plan::new(&target, &auth);
+    plan.precheck = precheck;
     plan.keep = &own_or_filtered;
     let (r, deferred) = run(&plan, Scope::Db(0));
     assert!(deferred.is_empty(), "{deferred:?}");
@@ -157,8 +157,7 @@ fn all_dbs_and_peer_db_mapping() {
     assert!(exists(&mut tc, 0, "s0"));
 }
 
-#[test]
-fn a_peer_down_defers_then_retry_settles() {
+fn a_peer_down_defers_then_retry_settles_with(precheck: bool) {
     let Three { target, p0, p1 } = three();
     let p1_port = p1.port;
     let auth = Authority::Peers(vec![ep(&p0), ep(&p1)]);
@@ -166,6 +165,7 @@ fn a_peer_down_defers_then_retry_settles() {
     drop(p1);
     let target_ep = ep(&target);
     let mut plan = Plan::new(&target_ep, &auth);
+    plan.precheck = precheck;
     plan.keep = &own_or_filtered;
     let (r, deferred) = run(&plan, Scope::Db(0));
     assert_eq!(r.deleted, 0, "{r:?}");
@@ -253,8 +253,7 @@ fn unknown_deletes_nothing_exclusive_deletes_all() {
     assert_eq!(r.deleted, 1);
 }
 
-#[test]
-fn watch_guard_redoes_a_batch_written_meanwhile() {
+fn watch_guard_redoes_a_batch_written_meanwhile_with(precheck: bool) {
     let t = three();
     let auth = Authority::Peers(vec![ep(&t.p0), ep(&t.p1)]);
     let target = ep(&t.target);
@@ -273,14 +272,17 @@ fn watch_guard_redoes_a_batch_written_meanwhile() {
         true
     };
     let mut plan = Plan::new(&target, &auth);
+    plan.precheck = precheck;
     plan.keep = &own_or_filtered;
     plan.still_candidate = &meanwhile;
     let (r, deferred) = run(&plan, Scope::Db(0));
     assert!(deferred.is_empty());
     assert!(r.watch_aborts >= 1, "{r:?}");
     assert_eq!((r.deleted, r.kept_on_peer), (2, 5), "{r:?}");
+    // Twice: 7 candidates, or with the precheck only the 3 no peer held.
+    let per_look = if precheck { 3 } else { 7 };
     assert!(
-        calls.load(Ordering::SeqCst) >= 14,
+        calls.load(Ordering::SeqCst) >= 2 * per_look,
         "the batch was examined twice"
     );
     let mut tc = t.target.client();
@@ -294,8 +296,7 @@ fn watch_guard_redoes_a_batch_written_meanwhile() {
     );
 }
 
-#[test]
-fn watch_guard_alone_saves_a_key_the_own_stream_wrote() {
+fn watch_guard_alone_saves_a_key_the_own_stream_wrote_with(precheck: bool) {
     // The relay's own stream writes `s1` right after the WATCH (it was marked just before, so
     // from the next call on it is no longer a candidate); no peer ever holds it. Only the
     // WATCH stands between the write and the DEL.
@@ -314,6 +315,7 @@ fn watch_guard_alone_saves_a_key_the_own_stream_wrote() {
         true
     };
     let mut plan = Plan::new(&target, &auth);
+    plan.precheck = precheck;
     plan.keep = &own_or_filtered;
     plan.still_candidate = &check;
     let (r, _) = run(&plan, Scope::Db(0));
@@ -412,6 +414,14 @@ fn a_correct_hint_saves_round_trips() {
     assert_eq!((r.peer_round_trips, r.peer_exists), (2, 5), "{r:?}");
     assert_eq!((r.kept_on_peer, r.deleted), (2, 1));
 
+    // With the precheck: p0 {a, own}, p1 {b, own}; then `own`, watched, of both at once.
+    put(&mut tc, 0, &["own"]);
+    hinted.precheck = true;
+    let (r, _) = run(&hinted, Scope::Db(0));
+    assert_eq!((r.peer_round_trips, r.peer_exists), (4, 6), "{r:?}");
+    assert_eq!((r.kept_on_peer, r.deleted), (2, 1));
+    hinted.precheck = false;
+
     // A wrong hint costs a second round but decides the same.
     put(&mut tc, 0, &["own"]);
     let wrong = |k: &[u8]| match k {
@@ -443,4 +453,111 @@ fn a_refusing_target_is_an_error_naming_it_and_the_command() {
     assert!(text.contains(&target.addr()), "{text}");
     assert!(text.contains("DEL") && text.contains("NOPERM"), "{text}");
     assert!(!text.contains("pw"), "{text}");
+}
+
+#[test]
+fn two_source_dbs_into_one_and_a_peer_with_a_password() {
+    let target = RedisServer::start(&[]);
+    let p0 = RedisServer::start(&["requirepass s3cret"]);
+    let mut pc = p0.client();
+    pc.cmd(&["AUTH", "s3cret"]);
+    put(&mut pc, 3, &["from3"]);
+    put(&mut pc, 4, &["from4"]);
+    let mut tc = target.client();
+    put(&mut tc, 0, &["from3", "from4", "stale"]);
+    let mut peer = ep(&p0);
+    peer.password = Some("s3cret".into());
+    let auth = Authority::Peers(vec![peer]);
+    let tep = ep(&target);
+    // Source dbs 3 and 4 both land in target db 0.
+    let merged = |db: u32| if db == 0 { vec![3, 4] } else { vec![] };
+    let mut plan = Plan::new(&tep, &auth);
+    plan.peer_dbs = &merged;
+    let (r, deferred) = run(&plan, Scope::Db(0));
+    assert!(deferred.is_empty() && r.peers_down.is_empty(), "{r:?}");
+    assert_eq!((r.kept_on_peer, r.deleted, r.peer_round_trips), (2, 1, 1));
+    assert_eq!(r.peer_exists, 6);
+    assert_eq!(keys(&mut tc, 0), set_of(&["from3", "from4"]));
+
+    // A wrong password proves nothing: deferred, and the error does not show it.
+    let mut wrong = ep(&p0);
+    wrong.password = Some("nope".into());
+    let auth = Authority::Peers(vec![wrong]);
+    plan.authority = &auth;
+    put(&mut tc, 0, &["stale"]);
+    let (r, deferred) = run(&plan, Scope::Db(0));
+    assert_eq!((r.deferred, r.deleted, r.kept_on_peer), (3, 0, 0), "{r:?}");
+    assert_eq!(deferred.len(), 3);
+    assert_eq!(r.peers_down, vec![p0.addr()]);
+}
+
+#[test]
+fn retry_applies_keep_and_still_candidate_again() {
+    let target = RedisServer::start(&[]);
+    let mut tc = target.client();
+    put(&mut tc, 0, &["k1", "k2", "k3"]);
+    put(&mut tc, 1, &["k1"]);
+    let auth = Authority::Exclusive;
+    let tep = ep(&target);
+    let snapshot = |db: u32, k: &[u8]| db == 0 && k == b"k1";
+    let stream = |db: u32, k: &[u8]| !(db == 0 && k == b"k2");
+    let mut plan = Plan::new(&tep, &auth);
+    plan.keep = &snapshot;
+    plan.still_candidate = &stream;
+    plan.batch = 1;
+    let mut list = vec![
+        (0, Bytes::from_static(b"k1")),
+        (0, Bytes::from_static(b"k2")),
+        (1, Bytes::from_static(b"k1")),
+        (0, Bytes::from_static(b"k3")),
+    ]
+    .into_iter();
+    let r = retry(&plan, &mut list, &mut |_, _| panic!("nothing to defer")).expect("retry");
+    assert_eq!(
+        (r.scanned, r.kept_by_rule, r.superseded, r.deleted),
+        (4, 1, 1, 2),
+        "{r:?}"
+    );
+    assert_eq!(keys(&mut tc, 0), set_of(&["k1", "k2"]));
+    assert!(keys(&mut tc, 1).is_empty());
+}
+
+#[test]
+fn keys_on_peers_kept_stale_deleted_own_untouched() {
+    keys_on_peers_kept_stale_deleted_own_untouched_with(false);
+}
+
+#[test]
+fn keys_on_peers_kept_stale_deleted_own_untouched_precheck() {
+    keys_on_peers_kept_stale_deleted_own_untouched_with(true);
+}
+
+#[test]
+fn a_peer_down_defers_then_retry_settles() {
+    a_peer_down_defers_then_retry_settles_with(false);
+}
+
+#[test]
+fn a_peer_down_defers_then_retry_settles_precheck() {
+    a_peer_down_defers_then_retry_settles_with(true);
+}
+
+#[test]
+fn watch_guard_redoes_a_batch_written_meanwhile() {
+    watch_guard_redoes_a_batch_written_meanwhile_with(false);
+}
+
+#[test]
+fn watch_guard_redoes_a_batch_written_meanwhile_precheck() {
+    watch_guard_redoes_a_batch_written_meanwhile_with(true);
+}
+
+#[test]
+fn watch_guard_alone_saves_a_key_the_own_stream_wrote() {
+    watch_guard_alone_saves_a_key_the_own_stream_wrote_with(false);
+}
+
+#[test]
+fn watch_guard_alone_saves_a_key_the_own_stream_wrote_precheck() {
+    watch_guard_alone_saves_a_key_the_own_stream_wrote_with(true);
 }
