@@ -514,7 +514,10 @@ fn stream_data(ctx: &mut SourceCtx, st: &mut State, data: Bytes) -> Result<(), S
         };
         if !st.deferred.is_empty() {
             if let Some(t) = ctx.stream_opts.filter.map_db(stream.current_db()) {
-                touch_keys(&mut st.deferred, t, &frame.args);
+                let hits = touch_keys(&mut st.deferred, t, &frame.args);
+                if !hits.is_empty() {
+                    delete_before_write(deleter!(ctx), &mut st.deferred, &ctx.stop, t, &hits)?;
+                }
             }
         }
         match &mut ctx.output {
@@ -718,7 +721,8 @@ fn delete_proven(d: Deleter<'_>, deferred: &mut Deferred, job: Job<'_>) -> Resul
             peer_dbs: &peer_dbs,
             keep: &keep,
             still_candidate: &still,
-            batch: 256,
+            batch: deletion::DEFAULT_BATCH,
+            precheck: true,
             timeout: Duration::from_secs(2),
         };
         let mut defer = |db: u32, k: Bytes| doubt.push((db, k));
@@ -801,10 +805,17 @@ fn source_dbs_for(filter: &KeyFilter, t: u32) -> Vec<u32> {
     dbs
 }
 
-/// The own stream is about to write these keys: never delete them as deferred.
-fn touch_keys(deferred: &mut Deferred, db: u32, args: &[Bytes]) {
+/// The own stream is about to write these keys: they leave the deferred set (a retry never
+/// deletes them). Returns those that were deferred.
+fn touch_keys(deferred: &mut Deferred, db: u32, args: &[Bytes]) -> Vec<Bytes> {
+    let mut hits = Vec::new();
+    let touch = |k: &Bytes| {
+        if deferred.touch(db, k) {
+            hits.push(k.clone());
+        }
+    };
     match command_keys(args) {
-        KeySpec::Keys(keys) => keys.into_iter().for_each(|k| deferred.touch(db, k)),
+        KeySpec::Keys(keys) => keys.into_iter().for_each(touch),
         KeySpec::Channel(_) => {}
         KeySpec::Global => {
             // Scripts and functions name their keys after numkeys.
@@ -817,12 +828,74 @@ fn touch_keys(deferred: &mut Deferred, db: u32, args: &[Bytes]) {
                     .get(2)
                     .and_then(|n| std::str::from_utf8(n).ok()?.parse::<usize>().ok())
                     .unwrap_or(0);
-                for k in args.iter().skip(3).take(n) {
-                    deferred.touch(db, k);
-                }
+                args.iter().skip(3).take(n).for_each(touch);
             }
         }
     }
+    hits
+}
+
+/// A deferred key the source writes again: the source's flush (or its new snapshot) had no
+/// such key, so the old value goes first and the write lands on nothing, as on the source. A
+/// peer's copy of the key, if there were one, is overwritten by this write anyway. Order on
+/// a crash: the DEL first, then the deferred set saved without the key, then the write is
+/// dispatched; a restart before the save deletes again (the write was not sent), one after it
+/// never touches the key again (the write may already be applied).
+fn delete_before_write(
+    d: Deleter<'_>,
+    deferred: &mut Deferred,
+    stop: &AtomicBool,
+    db: u32,
+    keys: &[Bytes],
+) -> Result<(), String> {
+    let Some(target) = d.target else {
+        return Ok(());
+    };
+    let mut args: Vec<&[u8]> = vec![b"DEL"];
+    args.extend(keys.iter().map(|k| &k[..]));
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let attempt = TargetConn::connect(target, Duration::from_secs(5))
+            .map_err(|e| e.to_string())
+            .and_then(|mut c| {
+                c.call(&["SELECT", db.to_string().as_str()])
+                    .and_then(|_| c.call(&args))
+                    .map_err(|e| e.to_string())
+            });
+        match attempt {
+            Ok(crate::resp::Reply::Error(e)) => {
+                return Err(format!(
+                    "source {}: target {target} refused DEL of a deferred key written again: {}",
+                    d.name,
+                    String::from_utf8_lossy(&e)
+                ))
+            }
+            Ok(crate::resp::Reply::Integer(n)) => {
+                metrics::counter!("redis_relay_deletions_total", "source" => d.name.to_string(), "cause" => "written").increment(n.max(0) as u64);
+                break;
+            }
+            Ok(_) => break,
+            Err(e) => {
+                if stop.load(Ordering::Acquire) {
+                    return Err(format!(
+                        "source {}: stopped while deleting a deferred key: {e}",
+                        d.name
+                    ));
+                }
+                tracing::warn!(source = %d.name, "target {target}: deleting the old value of a deferred key written again: {e}; retrying");
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    deferred.journal_touches().map_err(|e| {
+        format!(
+            "source {}: cannot write the deferred deletions: {e}",
+            d.name
+        )
+    })?;
+    publish(&d, deferred);
+    Ok(())
 }
 
 /// This source's exactly-once records are on the target: it held this source's data before.

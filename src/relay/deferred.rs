@@ -5,14 +5,16 @@
 //! cannot answer (down, partitioned), the keys in doubt are neither deleted nor forgotten: they
 //! are written here and retried until the peer is back. Two rules keep a retry safe:
 //!
-//! - a key the relay's own stream writes after the flush is dropped from the set before the
-//!   write is dispatched ([`Deferred::touch`]), so a retry never deletes it;
+//! - a key the relay's own stream writes after the flush is the source's from then on: it
+//!   leaves the set before the write is dispatched ([`Deferred::touch`]), so a retry never
+//!   deletes it (the caller deletes its old value first: the source's flush deleted it too);
 //! - the set survives a restart: the key list is a file in the state dir, rewritten (without
 //!   the touched keys) before each checkpoint, so it always reflects at least every command
 //!   up to the checkpoint the relay resumes from.
 //!
-//! Memory: 8 bytes per deferred key (a 64-bit hash of database and key); the keys themselves
-//! stay on disk. A hash collision can only make a key look touched, and keep it: the safe side.
+//! Memory: 16 bytes per deferred key (a 128-bit hash of database and key); the keys themselves
+//! stay on disk. The width makes a false match (a live key taken for a deferred one, whose
+//! value would then be deleted before a write) negligible: about 2^-128 per pair.
 
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
@@ -27,16 +29,31 @@ const MAGIC: &[u8; 8] = b"RRDEFER1";
 /// The deferred deletions of one source.
 pub struct Deferred {
     path: PathBuf,
-    hashes: HashSet<u64>,
+    /// Hashes of keys touched since the key file was last written, appended here at once so
+    /// that a restart sees them (the key file is rewritten at the next checkpoint).
+    journal: PathBuf,
+    unjournaled: Vec<u128>,
+    hashes: HashSet<u128>,
     /// Unix ms of the oldest deferral still pending (0: none).
     since_ms: u64,
     /// Keys were touched since the file was last written: rewrite it before the checkpoint.
     dirty: bool,
 }
 
-/// A 64-bit hash of a key in a database.
+/// A 64-bit hash of a key in a database (the stale-key sweep keeps a set of these: a
+/// collision there only keeps a stale key).
 pub fn key_hash(db: u32, key: &[u8]) -> u64 {
+    salted(0, db, key)
+}
+
+/// The 128-bit hash the deferred set keeps.
+fn wide_hash(db: u32, key: &[u8]) -> u128 {
+    ((salted(1, db, key) as u128) << 64) | salted(2, db, key) as u128
+}
+
+fn salted(salt: u8, db: u32, key: &[u8]) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
+    salt.hash(&mut h);
     db.hash(&mut h);
     key.hash(&mut h);
     h.finish()
@@ -46,8 +63,11 @@ impl Deferred {
     /// The file of `source` in `state_dir`, loaded if it exists.
     pub fn open(state_dir: &Path, file_name: &str) -> std::io::Result<Deferred> {
         let path = state_dir.join(format!("{file_name}.deferred"));
+        let journal = state_dir.join(format!("{file_name}.deferred.touched"));
         let mut d = Deferred {
             path,
+            journal,
+            unjournaled: Vec::new(),
             hashes: HashSet::new(),
             since_ms: 0,
             dirty: false,
@@ -56,7 +76,10 @@ impl Deferred {
             let (since, keys) = read_file(&d.path)?;
             d.since_ms = since;
             for (db, k) in keys {
-                d.hashes.insert(key_hash(db, &k));
+                d.hashes.insert(wide_hash(db, &k));
+            }
+            for h in read_journal(&d.journal)? {
+                d.hashes.remove(&h);
             }
             if d.hashes.is_empty() {
                 d.since_ms = 0;
@@ -80,14 +103,37 @@ impl Deferred {
 
     /// Still waiting to be deleted (not written by the own stream since).
     pub fn contains(&self, db: u32, key: &[u8]) -> bool {
-        self.hashes.contains(&key_hash(db, key))
+        self.hashes.contains(&wide_hash(db, key))
     }
 
-    /// The own stream is about to write `key`: it is the relay's from now on, never deleted.
-    pub fn touch(&mut self, db: u32, key: &[u8]) {
-        if self.hashes.remove(&key_hash(db, key)) {
+    /// The own stream is about to write `key`: it is the source's from now on, never deleted
+    /// by a retry. True when it was deferred (its old value must go before the write).
+    pub fn touch(&mut self, db: u32, key: &[u8]) -> bool {
+        let h = wide_hash(db, key);
+        let hit = self.hashes.remove(&h);
+        if hit {
             self.dirty = true;
+            self.unjournaled.push(h);
         }
+        hit
+    }
+
+    /// Make the touches so far survive a crash (appended to the journal, fsynced): cheap,
+    /// unlike rewriting the key file.
+    pub fn journal_touches(&mut self) -> std::io::Result<()> {
+        if self.unjournaled.is_empty() {
+            return Ok(());
+        }
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.journal)?;
+        let mut buf = Vec::with_capacity(self.unjournaled.len() * 16);
+        for h in self.unjournaled.drain(..) {
+            buf.extend_from_slice(&h.to_le_bytes());
+        }
+        f.write_all(&buf)?;
+        f.sync_data()
     }
 
     /// Add the keys a sweep or flush left in doubt (`now_ms`: when). Appends to the file.
@@ -101,7 +147,7 @@ impl Deferred {
             self.since_ms = now_ms;
         }
         for (db, k) in keys {
-            self.hashes.insert(key_hash(*db, k));
+            self.hashes.insert(wide_hash(*db, k));
         }
         self.write(&pending)
     }
@@ -114,13 +160,13 @@ impl Deferred {
         let (_, keys) = read_file(&self.path)?;
         Ok(keys
             .into_iter()
-            .filter(|(db, k)| self.hashes.contains(&key_hash(*db, k)))
+            .filter(|(db, k)| self.hashes.contains(&wide_hash(*db, k)))
             .collect())
     }
 
     /// After a retry: only `still` remain (the oldest time stays when some do).
     pub fn replace(&mut self, still: Vec<(u32, Bytes)>) -> std::io::Result<()> {
-        self.hashes = still.iter().map(|(db, k)| key_hash(*db, k)).collect();
+        self.hashes = still.iter().map(|(db, k)| wide_hash(*db, k)).collect();
         if self.hashes.is_empty() {
             self.since_ms = 0;
         }
@@ -147,11 +193,10 @@ impl Deferred {
     /// Write `keys` atomically (temp file, fsync, rename); no file when there is nothing.
     fn write(&mut self, keys: &[(u32, Bytes)]) -> std::io::Result<()> {
         self.dirty = false;
+        self.unjournaled.clear();
         if keys.is_empty() {
-            return match std::fs::remove_file(&self.path) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-                _ => Ok(()),
-            };
+            remove_if_there(&self.path)?;
+            return remove_if_there(&self.journal);
         }
         let tmp = self.path.with_extension("deferred.tmp");
         {
@@ -170,8 +215,30 @@ impl Deferred {
             }
             w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
         }
-        std::fs::rename(&tmp, &self.path)
+        std::fs::rename(&tmp, &self.path)?;
+        // The new key file holds no touched key: the journal's entries are in it already.
+        remove_if_there(&self.journal)
     }
+}
+
+fn remove_if_there(p: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(p) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// The touched hashes (a torn last entry of a crash is ignored: its touch was not promised).
+fn read_journal(path: &Path) -> std::io::Result<Vec<u128>> {
+    let data = match std::fs::read(path) {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    Ok(data
+        .chunks_exact(16)
+        .map(|c| u128::from_le_bytes(c.try_into().expect("16 bytes")))
+        .collect())
 }
 
 fn read_file(path: &Path) -> std::io::Result<(u64, Vec<(u32, Bytes)>)> {
@@ -227,8 +294,8 @@ mod tests {
             .unwrap();
         assert_eq!(d.len(), 3);
         assert_eq!(d.since_ms(), Some(1000));
-        d.touch(0, b"a");
-        d.touch(0, b"zzz");
+        assert!(d.touch(0, b"a"));
+        assert!(!d.touch(0, b"zzz"));
         assert!(!d.contains(0, b"a"));
         assert!(d.contains(3, b"a"));
         d.save_if_dirty().unwrap();
@@ -238,6 +305,23 @@ mod tests {
         let mut keys = again.pending_keys().unwrap();
         keys.sort();
         assert_eq!(keys, vec![(0, k("b")), (3, k("a"))]);
+    }
+
+    #[test]
+    fn journaled_touches_survive_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = Deferred::open(dir.path(), "j").unwrap();
+        d.add_all(&[(0, k("a")), (0, k("b")), (0, k("c"))], 7)
+            .unwrap();
+        assert!(d.touch(0, b"b"));
+        d.journal_touches().unwrap();
+        drop(d); // a crash: the key file was not rewritten
+        let again = Deferred::open(dir.path(), "j").unwrap();
+        assert_eq!(again.len(), 2);
+        assert!(!again.contains(0, b"b"));
+        let mut keys = again.pending_keys().unwrap();
+        keys.sort();
+        assert_eq!(keys, vec![(0, k("a")), (0, k("c"))]);
     }
 
     #[test]
