@@ -126,7 +126,7 @@ pub fn describe() {
     );
     describe_counter!(
         "redis_relay_deletions_total",
-        "target keys deleted as proven to be the source's, by cause: flush (FLUSHDB/FLUSHALL of the source), stale (sweep after a forced full resync), deferred (a deferred deletion completed)"
+        "target keys deleted as proven to be the source's, by cause: flush (FLUSHDB/FLUSHALL of the source), stale (sweep after a forced full resync), deferred (a deferred deletion completed), written (a deferred key the source wrote again: its old value deleted just before the write)"
     );
     describe_counter!(
         "redis_relay_deletions_kept_total",

@@ -16,15 +16,7 @@ fn check(args: &[&str]) -> (i32, J) {
     relay_json("check", args)
 }
 
-/// The line of `check` whose subject contains `subject`.
-fn line<'a>(report: &'a J, check: &str, subject: &str) -> &'a J {
-    report["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["check"] == check && c["subject"].as_str().unwrap().contains(subject))
-        .unwrap_or_else(|| panic!("no {check} line for {subject} in {report:#}"))
-}
+use support::check_line as line;
 
 fn fix(l: &J) -> &str {
     l["fix"].as_str().unwrap_or_else(|| panic!("no fix in {l}"))

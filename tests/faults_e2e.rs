@@ -59,15 +59,7 @@ fn synced_relay(
         state.display().to_string(),
     ];
     args.extend(extra.iter().map(|a| a.to_string()));
-    let relay = Relay::start_sync(&args, state);
-    assert!(
-        wait_until(Duration::from_secs(30), || relay
-            .metric("redis_relay_snapshot_done", src)
-            == Some(1.0)),
-        "snapshot not applied:\n{}",
-        relay.log_text()
-    );
-    relay
+    Relay::start_synced(&args, state, src)
 }
 
 fn stat(m: &RedisServer, field: &str) -> i64 {

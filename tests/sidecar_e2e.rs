@@ -46,7 +46,7 @@ use std::time::{Duration, Instant};
 
 use redis_relay::resp::Reply;
 use support::{
-    free_port, nutcracker_bin, redis_server_bin, relay_cli, stop_child, wait_until, Client,
+    free_port, redis_server_bin, relay_cli, stop_child, wait_until, Client, Nutcracker,
     RedisServer, Relay,
 };
 
@@ -215,83 +215,18 @@ impl Drop for Backend {
 }
 
 /// One nutcracker with one pool over the backends (ketama, fnv1a_64, `{}` hash tags).
-struct Proxy {
-    port: u16,
-    config: PathBuf,
-    /// Holds the config file and nutcracker's log.
-    _dir: tempfile::TempDir,
-    child: Child,
-}
+type Proxy = Nutcracker;
 
-impl Proxy {
-    fn start(backends: &[Backend]) -> Proxy {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut last = String::new();
-        for _ in 0..5 {
-            let port = free_port();
-            let stats = free_port();
-            let mut yaml = format!(
-                "pool:\n  listen: 127.0.0.1:{port}\n  hash: fnv1a_64\n  hash_tag: \"{{}}\"\n  distribution: ketama\n  redis: true\n  auto_eject_hosts: false\n  timeout: 5000\n  servers:\n"
-            );
-            for b in backends {
-                yaml.push_str(&format!("   - 127.0.0.1:{}:1 {}\n", b.port, b.name));
-            }
-            let config = dir.path().join("nutcracker.yml");
-            std::fs::write(&config, yaml).expect("write nutcracker config");
-            let mut child = Command::new(nutcracker_bin())
-                .arg("-c")
-                .arg(&config)
-                .arg("-s")
-                .arg(stats.to_string())
-                .arg("-o")
-                .arg(dir.path().join("nutcracker.log"))
-                .arg("-p")
-                .arg(dir.path().join("nutcracker.pid"))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("spawn nutcracker");
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                if let Ok(Some(st)) = child.try_wait() {
-                    last = format!(
-                        "nutcracker exited with {st}: {}",
-                        std::fs::read_to_string(dir.path().join("nutcracker.log"))
-                            .unwrap_or_default()
-                    );
-                    break;
-                }
-                if let Ok(mut c) = Client::connect(port) {
-                    if let Ok(Reply::Bulk(_)) = c.try_cmd(&["GET", "nutcracker:probe"]) {
-                        return Proxy {
-                            port,
-                            config,
-                            _dir: dir,
-                            child,
-                        };
-                    }
-                }
-                if Instant::now() > deadline {
-                    stop_child(&mut child);
-                    last = "nutcracker did not answer a GET within 10 s".into();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
+fn start_proxy(backends: &[Backend]) -> Proxy {
+    Nutcracker::start_yaml(|port| {
+        let mut yaml = format!(
+            "pool:\n  listen: 127.0.0.1:{port}\n  hash: fnv1a_64\n  hash_tag: \"{{}}\"\n  distribution: ketama\n  redis: true\n  auto_eject_hosts: false\n  timeout: 5000\n  servers:\n"
+        );
+        for b in backends {
+            yaml.push_str(&format!("   - 127.0.0.1:{}:1 {}\n", b.port, b.name));
         }
-        panic!("could not start nutcracker: {last}");
-    }
-
-    fn client(&self) -> Client {
-        Client::connect(self.port).expect("connect to nutcracker")
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        stop_child(&mut self.child);
-    }
+        yaml
+    })
 }
 
 /// Index of the backend holding each key (exactly one must).
@@ -681,7 +616,7 @@ impl Topology {
     }
 
     fn config(&self) -> String {
-        self.proxy.config.display().to_string()
+        self.proxy.config_path.display().to_string()
     }
 
     fn args(&self, i: usize) -> Vec<String> {
@@ -917,7 +852,7 @@ fn sidecars_never_delete_their_peers_keys() {
         .map(|n| Backend::start(n))
         .collect();
     let target = RedisServer::start(&[]);
-    let proxy = Proxy::start(&backends);
+    let proxy = start_proxy(&backends);
     let names: Vec<String> = backends.iter().map(|b| b.name.clone()).collect();
 
     // ---- Preload and key placement.

@@ -7,7 +7,6 @@ pub mod offsets;
 pub mod op;
 pub mod replayable;
 pub mod router;
-pub mod scoped_flush;
 pub mod spool;
 pub mod stream_apply;
 

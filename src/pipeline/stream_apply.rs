@@ -25,7 +25,7 @@ pub enum Control {
     /// `REPLCONF GETACK`: the master wants an ACK now.
     AckRequested,
     /// FLUSHDB (`Some(db)`) or FLUSHALL (`None`) on a target shared with other sources: the
-    /// caller deletes only the keys that no other source holds (see [`super::scoped_flush`]),
+    /// caller deletes only the keys proven to be this source's (`crate::target::deletion`),
     /// then calls [`super::Dispatcher::advance`] with `end`. Everything before it is applied.
     ScopedFlush { db: Option<u32>, end: u64 },
     /// The relay's own heartbeat (`SET <prefix>heartbeat:<source> <unix ms>`, written on the

@@ -1160,6 +1160,46 @@ impl LiveReader {
         Ok(dbs)
     }
 
+    /// Keys of `db` under an ignored prefix (the relay's own), counted with `SCAN MATCH`: so
+    /// that key counts taken from `INFO keyspace` leave them out. 0 before 2.8 (no SCAN).
+    pub fn ignored_count(&mut self, db: u32) -> anyhow::Result<u64> {
+        if !self.facts.has_scan() {
+            return Ok(0);
+        }
+        self.select(db)?;
+        let mut n = 0;
+        for p in self.opts.ignore_prefixes.clone() {
+            let mut pattern = Vec::with_capacity(p.len() + 1);
+            for &b in p.iter() {
+                if matches!(b, b'*' | b'?' | b'[' | b']' | b'\\') {
+                    pattern.push(b'\\');
+                }
+                pattern.push(b);
+            }
+            pattern.push(b'*');
+            let mut cursor = b"0".to_vec();
+            loop {
+                let reply = self.call(cmd(&[
+                    b"SCAN", &cursor, b"MATCH", &pattern, b"COUNT", b"10000",
+                ]))?;
+                let Reply::Array(Some(mut parts)) = reply else {
+                    anyhow::bail!("{}: SCAN MATCH: unexpected reply", self.endpoint);
+                };
+                if let Some(Reply::Array(Some(keys))) = parts.pop() {
+                    n += keys.len() as u64;
+                }
+                cursor = match parts.pop() {
+                    Some(Reply::Bulk(Some(c))) => c.to_vec(),
+                    _ => b"0".to_vec(),
+                };
+                if cursor == b"0" {
+                    break;
+                }
+            }
+        }
+        Ok(n)
+    }
+
     /// One `SCAN` page of `db` (`KEYS *` in one go before 2.8): (next cursor, keys), the keys
     /// under an ignored prefix already left out. Cursor `0` ends the scan.
     pub fn scan_page(&mut self, db: u32, cursor: u64) -> anyhow::Result<(u64, Vec<Bytes>)> {

@@ -454,9 +454,15 @@ impl Job<'_> {
                 self.check_extra(db, chunk, srcs, tgt)?;
             }
         }
+        // INFO's counts, less the relay's own keys (records, heartbeats).
+        let mut own = 0;
+        for s in srcs.iter_mut() {
+            own += s.ignored_count(db)?;
+        }
+        let tgt_own = tgt.ignored_count(db)?;
         let c = self.report.db_mut(db);
-        c.left_keys = src_n;
-        c.right_keys = tgt_n;
+        c.left_keys = src_n.saturating_sub(own);
+        c.right_keys = tgt_n.saturating_sub(tgt_own);
         Ok(())
     }
 }

@@ -50,6 +50,20 @@ pub fn relay_json(subcommand: &str, args: &[&str]) -> (i32, serde_json::Value) {
     (out.status.code().unwrap_or(-1), report)
 }
 
+/// The line of a `check --json` report with this check whose subject contains `subject`.
+pub fn check_line<'a>(
+    report: &'a serde_json::Value,
+    check: &str,
+    subject: &str,
+) -> &'a serde_json::Value {
+    report["checks"]
+        .as_array()
+        .expect("a check report")
+        .iter()
+        .find(|c| c["check"] == check && c["subject"].as_str().unwrap_or("").contains(subject))
+        .unwrap_or_else(|| panic!("no {check} line for {subject} in {report:#}"))
+}
+
 /// A port that was free a moment ago (the OS picks it; the race with other tests is retried
 /// by the callers that start servers).
 pub fn free_port() -> u16 {
@@ -409,6 +423,20 @@ impl Relay {
             log,
             metrics_port,
         }
+    }
+
+    /// [`Relay::start_sync`], then wait (30 s at most) until the snapshot of `source`
+    /// (`host:port`) is applied; panics with the log otherwise.
+    pub fn start_synced(args: &[String], log_dir: &Path, source: &str) -> Relay {
+        let relay = Self::start_sync(args, log_dir);
+        assert!(
+            wait_until(Duration::from_secs(30), || relay
+                .metric("redis_relay_snapshot_done", source)
+                == Some(1.0)),
+            "snapshot not applied:\n{}",
+            relay.log_text()
+        );
+        relay
     }
 
     /// The Prometheus text, or an empty string while the listener is not up.
