@@ -107,7 +107,7 @@ struct RunArgs {
     /// Sidecar mode: replicate only this server of the Twemproxy pool (its name in the config,
     /// or its host:port as written there; `auto`: the backends on this host's addresses). The
     /// pool's other servers are the peers whose keys are never deleted (repeatable).
-    #[arg(long, value_delimiter = ',', requires = "twemproxy")]
+    #[arg(long, value_delimiter = ',')]
     local_server: Vec<String>,
     /// Another master writing into the same target, whose keys this relay never deletes
     /// (repeatable): redis://[user[:password]@]host:port

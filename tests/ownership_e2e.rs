@@ -274,6 +274,30 @@ fn check_in_sidecar_mode_tells_the_target_keys_apart() {
         empty["message"].as_str().unwrap().contains("nobodys"),
         "{empty}"
     );
+    // As the systemd template runs it: the pool and target from the file, the local server
+    // on the command line.
+    let dir = tempfile::tempdir().unwrap();
+    let toml = dir.path().join("relay.toml");
+    std::fs::write(
+        &toml,
+        format!("twemproxy = {config:?}\ntarget = {turl:?}\n"),
+    )
+    .unwrap();
+    let (_, r) = relay_json(
+        "check",
+        &[
+            "--config",
+            toml.to_str().unwrap(),
+            "--local-server",
+            "server0",
+        ],
+    );
+    let peers = line(&r, "peers", "sidecar");
+    assert_eq!(peers["status"], "pass", "{r:#}");
+    assert!(
+        peers["message"].as_str().unwrap().contains(&s1.addr()),
+        "server1 is the peer: {peers}"
+    );
     // A name that is not in the pool is a clear error.
     let mut bad: Vec<&str> = a.clone();
     bad[3] = "server9";

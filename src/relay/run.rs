@@ -439,5 +439,13 @@ mod tests {
         s.lag_seconds = None;
         s.lag_seconds_estimate = Some(f64::INFINITY);
         assert!(status_text(&s, 0.0).contains("no progress"));
+        s.deferred_deletions = 1234;
+        s.deferred_deletion_age_seconds = Some(75.4);
+        assert!(
+            status_text(&s, 0.0)
+                .ends_with(", 1234 deletions deferred (oldest 75 s: a peer did not answer)"),
+            "{}",
+            status_text(&s, 0.0)
+        );
     }
 }
