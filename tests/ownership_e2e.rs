@@ -7,6 +7,7 @@ mod support;
 
 use std::time::Duration;
 
+use support::fault_proxy::FaultProxy;
 use support::{check_line as line, relay_json, wait_until, Nutcracker, RedisServer, Relay};
 
 fn args(source: &str, target: &str, state: &std::path::Path, extra: &[&str]) -> Vec<String> {
@@ -120,6 +121,57 @@ fn plain_source_keeps_what_it_cannot_attribute_and_exclusive_flushes() {
         "{}",
         relay.log_text()
     );
+    assert_eq!(relay.terminate(Duration::from_secs(10)).0, Some(0));
+}
+
+#[test]
+fn a_flush_during_a_target_outage_completes_once_the_target_is_back() {
+    let a = RedisServer::start(&[]);
+    let peer = RedisServer::start(&[]);
+    let target = RedisServer::start(&[]);
+    let to_target = FaultProxy::start(target.port);
+    let state = tempfile::tempdir().unwrap();
+    for i in 0..100 {
+        a.client().cmd(&["SET", &format!("a:{i}"), "1"]);
+        // The peer's keys, as its own relay would have written them.
+        peer.client().cmd(&["SET", &format!("p:{i}"), "1"]);
+        target.client().cmd(&["SET", &format!("p:{i}"), "1"]);
+    }
+    let proxied = format!("redis://127.0.0.1:{}", to_target.port);
+    let mut relay = Relay::start_synced(
+        &args(&a.url(), &proxied, state.path(), &["--peer", &peer.url()]),
+        state.path(),
+        &a.addr(),
+    );
+    to_target.cut();
+    a.client().cmd(&["FLUSHDB"]);
+    a.client().cmd(&["SET", "a:after", "1"]);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        matches!(relay.child.try_wait(), Ok(None)),
+        "a target outage during a flush is waited out, not fatal: {}",
+        relay.log_text()
+    );
+    to_target.up();
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            let mut t = target.client();
+            t.cmd(&["EXISTS", "a:0", "a:99"]).as_int() == Some(0)
+                && t.cmd(&["GET", "a:after"]).as_text().is_some()
+        }),
+        "the flush completes once the target is back: {}",
+        relay.log_text()
+    );
+    // Exactly the peer's keys and the write after the flush (besides the relay's records).
+    let keys = match target.client().cmd(&["KEYS", "*"]) {
+        redis_relay::resp::Reply::Array(Some(ks)) => ks
+            .iter()
+            .filter_map(|k| k.as_text())
+            .filter(|k| !k.starts_with("redis-relay:"))
+            .count(),
+        other => panic!("KEYS: {other:?}"),
+    };
+    assert_eq!(keys, 101, "{}", relay.log_text());
     assert_eq!(relay.terminate(Duration::from_secs(10)).0, Some(0));
 }
 

@@ -40,6 +40,7 @@ macro_rules! deleter {
             own_prefix: &$ctx.stream_opts.own_prefix,
             deferred_keys: &$ctx.deferred_keys,
             deferred_since_ms: &$ctx.deferred_since_ms,
+            stop: &$ctx.stop,
         }
     };
 }
@@ -322,8 +323,14 @@ fn full_resync(
     }
     // The target may hold keys of this source from before: after a resume refused, a
     // backlog overrun, or a crash in the middle of an earlier sweep (its records are there).
-    let unexpected =
-        st.stream.is_some() || ctx.resume.is_some() || !st.deferred.is_empty() || has_records(ctx)?;
+    let unexpected = st.stream.is_some()
+        || ctx.resume.is_some()
+        || !st.deferred.is_empty()
+        || has_records(ctx).unwrap_or_else(|e| {
+            // The sweep only deletes what it proves: sweeping when in doubt is safe.
+            tracing::warn!(source = %ctx.name, "{e}: sweeping after the snapshot in case");
+            true
+        });
     if unexpected {
         tracing::warn!(source = %ctx.name, "the master forced a full resync: its keys are replaced from the new snapshot, and the keys it no longer has are removed from the target");
     }
@@ -647,6 +654,7 @@ struct Deleter<'a> {
     own_prefix: &'a [u8],
     deferred_keys: &'a AtomicU64,
     deferred_since_ms: &'a AtomicU64,
+    stop: &'a AtomicBool,
 }
 
 /// What a deletion is for.
@@ -692,7 +700,7 @@ fn delete_proven(d: Deleter<'_>, deferred: &mut Deferred, job: Job<'_>) -> Resul
     let keep = |db: u32, k: &[u8]| {
         k.starts_with(d.own_prefix)
             || !d.filter.key_allowed(k)
-            || source_dbs_for(d.filter, db).is_empty()
+            || !writes_db(d.filter, db)
             || snapshot.is_some_and(|s| s.contains(&key_hash(db, k)))
     };
     if matches!(job, Job::Stale(_)) {
@@ -709,32 +717,52 @@ fn delete_proven(d: Deleter<'_>, deferred: &mut Deferred, job: Job<'_>) -> Resul
     };
     let mut doubt: Vec<(u32, Bytes)> = Vec::new();
     let started = Instant::now();
-    let report = {
-        let set: &Deferred = deferred;
-        let retrying = matches!(job, Job::Retry);
-        // A deferred key the own stream wrote since is the source's own data now.
-        let still = |db: u32, k: &[u8]| !retrying || set.contains(db, k);
-        let plan = Plan {
-            target,
-            authority: d.authority,
-            hint: Some(&hint),
-            peer_dbs: &peer_dbs,
-            keep: &keep,
-            still_candidate: &still,
-            batch: deletion::DEFAULT_BATCH,
-            precheck: true,
-            timeout: Duration::from_secs(2),
-        };
-        let mut defer = |db: u32, k: Bytes| doubt.push((db, k));
-        match &job {
-            Job::Flush(db) => {
-                deletion::sweep(&plan, db.map_or(Scope::AllDbs, Scope::Db), &mut defer)
+    let mut backoff = Duration::from_millis(200);
+    let report = loop {
+        doubt.clear();
+        let attempt = {
+            let set: &Deferred = deferred;
+            let retrying = matches!(job, Job::Retry);
+            // A deferred key the own stream wrote since is the source's own data now.
+            let still = |db: u32, k: &[u8]| !retrying || set.contains(db, k);
+            let plan = Plan {
+                target,
+                authority: d.authority,
+                hint: Some(&hint),
+                peer_dbs: &peer_dbs,
+                keep: &keep,
+                still_candidate: &still,
+                batch: deletion::DEFAULT_BATCH,
+                precheck: true,
+                timeout: Duration::from_secs(2),
+            };
+            let mut defer = |db: u32, k: Bytes| doubt.push((db, k));
+            match &job {
+                Job::Flush(db) => {
+                    deletion::sweep(&plan, db.map_or(Scope::AllDbs, Scope::Db), &mut defer)
+                }
+                Job::Stale(_) => deletion::sweep(&plan, Scope::AllDbs, &mut defer),
+                Job::Retry => deletion::retry(&plan, &mut pending.iter().cloned(), &mut defer),
             }
-            Job::Stale(_) => deletion::sweep(&plan, Scope::AllDbs, &mut defer),
-            Job::Retry => deletion::retry(&plan, &mut pending.into_iter(), &mut defer),
+        };
+        match attempt {
+            Ok(r) => break r,
+            // The target refused (NOPERM, READONLY, ...): nothing a retry changes.
+            Err(e @ deletion::DeletionError::Refused { .. }) => {
+                return Err(format!("source {}: {} deletion: {e}", d.name, job.cause()))
+            }
+            // The target went away (or answered nonsense): like the writers, wait for it. A
+            // new attempt starts over; what the last one deleted is gone and not a candidate.
+            Err(e) => {
+                if d.stop.load(Ordering::Acquire) {
+                    return Err(format!("source {}: {} deletion: {e}", d.name, job.cause()));
+                }
+                tracing::warn!(source = %d.name, cause = job.cause(), "deletion interrupted: {e}; starting it again in {backoff:?}");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
         }
     };
-    let report = report.map_err(|e| format!("source {}: {} deletion: {e}", d.name, job.cause()))?;
     let stored = match job {
         Job::Retry => deferred.replace(doubt),
         _ => deferred.add_all(&doubt, unix_ms()),
@@ -793,16 +821,28 @@ fn publish_deferred(ctx: &SourceCtx, deferred: &Deferred) {
     publish(&deleter!(ctx), deferred);
 }
 
+/// Source databases looked at for a target database: the usual 16 and then some, and every
+/// database the map names.
+fn source_dbs(filter: &KeyFilter) -> impl Iterator<Item = u32> + '_ {
+    (0..64u32).chain(filter.db_map.keys().copied())
+}
+
 /// The source databases whose keys land in target database `t` (peers are asked there).
 fn source_dbs_for(filter: &KeyFilter, t: u32) -> Vec<u32> {
     if filter.is_identity() {
         return vec![t];
     }
-    let mut dbs: Vec<u32> = (0..64u32).chain(filter.db_map.keys().copied()).collect();
+    let mut dbs: Vec<u32> = source_dbs(filter)
+        .filter(|s| filter.map_db(*s) == Some(t))
+        .collect();
     dbs.sort_unstable();
     dbs.dedup();
-    dbs.retain(|s| filter.map_db(*s) == Some(t));
     dbs
+}
+
+/// Some source database lands in target database `t` (else no key there is the relay's).
+fn writes_db(filter: &KeyFilter, t: u32) -> bool {
+    filter.is_identity() || source_dbs(filter).any(|s| filter.map_db(s) == Some(t))
 }
 
 /// The own stream is about to write these keys: they leave the deferred set (a retry never
