@@ -204,8 +204,7 @@ pub(super) fn judge_shared(c: &Classified, policy: IfNotEmpty, resuming: bool) -
 
 /// The target holds exactly-once records of `source` (in DB 0): the relay wrote there before.
 pub(super) fn has_records(conn: &mut TargetConn, own_prefix: &str, source: &Endpoint) -> bool {
-    let base = crate::pipeline::dispatcher::record_base(own_prefix, &source.to_string());
-    let keys: Vec<String> = (0..256).map(|w| format!("{base}{w}")).collect();
+    let keys = crate::pipeline::record::keys(own_prefix, &source.to_string(), 256);
     if !matches!(conn.call(&["SELECT", "0"]), Ok(Reply::Simple(_))) {
         return false;
     }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use super::offsets::SourceTracker;
 use super::op::{Batch, Bookkeeping, Op};
+use super::record::{self, Record};
 use super::router::partition;
 use crate::target::commands::CommandBuf;
 use crate::target::PoolHandle;
@@ -41,24 +42,16 @@ pub fn run_id() -> &'static str {
     })
 }
 
-/// How batches are recorded on the target: `SET <key_base><writer> "<replid> <end offset>
-/// <run id> <sequence>"` inside each batch's MULTI/EXEC.
+/// How batches are recorded on the target: a [`Record`] under [`record::key`] inside each
+/// batch's MULTI/EXEC.
 #[derive(Debug, Clone)]
 pub struct ExactlyOnce {
-    /// `<prefix>offset:<source>:` (the writer index follows).
-    pub key_base: String,
+    /// The relay's key prefix on the target.
+    pub prefix: String,
+    /// The source, as named in the record keys.
+    pub source: String,
     /// The replication id the offsets belong to.
     pub replid: String,
-}
-
-/// The record keys of `source` start with this; the writer index follows.
-pub fn record_base(prefix: &str, source: &str) -> String {
-    format!("{prefix}offset:{source}:")
-}
-
-/// The record key of `source`'s batches on `writer`.
-pub fn record_key(prefix: &str, source: &str, writer: usize) -> String {
-    format!("{}{writer}", record_base(prefix, source))
 }
 
 #[derive(Default)]
@@ -222,9 +215,15 @@ impl Dispatcher {
                 "transaction" => if transaction { "yes" } else { "no" }
             )
             .increment(1);
+            let record = Record {
+                replid: eo.replid.clone(),
+                end: p.end,
+                run: run_id().to_string(),
+                seq: *seq,
+            };
             Bookkeeping {
-                key: format!("{}{w}", eo.key_base).into(),
-                value: format!("{} {} {} {}", eo.replid, p.end, run_id(), seq).into(),
+                key: record::key(&eo.prefix, &eo.source, w).into(),
+                value: record.encode(),
                 transaction,
             }
         });

@@ -5,6 +5,7 @@ pub mod filter;
 pub mod keys;
 pub mod offsets;
 pub mod op;
+pub mod record;
 pub mod replayable;
 pub mod router;
 pub mod spool;

@@ -15,9 +15,10 @@ use super::events::{EventSink, RelayEvent};
 use super::rdb_reader::SpoolRdbReader;
 use crate::endpoint::Endpoint;
 use crate::pipeline::checkpoint::{self, Checkpoint};
-use crate::pipeline::dispatcher::{record_base, record_key, ExactlyOnce};
+use crate::pipeline::dispatcher::ExactlyOnce;
 use crate::pipeline::filter::KeyFilter;
 use crate::pipeline::keys::{command_keys, KeySpec};
+use crate::pipeline::record;
 use crate::pipeline::spool::{Spool, SpoolRecord};
 use crate::pipeline::stream_apply::{Control, StreamApply, StreamOptions};
 use crate::pipeline::{Dispatcher, SourceTracker};
@@ -602,10 +603,8 @@ impl<R: std::io::Read> std::io::Read for CountingRead<'_, R> {
 
 fn exactly_once(ctx: &SourceCtx, replid: &str) -> ExactlyOnce {
     ExactlyOnce {
-        key_base: record_base(
-            &String::from_utf8_lossy(&ctx.stream_opts.own_prefix),
-            &ctx.name,
-        ),
+        prefix: String::from_utf8_lossy(&ctx.stream_opts.own_prefix).into_owned(),
+        source: ctx.name.clone(),
         replid: replid.to_string(),
     }
 }
@@ -629,15 +628,14 @@ fn read_records(
     conn.call(&["SELECT", "0"]).map_err(io)?;
     let mut out = Vec::with_capacity(writers);
     for w in 0..writers {
-        let key = record_key(&prefix, source, w);
+        let key = record::key(&prefix, source, w);
         let value = conn.call(&["GET", key.as_str()]).map_err(io)?.as_text();
-        // "<replid> <end offset> <run id> <sequence>"
+        // No record, another replid's or an unreadable one: nothing to skip.
         let offset = value
             .as_deref()
-            .map(|v| v.split(' ').collect::<Vec<_>>())
-            .filter(|t| t.len() >= 2 && t[0] == replid)
-            .and_then(|t| t[1].parse::<u64>().ok())
-            .unwrap_or(0);
+            .and_then(|v| record::position(v.as_bytes()).ok())
+            .filter(|(r, _)| *r == replid)
+            .map_or(0, |(_, end)| end);
         out.push(offset);
     }
     Ok(out)
@@ -948,9 +946,7 @@ fn has_records(ctx: &SourceCtx) -> Result<bool, String> {
         TargetConn::connect(target, Duration::from_secs(10)).map_err(|e| e.to_string())?;
     let io = |e: std::io::Error| format!("target {target}: reading the relay's records: {e}");
     conn.call(&["SELECT", "0"]).map_err(io)?;
-    let keys: Vec<String> = (0..ctx.writers)
-        .map(|w| record_key(&prefix, &ctx.name, w))
-        .collect();
+    let keys = record::keys(&prefix, &ctx.name, ctx.writers);
     let mut args = vec!["EXISTS"];
     args.extend(keys.iter().map(String::as_str));
     Ok(matches!(conn.call(&args).map_err(io)?, crate::resp::Reply::Integer(n) if n > 0))

@@ -21,6 +21,7 @@ use parking_lot::Mutex;
 
 use super::connection::{read_reply_from, TargetConn, TargetError};
 use crate::endpoint::Endpoint;
+use crate::pipeline::record::Record;
 use crate::pipeline::Batch;
 use crate::resp::{encode_command, parse_reply, Reply};
 
@@ -442,8 +443,7 @@ impl Writer {
                 break;
             };
             let value = c.call(&[&b"GET"[..], &book.key])?.as_text();
-            let want = String::from_utf8_lossy(&book.value);
-            if !value.is_some_and(|v| record_covers(&v, &want)) {
+            if !value.is_some_and(|v| record_covers(v.as_bytes(), &book.value)) {
                 break;
             }
             applied += 1;
@@ -596,17 +596,11 @@ impl Writer {
     }
 }
 
-/// Whether the record `have` (`<replid> <end> <run> <seq>`) on the target covers the batch
-/// whose own record is `want`: same run, sequence at least as far.
-fn record_covers(have: &str, want: &str) -> bool {
-    let h: Vec<&str> = have.split(' ').collect();
-    let w: Vec<&str> = want.split(' ').collect();
-    match (h.as_slice(), w.as_slice()) {
-        ([_, _, hrun, hseq], [_, _, wrun, wseq]) => {
-            hrun == wrun
-                && hseq.parse::<u64>().ok() >= wseq.parse::<u64>().ok()
-                && wseq.parse::<u64>().is_ok()
-        }
+/// Whether the record value `have` on the target covers the batch whose own record value is
+/// `want` (see [`Record::covers`]); a value that is no record covers nothing.
+fn record_covers(have: &[u8], want: &[u8]) -> bool {
+    match (Record::decode(have), Record::decode(want)) {
+        (Ok(have), Ok(want)) => have.covers(&want),
         _ => false,
     }
 }
@@ -799,15 +793,16 @@ mod tests {
 
     #[test]
     fn records_cover_earlier_batches_of_the_same_run_only() {
-        let have = "abc 500 run1 7";
-        assert!(record_covers(have, "abc 400 run1 6"));
-        assert!(record_covers(have, "abc 500 run1 7"));
-        assert!(!record_covers(have, "abc 600 run1 8"));
+        let have = b"abc 500 run1 7";
+        assert!(record_covers(have, b"abc 400 run1 6"));
+        assert!(record_covers(have, b"abc 500 run1 7"));
+        assert!(!record_covers(have, b"abc 600 run1 8"));
         assert!(
-            !record_covers(have, "abc 400 run2 3"),
+            !record_covers(have, b"abc 400 run2 3"),
             "another process's sequence"
         );
-        assert!(!record_covers("garbage", "abc 400 run1 3"));
+        assert!(!record_covers(b"garbage", b"abc 400 run1 3"));
+        assert!(!record_covers(b"abc 500 run1 x", b"abc 400 run1 3"));
     }
 
     #[test]
