@@ -329,7 +329,7 @@ impl RunArgs {
             listening_port: pick(self.listening_port, file.listening_port).unwrap_or(0),
             repl_timeout: pick(self.repl_timeout, file.repl_timeout).unwrap_or(60),
             key_prefix: pick(self.key_prefix, file.key_prefix.clone())
-                .unwrap_or_else(|| "redis-relay:".into()),
+                .unwrap_or_else(|| redis_relay::pipeline::record::DEFAULT_PREFIX.into()),
             heartbeat: match self.heartbeat {
                 Some(d) => Some(d),
                 None => file

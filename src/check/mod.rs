@@ -114,7 +114,7 @@ impl CheckOptions {
             if_target_not_empty: IfNotEmpty::Abort,
             state_dir: None,
             target_dbs: None,
-            own_prefix: "redis-relay:".into(),
+            own_prefix: crate::pipeline::record::DEFAULT_PREFIX.into(),
             rate_window: Duration::from_secs(1),
             min_backlog_secs: 60.0,
             timeout: Duration::from_secs(3),

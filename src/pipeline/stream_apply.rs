@@ -56,7 +56,7 @@ pub struct StreamOptions {
 impl Default for StreamOptions {
     fn default() -> Self {
         StreamOptions {
-            own_prefix: Bytes::from_static(b"redis-relay:"),
+            own_prefix: Bytes::from_static(super::record::DEFAULT_PREFIX.as_bytes()),
             evalsha_to_eval: true,
             drop_sentinel_hello: true,
             exclude_commands: Vec::new(),

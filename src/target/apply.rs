@@ -60,7 +60,7 @@ impl ApplyOptions {
             rewrite: RewriteTarget::from_info(info),
             skip_expired: true,
             filter: Arc::default(),
-            own_prefix: Bytes::from_static(b"redis-relay:"),
+            own_prefix: Bytes::from_static(crate::pipeline::record::DEFAULT_PREFIX.as_bytes()),
         }
     }
 }

@@ -238,6 +238,12 @@ pub fn estimate_entries_read(
     }
 }
 
+/// The consumer group `XGROUP CREATE ... MKSTREAM` makes an empty stream with, destroyed right
+/// after. A group name on the user's stream, not a key: the relay's key prefix (which reserves
+/// part of the keyspace, and may be set with `--key-prefix`) has no say in it, so it is fixed
+/// rather than built from [`DEFAULT_PREFIX`](crate::pipeline::record::DEFAULT_PREFIX).
+const MKSTREAM_GROUP: &[u8] = b"redis-relay:mkstream";
+
 fn append_stream_meta(out: &mut CommandBuf, key: &[u8], meta: &StreamMeta, target: &RewriteTarget) {
     let last = meta.last_id.to_string();
     if meta.length == 0 {
@@ -247,11 +253,11 @@ fn append_stream_meta(out: &mut CommandBuf, key: &[u8], meta: &StreamMeta, targe
                 &b"XGROUP"[..],
                 b"CREATE",
                 key,
-                b"redis-relay:mkstream",
+                MKSTREAM_GROUP,
                 b"0",
                 b"MKSTREAM",
             ]);
-            out.push(&[&b"XGROUP"[..], b"DESTROY", key, b"redis-relay:mkstream"]);
+            out.push(&[&b"XGROUP"[..], b"DESTROY", key, MKSTREAM_GROUP]);
         } else {
             // An empty stream keeps its last id: add an entry with that id that MAXLEN 0
             // trims at once.
