@@ -35,6 +35,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use redis_relay::pipeline::record;
 use redis_relay::resp::{encode_command, parse_reply, Reply};
 
 type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
@@ -1125,7 +1126,7 @@ fn main() -> Res<()> {
     let writers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let records: Vec<String> = [&ma, &mb]
         .iter()
-        .flat_map(|m| (0..writers).map(move |w| format!("redis-relay:offset:{}:{w}", m.addr())))
+        .flat_map(|m| record::keys(record::DEFAULT_PREFIX, &m.addr(), writers))
         .collect();
     let full = loop {
         let mut c = target.client();
