@@ -496,6 +496,91 @@ heartbeat = "1s"
         assert!(e.contains("exclude-regex"), "{e}");
     }
 
+    /// The command line and the file are the same declaration: the same values either way.
+    #[test]
+    fn command_line_and_file_agree_and_merge() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            o: RunOptions,
+        }
+        let cli = <Cli as clap::Parser>::try_parse_from([
+            "x",
+            "--on-target-error",
+            "stop",
+            "--if-target-not-empty",
+            "ignore",
+            "--target-owner",
+            "exclusive",
+            "--db",
+            "0,1",
+            "--heartbeat",
+            "1s",
+            "--metrics-addr",
+            "127.0.0.1:9121",
+            "-q",
+        ])
+        .unwrap()
+        .o;
+        let file = RunOptions::parse(
+            "on-target-error = \"stop\"\nif-target-not-empty = \"ignore\"\ntarget-owner = \"exclusive\"\ndb = [0, 1]\nheartbeat = \"1s\"\nmetrics-addr = \"127.0.0.1:9121\"\nquiet = true\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(cli, file);
+        assert_eq!(cli.on_target_error, Some(ErrorPolicy::Stop));
+        // The command line over the file; a flag set in the file stays set.
+        let cli = RunOptions {
+            writers: Some(2),
+            ..RunOptions::default()
+        };
+        let file = RunOptions {
+            writers: Some(8),
+            state_dir: Some("/s".into()),
+            allow_eviction: true,
+            ..RunOptions::default()
+        };
+        let m = cli.merge(file);
+        assert_eq!(m.writers, Some(2));
+        assert_eq!(m.state_dir.as_deref(), Some(Path::new("/s")));
+        assert!(m.allow_eviction);
+        assert_eq!(RunOptions::KEYS.len(), 30);
+    }
+
+    #[test]
+    fn resolve_has_the_defaults_and_names_the_option() {
+        let o = RunOptions {
+            source: Some(vec!["redis://127.0.0.1:1".into()]),
+            target: Some("redis://127.0.0.1:2".into()),
+            ..RunOptions::default()
+        };
+        let s = o.clone().resolve().unwrap();
+        assert_eq!(s.writers.on_error, ErrorPolicy::Skip);
+        assert_eq!(s.if_target_not_empty, IfNotEmpty::Abort);
+        assert_eq!(s.target_owner, TargetOwner::Shared);
+        assert_eq!(s.state_dir, Path::new("redis-relay-state"));
+        assert_eq!(s.big_key_bytes, 8 << 20);
+        assert_eq!(s.repl_timeout, Duration::from_secs(60));
+        assert_eq!(s.key_prefix, "redis-relay:");
+        let e = RunOptions {
+            writers: Some(0),
+            ..o.clone()
+        }
+        .resolve()
+        .unwrap_err();
+        assert_eq!(e.to_string(), "writers: must be at least 1");
+        let e = RunOptions {
+            twemproxy: Some("n.yml".into()),
+            ..o
+        }
+        .validate()
+        .unwrap_err();
+        assert!(
+            matches!(e, OptionsError::Conflict("twemproxy", "source")),
+            "{e}"
+        );
+    }
+
     #[test]
     fn durations() {
         assert_eq!(parse_duration("1s").unwrap().as_millis(), 1000);
