@@ -1,61 +1,264 @@
-//! `--config relay.toml`: every option of `sync` (and `check`, `verify`) in a file. Keys are the
-//! long flag names (`state-dir = "/var/lib/redis-relay"`); a flag given on the command line
-//! overrides the file. Unknown keys and bad values are errors naming the key.
+//! The options of `sync`, `check` and `verify`, declared once in [`RunOptions`]: the same
+//! struct is the command line (clap) and the `--config relay.toml` file (serde). Keys of the
+//! file are the long flag names (`state-dir = "/var/lib/redis-relay"`); a flag given on the
+//! command line overrides the file ([`RunOptions::merge`]). [`RunOptions::validate`] checks a
+//! file, a command line or both merged, and names the option in its error;
+//! [`RunOptions::resolve`] is the one place with the defaults and gives the [`Settings`].
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use serde::Deserialize;
+use crate::check::{self, IfNotEmpty};
+use crate::endpoint::Endpoint;
+use crate::pipeline::filter::KeyFilter;
+use crate::relay::TargetOwner;
+use crate::source::topology::Topology;
+use crate::target::{ErrorPolicy, WriterOptions};
 
-/// The file, as written. Every field is optional.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct FileConfig {
+/// Log lines on stderr (`--log-format`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// How one field of the command line is merged with the same field of the file.
+pub trait Merge {
+    /// `self` (the command line) over `file`.
+    fn merge(self, file: Self) -> Self;
+}
+
+impl<T> Merge for Option<T> {
+    fn merge(self, file: Self) -> Self {
+        self.or(file)
+    }
+}
+
+/// A flag: `true` on the command line or in the file. A `true` in the file cannot be turned off
+/// on the command line.
+impl Merge for bool {
+    fn merge(self, file: Self) -> Self {
+        self || file
+    }
+}
+
+/// Declares [`RunOptions`] (each field once) and what is derived from its field list:
+/// [`RunOptions::merge`] and [`RunOptions::KEYS`].
+macro_rules! run_options {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident {
+            $( $(#[$fmeta:meta])* pub $field:ident : $ty:ty, )*
+        }
+    ) => {
+        $(#[$meta])*
+        pub struct $name {
+            $( $(#[$fmeta])* pub $field: $ty, )*
+        }
+
+        impl $name {
+            /// The options' names as in the file and after `--` on the command line.
+            pub const KEYS: &'static [&'static str] = &[$(stringify!($field)),*];
+
+            /// The command line (`self`) over the file, field by field ([`Merge`]).
+            pub fn merge(self, file: Self) -> Self {
+                $name { $( $field: Merge::merge(self.$field, file.$field), )* }
+            }
+        }
+    };
+}
+
+run_options! {
+/// The options of `sync`, `check` and `verify`, as given on the command line or in the config
+/// file: every field optional. Options without a default here take theirs from `--config FILE`,
+/// then from the built-in default (shown in the help).
+#[derive(Debug, Clone, Default, PartialEq, clap::Args, serde::Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RunOptions {
+    /// A Twemproxy (nutcracker) YAML config: replicate every backend of its pools.
+    #[arg(long, conflicts_with = "source")]
     pub twemproxy: Option<PathBuf>,
+    /// Only this pool of the Twemproxy config.
+    #[arg(long)]
     pub pool: Option<String>,
+    /// Sidecar mode: replicate only this server of the Twemproxy pool (its name in the config,
+    /// or its host:port as written there; `auto`: the backends on this host's addresses). The
+    /// pool's other servers are the peers whose keys are never deleted (repeatable).
+    #[arg(long, value_delimiter = ',')]
     pub local_server: Option<Vec<String>>,
+    /// Another master writing into the same target, whose keys this relay never deletes
+    /// (repeatable): redis://[user[:password]@]host:port
+    #[arg(long)]
     pub peer: Option<Vec<String>>,
-    pub target_owner: Option<String>,
+    /// Who writes into the target: `shared` (default: only keys proven to be this relay's
+    /// are ever deleted) or `exclusive` (this relay is the target's only writer).
+    #[arg(long, value_enum)]
+    pub target_owner: Option<TargetOwner>,
+    /// A master to replicate: redis://[user[:password]@]host:port (repeatable).
+    #[arg(long)]
     pub source: Option<Vec<String>>,
+    /// The target: redis://[user[:password]@]host:port
+    #[arg(long, env = "REDIS_RELAY_TARGET")]
     pub target: Option<String>,
+    /// Writer connections to the target [default: cores].
+    #[arg(long)]
     pub writers: Option<usize>,
-    pub on_target_error: Option<String>,
+    /// On an error reply from the target: skip (count and log) or stop [default: skip].
+    #[arg(long, value_enum)]
+    pub on_target_error: Option<ErrorPolicy>,
+    /// Where checkpoints and the spool live [default: redis-relay-state].
+    #[arg(long)]
     pub state_dir: Option<PathBuf>,
-    pub metrics_addr: Option<String>,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long)]
+    pub metrics_addr: Option<SocketAddr>,
+    /// Values bigger than this (bytes) are written as chunked commands, never one RESTORE
+    /// [default: 8388608].
+    #[arg(long)]
     pub big_key_bytes: Option<usize>,
-    pub commands_only: Option<bool>,
+    /// Never use RESTORE for the snapshot; write plain commands.
+    #[arg(long)]
+    pub commands_only: bool,
+    /// Most bytes a source's spool may hold on disk before the source stops [default: 16 GiB].
+    #[arg(long)]
     pub spool_max_bytes: Option<u64>,
+    /// Port announced to the masters (REPLCONF listening-port); nothing listens there
+    /// [default: 0].
+    #[arg(long)]
     pub listening_port: Option<u16>,
+    /// Declare a master dead after this many seconds without a byte [default: 60].
+    #[arg(long)]
     pub repl_timeout: Option<u64>,
+    /// Key prefix reserved for the relay's own keys [default: redis-relay:].
+    #[arg(long)]
     pub key_prefix: Option<String>,
-    pub heartbeat: Option<String>,
-    pub quiet: Option<bool>,
-    pub log_format: Option<String>,
-    pub skip_check: Option<bool>,
-    pub allow_eviction: Option<bool>,
-    pub if_target_not_empty: Option<String>,
+    /// Write `SET <key-prefix>heartbeat:<source> <unix ms>` on each source this often (500ms,
+    /// 1s, ...) and export the lag in seconds it measures [default: off: no write to a source].
+    #[arg(long, value_parser = parse_duration)]
+    #[serde(deserialize_with = "de_duration")]
+    pub heartbeat: Option<Duration>,
+    /// No progress output.
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// Log format: text or json [default: text]. On the command line it is the global
+    /// `--log-format` of `redis-relay` (any subcommand); here, its key in the file.
+    #[arg(skip)]
+    pub log_format: Option<LogFormat>,
+    /// Start `sync` without the prechecks.
+    #[arg(long)]
+    pub skip_check: bool,
+    /// Accept a target whose maxmemory-policy evicts keys.
+    #[arg(long)]
+    pub allow_eviction: bool,
+    /// When the target's databases hold keys: abort or ignore [default: abort].
+    #[arg(long, value_enum)]
+    pub if_target_not_empty: Option<IfNotEmpty>,
+    /// Copy only these source databases (comma-separated).
+    #[arg(long, value_delimiter = ',')]
     pub db: Option<Vec<u32>>,
+    /// Write source database S into target database T (S:T, comma-separated or repeated).
+    #[arg(long, value_delimiter = ',')]
     pub db_map: Option<Vec<String>>,
+    /// Copy only keys starting with this prefix (repeatable; with --include-regex: either).
+    #[arg(long)]
     pub include_prefix: Option<Vec<String>>,
+    /// Never copy keys starting with this prefix (repeatable).
+    #[arg(long)]
     pub exclude_prefix: Option<Vec<String>>,
+    /// Copy only keys matching this regex (repeatable).
+    #[arg(long)]
     pub include_regex: Option<Vec<String>>,
+    /// Never copy keys matching this regex (repeatable).
+    #[arg(long)]
     pub exclude_regex: Option<Vec<String>>,
+    /// Never forward this command from the stream (repeatable, comma-separated).
+    #[arg(long, value_delimiter = ',')]
     pub exclude_command: Option<Vec<String>>,
 }
-
-/// Check that `value` of `field` is one of `allowed`.
-pub fn one_of(field: &str, value: &str, allowed: &[&str]) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        allowed.contains(&value),
-        "{field}: {value:?} is not one of {}",
-        allowed.join(", ")
-    );
-    Ok(())
 }
 
-impl FileConfig {
+/// The config file as written: the same options (the name used where a file is meant).
+pub type FileConfig = RunOptions;
+
+/// A bad option or combination of options; names the option (its key in the file, its flag
+/// without the dashes).
+#[derive(Debug, thiserror::Error)]
+pub enum OptionsError {
+    #[error("{option}: {message}")]
+    Invalid {
+        option: &'static str,
+        message: String,
+    },
+    #[error("{option} needs {needs}")]
+    Needs {
+        option: &'static str,
+        needs: &'static str,
+    },
+    #[error("{0} and {1}: give one of them, not both")]
+    Conflict(&'static str, &'static str),
+    #[error("give {0}")]
+    Missing(&'static str),
+}
+
+fn invalid(option: &'static str) -> impl Fn(String) -> OptionsError {
+    move |message| OptionsError::Invalid { option, message }
+}
+
+fn endpoints(
+    option: &'static str,
+    list: &Option<Vec<String>>,
+) -> Result<Vec<Endpoint>, OptionsError> {
+    list.iter()
+        .flatten()
+        .map(|s| Endpoint::parse(s).map_err(|e| invalid(option)(e.to_string())))
+        .collect()
+}
+
+fn list<T>(v: Option<Vec<T>>) -> Vec<T> {
+    v.unwrap_or_default()
+}
+
+/// `sync`, `check` and `verify` as the program runs them: the merged options, with defaults.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub sources: check::Sources,
+    pub peers: Vec<Endpoint>,
+    pub target_owner: TargetOwner,
+    pub target: Endpoint,
+    pub writers: WriterOptions,
+    pub state_dir: PathBuf,
+    pub metrics_addr: Option<SocketAddr>,
+    pub big_key_bytes: usize,
+    pub commands_only: bool,
+    pub spool_max_bytes: u64,
+    pub listening_port: u16,
+    pub repl_timeout: Duration,
+    pub key_prefix: String,
+    pub heartbeat: Option<Duration>,
+    pub quiet: bool,
+    pub skip_check: bool,
+    pub allow_eviction: bool,
+    pub if_target_not_empty: IfNotEmpty,
+    pub filter: KeyFilter,
+    pub exclude_commands: Vec<Vec<u8>>,
+}
+
+/// Writer connections when `--writers` is not given: one per core.
+pub fn default_writers() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+}
+
+impl RunOptions {
     /// Parse the text of a config file; `origin` names it in errors.
-    pub fn parse(text: &str, origin: &str) -> anyhow::Result<FileConfig> {
-        let cfg: FileConfig = toml::from_str(text).map_err(|e| {
+    pub fn parse(text: &str, origin: &str) -> anyhow::Result<RunOptions> {
+        let cfg: RunOptions = toml::from_str(text).map_err(|e| {
             // toml names the key and shows the line; keep its message whole.
             anyhow::anyhow!("{origin}: {}", e.to_string().trim_end())
         })?;
@@ -64,65 +267,145 @@ impl FileConfig {
         Ok(cfg)
     }
 
-    pub fn load(path: &Path) -> anyhow::Result<FileConfig> {
+    pub fn load(path: &Path) -> anyhow::Result<RunOptions> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("cannot read the config file {}: {e}", path.display()))?;
         Self::parse(&text, &path.display().to_string())
     }
 
-    /// Value checks that serde's types do not express.
-    pub fn validate(&self) -> anyhow::Result<()> {
-        if let Some(v) = &self.on_target_error {
-            one_of("on-target-error", v, &["skip", "stop"])?;
-        }
-        if let Some(v) = &self.if_target_not_empty {
-            one_of("if-target-not-empty", v, &["abort", "ignore"])?;
-        }
-        if let Some(v) = &self.target_owner {
-            one_of("target-owner", v, &["shared", "exclusive"])?;
-        }
-        for s in self.peer.iter().flatten() {
-            crate::endpoint::Endpoint::parse(s).map_err(|e| anyhow::anyhow!("peer: {e}"))?;
+    /// Value checks that the types do not express, for a file, a command line or both merged:
+    /// whatever is given must be valid (what is missing is [`RunOptions::resolve`]'s concern).
+    pub fn validate(&self) -> Result<(), OptionsError> {
+        endpoints("peer", &self.peer)?;
+        endpoints("source", &self.source)?;
+        if let Some(t) = &self.target {
+            Endpoint::parse(t).map_err(|e| invalid("target")(e.to_string()))?;
         }
         if self.local_server.as_ref().is_some_and(|l| !l.is_empty()) && self.twemproxy.is_none() {
-            anyhow::bail!("local-server needs twemproxy (the pool it is a server of)");
-        }
-        if let Some(v) = &self.log_format {
-            one_of("log-format", v, &["text", "json"])?;
-        }
-        if let Some(v) = &self.heartbeat {
-            parse_duration(v).map_err(|e| anyhow::anyhow!("heartbeat: {e}"))?;
-        }
-        if let Some(v) = &self.metrics_addr {
-            v.parse::<std::net::SocketAddr>()
-                .map_err(|e| anyhow::anyhow!("metrics-addr: {v:?}: {e} (expected HOST:PORT)"))?;
-        }
-        if let Some(v) = &self.target {
-            crate::endpoint::Endpoint::parse(v).map_err(|e| anyhow::anyhow!("target: {e}"))?;
-        }
-        for s in self.source.iter().flatten() {
-            crate::endpoint::Endpoint::parse(s).map_err(|e| anyhow::anyhow!("source: {e}"))?;
+            return Err(OptionsError::Needs {
+                option: "local-server",
+                needs: "twemproxy (the pool it is a server of)",
+            });
         }
         if self.twemproxy.is_some() && self.source.as_ref().is_some_and(|s| !s.is_empty()) {
-            anyhow::bail!("twemproxy and source: give one of them, not both");
+            return Err(OptionsError::Conflict("twemproxy", "source"));
         }
         if self.writers == Some(0) {
-            anyhow::bail!("writers: must be at least 1");
+            return Err(invalid("writers")("must be at least 1".into()));
         }
         for m in self.db_map.iter().flatten() {
-            crate::pipeline::filter::parse_db_map_entry(m)
-                .map_err(|e| anyhow::anyhow!("db-map: {e}"))?;
+            crate::pipeline::filter::parse_db_map_entry(m).map_err(invalid("db-map"))?;
         }
-        for (field, list) in [
+        for (option, list) in [
             ("include-regex", &self.include_regex),
             ("exclude-regex", &self.exclude_regex),
         ] {
             for r in list.iter().flatten() {
-                regex::bytes::Regex::new(r).map_err(|e| anyhow::anyhow!("{field}: {r:?}: {e}"))?;
+                regex::bytes::Regex::new(r).map_err(|e| invalid(option)(format!("{r:?}: {e}")))?;
             }
         }
         Ok(())
     }
+
+    /// The merged options with their defaults (the only place of the defaults), validated.
+    pub fn resolve(self) -> anyhow::Result<Settings> {
+        self.validate()?;
+        let sources = match self.twemproxy {
+            Some(path) => check::Sources::Twemproxy {
+                path,
+                pool: self.pool,
+                local: list(self.local_server),
+            },
+            None => {
+                if self.pool.is_some() {
+                    return Err(OptionsError::Needs {
+                        option: "pool",
+                        needs: "twemproxy",
+                    }
+                    .into());
+                }
+                let list = endpoints("source", &self.source)?;
+                if list.is_empty() {
+                    return Err(OptionsError::Missing(
+                        "--twemproxy FILE or at least one --source URL (or `twemproxy`/`source` in --config)",
+                    )
+                    .into());
+                }
+                check::Sources::List(list)
+            }
+        };
+        let target = self.target.as_deref().ok_or(OptionsError::Missing(
+            "--target URL (or `target` in --config, or REDIS_RELAY_TARGET)",
+        ))?;
+        let dbs = list(self.db);
+        let filter = KeyFilter::from_options(
+            (!dbs.is_empty()).then_some(dbs),
+            &list(self.db_map),
+            &list(self.include_prefix),
+            &list(self.exclude_prefix),
+            &list(self.include_regex),
+            &list(self.exclude_regex),
+        )?;
+        Ok(Settings {
+            sources,
+            peers: endpoints("peer", &self.peer)?,
+            target_owner: self.target_owner.unwrap_or(TargetOwner::Shared),
+            target: Endpoint::parse(target).map_err(|e| invalid("target")(e.to_string()))?,
+            writers: WriterOptions {
+                writers: self.writers.unwrap_or_else(default_writers),
+                on_error: self.on_target_error.unwrap_or(ErrorPolicy::Skip),
+                ..WriterOptions::default()
+            },
+            state_dir: self.state_dir.unwrap_or_else(|| "redis-relay-state".into()),
+            metrics_addr: self.metrics_addr,
+            big_key_bytes: self.big_key_bytes.unwrap_or(8 << 20),
+            commands_only: self.commands_only,
+            spool_max_bytes: self.spool_max_bytes.unwrap_or(16 << 30),
+            listening_port: self.listening_port.unwrap_or(0),
+            repl_timeout: Duration::from_secs(self.repl_timeout.unwrap_or(60).max(1)),
+            key_prefix: self.key_prefix.unwrap_or_else(|| crate::pipeline::record::DEFAULT_PREFIX.into()),
+            heartbeat: self.heartbeat,
+            quiet: self.quiet,
+            skip_check: self.skip_check,
+            allow_eviction: self.allow_eviction,
+            if_target_not_empty: self.if_target_not_empty.unwrap_or(IfNotEmpty::Abort),
+            filter,
+            exclude_commands: list(self.exclude_command)
+                .into_iter()
+                .map(|c| c.trim().to_ascii_uppercase().into_bytes())
+                .collect(),
+        })
+    }
+}
+
+impl Settings {
+    /// The masters this relay replicates, its peers and the pool's placement.
+    pub fn topology(&self) -> anyhow::Result<Topology> {
+        let t = Topology::resolve(&self.sources, &self.peers)?;
+        for w in &t.warnings {
+            tracing::warn!("{w}");
+        }
+        Ok(t)
+    }
+
+    /// The prechecks' options.
+    pub fn check_options(&self) -> check::CheckOptions {
+        let mut o = check::CheckOptions::new(self.sources.clone(), self.target.clone());
+        o.peers = self.peers.clone();
+        o.allow_eviction = self.allow_eviction;
+        o.if_target_not_empty = self.if_target_not_empty;
+        o.state_dir = Some(self.state_dir.clone());
+        o.target_dbs = self.filter.target_dbs();
+        o.own_prefix = self.key_prefix.clone();
+        o
+    }
+}
+
+fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let s: String = serde::Deserialize::deserialize(d)?;
+    parse_duration(&s)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
 }
 
 /// `500ms`, `1s`, `2m`, or a bare number of seconds.
@@ -174,7 +457,7 @@ heartbeat = "1s"
         )
         .unwrap();
         assert_eq!(c.writers, Some(4));
-        assert_eq!(c.heartbeat.as_deref(), Some("1s"));
+        assert_eq!(c.heartbeat, Some(Duration::from_secs(1)));
         let e = FileConfig::parse("heartbeat = \"often\"\n", "t.toml")
             .unwrap_err()
             .to_string();
@@ -211,6 +494,91 @@ heartbeat = "1s"
             .unwrap_err()
             .to_string();
         assert!(e.contains("exclude-regex"), "{e}");
+    }
+
+    /// The command line and the file are the same declaration: the same values either way.
+    #[test]
+    fn command_line_and_file_agree_and_merge() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            o: RunOptions,
+        }
+        let cli = <Cli as clap::Parser>::try_parse_from([
+            "x",
+            "--on-target-error",
+            "stop",
+            "--if-target-not-empty",
+            "ignore",
+            "--target-owner",
+            "exclusive",
+            "--db",
+            "0,1",
+            "--heartbeat",
+            "1s",
+            "--metrics-addr",
+            "127.0.0.1:9121",
+            "-q",
+        ])
+        .unwrap()
+        .o;
+        let file = RunOptions::parse(
+            "on-target-error = \"stop\"\nif-target-not-empty = \"ignore\"\ntarget-owner = \"exclusive\"\ndb = [0, 1]\nheartbeat = \"1s\"\nmetrics-addr = \"127.0.0.1:9121\"\nquiet = true\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(cli, file);
+        assert_eq!(cli.on_target_error, Some(ErrorPolicy::Stop));
+        // The command line over the file; a flag set in the file stays set.
+        let cli = RunOptions {
+            writers: Some(2),
+            ..RunOptions::default()
+        };
+        let file = RunOptions {
+            writers: Some(8),
+            state_dir: Some("/s".into()),
+            allow_eviction: true,
+            ..RunOptions::default()
+        };
+        let m = cli.merge(file);
+        assert_eq!(m.writers, Some(2));
+        assert_eq!(m.state_dir.as_deref(), Some(Path::new("/s")));
+        assert!(m.allow_eviction);
+        assert_eq!(RunOptions::KEYS.len(), 30);
+    }
+
+    #[test]
+    fn resolve_has_the_defaults_and_names_the_option() {
+        let o = RunOptions {
+            source: Some(vec!["redis://127.0.0.1:1".into()]),
+            target: Some("redis://127.0.0.1:2".into()),
+            ..RunOptions::default()
+        };
+        let s = o.clone().resolve().unwrap();
+        assert_eq!(s.writers.on_error, ErrorPolicy::Skip);
+        assert_eq!(s.if_target_not_empty, IfNotEmpty::Abort);
+        assert_eq!(s.target_owner, TargetOwner::Shared);
+        assert_eq!(s.state_dir, Path::new("redis-relay-state"));
+        assert_eq!(s.big_key_bytes, 8 << 20);
+        assert_eq!(s.repl_timeout, Duration::from_secs(60));
+        assert_eq!(s.key_prefix, "redis-relay:");
+        let e = RunOptions {
+            writers: Some(0),
+            ..o.clone()
+        }
+        .resolve()
+        .unwrap_err();
+        assert_eq!(e.to_string(), "writers: must be at least 1");
+        let e = RunOptions {
+            twemproxy: Some("n.yml".into()),
+            ..o
+        }
+        .validate()
+        .unwrap_err();
+        assert!(
+            matches!(e, OptionsError::Conflict("twemproxy", "source")),
+            "{e}"
+        );
     }
 
     #[test]

@@ -6,14 +6,12 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use redis_relay::check;
-use redis_relay::config::FileConfig;
+use redis_relay::config::{default_writers, LogFormat, RunOptions, Settings};
 use redis_relay::endpoint::Endpoint;
-use redis_relay::pipeline::filter::KeyFilter;
 use redis_relay::pipeline::spool::SpoolOptions;
 use redis_relay::pipeline::stream_apply::StreamOptions;
 use redis_relay::relay::{Ownership, RelayBuilder};
 use redis_relay::restore::{restore_file, RestoreOptions};
-use redis_relay::source::topology::Topology;
 use redis_relay::target::{ErrorPolicy, WriterOptions};
 use redis_relay::verify::{verify, OwnedScope, VerifyOptions, VerifyReport};
 
@@ -24,9 +22,9 @@ use redis_relay::verify::{verify, OwnedScope, VerifyOptions, VerifyReport};
     about = "Replicate Redis masters into another Redis"
 )]
 struct Cli {
-    /// Log format: text or json (default text).
-    #[arg(long, global = true, value_parser = ["text", "json"])]
-    log_format: Option<String>,
+    /// Log format: text or json [default: text] (`log-format` in --config).
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Command,
 }
@@ -90,287 +88,29 @@ enum Command {
     },
 }
 
-/// The options of `sync`, `check` and `verify`. Options without a default here take theirs
-/// from `--config FILE`, then from the built-in default (shown in the help).
+/// `--config FILE` and the options of `sync`, `check` and `verify` ([`RunOptions`]).
 #[derive(Args, Clone, Debug)]
 struct RunArgs {
     /// A TOML file with any of these options (keys are the long names: `state-dir = "..."`);
     /// options on the command line override it.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// A Twemproxy (nutcracker) YAML config: replicate every backend of its pools.
-    #[arg(long, conflicts_with = "source")]
-    twemproxy: Option<PathBuf>,
-    /// Only this pool of the Twemproxy config.
-    #[arg(long)]
-    pool: Option<String>,
-    /// Sidecar mode: replicate only this server of the Twemproxy pool (its name in the config,
-    /// or its host:port as written there; `auto`: the backends on this host's addresses). The
-    /// pool's other servers are the peers whose keys are never deleted (repeatable).
-    #[arg(long, value_delimiter = ',')]
-    local_server: Vec<String>,
-    /// Another master writing into the same target, whose keys this relay never deletes
-    /// (repeatable): redis://[user[:password]@]host:port
-    #[arg(long)]
-    peer: Vec<String>,
-    /// Who writes into the target: `shared` (default: only keys proven to be this relay's
-    /// are ever deleted) or `exclusive` (this relay is the target's only writer).
-    #[arg(long, value_enum)]
-    target_owner: Option<redis_relay::relay::TargetOwner>,
-    /// A master to replicate: redis://[user[:password]@]host:port (repeatable).
-    #[arg(long)]
-    source: Vec<String>,
-    /// The target: redis://[user[:password]@]host:port
-    #[arg(long, env = "REDIS_RELAY_TARGET")]
-    target: Option<String>,
-    /// Writer connections to the target [default: cores].
-    #[arg(long)]
-    writers: Option<usize>,
-    /// On an error reply from the target: skip (count and log) or stop [default: skip].
-    #[arg(long, value_parser = ["skip", "stop"])]
-    on_target_error: Option<String>,
-    /// Where checkpoints and the spool live [default: redis-relay-state].
-    #[arg(long)]
-    state_dir: Option<PathBuf>,
-    /// Serve Prometheus metrics at http://ADDR/metrics.
-    #[arg(long)]
-    metrics_addr: Option<std::net::SocketAddr>,
-    /// Values bigger than this (bytes) are written as chunked commands, never one RESTORE
-    /// [default: 8388608].
-    #[arg(long)]
-    big_key_bytes: Option<usize>,
-    /// Never use RESTORE for the snapshot; write plain commands.
-    #[arg(long)]
-    commands_only: bool,
-    /// Most bytes a source's spool may hold on disk before the source stops [default: 16 GiB].
-    #[arg(long)]
-    spool_max_bytes: Option<u64>,
-    /// Port announced to the masters (REPLCONF listening-port); nothing listens there
-    /// [default: 0].
-    #[arg(long)]
-    listening_port: Option<u16>,
-    /// Declare a master dead after this many seconds without a byte [default: 60].
-    #[arg(long)]
-    repl_timeout: Option<u64>,
-    /// Key prefix reserved for the relay's own keys [default: redis-relay:].
-    #[arg(long)]
-    key_prefix: Option<String>,
-    /// Write `SET <key-prefix>heartbeat:<source> <unix ms>` on each source this often (500ms,
-    /// 1s, ...) and export the lag in seconds it measures [default: off: no write to a source].
-    #[arg(long, value_parser = redis_relay::config::parse_duration)]
-    heartbeat: Option<std::time::Duration>,
-    /// No progress output.
-    #[arg(long, short)]
-    quiet: bool,
-    /// Start `sync` without the prechecks.
-    #[arg(long)]
-    skip_check: bool,
-    /// Accept a target whose maxmemory-policy evicts keys.
-    #[arg(long)]
-    allow_eviction: bool,
-    /// When the target's databases hold keys: abort or ignore [default: abort].
-    #[arg(long, value_parser = ["abort", "ignore"])]
-    if_target_not_empty: Option<String>,
-    /// Copy only these source databases (comma-separated).
-    #[arg(long, value_delimiter = ',')]
-    db: Vec<u32>,
-    /// Write source database S into target database T (S:T, comma-separated or repeated).
-    #[arg(long, value_delimiter = ',')]
-    db_map: Vec<String>,
-    /// Copy only keys starting with this prefix (repeatable; with --include-regex: either).
-    #[arg(long)]
-    include_prefix: Vec<String>,
-    /// Never copy keys starting with this prefix (repeatable).
-    #[arg(long)]
-    exclude_prefix: Vec<String>,
-    /// Copy only keys matching this regex (repeatable).
-    #[arg(long)]
-    include_regex: Vec<String>,
-    /// Never copy keys matching this regex (repeatable).
-    #[arg(long)]
-    exclude_regex: Vec<String>,
-    /// Never forward this command from the stream (repeatable, comma-separated).
-    #[arg(long, value_delimiter = ',')]
-    exclude_command: Vec<String>,
-}
-
-/// [`RunArgs`] merged with the config file and the defaults.
-struct Settings {
-    sources: check::Sources,
-    peers: Vec<Endpoint>,
-    target_owner: redis_relay::relay::TargetOwner,
-    target: Endpoint,
-    writers: WriterOptions,
-    state_dir: PathBuf,
-    metrics_addr: Option<std::net::SocketAddr>,
-    big_key_bytes: usize,
-    commands_only: bool,
-    spool_max_bytes: u64,
-    listening_port: u16,
-    repl_timeout: u64,
-    key_prefix: String,
-    heartbeat: Option<std::time::Duration>,
-    quiet: bool,
-    skip_check: bool,
-    allow_eviction: bool,
-    if_target_not_empty: check::IfNotEmpty,
-    filter: KeyFilter,
-    exclude_commands: Vec<Vec<u8>>,
-}
-
-fn pick<T>(cli: Option<T>, file: Option<T>) -> Option<T> {
-    cli.or(file)
-}
-
-fn pick_vec<T>(cli: Vec<T>, file: Option<Vec<T>>) -> Vec<T> {
-    if cli.is_empty() {
-        file.unwrap_or_default()
-    } else {
-        cli
-    }
+    #[command(flatten)]
+    options: RunOptions,
 }
 
 impl RunArgs {
-    fn file(&self) -> anyhow::Result<FileConfig> {
+    /// The config file's options (none without `--config`).
+    fn file(&self) -> anyhow::Result<RunOptions> {
         match &self.config {
-            Some(p) => FileConfig::load(p),
-            None => Ok(FileConfig::default()),
+            Some(p) => RunOptions::load(p),
+            None => Ok(RunOptions::default()),
         }
     }
 
-    fn settings(self, file: FileConfig) -> anyhow::Result<Settings> {
-        let twemproxy = pick(self.twemproxy, file.twemproxy.clone());
-        let source_urls = pick_vec(self.source, file.source.clone());
-        let pool = pick(self.pool, file.pool.clone());
-        let local = pick_vec(self.local_server, file.local_server.clone());
-        anyhow::ensure!(
-            local.is_empty() || twemproxy.is_some(),
-            "--local-server needs --twemproxy (the pool it is a server of)"
-        );
-        let peers = pick_vec(self.peer, file.peer.clone())
-            .iter()
-            .map(|s| Endpoint::parse(s).map_err(|e| anyhow::anyhow!("--peer: {e}")))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let target_owner = match self.target_owner {
-            Some(o) => o,
-            None => file
-                .target_owner
-                .as_deref()
-                .map(str::parse)
-                .transpose()
-                .map_err(|e| anyhow::anyhow!("target-owner: {e}"))?
-                .unwrap_or_default(),
-        };
-        let sources = match twemproxy {
-            Some(path) if source_urls.is_empty() => check::Sources::Twemproxy { path, pool, local },
-            Some(_) => {
-                anyhow::bail!("give --twemproxy or --source, not both (one may come from --config)")
-            }
-            None => {
-                anyhow::ensure!(pool.is_none(), "--pool needs --twemproxy");
-                anyhow::ensure!(
-                    !source_urls.is_empty(),
-                    "give --twemproxy FILE or at least one --source URL (or `twemproxy`/`source` in --config)"
-                );
-                check::Sources::List(
-                    source_urls
-                        .iter()
-                        .map(|s| Endpoint::parse(s).map_err(|e| anyhow::anyhow!("--source: {e}")))
-                        .collect::<anyhow::Result<_>>()?,
-                )
-            }
-        };
-        let target = pick(self.target, file.target.clone()).ok_or_else(|| {
-            anyhow::anyhow!("give --target URL (or `target` in --config, or REDIS_RELAY_TARGET)")
-        })?;
-        let target = Endpoint::parse(&target).map_err(|e| anyhow::anyhow!("--target: {e}"))?;
-        let on_error = pick(self.on_target_error, file.on_target_error.clone())
-            .unwrap_or_else(|| "skip".into());
-        let writers = WriterOptions {
-            writers: pick(self.writers, file.writers)
-                .unwrap_or_else(default_writers)
-                .max(1),
-            on_error: if on_error == "stop" {
-                ErrorPolicy::Stop
-            } else {
-                ErrorPolicy::Skip
-            },
-            ..WriterOptions::default()
-        };
-        let metrics_addr = match self.metrics_addr {
-            Some(a) => Some(a),
-            None => file.metrics_addr.as_deref().map(str::parse).transpose()?,
-        };
-        let dbs = pick_vec(self.db, file.db.clone());
-        let filter = KeyFilter::from_options(
-            (!dbs.is_empty()).then_some(dbs),
-            &pick_vec(self.db_map, file.db_map.clone()),
-            &pick_vec(self.include_prefix, file.include_prefix.clone()),
-            &pick_vec(self.exclude_prefix, file.exclude_prefix.clone()),
-            &pick_vec(self.include_regex, file.include_regex.clone()),
-            &pick_vec(self.exclude_regex, file.exclude_regex.clone()),
-        )?;
-        let if_not_empty = pick(self.if_target_not_empty, file.if_target_not_empty.clone())
-            .unwrap_or_else(|| "abort".into())
-            .parse()
-            .map_err(|e| anyhow::anyhow!("--if-target-not-empty: {e}"))?;
-        Ok(Settings {
-            sources,
-            peers,
-            target_owner,
-            target,
-            writers,
-            state_dir: pick(self.state_dir, file.state_dir.clone())
-                .unwrap_or_else(|| "redis-relay-state".into()),
-            metrics_addr,
-            big_key_bytes: pick(self.big_key_bytes, file.big_key_bytes).unwrap_or(8 << 20),
-            commands_only: self.commands_only || file.commands_only.unwrap_or(false),
-            spool_max_bytes: pick(self.spool_max_bytes, file.spool_max_bytes).unwrap_or(16 << 30),
-            listening_port: pick(self.listening_port, file.listening_port).unwrap_or(0),
-            repl_timeout: pick(self.repl_timeout, file.repl_timeout).unwrap_or(60),
-            key_prefix: pick(self.key_prefix, file.key_prefix.clone())
-                .unwrap_or_else(|| redis_relay::pipeline::record::DEFAULT_PREFIX.into()),
-            heartbeat: match self.heartbeat {
-                Some(d) => Some(d),
-                None => file
-                    .heartbeat
-                    .as_deref()
-                    .map(redis_relay::config::parse_duration)
-                    .transpose()
-                    .map_err(|e| anyhow::anyhow!("heartbeat: {e}"))?,
-            },
-            quiet: self.quiet || file.quiet.unwrap_or(false),
-            skip_check: self.skip_check || file.skip_check.unwrap_or(false),
-            allow_eviction: self.allow_eviction || file.allow_eviction.unwrap_or(false),
-            if_target_not_empty: if_not_empty,
-            filter,
-            exclude_commands: pick_vec(self.exclude_command, file.exclude_command.clone())
-                .into_iter()
-                .map(|c| c.trim().to_ascii_uppercase().into_bytes())
-                .collect(),
-        })
-    }
-}
-
-impl Settings {
-    /// The masters this relay replicates, its peers and the pool's placement.
-    fn topology(&self) -> anyhow::Result<Topology> {
-        let t = Topology::resolve(&self.sources, &self.peers)?;
-        for w in &t.warnings {
-            tracing::warn!("{w}");
-        }
-        Ok(t)
-    }
-
-    fn check_options(&self) -> check::CheckOptions {
-        let mut o = check::CheckOptions::new(self.sources.clone(), self.target.clone());
-        o.peers = self.peers.clone();
-        o.allow_eviction = self.allow_eviction;
-        o.if_target_not_empty = self.if_target_not_empty;
-        o.state_dir = Some(self.state_dir.clone());
-        o.target_dbs = self.filter.target_dbs();
-        o.own_prefix = self.key_prefix.clone();
-        o
+    /// The command line over the file, with the defaults.
+    fn settings(self, file: RunOptions) -> anyhow::Result<Settings> {
+        self.options.merge(file).resolve()
     }
 }
 
@@ -383,25 +123,15 @@ struct TargetArgs {
     #[arg(long, default_value_t = default_writers())]
     writers: usize,
     /// On an error reply from the target: skip (count and log) or stop.
-    #[arg(long, default_value = "skip", value_parser = ["skip", "stop"])]
-    on_target_error: String,
-}
-
-fn default_writers() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2)
+    #[arg(long, value_enum, default_value = "skip")]
+    on_target_error: ErrorPolicy,
 }
 
 impl TargetArgs {
     fn writer_options(&self) -> WriterOptions {
         WriterOptions {
             writers: self.writers.max(1),
-            on_error: if self.on_target_error == "stop" {
-                ErrorPolicy::Stop
-            } else {
-                ErrorPolicy::Skip
-            },
+            on_error: self.on_target_error,
             ..WriterOptions::default()
         }
     }
@@ -411,13 +141,13 @@ impl TargetArgs {
     }
 }
 
-fn init_logging(format: &str) {
+fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(redis_relay::progress::log_writer);
-    if format == "json" {
+    if format == LogFormat::Json {
         builder.json().init();
     } else {
         builder.init();
@@ -437,14 +167,11 @@ fn main() -> ExitCode {
                 }
             }
         }
-        _ => FileConfig::default(),
+        _ => RunOptions::default(),
     };
-    let format = cli
-        .log_format
-        .clone()
-        .or(file.log_format.clone())
-        .unwrap_or_else(|| "text".into());
-    init_logging(&format);
+    // The global flag is the command-line form of the file's `log-format`.
+    let format = cli.log_format.or(file.log_format).unwrap_or_default();
+    init_logging(format);
     match run(cli.command, file) {
         Ok(code) => code,
         Err(e) => {
@@ -485,7 +212,7 @@ fn precheck(s: &Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run(cmd: Command, file: FileConfig) -> anyhow::Result<ExitCode> {
+fn run(cmd: Command, file: RunOptions) -> anyhow::Result<ExitCode> {
     match cmd {
         Command::Sync { args } => {
             let s = args.settings(file)?;
@@ -511,7 +238,7 @@ fn run(cmd: Command, file: FileConfig) -> anyhow::Result<ExitCode> {
                 .big_value_bytes(s.big_key_bytes)
                 .use_restore(!s.commands_only)
                 .listening_port(s.listening_port)
-                .repl_timeout(std::time::Duration::from_secs(s.repl_timeout.max(1)))
+                .repl_timeout(s.repl_timeout)
                 .heartbeat(s.heartbeat)
                 .spool(SpoolOptions {
                     max_disk_bytes: s.spool_max_bytes,

@@ -117,3 +117,107 @@ fn unknown_fields_and_bad_values_name_the_field() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/relay.toml"));
 }
+
+/// `--flag` names in `text` (`--if-target-not-empty abort|ignore` gives `--if-target-not-empty`).
+fn flags_in(text: &str) -> std::collections::BTreeSet<String> {
+    text.match_indices("--")
+        .map(|(i, _)| {
+            let name: String = text[i + 2..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-')
+                .collect();
+            format!("--{name}")
+        })
+        .filter(|f| f.len() > 2)
+        .collect()
+}
+
+/// The README's "Options of `sync`" table and "Config file" section against the options
+/// themselves: the docs cannot drift from `RunOptions`.
+#[test]
+fn readme_documents_every_option() {
+    use redis_relay::config::RunOptions;
+    use std::collections::BTreeSet;
+
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let after = readme
+        .split("Options of `sync`")
+        .nth(1)
+        .expect("README: the options table");
+    let rows: Vec<&str> = after
+        .lines()
+        .skip_while(|l| !l.starts_with('|'))
+        .take_while(|l| l.starts_with('|'))
+        .skip(2)
+        .collect();
+    assert!(rows.len() > 20, "README: the options table: {rows:?}");
+    // The first column of each row (`\|` inside a cell is not a column).
+    let table: BTreeSet<String> = rows
+        .iter()
+        .flat_map(|r| flags_in(r.replace("\\|", "/").split('|').nth(1).unwrap_or("")))
+        .collect();
+
+    let out = support::relay_cli(&["sync", "--help"]);
+    assert_eq!(out.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&out.stdout);
+    // Option lines of the help: `  -q, --quiet`, `      --state-dir <STATE_DIR>`.
+    let options: BTreeSet<String> = help
+        .lines()
+        .filter(|l| l.trim_start().starts_with('-'))
+        .flat_map(|l| flags_in(l.split('<').next().unwrap_or("")))
+        .collect();
+    for f in &table {
+        assert!(
+            options.contains(f),
+            "README's table has {f}, which is not an option of `redis-relay sync`: {options:?}"
+        );
+    }
+
+    let keys: BTreeSet<String> = RunOptions::KEYS
+        .iter()
+        .map(|k| k.replace('_', "-"))
+        .collect();
+    for k in &keys {
+        assert!(
+            table.contains(&format!("--{k}")),
+            "--{k} is missing from README's options table"
+        );
+    }
+    // "any option of the table above but `--config` itself" is a key of the file.
+    for f in &table {
+        assert!(
+            f == "--config" || keys.contains(&f[2..]),
+            "README's table has {f}, which the config file does not accept"
+        );
+    }
+
+    let section = readme
+        .split("## Config file")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .expect("README: the Config file section");
+    assert!(
+        section.contains("any option of the table above"),
+        "{section}"
+    );
+    let example = section
+        .split("```toml")
+        .nth(1)
+        .and_then(|s| s.split("```").next())
+        .expect("README: the config file example");
+    let mut shown = 0;
+    for line in example.lines() {
+        let line = line.trim().trim_start_matches('#').trim();
+        if let Some((key, _)) = line.split_once(" = ") {
+            shown += 1;
+            assert!(
+                keys.contains(key.trim()),
+                "README's config example: {key} is no option"
+            );
+        }
+    }
+    assert!(shown > 5, "{example}");
+    // And the example parses (its commented lines aside).
+    RunOptions::parse(example, "README.md").unwrap();
+}

@@ -201,8 +201,9 @@ fn prometheus_scrape_config() {
     let cfg = FileConfig::parse(&read(&kit("relay.toml")), "relay.toml").unwrap();
     let metrics_addr = cfg
         .metrics_addr
-        .as_deref()
-        .expect("relay.toml: metrics-addr");
+        .expect("relay.toml: metrics-addr")
+        .to_string();
+    let metrics_addr = metrics_addr.as_str();
     assert!(
         !metrics_addr.starts_with("127."),
         "relay.toml: metrics-addr {metrics_addr} cannot be scraped from another host"

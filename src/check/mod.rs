@@ -54,25 +54,15 @@ pub struct CheckLine {
     pub fix: Option<String>,
 }
 
-/// What to do when the target's databases already hold keys.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// What to do when the target's databases already hold keys (`--if-target-not-empty`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum IfNotEmpty {
     /// Refuse to start ("pre-check and intercept").
     #[default]
     Abort,
     /// Start anyway: snapshot keys replace same-named keys, other keys stay.
     Ignore,
-}
-
-impl std::str::FromStr for IfNotEmpty {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "abort" => Ok(IfNotEmpty::Abort),
-            "ignore" => Ok(IfNotEmpty::Ignore),
-            other => Err(format!("{other:?}: expected abort or ignore")),
-        }
-    }
 }
 
 mod ownership;

@@ -86,17 +86,6 @@ pub enum TargetOwner {
     Exclusive,
 }
 
-impl std::str::FromStr for TargetOwner {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "shared" => Ok(TargetOwner::Shared),
-            "exclusive" => Ok(TargetOwner::Exclusive),
-            other => Err(format!("{other:?} is not one of shared, exclusive")),
-        }
-    }
-}
-
 /// What the relay knows of the target's other writers.
 #[derive(Debug, Clone, Default)]
 pub struct Ownership {

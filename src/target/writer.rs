@@ -25,8 +25,9 @@ use crate::pipeline::record::Record;
 use crate::pipeline::Batch;
 use crate::resp::{encode_command, parse_reply, Reply};
 
-/// What to do when the target answers a command with an error.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// What to do when the target answers a command with an error (`--on-target-error`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum ErrorPolicy {
     /// Count it, log it with the command, and go on.
     #[default]
