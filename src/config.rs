@@ -363,7 +363,9 @@ impl RunOptions {
             spool_max_bytes: self.spool_max_bytes.unwrap_or(16 << 30),
             listening_port: self.listening_port.unwrap_or(0),
             repl_timeout: Duration::from_secs(self.repl_timeout.unwrap_or(60).max(1)),
-            key_prefix: self.key_prefix.unwrap_or_else(|| crate::pipeline::record::DEFAULT_PREFIX.into()),
+            key_prefix: self
+                .key_prefix
+                .unwrap_or_else(|| crate::pipeline::record::DEFAULT_PREFIX.into()),
             heartbeat: self.heartbeat,
             quiet: self.quiet,
             skip_check: self.skip_check,
