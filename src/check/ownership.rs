@@ -11,12 +11,61 @@ use super::{probe, IfNotEmpty, Lines, Status, Verdict};
 use crate::endpoint::Endpoint;
 use crate::resp::{encode_command, Reply};
 use crate::source::topology::{KeyOwner, Topology};
-use crate::target::TargetConn;
+use crate::target::{TargetConn, TargetError};
 
 /// Keys classified per database at most (the rest of a huge target is not read).
 const CLASSIFY_CAP: u64 = 100_000;
 /// Keys sampled in a report line.
 const SAMPLE: usize = 5;
+
+/// A command of these checks that failed. On the server of the report line, it names the
+/// command; on another server (a source or peer asked whether it holds keys), the server too
+/// (as displayed: no password).
+#[derive(Debug, thiserror::Error)]
+pub enum OwnershipError {
+    /// A source or peer that may hold the target's keys cannot be reached.
+    #[error("{server}: {cause}")]
+    Connect { server: String, cause: TargetError },
+    /// A command failed on the server the report line is about.
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    /// A command failed on a source or peer asked whether it holds keys.
+    #[error("{server}: {cause}")]
+    Holder { server: String, cause: CommandError },
+}
+
+/// One command that failed: refused, answered out of protocol, or the connection broke.
+// Causes are part of the message (not a `source`), so that `{e}` and `{e:#}` both print them
+// once.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error("{command}: {reply}")]
+    Refused {
+        command: &'static str,
+        reply: String,
+    },
+    #[error("{command}: unexpected reply {reply:?}")]
+    UnexpectedReply { command: &'static str, reply: Reply },
+    #[error("{command}: {cause}")]
+    Io {
+        command: &'static str,
+        cause: std::io::Error,
+    },
+}
+
+impl CommandError {
+    fn io(command: &'static str) -> impl FnOnce(std::io::Error) -> Self {
+        move |cause| CommandError::Io { command, cause }
+    }
+
+    /// The same failure, on `server` (a source or peer, not the report line's server).
+    fn on(self, server: &Endpoint) -> OwnershipError {
+        OwnershipError::Holder {
+            server: server.to_string(),
+            cause: self,
+        }
+    }
+}
 
 /// What the target's keys are, from the point of view of this relay's sources.
 #[derive(Debug, Default)]
@@ -118,12 +167,17 @@ pub(super) fn classify_target(
     topology: &Topology,
     own_prefix: &str,
     timeout: Duration,
-) -> Result<Classified, String> {
-    let mut holders: Vec<TargetConn> = Vec::new();
+) -> Result<Classified, OwnershipError> {
+    let mut holders: Vec<(&Endpoint, TargetConn)> = Vec::new();
     for ep in topology.sources.iter().chain(&topology.peers) {
         match TargetConn::connect(ep, timeout) {
-            Ok(c) => holders.push(c),
-            Err(e) => return Err(format!("{ep}: {e}")),
+            Ok(c) => holders.push((ep, c)),
+            Err(cause) => {
+                return Err(OwnershipError::Connect {
+                    server: ep.to_string(),
+                    cause,
+                })
+            }
         }
     }
     let mut out = Classified::default();
@@ -133,8 +187,8 @@ pub(super) fn classify_target(
         }
         out.capped |= n > CLASSIFY_CAP;
         let dbs = db.to_string();
-        for h in holders.iter_mut() {
-            expect_ok(h.call(&["SELECT", &dbs]), "SELECT")?;
+        for (ep, h) in holders.iter_mut() {
+            expect_ok(h.call(&["SELECT", &dbs]), "SELECT").map_err(|e| e.on(ep))?;
         }
         scan_db(conn, db, CLASSIFY_CAP, &mut |keys| {
             let mut ask = Vec::new();
@@ -154,8 +208,9 @@ pub(super) fn classify_target(
                 }
             }
             let mut held = vec![false; ask.len()];
-            for h in holders.iter_mut() {
-                for (i, e) in exists_each(h, &ask)?.into_iter().enumerate() {
+            for (ep, h) in holders.iter_mut() {
+                let answers = exists_each(h, &ask).map_err(|e| e.on(ep))?;
+                for (i, e) in answers.into_iter().enumerate() {
                     held[i] |= e;
                 }
             }
@@ -218,17 +273,21 @@ fn scan_db(
     conn: &mut TargetConn,
     db: u32,
     cap: u64,
-    f: &mut dyn FnMut(&[Bytes]) -> Result<(), String>,
-) -> Result<(), String> {
+    f: &mut dyn FnMut(&[Bytes]) -> Result<(), OwnershipError>,
+) -> Result<(), OwnershipError> {
     expect_ok(conn.call(&["SELECT", &db.to_string()]), "SELECT")?;
     let mut cursor = "0".to_string();
     let mut seen = 0u64;
     loop {
         let reply = conn
             .call(&["SCAN", cursor.as_str(), "COUNT", "1000"])
-            .map_err(|e| format!("SCAN: {e}"))?;
+            .map_err(CommandError::io("SCAN"))?;
         let Reply::Array(Some(mut parts)) = reply else {
-            return Err(format!("SCAN: unexpected reply {reply:?}"));
+            return Err(CommandError::UnexpectedReply {
+                command: "SCAN",
+                reply,
+            }
+            .into());
         };
         let keys: Vec<Bytes> = match parts.pop() {
             Some(Reply::Array(Some(ks))) => ks
@@ -252,16 +311,19 @@ fn scan_db(
     }
 }
 
-fn expect_ok(r: std::io::Result<Reply>, what: &str) -> Result<(), String> {
+fn expect_ok(r: std::io::Result<Reply>, command: &'static str) -> Result<(), CommandError> {
     match r {
-        Ok(Reply::Error(e)) => Err(format!("{what}: {}", String::from_utf8_lossy(&e))),
+        Ok(Reply::Error(e)) => Err(CommandError::Refused {
+            command,
+            reply: String::from_utf8_lossy(&e).into_owned(),
+        }),
         Ok(_) => Ok(()),
-        Err(e) => Err(format!("{what}: {e}")),
+        Err(cause) => Err(CommandError::Io { command, cause }),
     }
 }
 
 /// EXISTS of each key, pipelined.
-fn exists_each(c: &mut TargetConn, keys: &[Bytes]) -> Result<Vec<bool>, String> {
+fn exists_each(c: &mut TargetConn, keys: &[Bytes]) -> Result<Vec<bool>, CommandError> {
     if keys.is_empty() {
         return Ok(Vec::new());
     }
@@ -272,12 +334,38 @@ fn exists_each(c: &mut TargetConn, keys: &[Bytes]) -> Result<Vec<bool>, String> 
     use std::io::Write;
     c.stream
         .write_all(&out)
-        .map_err(|e| format!("EXISTS: {e}"))?;
+        .map_err(CommandError::io("EXISTS"))?;
     keys.iter()
         .map(|_| match c.read_reply() {
             Ok(Reply::Integer(n)) => Ok(n > 0),
-            Ok(other) => Err(format!("EXISTS: unexpected reply {other:?}")),
-            Err(e) => Err(format!("EXISTS: {e}")),
+            Ok(reply) => Err(CommandError::UnexpectedReply {
+                command: "EXISTS",
+                reply,
+            }),
+            Err(cause) => Err(CommandError::Io {
+                command: "EXISTS",
+                cause,
+            }),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_name_the_command_and_another_server() {
+        let e: OwnershipError = CommandError::UnexpectedReply {
+            command: "SCAN",
+            reply: Reply::Integer(1),
+        }
+        .into();
+        assert_eq!(e.to_string(), "SCAN: unexpected reply Integer(1)");
+        let ep: Endpoint = "127.0.0.1:7001".parse().unwrap();
+        let e = expect_ok(Ok(Reply::Error("NOPERM no".into())), "SELECT")
+            .unwrap_err()
+            .on(&ep);
+        assert_eq!(e.to_string(), "127.0.0.1:7001: SELECT: NOPERM no");
+    }
 }

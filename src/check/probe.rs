@@ -9,12 +9,35 @@ use crate::resp::Reply;
 use crate::target::{TargetConn, TargetError};
 
 /// Why a server could not be used, with what to do about it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
 pub struct ConnectFailure {
     /// The check that failed: `reachable` or `auth`.
     pub check: &'static str,
     pub message: String,
     pub fix: String,
+}
+
+/// A command that failed on the server being checked (the report line names the server, the
+/// caller's message the command for I/O failures: `INFO failed: ...`).
+// Causes are part of the message (not a `source`), so that `{e}` and `{e:#}` both print them
+// once.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// The connection broke or timed out during `command`.
+    #[error("{cause}")]
+    Io {
+        command: String,
+        cause: std::io::Error,
+    },
+    /// The server answered `command` with an error (not allowed, renamed, unknown).
+    #[error("{command} refused: {reply}")]
+    Refused { command: String, reply: String },
+    /// `CONFIG GET` of a parameter the server does not have.
+    #[error("{command} returned nothing")]
+    NoValue { command: String },
+    #[error("unexpected reply to {command}: {reply:?}")]
+    UnexpectedReply { command: String, reply: Reply },
 }
 
 /// Connect and log in; classify the failure.
@@ -128,16 +151,20 @@ fn first_sentence(s: &str) -> &str {
 pub fn info(
     conn: &mut TargetConn,
     section: Option<&str>,
-) -> std::io::Result<BTreeMap<String, String>> {
+) -> Result<BTreeMap<String, String>, ProbeError> {
     let reply = match section {
-        Some(s) => conn.call(&["INFO", s])?,
-        None => conn.call(&["INFO"])?,
-    };
+        Some(s) => conn.call(&["INFO", s]),
+        None => conn.call(&["INFO"]),
+    }
+    .map_err(|cause| ProbeError::Io {
+        command: "INFO".into(),
+        cause,
+    })?;
     if let Reply::Error(e) = &reply {
-        return Err(std::io::Error::other(format!(
-            "INFO refused: {}",
-            String::from_utf8_lossy(e)
-        )));
+        return Err(ProbeError::Refused {
+            command: "INFO".into(),
+            reply: String::from_utf8_lossy(e).into_owned(),
+        });
     }
     Ok(reply
         .as_text()
@@ -149,18 +176,31 @@ pub fn info(
         .collect())
 }
 
-/// `CONFIG GET name`: `Ok(None)` when the server refuses CONFIG (managed services rename it).
-pub fn config_get(conn: &mut TargetConn, name: &str) -> std::io::Result<Result<String, String>> {
-    match conn.call(&["CONFIG", "GET", name])? {
-        Reply::Array(Some(items)) if items.len() >= 2 => {
-            Ok(Ok(items[1].as_text().unwrap_or_default()))
-        }
-        Reply::Array(_) => Ok(Err(format!("CONFIG GET {name} returned nothing"))),
-        Reply::Error(e) => Ok(Err(String::from_utf8_lossy(&e).into_owned())),
-        other => Ok(Err(format!(
-            "unexpected reply to CONFIG GET {name}: {other:?}"
-        ))),
-    }
+/// `CONFIG GET name`: the outer error when the connection failed, the inner one when the
+/// server has no answer (managed services rename or refuse CONFIG).
+pub fn config_get(
+    conn: &mut TargetConn,
+    name: &str,
+) -> Result<Result<String, ProbeError>, ProbeError> {
+    let command = || format!("CONFIG GET {name}");
+    let reply = conn
+        .call(&["CONFIG", "GET", name])
+        .map_err(|cause| ProbeError::Io {
+            command: command(),
+            cause,
+        })?;
+    Ok(match reply {
+        Reply::Array(Some(items)) if items.len() >= 2 => Ok(items[1].as_text().unwrap_or_default()),
+        Reply::Array(_) => Err(ProbeError::NoValue { command: command() }),
+        Reply::Error(e) => Err(ProbeError::Refused {
+            command: command(),
+            reply: String::from_utf8_lossy(&e).into_owned(),
+        }),
+        reply => Err(ProbeError::UnexpectedReply {
+            command: command(),
+            reply,
+        }),
+    })
 }
 
 /// Keys per database from the `keyspace` section of INFO (`db0:keys=3,expires=0,...`).

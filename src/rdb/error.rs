@@ -17,6 +17,9 @@ pub enum RdbErrorKind {
     UnexpectedEof,
     /// The bytes do not form a valid RDB structure.
     Corrupt(String),
+    /// A compact encoding inside a value (ziplist, listpack, intset, zipmap, stream node, LZF
+    /// string) is malformed; rendered like [`RdbErrorKind::Corrupt`].
+    Encoding(EncodingError),
     /// A valid but unsupported construct (e.g. pre-GA module values).
     Unsupported(String),
     /// The CRC64 trailer does not match the content.
@@ -25,6 +28,101 @@ pub enum RdbErrorKind {
     Io(std::io::Error),
     /// The event handler returned an error.
     Handler(HandlerError),
+}
+
+impl From<EncodingError> for RdbErrorKind {
+    fn from(e: EncodingError) -> Self {
+        RdbErrorKind::Encoding(e)
+    }
+}
+
+/// What is wrong in a compact encoding (ziplist, listpack, intset, zipmap, stream node, LZF
+/// string). Offsets are inside the blob; the parser adds the blob's byte offset in the RDB and
+/// the key ([`RdbError::encoding`]). Built only on failure, without allocating: the decoders
+/// run for every value of a full sync.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EncodingError {
+    /// The blob is shorter than its fixed header.
+    #[error("{what} too short ({len} bytes)")]
+    TooShort { what: &'static str, len: usize },
+    /// The total size in the header differs from the blob's.
+    #[error("{what} header says {header} bytes, blob has {len}")]
+    SizeMismatch {
+        what: &'static str,
+        header: usize,
+        len: usize,
+    },
+    /// The last byte is not the 0xff end marker.
+    #[error("{what} does not end with 0xff")]
+    NoEndMarker { what: &'static str },
+    /// The element count in the header differs from the elements found.
+    #[error("{what} header says {header} entries, found {found}")]
+    CountMismatch {
+        what: &'static str,
+        header: usize,
+        found: usize,
+    },
+    /// A part (`what`: "ziplist entry", "zipmap key", ...) extends past the end of the blob.
+    #[error("{what} overruns its buffer at offset {offset}")]
+    Overrun { what: &'static str, offset: usize },
+    /// The 0xff end marker where an entry should start.
+    #[error("unexpected {what} end marker at offset {offset}")]
+    UnexpectedEnd { what: &'static str, offset: usize },
+    #[error("invalid ziplist string encoding 0x{enc:02x}")]
+    ZiplistStringEncoding { enc: u8 },
+    #[error("invalid ziplist encoding 0x{enc:02x}")]
+    ZiplistEncoding { enc: u8 },
+    #[error("invalid listpack encoding 0x{enc:02x} at offset {offset}")]
+    ListpackEncoding { enc: u8, offset: usize },
+    #[error("listpack entry length overflow")]
+    ListpackLengthOverflow,
+    /// The integer width of an intset is not 2, 4 or 8.
+    #[error("invalid intset encoding {width}")]
+    IntsetEncoding { width: usize },
+    #[error("intset of {len} x {width}-byte integers does not match its {data} data bytes")]
+    IntsetSize {
+        len: usize,
+        width: usize,
+        data: usize,
+    },
+    #[error("empty zipmap")]
+    ZipmapEmpty,
+    /// A length runs past the end of the zipmap.
+    #[error("zipmap truncated")]
+    ZipmapTruncated,
+    #[error("zipmap ends after a key")]
+    ZipmapNoValue,
+    #[error("{count} trailing bytes after zipmap end")]
+    ZipmapTrailing { count: usize },
+    /// A stream node's listpack holds something else than an integer for `what`.
+    #[error("stream node: {what} is not an integer")]
+    StreamNotInteger { what: &'static str },
+    #[error("stream node ends before {what}")]
+    StreamEndsBefore { what: &'static str },
+    #[error("stream node: negative {what}")]
+    StreamNegative { what: &'static str },
+    #[error("stream node: master entry terminator is not 0")]
+    StreamTerminator,
+    #[error("stream node: entry count overflow")]
+    StreamCountOverflow,
+    #[error("stream node: field count overflow")]
+    StreamFieldCountOverflow,
+    #[error("stream node: entry lp-count {lp_count} does not match {expected}")]
+    StreamLpCount { lp_count: i64, expected: usize },
+    #[error("stream node: elements after the last entry")]
+    StreamTrailing,
+    #[error("stream node: master count {master} but {found} live entries")]
+    StreamLiveCount { master: usize, found: usize },
+    /// An LZF-compressed string does not decompress. (Part of the message, not a `source`,
+    /// like every cause here: `{e}` and `{e:#}` print it once.)
+    #[error("LZF string: {0}")]
+    Lzf(super::lzf::LzfError),
+}
+
+impl From<super::lzf::LzfError> for EncodingError {
+    fn from(e: super::lzf::LzfError) -> Self {
+        EncodingError::Lzf(e)
+    }
 }
 
 /// The key being parsed when an error happened.
@@ -51,6 +149,15 @@ impl RdbError {
             offset,
             context: None,
             kind: RdbErrorKind::Corrupt(msg.into()),
+        }
+    }
+
+    /// A malformed encoding in the blob that starts at byte `offset`.
+    pub(crate) fn encoding(offset: u64, e: impl Into<EncodingError>) -> Self {
+        RdbError {
+            offset,
+            context: None,
+            kind: RdbErrorKind::Encoding(e.into()),
         }
     }
 
@@ -120,6 +227,9 @@ impl RdbError {
             }
             RdbErrorKind::Corrupt(m) => {
                 format!("corrupt RDB at byte {}{}: {}", self.offset, ctx, m)
+            }
+            RdbErrorKind::Encoding(e) => {
+                format!("corrupt RDB at byte {}{}: {}", self.offset, ctx, e)
             }
             RdbErrorKind::Unsupported(m) => {
                 format!(
@@ -198,5 +308,42 @@ pub fn type_name(t: u8) -> &'static str {
         24 => "hash-metadata",
         25 => "hash-listpack-ex",
         _ => "unknown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rdb::lzf::LzfError;
+
+    #[test]
+    fn encoding_errors_read_as_corrupt_rdb() {
+        let e = RdbError::encoding(
+            42,
+            EncodingError::TooShort {
+                what: "ziplist",
+                len: 3,
+            },
+        )
+        .in_key(&Bytes::from_static(b"k"), 10);
+        assert_eq!(
+            e.to_string(),
+            "corrupt RDB at byte 42 (key \"k\", type list-ziplist): ziplist too short (3 bytes)"
+        );
+        let e = RdbError::encoding(7, LzfError::BackrefBeforeStart { offset: 5 });
+        assert_eq!(
+            e.to_string(),
+            "corrupt RDB at byte 7: LZF string: back reference before start of output at 5"
+        );
+        assert_eq!(
+            EncodingError::ListpackEncoding {
+                enc: 0xf5,
+                offset: 9
+            }
+            .to_string(),
+            "invalid listpack encoding 0xf5 at offset 9"
+        );
+        // Small enough to keep the decoders' results compact.
+        assert!(std::mem::size_of::<EncodingError>() <= 40);
     }
 }

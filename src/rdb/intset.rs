@@ -1,24 +1,28 @@
 //! Intset decoding (small integer-only sets): `encoding:u32le (2|4|8) length:u32le` followed by
 //! `length` little-endian signed integers of `encoding` bytes each.
 
+use super::error::EncodingError;
+
 /// Decode an intset blob into its integers, in stored (ascending) order.
-pub fn decode(blob: &[u8]) -> Result<IntsetIter<'_>, String> {
+pub fn decode(blob: &[u8]) -> Result<IntsetIter<'_>, EncodingError> {
     if blob.len() < 8 {
-        return Err(format!("intset too short ({} bytes)", blob.len()));
+        return Err(EncodingError::TooShort {
+            what: "intset",
+            len: blob.len(),
+        });
     }
     let enc = u32::from_le_bytes([blob[0], blob[1], blob[2], blob[3]]) as usize;
     let len = u32::from_le_bytes([blob[4], blob[5], blob[6], blob[7]]) as usize;
     if !matches!(enc, 2 | 4 | 8) {
-        return Err(format!("invalid intset encoding {enc}"));
+        return Err(EncodingError::IntsetEncoding { width: enc });
     }
     let body = &blob[8..];
     if len.checked_mul(enc) != Some(body.len()) {
-        return Err(format!(
-            "intset of {} x {}-byte integers does not match its {} data bytes",
+        return Err(EncodingError::IntsetSize {
             len,
-            enc,
-            body.len()
-        ));
+            width: enc,
+            data: body.len(),
+        });
     }
     Ok(IntsetIter { body, enc, pos: 0 })
 }

@@ -5,7 +5,10 @@
 //! decoding computes the entry size from the encoding and skips the backlen, checking it.
 
 use super::elem::Elem;
+use super::error::EncodingError;
 use bytes::Bytes;
+
+const WHAT: &str = "listpack";
 
 /// Forward iterator over the elements of a listpack blob.
 pub struct ListpackIter {
@@ -34,20 +37,23 @@ fn backlen_size(l: usize) -> usize {
 }
 
 impl ListpackIter {
-    pub fn new(blob: Bytes) -> Result<Self, String> {
+    pub fn new(blob: Bytes) -> Result<Self, EncodingError> {
         if blob.len() < 7 {
-            return Err(format!("listpack too short ({} bytes)", blob.len()));
+            return Err(EncodingError::TooShort {
+                what: WHAT,
+                len: blob.len(),
+            });
         }
         let total = u32::from_le_bytes([blob[0], blob[1], blob[2], blob[3]]) as usize;
         if total != blob.len() {
-            return Err(format!(
-                "listpack header says {} bytes, blob has {}",
-                total,
-                blob.len()
-            ));
+            return Err(EncodingError::SizeMismatch {
+                what: WHAT,
+                header: total,
+                len: blob.len(),
+            });
         }
         if blob[blob.len() - 1] != 0xff {
-            return Err("listpack does not end with 0xff".into());
+            return Err(EncodingError::NoEndMarker { what: WHAT });
         }
         let count = u16::from_le_bytes([blob[4], blob[5]]) as usize;
         let end = blob.len() - 1;
@@ -71,25 +77,26 @@ impl ListpackIter {
     }
 
     #[inline]
-    fn need(&self, n: usize) -> Result<(), String> {
+    fn need(&self, n: usize) -> Result<(), EncodingError> {
         if n > self.end - self.pos {
-            Err(format!(
-                "listpack entry overruns its buffer at offset {}",
-                self.pos
-            ))
+            Err(EncodingError::Overrun {
+                what: "listpack entry",
+                offset: self.pos,
+            })
         } else {
             Ok(())
         }
     }
 
-    fn next_elem(&mut self) -> Result<Option<Elem>, String> {
+    fn next_elem(&mut self) -> Result<Option<Elem>, EncodingError> {
         if self.pos >= self.end {
             if let Some(d) = self.declared {
                 if d != self.seen {
-                    return Err(format!(
-                        "listpack header says {} entries, found {}",
-                        d, self.seen
-                    ));
+                    return Err(EncodingError::CountMismatch {
+                        what: WHAT,
+                        header: d,
+                        found: self.seen,
+                    });
                 }
             }
             return Ok(None);
@@ -161,17 +168,18 @@ impl ListpackIter {
                     a.copy_from_slice(&b[p + 1..p + 9]);
                     elem_int = Some(i64::from_le_bytes(a));
                 }
-                0xff => return Err(format!("unexpected listpack end marker at offset {p}")),
-                _ => {
-                    return Err(format!(
-                        "invalid listpack encoding 0x{enc:02x} at offset {p}"
-                    ))
+                0xff => {
+                    return Err(EncodingError::UnexpectedEnd {
+                        what: WHAT,
+                        offset: p,
+                    })
                 }
+                _ => return Err(EncodingError::ListpackEncoding { enc, offset: p }),
             }
         }
         let l = hdr
             .checked_add(dlen)
-            .ok_or("listpack entry length overflow")?;
+            .ok_or(EncodingError::ListpackLengthOverflow)?;
         let total = l + backlen_size(l);
         self.need(total)?;
         let elem = match elem_int {
@@ -185,7 +193,7 @@ impl ListpackIter {
 }
 
 impl Iterator for ListpackIter {
-    type Item = Result<Elem, String>;
+    type Item = Result<Elem, EncodingError>;
     fn next(&mut self) -> Option<Self::Item> {
         if self.done {
             return None;
@@ -285,7 +293,7 @@ pub(crate) mod tests {
         #[test]
         fn roundtrip(elems in proptest::collection::vec(crate::rdb::ziplist::tests::arb_elem(), 0..20)) {
             let blob = Bytes::from(encode(&elems));
-            let got: Result<Vec<Elem>, String> = ListpackIter::new(blob).unwrap().collect();
+            let got: Result<Vec<Elem>, EncodingError> = ListpackIter::new(blob).unwrap().collect();
             prop_assert_eq!(got.unwrap(), elems);
         }
     }
@@ -297,7 +305,8 @@ pub(crate) mod tests {
         bad.remove(10);
         let total = bad.len() as u32;
         bad[..4].copy_from_slice(&total.to_le_bytes());
-        let r: Result<Vec<Elem>, String> = ListpackIter::new(Bytes::from(bad)).unwrap().collect();
+        let r: Result<Vec<Elem>, EncodingError> =
+            ListpackIter::new(Bytes::from(bad)).unwrap().collect();
         assert!(r.is_err());
     }
 }

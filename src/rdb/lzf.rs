@@ -7,23 +7,44 @@
 //! Two forms: [`decompress`] for values that fit in memory, and [`StreamDecoder`] which keeps
 //! only the 8 KiB back-reference window plus one output chunk, for big strings.
 
+/// What is wrong with an LZF stream (offsets are in the compressed input).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LzfError {
+    /// The declared uncompressed length does not fit in memory addresses.
+    #[error("uncompressed length too large")]
+    LengthTooLarge,
+    /// The input ended with output still missing.
+    #[error("decompressed to {got} bytes, expected {expected}")]
+    LengthMismatch { got: usize, expected: usize },
+    #[error("literal run overruns input at {offset}")]
+    LiteralOverrun { offset: usize },
+    #[error("output exceeds declared length")]
+    OutputTooLong,
+    #[error("truncated back reference")]
+    TruncatedBackref,
+    #[error("back reference before start of output at {offset}")]
+    BackrefBeforeStart { offset: usize },
+    /// A control unit is cut by the end of the input.
+    #[error("truncated LZF input")]
+    Truncated,
+}
+
 /// Largest back-reference distance LZF can express.
 const WINDOW: usize = 8192;
 
 /// Decompress `input`, which must produce exactly `ulen` bytes.
-pub fn decompress(input: &[u8], ulen: u64) -> Result<Vec<u8>, String> {
-    let ulen = usize::try_from(ulen).map_err(|_| "uncompressed length too large".to_string())?;
+pub fn decompress(input: &[u8], ulen: u64) -> Result<Vec<u8>, LzfError> {
+    let ulen = usize::try_from(ulen).map_err(|_| LzfError::LengthTooLarge)?;
     // LZF expands at most ~132x (3 input bytes -> 264 output bytes); cap the reservation by
     // what the input can produce so a lying header cannot trigger a huge allocation.
     let cap = ulen.min(input.len().saturating_mul(132).saturating_add(64));
     let mut out = Vec::with_capacity(cap);
     decode_into(input, &mut out, 0, ulen)?;
     if out.len() != ulen {
-        return Err(format!(
-            "decompressed to {} bytes, expected {}",
-            out.len(),
-            ulen
-        ));
+        return Err(LzfError::LengthMismatch {
+            got: out.len(),
+            expected: ulen,
+        });
     }
     Ok(out)
 }
@@ -36,7 +57,7 @@ fn decode_into(
     out: &mut Vec<u8>,
     dropped: usize,
     limit: usize,
-) -> Result<(), String> {
+) -> Result<(), LzfError> {
     let mut ip = 0usize;
     while ip < input.len() {
         let ctrl = input[ip] as usize;
@@ -45,30 +66,27 @@ fn decode_into(
             let run = ctrl + 1;
             let lit = input
                 .get(ip..ip + run)
-                .ok_or_else(|| format!("literal run overruns input at {}", ip - 1))?;
+                .ok_or(LzfError::LiteralOverrun { offset: ip - 1 })?;
             if dropped + out.len() + run > limit {
-                return Err("output exceeds declared length".into());
+                return Err(LzfError::OutputTooLong);
             }
             out.extend_from_slice(lit);
             ip += run;
         } else {
             let mut len = ctrl >> 5;
             if len == 7 {
-                len += *input.get(ip).ok_or("truncated back reference")? as usize;
+                len += *input.get(ip).ok_or(LzfError::TruncatedBackref)? as usize;
                 ip += 1;
             }
             len += 2;
-            let lo = *input.get(ip).ok_or("truncated back reference")? as usize;
+            let lo = *input.get(ip).ok_or(LzfError::TruncatedBackref)? as usize;
             ip += 1;
             let dist = ((ctrl & 0x1f) << 8) + lo + 1;
             if dist > out.len() {
-                return Err(format!(
-                    "back reference before start of output at {}",
-                    ip - 2
-                ));
+                return Err(LzfError::BackrefBeforeStart { offset: ip - 2 });
             }
             if dropped + out.len() + len > limit {
-                return Err("output exceeds declared length".into());
+                return Err(LzfError::OutputTooLong);
             }
             let start = out.len() - dist;
             if dist >= len {
@@ -97,9 +115,8 @@ pub struct StreamDecoder<'a> {
 }
 
 impl<'a> StreamDecoder<'a> {
-    pub fn new(input: &'a [u8], ulen: u64) -> Result<Self, String> {
-        let ulen =
-            usize::try_from(ulen).map_err(|_| "uncompressed length too large".to_string())?;
+    pub fn new(input: &'a [u8], ulen: u64) -> Result<Self, LzfError> {
+        let ulen = usize::try_from(ulen).map_err(|_| LzfError::LengthTooLarge)?;
         Ok(StreamDecoder {
             input,
             ip: 0,
@@ -110,7 +127,7 @@ impl<'a> StreamDecoder<'a> {
     }
 
     /// Next output piece of at most `chunk` bytes; `None` when done (and complete).
-    pub fn next_chunk(&mut self, chunk: usize) -> Result<Option<Vec<u8>>, String> {
+    pub fn next_chunk(&mut self, chunk: usize) -> Result<Option<Vec<u8>>, LzfError> {
         let chunk = chunk.max(1);
         // Decode in input slices until we have enough output or the input is exhausted.
         while self.out.len() < chunk + WINDOW && self.ip < self.input.len() {
@@ -126,7 +143,7 @@ impl<'a> StreamDecoder<'a> {
             let end = (self.ip + unit).min(self.input.len());
             let slice = &self.input[self.ip..end];
             if slice.len() < unit {
-                return Err("truncated LZF input".into());
+                return Err(LzfError::Truncated);
             }
             decode_into(slice, &mut self.out, self.dropped, self.ulen)?;
             self.ip = end;
@@ -139,11 +156,10 @@ impl<'a> StreamDecoder<'a> {
         let avail = self.out.len().saturating_sub(keep);
         if avail == 0 {
             if self.ip >= self.input.len() && self.dropped + self.out.len() != self.ulen {
-                return Err(format!(
-                    "decompressed to {} bytes, expected {}",
-                    self.dropped + self.out.len(),
-                    self.ulen
-                ));
+                return Err(LzfError::LengthMismatch {
+                    got: self.dropped + self.out.len(),
+                    expected: self.ulen,
+                });
             }
             return Ok(None);
         }

@@ -23,7 +23,7 @@ pub mod ziplist;
 pub mod zipmap;
 
 pub use crc::{crc64, Crc64};
-pub use error::{RdbError, RdbErrorKind};
+pub use error::{EncodingError, RdbError, RdbErrorKind};
 pub use model::*;
 pub use parser::{
     decode_dump_payload, decode_string_body, decode_value_body, key_type_of, ParseOptions,

@@ -3,7 +3,7 @@
 use super::collect::{Collector, Emit, Item, Limits};
 use super::crc::crc64;
 use super::elem::{parse_f64, Elem};
-use super::error::{HandlerError, RdbError};
+use super::error::{EncodingError, HandlerError, RdbError};
 use super::listpack::ListpackIter;
 use super::lzf;
 use super::model::*;
@@ -618,14 +618,14 @@ pub(crate) fn decode_part<X: Read>(
             let (at, blob) = blob(r)?;
             match container {
                 QUICKLIST_ZIPLIST => {
-                    let it = ZiplistIter::new(blob).map_err(|m| RdbError::corrupt(at, m))?;
+                    let it = ZiplistIter::new(blob).map_err(|e| RdbError::encoding(at, e))?;
                     push_elems(r, c, it, at, emit, |e| Item::List(e.into_bytes()))?;
                 }
                 QUICKLIST_PLAIN => {
                     c.push(Item::List(blob), emit).map_err(h(r.position()))?;
                 }
                 _ => {
-                    let it = ListpackIter::new(blob).map_err(|m| RdbError::corrupt(at, m))?;
+                    let it = ListpackIter::new(blob).map_err(|e| RdbError::encoding(at, e))?;
                     push_elems(r, c, it, at, emit, |e| Item::List(e.into_bytes()))?;
                 }
             }
@@ -676,45 +676,45 @@ pub(crate) fn blob_value<R: Read>(
     let mut c = Collector::new(meta, empty_value(t), lim);
     match t {
         LIST_ZIPLIST => {
-            let it = ZiplistIter::new(blob).map_err(|m| RdbError::corrupt(at, m))?;
+            let it = ZiplistIter::new(blob).map_err(|e| RdbError::encoding(at, e))?;
             push_elems(r, &mut c, it, at, emit, |e| Item::List(e.into_bytes()))?;
         }
         SET_INTSET => {
-            let it = intset::decode(&blob).map_err(|m| RdbError::corrupt(at, m))?;
+            let it = intset::decode(&blob).map_err(|e| RdbError::encoding(at, e))?;
             for v in it {
                 c.push(Item::Set(super::reader::int_bytes(v)), emit)
                     .map_err(h(r.position()))?;
             }
         }
         SET_LISTPACK => {
-            let it = ListpackIter::new(blob).map_err(|m| RdbError::corrupt(at, m))?;
+            let it = ListpackIter::new(blob).map_err(|e| RdbError::encoding(at, e))?;
             push_elems(r, &mut c, it, at, emit, |e| Item::Set(e.into_bytes()))?;
         }
         ZSET_ZIPLIST => {
-            let it = ZiplistIter::new(blob).map_err(|m| RdbError::corrupt(at, m))?;
+            let it = ZiplistIter::new(blob).map_err(|e| RdbError::encoding(at, e))?;
             push_zset_pairs(r, &mut c, it, at, emit)?;
         }
         ZSET_LISTPACK => {
-            let it = ListpackIter::new(blob).map_err(|m| RdbError::corrupt(at, m))?;
+            let it = ListpackIter::new(blob).map_err(|e| RdbError::encoding(at, e))?;
             push_zset_pairs(r, &mut c, it, at, emit)?;
         }
         HASH_ZIPMAP => {
-            let pairs = zipmap::decode(&blob).map_err(|m| RdbError::corrupt(at, m))?;
+            let pairs = zipmap::decode(&blob).map_err(|e| RdbError::encoding(at, e))?;
             for (field, value) in pairs {
                 c.push(Item::field(field, value), emit)
                     .map_err(h(r.position()))?;
             }
         }
         HASH_ZIPLIST => {
-            let it = ZiplistIter::new(blob).map_err(|m| RdbError::corrupt(at, m))?;
+            let it = ZiplistIter::new(blob).map_err(|e| RdbError::encoding(at, e))?;
             push_hash_tuples(r, &mut c, it, at, false, emit)?;
         }
         HASH_LISTPACK => {
-            let it = ListpackIter::new(blob).map_err(|m| RdbError::corrupt(at, m))?;
+            let it = ListpackIter::new(blob).map_err(|e| RdbError::encoding(at, e))?;
             push_hash_tuples(r, &mut c, it, at, false, emit)?;
         }
         _ => {
-            let it = ListpackIter::new(blob).map_err(|m| RdbError::corrupt(at, m))?;
+            let it = ListpackIter::new(blob).map_err(|e| RdbError::encoding(at, e))?;
             push_hash_tuples(r, &mut c, it, at, true, emit)?;
         }
     }
@@ -749,10 +749,10 @@ fn push_elems<R: Read, I>(
     f: impl Fn(Elem) -> Item,
 ) -> Result<(), RdbError>
 where
-    I: Iterator<Item = Result<Elem, String>>,
+    I: Iterator<Item = Result<Elem, EncodingError>>,
 {
     for e in it {
-        let e = e.map_err(|m| RdbError::corrupt(at, m))?;
+        let e = e.map_err(|e| RdbError::encoding(at, e))?;
         c.push(f(e), emit).map_err(h(r.position()))?;
     }
     if c.big {
@@ -769,12 +769,12 @@ fn push_zset_pairs<R: Read, I>(
     emit: &mut Emit<'_>,
 ) -> Result<(), RdbError>
 where
-    I: Iterator<Item = Result<Elem, String>>,
+    I: Iterator<Item = Result<Elem, EncodingError>>,
 {
     while let Some(m) = it.next() {
-        let m = m.map_err(|e| RdbError::corrupt(at, e))?;
+        let m = m.map_err(|e| RdbError::encoding(at, e))?;
         let s = match it.next() {
-            Some(s) => s.map_err(|e| RdbError::corrupt(at, e))?,
+            Some(s) => s.map_err(|e| RdbError::encoding(at, e))?,
             None => return Err(RdbError::corrupt(at, "sorted set member without a score")),
         };
         let score = s
@@ -798,18 +798,18 @@ fn push_hash_tuples<R: Read, I>(
     emit: &mut Emit<'_>,
 ) -> Result<(), RdbError>
 where
-    I: Iterator<Item = Result<Elem, String>>,
+    I: Iterator<Item = Result<Elem, EncodingError>>,
 {
     while let Some(f) = it.next() {
-        let f = f.map_err(|e| RdbError::corrupt(at, e))?;
+        let f = f.map_err(|e| RdbError::encoding(at, e))?;
         let v = match it.next() {
-            Some(v) => v.map_err(|e| RdbError::corrupt(at, e))?,
+            Some(v) => v.map_err(|e| RdbError::encoding(at, e))?,
             None => return Err(RdbError::corrupt(at, "hash field without a value")),
         };
         let mut expire_ms = None;
         if with_ttl {
             let ttl = match it.next() {
-                Some(x) => x.map_err(|e| RdbError::corrupt(at, e))?,
+                Some(x) => x.map_err(|e| RdbError::encoding(at, e))?,
                 None => return Err(RdbError::corrupt(at, "hash field without a TTL slot")),
             };
             let ttl = ttl
@@ -899,10 +899,10 @@ pub(crate) fn string_value<R: Read>(
         StrHeader::Lzf { clen, ulen } => {
             let comp = r.bytes(clen)?;
             let mut dec =
-                lzf::StreamDecoder::new(&comp, ulen).map_err(|m| RdbError::corrupt(at, m))?;
+                lzf::StreamDecoder::new(&comp, ulen).map_err(|e| RdbError::encoding(at, e))?;
             while let Some(piece) = dec
                 .next_chunk(chunk)
-                .map_err(|m| RdbError::corrupt(at, format!("LZF string: {m}")))?
+                .map_err(|e| RdbError::encoding(at, e))?
             {
                 emit(Event::BigChunk(Value::String(Bytes::from(piece))))
                     .map_err(h(r.position()))?;
@@ -945,7 +945,7 @@ fn read_stream<R: Read>(
         let (at, lp) = blob(r)?;
         node_entries.clear();
         let n = stream::decode_node(master, lp, &mut node_entries)
-            .map_err(|m| RdbError::corrupt(at, m))?;
+            .map_err(|e| RdbError::encoding(at, e))?;
         if n == 0 && node_entries.is_empty() {
             // Redis never writes empty nodes; tolerate nodes whose entries are all deleted.
         }
@@ -1114,7 +1114,7 @@ pub fn decode_string_body(body: &Bytes) -> Result<Bytes, RdbError> {
         StrHeader::Int(v) => Ok(super::reader::int_bytes(v)),
         StrHeader::Lzf { clen, ulen } => lzf::decompress(&body[at..end(clen)?], ulen)
             .map(Bytes::from)
-            .map_err(|m| RdbError::corrupt(at as u64, format!("LZF string: {m}"))),
+            .map_err(|e| RdbError::encoding(at as u64, e)),
     }
 }
 

@@ -355,8 +355,7 @@ impl<R: Read> RdbReader<R> {
             StrHeader::Lzf { clen, ulen } => {
                 let at = self.position();
                 let comp = self.bytes(clen)?;
-                let out = lzf::decompress(&comp, ulen)
-                    .map_err(|m| RdbError::corrupt(at, format!("LZF string: {m}")))?;
+                let out = lzf::decompress(&comp, ulen).map_err(|e| RdbError::encoding(at, e))?;
                 Ok(Bytes::from(out))
             }
         }

@@ -11,6 +11,7 @@
 //! follow). Ids are deltas from the master id.
 
 use super::elem::Elem;
+use super::error::EncodingError;
 use super::listpack::ListpackIter;
 use super::model::{StreamEntry, StreamId};
 use bytes::Bytes;
@@ -33,26 +34,24 @@ pub fn id_from_be(b: &[u8]) -> Option<StreamId> {
     })
 }
 
-fn int(it: &mut ListpackIter, what: &str) -> Result<i64, String> {
+fn int(it: &mut ListpackIter, what: &'static str) -> Result<i64, EncodingError> {
     match it.next() {
-        Some(Ok(e)) => e
-            .as_int()
-            .ok_or_else(|| format!("stream node: {what} is not an integer")),
+        Some(Ok(e)) => e.as_int().ok_or(EncodingError::StreamNotInteger { what }),
         Some(Err(m)) => Err(m),
-        None => Err(format!("stream node ends before {what}")),
+        None => Err(EncodingError::StreamEndsBefore { what }),
     }
 }
 
-fn elem(it: &mut ListpackIter, what: &str) -> Result<Bytes, String> {
+fn elem(it: &mut ListpackIter, what: &'static str) -> Result<Bytes, EncodingError> {
     match it.next() {
         Some(Ok(e)) => Ok(e.into_bytes()),
         Some(Err(m)) => Err(m),
-        None => Err(format!("stream node ends before {what}")),
+        None => Err(EncodingError::StreamEndsBefore { what }),
     }
 }
 
-fn count(v: i64, what: &str) -> Result<usize, String> {
-    usize::try_from(v).map_err(|_| format!("stream node: negative {what}"))
+fn count(v: i64, what: &'static str) -> Result<usize, EncodingError> {
+    usize::try_from(v).map_err(|_| EncodingError::StreamNegative { what })
 }
 
 /// Decode the live entries of one node, appending them to `out`. Returns the number of live
@@ -61,7 +60,7 @@ pub fn decode_node(
     master: StreamId,
     blob: Bytes,
     out: &mut Vec<StreamEntry>,
-) -> Result<usize, String> {
+) -> Result<usize, EncodingError> {
     let mut it = ListpackIter::new(blob)?;
     let live = count(int(&mut it, "master count")?, "count")?;
     let deleted = count(int(&mut it, "master deleted count")?, "deleted count")?;
@@ -71,11 +70,11 @@ pub fn decode_node(
         master_fields.push(elem(&mut it, "master field")?);
     }
     if int(&mut it, "master terminator")? != 0 {
-        return Err("stream node: master entry terminator is not 0".into());
+        return Err(EncodingError::StreamTerminator);
     }
     let total = live
         .checked_add(deleted)
-        .ok_or("stream node: entry count overflow")?;
+        .ok_or(EncodingError::StreamCountOverflow)?;
     let mut found_live = 0usize;
     for _ in 0..total {
         let flags = int(&mut it, "entry flags")?;
@@ -112,13 +111,14 @@ pub fn decode_node(
             }
             nf.checked_mul(2)
                 .and_then(|x| x.checked_add(4))
-                .ok_or("stream node: field count overflow")?
+                .ok_or(EncodingError::StreamFieldCountOverflow)?
         };
         let lp_count = int(&mut it, "entry lp-count")?;
         if usize::try_from(lp_count).ok() != Some(n_lp) {
-            return Err(format!(
-                "stream node: entry lp-count {lp_count} does not match {n_lp}"
-            ));
+            return Err(EncodingError::StreamLpCount {
+                lp_count,
+                expected: n_lp,
+            });
         }
         if !deleted {
             found_live += 1;
@@ -128,18 +128,19 @@ pub fn decode_node(
     match it.next() {
         None => {}
         Some(Err(m)) => return Err(m),
-        Some(Ok(_)) => return Err("stream node: elements after the last entry".into()),
+        Some(Ok(_)) => return Err(EncodingError::StreamTrailing),
     }
     if found_live != live {
-        return Err(format!(
-            "stream node: master count {live} but {found_live} live entries"
-        ));
+        return Err(EncodingError::StreamLiveCount {
+            master: live,
+            found: found_live,
+        });
     }
     Ok(found_live)
 }
 
 /// Convenience: the element list of a listpack (used by tests and small decoders).
 #[allow(dead_code)]
-pub(crate) fn elems(blob: Bytes) -> Result<Vec<Elem>, String> {
+pub(crate) fn elems(blob: Bytes) -> Result<Vec<Elem>, EncodingError> {
     ListpackIter::new(blob)?.collect()
 }

@@ -5,7 +5,10 @@
 //! checks every length against the blob, returning zero-copy slices for strings.
 
 use super::elem::Elem;
+use super::error::EncodingError;
 use bytes::Bytes;
+
+const WHAT: &str = "ziplist";
 
 /// Forward iterator over the elements of a ziplist blob.
 pub struct ZiplistIter {
@@ -19,20 +22,23 @@ pub struct ZiplistIter {
 
 impl ZiplistIter {
     /// Validate the header and position at the first entry.
-    pub fn new(blob: Bytes) -> Result<Self, String> {
+    pub fn new(blob: Bytes) -> Result<Self, EncodingError> {
         if blob.len() < 11 {
-            return Err(format!("ziplist too short ({} bytes)", blob.len()));
+            return Err(EncodingError::TooShort {
+                what: WHAT,
+                len: blob.len(),
+            });
         }
         let zlbytes = u32::from_le_bytes([blob[0], blob[1], blob[2], blob[3]]) as usize;
         if zlbytes != blob.len() {
-            return Err(format!(
-                "ziplist header says {} bytes, blob has {}",
-                zlbytes,
-                blob.len()
-            ));
+            return Err(EncodingError::SizeMismatch {
+                what: WHAT,
+                header: zlbytes,
+                len: blob.len(),
+            });
         }
         if blob[blob.len() - 1] != 0xff {
-            return Err("ziplist does not end with 0xff".into());
+            return Err(EncodingError::NoEndMarker { what: WHAT });
         }
         let zllen = u16::from_le_bytes([blob[8], blob[9]]) as usize;
         let end = blob.len() - 1;
@@ -55,26 +61,27 @@ impl ZiplistIter {
         self.declared
     }
 
-    fn take(&mut self, n: usize) -> Result<&[u8], String> {
+    fn take(&mut self, n: usize) -> Result<&[u8], EncodingError> {
         if n > self.end - self.pos {
-            return Err(format!(
-                "ziplist entry overruns its buffer at offset {}",
-                self.pos
-            ));
+            return Err(EncodingError::Overrun {
+                what: "ziplist entry",
+                offset: self.pos,
+            });
         }
         let s = &self.blob[self.pos..self.pos + n];
         self.pos += n;
         Ok(s)
     }
 
-    fn next_elem(&mut self) -> Result<Option<Elem>, String> {
+    fn next_elem(&mut self) -> Result<Option<Elem>, EncodingError> {
         if self.pos >= self.end {
             if let Some(d) = self.declared {
                 if d != self.seen {
-                    return Err(format!(
-                        "ziplist header says {} entries, found {}",
-                        d, self.seen
-                    ));
+                    return Err(EncodingError::CountMismatch {
+                        what: WHAT,
+                        header: d,
+                        found: self.seen,
+                    });
                 }
             }
             return Ok(None);
@@ -84,10 +91,10 @@ impl ZiplistIter {
         if p == 0xfe {
             self.take(4)?;
         } else if p == 0xff {
-            return Err(format!(
-                "unexpected ziplist end marker at offset {}",
-                self.pos - 1
-            ));
+            return Err(EncodingError::UnexpectedEnd {
+                what: WHAT,
+                offset: self.pos - 1,
+            });
         }
         let enc = self.take(1)?[0];
         let e = match enc >> 6 {
@@ -102,7 +109,7 @@ impl ZiplistIter {
             }
             2 => {
                 if enc != 0x80 {
-                    return Err(format!("invalid ziplist string encoding 0x{enc:02x}"));
+                    return Err(EncodingError::ZiplistStringEncoding { enc });
                 }
                 let b = self.take(4)?;
                 let n = u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize;
@@ -131,14 +138,14 @@ impl ZiplistIter {
                 }
                 0xfe => Elem::Int(i64::from(self.take(1)?[0] as i8)),
                 0xf1..=0xfd => Elem::Int(i64::from(enc & 0x0f) - 1),
-                _ => return Err(format!("invalid ziplist encoding 0x{enc:02x}")),
+                _ => return Err(EncodingError::ZiplistEncoding { enc }),
             },
         };
         self.seen += 1;
         Ok(Some(e))
     }
 
-    fn str(&mut self, n: usize) -> Result<Elem, String> {
+    fn str(&mut self, n: usize) -> Result<Elem, EncodingError> {
         let start = self.pos;
         self.take(n)?;
         Ok(Elem::Str(self.blob.slice(start..start + n)))
@@ -146,7 +153,7 @@ impl ZiplistIter {
 }
 
 impl Iterator for ZiplistIter {
-    type Item = Result<Elem, String>;
+    type Item = Result<Elem, EncodingError>;
     fn next(&mut self) -> Option<Self::Item> {
         if self.done {
             return None;
@@ -271,7 +278,7 @@ pub(crate) mod tests {
         #[test]
         fn roundtrip(elems in proptest::collection::vec(arb_elem(), 0..20)) {
             let blob = Bytes::from(encode(&elems));
-            let got: Result<Vec<Elem>, String> = ZiplistIter::new(blob).unwrap().collect();
+            let got: Result<Vec<Elem>, EncodingError> = ZiplistIter::new(blob).unwrap().collect();
             prop_assert_eq!(got.unwrap(), elems);
         }
     }

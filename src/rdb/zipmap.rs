@@ -5,23 +5,26 @@
 //! the value.
 
 use super::elem::Elem;
+use super::error::EncodingError;
 use bytes::Bytes;
 
 /// Decode a zipmap blob into (field, value) pairs.
-pub fn decode(blob: &Bytes) -> Result<Vec<(Bytes, Bytes)>, String> {
+pub fn decode(blob: &Bytes) -> Result<Vec<(Bytes, Bytes)>, EncodingError> {
     let b = &blob[..];
     if b.is_empty() {
-        return Err("empty zipmap".into());
+        return Err(EncodingError::ZipmapEmpty);
     }
     let mut pos = 1usize;
     let mut out = Vec::new();
-    let read_len = |pos: &mut usize| -> Result<Option<usize>, String> {
-        let c = *b.get(*pos).ok_or("zipmap truncated")?;
+    let read_len = |pos: &mut usize| -> Result<Option<usize>, EncodingError> {
+        let c = *b.get(*pos).ok_or(EncodingError::ZipmapTruncated)?;
         *pos += 1;
         match c {
             0xff => Ok(None),
             254 => {
-                let s = b.get(*pos..*pos + 4).ok_or("zipmap truncated")?;
+                let s = b
+                    .get(*pos..*pos + 4)
+                    .ok_or(EncodingError::ZipmapTruncated)?;
                 *pos += 4;
                 Ok(Some(u32::from_le_bytes([s[0], s[1], s[2], s[3]]) as usize))
             }
@@ -34,28 +37,36 @@ pub fn decode(blob: &Bytes) -> Result<Vec<(Bytes, Bytes)>, String> {
             Some(n) => n,
         };
         if klen > b.len() - pos {
-            return Err(format!("zipmap key overruns its buffer at offset {pos}"));
+            return Err(EncodingError::Overrun {
+                what: "zipmap key",
+                offset: pos,
+            });
         }
         let key = blob.slice(pos..pos + klen);
         pos += klen;
-        let vlen = read_len(&mut pos)?.ok_or("zipmap ends after a key")?;
-        let free = *b.get(pos).ok_or("zipmap truncated")? as usize;
+        let vlen = read_len(&mut pos)?.ok_or(EncodingError::ZipmapNoValue)?;
+        let free = *b.get(pos).ok_or(EncodingError::ZipmapTruncated)? as usize;
         pos += 1;
         if vlen > b.len() - pos || free > b.len() - pos - vlen {
-            return Err(format!("zipmap value overruns its buffer at offset {pos}"));
+            return Err(EncodingError::Overrun {
+                what: "zipmap value",
+                offset: pos,
+            });
         }
         let val = blob.slice(pos..pos + vlen);
         pos += vlen + free;
         out.push((key, val));
     }
     if pos != b.len() {
-        return Err(format!("{} trailing bytes after zipmap end", b.len() - pos));
+        return Err(EncodingError::ZipmapTrailing {
+            count: b.len() - pos,
+        });
     }
     Ok(out)
 }
 
 /// Zipmap elements as [`Elem`]s, for symmetry with the other compact encodings.
-pub fn decode_elems(blob: &Bytes) -> Result<Vec<Elem>, String> {
+pub fn decode_elems(blob: &Bytes) -> Result<Vec<Elem>, EncodingError> {
     Ok(decode(blob)?
         .into_iter()
         .flat_map(|(k, v)| [Elem::Str(k), Elem::Str(v)])
