@@ -91,6 +91,18 @@ impl PoolState {
     }
 }
 
+/// Why the writer pool cannot take (or did not apply) more batches.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PoolError {
+    /// A writer failed: its first fatal error, which names the target and the command (or
+    /// the pool was aborted).
+    #[error("{0}")]
+    Failed(String),
+    /// Writer `writer` stopped without an error (its input closed).
+    #[error("writer stopped (writer {writer})")]
+    Stopped { writer: usize },
+}
+
 /// The running pool. Dropping the senders (via [`WriterPool::finish`]) stops the writers once
 /// they have drained.
 pub struct WriterPool {
@@ -177,13 +189,13 @@ impl WriterPool {
     }
 
     /// Close the inputs and wait for every writer to drain and stop.
-    pub fn finish(self) -> Result<(), String> {
+    pub fn finish(self) -> Result<(), PoolError> {
         drop(self.senders);
         for h in self.handles {
             let _ = h.join();
         }
         match self.state.error() {
-            Some(e) => Err(e),
+            Some(e) => Err(PoolError::Failed(e)),
             None => Ok(()),
         }
     }
@@ -213,11 +225,11 @@ impl PoolHandle {
 
     /// Send a batch to writer `w`, waiting while its queue is full. Fails once the pool has
     /// failed (the batch is not applied).
-    pub fn send(&self, w: usize, batch: Batch) -> Result<(), String> {
+    pub fn send(&self, w: usize, batch: Batch) -> Result<(), PoolError> {
         let mut batch = batch;
         loop {
             if let Some(e) = self.state.error() {
-                return Err(e);
+                return Err(PoolError::Failed(e));
             }
             match self.senders[w].send_timeout(batch, Duration::from_millis(200)) {
                 Ok(()) => return Ok(()),
@@ -226,7 +238,7 @@ impl PoolHandle {
                     return Err(self
                         .state
                         .error()
-                        .unwrap_or_else(|| "writer stopped".to_string()))
+                        .map_or(PoolError::Stopped { writer: w }, PoolError::Failed))
                 }
             }
         }
