@@ -5,8 +5,8 @@ use crate::target::writer::PoolError;
 /// A fatal error of the pipeline; the source's apply loop stops on it.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum PipelineError {
-    /// The writer pool failed (a writer lost the target for good, or the target refused a
-    /// command under the stop policy): its message names the target and the command.
+    /// The writer pool failed (the target refused a command under the stop policy, or one
+    /// the relay needs, or the pool was aborted).
     #[error(transparent)]
     Pool(#[from] PoolError),
     /// A SELECT of the command stream without a valid database number.

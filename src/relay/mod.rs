@@ -672,7 +672,7 @@ impl RelayHandle {
     pub fn error(&self) -> Option<String> {
         if let Some(p) = self.inner.pool.lock().as_ref() {
             if let Some(e) = p.state.error() {
-                return Some(e);
+                return Some(e.to_string());
             }
         }
         self.inner.sources.iter().find_map(|s| {
