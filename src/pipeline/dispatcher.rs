@@ -4,11 +4,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::error::PipelineError;
 use super::offsets::SourceTracker;
 use super::op::{Batch, Bookkeeping, Op};
 use super::record::{self, Record};
 use super::router::partition;
 use crate::target::commands::CommandBuf;
+use crate::target::writer::PoolError;
 use crate::target::PoolHandle;
 
 /// Flush a writer's pending batch at this many payload bytes...
@@ -121,7 +123,7 @@ impl Dispatcher {
     /// Queue `op` for writer `w`; it covers stream offsets `(start, end]`. The batch is on the
     /// tracker's books from its first op on, so that the applied offset can never pass an op
     /// that is still waiting here.
-    pub fn push(&mut self, w: usize, op: Op, start: u64, end: u64) -> Result<(), String> {
+    pub fn push(&mut self, w: usize, op: Op, start: u64, end: u64) -> Result<(), PipelineError> {
         let Some(p) = self.enter(w, start, end) else {
             return Ok(());
         };
@@ -143,7 +145,7 @@ impl Dispatcher {
         cmds: &CommandBuf,
         start: u64,
         end: u64,
-    ) -> Result<(), String> {
+    ) -> Result<(), PipelineError> {
         if cmds.is_empty() {
             return Ok(());
         }
@@ -181,7 +183,7 @@ impl Dispatcher {
         Some(p)
     }
 
-    fn flush_if_full(&mut self, w: usize) -> Result<(), String> {
+    fn flush_if_full(&mut self, w: usize) -> Result<(), PipelineError> {
         let p = &self.pending[w];
         if p.bytes >= BATCH_BYTES || p.commands >= BATCH_OPS {
             self.flush_writer(w)?;
@@ -195,7 +197,7 @@ impl Dispatcher {
         self.tracker.extend(end);
     }
 
-    fn flush_writer(&mut self, w: usize) -> Result<(), String> {
+    fn flush_writer(&mut self, w: usize) -> Result<(), PipelineError> {
         let p = &mut self.pending[w];
         if p.is_empty() {
             return Ok(());
@@ -234,11 +236,11 @@ impl Dispatcher {
             end: p.end,
             bookkeeping,
         };
-        self.pool.send(w, batch)
+        Ok(self.pool.send(w, batch)?)
     }
 
     /// Hand every pending batch to its writer.
-    pub fn flush(&mut self) -> Result<(), String> {
+    pub fn flush(&mut self) -> Result<(), PipelineError> {
         for w in 0..self.pending.len() {
             self.flush_writer(w)?;
         }
@@ -247,14 +249,14 @@ impl Dispatcher {
 
     /// Flush and wait until the target acknowledged everything of this source: what comes
     /// next may touch keys of several writers and must see all earlier writes.
-    pub fn barrier(&mut self) -> Result<(), String> {
+    pub fn barrier(&mut self) -> Result<(), PipelineError> {
         self.flush()?;
         loop {
             if self.tracker.wait_drained(Duration::from_millis(200)) {
                 return Ok(());
             }
             if let Some(e) = self.pool.state.error() {
-                return Err(e);
+                return Err(PoolError::Failed(e).into());
             }
         }
     }

@@ -1,6 +1,7 @@
 //! From sources to writers: ops and batches, routing by key, per-source applied offsets.
 pub mod checkpoint;
 pub mod dispatcher;
+pub mod error;
 pub mod filter;
 pub mod keys;
 pub mod offsets;
@@ -12,5 +13,6 @@ pub mod spool;
 pub mod stream_apply;
 
 pub use dispatcher::Dispatcher;
+pub use error::PipelineError;
 pub use offsets::SourceTracker;
 pub use op::{Batch, Op};

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 
 use super::dispatcher::Dispatcher;
+use super::error::PipelineError;
 use super::filter::{Filtered, KeyFilter};
 use super::keys::{command_keys, KeySpec};
 use super::op::Op;
@@ -209,7 +210,7 @@ impl StreamApply {
     }
 
     /// Handle one frame of the stream.
-    pub fn on_frame(&mut self, frame: Frame, d: &mut Dispatcher) -> Result<Control, String> {
+    pub fn on_frame(&mut self, frame: Frame, d: &mut Dispatcher) -> Result<Control, PipelineError> {
         let start = self.offset;
         let end = start + frame.raw.len() as u64;
         self.offset = end;
@@ -246,7 +247,7 @@ impl StreamApply {
             }
             b"SELECT" => {
                 let Some(db) = parse_db(frame.args.get(1)) else {
-                    return Err(format!("bad SELECT in the stream at offset {start}"));
+                    return Err(PipelineError::BadSelect { offset: start });
                 };
                 if let Some(m) = self.multi.as_mut() {
                     m.selects = true;
@@ -548,14 +549,14 @@ impl StreamApply {
         op: Op,
         start: u64,
         end: u64,
-    ) -> Result<(), String> {
+    ) -> Result<(), PipelineError> {
         self.stats.barriers += 1;
         d.barrier()?;
         d.push(0, op, start, end)?;
         d.barrier()
     }
 
-    fn exec(&mut self, m: MultiBlock, end: u64, d: &mut Dispatcher) -> Result<(), String> {
+    fn exec(&mut self, m: MultiBlock, end: u64, d: &mut Dispatcher) -> Result<(), PipelineError> {
         if m.commands.is_empty() {
             // An empty MULTI/EXEC (2.4 sends them for read-only transactions).
             d.advance(end);

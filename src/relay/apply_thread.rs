@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::deferred::{key_hash, Deferred};
+use super::error::ApplyError;
 use super::events::{EventSink, RelayEvent};
 use super::rdb_reader::SpoolRdbReader;
 use crate::endpoint::Endpoint;
@@ -21,13 +22,13 @@ use crate::pipeline::keys::{command_keys, KeySpec};
 use crate::pipeline::record;
 use crate::pipeline::spool::{Spool, SpoolRecord};
 use crate::pipeline::stream_apply::{Control, StreamApply, StreamOptions};
-use crate::pipeline::{Dispatcher, SourceTracker};
+use crate::pipeline::{Dispatcher, PipelineError, SourceTracker};
 use crate::rdb::{Event, ParseOptions, RdbParser};
 use crate::resp::framer::CommandFramer;
 use crate::source::topology::KeyOwner;
 use crate::source::SourceProgress;
 use crate::target::deletion::{self, Authority, Plan, Scope};
-use crate::target::{ApplyOptions, SnapshotApply, TargetConn};
+use crate::target::{ApplyOptions, SnapshotApply, TargetConn, TargetError};
 
 /// A [`Deleter`] from a source's context, field by field (so the output stays free).
 macro_rules! deleter {
@@ -123,12 +124,13 @@ const RETRY_FIRST: Duration = Duration::from_secs(2);
 const RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// Run until stopped or the spool is closed and drained. Returns a fatal error.
-pub fn run(mut ctx: SourceCtx) -> Result<(), String> {
+pub fn run(mut ctx: SourceCtx) -> Result<(), ApplyError> {
     let deferred = Deferred::open(&ctx.state_dir, &super::sanitize(&ctx.name)).map_err(|e| {
-        format!(
-            "source {}: cannot read its deferred deletions: {e}",
-            ctx.name
-        )
+        ApplyError::Deferred {
+            name: ctx.name.clone(),
+            what: "cannot read its deferred deletions",
+            cause: e,
+        }
     })?;
     if !deferred.is_empty() {
         tracing::warn!(source = %ctx.name, keys = deferred.len(), "deletions deferred before the restart are still waiting for a peer: retrying them");
@@ -155,7 +157,11 @@ pub fn run(mut ctx: SourceCtx) -> Result<(), String> {
                 &ctx.name,
                 &cp.replid,
                 ctx.writers,
-            )?;
+            )
+            .map_err(|cause| ApplyError::Records {
+                name: ctx.name.clone(),
+                cause,
+            })?;
             tracing::info!(source = %ctx.name, checkpoint = cp.offset, records = ?skip, "exactly-once: commands the target already applied after the checkpoint are skipped");
             dispatcher.set_skip(skip);
         }
@@ -179,7 +185,12 @@ pub fn run(mut ctx: SourceCtx) -> Result<(), String> {
             Some(r) => Some(r),
             None => match ctx.spool.pop(Duration::from_millis(50)) {
                 Ok(r) => r,
-                Err(e) => break Err(e.to_string()),
+                Err(cause) => {
+                    break Err(ApplyError::Spool {
+                        name: ctx.name.clone(),
+                        cause,
+                    })
+                }
             },
         };
         let step = match rec {
@@ -196,10 +207,11 @@ pub fn run(mut ctx: SourceCtx) -> Result<(), String> {
                 partial_resync(&mut ctx, &mut st, replid, offset)
             }
             Some(SpoolRecord::StreamData(data)) => stream_data(&mut ctx, &mut st, data),
-            Some(SpoolRecord::RdbData(_)) | Some(SpoolRecord::RdbEnd) => Err(format!(
-                "source {}: snapshot data outside a full resync",
-                ctx.name
-            )),
+            Some(SpoolRecord::RdbData(_)) | Some(SpoolRecord::RdbEnd) => {
+                Err(ApplyError::SnapshotOutsideSync {
+                    name: ctx.name.clone(),
+                })
+            }
         };
         if let Err(e) = step {
             break Err(e);
@@ -219,16 +231,26 @@ pub fn run(mut ctx: SourceCtx) -> Result<(), String> {
     let drained = match &mut ctx.output {
         Output::Target { dispatcher, .. } => dispatcher.barrier(),
         Output::Sink(_) => Ok(()),
-    };
+    }
+    .map_err(|e| pipeline(&ctx.name, e));
     tick(&mut ctx, &mut st, true);
     result.and(drained)
 }
 
-fn flush(ctx: &mut SourceCtx) -> Result<(), String> {
+/// A pipeline error of source `name`.
+fn pipeline(name: &str, cause: PipelineError) -> ApplyError {
+    ApplyError::Pipeline {
+        name: name.to_string(),
+        cause,
+    }
+}
+
+fn flush(ctx: &mut SourceCtx) -> Result<(), ApplyError> {
     match &mut ctx.output {
         Output::Target { dispatcher, .. } => dispatcher.flush(),
         Output::Sink(_) => Ok(()),
     }
+    .map_err(|e| pipeline(&ctx.name, e))
 }
 
 /// Record the lag of the heartbeats the target has now acknowledged (everything before them
@@ -315,12 +337,12 @@ fn full_resync(
     replid: String,
     offset: Option<u64>,
     pending: &mut Option<SpoolRecord>,
-) -> Result<(), String> {
+) -> Result<(), ApplyError> {
     let off = offset.unwrap_or(0);
     tracing::info!(source = %ctx.name, replid = %replid, offset = off, "full resync: loading the snapshot");
     // Whatever was in flight from an earlier stream finishes first.
     if let Output::Target { dispatcher, .. } = &mut ctx.output {
-        dispatcher.barrier()?;
+        dispatcher.barrier().map_err(|e| pipeline(&ctx.name, e))?;
     }
     // The target may hold keys of this source from before: after a resume refused, a
     // backlog overrun, or a crash in the middle of an earlier sweep (its records are there).
@@ -408,7 +430,10 @@ fn full_resync(
                 replid: replid.clone(),
                 offset,
             })
-            .map_err(|e| format!("source {name}: sink refused the full resync: {e}"))?;
+            .map_err(|cause| ApplyError::SinkRefusedResync {
+                name: name.clone(),
+                cause,
+            })?;
             parser.run(|ev| {
                 if matches!(ev, Event::Entry(_) | Event::BigStart(_)) {
                     keys.fetch_add(1, Ordering::Relaxed);
@@ -422,7 +447,7 @@ fn full_resync(
     };
     let unread = parser.unread() as u64;
     drop(parser);
-    if let Err(e) = result {
+    if let Err(cause) = result {
         if let Some(next) = reader.interrupted_by.take() {
             tracing::warn!(source = %ctx.name, "snapshot interrupted by a reconnect: starting over");
             *pending = Some(next);
@@ -431,22 +456,26 @@ fn full_resync(
         if ctx.stop.load(Ordering::Acquire) {
             return Ok(());
         }
-        return Err(format!("source {}: snapshot: {e}", ctx.name));
+        return Err(ApplyError::Snapshot {
+            name: ctx.name.clone(),
+            cause: Box::new(cause),
+        });
     }
     let extra = unread
-        + reader
-            .drain()
-            .map_err(|e| format!("source {}: after the snapshot: {e}", ctx.name))?;
+        + reader.drain().map_err(|cause| ApplyError::AfterSnapshot {
+            name: ctx.name.clone(),
+            cause,
+        })?;
     if extra > 0 {
-        return Err(format!(
-            "source {}: {extra} bytes after the end of the RDB in the snapshot transfer",
-            ctx.name
-        ));
+        return Err(ApplyError::TrailingBytes {
+            name: ctx.name.clone(),
+            extra,
+        });
     }
     let eo = exactly_once(ctx, &replid);
     match &mut ctx.output {
         Output::Target { dispatcher, .. } => {
-            dispatcher.barrier()?;
+            dispatcher.barrier().map_err(|e| pipeline(&ctx.name, e))?;
             dispatcher.set_exactly_once(Some(eo));
         }
         Output::Sink(_) => {}
@@ -463,7 +492,10 @@ fn full_resync(
             .event(RelayEvent::SnapshotEnd {
                 source: ctx.name.clone(),
             })
-            .map_err(|e| format!("source {}: sink: {e}", ctx.name))?,
+            .map_err(|cause| ApplyError::Sink {
+                name: ctx.name.clone(),
+                cause,
+            })?,
     }
     st.sink_offset = off;
     st.stream = Some(StreamApply::new(ctx.stream_opts.clone(), off, 0));
@@ -479,45 +511,46 @@ fn partial_resync(
     st: &mut State,
     replid: String,
     offset: u64,
-) -> Result<(), String> {
+) -> Result<(), ApplyError> {
     let Some(stream) = st.stream.as_ref() else {
-        return Err(format!(
-            "source {}: partial resync without a loaded snapshot",
-            ctx.name
-        ));
+        return Err(ApplyError::PartialWithoutSnapshot {
+            name: ctx.name.clone(),
+        });
     };
     if stream.offset() != offset {
-        return Err(format!(
-            "source {}: partial resync at offset {offset}, but the stream was processed up to {} (a gap would lose writes)",
-            ctx.name,
-            stream.offset()
-        ));
+        return Err(ApplyError::PartialGap {
+            name: ctx.name.clone(),
+            offset,
+            processed: stream.offset(),
+        });
     }
     tracing::info!(source = %ctx.name, replid = %replid, offset, "partial resync: continuing the stream");
     let eo = exactly_once(ctx, &replid);
     if let Output::Target { dispatcher, .. } = &mut ctx.output {
-        dispatcher.flush()?;
+        dispatcher.flush().map_err(|e| pipeline(&ctx.name, e))?;
         dispatcher.set_exactly_once(Some(eo));
     }
     st.replid = Some(replid);
     Ok(())
 }
 
-fn stream_data(ctx: &mut SourceCtx, st: &mut State, data: Bytes) -> Result<(), String> {
+fn stream_data(ctx: &mut SourceCtx, st: &mut State, data: Bytes) -> Result<(), ApplyError> {
     let Some(stream) = st.stream.as_mut() else {
-        return Err(format!("source {}: stream data before any sync", ctx.name));
+        return Err(ApplyError::StreamBeforeSync {
+            name: ctx.name.clone(),
+        });
     };
     st.framer.push(&data);
     loop {
         let frame = match st.framer.next_frame() {
             Ok(Some(f)) => f,
             Ok(None) => return Ok(()),
-            Err(e) => {
-                return Err(format!(
-                    "source {}: bad command stream at offset {}: {e}",
-                    ctx.name,
-                    stream.offset()
-                ))
+            Err(cause) => {
+                return Err(ApplyError::BadStream {
+                    name: ctx.name.clone(),
+                    offset: stream.offset(),
+                    cause: Box::new(cause),
+                })
             }
         };
         if !st.deferred.is_empty() {
@@ -529,7 +562,10 @@ fn stream_data(ctx: &mut SourceCtx, st: &mut State, data: Bytes) -> Result<(), S
             }
         }
         match &mut ctx.output {
-            Output::Target { dispatcher, .. } => match stream.on_frame(frame, dispatcher)? {
+            Output::Target { dispatcher, .. } => match stream
+                .on_frame(frame, dispatcher)
+                .map_err(|e| pipeline(&ctx.name, e))?
+            {
                 Control::None => {}
                 Control::AckRequested => {
                     ctx.progress.set_applied_offset(ctx.tracker.applied());
@@ -573,7 +609,10 @@ fn stream_data(ctx: &mut SourceCtx, st: &mut State, data: Bytes) -> Result<(), S
                         offset: end,
                         args: frame.args,
                     })
-                    .map_err(|e| format!("source {}: sink: {e}", ctx.name))?;
+                    .map_err(|cause| ApplyError::Sink {
+                        name: ctx.name.clone(),
+                        cause,
+                    })?;
                 }
                 if !stream.in_transaction() {
                     st.sink_offset = end;
@@ -616,15 +655,17 @@ fn read_records(
     source: &str,
     replid: &str,
     writers: usize,
-) -> Result<Vec<u64>, String> {
+) -> Result<Vec<u64>, TargetError> {
     let Some(target) = target else {
         return Ok(vec![0; writers]);
     };
-    let mut conn =
-        TargetConn::connect(target, Duration::from_secs(10)).map_err(|e| e.to_string())?;
+    let mut conn = TargetConn::connect(target, Duration::from_secs(10))?;
     let prefix = String::from_utf8_lossy(prefix);
-    let io =
-        |e: std::io::Error| format!("target {target}: reading the relay's offset records: {e}");
+    let io = |cause: std::io::Error| TargetError::Io {
+        target: target.to_string(),
+        what: "reading the relay's offset records",
+        cause,
+    };
     conn.call(&["SELECT", "0"]).map_err(io)?;
     let mut out = Vec::with_capacity(writers);
     for w in 0..writers {
@@ -678,9 +719,18 @@ impl Job<'_> {
 /// Delete the target keys proven to be this source's ([`crate::target::deletion`]): not held
 /// by any peer, not written on the target meanwhile. Keys a peer could not vouch for are
 /// deferred; keys nobody can be asked about (no peers known) stay and are counted.
-fn delete_proven(d: Deleter<'_>, deferred: &mut Deferred, job: Job<'_>) -> Result<(), String> {
+fn delete_proven(d: Deleter<'_>, deferred: &mut Deferred, job: Job<'_>) -> Result<(), ApplyError> {
     let Some(target) = d.target else {
-        return Err(format!("source {}: a deletion without a target", d.name));
+        return Err(ApplyError::DeletionWithoutTarget {
+            name: d.name.to_string(),
+        });
+    };
+    let deferred_io = |what: &'static str| {
+        move |cause: std::io::Error| ApplyError::Deferred {
+            name: d.name.to_string(),
+            what,
+            cause,
+        }
     };
     let peers: Vec<Endpoint> = match d.authority {
         Authority::Peers(p) => p.clone(),
@@ -705,12 +755,12 @@ fn delete_proven(d: Deleter<'_>, deferred: &mut Deferred, job: Job<'_>) -> Resul
         // The sweep derives every candidate again, the deferred ones included.
         deferred
             .clear()
-            .map_err(|e| format!("source {}: deferred deletions: {e}", d.name))?;
+            .map_err(deferred_io("deferred deletions"))?;
     }
     let pending = match job {
         Job::Retry => deferred
             .pending_keys()
-            .map_err(|e| format!("source {}: deferred deletions: {e}", d.name))?,
+            .map_err(deferred_io("deferred deletions"))?,
         _ => Vec::new(),
     };
     let mut doubt: Vec<(u32, Bytes)> = Vec::new();
@@ -746,14 +796,22 @@ fn delete_proven(d: Deleter<'_>, deferred: &mut Deferred, job: Job<'_>) -> Resul
         match attempt {
             Ok(r) => break r,
             // The target refused (NOPERM, READONLY, ...): nothing a retry changes.
-            Err(e @ deletion::DeletionError::Refused { .. }) => {
-                return Err(format!("source {}: {} deletion: {e}", d.name, job.cause()))
+            Err(error @ deletion::DeletionError::Refused { .. }) => {
+                return Err(ApplyError::Deletion {
+                    name: d.name.to_string(),
+                    cause: job.cause(),
+                    error: Box::new(error),
+                })
             }
             // The target went away (or answered nonsense): like the writers, wait for it. A
             // new attempt starts over; what the last one deleted is gone and not a candidate.
             Err(e) => {
                 if d.stop.load(Ordering::Acquire) {
-                    return Err(format!("source {}: {} deletion: {e}", d.name, job.cause()));
+                    return Err(ApplyError::Deletion {
+                        name: d.name.to_string(),
+                        cause: job.cause(),
+                        error: Box::new(e),
+                    });
                 }
                 tracing::warn!(source = %d.name, cause = job.cause(), "deletion interrupted: {e}; starting it again in {backoff:?}");
                 std::thread::sleep(backoff);
@@ -765,12 +823,7 @@ fn delete_proven(d: Deleter<'_>, deferred: &mut Deferred, job: Job<'_>) -> Resul
         Job::Retry => deferred.replace(doubt),
         _ => deferred.add_all(&doubt, unix_ms()),
     };
-    stored.map_err(|e| {
-        format!(
-            "source {}: cannot store the deferred deletions: {e}",
-            d.name
-        )
-    })?;
+    stored.map_err(deferred_io("cannot store the deferred deletions"))?;
     publish(&d, deferred);
     let l = [("source", d.name.to_string())];
     metrics::counter!("redis_relay_deletions_total", "source" => d.name.to_string(), "cause" => job.cause()).increment(report.deleted);
@@ -788,7 +841,7 @@ fn delete_proven(d: Deleter<'_>, deferred: &mut Deferred, job: Job<'_>) -> Resul
 }
 
 /// Try the deferred deletions again when due (exponential backoff while a peer stays away).
-fn retry_deferred(ctx: &SourceCtx, st: &mut State) -> Result<(), String> {
+fn retry_deferred(ctx: &SourceCtx, st: &mut State) -> Result<(), ApplyError> {
     if st.deferred.is_empty()
         || Instant::now() < st.next_retry
         || !ctx.snapshot_done.load(Ordering::Acquire)
@@ -885,7 +938,7 @@ fn delete_before_write(
     stop: &AtomicBool,
     db: u32,
     keys: &[Bytes],
-) -> Result<(), String> {
+) -> Result<(), ApplyError> {
     let Some(target) = d.target else {
         return Ok(());
     };
@@ -893,20 +946,22 @@ fn delete_before_write(
     args.extend(keys.iter().map(|k| &k[..]));
     let mut delay = Duration::from_millis(100);
     loop {
-        let attempt = TargetConn::connect(target, Duration::from_secs(5))
-            .map_err(|e| e.to_string())
-            .and_then(|mut c| {
-                c.call(&["SELECT", db.to_string().as_str()])
-                    .and_then(|_| c.call(&args))
-                    .map_err(|e| e.to_string())
-            });
+        let attempt = TargetConn::connect(target, Duration::from_secs(5)).and_then(|mut c| {
+            c.call(&["SELECT", db.to_string().as_str()])
+                .and_then(|_| c.call(&args))
+                .map_err(|cause| TargetError::Io {
+                    target: target.to_string(),
+                    what: "SELECT and DEL of a deferred key written again",
+                    cause,
+                })
+        });
         match attempt {
             Ok(crate::resp::Reply::Error(e)) => {
-                return Err(format!(
-                    "source {}: target {target} refused DEL of a deferred key written again: {}",
-                    d.name,
-                    String::from_utf8_lossy(&e)
-                ))
+                return Err(ApplyError::DelRefused {
+                    name: d.name.to_string(),
+                    target: target.to_string(),
+                    reply: String::from_utf8_lossy(&e).into_owned(),
+                })
             }
             Ok(crate::resp::Reply::Integer(n)) => {
                 metrics::counter!("redis_relay_deletions_total", "source" => d.name.to_string(), "cause" => "written").increment(n.max(0) as u64);
@@ -915,36 +970,40 @@ fn delete_before_write(
             Ok(_) => break,
             Err(e) => {
                 if stop.load(Ordering::Acquire) {
-                    return Err(format!(
-                        "source {}: stopped while deleting a deferred key: {e}",
-                        d.name
-                    ));
+                    return Err(ApplyError::DelStopped {
+                        name: d.name.to_string(),
+                        cause: e,
+                    });
                 }
-                tracing::warn!(source = %d.name, "target {target}: deleting the old value of a deferred key written again: {e}; retrying");
+                tracing::warn!(source = %d.name, "deleting the old value of a deferred key written again: {e}; retrying");
                 std::thread::sleep(delay);
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
         }
     }
-    deferred.journal_touches().map_err(|e| {
-        format!(
-            "source {}: cannot write the deferred deletions: {e}",
-            d.name
-        )
-    })?;
+    deferred
+        .journal_touches()
+        .map_err(|cause| ApplyError::Deferred {
+            name: d.name.to_string(),
+            what: "cannot write the deferred deletions",
+            cause,
+        })?;
     publish(&d, deferred);
     Ok(())
 }
 
 /// This source's exactly-once records are on the target: it held this source's data before.
-fn has_records(ctx: &SourceCtx) -> Result<bool, String> {
+fn has_records(ctx: &SourceCtx) -> Result<bool, TargetError> {
     let (Some(target), Output::Target { .. }) = (&ctx.target, &ctx.output) else {
         return Ok(false);
     };
     let prefix = String::from_utf8_lossy(&ctx.stream_opts.own_prefix);
-    let mut conn =
-        TargetConn::connect(target, Duration::from_secs(10)).map_err(|e| e.to_string())?;
-    let io = |e: std::io::Error| format!("target {target}: reading the relay's records: {e}");
+    let mut conn = TargetConn::connect(target, Duration::from_secs(10))?;
+    let io = |cause: std::io::Error| TargetError::Io {
+        target: target.to_string(),
+        what: "reading the relay's records",
+        cause,
+    };
     conn.call(&["SELECT", "0"]).map_err(io)?;
     let keys = record::keys(&prefix, &ctx.name, ctx.writers);
     let mut args = vec!["EXISTS"];

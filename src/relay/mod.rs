@@ -24,6 +24,7 @@
 mod apply_thread;
 mod backlog;
 pub mod deferred;
+pub mod error;
 pub mod events;
 mod rdb_reader;
 mod run;
@@ -37,6 +38,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+pub use error::ApplyError;
 pub use events::{EventSink, RelayEvent};
 pub use run::run_until_signal;
 
@@ -358,7 +360,8 @@ impl RelayBuilder {
                 .spawn(move || {
                     if let Err(e) = apply_thread::run(ctx) {
                         tracing::error!(source = %n2, "{e}");
-                        *f2.lock() = Some(e);
+                        // Rendered at the boundary: `RelayHandle::error` gives text.
+                        *f2.lock() = Some(e.to_string());
                     }
                 })?;
             let mut link_cfg = LinkConfig::new(ep.clone());
@@ -669,7 +672,7 @@ impl RelayHandle {
     pub fn error(&self) -> Option<String> {
         if let Some(p) = self.inner.pool.lock().as_ref() {
             if let Some(e) = p.state.error() {
-                return Some(e);
+                return Some(e.to_string());
             }
         }
         self.inner.sources.iter().find_map(|s| {
@@ -730,7 +733,7 @@ impl RelayHandle {
                 );
                 pool.abort();
             } else if let Err(e) = pool.finish() {
-                first_err.get_or_insert(e);
+                first_err.get_or_insert(e.to_string());
             }
         }
         for s in &inner.sources {

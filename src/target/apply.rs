@@ -130,8 +130,8 @@ struct BigKey {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
-    #[error("{0}")]
-    Dispatch(String),
+    #[error(transparent)]
+    Dispatch(#[from] crate::pipeline::PipelineError),
 }
 
 impl SnapshotApply {

@@ -67,17 +67,17 @@ impl Default for WriterOptions {
 /// Shared state of the pool: the first fatal error, and counters.
 #[derive(Debug, Default)]
 pub struct PoolState {
-    fatal: Mutex<Option<String>>,
+    fatal: Mutex<Option<WriterFailure>>,
     failed: AtomicBool,
     pub bytes_written: AtomicU64,
 }
 
 impl PoolState {
-    pub fn fail(&self, msg: String) {
+    pub fn fail(&self, e: WriterFailure) {
         let mut f = self.fatal.lock();
         if f.is_none() {
-            tracing::error!("{msg}");
-            *f = Some(msg);
+            tracing::error!("{e}");
+            *f = Some(e);
         }
         self.failed.store(true, Ordering::Release);
     }
@@ -86,9 +86,51 @@ impl PoolState {
         self.failed.load(Ordering::Acquire)
     }
 
-    pub fn error(&self) -> Option<String> {
+    pub fn error(&self) -> Option<WriterFailure> {
         self.fatal.lock().clone()
     }
+}
+
+/// Why the writers stopped: the first fatal error of any of them. The target refused
+/// something the relay cannot do without (under `--on-target-error stop`, any command); the
+/// message names the source, the command and the database where it applies.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum WriterFailure {
+    /// The pool was aborted (shutdown timed out).
+    #[error("aborted")]
+    Aborted,
+    #[error("source {source_name}: target refused {command} in db {db}: {reply} (--on-target-error stop)")]
+    Refused {
+        source_name: String,
+        command: String,
+        db: u32,
+        reply: String,
+    },
+    #[error("target refused SELECT {db}: {reply} (is the target a cluster, or are its databases fewer?)")]
+    Select { db: u32, reply: String },
+    #[error("target refused a command of the relay's own inside MULTI: {reply}")]
+    OwnCommandInMulti { reply: String },
+    #[error("target refused MULTI: {reply}")]
+    Multi { reply: String },
+    #[error("source {source_name}: the target aborted a transaction of {lost} commands: {reply}")]
+    TransactionAborted {
+        source_name: String,
+        lost: usize,
+        reply: String,
+    },
+    #[error("target refused the relay's offset record: {reply}")]
+    Record { reply: String },
+}
+
+/// Why the writer pool cannot take (or did not apply) more batches.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PoolError {
+    /// A writer failed (or the pool was aborted): the first fatal error of the pool.
+    #[error(transparent)]
+    Failed(WriterFailure),
+    /// Writer `writer` stopped without an error (its input closed).
+    #[error("writer stopped (writer {writer})")]
+    Stopped { writer: usize },
 }
 
 /// The running pool. Dropping the senders (via [`WriterPool::finish`]) stops the writers once
@@ -177,20 +219,20 @@ impl WriterPool {
     }
 
     /// Close the inputs and wait for every writer to drain and stop.
-    pub fn finish(self) -> Result<(), String> {
+    pub fn finish(self) -> Result<(), PoolError> {
         drop(self.senders);
         for h in self.handles {
             let _ = h.join();
         }
         match self.state.error() {
-            Some(e) => Err(e),
+            Some(e) => Err(PoolError::Failed(e)),
             None => Ok(()),
         }
     }
 
     /// Abort: close the sockets so that blocked threads return.
     pub fn abort(&self) {
-        self.state.fail("aborted".to_string());
+        self.state.fail(WriterFailure::Aborted);
         for s in &self.sockets {
             if let Some(s) = s.lock().as_ref() {
                 let _ = s.shutdown(Shutdown::Both);
@@ -213,11 +255,11 @@ impl PoolHandle {
 
     /// Send a batch to writer `w`, waiting while its queue is full. Fails once the pool has
     /// failed (the batch is not applied).
-    pub fn send(&self, w: usize, batch: Batch) -> Result<(), String> {
+    pub fn send(&self, w: usize, batch: Batch) -> Result<(), PoolError> {
         let mut batch = batch;
         loop {
             if let Some(e) = self.state.error() {
-                return Err(e);
+                return Err(PoolError::Failed(e));
             }
             match self.senders[w].send_timeout(batch, Duration::from_millis(200)) {
                 Ok(()) => return Ok(()),
@@ -226,7 +268,7 @@ impl PoolHandle {
                     return Err(self
                         .state
                         .error()
-                        .unwrap_or_else(|| "writer stopped".to_string()))
+                        .map_or(PoolError::Stopped { writer: w }, PoolError::Failed))
                 }
             }
         }
@@ -626,10 +668,12 @@ impl ReplyCtx<'_> {
         metrics::counter!("redis_relay_target_errors_total", "source" => tracker.name.clone())
             .increment(1);
         if self.policy == ErrorPolicy::Stop {
-            self.state.fail(format!(
-                "source {}: target refused {what} in db {}: {msg} (--on-target-error stop)",
-                tracker.name, o.db
-            ));
+            self.state.fail(WriterFailure::Refused {
+                source_name: tracker.name.clone(),
+                command: what,
+                db: o.db,
+                reply: msg.into_owned(),
+            });
             return Err(Fatal);
         }
         if n <= 20 || n.is_power_of_two() {
@@ -642,10 +686,10 @@ impl ReplyCtx<'_> {
     fn check(&mut self, expect: &Expect, reply: Reply) -> Result<(), Fatal> {
         match (expect, reply) {
             (Expect::Select(db), Reply::Error(e)) => {
-                self.state.fail(format!(
-                    "target refused SELECT {db}: {} (is the target a cluster, or are its databases fewer?)",
-                    String::from_utf8_lossy(&e)
-                ));
+                self.state.fail(WriterFailure::Select {
+                    db: *db,
+                    reply: String::from_utf8_lossy(&e).into_owned(),
+                });
                 Err(Fatal)
             }
             (Expect::Cmd { op, cmd }, Reply::Error(e)) => {
@@ -660,18 +704,16 @@ impl ReplyCtx<'_> {
                 // Counted here; the EXEC that follows is an EXECABORT.
                 Expect::Cmd { op, cmd } => self.error(op, cmd, &e),
                 _ => {
-                    self.state.fail(format!(
-                        "target refused a command of the relay's own inside MULTI: {}",
-                        String::from_utf8_lossy(&e)
-                    ));
+                    self.state.fail(WriterFailure::OwnCommandInMulti {
+                        reply: String::from_utf8_lossy(&e).into_owned(),
+                    });
                     Err(Fatal)
                 }
             },
             (Expect::Multi, Reply::Error(e)) => {
-                self.state.fail(format!(
-                    "target refused MULTI: {}",
-                    String::from_utf8_lossy(&e)
-                ));
+                self.state.fail(WriterFailure::Multi {
+                    reply: String::from_utf8_lossy(&e).into_owned(),
+                });
                 Err(Fatal)
             }
             (Expect::Exec(items), Reply::Array(Some(replies))) => {
@@ -690,21 +732,20 @@ impl ReplyCtx<'_> {
                 let tracker = &self.batch.tracker;
                 tracing::error!(source = %tracker.name, commands = lost, "the target aborted a transaction: {}", String::from_utf8_lossy(&e));
                 if self.policy == ErrorPolicy::Stop {
-                    self.state.fail(format!(
-                        "source {}: the target aborted a transaction of {lost} commands: {}",
-                        tracker.name,
-                        String::from_utf8_lossy(&e)
-                    ));
+                    self.state.fail(WriterFailure::TransactionAborted {
+                        source_name: tracker.name.clone(),
+                        lost,
+                        reply: String::from_utf8_lossy(&e).into_owned(),
+                    });
                     return Err(Fatal);
                 }
                 self.commands += lost as u64;
                 Ok(())
             }
             (Expect::Book, Reply::Error(e)) => {
-                self.state.fail(format!(
-                    "target refused the relay's offset record: {}",
-                    String::from_utf8_lossy(&e)
-                ));
+                self.state.fail(WriterFailure::Record {
+                    reply: String::from_utf8_lossy(&e).into_owned(),
+                });
                 Err(Fatal)
             }
             _ => Ok(()),

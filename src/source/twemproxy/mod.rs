@@ -81,28 +81,27 @@ pub struct ServerLine {
 impl ServerLine {
     /// Parses `host:port:weight [name]` or `/path/to/socket:weight [name]` as nutcracker does:
     /// from the right, so the host is whatever is left before the port (`::1:6379:1` parses).
-    pub fn parse(s: &str) -> Result<ServerLine, String> {
+    pub fn parse(s: &str) -> Result<ServerLine, ServerLineError> {
+        let entry = || s.to_string();
         let mut parts = s.split_whitespace();
-        let addr = parts
-            .next()
-            .ok_or_else(|| "empty server entry (expected host:port:weight [name])".to_string())?;
+        let addr = parts.next().ok_or(ServerLineError::Empty)?;
         let name = parts.next().map(str::to_string);
         if let Some(extra) = parts.next() {
-            return Err(format!(
-                "unexpected {extra:?} in server entry {s:?} (expected host:port:weight [name])"
-            ));
+            return Err(ServerLineError::Extra {
+                extra: extra.to_string(),
+                entry: entry(),
+            });
         }
         let (address, w) = addr
             .rsplit_once(':')
             .filter(|(a, _)| !a.is_empty())
-            .ok_or_else(|| format!("server entry {s:?} is not host:port:weight [name]"))?;
-        let weight: u32 = w
-            .parse()
-            .map_err(|_| format!("bad weight {w:?} in server entry {s:?} (expected an integer)"))?;
+            .ok_or_else(|| ServerLineError::Malformed { entry: entry() })?;
+        let weight: u32 = w.parse().map_err(|_| ServerLineError::BadWeight {
+            weight: w.to_string(),
+            entry: entry(),
+        })?;
         if weight == 0 {
-            return Err(format!(
-                "weight 0 in server entry {s:?} (nutcracker requires a weight >= 1)"
-            ));
+            return Err(ServerLineError::ZeroWeight { entry: entry() });
         }
         let (host, port) = if address.starts_with('/') {
             (address.to_string(), 0)
@@ -110,12 +109,15 @@ impl ServerLine {
             let (h, p) = address
                 .rsplit_once(':')
                 .filter(|(h, _)| !h.is_empty())
-                .ok_or_else(|| format!("server entry {s:?} is not host:port:weight [name]"))?;
-            let port: u16 = p
-                .parse()
-                .ok()
-                .filter(|&p| p != 0)
-                .ok_or_else(|| format!("bad port {p:?} in server entry {s:?}"))?;
+                .ok_or_else(|| ServerLineError::Malformed { entry: entry() })?;
+            let port: u16 =
+                p.parse()
+                    .ok()
+                    .filter(|&p| p != 0)
+                    .ok_or_else(|| ServerLineError::BadPort {
+                        port: p.to_string(),
+                        entry: entry(),
+                    })?;
             (h.to_string(), port)
         };
         Ok(ServerLine {
@@ -182,6 +184,24 @@ impl TwemproxySources {
     pub fn auto_eject_warning(&self) -> bool {
         self.pools.iter().any(|p| p.auto_eject_hosts)
     }
+}
+
+/// A `servers:` entry that is not `host:port:weight [name]` (or `/path:weight [name]`); the
+/// message quotes the entry.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ServerLineError {
+    #[error("empty server entry (expected host:port:weight [name])")]
+    Empty,
+    #[error("unexpected {extra:?} in server entry {entry:?} (expected host:port:weight [name])")]
+    Extra { extra: String, entry: String },
+    #[error("server entry {entry:?} is not host:port:weight [name]")]
+    Malformed { entry: String },
+    #[error("bad weight {weight:?} in server entry {entry:?} (expected an integer)")]
+    BadWeight { weight: String, entry: String },
+    #[error("weight 0 in server entry {entry:?} (nutcracker requires a weight >= 1)")]
+    ZeroWeight { entry: String },
+    #[error("bad port {port:?} in server entry {entry:?}")]
+    BadPort { port: String, entry: String },
 }
 
 /// A configuration that cannot be used; the message names the pool, field and line.
@@ -355,8 +375,8 @@ pub fn parse_config(yaml: &str, pool: Option<&str>) -> Result<TwemproxySources, 
         let mut names: HashMap<String, u64> = HashMap::new();
         for s in servers {
             let sline = s.referenced.line();
-            let mut server =
-                ServerLine::parse(&s.value).map_err(|r| field_err("servers", sline, r))?;
+            let mut server = ServerLine::parse(&s.value)
+                .map_err(|r| field_err("servers", sline, r.to_string()))?;
             if server.is_unix_socket() {
                 return Err(field_err(
                     "servers",
@@ -804,9 +824,13 @@ delta:
                 .hash_name(),
             "sock"
         );
-        assert!(ServerLine::parse("h:1:0").unwrap_err().contains("weight 0"));
+        assert!(ServerLine::parse("h:1:0")
+            .unwrap_err()
+            .to_string()
+            .contains("weight 0"));
         assert!(ServerLine::parse("h:1:x")
             .unwrap_err()
+            .to_string()
             .contains("bad weight"));
     }
 
