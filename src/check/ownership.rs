@@ -259,13 +259,7 @@ pub(super) fn judge_shared(c: &Classified, policy: IfNotEmpty, resuming: bool) -
 
 /// The target holds exactly-once records of `source` (in DB 0): the relay wrote there before.
 pub(super) fn has_records(conn: &mut TargetConn, own_prefix: &str, source: &Endpoint) -> bool {
-    let keys = crate::pipeline::record::keys(own_prefix, &source.to_string(), 256);
-    if !matches!(conn.call(&["SELECT", "0"]), Ok(Reply::Simple(_))) {
-        return false;
-    }
-    let mut args = vec!["EXISTS"];
-    args.extend(keys.iter().map(String::as_str));
-    matches!(conn.call(&args), Ok(Reply::Integer(n)) if n > 0)
+    crate::pipeline::record::any_on(conn, own_prefix, &source.to_string(), 0).unwrap_or(false)
 }
 
 /// SCAN `db` of `conn` page by page, at most `cap` keys.

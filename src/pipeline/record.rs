@@ -133,6 +133,36 @@ pub fn keys(prefix: &str, source: &str, writers: usize) -> Vec<String> {
     (0..writers).map(|w| format!("{base}{w}")).collect()
 }
 
+/// Writer indices probed for records when the writer count of an earlier run is unknown (or
+/// may have been larger than today's).
+pub const PROBED_WRITERS: usize = 256;
+
+/// Whether `target` holds any record of `source` (in DB 0, where records live): the relay
+/// wrote this source's data there before, so its stale keys may be there too.
+pub fn any_on(
+    target: &mut crate::target::TargetConn,
+    prefix: &str,
+    source: &str,
+    writers: usize,
+) -> std::io::Result<bool> {
+    use crate::resp::Reply;
+    if let Reply::Error(e) = target.call(&["SELECT", "0"])? {
+        return Err(std::io::Error::other(format!(
+            "SELECT 0 refused: {}",
+            String::from_utf8_lossy(&e)
+        )));
+    }
+    let keys = keys(prefix, source, writers.max(PROBED_WRITERS));
+    let mut args = vec!["EXISTS"];
+    args.extend(keys.iter().map(String::as_str));
+    match target.call(&args)? {
+        Reply::Integer(n) => Ok(n > 0),
+        other => Err(std::io::Error::other(format!(
+            "EXISTS of the records: unexpected reply {other:?}"
+        ))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

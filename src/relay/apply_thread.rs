@@ -113,6 +113,8 @@ struct State {
     sink_offset: u64,
     /// Heartbeats seen in the stream and not yet acknowledged: (stamp ms, end offset).
     heartbeats: VecDeque<(u64, u64)>,
+    /// The target connection of [`delete_before_write`], kept between its calls.
+    del_conn: Option<TargetConn>,
     /// Deletions waiting for a peer, and when they are tried again.
     deferred: Deferred,
     next_retry: Instant,
@@ -144,6 +146,7 @@ pub fn run(mut ctx: SourceCtx) -> Result<(), ApplyError> {
         last_cp_time: Instant::now(),
         sink_offset: 0,
         heartbeats: VecDeque::new(),
+        del_conn: None,
         deferred,
         next_retry: Instant::now(),
         retry_backoff: RETRY_FIRST,
@@ -557,7 +560,8 @@ fn stream_data(ctx: &mut SourceCtx, st: &mut State, data: Bytes) -> Result<(), A
             if let Some(t) = ctx.stream_opts.filter.map_db(stream.current_db()) {
                 let hits = touch_keys(&mut st.deferred, t, &frame.args);
                 if !hits.is_empty() {
-                    delete_before_write(deleter!(ctx), &mut st.deferred, &ctx.stop, t, &hits)?;
+                    let conn = &mut st.del_conn;
+                    delete_before_write(deleter!(ctx), &mut st.deferred, conn, t, &hits)?;
                 }
             }
         }
@@ -935,7 +939,7 @@ fn touch_keys(deferred: &mut Deferred, db: u32, args: &[Bytes]) -> Vec<Bytes> {
 fn delete_before_write(
     d: Deleter<'_>,
     deferred: &mut Deferred,
-    stop: &AtomicBool,
+    conn: &mut Option<TargetConn>,
     db: u32,
     keys: &[Bytes],
 ) -> Result<(), ApplyError> {
@@ -944,17 +948,36 @@ fn delete_before_write(
     };
     let mut args: Vec<&[u8]> = vec![b"DEL"];
     args.extend(keys.iter().map(|k| &k[..]));
+    let db = db.to_string();
     let mut delay = Duration::from_millis(100);
     loop {
-        let attempt = TargetConn::connect(target, Duration::from_secs(5)).and_then(|mut c| {
-            c.call(&["SELECT", db.to_string().as_str()])
-                .and_then(|_| c.call(&args))
+        // One connection kept for these deletions (they come one write at a time while keys
+        // are deferred); a broken one is replaced.
+        if conn.is_none() {
+            *conn = TargetConn::connect(target, Duration::from_secs(5)).ok();
+        }
+        let attempt = match conn.as_mut() {
+            None => Err(TargetError::Io {
+                target: target.to_string(),
+                what: "connecting to delete a deferred key written again",
+                cause: std::io::ErrorKind::NotConnected.into(),
+            }),
+            // SELECT's reply is checked: a DEL in another database would hit someone's key.
+            Some(c) => c
+                .call(&["SELECT", db.as_str()])
+                .and_then(|r| match r {
+                    crate::resp::Reply::Error(_) => Ok(r),
+                    _ => c.call(&args),
+                })
                 .map_err(|cause| TargetError::Io {
                     target: target.to_string(),
                     what: "SELECT and DEL of a deferred key written again",
                     cause,
-                })
-        });
+                }),
+        };
+        if attempt.is_err() {
+            *conn = None;
+        }
         match attempt {
             Ok(crate::resp::Reply::Error(e)) => {
                 return Err(ApplyError::DelRefused {
@@ -969,7 +992,7 @@ fn delete_before_write(
             }
             Ok(_) => break,
             Err(e) => {
-                if stop.load(Ordering::Acquire) {
+                if d.stop.load(Ordering::Acquire) {
                     return Err(ApplyError::DelStopped {
                         name: d.name.to_string(),
                         cause: e,
@@ -999,14 +1022,9 @@ fn has_records(ctx: &SourceCtx) -> Result<bool, TargetError> {
     };
     let prefix = String::from_utf8_lossy(&ctx.stream_opts.own_prefix);
     let mut conn = TargetConn::connect(target, Duration::from_secs(10))?;
-    let io = |cause: std::io::Error| TargetError::Io {
+    record::any_on(&mut conn, &prefix, &ctx.name, ctx.writers).map_err(|cause| TargetError::Io {
         target: target.to_string(),
         what: "reading the relay's records",
         cause,
-    };
-    conn.call(&["SELECT", "0"]).map_err(io)?;
-    let keys = record::keys(&prefix, &ctx.name, ctx.writers);
-    let mut args = vec!["EXISTS"];
-    args.extend(keys.iter().map(String::as_str));
-    Ok(matches!(conn.call(&args).map_err(io)?, crate::resp::Reply::Integer(n) if n > 0))
+    })
 }
