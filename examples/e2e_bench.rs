@@ -35,7 +35,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use redis_relay::pipeline::record;
+use redis_relay::batch::record;
 use redis_relay::resp::{encode_command, parse_reply, Reply};
 
 type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;

@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use redis_relay::endpoint::Endpoint;
+use redis_relay::resp::Client;
 use redis_relay::resp::{encode_command, Reply};
 use redis_relay::target::deletion::{sweep, Authority, Plan, Scope};
-use redis_relay::target::TargetConn;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -100,7 +100,7 @@ fn main() {
 
 /// Write `k:i` for every i < n with `pick(i)` (FLUSHALL first when `flush`), pipelined MSETs.
 fn fill(ep: &Endpoint, flush: bool, n: usize, pick: impl Fn(usize) -> bool) {
-    let mut c = TargetConn::connect(ep, Duration::from_secs(5)).expect("connect");
+    let mut c = Client::connect(ep, Duration::from_secs(5)).expect("connect");
     if flush {
         assert!(!c.call(&["FLUSHALL"]).expect("FLUSHALL").is_error());
     }

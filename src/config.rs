@@ -365,7 +365,7 @@ impl RunOptions {
             repl_timeout: Duration::from_secs(self.repl_timeout.unwrap_or(60).max(1)),
             key_prefix: self
                 .key_prefix
-                .unwrap_or_else(|| crate::pipeline::record::DEFAULT_PREFIX.into()),
+                .unwrap_or_else(|| crate::batch::record::DEFAULT_PREFIX.into()),
             heartbeat: self.heartbeat,
             quiet: self.quiet,
             skip_check: self.skip_check,

@@ -14,7 +14,7 @@
 //! - [`resp`]: RESP encoding, reply parsing, the replication stream framer.
 //! - [`pipeline`]: the spool, the stream apply (MULTI/EXEC, SELECT, filters), routing by key
 //!   over the writers, per-source applied offsets, checkpoints, the exactly-once record
-//!   ([`pipeline::record`]).
+//!   ([`batch::record`]).
 //! - [`target`]: writer connections and the pool, snapshot values as RESTORE or commands,
 //!   proven deletions ([`target::deletion`]).
 //! - [`relay`]: wires them together (builder, handle, one apply thread per source, deferred
@@ -26,6 +26,7 @@
 //!   [`restore`]: an RDB file into a live Redis through the same apply path.
 //! - [`config`]: `--config` files; [`metrics`]: every metric, described; [`progress`]: bars
 //!   and status lines.
+pub mod batch;
 pub mod check;
 pub mod config;
 pub mod endpoint;
@@ -37,5 +38,6 @@ pub mod relay;
 pub mod resp;
 pub mod restore;
 pub mod source;
+pub mod spool;
 pub mod target;
 pub mod verify;

@@ -8,10 +8,10 @@ use clap::{Args, Parser, Subcommand};
 use redis_relay::check;
 use redis_relay::config::{default_writers, LogFormat, RunOptions, Settings};
 use redis_relay::endpoint::Endpoint;
-use redis_relay::pipeline::spool::SpoolOptions;
 use redis_relay::pipeline::stream_apply::StreamOptions;
 use redis_relay::relay::{Ownership, RelayBuilder};
 use redis_relay::restore::{restore_file, RestoreOptions};
+use redis_relay::spool::SpoolOptions;
 use redis_relay::target::{ErrorPolicy, WriterOptions};
 use redis_relay::verify::{verify, OwnedScope, VerifyOptions, VerifyReport};
 

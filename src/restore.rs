@@ -6,13 +6,13 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::batch::SourceTracker;
 use crate::endpoint::Endpoint;
-use crate::pipeline::{Dispatcher, SourceTracker};
+use crate::pipeline::{ApplyOptions, ApplyStats, Dispatcher, SnapshotApply};
 use crate::progress::{CountingReader, Progress, Reporter};
 use crate::rdb::{Event, ParseOptions, RdbParser};
-use crate::target::{
-    ApplyOptions, ApplyStats, SnapshotApply, TargetConn, WriterOptions, WriterPool,
-};
+use crate::resp::Client;
+use crate::target::{TargetInfo, WriterOptions, WriterPool};
 
 /// Settings of a restore.
 #[derive(Debug, Clone)]
@@ -58,8 +58,8 @@ pub fn restore_file(
     let file =
         File::open(path).map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))?;
     let size = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let info = TargetConn::connect(target, opts.writers.connect_timeout)?
-        .info()
+    let mut conn = Client::connect(target, opts.writers.connect_timeout)?;
+    let info = TargetInfo::read(&mut conn)
         .map_err(|e| anyhow::anyhow!("target {target}: INFO failed: {e}"))?;
     let mut apply_opts = ApplyOptions::for_target(&info);
     apply_opts.use_restore = !opts.commands_only;

@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use crate::endpoint::Endpoint;
 use crate::resp::Reply;
-use crate::target::connection::{rdb_version_for, version_tuple};
+use crate::target::info::{rdb_version_for, version_tuple};
 use probe::{human_bytes, parse_size};
 
 /// Outcome of one check.
@@ -104,7 +104,7 @@ impl CheckOptions {
             if_target_not_empty: IfNotEmpty::Abort,
             state_dir: None,
             target_dbs: None,
-            own_prefix: crate::pipeline::record::DEFAULT_PREFIX.into(),
+            own_prefix: crate::batch::record::DEFAULT_PREFIX.into(),
             rate_window: Duration::from_secs(1),
             min_backlog_secs: 60.0,
             timeout: Duration::from_secs(3),
@@ -467,7 +467,7 @@ fn probe_source(
     Some(SourceFacts { version, used })
 }
 
-fn psync_available(conn: &mut crate::target::TargetConn, ep: &Endpoint, v: (u32, u32)) -> Verdict {
+fn psync_available(conn: &mut crate::resp::Client, ep: &Endpoint, v: (u32, u32)) -> Verdict {
     let renamed_fix = "the source has PSYNC renamed or disabled (rename-command in redis.conf, or a managed service that hides it): enable it, or ask the provider for the replication command's name".to_string();
     if v >= (3, 0) {
         match conn.call(&["COMMAND", "INFO", "PSYNC"]) {
@@ -628,7 +628,7 @@ fn probe_target(
     );
 }
 
-fn count_own_keys(conn: &mut crate::target::TargetConn, db: u32, prefix: &str) -> u64 {
+fn count_own_keys(conn: &mut crate::resp::Client, db: u32, prefix: &str) -> u64 {
     if prefix.is_empty()
         || conn
             .call(&["SELECT", &db.to_string()])

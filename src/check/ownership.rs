@@ -10,8 +10,8 @@ use bytes::{Bytes, BytesMut};
 use super::{probe, IfNotEmpty, Lines, Status, Verdict};
 use crate::endpoint::Endpoint;
 use crate::resp::{encode_command, Reply};
+use crate::resp::{Client, ClientError};
 use crate::source::topology::{KeyOwner, Topology};
-use crate::target::{TargetConn, TargetError};
 
 /// Keys classified per database at most (the rest of a huge target is not read).
 const CLASSIFY_CAP: u64 = 100_000;
@@ -25,7 +25,7 @@ const SAMPLE: usize = 5;
 pub enum OwnershipError {
     /// A source or peer that may hold the target's keys cannot be reached.
     #[error("{server}: {cause}")]
-    Connect { server: String, cause: TargetError },
+    Connect { server: String, cause: ClientError },
     /// A command failed on the server the report line is about.
     #[error(transparent)]
     Command(#[from] CommandError),
@@ -162,15 +162,15 @@ pub(super) fn misplaced(ep: &Endpoint, owner: &KeyOwner, timeout: Duration) -> V
 
 /// Classify the keys of the target databases `dbs` (own-prefix keys left out).
 pub(super) fn classify_target(
-    conn: &mut TargetConn,
+    conn: &mut Client,
     dbs: &BTreeMap<u32, u64>,
     topology: &Topology,
     own_prefix: &str,
     timeout: Duration,
 ) -> Result<Classified, OwnershipError> {
-    let mut holders: Vec<(&Endpoint, TargetConn)> = Vec::new();
+    let mut holders: Vec<(&Endpoint, Client)> = Vec::new();
     for ep in topology.sources.iter().chain(&topology.peers) {
-        match TargetConn::connect(ep, timeout) {
+        match Client::connect(ep, timeout) {
             Ok(c) => holders.push((ep, c)),
             Err(cause) => {
                 return Err(OwnershipError::Connect {
@@ -258,13 +258,13 @@ pub(super) fn judge_shared(c: &Classified, policy: IfNotEmpty, resuming: bool) -
 }
 
 /// The target holds exactly-once records of `source` (in DB 0): the relay wrote there before.
-pub(super) fn has_records(conn: &mut TargetConn, own_prefix: &str, source: &Endpoint) -> bool {
-    crate::pipeline::record::any_on(conn, own_prefix, &source.to_string(), 0).unwrap_or(false)
+pub(super) fn has_records(conn: &mut Client, own_prefix: &str, source: &Endpoint) -> bool {
+    crate::batch::record::any_on(conn, own_prefix, &source.to_string(), 0).unwrap_or(false)
 }
 
 /// SCAN `db` of `conn` page by page, at most `cap` keys.
 fn scan_db(
-    conn: &mut TargetConn,
+    conn: &mut Client,
     db: u32,
     cap: u64,
     f: &mut dyn FnMut(&[Bytes]) -> Result<(), OwnershipError>,
@@ -317,7 +317,7 @@ fn expect_ok(r: std::io::Result<Reply>, command: &'static str) -> Result<(), Com
 }
 
 /// EXISTS of each key, pipelined.
-fn exists_each(c: &mut TargetConn, keys: &[Bytes]) -> Result<Vec<bool>, CommandError> {
+fn exists_each(c: &mut Client, keys: &[Bytes]) -> Result<Vec<bool>, CommandError> {
     if keys.is_empty() {
         return Ok(Vec::new());
     }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::endpoint::Endpoint;
 use crate::resp::Reply;
-use crate::target::{TargetConn, TargetError};
+use crate::resp::{Client, ClientError};
 
 /// Why a server could not be used, with what to do about it.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -41,8 +41,8 @@ pub enum ProbeError {
 }
 
 /// Connect and log in; classify the failure.
-pub fn connect(ep: &Endpoint, timeout: Duration, role: &str) -> Result<TargetConn, ConnectFailure> {
-    let conn = TargetConn::connect(ep, timeout).map_err(|e| classify(ep, &e, role))?;
+pub fn connect(ep: &Endpoint, timeout: Duration, role: &str) -> Result<Client, ConnectFailure> {
+    let conn = Client::connect(ep, timeout).map_err(|e| classify(ep, &e, role))?;
     let _ = conn
         .stream
         .set_read_timeout(Some(timeout.max(Duration::from_secs(5))));
@@ -52,14 +52,14 @@ pub fn connect(ep: &Endpoint, timeout: Duration, role: &str) -> Result<TargetCon
     Ok(conn)
 }
 
-fn classify(ep: &Endpoint, e: &TargetError, role: &str) -> ConnectFailure {
+fn classify(ep: &Endpoint, e: &ClientError, role: &str) -> ConnectFailure {
     let flag = if role == "target" {
         "--target"
     } else {
         "--source (or the pool's redis_auth in the Twemproxy config)"
     };
     match e {
-        TargetError::Connect { cause: source, .. } => {
+        ClientError::Connect { cause: source, .. } => {
             let refused = source.kind() == std::io::ErrorKind::ConnectionRefused;
             let message = if refused {
                 format!("connection refused ({source})")
@@ -79,7 +79,7 @@ fn classify(ep: &Endpoint, e: &TargetError, role: &str) -> ConnectFailure {
                 fix,
             }
         }
-        TargetError::Io {
+        ClientError::Io {
             what,
             cause: source,
             ..
@@ -100,7 +100,7 @@ fn classify(ep: &Endpoint, e: &TargetError, role: &str) -> ConnectFailure {
                 },
             }
         }
-        TargetError::Refused { command, reply, .. } => {
+        ClientError::Refused { command, reply, .. } => {
             let upper = reply.to_ascii_uppercase();
             if upper.starts_with("DENIED") || upper.contains("PROTECTED MODE") {
                 ConnectFailure {
@@ -149,7 +149,7 @@ fn first_sentence(s: &str) -> &str {
 
 /// `INFO` (default sections) as a map of `field -> value`.
 pub fn info(
-    conn: &mut TargetConn,
+    conn: &mut Client,
     section: Option<&str>,
 ) -> Result<BTreeMap<String, String>, ProbeError> {
     let reply = match section {
@@ -178,10 +178,7 @@ pub fn info(
 
 /// `CONFIG GET name`: the outer error when the connection failed, the inner one when the
 /// server has no answer (managed services rename or refuse CONFIG).
-pub fn config_get(
-    conn: &mut TargetConn,
-    name: &str,
-) -> Result<Result<String, ProbeError>, ProbeError> {
+pub fn config_get(conn: &mut Client, name: &str) -> Result<Result<String, ProbeError>, ProbeError> {
     let command = || format!("CONFIG GET {name}");
     let reply = conn
         .call(&["CONFIG", "GET", name])

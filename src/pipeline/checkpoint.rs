@@ -26,16 +26,7 @@ pub struct Checkpoint {
 
 /// The checkpoint file of `source` under `state_dir`.
 pub fn path_for(state_dir: &Path, source: &str) -> PathBuf {
-    let safe: String = source
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
+    let safe = crate::endpoint::file_stem(source);
     state_dir.join(format!("{safe}.checkpoint.json"))
 }
 

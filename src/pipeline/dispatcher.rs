@@ -5,10 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::error::PipelineError;
-use super::offsets::SourceTracker;
-use super::op::{Batch, Bookkeeping, Op};
-use super::record::{self, Record};
 use super::router::partition;
+use crate::batch::offsets::SourceTracker;
+use crate::batch::record::{self, Record};
+use crate::batch::{Batch, Bookkeeping, Op};
 use crate::target::commands::CommandBuf;
 use crate::target::writer::PoolError;
 use crate::target::PoolHandle;

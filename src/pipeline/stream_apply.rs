@@ -14,8 +14,8 @@ use super::dispatcher::Dispatcher;
 use super::error::PipelineError;
 use super::filter::{Filtered, KeyFilter};
 use super::keys::{command_keys, KeySpec};
-use super::op::Op;
 use super::replayable::replayable;
+use crate::batch::Op;
 use crate::resp::framer::Frame;
 
 /// What the stream apply reports to its caller besides ops.
@@ -57,7 +57,7 @@ pub struct StreamOptions {
 impl Default for StreamOptions {
     fn default() -> Self {
         StreamOptions {
-            own_prefix: Bytes::from_static(super::record::DEFAULT_PREFIX.as_bytes()),
+            own_prefix: Bytes::from_static(crate::batch::record::DEFAULT_PREFIX.as_bytes()),
             evalsha_to_eval: true,
             drop_sentinel_hello: true,
             exclude_commands: Vec::new(),

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use super::Inner;
 use crate::endpoint::Endpoint;
+use crate::resp::Client;
 use crate::resp::Reply;
-use crate::target::TargetConn;
 
 /// Warn when the lag exceeds this share of the backlog.
 const WARN_RATIO: f64 = 0.5;
@@ -77,7 +77,7 @@ pub(super) fn spawn(inner: Weak<Inner>, endpoints: Vec<Endpoint>) {
 /// `CONFIG GET repl-backlog-size` on a master (None when CONFIG is refused or renamed, as on
 /// some managed services).
 fn backlog_size(ep: &Endpoint) -> Option<u64> {
-    let mut c = TargetConn::connect(ep, Duration::from_secs(2)).ok()?;
+    let mut c = Client::connect(ep, Duration::from_secs(2)).ok()?;
     match c.call(&["CONFIG", "GET", "repl-backlog-size"]).ok()? {
         Reply::Array(Some(items)) => items.get(1)?.as_int().map(|n| n as u64),
         _ => None,

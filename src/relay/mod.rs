@@ -21,12 +21,7 @@
 //! that only reads the socket and spools, and an apply thread that parses, routes and
 //! tracks offsets. The writers are shared by all sources.
 
-mod apply_thread;
 mod backlog;
-pub mod deferred;
-pub mod error;
-pub mod events;
-mod rdb_reader;
 mod run;
 mod spool_sink;
 
@@ -38,21 +33,22 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-pub use error::ApplyError;
-pub use events::{EventSink, RelayEvent};
+pub use crate::pipeline::source_loop::{ApplyError, EventSink, RelayEvent, SinkError};
 pub use run::run_until_signal;
 
+use crate::batch::SourceTracker;
 use crate::endpoint::Endpoint;
 use crate::pipeline::checkpoint;
-use crate::pipeline::spool::{Spool, SpoolOptions};
+use crate::pipeline::source_loop::{self, Output, SourceCtx};
 use crate::pipeline::stream_apply::StreamOptions;
-use crate::pipeline::{Dispatcher, SourceTracker};
+use crate::pipeline::{ApplyOptions, Dispatcher};
 use crate::rdb::ParseOptions;
+use crate::resp::Client;
 use crate::source::topology::KeyOwner;
 use crate::source::{LinkConfig, LinkState, SourceProgress};
+use crate::spool::{Spool, SpoolOptions};
 use crate::target::deletion::Authority;
-use crate::target::{ApplyOptions, TargetConn, WriterOptions, WriterPool};
-use apply_thread::{Output, SourceCtx};
+use crate::target::{TargetInfo, WriterOptions, WriterPool};
 
 /// Everything a relay needs; built by [`RelayBuilder`].
 #[derive(Debug, Clone)]
@@ -275,8 +271,8 @@ impl RelayBuilder {
         let (pool, apply_opts) = match (&cfg.target, &self.sink_factory) {
             (_, Some(_)) => (None, None),
             (Some(t), None) => {
-                let info = TargetConn::connect(t, cfg.writers.connect_timeout)?
-                    .info()
+                let mut conn = Client::connect(t, cfg.writers.connect_timeout)?;
+                let info = TargetInfo::read(&mut conn)
                     .map_err(|e| anyhow::anyhow!("target {t}: INFO failed: {e}"))?;
                 tracing::info!(target = %t, version = %info.version, rdb_version = info.rdb_version, "target connected");
                 let mut a = ApplyOptions::for_target(&info);
@@ -302,7 +298,9 @@ impl RelayBuilder {
                 tracing::info!(source = %name, replid = %cp.replid, offset = cp.offset, db = cp.db, "resuming from the checkpoint");
             }
             let spool = Spool::new(
-                &cfg.state_dir.join("spool").join(sanitize(&name)),
+                &cfg.state_dir
+                    .join("spool")
+                    .join(crate::endpoint::file_stem(&name)),
                 cfg.spool.clone(),
             )?;
             let progress = Arc::new(SourceProgress::new(name.clone()));
@@ -318,7 +316,7 @@ impl RelayBuilder {
             let snapshot_done = Arc::new(AtomicBool::new(false));
             let rdb_loaded = Arc::new(AtomicU64::new(0));
             let snapshot_keys = Arc::new(AtomicU64::new(0));
-            let heartbeat_lag_us = Arc::new(AtomicU64::new(apply_thread::NO_LAG));
+            let heartbeat_lag_us = Arc::new(AtomicU64::new(source_loop::NO_LAG));
             let deferred_keys = Arc::new(AtomicU64::new(0));
             let deferred_since_ms = Arc::new(AtomicU64::new(0));
             let ctx = SourceCtx {
@@ -358,7 +356,7 @@ impl RelayBuilder {
             let apply = std::thread::Builder::new()
                 .name(format!("apply-{name}"))
                 .spawn(move || {
-                    if let Err(e) = apply_thread::run(ctx) {
+                    if let Err(e) = source_loop::run(ctx) {
                         tracing::error!(source = %n2, "{e}");
                         // Rendered at the boundary: `RelayHandle::error` gives text.
                         *f2.lock() = Some(e.to_string());
@@ -439,7 +437,7 @@ fn spawn_heartbeat(
     std::thread::Builder::new()
         .name(format!("heartbeat-{ep}"))
         .spawn(move || {
-            let mut conn: Option<TargetConn> = None;
+            let mut conn: Option<Client> = None;
             let mut warned = false;
             let mut next = Instant::now();
             while !stop.load(Ordering::Acquire) {
@@ -454,7 +452,7 @@ fn spawn_heartbeat(
                 }
                 if conn.is_none() {
                     let timeout = period.clamp(Duration::from_millis(200), Duration::from_secs(5));
-                    match TargetConn::connect(&ep, timeout) {
+                    match Client::connect(&ep, timeout) {
                         Ok(c) => {
                             let t = Some(timeout.max(Duration::from_secs(2)));
                             let _ = c.stream.set_read_timeout(t);
@@ -470,7 +468,7 @@ fn spawn_heartbeat(
                         }
                     }
                 }
-                let stamp = apply_thread::unix_ms().to_string();
+                let stamp = source_loop::unix_ms().to_string();
                 let args: [&[u8]; 5] = [b"SET", &key, stamp.as_bytes(), b"PX", ttl_ms.as_bytes()];
                 let problem = match conn.as_mut().map(|c| c.call(&args)) {
                     Some(Ok(crate::resp::Reply::Error(e))) => Some(format!(
@@ -526,18 +524,6 @@ impl RateWindow {
         let secs = t1.duration_since(t0).as_secs_f64();
         (secs >= 0.2).then(|| v1.saturating_sub(v0) as f64 / secs)
     }
-}
-
-pub(crate) fn sanitize(name: &str) -> String {
-    name.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
 }
 
 struct SourceRuntime {
@@ -645,7 +631,7 @@ impl RelayHandle {
                     rdb_bytes_loaded: s.rdb_loaded.load(Ordering::Relaxed),
                     rdb_bytes_total: s.progress.rdb_bytes_total(),
                     snapshot_keys: s.snapshot_keys.load(Ordering::Relaxed),
-                    lag_seconds: (hb != apply_thread::NO_LAG).then(|| hb as f64 / 1e6),
+                    lag_seconds: (hb != source_loop::NO_LAG).then(|| hb as f64 / 1e6),
                     lag_seconds_estimate: estimate,
                     ingest_bytes_per_sec: rate,
                     commands_applied: s.tracker.commands_applied.load(Ordering::Relaxed),
@@ -657,9 +643,7 @@ impl RelayHandle {
                     deferred_deletion_age_seconds: match s.deferred_since_ms.load(Ordering::Relaxed)
                     {
                         0 => None,
-                        since => {
-                            Some(apply_thread::unix_ms().saturating_sub(since) as f64 / 1000.0)
-                        }
+                        since => Some(source_loop::unix_ms().saturating_sub(since) as f64 / 1000.0),
                     },
                     error: s.fatal.lock().clone().or(link_error),
                 }

@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::pipeline::spool::{Spool, SpoolRecord};
 use crate::source::LinkSink;
+use crate::spool::{Spool, SpoolRecord};
 
 pub struct SpoolSink {
     pub spool: Arc<Spool>,

@@ -1,6 +1,6 @@
 //! A buffer of encoded commands with its reply count: the body of one [`Op`].
 //!
-//! [`Op`]: crate::pipeline::Op
+//! [`Op`]: crate::batch::Op
 
 use bytes::{Bytes, BytesMut};
 

@@ -26,8 +26,8 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 
 use crate::endpoint::Endpoint;
+use crate::resp::client::{read_reply_from, Client, ClientError};
 use crate::resp::{encode_command, Reply};
-use crate::target::connection::{read_reply_from, TargetConn, TargetError};
 
 /// Keys per WATCH/MULTI batch: large enough that the round trips (one WATCH, one per peer, one
 /// EXEC) are paid for many keys, small enough that a write to one of them aborts little work.
@@ -201,15 +201,15 @@ pub enum DeletionError {
 }
 
 impl DeletionError {
-    fn from_target(e: TargetError) -> DeletionError {
+    fn from_target(e: ClientError) -> DeletionError {
         match e {
-            TargetError::Connect { target, cause } => DeletionError::Io {
+            ClientError::Connect { target, cause } => DeletionError::Io {
                 role: "target",
                 server: target,
                 command: "connect".into(),
                 cause,
             },
-            TargetError::Io {
+            ClientError::Io {
                 target,
                 what,
                 cause,
@@ -219,7 +219,7 @@ impl DeletionError {
                 command: what.into(),
                 cause,
             },
-            TargetError::Refused {
+            ClientError::Refused {
                 target,
                 command,
                 reply,
@@ -523,7 +523,7 @@ fn is_ok(r: &Reply) -> bool {
 
 /// The target connection and the db it has selected.
 struct Target {
-    conn: TargetConn,
+    conn: Client,
     name: String,
     db: Option<u32>,
 }
@@ -620,7 +620,7 @@ impl Target {
     }
 }
 
-/// A peer connection. Not a [`TargetConn`]: a peer that accepts the TCP connection but never
+/// A peer connection. Not a [`Client`]: a peer that accepts the TCP connection but never
 /// answers (stopped, overloaded) must time out already during AUTH/PING, so the socket
 /// timeouts are set before the login.
 struct PeerConn {
@@ -752,7 +752,7 @@ struct Session<'p, 'a> {
 impl<'p, 'a> Session<'p, 'a> {
     fn open(plan: &'p Plan<'a>) -> Result<Session<'p, 'a>, DeletionError> {
         let timeout = plan.timeout.max(TARGET_MIN_TIMEOUT);
-        let conn = TargetConn::connect(plan.target, timeout).map_err(DeletionError::from_target)?;
+        let conn = Client::connect(plan.target, timeout).map_err(DeletionError::from_target)?;
         let mut target = Target {
             conn,
             name: plan.target.to_string(),

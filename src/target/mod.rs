@@ -1,11 +1,15 @@
-//! The target side: connections, the writer pool, and how snapshot values become commands.
-pub mod apply;
+//! The target side, the end of the data path: the writer pool (one connection per writer,
+//! pipelined, acknowledging batches to their sources' trackers), the commands it sends, the
+//! target's facts, and the deletions only a proof allows (sweeps, flush translation, the
+//! deferred ones).
+//!
+//! Owns: every write to the target. May not touch: sources, the spool, the pipeline (it takes
+//! [`crate::batch::Batch`]es and knows nothing of where they come from).
 pub mod commands;
-pub mod connection;
+pub mod deferred;
 pub mod deletion;
-pub mod rewrite;
+pub mod info;
 pub mod writer;
 
-pub use apply::{ApplyOptions, ApplyStats, SnapshotApply};
-pub use connection::{TargetConn, TargetError, TargetInfo};
+pub use info::TargetInfo;
 pub use writer::{ErrorPolicy, PoolHandle, WriterOptions, WriterPool};

@@ -19,10 +19,10 @@ use bytes::{Bytes, BytesMut};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use parking_lot::Mutex;
 
-use super::connection::{read_reply_from, TargetConn, TargetError};
+use crate::batch::record::Record;
+use crate::batch::Batch;
 use crate::endpoint::Endpoint;
-use crate::pipeline::record::Record;
-use crate::pipeline::Batch;
+use crate::resp::client::{read_reply_from, Client, ClientError};
 use crate::resp::{encode_command, parse_reply, Reply};
 
 /// What to do when the target answers a command with an error (`--on-target-error`).
@@ -169,7 +169,7 @@ enum Expect {
 
 impl WriterPool {
     /// Connect every writer (all connections must succeed) and start them.
-    pub fn start(target: &Endpoint, opts: &WriterOptions) -> Result<WriterPool, TargetError> {
+    pub fn start(target: &Endpoint, opts: &WriterOptions) -> Result<WriterPool, ClientError> {
         let n = opts.writers.max(1);
         let state = Arc::new(PoolState::default());
         let mut senders = Vec::with_capacity(n);
@@ -178,7 +178,7 @@ impl WriterPool {
         for w in 0..n {
             // Every writer must connect once at start: a wrong address or password is an
             // error now, not a retry loop.
-            let conn = TargetConn::connect(target, opts.connect_timeout)?;
+            let conn = Client::connect(target, opts.connect_timeout)?;
             let (tx, rx) = bounded::<Batch>(opts.queue);
             senders.push(tx);
             let slot = Arc::new(Mutex::new(None));
@@ -416,7 +416,7 @@ impl Writer {
     /// replaced (with backoff, for as long as it takes); the batches it left unacknowledged
     /// are checked against their records on the target and only those not applied are sent
     /// again, so a reconnect neither loses nor doubles a write.
-    fn run(self, first: TargetConn) {
+    fn run(self, first: Client) {
         let mut conn = Some(first);
         let mut resend: Vec<Batch> = Vec::new();
         let mut delay = Duration::from_millis(100);
@@ -454,12 +454,12 @@ impl Writer {
         }
     }
 
-    fn reconnect(&self, delay: &mut Duration) -> Option<TargetConn> {
+    fn reconnect(&self, delay: &mut Duration) -> Option<Client> {
         loop {
             if self.state.failed() {
                 return None;
             }
-            match TargetConn::connect(&self.target, self.opts.connect_timeout) {
+            match Client::connect(&self.target, self.opts.connect_timeout) {
                 Ok(c) => {
                     tracing::info!(writer = self.w, "target {}: reconnected", self.target);
                     *delay = Duration::from_millis(100);
@@ -477,7 +477,7 @@ impl Writer {
     /// Acknowledge the batches the target applied before the connection broke (their record
     /// says so) and remove them from `batches`; the others stay, in order, to be sent again.
     /// On an error nothing is removed.
-    fn settle(&self, c: &mut TargetConn, batches: &mut Vec<Batch>) -> std::io::Result<()> {
+    fn settle(&self, c: &mut Client, batches: &mut Vec<Batch>) -> std::io::Result<()> {
         c.call(&["SELECT", "0"])?;
         let mut applied = 0;
         for batch in batches.iter() {
@@ -503,7 +503,7 @@ impl Writer {
     }
 
     /// Pipeline batches over one connection until it breaks or the input closes.
-    fn connection(&self, c: TargetConn, first: Vec<Batch>) -> Ended {
+    fn connection(&self, c: Client, first: Vec<Batch>) -> Ended {
         let mut stream = c.stream;
         let read_half = match stream.try_clone() {
             Ok(r) => r,

@@ -32,7 +32,7 @@ pub use compare::{
 pub use live::{escape_key, read_canonical, LiveReader, ReadOptions};
 
 /// The relay's own keys (offsets, markers): never compared.
-pub const RELAY_PREFIX: &[u8] = crate::pipeline::record::DEFAULT_PREFIX.as_bytes();
+pub const RELAY_PREFIX: &[u8] = crate::batch::record::DEFAULT_PREFIX.as_bytes();
 
 /// Differing keys kept for re-checks; beyond this they are reported without a re-check (a
 /// target that misses everything must not make verify hold every key name twice).

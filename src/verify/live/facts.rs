@@ -5,7 +5,7 @@
 //! version. Keeping every such question here, one named method each, means the rest of the
 //! reader asks "does this server have X" and never compares version numbers itself.
 
-use crate::target::connection::version_tuple;
+use crate::target::info::version_tuple;
 
 /// What the reader knows about the server, from `INFO server`.
 #[derive(Debug, Clone)]

@@ -39,9 +39,9 @@ use serde_json::{json, Map, Value as J};
 
 use crate::endpoint::Endpoint;
 use crate::rdb::json::b64;
+use crate::resp::client::info_field;
+use crate::resp::Client;
 use crate::resp::{encode_command, Reply};
-use crate::target::connection::info_field;
-use crate::target::TargetConn;
 
 mod escape;
 mod facts;
@@ -67,7 +67,7 @@ fn now_ms() -> i64 {
 
 /// A blocking, pipelining reader of one live Redis.
 pub struct LiveReader {
-    conn: TargetConn,
+    conn: Client,
     endpoint: Endpoint,
     pub facts: ServerFacts,
     pub opts: ReadOptions,
@@ -79,12 +79,11 @@ pub struct LiveReader {
 impl LiveReader {
     /// Connect, log in (the URL's user/password), and learn the version from `INFO server`.
     pub fn connect(ep: &Endpoint, opts: ReadOptions) -> anyhow::Result<LiveReader> {
-        let mut conn = TargetConn::connect(ep, Duration::from_secs(5))?;
+        let mut conn = Client::connect(ep, Duration::from_secs(5))?;
         conn.stream
             .set_read_timeout(Some(opts.timeout))
             .with_context(|| format!("{ep}: set read timeout"))?;
-        let info = conn
-            .info()
+        let info = crate::target::TargetInfo::read(&mut conn)
             .with_context(|| format!("{ep}: INFO server failed"))?;
         Ok(LiveReader {
             conn,

@@ -6,9 +6,9 @@
 
 use bytes::Bytes;
 
-use super::commands::{format_score, CommandBuf};
-use super::connection::TargetInfo;
 use crate::rdb::{HashField, KeyMeta, StreamId, StreamMeta, StreamValue, Value};
+use crate::target::commands::{format_score, CommandBuf};
+use crate::target::TargetInfo;
 
 /// Elements per command when a collection is written as commands.
 pub const ELEMENTS_PER_COMMAND: usize = 1024;
@@ -241,7 +241,7 @@ pub fn estimate_entries_read(
 /// The consumer group `XGROUP CREATE ... MKSTREAM` makes an empty stream with, destroyed right
 /// after. A group name on the user's stream, not a key: the relay's key prefix (which reserves
 /// part of the keyspace, and may be set with `--key-prefix`) has no say in it, so it is fixed
-/// rather than built from [`DEFAULT_PREFIX`](crate::pipeline::record::DEFAULT_PREFIX).
+/// rather than built from [`DEFAULT_PREFIX`](crate::batch::record::DEFAULT_PREFIX).
 const MKSTREAM_GROUP: &[u8] = b"redis-relay:mkstream";
 
 fn append_stream_meta(out: &mut CommandBuf, key: &[u8], meta: &StreamMeta, target: &RewriteTarget) {

@@ -1,11 +1,11 @@
 //! Why a source's apply loop stopped: every error names the source (and where it applies,
 //! the offset, the target or the kind of deletion).
 
-use crate::pipeline::spool::SpoolError;
 use crate::pipeline::PipelineError;
 use crate::rdb::RdbError;
+use crate::resp::client::ClientError;
 use crate::resp::framer::FrameError;
-use crate::target::connection::TargetError;
+use crate::spool::SpoolError;
 use crate::target::deletion::DeletionError;
 
 /// An error a program's [`crate::relay::EventSink`] returned.
@@ -66,7 +66,7 @@ pub enum ApplyError {
     },
     /// Reading the exactly-once records on the target failed (the message names the target).
     #[error("source {name}: {cause}")]
-    Records { name: String, cause: TargetError },
+    Records { name: String, cause: ClientError },
     #[error("source {name}: a deletion without a target")]
     DeletionWithoutTarget { name: String },
     /// A proven deletion failed; `cause` is "flush", "stale" or "deferred".
@@ -83,7 +83,7 @@ pub enum ApplyError {
         reply: String,
     },
     #[error("source {name}: stopped while deleting a deferred key: {cause}")]
-    DelStopped { name: String, cause: TargetError },
+    DelStopped { name: String, cause: ClientError },
 }
 
 impl ApplyError {

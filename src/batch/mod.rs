@@ -1,4 +1,7 @@
-//! The unit of work that flows from a source's dispatcher to the writers.
+//! The shared vocabulary between the pipeline and the target: the unit of work that flows
+//! from a source's dispatcher to the writers ([`Op`], [`Batch`]), the per-source offset
+//! tracker the writers acknowledge to ([`offsets`]), and the exactly-once record a batch
+//! leaves on the target ([`record`]).
 //!
 //! A dispatcher groups the [`Op`]s it routes to one writer into a [`Batch`], which is what
 //! crosses the channel: one channel hand-off and one offset-tracking entry per batch, not per
@@ -8,7 +11,11 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::offsets::SourceTracker;
+pub mod offsets;
+pub mod record;
+
+pub use offsets::SourceTracker;
+pub use record::Record;
 
 /// One or more RESP-encoded commands that must run in `db`, in order, on one connection.
 #[derive(Debug, Clone)]

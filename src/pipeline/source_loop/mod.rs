@@ -10,25 +10,31 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::deferred::{key_hash, Deferred};
-use super::error::ApplyError;
-use super::events::{EventSink, RelayEvent};
-use super::rdb_reader::SpoolRdbReader;
+pub mod error;
+pub mod sink;
+
+pub use error::{ApplyError, SinkError};
+pub use sink::{EventSink, RelayEvent};
+
+use crate::batch::record;
+use crate::batch::SourceTracker;
 use crate::endpoint::Endpoint;
 use crate::pipeline::checkpoint::{self, Checkpoint};
 use crate::pipeline::dispatcher::ExactlyOnce;
 use crate::pipeline::filter::KeyFilter;
 use crate::pipeline::keys::{command_keys, KeySpec};
-use crate::pipeline::record;
-use crate::pipeline::spool::{Spool, SpoolRecord};
 use crate::pipeline::stream_apply::{Control, StreamApply, StreamOptions};
-use crate::pipeline::{Dispatcher, PipelineError, SourceTracker};
+use crate::pipeline::{ApplyOptions, SnapshotApply};
+use crate::pipeline::{Dispatcher, PipelineError};
 use crate::rdb::{Event, ParseOptions, RdbParser};
 use crate::resp::framer::CommandFramer;
+use crate::resp::{Client, ClientError};
 use crate::source::topology::KeyOwner;
 use crate::source::SourceProgress;
+use crate::spool::SpoolRdbReader;
+use crate::spool::{Spool, SpoolRecord};
+use crate::target::deferred::{key_hash, Deferred};
 use crate::target::deletion::{self, Authority, Plan, Scope};
-use crate::target::{ApplyOptions, SnapshotApply, TargetConn, TargetError};
 
 /// A [`Deleter`] from a source's context, field by field (so the output stays free).
 macro_rules! deleter {
@@ -114,7 +120,7 @@ struct State {
     /// Heartbeats seen in the stream and not yet acknowledged: (stamp ms, end offset).
     heartbeats: VecDeque<(u64, u64)>,
     /// The target connection of [`delete_before_write`], kept between its calls.
-    del_conn: Option<TargetConn>,
+    del_conn: Option<Client>,
     /// Deletions waiting for a peer, and when they are tried again.
     deferred: Deferred,
     next_retry: Instant,
@@ -127,13 +133,14 @@ const RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// Run until stopped or the spool is closed and drained. Returns a fatal error.
 pub fn run(mut ctx: SourceCtx) -> Result<(), ApplyError> {
-    let deferred = Deferred::open(&ctx.state_dir, &super::sanitize(&ctx.name)).map_err(|e| {
-        ApplyError::Deferred {
-            name: ctx.name.clone(),
-            what: "cannot read its deferred deletions",
-            cause: e,
-        }
-    })?;
+    let deferred =
+        Deferred::open(&ctx.state_dir, &crate::endpoint::file_stem(&ctx.name)).map_err(|e| {
+            ApplyError::Deferred {
+                name: ctx.name.clone(),
+                what: "cannot read its deferred deletions",
+                cause: e,
+            }
+        })?;
     if !deferred.is_empty() {
         tracing::warn!(source = %ctx.name, keys = deferred.len(), "deletions deferred before the restart are still waiting for a peer: retrying them");
     }
@@ -659,13 +666,13 @@ fn read_records(
     source: &str,
     replid: &str,
     writers: usize,
-) -> Result<Vec<u64>, TargetError> {
+) -> Result<Vec<u64>, ClientError> {
     let Some(target) = target else {
         return Ok(vec![0; writers]);
     };
-    let mut conn = TargetConn::connect(target, Duration::from_secs(10))?;
+    let mut conn = Client::connect(target, Duration::from_secs(10))?;
     let prefix = String::from_utf8_lossy(prefix);
-    let io = |cause: std::io::Error| TargetError::Io {
+    let io = |cause: std::io::Error| ClientError::Io {
         target: target.to_string(),
         what: "reading the relay's offset records",
         cause,
@@ -939,7 +946,7 @@ fn touch_keys(deferred: &mut Deferred, db: u32, args: &[Bytes]) -> Vec<Bytes> {
 fn delete_before_write(
     d: Deleter<'_>,
     deferred: &mut Deferred,
-    conn: &mut Option<TargetConn>,
+    conn: &mut Option<Client>,
     db: u32,
     keys: &[Bytes],
 ) -> Result<(), ApplyError> {
@@ -954,10 +961,10 @@ fn delete_before_write(
         // One connection kept for these deletions (they come one write at a time while keys
         // are deferred); a broken one is replaced.
         if conn.is_none() {
-            *conn = TargetConn::connect(target, Duration::from_secs(5)).ok();
+            *conn = Client::connect(target, Duration::from_secs(5)).ok();
         }
         let attempt = match conn.as_mut() {
-            None => Err(TargetError::Io {
+            None => Err(ClientError::Io {
                 target: target.to_string(),
                 what: "connecting to delete a deferred key written again",
                 cause: std::io::ErrorKind::NotConnected.into(),
@@ -969,7 +976,7 @@ fn delete_before_write(
                     crate::resp::Reply::Error(_) => Ok(r),
                     _ => c.call(&args),
                 })
-                .map_err(|cause| TargetError::Io {
+                .map_err(|cause| ClientError::Io {
                     target: target.to_string(),
                     what: "SELECT and DEL of a deferred key written again",
                     cause,
@@ -1016,13 +1023,13 @@ fn delete_before_write(
 }
 
 /// This source's exactly-once records are on the target: it held this source's data before.
-fn has_records(ctx: &SourceCtx) -> Result<bool, TargetError> {
+fn has_records(ctx: &SourceCtx) -> Result<bool, ClientError> {
     let (Some(target), Output::Target { .. }) = (&ctx.target, &ctx.output) else {
         return Ok(false);
     };
     let prefix = String::from_utf8_lossy(&ctx.stream_opts.own_prefix);
-    let mut conn = TargetConn::connect(target, Duration::from_secs(10))?;
-    record::any_on(&mut conn, &prefix, &ctx.name, ctx.writers).map_err(|cause| TargetError::Io {
+    let mut conn = Client::connect(target, Duration::from_secs(10))?;
+    record::any_on(&mut conn, &prefix, &ctx.name, ctx.writers).map_err(|cause| ClientError::Io {
         target: target.to_string(),
         what: "reading the relay's records",
         cause,

@@ -5,12 +5,12 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
-use super::commands::CommandBuf;
 use super::rewrite::{append_expire, append_value, RewriteTarget};
 use crate::pipeline::filter::KeyFilter;
 use crate::pipeline::Dispatcher;
 use crate::rdb::{Crc64, Entry, Event, KeyMeta, KeyType, StreamId, Value};
 use crate::resp::encode::encode_bulk;
+use crate::target::commands::CommandBuf;
 
 /// Append a DUMP/RESTORE payload as one argument: the serialized value, the 2-byte RDB version
 /// and the CRC64 of both, little endian.
@@ -51,7 +51,7 @@ impl ApplyOptions {
         }
     }
 
-    pub fn for_target(info: &super::TargetInfo) -> Self {
+    pub fn for_target(info: &crate::target::TargetInfo) -> Self {
         ApplyOptions {
             use_restore: true,
             target_rdb_version: info.rdb_version,
@@ -60,7 +60,7 @@ impl ApplyOptions {
             rewrite: RewriteTarget::from_info(info),
             skip_expired: true,
             filter: Arc::default(),
-            own_prefix: Bytes::from_static(crate::pipeline::record::DEFAULT_PREFIX.as_bytes()),
+            own_prefix: Bytes::from_static(crate::batch::record::DEFAULT_PREFIX.as_bytes()),
         }
     }
 }

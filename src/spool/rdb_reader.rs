@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 
-use crate::pipeline::spool::{Spool, SpoolRecord};
+use crate::spool::{Spool, SpoolRecord};
 
 pub struct SpoolRdbReader {
     spool: Arc<Spool>,

@@ -1,4 +1,7 @@
-//! A blocking connection to the target Redis, with login and the facts the apply path needs.
+//! A blocking RESP client: connect, log in (AUTH, with a user for ACLs), one command and its
+//! reply at a time. The relay's side paths use it against any server: the target's writers
+//! and deletions, the prechecks and verify against sources, peers and target. The
+//! replication link itself is asynchronous and has its own handshake (`source::handshake`).
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -6,59 +9,17 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 
+use super::{encode_command, parse_reply, Reply};
 use crate::endpoint::Endpoint;
-use crate::resp::{encode_command, parse_reply, Reply};
-
-/// What the apply path needs to know about the target.
-#[derive(Debug, Clone)]
-pub struct TargetInfo {
-    pub version: String,
-    /// The newest RDB version the target loads (RESTORE refuses newer payloads).
-    pub rdb_version: u32,
-}
-
-impl TargetInfo {
-    /// Major/minor of `version` (`7.0.15` -> (7, 0)).
-    pub fn version_tuple(&self) -> (u32, u32) {
-        version_tuple(&self.version)
-    }
-
-    /// RESTORE ... ABSTTL, IDLETIME and FREQ exist from 5.0 on.
-    pub fn has_absttl(&self) -> bool {
-        self.version_tuple() >= (5, 0)
-    }
-}
-
-pub fn version_tuple(v: &str) -> (u32, u32) {
-    let mut it = v.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
-    (it.next().unwrap_or(0), it.next().unwrap_or(0))
-}
-
-/// The RDB version a Redis version writes and accepts at most.
-pub fn rdb_version_for(version: &str) -> u32 {
-    match version_tuple(version) {
-        (0..=1, _) | (2, 0..=5) => 2,
-        (2, _) | (3, 0) => 6,
-        (3, _) => 7,
-        (4, _) => 8,
-        (5, _) | (6, _) => 9,
-        (7, 0) => 10,
-        (7, 2) => 11,
-        (7, 4) => 12,
-        // 7.9.x is the 8.0 milestone line; 8.x writes RDB 12 (and reads what it writes).
-        (7, _) | (8, _) => 12,
-        _ => 12,
-    }
-}
 
 /// A logged-in connection.
-pub struct TargetConn {
+pub struct Client {
     pub stream: TcpStream,
     buf: BytesMut,
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum TargetError {
+pub enum ClientError {
     // The cause is part of the message (not a `source`), so that `{e}` and `{e:#}` both
     // print it once.
     #[error("target {target}: cannot connect: {cause}")]
@@ -80,13 +41,13 @@ pub enum TargetError {
     },
 }
 
-impl TargetConn {
+impl Client {
     /// Connect, log in, and check the server answers.
-    pub fn connect(ep: &Endpoint, timeout: Duration) -> Result<TargetConn, TargetError> {
+    pub fn connect(ep: &Endpoint, timeout: Duration) -> Result<Client, ClientError> {
         let target = ep.to_string();
         let addrs = (ep.host.as_str(), ep.port)
             .to_socket_addrs()
-            .map_err(|source| TargetError::Connect {
+            .map_err(|source| ClientError::Connect {
                 target: target.clone(),
                 cause: source,
             })?;
@@ -101,11 +62,11 @@ impl TargetConn {
                 Err(e) => last = Some(e),
             }
         }
-        let stream = stream.ok_or_else(|| TargetError::Connect {
+        let stream = stream.ok_or_else(|| ClientError::Connect {
             target: target.clone(),
             cause: last.unwrap_or_else(|| std::io::ErrorKind::AddrNotAvailable.into()),
         })?;
-        let io = |what, source| TargetError::Io {
+        let io = |what, source| ClientError::Io {
             target: target.clone(),
             what,
             cause: source,
@@ -114,7 +75,7 @@ impl TargetConn {
             .set_nodelay(true)
             .map_err(|e| io("set TCP_NODELAY", e))?;
         let _ = socket2::SockRef::from(&stream).set_keepalive(true);
-        let mut conn = TargetConn {
+        let mut conn = Client {
             stream,
             buf: BytesMut::with_capacity(64 * 1024),
         };
@@ -125,7 +86,7 @@ impl TargetConn {
             }
             .map_err(|e| io("AUTH", e))?;
             if let Reply::Error(e) = reply {
-                return Err(TargetError::Refused {
+                return Err(ClientError::Refused {
                     target,
                     command: "AUTH".into(),
                     reply: String::from_utf8_lossy(&e).into_owned(),
@@ -133,7 +94,7 @@ impl TargetConn {
             }
         }
         match conn.call(&["PING"]).map_err(|e| io("PING", e))? {
-            Reply::Error(e) => Err(TargetError::Refused {
+            Reply::Error(e) => Err(ClientError::Refused {
                 target,
                 command: "PING".into(),
                 reply: String::from_utf8_lossy(&e).into_owned(),
@@ -153,20 +114,6 @@ impl TargetConn {
     /// Read the next reply from the connection.
     pub fn read_reply(&mut self) -> std::io::Result<Reply> {
         read_reply_from(&mut self.stream, &mut self.buf)
-    }
-
-    /// `INFO server` facts.
-    pub fn info(&mut self) -> std::io::Result<TargetInfo> {
-        let text = self
-            .call(&["INFO", "server"])?
-            .as_text()
-            .unwrap_or_default();
-        let version = info_field(&text, "redis_version").unwrap_or_else(|| "0.0.0".into());
-        let rdb_version = rdb_version_for(&version);
-        Ok(TargetInfo {
-            version,
-            rdb_version,
-        })
     }
 }
 
@@ -208,23 +155,5 @@ pub fn read_reply_from(stream: &mut impl Read, buf: &mut BytesMut) -> std::io::R
                 "connection closed by the server",
             ));
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rdb_versions() {
-        assert_eq!(rdb_version_for("2.4.18"), 2);
-        assert_eq!(rdb_version_for("2.8.24"), 6);
-        assert_eq!(rdb_version_for("3.2.13"), 7);
-        assert_eq!(rdb_version_for("4.0.14"), 8);
-        assert_eq!(rdb_version_for("6.2.16"), 9);
-        assert_eq!(rdb_version_for("7.0.15"), 10);
-        assert_eq!(rdb_version_for("7.2.6"), 11);
-        assert_eq!(rdb_version_for("7.4.1"), 12);
-        assert_eq!(rdb_version_for("7.9.224"), 12);
     }
 }

@@ -140,7 +140,7 @@ pub const PROBED_WRITERS: usize = 256;
 /// Whether `target` holds any record of `source` (in DB 0, where records live): the relay
 /// wrote this source's data there before, so its stale keys may be there too.
 pub fn any_on(
-    target: &mut crate::target::TargetConn,
+    target: &mut crate::resp::Client,
     prefix: &str,
     source: &str,
     writers: usize,

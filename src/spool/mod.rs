@@ -3,6 +3,15 @@
 //! state directory, and the reader drains the files before it returns to memory, so order
 //! holds. A master therefore never sees its replica stop reading (which would cost a full
 //! resync at its output-buffer limit), and memory stays bounded whatever the target's speed.
+//!
+//! The hand-off between the two ends of a source: `relay` connects the link to
+//! [`Spool::push`]; the pipeline's per-source loop pops records and reads the snapshot through
+//! [`SpoolRdbReader`]. Owns: the spool files under the state directory. May not touch: the
+//! source, the pipeline, the target (it imports nothing of the crate).
+
+pub mod rdb_reader;
+
+pub use rdb_reader::SpoolRdbReader;
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};

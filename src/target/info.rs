@@ -1,0 +1,80 @@
+//! What the apply path needs to know about the target: its version and the newest RDB
+//! version its RESTORE accepts.
+
+use crate::resp::client::{info_field, Client};
+
+/// What the apply path needs to know about the target.
+#[derive(Debug, Clone)]
+pub struct TargetInfo {
+    pub version: String,
+    /// The newest RDB version the target loads (RESTORE refuses newer payloads).
+    pub rdb_version: u32,
+}
+
+impl TargetInfo {
+    /// Major/minor of `version` (`7.0.15` -> (7, 0)).
+    pub fn version_tuple(&self) -> (u32, u32) {
+        version_tuple(&self.version)
+    }
+
+    /// RESTORE ... ABSTTL, IDLETIME and FREQ exist from 5.0 on.
+    pub fn has_absttl(&self) -> bool {
+        self.version_tuple() >= (5, 0)
+    }
+}
+
+pub fn version_tuple(v: &str) -> (u32, u32) {
+    let mut it = v.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    (it.next().unwrap_or(0), it.next().unwrap_or(0))
+}
+
+/// The RDB version a Redis version writes and accepts at most.
+pub fn rdb_version_for(version: &str) -> u32 {
+    match version_tuple(version) {
+        (0..=1, _) | (2, 0..=5) => 2,
+        (2, _) | (3, 0) => 6,
+        (3, _) => 7,
+        (4, _) => 8,
+        (5, _) | (6, _) => 9,
+        (7, 0) => 10,
+        (7, 2) => 11,
+        (7, 4) => 12,
+        // 7.9.x is the 8.0 milestone line; 8.x writes RDB 12 (and reads what it writes).
+        (7, _) | (8, _) => 12,
+        _ => 12,
+    }
+}
+
+impl TargetInfo {
+    /// `INFO server` facts of a connected server.
+    pub fn read(conn: &mut Client) -> std::io::Result<TargetInfo> {
+        let text = conn
+            .call(&["INFO", "server"])?
+            .as_text()
+            .unwrap_or_default();
+        let version = info_field(&text, "redis_version").unwrap_or_else(|| "0.0.0".into());
+        let rdb_version = rdb_version_for(&version);
+        Ok(TargetInfo {
+            version,
+            rdb_version,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rdb_versions() {
+        assert_eq!(rdb_version_for("2.4.18"), 2);
+        assert_eq!(rdb_version_for("2.8.24"), 6);
+        assert_eq!(rdb_version_for("3.2.13"), 7);
+        assert_eq!(rdb_version_for("4.0.14"), 8);
+        assert_eq!(rdb_version_for("6.2.16"), 9);
+        assert_eq!(rdb_version_for("7.0.15"), 10);
+        assert_eq!(rdb_version_for("7.2.6"), 11);
+        assert_eq!(rdb_version_for("7.4.1"), 12);
+        assert_eq!(rdb_version_for("7.9.224"), 12);
+    }
+}
