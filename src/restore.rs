@@ -71,7 +71,7 @@ pub fn restore_file(
         pool.writers(),
         0,
     ));
-    let mut dispatcher = Dispatcher::new(pool.handle(), tracker.clone());
+    let mut dispatcher = Dispatcher::new(Arc::new(pool.handle()), tracker.clone());
     let mut apply = SnapshotApply::new(apply_opts, 0);
 
     let progress = Arc::new(Progress::default());

@@ -11,7 +11,7 @@ use crate::batch::record::{self, Record};
 use crate::batch::{Batch, Bookkeeping, Op};
 use crate::target::commands::CommandBuf;
 use crate::target::writer::PoolError;
-use crate::target::PoolHandle;
+use crate::target::Writers;
 
 /// Flush a writer's pending batch at this many payload bytes...
 const BATCH_BYTES: usize = 128 * 1024;
@@ -19,7 +19,7 @@ const BATCH_BYTES: usize = 128 * 1024;
 const BATCH_OPS: usize = 512;
 
 pub struct Dispatcher {
-    pool: PoolHandle,
+    pool: Arc<dyn Writers>,
     pub tracker: Arc<SourceTracker>,
     pending: Vec<Pending>,
     /// Exactly-once records for stream batches (`None` during a snapshot).
@@ -87,7 +87,7 @@ impl Pending {
 }
 
 impl Dispatcher {
-    pub fn new(pool: PoolHandle, tracker: Arc<SourceTracker>) -> Self {
+    pub fn new(pool: Arc<dyn Writers>, tracker: Arc<SourceTracker>) -> Self {
         let n = pool.writers();
         Dispatcher {
             pool,
@@ -255,7 +255,7 @@ impl Dispatcher {
             if self.tracker.wait_drained(Duration::from_millis(200)) {
                 return Ok(());
             }
-            if let Some(e) = self.pool.state.error() {
+            if let Some(e) = self.pool.failure() {
                 return Err(PoolError::Failed(e).into());
             }
         }

@@ -308,7 +308,7 @@ impl RelayBuilder {
             let output = match (&pool, &mut self.sink_factory) {
                 (_, Some(f)) => Output::Sink(f(&name)),
                 (Some(p), None) => Output::Target {
-                    dispatcher: Dispatcher::new(p.handle(), tracker.clone()),
+                    dispatcher: Dispatcher::new(Arc::new(p.handle()), tracker.clone()),
                     apply: Box::new(apply_opts.clone().expect("apply options with a target")),
                 },
                 (None, None) => unreachable!("checked above"),

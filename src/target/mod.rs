@@ -12,4 +12,26 @@ pub mod info;
 pub mod writer;
 
 pub use info::TargetInfo;
+
+use bytes::Bytes;
+
+use crate::batch::Batch;
+use crate::resp::ClientError;
+use writer::{PoolError, WriterFailure};
+
+/// The target as the pipeline sees it: writers that each apply their batches in order and
+/// acknowledge them to the batch's tracker once applied, and the relay's records in database 0.
+/// [`PoolHandle`] is the real one (the writer pool on a Redis); tests without a server use an
+/// in-memory one behind the same trait.
+pub trait Writers: Send + Sync {
+    /// How many writers (keys are partitioned over them).
+    fn writers(&self) -> usize;
+    /// Hand `batch` to writer `w`, waiting while its queue is full (back-pressure). Fails once
+    /// the target has failed (the batch is not applied).
+    fn send(&self, w: usize, batch: Batch) -> Result<(), PoolError>;
+    /// The first fatal error of any writer.
+    fn failure(&self) -> Option<WriterFailure>;
+    /// The values of `keys` in database 0 (where the relay's records live), in order.
+    fn read_db0(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>, ClientError>;
+}
 pub use writer::{ErrorPolicy, PoolHandle, WriterOptions, WriterPool};

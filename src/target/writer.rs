@@ -141,6 +141,8 @@ pub struct WriterPool {
     pub state: Arc<PoolState>,
     /// Each writer's current socket (to abort).
     sockets: Vec<Arc<Mutex<Option<TcpStream>>>>,
+    target: Endpoint,
+    connect_timeout: Duration,
 }
 
 struct InFlight {
@@ -203,6 +205,8 @@ impl WriterPool {
             handles,
             state,
             sockets,
+            target: target.clone(),
+            connect_timeout: opts.connect_timeout,
         })
     }
 
@@ -215,6 +219,8 @@ impl WriterPool {
         PoolHandle {
             senders: self.senders.clone(),
             state: self.state.clone(),
+            target: self.target.clone(),
+            connect_timeout: self.connect_timeout,
         }
     }
 
@@ -246,6 +252,59 @@ impl WriterPool {
 pub struct PoolHandle {
     senders: Vec<Sender<Batch>>,
     pub state: Arc<PoolState>,
+    target: Endpoint,
+    connect_timeout: Duration,
+}
+
+impl super::Writers for PoolHandle {
+    fn writers(&self) -> usize {
+        PoolHandle::writers(self)
+    }
+
+    fn send(&self, w: usize, batch: Batch) -> Result<(), PoolError> {
+        PoolHandle::send(self, w, batch)
+    }
+
+    fn failure(&self) -> Option<WriterFailure> {
+        self.state.error()
+    }
+
+    fn read_db0(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>, ClientError> {
+        let target = self.target.to_string();
+        let io = |cause| ClientError::Io {
+            target: target.clone(),
+            what: "reading the relay's records",
+            cause,
+        };
+        let mut conn = Client::connect(&self.target, self.connect_timeout)?;
+        if let Reply::Error(e) = conn.call(&["SELECT", "0"]).map_err(io)? {
+            return Err(ClientError::Refused {
+                target,
+                command: "SELECT 0".into(),
+                reply: String::from_utf8_lossy(&e).into_owned(),
+            });
+        }
+        let mut values = Vec::with_capacity(keys.len());
+        // Chunks keep each reply small whatever the number of keys.
+        for chunk in keys.chunks(256) {
+            let mut args = vec!["MGET"];
+            args.extend(chunk.iter().map(String::as_str));
+            match conn.call(&args).map_err(io)? {
+                Reply::Array(Some(items)) if items.len() == chunk.len() => {
+                    values.extend(items.into_iter().map(|r| match r {
+                        Reply::Bulk(Some(b)) => Some(b),
+                        _ => None,
+                    }))
+                }
+                other => {
+                    return Err(io(std::io::Error::other(format!(
+                        "MGET of the records: unexpected reply {other:?}"
+                    ))))
+                }
+            }
+        }
+        Ok(values)
+    }
 }
 
 impl PoolHandle {
