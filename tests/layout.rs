@@ -21,7 +21,9 @@ const STAGES: &[&str] = &["source", "pipeline", "target"];
 /// Wires the stages (imports anything).
 const WIRING: &[&str] = &["relay"];
 /// Beside the data path (import anything but are imported by nothing on it).
-const SIDE: &[&str] = &["check", "verify", "restore", "config", "metrics", "progress"];
+const SIDE: &[&str] = &[
+    "check", "verify", "restore", "config", "metrics", "progress",
+];
 
 const MAX_FN_LINES: usize = 80;
 
@@ -121,7 +123,10 @@ fn strip_comment(line: &str) -> &str {
 fn crate_paths(f: &SourceFile) -> Vec<Vec<String>> {
     let mut out = Vec::new();
     let code = &f.code;
-    for (start, _) in code.match_indices("crate::").chain(code.match_indices("super::")) {
+    for (start, _) in code
+        .match_indices("crate::")
+        .chain(code.match_indices("super::"))
+    {
         let before = code[..start].chars().last();
         if before.is_some_and(|c| c.is_alphanumeric() || c == '_') {
             continue;
@@ -356,7 +361,11 @@ fn the_data_path_reads_one_way() {
             }
         }
     }
-    assert!(bad.is_empty(), "imports against the flow:\n{}", bad.join("\n"));
+    assert!(
+        bad.is_empty(),
+        "imports against the flow:\n{}",
+        bad.join("\n")
+    );
     // The check itself sees imports: the pipeline uses the target and the batch vocabulary.
     assert!(g["pipeline"].contains("target") && g["pipeline"].contains("batch"));
 }
@@ -409,9 +418,15 @@ fn long_functions(f: &SourceFile) -> Vec<(String, usize)> {
         }
         let t = line.trim_start();
         let indent = &line[..line.len() - t.len()];
-        let is_fn = ["fn ", "pub fn ", "pub(crate) fn ", "const fn ", "pub const fn "]
-            .iter()
-            .any(|p| t.starts_with(p));
+        let is_fn = [
+            "fn ",
+            "pub fn ",
+            "pub(crate) fn ",
+            "const fn ",
+            "pub const fn ",
+        ]
+        .iter()
+        .any(|p| t.starts_with(p));
         if !is_fn || t.ends_with(';') {
             i += 1;
             continue;

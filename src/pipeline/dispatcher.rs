@@ -115,6 +115,11 @@ impl Dispatcher {
         self.pending.len()
     }
 
+    /// The target the batches go to.
+    pub fn target(&self) -> &dyn Writers {
+        &*self.pool
+    }
+
     /// The writer that owns `key`.
     pub fn writer_for(&self, key: &[u8]) -> usize {
         partition(key, self.pending.len())

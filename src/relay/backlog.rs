@@ -44,7 +44,7 @@ pub(super) fn spawn(inner: Weak<Inner>, endpoints: Vec<Endpoint>) {
                     }
                     let Some(size) = sizes[i] else { continue };
                     let s = &inner.sources[i];
-                    if !s.snapshot_done.load(Ordering::Acquire) {
+                    if !s.figures.snapshot_done.load(Ordering::Acquire) {
                         continue;
                     }
                     let lag = s

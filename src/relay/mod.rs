@@ -26,7 +26,7 @@ mod run;
 mod spool_sink;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -39,7 +39,10 @@ pub use run::run_until_signal;
 use crate::batch::SourceTracker;
 use crate::endpoint::Endpoint;
 use crate::pipeline::checkpoint;
-use crate::pipeline::source_loop::{self, Output, SourceCtx};
+use crate::pipeline::checkpoint::Checkpoint;
+use crate::pipeline::source_loop::{
+    self, AckPosition, LoopFigures, Output, SinkOutput, SourceCtx, TargetOutput,
+};
 use crate::pipeline::stream_apply::StreamOptions;
 use crate::pipeline::{ApplyOptions, Dispatcher};
 use crate::rdb::ParseOptions;
@@ -244,6 +247,68 @@ impl RelayBuilder {
     /// Connect and start everything. Fails at once when the target is unreachable or a
     /// checkpoint is unreadable; source connection problems are retried by the links.
     pub fn start(mut self) -> anyhow::Result<RelayHandle> {
+        let cfg = self.checked_config()?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("relay-links")
+            .enable_all()
+            .build()?;
+        let (pool, apply_opts) = match (&cfg.target, &self.sink_factory) {
+            (_, Some(_)) => (None, None),
+            (Some(t), None) => {
+                let (pool, apply) = start_target(&cfg, t)?;
+                (Some(pool), Some(apply))
+            }
+            (None, None) => anyhow::bail!("no target: give --target"),
+        };
+        let wiring = Wiring {
+            cfg: &cfg,
+            writers: pool.as_ref().map(|p| p.writers()).unwrap_or(1),
+            stop: Arc::new(AtomicBool::new(false)),
+            stop_rx: None,
+        };
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let wiring = Wiring {
+            stop_rx: Some(stop_rx),
+            ..wiring
+        };
+        let mut sources = Vec::new();
+        for (i, ep) in cfg.sources.iter().enumerate() {
+            let output = |tracker: &Arc<SourceTracker>, figures: &Arc<LoopFigures>| {
+                let name = ep.to_string();
+                match (&pool, &mut self.sink_factory, &apply_opts) {
+                    (_, Some(f), _) => {
+                        Box::new(SinkOutput::new(name.clone(), f(&name), figures.clone()))
+                            as Box<dyn Output>
+                    }
+                    (Some(p), None, Some(apply)) => Box::new(TargetOutput::new(
+                        name,
+                        Dispatcher::new(Arc::new(p.handle()), tracker.clone()),
+                        apply.clone(),
+                    )),
+                    _ => unreachable!("a target has a pool and apply options"),
+                }
+            };
+            sources.push(wiring.source(i, ep, apply_opts.as_ref(), &runtime, output)?);
+        }
+        let handle = RelayHandle {
+            inner: Arc::new(Inner {
+                sources,
+                pool: Mutex::new(pool),
+                stop: wiring.stop.clone(),
+                stop_tx,
+                runtime: Mutex::new(Some(runtime)),
+                started: Instant::now(),
+            }),
+        };
+        handle.spawn_metrics_updater();
+        backlog::spawn(Arc::downgrade(&handle.inner), cfg.sources.clone());
+        Ok(handle)
+    }
+
+    /// The configuration checked (sources given once each, the state dir there), with what
+    /// follows from it.
+    fn checked_config(&self) -> anyhow::Result<RelayConfig> {
         let mut cfg = self.cfg.clone();
         anyhow::ensure!(
             !cfg.sources.is_empty(),
@@ -263,156 +328,161 @@ impl RelayBuilder {
                 cfg.state_dir.display()
             )
         })?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("relay-links")
-            .enable_all()
-            .build()?;
-        let (pool, apply_opts) = match (&cfg.target, &self.sink_factory) {
-            (_, Some(_)) => (None, None),
-            (Some(t), None) => {
-                let mut conn = Client::connect(t, cfg.writers.connect_timeout)?;
-                let info = TargetInfo::read(&mut conn)
-                    .map_err(|e| anyhow::anyhow!("target {t}: INFO failed: {e}"))?;
-                tracing::info!(target = %t, version = %info.version, rdb_version = info.rdb_version, "target connected");
-                let mut a = ApplyOptions::for_target(&info);
-                a.use_restore = cfg.use_restore;
-                a.own_prefix = cfg.stream.own_prefix.clone();
-                a.filter = cfg.stream.filter.clone();
-                (Some(WriterPool::start(t, &cfg.writers)?), Some(a))
-            }
-            (None, None) => anyhow::bail!("no target: give --target"),
+        Ok(cfg)
+    }
+}
+
+/// Connect to the target, learn what it accepts, and start the writer pool.
+fn start_target(cfg: &RelayConfig, t: &Endpoint) -> anyhow::Result<(WriterPool, ApplyOptions)> {
+    let mut conn = Client::connect(t, cfg.writers.connect_timeout)?;
+    let info =
+        TargetInfo::read(&mut conn).map_err(|e| anyhow::anyhow!("target {t}: INFO failed: {e}"))?;
+    tracing::info!(target = %t, version = %info.version, rdb_version = info.rdb_version, "target connected");
+    let mut a = ApplyOptions::for_target(&info);
+    a.use_restore = cfg.use_restore;
+    a.own_prefix = cfg.stream.own_prefix.clone();
+    a.filter = cfg.stream.filter.clone();
+    Ok((WriterPool::start(t, &cfg.writers)?, a))
+}
+
+/// What every source is wired with.
+struct Wiring<'a> {
+    cfg: &'a RelayConfig,
+    writers: usize,
+    stop: Arc<AtomicBool>,
+    stop_rx: Option<tokio::sync::watch::Receiver<bool>>,
+}
+
+impl Wiring<'_> {
+    /// Wire source `i`: its checkpoint, spool, loop thread, link task and heartbeat.
+    fn source(
+        &self,
+        i: usize,
+        ep: &Endpoint,
+        apply: Option<&ApplyOptions>,
+        runtime: &tokio::runtime::Runtime,
+        output: impl FnOnce(&Arc<SourceTracker>, &Arc<LoopFigures>) -> Box<dyn Output>,
+    ) -> anyhow::Result<SourceRuntime> {
+        let cfg = self.cfg;
+        let name = ep.to_string();
+        let resume = self.checkpoint(&name, apply.is_some())?;
+        let spool = Spool::new(
+            &cfg.state_dir
+                .join("spool")
+                .join(crate::endpoint::file_stem(&name)),
+            cfg.spool.clone(),
+        )?;
+        let progress = Arc::new(SourceProgress::new(name.clone()));
+        let tracker = Arc::new(SourceTracker::new(name.clone(), i, self.writers, 0));
+        let figures = Arc::new(LoopFigures::default());
+        let ctx = SourceCtx {
+            name: name.clone(),
+            spool: spool.clone(),
+            acks: progress.clone(),
+            tracker: tracker.clone(),
+            output: output(&tracker, &figures),
+            stream_opts: cfg.stream.clone(),
+            parse_opts: parse_options(cfg, apply),
+            state_dir: cfg.state_dir.clone(),
+            writers: self.writers,
+            stop: self.stop.clone(),
+            resume: resume.clone(),
+            target: cfg.target.clone(),
+            authority: cfg.ownership.authority(ep, &cfg.sources),
+            owner: cfg
+                .ownership
+                .owner
+                .clone()
+                .map(|o| Arc::new(move |k: &[u8]| o.owner(k)) as source_loop::OwnerHint),
+            figures: figures.clone(),
         };
-        let writers = pool.as_ref().map(|p| p.writers()).unwrap_or(1);
-        let stop = Arc::new(AtomicBool::new(false));
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let mut sources = Vec::new();
-        for (i, ep) in cfg.sources.iter().enumerate() {
-            let name = ep.to_string();
-            let resume = checkpoint::load(&cfg.state_dir, &name)
-                .map_err(|e| anyhow::anyhow!("source {name}: unreadable checkpoint: {e}"))?;
-            if let Some(cp) = &resume {
-                if pool.is_some() && cp.writers != writers {
-                    tracing::warn!(source = %name, "the checkpoint was written with {} writers, now {writers}", cp.writers);
-                }
-                tracing::info!(source = %name, replid = %cp.replid, offset = cp.offset, db = cp.db, "resuming from the checkpoint");
-            }
-            let spool = Spool::new(
-                &cfg.state_dir
-                    .join("spool")
-                    .join(crate::endpoint::file_stem(&name)),
-                cfg.spool.clone(),
-            )?;
-            let progress = Arc::new(SourceProgress::new(name.clone()));
-            let tracker = Arc::new(SourceTracker::new(name.clone(), i, writers, 0));
-            let output = match (&pool, &mut self.sink_factory) {
-                (_, Some(f)) => Output::Sink(f(&name)),
-                (Some(p), None) => Output::Target {
-                    dispatcher: Dispatcher::new(Arc::new(p.handle()), tracker.clone()),
-                    apply: Box::new(apply_opts.clone().expect("apply options with a target")),
-                },
-                (None, None) => unreachable!("checked above"),
-            };
-            let snapshot_done = Arc::new(AtomicBool::new(false));
-            let rdb_loaded = Arc::new(AtomicU64::new(0));
-            let snapshot_keys = Arc::new(AtomicU64::new(0));
-            let heartbeat_lag_us = Arc::new(AtomicU64::new(source_loop::NO_LAG));
-            let deferred_keys = Arc::new(AtomicU64::new(0));
-            let deferred_since_ms = Arc::new(AtomicU64::new(0));
-            let ctx = SourceCtx {
-                name: name.clone(),
-                spool: spool.clone(),
-                progress: progress.clone(),
-                tracker: tracker.clone(),
-                output,
-                stream_opts: cfg.stream.clone(),
-                parse_opts: ParseOptions {
-                    capture_raw: cfg.use_restore,
-                    big_value_bytes: cfg.big_value_bytes,
-                    undecoded_up_to_version: apply_opts
-                        .as_ref()
-                        .map_or(0, |a| a.undecoded_up_to_version()),
-                    // The spool hands the snapshot over apart from the stream.
-                    read_ahead: true,
-                    ..ParseOptions::default()
-                },
-                state_dir: cfg.state_dir.clone(),
-                writers,
-                stop: stop.clone(),
-                resume: resume.clone(),
-                target: cfg.target.clone(),
-                authority: cfg.ownership.authority(ep, &cfg.sources),
-                owner: cfg.ownership.owner.clone(),
-                deferred_keys: deferred_keys.clone(),
-                deferred_since_ms: deferred_since_ms.clone(),
-                snapshot_done: snapshot_done.clone(),
-                rdb_bytes_loaded: rdb_loaded.clone(),
-                snapshot_keys: snapshot_keys.clone(),
-                heartbeat_lag_us: heartbeat_lag_us.clone(),
-            };
-            let fatal = Arc::new(Mutex::new(None::<String>));
-            let f2 = fatal.clone();
-            let n2 = name.clone();
-            let apply = std::thread::Builder::new()
-                .name(format!("apply-{name}"))
-                .spawn(move || {
-                    if let Err(e) = source_loop::run(ctx) {
-                        tracing::error!(source = %n2, "{e}");
-                        // Rendered at the boundary: `RelayHandle::error` gives text.
-                        *f2.lock() = Some(e.to_string());
-                    }
-                })?;
-            let mut link_cfg = LinkConfig::new(ep.clone());
-            link_cfg.listening_port = cfg.listening_port;
-            link_cfg.repl_timeout = cfg.repl_timeout;
-            link_cfg.resume = resume.map(|cp| (cp.replid, cp.offset));
-            let sink = spool_sink::SpoolSink {
-                spool: spool.clone(),
-                source: name.clone(),
-            };
-            let _link = runtime.spawn(crate::source::run_link(
-                link_cfg,
-                progress.clone(),
-                sink,
-                stop_rx.clone(),
-            ));
-            sources.push(SourceRuntime {
-                name,
-                progress,
-                tracker,
-                spool,
-                snapshot_done,
-                rdb_loaded,
-                snapshot_keys,
-                heartbeat_lag_us,
-                deferred_keys,
-                deferred_since_ms,
-                ingest: Mutex::new(RateWindow::default()),
-                apply: Mutex::new(Some(apply)),
-                fatal,
-            });
-            if let Some(period) = cfg.heartbeat {
-                spawn_heartbeat(
-                    ep.clone(),
-                    heartbeat_key(&cfg.stream.own_prefix, sources.last().map(|s| &s.name)),
-                    period,
-                    stop.clone(),
-                )?;
-            }
+        let (apply, fatal) = spawn_loop(ctx)?;
+        let mut link_cfg = LinkConfig::new(ep.clone());
+        link_cfg.listening_port = cfg.listening_port;
+        link_cfg.repl_timeout = cfg.repl_timeout;
+        link_cfg.resume = resume.map(|cp| (cp.replid, cp.offset));
+        let sink = spool_sink::SpoolSink {
+            spool: spool.clone(),
+            source: name.clone(),
+        };
+        let stop_rx = self.stop_rx.clone().expect("the stop channel");
+        let _link = runtime.spawn(crate::source::run_link(
+            link_cfg,
+            progress.clone(),
+            sink,
+            stop_rx,
+        ));
+        if let Some(period) = cfg.heartbeat {
+            let key = heartbeat_key(&cfg.stream.own_prefix, Some(&name));
+            spawn_heartbeat(ep.clone(), key, period, self.stop.clone())?;
         }
-        let handle = RelayHandle {
-            inner: Arc::new(Inner {
-                sources,
-                pool: Mutex::new(pool),
-                stop,
-                stop_tx,
-                runtime: Mutex::new(Some(runtime)),
-                started: Instant::now(),
-            }),
-        };
-        handle.spawn_metrics_updater();
-        backlog::spawn(Arc::downgrade(&handle.inner), cfg.sources.clone());
-        Ok(handle)
+        Ok(SourceRuntime {
+            name,
+            progress,
+            tracker,
+            spool,
+            figures,
+            ingest: Mutex::new(RateWindow::default()),
+            apply: Mutex::new(Some(apply)),
+            fatal,
+        })
+    }
+
+    /// The checkpoint of source `name`, if any (logged).
+    fn checkpoint(&self, name: &str, to_target: bool) -> anyhow::Result<Option<Checkpoint>> {
+        let resume = checkpoint::load(&self.cfg.state_dir, name)
+            .map_err(|e| anyhow::anyhow!("source {name}: unreadable checkpoint: {e}"))?;
+        if let Some(cp) = &resume {
+            let writers = self.writers;
+            if to_target && cp.writers != writers {
+                tracing::warn!(source = %name, "the checkpoint was written with {} writers, now {writers}", cp.writers);
+            }
+            tracing::info!(source = %name, replid = %cp.replid, offset = cp.offset, db = cp.db, "resuming from the checkpoint");
+        }
+        Ok(resume)
+    }
+}
+
+/// How a source's snapshot is parsed for this target.
+fn parse_options(cfg: &RelayConfig, apply: Option<&ApplyOptions>) -> ParseOptions {
+    ParseOptions {
+        capture_raw: cfg.use_restore,
+        big_value_bytes: cfg.big_value_bytes,
+        undecoded_up_to_version: apply.map_or(0, |a| a.undecoded_up_to_version()),
+        // The spool hands the snapshot over apart from the stream.
+        read_ahead: true,
+        ..ParseOptions::default()
+    }
+}
+
+/// Start a source's loop on its own thread; its fatal error lands in the returned slot.
+/// Where a source's loop leaves its fatal error (rendered: the loop's thread ends with it).
+type FatalSlot = Arc<Mutex<Option<String>>>;
+
+fn spawn_loop(ctx: SourceCtx) -> anyhow::Result<(JoinHandle<()>, FatalSlot)> {
+    let fatal = Arc::new(Mutex::new(None::<String>));
+    let slot = fatal.clone();
+    let name = ctx.name.clone();
+    let handle = std::thread::Builder::new()
+        .name(format!("apply-{name}"))
+        .spawn(move || {
+            if let Err(e) = source_loop::run(ctx) {
+                tracing::error!(source = %name, "{e}");
+                // Rendered at the boundary: `RelayHandle::error` gives text.
+                *slot.lock() = Some(e.to_string());
+            }
+        })?;
+    Ok((handle, fatal))
+}
+
+/// The link reports its ACK position through the loop's [`AckPosition`].
+impl AckPosition for SourceProgress {
+    fn set_applied(&self, offset: u64) {
+        self.set_applied_offset(offset);
+    }
+
+    fn ack_now(&self) {
+        self.ack_now.notify_one();
     }
 }
 
@@ -531,16 +601,11 @@ struct SourceRuntime {
     progress: Arc<SourceProgress>,
     tracker: Arc<SourceTracker>,
     spool: Arc<Spool>,
-    snapshot_done: Arc<AtomicBool>,
-    rdb_loaded: Arc<AtomicU64>,
-    snapshot_keys: Arc<AtomicU64>,
-    heartbeat_lag_us: Arc<AtomicU64>,
-    deferred_keys: Arc<AtomicU64>,
-    deferred_since_ms: Arc<AtomicU64>,
+    figures: Arc<LoopFigures>,
     /// Bytes received from the master (its offset) over the last seconds.
     ingest: Mutex<RateWindow>,
     apply: Mutex<Option<JoinHandle<()>>>,
-    fatal: Arc<Mutex<Option<String>>>,
+    fatal: FatalSlot,
 }
 
 struct Inner {
@@ -602,7 +667,7 @@ impl RelayHandle {
             .iter()
             .map(|s| {
                 let received = s.progress.received_offset();
-                let done = s.snapshot_done.load(Ordering::Acquire);
+                let done = s.figures.snapshot_done.load(Ordering::Acquire);
                 let applied = if done { s.tracker.applied() } else { 0 };
                 let lag_bytes = received.saturating_sub(applied);
                 let rate = s.ingest.lock().sample(received);
@@ -615,7 +680,7 @@ impl RelayHandle {
                     (true, Some(_)) => Some(f64::INFINITY),
                     (true, None) => None,
                 };
-                let hb = s.heartbeat_lag_us.load(Ordering::Relaxed);
+                let hb = s.figures.heartbeat_lag_us.load(Ordering::Relaxed);
                 let link_error = match s.progress.state() {
                     LinkState::Failed => s.progress.last_error(),
                     _ => None,
@@ -628,9 +693,9 @@ impl RelayHandle {
                     master_offset: received,
                     applied_offset: applied,
                     lag_bytes,
-                    rdb_bytes_loaded: s.rdb_loaded.load(Ordering::Relaxed),
+                    rdb_bytes_loaded: s.figures.rdb_bytes_loaded.load(Ordering::Relaxed),
                     rdb_bytes_total: s.progress.rdb_bytes_total(),
-                    snapshot_keys: s.snapshot_keys.load(Ordering::Relaxed),
+                    snapshot_keys: s.figures.snapshot_keys.load(Ordering::Relaxed),
                     lag_seconds: (hb != source_loop::NO_LAG).then(|| hb as f64 / 1e6),
                     lag_seconds_estimate: estimate,
                     ingest_bytes_per_sec: rate,
@@ -639,8 +704,11 @@ impl RelayHandle {
                     spool_bytes: s.spool.memory_bytes.load(Ordering::Relaxed)
                         + s.spool.disk_bytes.load(Ordering::Relaxed),
                     full_syncs: s.progress.full_syncs(),
-                    deferred_deletions: s.deferred_keys.load(Ordering::Relaxed),
-                    deferred_deletion_age_seconds: match s.deferred_since_ms.load(Ordering::Relaxed)
+                    deferred_deletions: s.figures.deferred_keys.load(Ordering::Relaxed),
+                    deferred_deletion_age_seconds: match s
+                        .figures
+                        .deferred_since_ms
+                        .load(Ordering::Relaxed)
                     {
                         0 => None,
                         since => Some(source_loop::unix_ms().saturating_sub(since) as f64 / 1000.0),
@@ -680,7 +748,7 @@ impl RelayHandle {
         self.inner
             .sources
             .iter()
-            .all(|s| s.snapshot_done.load(Ordering::Acquire))
+            .all(|s| s.figures.snapshot_done.load(Ordering::Acquire))
     }
 
     pub fn uptime(&self) -> Duration {
