@@ -458,7 +458,7 @@ fn probe_source(
     Some(SourceFacts { version, used })
 }
 
-/// PSYNC: version, role, and the command itself (renamed on some managed services).
+/// PSYNC: the version, and the command itself (renamed on some managed services).
 fn check_psync(
     conn: &mut TargetConn,
     ep: &Endpoint,

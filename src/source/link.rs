@@ -364,7 +364,9 @@ async fn session<S: LinkSink>(
         sink,
         name,
     };
-    let (legacy, rest) = match hs.start {
+    // A legacy `SYNC` master has no offsets: no ACKs.
+    let legacy = matches!(hs.start, SyncStart::LegacySync);
+    let rest = match hs.start {
         SyncStart::Full { replid: id, offset } => {
             s.full_resync(&mut stream, id, offset, hs.leftover, replid)
                 .await?
@@ -420,8 +422,8 @@ impl<S: LinkSink> Session<'_, S> {
         }
     }
 
-    /// `+FULLRESYNC`: the sink starts over and receives the RDB; returns `(legacy, bytes
-    /// after the RDB)`. `replid` is the resume point: none until the RDB is complete.
+    /// `+FULLRESYNC`: the sink starts over and receives the RDB; returns the bytes after it.
+    /// `replid` is the resume point: none until the RDB is complete.
     async fn full_resync(
         &mut self,
         stream: &mut TcpStream,
@@ -429,7 +431,7 @@ impl<S: LinkSink> Session<'_, S> {
         offset: u64,
         leftover: BytesMut,
         replid: &mut Option<String>,
-    ) -> Result<(bool, BytesMut), LinkError> {
+    ) -> Result<BytesMut, LinkError> {
         tracing::info!(source = %self.name, replid = %id, offset,
             "full resync (+FULLRESYNC): receiving the RDB snapshot");
         // Until the RDB is complete there is nothing to resume from.
@@ -448,7 +450,7 @@ impl<S: LinkSink> Session<'_, S> {
             // The master starts the stream only after our first ACK.
             self.send_ack(stream).await?;
         }
-        Ok((false, rest))
+        Ok(rest)
     }
 
     /// `+CONTINUE`: the stream resumes where it stopped, perhaps under a new replication id.
@@ -457,7 +459,7 @@ impl<S: LinkSink> Session<'_, S> {
         id: String,
         leftover: BytesMut,
         replid: &mut Option<String>,
-    ) -> Result<(bool, BytesMut), LinkError> {
+    ) -> Result<BytesMut, LinkError> {
         let Some(old) = replid.clone() else {
             return Err(LinkError::Unexpected {
                 source_name: self.name.to_string(),
@@ -477,7 +479,7 @@ impl<S: LinkSink> Session<'_, S> {
             .partial_resync(&id, off)
             .map_err(|e| self.sink_err(e))?;
         *replid = Some(id);
-        Ok((false, leftover))
+        Ok(leftover)
     }
 
     /// `SYNC` to a master older than 2.8: an RDB, then a stream without offsets.
@@ -486,7 +488,7 @@ impl<S: LinkSink> Session<'_, S> {
         stream: &mut TcpStream,
         leftover: BytesMut,
         replid: &mut Option<String>,
-    ) -> Result<(bool, BytesMut), LinkError> {
+    ) -> Result<BytesMut, LinkError> {
         tracing::info!(source = %self.name,
             "legacy SYNC: receiving the RDB snapshot (no offsets: a reconnect means a new full sync)");
         *replid = None;
@@ -497,7 +499,7 @@ impl<S: LinkSink> Session<'_, S> {
             .full_resync("?", None)
             .map_err(|e| self.sink_err(e))?;
         let (rest, _) = self.receive_rdb(stream, leftover).await?;
-        Ok((true, rest))
+        Ok(rest)
     }
 
     /// Receives the RDB; returns the bytes that followed it and whether it was diskless.
