@@ -294,7 +294,8 @@ impl RunOptions {
             return Err(invalid("writers")("must be at least 1".into()));
         }
         for m in self.db_map.iter().flatten() {
-            crate::pipeline::filter::parse_db_map_entry(m).map_err(invalid("db-map"))?;
+            crate::pipeline::filter::parse_db_map_entry(m)
+                .map_err(|e| invalid("db-map")(e.to_string()))?;
         }
         for (option, list) in [
             ("include-regex", &self.include_regex),
@@ -410,8 +411,18 @@ fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration
         .map_err(serde::de::Error::custom)
 }
 
+/// A duration option that is not `500ms`, `1s`, `2m` or a positive number of seconds; the
+/// message quotes the value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    #[error("{0:?} is not a duration (examples: 500ms, 1s, 2m)")]
+    NotADuration(String),
+    #[error("{0:?}: must be positive")]
+    NotPositive(String),
+}
+
 /// `500ms`, `1s`, `2m`, or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, DurationError> {
     let t = s.trim();
     let (num, mul_ms) = if let Some(n) = t.strip_suffix("ms") {
         (n, 1.0)
@@ -425,9 +436,9 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let v: f64 = num
         .trim()
         .parse()
-        .map_err(|_| format!("{s:?} is not a duration (examples: 500ms, 1s, 2m)"))?;
+        .map_err(|_| DurationError::NotADuration(s.to_string()))?;
     if !(v > 0.0 && v.is_finite()) {
-        return Err(format!("{s:?}: must be positive"));
+        return Err(DurationError::NotPositive(s.to_string()));
     }
     Ok(std::time::Duration::from_micros(
         (v * mul_ms * 1000.0) as u64,

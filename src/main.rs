@@ -1,7 +1,7 @@
 //! The `redis-relay` command line: a thin layer over the `redis_relay` library.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
@@ -214,60 +214,8 @@ fn precheck(s: &Settings) -> anyhow::Result<()> {
 
 fn run(cmd: Command, file: RunOptions) -> anyhow::Result<ExitCode> {
     match cmd {
-        Command::Sync { args } => {
-            let s = args.settings(file)?;
-            if !s.skip_check {
-                precheck(&s)?;
-            }
-            if let Some(addr) = s.metrics_addr {
-                redis_relay::metrics::install_exporter(addr)?;
-                tracing::info!("metrics at http://{addr}/metrics");
-            }
-            let topology = s.topology()?;
-            let builder = RelayBuilder::new()
-                .sources(topology.sources.clone())
-                .ownership(Ownership {
-                    peers: topology.peers.clone(),
-                    pool_known: topology.pool_known,
-                    owner: topology.owner.clone(),
-                    target_owner: s.target_owner,
-                })
-                .target(s.target.clone())
-                .state_dir(&s.state_dir)
-                .writers(s.writers.clone())
-                .big_value_bytes(s.big_key_bytes)
-                .use_restore(!s.commands_only)
-                .listening_port(s.listening_port)
-                .repl_timeout(s.repl_timeout)
-                .heartbeat(s.heartbeat)
-                .spool(SpoolOptions {
-                    max_disk_bytes: s.spool_max_bytes,
-                    ..SpoolOptions::default()
-                })
-                .stream_options(StreamOptions {
-                    own_prefix: s.key_prefix.clone().into_bytes().into(),
-                    exclude_commands: s.exclude_commands.clone(),
-                    filter: std::sync::Arc::new(s.filter.clone()),
-                    ..StreamOptions::default()
-                });
-            let handle = builder.start()?;
-            let code = redis_relay::relay::run_until_signal(&handle, s.quiet)?;
-            Ok(code)
-        }
-        Command::Check { args, json } => {
-            let s = args.settings(file)?;
-            let report = check::run(&s.check_options());
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{report}");
-            }
-            Ok(if report.ok {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            })
-        }
+        Command::Sync { args } => run_sync(args.settings(file)?),
+        Command::Check { args, json } => run_check(args.settings(file)?, json),
         Command::Verify {
             args,
             sample,
@@ -277,58 +225,16 @@ fn run(cmd: Command, file: RunOptions) -> anyhow::Result<ExitCode> {
             json,
         } => {
             let s = args.settings(file)?;
-            anyhow::ensure!(
-                s.filter.is_identity() && s.exclude_commands.is_empty(),
-                "verify compares everything: it does not take --db, --db-map, prefixes, regexes or --exclude-command"
-            );
-            let topology = s.topology()?;
-            let sidecar =
-                matches!(&s.sources, check::Sources::Twemproxy { local, .. } if !local.is_empty());
             let mut opts = VerifyOptions {
                 sample,
                 recheck_rounds,
-                // One sidecar's share: its backend(s) against the target keys they own.
-                owned: (sidecar || !topology.peers.is_empty()).then(|| OwnedScope {
-                    owner: topology.owner.clone(),
-                    local: topology.sources.clone(),
-                    peers: topology.peers.clone(),
-                }),
                 ..VerifyOptions::default()
             };
-            let sources = topology.sources;
             opts.compare.ttl_tolerance_ms = ttl_tolerance_ms;
             opts.compare.max_differences = max_differences;
-            opts.read.ignore_prefixes = vec![s.key_prefix.clone().into_bytes().into()];
-            let report = verify(&sources, &s.target, &opts)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&verify_json(&report))?);
-            } else {
-                print!("{report}");
-            }
-            Ok(if report.is_equal() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            })
+            run_verify(s, opts, json)
         }
-        Command::Dump { file, canonical } => {
-            let f = std::fs::File::open(&file)
-                .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", file.display()))?;
-            let reader = std::io::BufReader::with_capacity(1 << 20, f);
-            let stdout = std::io::stdout();
-            let mut out = std::io::BufWriter::new(stdout.lock());
-            if canonical {
-                let doc = redis_relay::rdb::json::canonical_document(reader)
-                    .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-                serde_json::to_writer_pretty(&mut out, &doc)?;
-                writeln!(out)?;
-            } else {
-                redis_relay::rdb::json::dump_json_lines(reader, &mut out)
-                    .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-            }
-            out.flush()?;
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Dump { file, canonical } => run_dump(&file, canonical),
         Command::Restore {
             file,
             target,
@@ -342,33 +248,154 @@ fn run(cmd: Command, file: RunOptions) -> anyhow::Result<ExitCode> {
                 commands_only,
                 quiet,
             };
-            let report = restore_file(&file, &target.endpoint()?, &opts)?;
-            let s = &report.stats;
-            eprintln!(
-                "restored {} keys from {} (RDB {}) into Redis {} in {:.2?}: {} by RESTORE, {} plain strings by MSET, {} as commands ({} big), {} already expired, {} empty, {} skipped, {} function libraries; {} commands acknowledged, {} refused",
-                s.keys,
-                file.display(),
-                report.rdb_version,
-                report.target_version,
-                report.elapsed,
-                s.restored,
-                s.mset,
-                s.rewritten,
-                s.big_keys,
-                s.expired_skipped,
-                s.empty_skipped,
-                s.skipped,
-                s.functions,
-                report.commands,
-                report.target_errors
-            );
-            if report.target_errors > 0 || s.skipped > 0 {
-                eprintln!("error: the target refused {} commands and {} keys could not be written (see the log above)", report.target_errors, s.skipped);
-                return Ok(ExitCode::from(2));
-            }
-            Ok(ExitCode::SUCCESS)
+            run_restore(&file, &target, &opts)
         }
     }
+}
+
+/// `sync`: the prechecks, the metrics exporter, then the relay until a signal stops it.
+fn run_sync(s: Settings) -> anyhow::Result<ExitCode> {
+    if !s.skip_check {
+        precheck(&s)?;
+    }
+    if let Some(addr) = s.metrics_addr {
+        redis_relay::metrics::install_exporter(addr)?;
+        tracing::info!("metrics at http://{addr}/metrics");
+    }
+    let handle = relay_builder(&s)?.start()?;
+    let code = redis_relay::relay::run_until_signal(&handle, s.quiet)?;
+    Ok(code)
+}
+
+/// The relay the settings describe: its sources and peers, target, writers and stream options.
+fn relay_builder(s: &Settings) -> anyhow::Result<RelayBuilder> {
+    let topology = s.topology()?;
+    Ok(RelayBuilder::new()
+        .sources(topology.sources.clone())
+        .ownership(Ownership {
+            peers: topology.peers.clone(),
+            pool_known: topology.pool_known,
+            owner: topology.owner.clone(),
+            target_owner: s.target_owner,
+        })
+        .target(s.target.clone())
+        .state_dir(&s.state_dir)
+        .writers(s.writers.clone())
+        .big_value_bytes(s.big_key_bytes)
+        .use_restore(!s.commands_only)
+        .listening_port(s.listening_port)
+        .repl_timeout(s.repl_timeout)
+        .heartbeat(s.heartbeat)
+        .spool(SpoolOptions {
+            max_disk_bytes: s.spool_max_bytes,
+            ..SpoolOptions::default()
+        })
+        .stream_options(StreamOptions {
+            own_prefix: s.key_prefix.clone().into_bytes().into(),
+            exclude_commands: s.exclude_commands.clone(),
+            filter: std::sync::Arc::new(s.filter.clone()),
+            ..StreamOptions::default()
+        }))
+}
+
+/// `check`: the prechecks alone, as text or JSON; exit code 1 when one fails.
+fn run_check(s: Settings, json: bool) -> anyhow::Result<ExitCode> {
+    let report = check::run(&s.check_options());
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{report}");
+    }
+    Ok(if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// `verify`: compare the sources (a sidecar: its share) with the target; exit code 1 when
+/// they differ. `opts` holds the command line's settings; the scope comes from the topology.
+fn run_verify(s: Settings, mut opts: VerifyOptions, json: bool) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        s.filter.is_identity() && s.exclude_commands.is_empty(),
+        "verify compares everything: it does not take --db, --db-map, prefixes, regexes or --exclude-command"
+    );
+    let topology = s.topology()?;
+    let sidecar =
+        matches!(&s.sources, check::Sources::Twemproxy { local, .. } if !local.is_empty());
+    // One sidecar's share: its backend(s) against the target keys they own.
+    opts.owned = (sidecar || !topology.peers.is_empty()).then(|| OwnedScope {
+        owner: topology.owner.clone(),
+        local: topology.sources.clone(),
+        peers: topology.peers.clone(),
+    });
+    let sources = topology.sources;
+    opts.read.ignore_prefixes = vec![s.key_prefix.clone().into_bytes().into()];
+    let report = verify(&sources, &s.target, &opts)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&verify_json(&report))?);
+    } else {
+        print!("{report}");
+    }
+    Ok(if report.is_equal() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// `dump`: every key of an RDB file as JSON lines, or one canonical document.
+fn run_dump(file: &Path, canonical: bool) -> anyhow::Result<ExitCode> {
+    let f = std::fs::File::open(file)
+        .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", file.display()))?;
+    let reader = std::io::BufReader::with_capacity(1 << 20, f);
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    if canonical {
+        let doc = redis_relay::rdb::json::canonical_document(reader)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+        serde_json::to_writer_pretty(&mut out, &doc)?;
+        writeln!(out)?;
+    } else {
+        redis_relay::rdb::json::dump_json_lines(reader, &mut out)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `restore`: load an RDB file into the target and print what was written; exit code 2 when
+/// the target refused commands or keys could not be written.
+fn run_restore(
+    file: &Path,
+    target: &TargetArgs,
+    opts: &RestoreOptions,
+) -> anyhow::Result<ExitCode> {
+    let report = restore_file(file, &target.endpoint()?, opts)?;
+    let s = &report.stats;
+    eprintln!(
+        "restored {} keys from {} (RDB {}) into Redis {} in {:.2?}: {} by RESTORE, {} plain strings by MSET, {} as commands ({} big), {} already expired, {} empty, {} skipped, {} function libraries; {} commands acknowledged, {} refused",
+        s.keys,
+        file.display(),
+        report.rdb_version,
+        report.target_version,
+        report.elapsed,
+        s.restored,
+        s.mset,
+        s.rewritten,
+        s.big_keys,
+        s.expired_skipped,
+        s.empty_skipped,
+        s.skipped,
+        s.functions,
+        report.commands,
+        report.target_errors
+    );
+    if report.target_errors > 0 || s.skipped > 0 {
+        eprintln!("error: the target refused {} commands and {} keys could not be written (see the log above)", report.target_errors, s.skipped);
+        return Ok(ExitCode::from(2));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The verify report as JSON: counts per database and kind, and the kept differences.

@@ -19,6 +19,7 @@ pub const SYNC_STATES: [LinkState; 7] = [
 ];
 
 /// Register descriptions (HELP lines) for every metric.
+// Long: a flat table, one call per metric (name, unit, help text), like the README's metrics table; split, it would only be arbitrary groups of the same call.
 pub fn describe() {
     describe_gauge!(
         "redis_relay_lag_bytes",

@@ -6,8 +6,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::batch::SourceTracker;
 use crate::endpoint::Endpoint;
+use crate::batch::SourceTracker;
 use crate::pipeline::{ApplyOptions, ApplyStats, Dispatcher, SnapshotApply};
 use crate::progress::{CountingReader, Progress, Reporter};
 use crate::rdb::{Event, ParseOptions, RdbParser};
@@ -58,12 +58,8 @@ pub fn restore_file(
     let file =
         File::open(path).map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))?;
     let size = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let mut conn = Client::connect(target, opts.writers.connect_timeout)?;
-    let info = TargetInfo::read(&mut conn)
-        .map_err(|e| anyhow::anyhow!("target {target}: INFO failed: {e}"))?;
-    let mut apply_opts = ApplyOptions::for_target(&info);
-    apply_opts.use_restore = !opts.commands_only;
-    let undecoded_up_to_version = apply_opts.undecoded_up_to_version();
+    let (info, apply_opts) = apply_options(target, opts)?;
+    let parse_opts = parse_options(opts, apply_opts.undecoded_up_to_version());
     let pool = WriterPool::start(target, &opts.writers)?;
     let tracker = Arc::new(SourceTracker::new(
         path.display().to_string(),
@@ -73,27 +69,11 @@ pub fn restore_file(
     ));
     let mut dispatcher = Dispatcher::new(Arc::new(pool.handle()), tracker.clone());
     let mut apply = SnapshotApply::new(apply_opts, 0);
-
-    let progress = Arc::new(Progress::default());
-    progress.total_bytes.store(size, Ordering::Relaxed);
-    let reporter = Reporter::start(
-        path.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        progress.clone(),
-        opts.quiet,
-    );
+    let (progress, reporter) = start_progress(path, size, opts.quiet);
     let reader = CountingReader::new(
         std::io::BufReader::with_capacity(1 << 20, file),
         progress.clone(),
     );
-    let parse_opts = ParseOptions {
-        capture_raw: !opts.commands_only,
-        big_value_bytes: opts.big_value_bytes,
-        undecoded_up_to_version,
-        read_ahead: true,
-        ..ParseOptions::default()
-    };
     let mut parser = RdbParser::new(reader, parse_opts);
     let result = parser.run(|ev| {
         if matches!(ev, Event::Entry(_) | Event::BigStart(_)) {
@@ -104,22 +84,11 @@ pub fn restore_file(
     let summary = match result {
         Ok(s) => s,
         Err(e) => {
-            // Let what was sent settle, but report the file's error. The dispatcher holds
-            // senders of the pool: drop it first, or the writers never see their inputs close
-            // and `finish` waits forever.
-            let _ = dispatcher.flush();
-            drop(dispatcher);
-            let _ = pool.finish();
-            drop(reporter);
+            abandon(dispatcher, pool, reporter);
             return Err(anyhow::anyhow!("{}: {e}", path.display()));
         }
     };
-    let flushed = dispatcher.barrier();
-    drop(dispatcher);
-    let finished = pool.finish();
-    reporter.finish();
-    flushed.map_err(|e| anyhow::anyhow!(e))?;
-    finished.map_err(|e| anyhow::anyhow!(e))?;
+    settle(dispatcher, pool, reporter)?;
     Ok(RestoreReport {
         rdb_version: summary.version,
         bytes: summary.bytes,
@@ -129,4 +98,66 @@ pub fn restore_file(
         elapsed: started.elapsed(),
         target_version: info.version,
     })
+}
+
+/// Asks the target what it is: its version decides what it can load (RESTORE payloads or
+/// plain commands).
+fn apply_options(
+    target: &Endpoint,
+    opts: &RestoreOptions,
+) -> anyhow::Result<(TargetInfo, ApplyOptions)> {
+    let mut conn = Client::connect(target, opts.writers.connect_timeout)?;
+    let info = TargetInfo::read(&mut conn)
+        .map_err(|e| anyhow::anyhow!("target {target}: INFO failed: {e}"))?;
+    let mut apply_opts = ApplyOptions::for_target(&info);
+    apply_opts.use_restore = !opts.commands_only;
+    Ok((info, apply_opts))
+}
+
+/// Parsing for the apply: raw payloads kept for RESTORE (files up to
+/// `undecoded_up_to_version`), big values in chunks.
+fn parse_options(opts: &RestoreOptions, undecoded_up_to_version: u32) -> ParseOptions {
+    ParseOptions {
+        capture_raw: !opts.commands_only,
+        big_value_bytes: opts.big_value_bytes,
+        undecoded_up_to_version,
+        read_ahead: true,
+        ..ParseOptions::default()
+    }
+}
+
+/// The progress of reading the file (`size` bytes), shown on stderr unless `quiet`.
+fn start_progress(path: &Path, size: u64, quiet: bool) -> (Arc<Progress>, Reporter) {
+    let progress = Arc::new(Progress::default());
+    progress.total_bytes.store(size, Ordering::Relaxed);
+    let reporter = Reporter::start(
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        progress.clone(),
+        quiet,
+    );
+    (progress, reporter)
+}
+
+/// After the whole file: waits until the target acknowledged everything, then stops the
+/// writers and the progress output; the first error of either is returned.
+fn settle(mut dispatcher: Dispatcher, pool: WriterPool, reporter: Reporter) -> anyhow::Result<()> {
+    let flushed = dispatcher.barrier();
+    drop(dispatcher);
+    let finished = pool.finish();
+    reporter.finish();
+    flushed.map_err(|e| anyhow::anyhow!(e))?;
+    finished.map_err(|e| anyhow::anyhow!(e))?;
+    Ok(())
+}
+
+/// After an error in the file: lets what was sent settle, but the file's error is the one
+/// reported. The dispatcher holds senders of the pool: drop it first, or the writers never
+/// see their inputs close and `finish` waits forever.
+fn abandon(mut dispatcher: Dispatcher, pool: WriterPool, reporter: Reporter) {
+    let _ = dispatcher.flush();
+    drop(dispatcher);
+    let _ = pool.finish();
+    drop(reporter);
 }

@@ -18,8 +18,10 @@ use serde::Serialize;
 
 use crate::endpoint::Endpoint;
 use crate::resp::Reply;
+use crate::source::twemproxy::TwemproxySources;
 use crate::target::info::{rdb_version_for, version_tuple};
-use probe::{human_bytes, parse_size};
+use crate::resp::Client;
+use probe::{human_bytes, parse_size, Info};
 
 /// Outcome of one check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -373,8 +375,49 @@ struct SourceFacts {
     used: u64,
 }
 
-fn int(info: &BTreeMap<String, String>, field: &str) -> Option<u64> {
+fn int(info: &Info, field: &str) -> Option<u64> {
     info.get(field)?.parse().ok()
+}
+
+/// Connect, log in and read INFO; a failure is one failed line (`info_fix` tells how to allow
+/// INFO) and `None`.
+fn connect_and_info(
+    ep: &Endpoint,
+    role: &str,
+    subject: &str,
+    info_fix: &str,
+    opts: &CheckOptions,
+    lines: &mut Lines,
+) -> Option<(Client, Info)> {
+    let mut conn = match probe::connect(ep, opts.timeout, role) {
+        Ok(c) => c,
+        Err(f) => {
+            lines.add(Status::Fail, subject, f.check, f.message, Some(f.fix));
+            return None;
+        }
+    };
+    match probe::info(&mut conn, None) {
+        Ok(i) => Some((conn, i)),
+        Err(e) => {
+            lines.add(
+                Status::Fail,
+                subject,
+                "info",
+                format!("INFO failed: {e}"),
+                Some(info_fix.into()),
+            );
+            None
+        }
+    }
+}
+
+/// `logged in, ` when the URL has a password (for the `reachable` line).
+fn logged_in(ep: &Endpoint) -> &'static str {
+    if ep.password.is_some() {
+        "logged in, "
+    } else {
+        ""
+    }
 }
 
 fn probe_source(
@@ -383,20 +426,9 @@ fn probe_source(
     opts: &CheckOptions,
     lines: &mut Lines,
 ) -> Option<SourceFacts> {
-    let mut conn = match probe::connect(ep, opts.timeout, "source") {
-        Ok(c) => c,
-        Err(f) => {
-            lines.add(Status::Fail, subject, f.check, f.message, Some(f.fix));
-            return None;
-        }
-    };
-    let info0 = match probe::info(&mut conn, None) {
-        Ok(i) => i,
-        Err(e) => {
-            lines.add(Status::Fail, subject, "info", format!("INFO failed: {e}"), Some("the relay needs INFO on the source: allow it for the user in the URL (ACL: +info)".into()));
-            return None;
-        }
-    };
+    let info_fix =
+        "the relay needs INFO on the source: allow it for the user in the URL (ACL: +info)";
+    let (mut conn, info0) = connect_and_info(ep, "source", subject, info_fix, opts, lines)?;
     let t0 = Instant::now();
     let version = info0
         .get("redis_version")
@@ -407,67 +439,88 @@ fn probe_source(
         .or_else(|| int(&info0, "used_memory"))
         .unwrap_or(0);
     let keys: u64 = probe::keyspace(&info0).values().sum();
-    let auth = if ep.password.is_some() {
-        "logged in, "
-    } else {
-        ""
-    };
     lines.add(
         Status::Pass,
         subject,
         "reachable",
         format!(
-            "{auth}Redis {version}, role {role}, {keys} keys, {} of data",
+            "{}Redis {version}, role {role}, {keys} keys, {} of data",
+            logged_in(ep),
             human_bytes(used)
         ),
         None,
     );
-    // PSYNC: version, role, and the command itself (renamed on some managed services).
-    let v = version_tuple(&version);
-    if v < (2, 8) {
-        lines.add(Status::Warn, subject, "psync", format!("Redis {version} has no PSYNC: the relay uses SYNC, and every reconnect costs a full snapshot"), Some("upgrade the source to 2.8 or newer to resume after a disconnect".into()));
-    } else {
-        let verdict = psync_available(&mut conn, ep, v);
-        lines.verdict(subject, "psync", verdict);
-    }
+    check_psync(&mut conn, ep, subject, &version, lines);
     if role != "master" {
         lines.add(Status::Warn, subject, "role", format!("this server is a {role}: the relay replicates from it (chained replication), and writes reach it only through its own master"), Some("point the relay at the master, unless replicating from a replica is what you want (less load on the master)".into()));
     }
-    // Backlog against the write rate.
-    let backlog = match probe::config_get(&mut conn, "repl-backlog-size") {
+    check_backlog(&mut conn, subject, opts, &info0, t0, lines);
+    Some(SourceFacts { version, used })
+}
+
+/// PSYNC: the version, and the command itself (renamed on some managed services).
+fn check_psync(
+    conn: &mut Client,
+    ep: &Endpoint,
+    subject: &str,
+    version: &str,
+    lines: &mut Lines,
+) {
+    let v = version_tuple(version);
+    if v < (2, 8) {
+        lines.add(Status::Warn, subject, "psync", format!("Redis {version} has no PSYNC: the relay uses SYNC, and every reconnect costs a full snapshot"), Some("upgrade the source to 2.8 or newer to resume after a disconnect".into()));
+    } else {
+        let verdict = psync_available(conn, ep, v);
+        lines.verdict(subject, "psync", verdict);
+    }
+}
+
+/// Backlog against the write rate, measured from `info0` (read at `t0`) for the rate window.
+fn check_backlog(
+    conn: &mut Client,
+    subject: &str,
+    opts: &CheckOptions,
+    info0: &Info,
+    t0: Instant,
+    lines: &mut Lines,
+) {
+    let backlog = match probe::config_get(conn, "repl-backlog-size") {
         Ok(Ok(s)) => parse_size(&s),
         _ => None,
     };
     std::thread::sleep(opts.rate_window.saturating_sub(t0.elapsed()));
-    let info1 = probe::info(&mut conn, Some("replication")).ok();
-    let stats1 = probe::info(&mut conn, Some("stats")).ok();
+    let info1 = probe::info(conn, Some("replication")).ok();
+    let stats1 = probe::info(conn, Some("stats")).ok();
     let secs = t0.elapsed().as_secs_f64().max(1e-3);
-    let active = info0.get("repl_backlog_active").map(String::as_str) == Some("1");
-    let (delta, estimated) = if active {
-        let a = int(&info0, "master_repl_offset").unwrap_or(0);
-        let b = info1
-            .as_ref()
-            .and_then(|i| int(i, "master_repl_offset"))
-            .unwrap_or(a);
-        (b.saturating_sub(a), false)
-    } else {
-        let a = int(&info0, "total_net_input_bytes").unwrap_or(0);
-        let b = stats1
-            .as_ref()
-            .and_then(|i| int(i, "total_net_input_bytes"))
-            .unwrap_or(a);
-        // Less our own INFO and CONFIG commands.
-        (b.saturating_sub(a).saturating_sub(120), true)
-    };
+    let (delta, estimated) = bytes_written(info0, info1.as_ref(), stats1.as_ref());
     let rate = delta as f64 / secs;
     match backlog {
         Some(b) => lines.verdict(subject, "backlog", judge_backlog(b, rate, opts.min_backlog_secs, estimated)),
         None => lines.add(Status::Warn, subject, "backlog", format!("cannot read repl-backlog-size (CONFIG GET refused); writes measured: {}/s", human_bytes(rate as u64)), Some("make sure the backlog holds a few minutes of writes (repl-backlog-size), or a relay restart costs a full snapshot".into())),
     }
-    Some(SourceFacts { version, used })
 }
 
-fn psync_available(conn: &mut crate::resp::Client, ep: &Endpoint, v: (u32, u32)) -> Verdict {
+/// Bytes written between `info0` and the later INFO sections: the replication offset while
+/// the backlog is active, else (estimated) the network input; and whether it is estimated.
+fn bytes_written(info0: &Info, info1: Option<&Info>, stats1: Option<&Info>) -> (u64, bool) {
+    let active = info0.get("repl_backlog_active").map(String::as_str) == Some("1");
+    if active {
+        let a = int(info0, "master_repl_offset").unwrap_or(0);
+        let b = info1
+            .and_then(|i| int(i, "master_repl_offset"))
+            .unwrap_or(a);
+        (b.saturating_sub(a), false)
+    } else {
+        let a = int(info0, "total_net_input_bytes").unwrap_or(0);
+        let b = stats1
+            .and_then(|i| int(i, "total_net_input_bytes"))
+            .unwrap_or(a);
+        // Less our own INFO and CONFIG commands.
+        (b.saturating_sub(a).saturating_sub(120), true)
+    }
+}
+
+fn psync_available(conn: &mut Client, ep: &Endpoint, v: (u32, u32)) -> Verdict {
     let renamed_fix = "the source has PSYNC renamed or disabled (rename-command in redis.conf, or a managed service that hides it): enable it, or ask the provider for the replication command's name".to_string();
     if v >= (3, 0) {
         match conn.call(&["COMMAND", "INFO", "PSYNC"]) {
@@ -511,41 +564,64 @@ fn probe_target(
 ) {
     let subject = format!("target {}", opts.target);
     let subject = subject.as_str();
-    let mut conn = match probe::connect(&opts.target, opts.timeout, "target") {
-        Ok(c) => c,
-        Err(f) => {
-            lines.add(Status::Fail, subject, f.check, f.message, Some(f.fix));
-            return;
+    let info_fix = "the relay needs INFO on the target";
+    let Some((mut conn, info)) =
+        connect_and_info(&opts.target, "target", subject, info_fix, opts, lines)
+    else {
+        return;
+    };
+    check_target_server(opts, sources, subject, &info, lines);
+    check_eviction(&mut conn, opts, subject, &info, lines);
+    let need: u64 = sources.iter().map(|s| s.used).sum();
+    lines.verdict(
+        subject,
+        "memory",
+        judge_headroom(
+            int(&info, "maxmemory").unwrap_or(0),
+            int(&info, "used_memory").unwrap_or(0),
+            int(&info, "total_system_memory").unwrap_or(0),
+            need,
+        ),
+    );
+    let mut keys = probe::keyspace(&info);
+    if let Some(dbs) = &opts.target_dbs {
+        keys.retain(|db, _| dbs.contains(db));
+    }
+    let v = match shared {
+        Some(t) => judge_shared_target(&mut conn, opts, &keys, t, resuming),
+        None => {
+            // The relay's own keys (heartbeat, markers) do not count.
+            for (db, n) in keys.iter_mut() {
+                if *n > 0 && *n <= 1000 {
+                    *n = n.saturating_sub(count_own_keys(&mut conn, *db, &opts.own_prefix));
+                }
+            }
+            judge_not_empty(&keys, opts.if_target_not_empty, resuming)
         }
     };
-    let info = match probe::info(&mut conn, None) {
-        Ok(i) => i,
-        Err(e) => {
-            lines.add(
-                Status::Fail,
-                subject,
-                "info",
-                format!("INFO failed: {e}"),
-                Some("the relay needs INFO on the target".into()),
-            );
-            return;
-        }
-    };
+    lines.verdict(subject, "empty", v);
+}
+
+/// The target answered: its version and role, whether it takes writes, and whether it can
+/// load the sources' payloads.
+fn check_target_server(
+    opts: &CheckOptions,
+    sources: &[SourceFacts],
+    subject: &str,
+    info: &Info,
+    lines: &mut Lines,
+) {
     let version = info
         .get("redis_version")
         .cloned()
         .unwrap_or_else(|| "0.0.0".into());
-    let auth = if opts.target.password.is_some() {
-        "logged in, "
-    } else {
-        ""
-    };
     lines.add(
         Status::Pass,
         subject,
         "reachable",
         format!(
-            "{auth}Redis {version}, role {}",
+            "{}Redis {version}, role {}",
+            logged_in(&opts.target),
             info.get("role").map(String::as_str).unwrap_or("?")
         ),
         None,
@@ -565,9 +641,19 @@ fn probe_target(
         "version",
         judge_target_version(&versions, &version),
     );
+}
+
+/// The target's `maxmemory-policy` (from INFO, else CONFIG GET).
+fn check_eviction(
+    conn: &mut Client,
+    opts: &CheckOptions,
+    subject: &str,
+    info: &Info,
+    lines: &mut Lines,
+) {
     let policy = match info.get("maxmemory_policy") {
         Some(p) => Some(p.clone()),
-        None => probe::config_get(&mut conn, "maxmemory-policy")
+        None => probe::config_get(conn, "maxmemory-policy")
             .ok()
             .and_then(Result::ok),
     };
@@ -581,54 +667,34 @@ fn probe_target(
             Some("make sure the target's maxmemory-policy is noeviction".into()),
         ),
     }
-    let need: u64 = sources.iter().map(|s| s.used).sum();
-    lines.verdict(
-        subject,
-        "memory",
-        judge_headroom(
-            int(&info, "maxmemory").unwrap_or(0),
-            int(&info, "used_memory").unwrap_or(0),
-            int(&info, "total_system_memory").unwrap_or(0),
-            need,
-        ),
-    );
-    let mut keys = probe::keyspace(&info);
-    if let Some(dbs) = &opts.target_dbs {
-        keys.retain(|db, _| dbs.contains(db));
-    }
-    if let Some(t) = shared {
-        // Records of these sources on the target: the relay wrote here before (a crash during
-        // a full resync removes the checkpoint, not the data): keys of no backend are its own
-        // stale ones, which the sweep after the next snapshot removes.
-        let wrote_before = resuming
-            || t.sources
-                .iter()
-                .any(|e| ownership::has_records(&mut conn, &opts.own_prefix, e));
-        let v =
-            match ownership::classify_target(&mut conn, &keys, t, &opts.own_prefix, opts.timeout) {
-                Ok(c) => ownership::judge_shared(&c, opts.if_target_not_empty, wrote_before),
-                Err(e) => Verdict::fail(
-                    format!("cannot tell the target's keys apart: {e}"),
-                    "every backend of the pool (and every --peer) must answer EXISTS".into(),
-                ),
-            };
-        lines.verdict(subject, "empty", v);
-        return;
-    }
-    // The relay's own keys (heartbeat, markers) do not count.
-    for (db, n) in keys.iter_mut() {
-        if *n > 0 && *n <= 1000 {
-            *n = n.saturating_sub(count_own_keys(&mut conn, *db, &opts.own_prefix));
-        }
-    }
-    lines.verdict(
-        subject,
-        "empty",
-        judge_not_empty(&keys, opts.if_target_not_empty, resuming),
-    );
 }
 
-fn count_own_keys(conn: &mut crate::resp::Client, db: u32, prefix: &str) -> u64 {
+/// Keys on a target shared with other writers: whose they are, told apart by asking the
+/// backends of the pool and the peers.
+fn judge_shared_target(
+    conn: &mut Client,
+    opts: &CheckOptions,
+    keys: &BTreeMap<u32, u64>,
+    t: &Topology,
+    resuming: bool,
+) -> Verdict {
+    // Records of these sources on the target: the relay wrote here before (a crash during
+    // a full resync removes the checkpoint, not the data): keys of no backend are its own
+    // stale ones, which the sweep after the next snapshot removes.
+    let wrote_before = resuming
+        || t.sources
+            .iter()
+            .any(|e| ownership::has_records(conn, &opts.own_prefix, e));
+    match ownership::classify_target(conn, keys, t, &opts.own_prefix, opts.timeout) {
+        Ok(c) => ownership::judge_shared(&c, opts.if_target_not_empty, wrote_before),
+        Err(e) => Verdict::fail(
+            format!("cannot tell the target's keys apart: {e}"),
+            "every backend of the pool (and every --peer) must answer EXISTS".into(),
+        ),
+    }
+}
+
+fn count_own_keys(conn: &mut Client, db: u32, prefix: &str) -> u64 {
     if prefix.is_empty()
         || conn
             .call(&["SELECT", &db.to_string()])
@@ -682,8 +748,34 @@ pub fn resuming(state_dir: Option<&Path>, sources: &[Endpoint]) -> bool {
 pub fn run(opts: &CheckOptions) -> CheckReport {
     let started = Instant::now();
     let mut lines = Lines(Vec::new());
-    // Sources, with a label naming their pool and server in a Twemproxy config.
-    let sources: Vec<(Endpoint, String)> = match &opts.sources {
+    let sources = labelled_sources(opts, &mut lines);
+    let topology = shared_topology(opts, &mut lines);
+    let sources: Vec<(Endpoint, String)> = match &topology {
+        Some(t) => sidecar_sources(t, sources, opts, &mut lines),
+        None => sources,
+    };
+    let eps: Vec<Endpoint> = sources.iter().map(|(e, _)| e.clone()).collect();
+    check_placement(opts, topology.as_ref(), &sources, &mut lines);
+    for (e, subject) in &sources {
+        if e.host == opts.target.host && e.port == opts.target.port {
+            lines.add(
+                Status::Fail,
+                subject,
+                "distinct",
+                "this source is also the target".into(),
+                Some("give a --target that is not one of the sources".into()),
+            );
+        }
+    }
+    let facts = probe_sources(&sources, opts, &mut lines);
+    let resuming = resuming(opts.state_dir.as_deref(), &eps);
+    probe_target(opts, &facts, resuming, topology.as_ref(), &mut lines);
+    CheckReport::new(lines.0, started.elapsed())
+}
+
+/// Sources, with a label naming their pool and server in a Twemproxy config.
+fn labelled_sources(opts: &CheckOptions, lines: &mut Lines) -> Vec<(Endpoint, String)> {
+    match &opts.sources {
         Sources::List(eps) => eps
             .iter()
             .map(|e| (e.clone(), format!("source {e}")))
@@ -705,43 +797,7 @@ pub fn run(opts: &CheckOptions) -> CheckReport {
                     Vec::new()
                 }
                 Ok(tw) => {
-                    let names: Vec<&str> = tw.pools.iter().map(|p| p.name.as_str()).collect();
-                    if tw.backends.is_empty() {
-                        lines.add(
-                            Status::Fail,
-                            &subject,
-                            "config",
-                            "no Redis backend in the selected pools".into(),
-                            Some(
-                                "check --pool and that the pools have `redis: true` and `servers:`"
-                                    .into(),
-                            ),
-                        );
-                    } else {
-                        lines.add(
-                            Status::Pass,
-                            &subject,
-                            "config",
-                            format!(
-                                "pools {} with {} backends",
-                                names.join(", "),
-                                tw.backends.len()
-                            ),
-                            None,
-                        );
-                    }
-                    if !tw.skipped_pools.is_empty() {
-                        lines.add(
-                            Status::Warn,
-                            &subject,
-                            "config",
-                            format!("memcached pools skipped: {}", tw.skipped_pools.join(", ")),
-                            Some("nothing to do: only Redis pools are replicated".into()),
-                        );
-                    }
-                    for p in tw.auto_eject_pools() {
-                        lines.add(Status::Warn, &subject, "auto-eject", format!("pool {p} has auto_eject_hosts: true: while a backend was ejected its keys went to other backends, so one key may exist on two masters and the target keeps whichever wrote last"), Some("run `verify` after the snapshot; prefer auto_eject_hosts: false for a migration".into()));
-                    }
+                    check_twemproxy_config(&tw, &subject, lines);
                     tw.backends
                         .iter()
                         .map(|b| {
@@ -759,60 +815,111 @@ pub fn run(opts: &CheckOptions) -> CheckReport {
                 }
             }
         }
-    };
-    // Who else writes into the target: a sidecar's peers, `--peer`s.
+    }
+}
+
+/// What the Twemproxy config gives: Redis backends, skipped memcached pools, pools that eject
+/// hosts.
+fn check_twemproxy_config(tw: &TwemproxySources, subject: &str, lines: &mut Lines) {
+    let names: Vec<&str> = tw.pools.iter().map(|p| p.name.as_str()).collect();
+    if tw.backends.is_empty() {
+        lines.add(
+            Status::Fail,
+            subject,
+            "config",
+            "no Redis backend in the selected pools".into(),
+            Some("check --pool and that the pools have `redis: true` and `servers:`".into()),
+        );
+    } else {
+        lines.add(
+            Status::Pass,
+            subject,
+            "config",
+            format!(
+                "pools {} with {} backends",
+                names.join(", "),
+                tw.backends.len()
+            ),
+            None,
+        );
+    }
+    if !tw.skipped_pools.is_empty() {
+        lines.add(
+            Status::Warn,
+            subject,
+            "config",
+            format!("memcached pools skipped: {}", tw.skipped_pools.join(", ")),
+            Some("nothing to do: only Redis pools are replicated".into()),
+        );
+    }
+    for p in tw.auto_eject_pools() {
+        lines.add(Status::Warn, subject, "auto-eject", format!("pool {p} has auto_eject_hosts: true: while a backend was ejected its keys went to other backends, so one key may exist on two masters and the target keeps whichever wrote last"), Some("run `verify` after the snapshot; prefer auto_eject_hosts: false for a migration".into()));
+    }
+}
+
+/// Who else writes into the target: a sidecar's peers, `--peer`s. `None` when nobody else
+/// does, or (a failed line) when the sidecar's servers cannot be found.
+fn shared_topology(opts: &CheckOptions, lines: &mut Lines) -> Option<Topology> {
     let shared = matches!(&opts.sources, Sources::Twemproxy { local, .. } if !local.is_empty())
         || !opts.peers.is_empty();
-    let topology = if shared {
-        match Topology::resolve(&opts.sources, &opts.peers) {
-            Ok(t) => Some(t),
-            Err(e) => {
-                lines.add(
-                    Status::Fail,
-                    "sidecar",
-                    "config",
-                    e.to_string(),
-                    Some("name a server of the pool with --local-server (its name or host:port as written), or auto".into()),
-                );
-                None
-            }
-        }
-    } else {
-        None
-    };
-    let sources: Vec<(Endpoint, String)> = match &topology {
-        Some(t) => {
+    if !shared {
+        return None;
+    }
+    match Topology::resolve(&opts.sources, &opts.peers) {
+        Ok(t) => Some(t),
+        Err(e) => {
             lines.add(
-                Status::Pass,
+                Status::Fail,
                 "sidecar",
-                "peers",
-                format!(
-                    "replicates {}; {} other writer(s) of the target: {}",
-                    t.sources
-                        .iter()
-                        .map(|e| e.to_string())
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    t.peers.len(),
-                    t.peers
-                        .iter()
-                        .map(|e| e.to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-                None,
+                "config",
+                e.to_string(),
+                Some("name a server of the pool with --local-server (its name or host:port as written), or auto".into()),
             );
-            ownership::check_peers(&t.peers, opts.timeout, &mut lines);
-            sources
-                .into_iter()
-                .filter(|(e, _)| t.sources.contains(e))
-                .collect()
+            None
         }
-        None => sources,
+    }
+}
+
+/// A shared target: the sources this relay replicates (of `sources`), and its peers checked.
+fn sidecar_sources(
+    t: &Topology,
+    sources: Vec<(Endpoint, String)>,
+    opts: &CheckOptions,
+    lines: &mut Lines,
+) -> Vec<(Endpoint, String)> {
+    let list = |eps: &[Endpoint]| {
+        eps.iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
     };
-    let eps: Vec<Endpoint> = sources.iter().map(|(e, _)| e.clone()).collect();
-    // Keys sitting on a backend they do not hash to (with a computable placement).
-    let owner = match &topology {
+    lines.add(
+        Status::Pass,
+        "sidecar",
+        "peers",
+        format!(
+            "replicates {}; {} other writer(s) of the target: {}",
+            list(&t.sources),
+            t.peers.len(),
+            list(&t.peers)
+        ),
+        None,
+    );
+    ownership::check_peers(&t.peers, opts.timeout, lines);
+    sources
+        .into_iter()
+        .filter(|(e, _)| t.sources.contains(e))
+        .collect()
+}
+
+/// Keys sitting on a backend they do not hash to (with a computable placement).
+fn check_placement(
+    opts: &CheckOptions,
+    topology: Option<&Topology>,
+    sources: &[(Endpoint, String)],
+    lines: &mut Lines,
+) {
+    let owner = match topology {
         Some(t) => t.owner.clone(),
         None => match &opts.sources {
             Sources::Twemproxy { .. } => Topology::resolve(&opts.sources, &[])
@@ -822,7 +929,7 @@ pub fn run(opts: &CheckOptions) -> CheckReport {
         },
     };
     if let Some(owner) = &owner {
-        for (e, subject) in &sources {
+        for (e, subject) in sources {
             lines.verdict(
                 subject,
                 "placement",
@@ -830,18 +937,15 @@ pub fn run(opts: &CheckOptions) -> CheckReport {
             );
         }
     }
-    for (e, subject) in &sources {
-        if e.host == opts.target.host && e.port == opts.target.port {
-            lines.add(
-                Status::Fail,
-                subject,
-                "distinct",
-                "this source is also the target".into(),
-                Some("give a --target that is not one of the sources".into()),
-            );
-        }
-    }
-    // Sources in parallel (each one measures its write rate for `rate_window`).
+}
+
+/// Sources in parallel (each one measures its write rate for `rate_window`); their lines in
+/// the order of `sources`, and what each told.
+fn probe_sources(
+    sources: &[(Endpoint, String)],
+    opts: &CheckOptions,
+    lines: &mut Lines,
+) -> Vec<SourceFacts> {
     let results: Vec<(Vec<CheckLine>, Option<SourceFacts>)> = std::thread::scope(|s| {
         let handles: Vec<_> = sources
             .iter()
@@ -863,9 +967,7 @@ pub fn run(opts: &CheckOptions) -> CheckReport {
         lines.0.extend(l);
         facts.extend(f);
     }
-    let resuming = resuming(opts.state_dir.as_deref(), &eps);
-    probe_target(opts, &facts, resuming, topology.as_ref(), &mut lines);
-    CheckReport::new(lines.0, started.elapsed())
+    facts
 }
 
 #[cfg(test)]

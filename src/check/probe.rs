@@ -59,86 +59,97 @@ fn classify(ep: &Endpoint, e: &ClientError, role: &str) -> ConnectFailure {
         "--source (or the pool's redis_auth in the Twemproxy config)"
     };
     match e {
-        ClientError::Connect { cause: source, .. } => {
-            let refused = source.kind() == std::io::ErrorKind::ConnectionRefused;
-            let message = if refused {
-                format!("connection refused ({source})")
-            } else {
-                format!("cannot connect: {source}")
-            };
-            let fix = if refused {
-                format!(
-                    "nothing accepts connections on {ep}: check that redis-server runs there, and that its `bind` directive includes the address the relay connects from (`bind 127.0.0.1` only accepts local clients); a firewall can refuse too"
-                )
-            } else {
-                format!("check the host and port of {ep}, the network path and firewalls")
-            };
-            ConnectFailure {
-                check: "reachable",
-                message,
-                fix,
-            }
-        }
+        ClientError::Connect { cause: source, .. } => not_connected(ep, source),
         ClientError::Io {
             what,
             cause: source,
             ..
-        } => {
-            let reset = matches!(
-                source.kind(),
-                std::io::ErrorKind::ConnectionReset
-                    | std::io::ErrorKind::UnexpectedEof
-                    | std::io::ErrorKind::BrokenPipe
-            );
-            ConnectFailure {
-                check: "reachable",
-                message: format!("the server closed the connection during {what}: {source}"),
-                fix: if reset {
-                    "the server accepted then dropped the connection: it may be in `protected-mode` (set a password with `requirepass`, or `CONFIG SET protected-mode no` if the network is trusted), at `maxclients`, or not a Redis server".into()
-                } else {
-                    format!("check that {ep} is a Redis server and answers in time")
-                },
-            }
+        } => dropped(ep, what, source),
+        ClientError::Refused { command, reply, .. } => refused(ep, flag, command, reply),
+    }
+}
+
+/// The TCP connection failed: refused (nothing listens) or another network error.
+fn not_connected(ep: &Endpoint, source: &std::io::Error) -> ConnectFailure {
+    let refused = source.kind() == std::io::ErrorKind::ConnectionRefused;
+    let message = if refused {
+        format!("connection refused ({source})")
+    } else {
+        format!("cannot connect: {source}")
+    };
+    let fix = if refused {
+        format!(
+            "nothing accepts connections on {ep}: check that redis-server runs there, and that its `bind` directive includes the address the relay connects from (`bind 127.0.0.1` only accepts local clients); a firewall can refuse too"
+        )
+    } else {
+        format!("check the host and port of {ep}, the network path and firewalls")
+    };
+    ConnectFailure {
+        check: "reachable",
+        message,
+        fix,
+    }
+}
+
+/// The server accepted the connection, then closed it or did not answer during `what`.
+fn dropped(ep: &Endpoint, what: &str, source: &std::io::Error) -> ConnectFailure {
+    let reset = matches!(
+        source.kind(),
+        std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::UnexpectedEof
+            | std::io::ErrorKind::BrokenPipe
+    );
+    ConnectFailure {
+        check: "reachable",
+        message: format!("the server closed the connection during {what}: {source}"),
+        fix: if reset {
+            "the server accepted then dropped the connection: it may be in `protected-mode` (set a password with `requirepass`, or `CONFIG SET protected-mode no` if the network is trusted), at `maxclients`, or not a Redis server".into()
+        } else {
+            format!("check that {ep} is a Redis server and answers in time")
+        },
+    }
+}
+
+/// The server refused `command` while logging in: protected mode, or a credentials problem
+/// (`flag` names the option that holds them).
+fn refused(ep: &Endpoint, flag: &str, command: &str, reply: &str) -> ConnectFailure {
+    let upper = reply.to_ascii_uppercase();
+    if upper.starts_with("DENIED") || upper.contains("PROTECTED MODE") {
+        ConnectFailure {
+            check: "reachable",
+            message: format!("refused by protected mode: {}", first_sentence(reply)),
+            fix: format!(
+                "{ep} runs in protected mode without a password and only accepts loopback clients: set `requirepass` (and give the password in the URL), or `CONFIG SET protected-mode no` and list the relay's address in `bind` if the network is trusted"
+            ),
         }
-        ClientError::Refused { command, reply, .. } => {
-            let upper = reply.to_ascii_uppercase();
-            if upper.starts_with("DENIED") || upper.contains("PROTECTED MODE") {
-                ConnectFailure {
-                    check: "reachable",
-                    message: format!("refused by protected mode: {}", first_sentence(reply)),
-                    fix: format!(
-                        "{ep} runs in protected mode without a password and only accepts loopback clients: set `requirepass` (and give the password in the URL), or `CONFIG SET protected-mode no` and list the relay's address in `bind` if the network is trusted"
-                    ),
-                }
-            } else if upper.starts_with("NOAUTH") {
-                ConnectFailure {
-                    check: "auth",
-                    message: format!("{ep} requires a password: {command} answered {reply}"),
-                    fix: format!("give the password in the URL of {flag}: redis://:PASSWORD@{ep} (or redis://USER:PASSWORD@{ep} for an ACL user)"),
-                }
-            } else if upper.starts_with("WRONGPASS")
-                || upper.contains("INVALID PASSWORD")
-                || upper.contains("INVALID USERNAME")
-            {
-                ConnectFailure {
-                    check: "auth",
-                    message: format!("authentication failed: {reply}"),
-                    fix: format!("correct the user name or password in the URL of {flag} (percent-encode `@` and `:` in passwords)"),
-                }
-            } else if upper.contains("NO PASSWORD IS SET") || upper.contains("WITHOUT ANY PASSWORD")
-            {
-                ConnectFailure {
-                    check: "auth",
-                    message: format!("a password was given but {ep} has none: {reply}"),
-                    fix: format!("remove the password from the URL of {flag}, or set `requirepass` on the server"),
-                }
-            } else {
-                ConnectFailure {
-                    check: "auth",
-                    message: format!("{command} refused: {reply}"),
-                    fix: format!("check the credentials and ACL permissions of the user in {flag}"),
-                }
-            }
+    } else if upper.starts_with("NOAUTH") {
+        ConnectFailure {
+            check: "auth",
+            message: format!("{ep} requires a password: {command} answered {reply}"),
+            fix: format!("give the password in the URL of {flag}: redis://:PASSWORD@{ep} (or redis://USER:PASSWORD@{ep} for an ACL user)"),
+        }
+    } else if upper.starts_with("WRONGPASS")
+        || upper.contains("INVALID PASSWORD")
+        || upper.contains("INVALID USERNAME")
+    {
+        ConnectFailure {
+            check: "auth",
+            message: format!("authentication failed: {reply}"),
+            fix: format!("correct the user name or password in the URL of {flag} (percent-encode `@` and `:` in passwords)"),
+        }
+    } else if upper.contains("NO PASSWORD IS SET") || upper.contains("WITHOUT ANY PASSWORD") {
+        ConnectFailure {
+            check: "auth",
+            message: format!("a password was given but {ep} has none: {reply}"),
+            fix: format!(
+                "remove the password from the URL of {flag}, or set `requirepass` on the server"
+            ),
+        }
+    } else {
+        ConnectFailure {
+            check: "auth",
+            message: format!("{command} refused: {reply}"),
+            fix: format!("check the credentials and ACL permissions of the user in {flag}"),
         }
     }
 }
@@ -147,11 +158,11 @@ fn first_sentence(s: &str) -> &str {
     s.split_once(". ").map(|(a, _)| a).unwrap_or(s)
 }
 
+/// The fields of an `INFO` reply: `field -> value`.
+pub type Info = BTreeMap<String, String>;
+
 /// `INFO` (default sections) as a map of `field -> value`.
-pub fn info(
-    conn: &mut Client,
-    section: Option<&str>,
-) -> Result<BTreeMap<String, String>, ProbeError> {
+pub fn info(conn: &mut Client, section: Option<&str>) -> Result<Info, ProbeError> {
     let reply = match section {
         Some(s) => conn.call(&["INFO", s]),
         None => conn.call(&["INFO"]),
@@ -178,7 +189,10 @@ pub fn info(
 
 /// `CONFIG GET name`: the outer error when the connection failed, the inner one when the
 /// server has no answer (managed services rename or refuse CONFIG).
-pub fn config_get(conn: &mut Client, name: &str) -> Result<Result<String, ProbeError>, ProbeError> {
+pub fn config_get(
+    conn: &mut Client,
+    name: &str,
+) -> Result<Result<String, ProbeError>, ProbeError> {
     let command = || format!("CONFIG GET {name}");
     let reply = conn
         .call(&["CONFIG", "GET", name])
@@ -201,7 +215,7 @@ pub fn config_get(conn: &mut Client, name: &str) -> Result<Result<String, ProbeE
 }
 
 /// Keys per database from the `keyspace` section of INFO (`db0:keys=3,expires=0,...`).
-pub fn keyspace(info: &BTreeMap<String, String>) -> BTreeMap<u32, u64> {
+pub fn keyspace(info: &Info) -> BTreeMap<u32, u64> {
     info.iter()
         .filter_map(|(k, v)| {
             let db = k.strip_prefix("db")?.parse::<u32>().ok()?;

@@ -15,15 +15,27 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 
+/// A `--db-map` entry that is not `SRC:DST`; the message quotes the entry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DbMapError {
+    #[error("{entry:?}: expected SOURCE_DB:TARGET_DB, like 1:0")]
+    NoColon { entry: String },
+    #[error("{entry:?}: {part:?} is not a database number")]
+    NotADatabase { entry: String, part: String },
+}
+
 /// Parse `SRC:DST` (`1:0`).
-pub fn parse_db_map_entry(s: &str) -> Result<(u32, u32), String> {
-    let (a, b) = s
-        .split_once(':')
-        .ok_or_else(|| format!("{s:?}: expected SOURCE_DB:TARGET_DB, like 1:0"))?;
+pub fn parse_db_map_entry(s: &str) -> Result<(u32, u32), DbMapError> {
+    let (a, b) = s.split_once(':').ok_or_else(|| DbMapError::NoColon {
+        entry: s.to_string(),
+    })?;
     let p = |x: &str| {
         x.trim()
             .parse::<u32>()
-            .map_err(|_| format!("{s:?}: {x:?} is not a database number"))
+            .map_err(|_| DbMapError::NotADatabase {
+                entry: s.to_string(),
+                part: x.to_string(),
+            })
     };
     Ok((p(a)?, p(b)?))
 }

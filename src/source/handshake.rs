@@ -213,6 +213,14 @@ struct Machine<'a> {
     state: HandshakeState,
 }
 
+/// Where a step of the handshake leads.
+enum Step {
+    /// On to this state.
+    Next(HandshakeState),
+    /// The master agreed to replicate: the handshake is over.
+    Finished(SyncStart),
+}
+
 impl Machine<'_> {
     async fn run(&mut self) -> Result<Handshake, HandshakeError> {
         self.state = if self.cfg.endpoint.password.is_some() {
@@ -222,97 +230,137 @@ impl Machine<'_> {
         };
         loop {
             tracing::debug!(source = %self.name, state = %self.state, "replica handshake");
-            match self.state {
-                HandshakeState::Connecting | HandshakeState::Done => {
-                    unreachable!("not a handshake step")
-                }
-                HandshakeState::SendAuth => {
-                    let ep = &self.cfg.endpoint;
-                    let pass = ep.password.clone().unwrap_or_default();
-                    match &ep.username {
-                        Some(u) => self.send(&["AUTH", u.as_str(), pass.as_str()]).await?,
-                        None => self.send(&["AUTH", pass.as_str()]).await?,
-                    }
-                    self.state = HandshakeState::ReceiveAuthReply;
-                }
-                HandshakeState::ReceiveAuthReply => {
-                    let reply = self.read_line().await?;
-                    if reply.starts_with('-') {
-                        return Err(self.auth_error(reply));
-                    }
-                    self.state = HandshakeState::SendPing;
-                }
-                HandshakeState::SendPing => {
-                    self.send(&["PING"]).await?;
-                    self.state = HandshakeState::ReceivePong;
-                }
-                HandshakeState::ReceivePong => {
-                    let reply = self.read_line().await?;
-                    if reply.starts_with("-NOAUTH")
-                        || reply.starts_with("-NOPERM")
-                        || reply.starts_with("-ERR operation not permitted")
-                    {
-                        return Err(self.auth_error(reply));
-                    }
-                    if reply.starts_with('-') {
-                        return Err(self.retryable(reply));
-                    }
-                    if !reply.starts_with('+') {
-                        return Err(self.protocol("+PONG", reply));
-                    }
-                    self.state = HandshakeState::SendPort;
-                }
-                HandshakeState::SendPort => {
-                    let port = self.cfg.listening_port.to_string();
-                    self.send(&["REPLCONF", "listening-port", port.as_str()])
-                        .await?;
-                    self.state = HandshakeState::ReceivePortReply;
-                }
-                HandshakeState::ReceivePortReply => {
-                    let reply = self.read_line().await?;
-                    if reply.starts_with('-') {
-                        tracing::info!(source = %self.name, %reply,
-                            "(non critical) master does not understand REPLCONF listening-port");
-                    }
-                    self.state = HandshakeState::SendCapa;
-                }
-                HandshakeState::SendCapa => {
-                    self.send(&["REPLCONF", "capa", "eof", "capa", "psync2"])
-                        .await?;
-                    self.state = HandshakeState::ReceiveCapaReply;
-                }
-                HandshakeState::ReceiveCapaReply => {
-                    let reply = self.read_line().await?;
-                    if reply.starts_with('-') {
-                        tracing::info!(source = %self.name, %reply,
-                            "(non critical) master does not understand REPLCONF capa");
-                    }
-                    self.state = HandshakeState::SendPsync;
-                }
-                HandshakeState::SendPsync => {
-                    match &self.cfg.psync {
-                        Some((id, off)) => {
-                            let off = off.to_string();
-                            self.send(&["PSYNC", id.as_str(), off.as_str()]).await?
-                        }
-                        None => self.send(&["PSYNC", "?", "-1"]).await?,
-                    }
-                    self.state = HandshakeState::ReceivePsyncReply;
-                }
-                HandshakeState::ReceivePsyncReply => {
-                    let reply = self.read_line().await?;
-                    if let Some(start) = self.psync_reply(reply)? {
-                        return Ok(self.done(start));
-                    }
-                    self.state = HandshakeState::SendSync;
-                }
-                HandshakeState::SendSync => {
-                    // Redis itself sends the inline form here.
-                    self.write(b"SYNC\r\n").await?;
-                    return Ok(self.done(SyncStart::LegacySync));
-                }
+            // The state changes only once its step succeeded: errors name the step that failed.
+            match self.step().await? {
+                Step::Next(state) => self.state = state,
+                Step::Finished(start) => return Ok(self.done(start)),
             }
         }
+    }
+
+    /// Runs the current state's step: one function per state, as in `syncWithMaster`.
+    async fn step(&mut self) -> Result<Step, HandshakeError> {
+        let next = match self.state {
+            HandshakeState::Connecting | HandshakeState::Done => {
+                unreachable!("not a handshake step")
+            }
+            HandshakeState::SendAuth => self.send_auth().await?,
+            HandshakeState::ReceiveAuthReply => self.receive_auth_reply().await?,
+            HandshakeState::SendPing => self.send_ping().await?,
+            HandshakeState::ReceivePong => self.receive_pong().await?,
+            HandshakeState::SendPort => self.send_port().await?,
+            HandshakeState::ReceivePortReply => self.receive_port_reply().await?,
+            HandshakeState::SendCapa => self.send_capa().await?,
+            HandshakeState::ReceiveCapaReply => self.receive_capa_reply().await?,
+            HandshakeState::SendPsync => self.send_psync().await?,
+            HandshakeState::ReceivePsyncReply => return self.receive_psync_reply().await,
+            HandshakeState::SendSync => return self.send_sync().await,
+        };
+        Ok(Step::Next(next))
+    }
+
+    /// `AUTH [user] password`, from the source URL.
+    async fn send_auth(&mut self) -> Result<HandshakeState, HandshakeError> {
+        let ep = &self.cfg.endpoint;
+        let pass = ep.password.clone().unwrap_or_default();
+        match &ep.username {
+            Some(u) => self.send(&["AUTH", u.as_str(), pass.as_str()]).await?,
+            None => self.send(&["AUTH", pass.as_str()]).await?,
+        }
+        Ok(HandshakeState::ReceiveAuthReply)
+    }
+
+    /// Any error reply to `AUTH` is fatal: the credentials are wrong.
+    async fn receive_auth_reply(&mut self) -> Result<HandshakeState, HandshakeError> {
+        let reply = self.read_line().await?;
+        if reply.starts_with('-') {
+            return Err(self.auth_error(reply));
+        }
+        Ok(HandshakeState::SendPing)
+    }
+
+    async fn send_ping(&mut self) -> Result<HandshakeState, HandshakeError> {
+        self.send(&["PING"]).await?;
+        Ok(HandshakeState::ReceivePong)
+    }
+
+    /// A permission error is fatal; any other error (e.g. `-LOADING`) is worth a retry.
+    async fn receive_pong(&mut self) -> Result<HandshakeState, HandshakeError> {
+        let reply = self.read_line().await?;
+        if reply.starts_with("-NOAUTH")
+            || reply.starts_with("-NOPERM")
+            || reply.starts_with("-ERR operation not permitted")
+        {
+            return Err(self.auth_error(reply));
+        }
+        if reply.starts_with('-') {
+            return Err(self.retryable(reply));
+        }
+        if !reply.starts_with('+') {
+            return Err(self.protocol("+PONG", reply));
+        }
+        Ok(HandshakeState::SendPort)
+    }
+
+    async fn send_port(&mut self) -> Result<HandshakeState, HandshakeError> {
+        let port = self.cfg.listening_port.to_string();
+        self.send(&["REPLCONF", "listening-port", port.as_str()])
+            .await?;
+        Ok(HandshakeState::ReceivePortReply)
+    }
+
+    async fn receive_port_reply(&mut self) -> Result<HandshakeState, HandshakeError> {
+        self.receive_replconf_reply("listening-port").await?;
+        Ok(HandshakeState::SendCapa)
+    }
+
+    async fn send_capa(&mut self) -> Result<HandshakeState, HandshakeError> {
+        self.send(&["REPLCONF", "capa", "eof", "capa", "psync2"])
+            .await?;
+        Ok(HandshakeState::ReceiveCapaReply)
+    }
+
+    async fn receive_capa_reply(&mut self) -> Result<HandshakeState, HandshakeError> {
+        self.receive_replconf_reply("capa").await?;
+        Ok(HandshakeState::SendPsync)
+    }
+
+    /// The reply to `REPLCONF <option>`: an error is not critical (old masters do not know
+    /// the option), only logged.
+    async fn receive_replconf_reply(&mut self, option: &str) -> Result<(), HandshakeError> {
+        let reply = self.read_line().await?;
+        if reply.starts_with('-') {
+            tracing::info!(source = %self.name, %reply,
+                "(non critical) master does not understand REPLCONF {option}");
+        }
+        Ok(())
+    }
+
+    /// `PSYNC <replid> <offset>` to resume, `PSYNC ? -1` for a full resync.
+    async fn send_psync(&mut self) -> Result<HandshakeState, HandshakeError> {
+        match &self.cfg.psync {
+            Some((id, off)) => {
+                let off = off.to_string();
+                self.send(&["PSYNC", id.as_str(), off.as_str()]).await?
+            }
+            None => self.send(&["PSYNC", "?", "-1"]).await?,
+        }
+        Ok(HandshakeState::ReceivePsyncReply)
+    }
+
+    /// The end of the handshake, unless the master does not know PSYNC: then `SYNC`.
+    async fn receive_psync_reply(&mut self) -> Result<Step, HandshakeError> {
+        let reply = self.read_line().await?;
+        Ok(match self.psync_reply(reply)? {
+            Some(start) => Step::Finished(start),
+            None => Step::Next(HandshakeState::SendSync),
+        })
+    }
+
+    async fn send_sync(&mut self) -> Result<Step, HandshakeError> {
+        // Redis itself sends the inline form here.
+        self.write(b"SYNC\r\n").await?;
+        Ok(Step::Finished(SyncStart::LegacySync))
     }
 
     fn done(&mut self, start: SyncStart) -> Handshake {

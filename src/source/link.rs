@@ -16,7 +16,9 @@
 
 use crate::endpoint::Endpoint;
 use crate::resp::encode_command;
-use crate::source::handshake::{connect, handshake, HandshakeConfig, HandshakeError, SyncStart};
+use crate::source::handshake::{
+    connect, handshake, Handshake, HandshakeConfig, HandshakeError, SyncStart,
+};
 use crate::source::transfer::{Fed, RdbReceiver, TransferError};
 use bytes::BytesMut;
 use parking_lot::Mutex;
@@ -346,6 +348,7 @@ struct Session<'a, S> {
     name: &'a str,
 }
 
+/// One connection: handshake, the RDB if the master sends one, then the stream until an error.
 async fn session<S: LinkSink>(
     cfg: &LinkConfig,
     progress: &SourceProgress,
@@ -354,89 +357,53 @@ async fn session<S: LinkSink>(
     synced: &mut bool,
 ) -> Result<(), LinkError> {
     let name = progress.name.as_str();
-    progress.set_state(LinkState::Connecting);
-    let mut stream = connect(&cfg.endpoint, cfg.connect_timeout).await?;
-    progress.connected.store(true, Ordering::Relaxed);
-    tracing::info!(source = %name, "connected; starting the replica handshake");
-    progress.set_state(LinkState::Handshake);
-    let hcfg = HandshakeConfig {
-        endpoint: cfg.endpoint.clone(),
-        listening_port: cfg.listening_port,
-        psync: replid
-            .as_ref()
-            .map(|id| (id.clone(), progress.received_offset() + 1)),
-        io_timeout: cfg.repl_timeout,
-    };
-    let hs = handshake(&mut stream, &hcfg).await?;
+    let (mut stream, hs) = connect_and_handshake(cfg, progress, replid.as_ref()).await?;
     let mut s = Session {
         cfg,
         progress,
         sink,
         name,
     };
-    let sink_err = |err| LinkError::Sink {
-        source_name: name.to_string(),
-        err,
-    };
-    let (legacy, rest) = match hs.start {
+    // A legacy `SYNC` master has no offsets: no ACKs.
+    let legacy = matches!(hs.start, SyncStart::LegacySync);
+    let rest = match hs.start {
         SyncStart::Full { replid: id, offset } => {
-            tracing::info!(source = %name, replid = %id, offset,
-                "full resync (+FULLRESYNC): receiving the RDB snapshot");
-            // Until the RDB is complete there is nothing to resume from.
-            *replid = None;
-            progress.full_syncs.fetch_add(1, Ordering::Relaxed);
-            *progress.replid.lock() = Some(id.clone());
-            progress.received_offset.store(offset, Ordering::Release);
-            s.sink.full_resync(&id, Some(offset)).map_err(sink_err)?;
-            let (rest, diskless) = s.receive_rdb(&mut stream, hs.leftover).await?;
-            *replid = Some(id);
-            if diskless {
-                // The master starts the stream only after our first ACK.
-                s.send_ack(&mut stream).await?;
-            }
-            (false, rest)
+            s.full_resync(&mut stream, id, offset, hs.leftover, replid)
+                .await?
         }
-        SyncStart::Continue { replid: id } => {
-            let Some(old) = replid.clone() else {
-                return Err(LinkError::Unexpected {
-                    source_name: name.to_string(),
-                    what: "+CONTINUE although no partial resync was asked".into(),
-                });
-            };
-            let off = progress.received_offset();
-            if old != id {
-                tracing::info!(source = %name, old = %old, new = %id,
-                    "master replication id changed (failover): continuing with the new id");
-            }
-            tracing::info!(source = %name, replid = %id, offset = off + 1,
-                "partial resync accepted (+CONTINUE)");
-            progress.partial_syncs.fetch_add(1, Ordering::Relaxed);
-            *progress.replid.lock() = Some(id.clone());
-            s.sink.partial_resync(&id, off).map_err(sink_err)?;
-            *replid = Some(id);
-            (false, hs.leftover)
-        }
-        SyncStart::LegacySync => {
-            tracing::info!(source = %name,
-                "legacy SYNC: receiving the RDB snapshot (no offsets: a reconnect means a new full sync)");
-            *replid = None;
-            progress.full_syncs.fetch_add(1, Ordering::Relaxed);
-            *progress.replid.lock() = None;
-            progress.received_offset.store(0, Ordering::Release);
-            s.sink.full_resync("?", None).map_err(sink_err)?;
-            let (rest, _) = s.receive_rdb(&mut stream, hs.leftover).await?;
-            (true, rest)
-        }
+        SyncStart::Continue { replid: id } => s.partial_resync(id, hs.leftover, replid)?,
+        SyncStart::LegacySync => s.legacy_sync(&mut stream, hs.leftover, replid).await?,
     };
     *synced = true;
     progress.set_state(LinkState::Streaming);
     if !rest.is_empty() {
-        s.sink.stream_data(&rest).map_err(sink_err)?;
+        s.sink.stream_data(&rest).map_err(|e| s.sink_err(e))?;
         progress
             .received_offset
             .fetch_add(rest.len() as u64, Ordering::AcqRel);
     }
     s.stream(&mut stream, legacy).await
+}
+
+/// Connects and runs the replica handshake, asking to resume from `replid` when known.
+async fn connect_and_handshake(
+    cfg: &LinkConfig,
+    progress: &SourceProgress,
+    replid: Option<&String>,
+) -> Result<(TcpStream, Handshake), LinkError> {
+    progress.set_state(LinkState::Connecting);
+    let mut stream = connect(&cfg.endpoint, cfg.connect_timeout).await?;
+    progress.connected.store(true, Ordering::Relaxed);
+    tracing::info!(source = %progress.name, "connected; starting the replica handshake");
+    progress.set_state(LinkState::Handshake);
+    let hcfg = HandshakeConfig {
+        endpoint: cfg.endpoint.clone(),
+        listening_port: cfg.listening_port,
+        psync: replid.map(|id| (id.clone(), progress.received_offset() + 1)),
+        io_timeout: cfg.repl_timeout,
+    };
+    let hs = handshake(&mut stream, &hcfg).await?;
+    Ok((stream, hs))
 }
 
 impl<S: LinkSink> Session<'_, S> {
@@ -453,6 +420,86 @@ impl<S: LinkSink> Session<'_, S> {
             phase,
             err,
         }
+    }
+
+    /// `+FULLRESYNC`: the sink starts over and receives the RDB; returns the bytes after it.
+    /// `replid` is the resume point: none until the RDB is complete.
+    async fn full_resync(
+        &mut self,
+        stream: &mut TcpStream,
+        id: String,
+        offset: u64,
+        leftover: BytesMut,
+        replid: &mut Option<String>,
+    ) -> Result<BytesMut, LinkError> {
+        tracing::info!(source = %self.name, replid = %id, offset,
+            "full resync (+FULLRESYNC): receiving the RDB snapshot");
+        // Until the RDB is complete there is nothing to resume from.
+        *replid = None;
+        self.progress.full_syncs.fetch_add(1, Ordering::Relaxed);
+        *self.progress.replid.lock() = Some(id.clone());
+        self.progress
+            .received_offset
+            .store(offset, Ordering::Release);
+        self.sink
+            .full_resync(&id, Some(offset))
+            .map_err(|e| self.sink_err(e))?;
+        let (rest, diskless) = self.receive_rdb(stream, leftover).await?;
+        *replid = Some(id);
+        if diskless {
+            // The master starts the stream only after our first ACK.
+            self.send_ack(stream).await?;
+        }
+        Ok(rest)
+    }
+
+    /// `+CONTINUE`: the stream resumes where it stopped, perhaps under a new replication id.
+    fn partial_resync(
+        &mut self,
+        id: String,
+        leftover: BytesMut,
+        replid: &mut Option<String>,
+    ) -> Result<BytesMut, LinkError> {
+        let Some(old) = replid.clone() else {
+            return Err(LinkError::Unexpected {
+                source_name: self.name.to_string(),
+                what: "+CONTINUE although no partial resync was asked".into(),
+            });
+        };
+        let off = self.progress.received_offset();
+        if old != id {
+            tracing::info!(source = %self.name, old = %old, new = %id,
+                "master replication id changed (failover): continuing with the new id");
+        }
+        tracing::info!(source = %self.name, replid = %id, offset = off + 1,
+            "partial resync accepted (+CONTINUE)");
+        self.progress.partial_syncs.fetch_add(1, Ordering::Relaxed);
+        *self.progress.replid.lock() = Some(id.clone());
+        self.sink
+            .partial_resync(&id, off)
+            .map_err(|e| self.sink_err(e))?;
+        *replid = Some(id);
+        Ok(leftover)
+    }
+
+    /// `SYNC` to a master older than 2.8: an RDB, then a stream without offsets.
+    async fn legacy_sync(
+        &mut self,
+        stream: &mut TcpStream,
+        leftover: BytesMut,
+        replid: &mut Option<String>,
+    ) -> Result<BytesMut, LinkError> {
+        tracing::info!(source = %self.name,
+            "legacy SYNC: receiving the RDB snapshot (no offsets: a reconnect means a new full sync)");
+        *replid = None;
+        self.progress.full_syncs.fetch_add(1, Ordering::Relaxed);
+        *self.progress.replid.lock() = None;
+        self.progress.received_offset.store(0, Ordering::Release);
+        self.sink
+            .full_resync("?", None)
+            .map_err(|e| self.sink_err(e))?;
+        let (rest, _) = self.receive_rdb(stream, leftover).await?;
+        Ok(rest)
     }
 
     /// Receives the RDB; returns the bytes that followed it and whether it was diskless.

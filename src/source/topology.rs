@@ -87,19 +87,7 @@ impl Topology {
     /// Read the Twemproxy config (if any) and split masters into sources and peers.
     pub fn resolve(sources: &Sources, extra_peers: &[Endpoint]) -> Result<Topology, TopologyError> {
         let mut t = match sources {
-            Sources::List(eps) => {
-                if eps.is_empty() {
-                    return Err(TopologyError::NoSource);
-                }
-                Topology {
-                    sources: eps.clone(),
-                    peers: Vec::new(),
-                    pool_known: false,
-                    owner: None,
-                    names: Vec::new(),
-                    warnings: Vec::new(),
-                }
-            }
+            Sources::List(eps) => Topology::of_list(eps)?,
             Sources::Twemproxy { path, pool, local } => {
                 let tw = twemproxy::load_config(path, pool.as_deref())?;
                 if tw.backends.is_empty() {
@@ -107,81 +95,112 @@ impl Topology {
                         path: path.display().to_string(),
                     });
                 }
-                let mut warnings: Vec<String> = tw.auto_eject_pools().iter().map(|p| format!("pool {p}: auto_eject_hosts is true: while a backend was ejected, its keys were written to other backends, so one key may exist on two masters and the target keeps whichever wrote last")).collect();
+                let warnings: Vec<String> = tw.auto_eject_pools().iter().map(|p| format!("pool {p}: auto_eject_hosts is true: while a backend was ejected, its keys were written to other backends, so one key may exist on two masters and the target keeps whichever wrote last")).collect();
                 if local.is_empty() {
-                    let owner = match tw.pools.as_slice() {
-                        [one] => match Placement::for_pool(one) {
-                            Ok(p) => {
-                                let servers: Vec<Endpoint> =
-                                    one.servers.iter().map(|s| s.endpoint.clone()).collect();
-                                let p = Arc::new(p);
-                                Some(KeyOwner::new(move |k| Some(servers[p.owner(k)].clone())))
-                            }
-                            Err(e) => {
-                                warnings.push(e.to_string());
-                                None
-                            }
-                        },
-                        _ => None,
-                    };
-                    let names = tw
-                        .backends
-                        .iter()
-                        .map(|b| {
-                            let n = b.name.clone().unwrap_or_else(|| b.endpoint.addr());
-                            (b.endpoint.clone(), format!("{} {n}", b.pool))
-                        })
-                        .collect();
-                    Topology {
-                        sources: tw.backends.into_iter().map(|b| b.endpoint).collect(),
-                        peers: Vec::new(),
-                        pool_known: true,
-                        owner,
-                        names,
-                        warnings,
-                    }
+                    Topology::of_pools(tw, warnings)
                 } else {
-                    let view = twemproxy::sidecar(&tw, local)?;
-                    let owner = view.placement.clone().map(|p| {
-                        let servers: Vec<Endpoint> = view
-                            .pool
-                            .servers
-                            .iter()
-                            .map(|s| s.endpoint.clone())
-                            .collect();
-                        KeyOwner::new(move |k| Some(servers[p.owner(k)].clone()))
-                    });
-                    if view.placement.is_none() {
-                        warnings.push(format!("pool {}: distribution random: nutcracker picks a server per request, so where a key belongs cannot be computed; every peer is asked", view.pool.name));
-                    }
-                    let names = view
-                        .local
-                        .iter()
-                        .map(|&i| {
-                            let s = &view.pool.servers[i];
-                            let n = s.name.clone().unwrap_or_else(|| s.address.clone());
-                            (s.endpoint.clone(), format!("{} {n}", view.pool.name))
-                        })
-                        .collect();
-                    Topology {
-                        sources: view.locals(),
-                        peers: view.peers(),
-                        pool_known: true,
-                        owner,
-                        names,
-                        warnings,
-                    }
+                    Topology::of_sidecar(&tw, local, warnings)?
                 }
             }
         };
-        for p in extra_peers {
-            if t.sources.contains(p) {
-                return Err(TopologyError::PeerIsSource(p.to_string()));
-            }
-            if !t.peers.contains(p) {
-                t.peers.push(p.clone());
-            }
-        }
+        t.add_peers(extra_peers)?;
         Ok(t)
     }
+
+    /// `--source URL ...`: the sources, nothing known about other writers.
+    fn of_list(eps: &[Endpoint]) -> Result<Topology, TopologyError> {
+        if eps.is_empty() {
+            return Err(TopologyError::NoSource);
+        }
+        Ok(Topology {
+            sources: eps.to_vec(),
+            peers: Vec::new(),
+            pool_known: false,
+            owner: None,
+            names: Vec::new(),
+            warnings: Vec::new(),
+        })
+    }
+
+    /// Every backend of the selected pools is a source; placement is known for one pool.
+    fn of_pools(tw: twemproxy::TwemproxySources, mut warnings: Vec<String>) -> Topology {
+        let owner = match tw.pools.as_slice() {
+            [one] => match Placement::for_pool(one) {
+                Ok(p) => Some(server_owner(&one.servers, Arc::new(p))),
+                Err(e) => {
+                    warnings.push(e.to_string());
+                    None
+                }
+            },
+            _ => None,
+        };
+        let names = tw
+            .backends
+            .iter()
+            .map(|b| {
+                let n = b.name.clone().unwrap_or_else(|| b.endpoint.addr());
+                (b.endpoint.clone(), format!("{} {n}", b.pool))
+            })
+            .collect();
+        Topology {
+            sources: tw.backends.into_iter().map(|b| b.endpoint).collect(),
+            peers: Vec::new(),
+            pool_known: true,
+            owner,
+            names,
+            warnings,
+        }
+    }
+
+    /// A sidecar: the local servers of the pool are the sources, the others its peers.
+    fn of_sidecar(
+        tw: &twemproxy::TwemproxySources,
+        local: &[String],
+        mut warnings: Vec<String>,
+    ) -> Result<Topology, TopologyError> {
+        let view = twemproxy::sidecar(tw, local)?;
+        let owner = view
+            .placement
+            .clone()
+            .map(|p| server_owner(&view.pool.servers, p));
+        if view.placement.is_none() {
+            warnings.push(format!("pool {}: distribution random: nutcracker picks a server per request, so where a key belongs cannot be computed; every peer is asked", view.pool.name));
+        }
+        let names = view
+            .local
+            .iter()
+            .map(|&i| {
+                let s = &view.pool.servers[i];
+                let n = s.name.clone().unwrap_or_else(|| s.address.clone());
+                (s.endpoint.clone(), format!("{} {n}", view.pool.name))
+            })
+            .collect();
+        Ok(Topology {
+            sources: view.locals(),
+            peers: view.peers(),
+            pool_known: true,
+            owner,
+            names,
+            warnings,
+        })
+    }
+
+    /// `--peer`s: other writers of the target, never one of the sources.
+    fn add_peers(&mut self, extra_peers: &[Endpoint]) -> Result<(), TopologyError> {
+        for p in extra_peers {
+            if self.sources.contains(p) {
+                return Err(TopologyError::PeerIsSource(p.to_string()));
+            }
+            if !self.peers.contains(p) {
+                self.peers.push(p.clone());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The key owner of a pool's placement: the endpoint of the server a key hashes to.
+fn server_owner(servers: &[twemproxy::ServerLine], placement: Arc<Placement>) -> KeyOwner {
+    let servers: Vec<Endpoint> = servers.iter().map(|s| s.endpoint.clone()).collect();
+    KeyOwner::new(move |k| Some(servers[placement.owner(k)].clone()))
 }

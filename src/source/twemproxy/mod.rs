@@ -278,179 +278,247 @@ pub fn parse_config(yaml: &str, pool: Option<&str>) -> Result<TwemproxySources, 
     if raw.is_empty() {
         return Err(TwemproxyError::NoPools);
     }
-    // Back to file order (the map is sorted by name).
-    let mut pools: Vec<(String, Spanned<RawPool>)> = raw.into_iter().collect();
-    pools.sort_by_key(|(_, p)| p.referenced.line());
-
-    let selected: Vec<(String, Spanned<RawPool>)> = match pool {
-        Some(wanted) => {
-            let available = pools
-                .iter()
-                .map(|(n, _)| n.as_str())
-                .collect::<Vec<_>>()
-                .join(", ");
-            let Some(p) = pools.into_iter().find(|(n, _)| n == wanted) else {
-                return Err(TwemproxyError::NoSuchPool {
-                    wanted: wanted.to_string(),
-                    available,
-                });
-            };
-            if p.1.value.redis != Some(true) {
-                return Err(TwemproxyError::NotRedis {
-                    pool: p.0,
-                    line: p.1.referenced.line(),
-                });
-            }
-            vec![p]
-        }
-        None => pools,
-    };
-
-    let mut out = TwemproxySources {
-        backends: Vec::new(),
-        pools: Vec::new(),
-        skipped_pools: Vec::new(),
-    };
-    // host:port -> (index in backends, password)
-    let mut seen: HashMap<(String, u16), (usize, Option<String>)> = HashMap::new();
+    let selected = select_pools(raw, pool)?;
+    let mut backends = BackendSet::default();
+    let mut pools = Vec::new();
+    let mut skipped_pools = Vec::new();
     for (name, sp) in selected {
         let line = sp.referenced.line();
         let p = sp.value;
         if p.redis != Some(true) {
-            out.skipped_pools.push(name);
+            skipped_pools.push(name);
             continue;
         }
-        let field_err = |field: &'static str, line: u64, reason: String| TwemproxyError::Field {
-            pool: name.clone(),
-            field,
-            line,
-            reason,
-        };
-        if let Some(h) = &p.hash {
-            if let Err(e) = h.value.parse::<hashkit::HashKind>() {
-                return Err(field_err("hash", h.referenced.line(), e.to_string()));
-            }
-        }
-        let hash_tag = match &p.hash_tag {
-            None => None,
-            Some(t) => Some(<[u8; 2]>::try_from(t.value.as_bytes()).map_err(|_| {
-                field_err(
-                    "hash_tag",
-                    t.referenced.line(),
-                    format!(
-                        "{:?} is not 2 bytes (an opening and a closing character, e.g. \"{{}}\")",
-                        t.value
-                    ),
-                )
-            })?),
-        };
-        if let Some(d) = &p.distribution {
-            if let Err(reason) = d.value.parse::<Distribution>() {
-                return Err(field_err("distribution", d.referenced.line(), reason));
-            }
-        }
-        let redis_db = match &p.redis_db {
-            None => None,
-            Some(db) => Some(u32::try_from(db.value).map_err(|_| {
-                field_err(
-                    "redis_db",
-                    db.referenced.line(),
-                    format!("expected a database index >= 0, got {}", db.value),
-                )
-            })?),
-        };
-        let password = p.redis_auth.clone().filter(|s| !s.is_empty());
-        let servers = match &p.servers {
-            Some(s) if !s.value.is_empty() => &s.value,
-            Some(s) => {
-                return Err(field_err(
-                    "servers",
-                    s.referenced.line(),
-                    "the list is empty".into(),
-                ))
-            }
-            None => return Err(field_err("servers", line, "missing".into())),
-        };
-        let mut lines: Vec<ServerLine> = Vec::with_capacity(servers.len());
-        let mut names: HashMap<String, u64> = HashMap::new();
-        for s in servers {
-            let sline = s.referenced.line();
-            let mut server = ServerLine::parse(&s.value)
-                .map_err(|r| field_err("servers", sline, r.to_string()))?;
-            if server.is_unix_socket() {
-                return Err(field_err(
-                    "servers",
-                    sline,
-                    format!(
-                        "unix socket backend {:?} is not supported (the relay connects over TCP)",
-                        server.address
-                    ),
-                ));
-            }
-            // nutcracker refuses two servers with one name: placement would be ambiguous.
-            if let Some(first) = names.insert(server.hash_name(), sline) {
-                return Err(field_err(
-                    "servers",
-                    sline,
-                    format!(
-                        "server {:?} has the same name as the one on line {first} (nutcracker refuses duplicate names)",
-                        server.hash_name()
-                    ),
-                ));
-            }
-            server.endpoint.password = password.clone();
-            server.endpoint.db = redis_db;
-            let (host, port, weight, sname) = (
-                server.host.clone(),
-                server.port,
-                server.weight,
-                server.name.clone(),
-            );
-            lines.push(server);
-            let key = (host.clone(), port);
-            if let Some((_, pw)) = seen.get(&key) {
-                if *pw != password {
-                    let (idx, _) = seen[&key];
-                    return Err(TwemproxyError::ConflictingAuth {
-                        addr: out.backends[idx].endpoint.to_string(),
-                        first: out.backends[idx].pool.clone(),
-                        second: name.clone(),
-                        line: sline,
-                    });
-                }
-                continue;
-            }
-            seen.insert(key, (out.backends.len(), password.clone()));
-            out.backends.push(Backend {
-                pool: name.clone(),
-                name: sname,
-                weight,
-                endpoint: Endpoint {
-                    host,
-                    port,
-                    username: None,
-                    password: password.clone(),
-                    db: redis_db,
-                },
-            });
-        }
-        out.pools.push(PoolInfo {
-            name: name.clone(),
-            listen: p.listen.map(|l| l.value),
-            hash: p.hash.map(|h| h.value),
-            distribution: p.distribution.map(|d| d.value),
-            auto_eject_hosts: p.auto_eject_hosts.unwrap_or(false),
-            redis: true,
-            redis_db,
-            line,
-            hash_tag,
-            servers: lines,
+        pools.push(read_pool(name, line, p, &mut backends)?);
+    }
+    if pools.is_empty() {
+        return Err(TwemproxyError::NoRedisPools(skipped_pools.join(", ")));
+    }
+    Ok(TwemproxySources {
+        backends: backends.list,
+        pools,
+        skipped_pools,
+    })
+}
+
+/// The pools to read, in file order: every pool, or the one named `wanted` (which must be a
+/// Redis pool).
+fn select_pools(
+    raw: BTreeMap<String, Spanned<RawPool>>,
+    wanted: Option<&str>,
+) -> Result<Vec<(String, Spanned<RawPool>)>, TwemproxyError> {
+    // Back to file order (the map is sorted by name).
+    let mut pools: Vec<(String, Spanned<RawPool>)> = raw.into_iter().collect();
+    pools.sort_by_key(|(_, p)| p.referenced.line());
+    let Some(wanted) = wanted else {
+        return Ok(pools);
+    };
+    let available = pools
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let Some(p) = pools.into_iter().find(|(n, _)| n == wanted) else {
+        return Err(TwemproxyError::NoSuchPool {
+            wanted: wanted.to_string(),
+            available,
+        });
+    };
+    if p.1.value.redis != Some(true) {
+        return Err(TwemproxyError::NotRedis {
+            pool: p.0,
+            line: p.1.referenced.line(),
         });
     }
-    if out.pools.is_empty() {
-        return Err(TwemproxyError::NoRedisPools(out.skipped_pools.join(", ")));
+    Ok(vec![p])
+}
+
+/// A field of pool `pool` that cannot be used.
+fn field_error(pool: &str, field: &'static str, line: u64, reason: String) -> TwemproxyError {
+    TwemproxyError::Field {
+        pool: pool.to_string(),
+        field,
+        line,
+        reason,
     }
-    Ok(out)
+}
+
+/// One Redis pool (at `line`): its settings checked, its servers parsed, and their backends
+/// added to `backends`.
+fn read_pool(
+    name: String,
+    line: u64,
+    p: RawPool,
+    backends: &mut BackendSet,
+) -> Result<PoolInfo, TwemproxyError> {
+    let (hash_tag, redis_db) = pool_settings(&name, &p)?;
+    let password = p.redis_auth.clone().filter(|s| !s.is_empty());
+    let servers = match &p.servers {
+        Some(s) if !s.value.is_empty() => &s.value,
+        Some(s) => {
+            return Err(field_error(
+                &name,
+                "servers",
+                s.referenced.line(),
+                "the list is empty".into(),
+            ))
+        }
+        None => return Err(field_error(&name, "servers", line, "missing".into())),
+    };
+    let mut lines: Vec<ServerLine> = Vec::with_capacity(servers.len());
+    let mut names: HashMap<String, u64> = HashMap::new();
+    for s in servers {
+        let mut server = parse_server(&name, s, &mut names)?;
+        server.endpoint.password = password.clone();
+        server.endpoint.db = redis_db;
+        backends.add(&server, &name, s.referenced.line())?;
+        lines.push(server);
+    }
+    Ok(PoolInfo {
+        name,
+        listen: p.listen.map(|l| l.value),
+        hash: p.hash.map(|h| h.value),
+        distribution: p.distribution.map(|d| d.value),
+        auto_eject_hosts: p.auto_eject_hosts.unwrap_or(false),
+        redis: true,
+        redis_db,
+        line,
+        hash_tag,
+        servers: lines,
+    })
+}
+
+/// Checks `hash`, `hash_tag`, `distribution` and `redis_db` (in that order); returns the
+/// hash tag and the database.
+fn pool_settings(
+    name: &str,
+    p: &RawPool,
+) -> Result<(Option<[u8; 2]>, Option<u32>), TwemproxyError> {
+    if let Some(h) = &p.hash {
+        if let Err(e) = h.value.parse::<hashkit::HashKind>() {
+            return Err(field_error(
+                name,
+                "hash",
+                h.referenced.line(),
+                e.to_string(),
+            ));
+        }
+    }
+    let hash_tag = match &p.hash_tag {
+        None => None,
+        Some(t) => Some(<[u8; 2]>::try_from(t.value.as_bytes()).map_err(|_| {
+            field_error(
+                name,
+                "hash_tag",
+                t.referenced.line(),
+                format!(
+                    "{:?} is not 2 bytes (an opening and a closing character, e.g. \"{{}}\")",
+                    t.value
+                ),
+            )
+        })?),
+    };
+    if let Some(d) = &p.distribution {
+        if let Err(reason) = d.value.parse::<Distribution>() {
+            return Err(field_error(
+                name,
+                "distribution",
+                d.referenced.line(),
+                reason,
+            ));
+        }
+    }
+    let redis_db = match &p.redis_db {
+        None => None,
+        Some(db) => Some(u32::try_from(db.value).map_err(|_| {
+            field_error(
+                name,
+                "redis_db",
+                db.referenced.line(),
+                format!("expected a database index >= 0, got {}", db.value),
+            )
+        })?),
+    };
+    Ok((hash_tag, redis_db))
+}
+
+/// One `servers:` line of pool `pool`: a TCP server whose name no earlier line of the pool
+/// has (`names`: name -> line, as nutcracker refuses duplicates: placement would be ambiguous).
+fn parse_server(
+    pool: &str,
+    s: &Spanned<String>,
+    names: &mut HashMap<String, u64>,
+) -> Result<ServerLine, TwemproxyError> {
+    let sline = s.referenced.line();
+    let server = ServerLine::parse(&s.value)
+        .map_err(|r| field_error(pool, "servers", sline, r.to_string()))?;
+    if server.is_unix_socket() {
+        return Err(field_error(
+            pool,
+            "servers",
+            sline,
+            format!(
+                "unix socket backend {:?} is not supported (the relay connects over TCP)",
+                server.address
+            ),
+        ));
+    }
+    // nutcracker refuses two servers with one name: placement would be ambiguous.
+    if let Some(first) = names.insert(server.hash_name(), sline) {
+        return Err(field_error(
+            pool,
+            "servers",
+            sline,
+            format!(
+                "server {:?} has the same name as the one on line {first} (nutcracker refuses duplicate names)",
+                server.hash_name()
+            ),
+        ));
+    }
+    Ok(server)
+}
+
+/// The backends of the selected pools, each `host:port` once.
+#[derive(Default)]
+struct BackendSet {
+    /// In file order.
+    list: Vec<Backend>,
+    /// host:port -> (index in `list`, password)
+    seen: HashMap<(String, u16), (usize, Option<String>)>,
+}
+
+impl BackendSet {
+    /// Adds `server` of pool `pool` (listed on `line`) unless its address is known already;
+    /// a backend listed again must have the same password.
+    fn add(&mut self, server: &ServerLine, pool: &str, line: u64) -> Result<(), TwemproxyError> {
+        let password = &server.endpoint.password;
+        let key = (server.host.clone(), server.port);
+        if let Some((idx, pw)) = self.seen.get(&key) {
+            if pw != password {
+                return Err(TwemproxyError::ConflictingAuth {
+                    addr: self.list[*idx].endpoint.to_string(),
+                    first: self.list[*idx].pool.clone(),
+                    second: pool.to_string(),
+                    line,
+                });
+            }
+            return Ok(());
+        }
+        self.seen.insert(key, (self.list.len(), password.clone()));
+        self.list.push(Backend {
+            pool: pool.to_string(),
+            name: server.name.clone(),
+            weight: server.weight,
+            endpoint: Endpoint {
+                host: server.host.clone(),
+                port: server.port,
+                username: None,
+                password: password.clone(),
+                db: server.endpoint.db,
+            },
+        });
+        Ok(())
+    }
 }
 
 /// A pool seen from a relay running beside some of its backends: which servers are local,
