@@ -316,7 +316,7 @@ impl StreamApply {
             d.advance(end);
             return Ok(Control::Heartbeat { stamp_ms, end });
         }
-        if let ControlFlow::Break(control) = self.on_replication(&up, &frame, start, end, d)? {
+        if let ControlFlow::Break(control) = self.on_control_command(&up, &frame, start, end, d)? {
             return Ok(control);
         }
         if self.excluded(&up) {
@@ -339,7 +339,7 @@ impl StreamApply {
     /// The commands that shape the stream rather than the data: PING and REPLCONF (internal),
     /// SELECT, MULTI and EXEC. `Continue` for any other command.
     #[inline]
-    fn on_replication(
+    fn on_control_command(
         &mut self,
         up: &[u8],
         frame: &Frame,

@@ -763,7 +763,7 @@ impl ReplyCtx<'_> {
         }
     }
 
-    /// The first fatal error of the pool: record it, and stop.
+    /// A fatal refusal: the pool fails with it (if it is the first), and this reply thread stops.
     fn fatal(&self, failure: WriterFailure) -> Result<(), Fatal> {
         self.state.fail(failure);
         Err(Fatal)
