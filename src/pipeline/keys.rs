@@ -60,42 +60,8 @@ pub fn command_keys(args: &[Bytes]) -> KeySpec<'_> {
                 .take(args.len().saturating_sub(2))
                 .collect(),
         ),
-        b"SORT" | b"SORT_RO" => {
-            let mut keys = vec![];
-            if let Some(k) = args.get(1) {
-                keys.push(k);
-            }
-            let mut i = 2;
-            while i < args.len() {
-                if args[i].eq_ignore_ascii_case(b"STORE") {
-                    if let Some(d) = args.get(i + 1) {
-                        keys.push(d);
-                    }
-                }
-                if args[i].eq_ignore_ascii_case(b"BY") || args[i].eq_ignore_ascii_case(b"GET") {
-                    // BY/GET patterns read other keys.
-                    return KeySpec::Global;
-                }
-                i += 1;
-            }
-            KeySpec::Keys(keys)
-        }
-        b"GEORADIUS" | b"GEORADIUSBYMEMBER" => {
-            let mut keys = vec![];
-            if let Some(k) = args.get(1) {
-                keys.push(k);
-            }
-            for i in 2..args.len() {
-                if args[i].eq_ignore_ascii_case(b"STORE")
-                    || args[i].eq_ignore_ascii_case(b"STOREDIST")
-                {
-                    if let Some(d) = args.get(i + 1) {
-                        keys.push(d);
-                    }
-                }
-            }
-            KeySpec::Keys(keys)
-        }
+        b"SORT" | b"SORT_RO" => sort_keys(args),
+        b"GEORADIUS" | b"GEORADIUSBYMEMBER" => georadius_keys(args),
         b"XGROUP" | b"XINFO" | b"OBJECT" => at(&[2]),
         b"PUBLISH" | b"SPUBLISH" => match args.get(1) {
             Some(c) => KeySpec::Channel(c),
@@ -107,6 +73,44 @@ pub fn command_keys(args: &[Bytes]) -> KeySpec<'_> {
         // Everything else a master propagates has one key, first argument.
         _ => at(&[1]),
     }
+}
+
+/// SORT's key and its STORE destination; `Global` when BY or GET patterns read other keys.
+fn sort_keys(args: &[Bytes]) -> KeySpec<'_> {
+    let mut keys = vec![];
+    if let Some(k) = args.get(1) {
+        keys.push(k);
+    }
+    let mut i = 2;
+    while i < args.len() {
+        if args[i].eq_ignore_ascii_case(b"STORE") {
+            if let Some(d) = args.get(i + 1) {
+                keys.push(d);
+            }
+        }
+        if args[i].eq_ignore_ascii_case(b"BY") || args[i].eq_ignore_ascii_case(b"GET") {
+            // BY/GET patterns read other keys.
+            return KeySpec::Global;
+        }
+        i += 1;
+    }
+    KeySpec::Keys(keys)
+}
+
+/// GEORADIUS's key and its STORE or STOREDIST destination.
+fn georadius_keys(args: &[Bytes]) -> KeySpec<'_> {
+    let mut keys = vec![];
+    if let Some(k) = args.get(1) {
+        keys.push(k);
+    }
+    for i in 2..args.len() {
+        if args[i].eq_ignore_ascii_case(b"STORE") || args[i].eq_ignore_ascii_case(b"STOREDIST") {
+            if let Some(d) = args.get(i + 1) {
+                keys.push(d);
+            }
+        }
+    }
+    KeySpec::Keys(keys)
 }
 
 /// `numkeys` at `count_at`, keys after it; `extra` is one more key position (a destination).

@@ -247,31 +247,54 @@ const MKSTREAM_GROUP: &[u8] = b"redis-relay:mkstream";
 fn append_stream_meta(out: &mut CommandBuf, key: &[u8], meta: &StreamMeta, target: &RewriteTarget) {
     let last = meta.last_id.to_string();
     if meta.length == 0 {
-        if meta.last_id == Default::default() {
-            // XGROUP CREATE ... MKSTREAM makes an empty stream; the helper group goes after.
-            out.push(&[
-                &b"XGROUP"[..],
-                b"CREATE",
-                key,
-                MKSTREAM_GROUP,
-                b"0",
-                b"MKSTREAM",
-            ]);
-            out.push(&[&b"XGROUP"[..], b"DESTROY", key, MKSTREAM_GROUP]);
-        } else {
-            // An empty stream keeps its last id: add an entry with that id that MAXLEN 0
-            // trims at once.
-            out.push(&[
-                &b"XADD"[..],
-                key,
-                b"MAXLEN",
-                b"0",
-                last.as_bytes(),
-                b"x",
-                b"y",
-            ]);
-        }
+        append_empty_stream(out, key, meta, &last);
     }
+    append_setid(out, key, meta, &last, target);
+    for g in &meta.groups {
+        append_group(out, key, meta, g, target);
+        append_pending(out, key, g);
+    }
+}
+
+/// An empty stream has no entry to create it with: XGROUP CREATE ... MKSTREAM (the helper
+/// group destroyed right after) when it never had one, else an entry with its last id that
+/// MAXLEN 0 trims at once (so it keeps that last id).
+fn append_empty_stream(out: &mut CommandBuf, key: &[u8], meta: &StreamMeta, last: &str) {
+    if meta.last_id == Default::default() {
+        // XGROUP CREATE ... MKSTREAM makes an empty stream; the helper group goes after.
+        out.push(&[
+            &b"XGROUP"[..],
+            b"CREATE",
+            key,
+            MKSTREAM_GROUP,
+            b"0",
+            b"MKSTREAM",
+        ]);
+        out.push(&[&b"XGROUP"[..], b"DESTROY", key, MKSTREAM_GROUP]);
+    } else {
+        // An empty stream keeps its last id: add an entry with that id that MAXLEN 0
+        // trims at once.
+        out.push(&[
+            &b"XADD"[..],
+            key,
+            b"MAXLEN",
+            b"0",
+            last.as_bytes(),
+            b"x",
+            b"y",
+        ]);
+    }
+}
+
+/// XSETID: the stream's last id, and on a 7.0+ target its entries-added counter and
+/// largest deleted id.
+fn append_setid(
+    out: &mut CommandBuf,
+    key: &[u8],
+    meta: &StreamMeta,
+    last: &str,
+    target: &RewriteTarget,
+) {
     if target.stream_v2 {
         let added = meta.entries_added.unwrap_or(meta.length).to_string();
         let maxdel = meta.max_deleted_entry_id.unwrap_or_default().to_string();
@@ -287,54 +310,68 @@ fn append_stream_meta(out: &mut CommandBuf, key: &[u8], meta: &StreamMeta, targe
     } else {
         out.push(&[&b"XSETID"[..], key, last.as_bytes()]);
     }
-    for g in &meta.groups {
-        let gid = g.last_delivered_id.to_string();
-        let mut entries_read = g.entries_read;
-        if entries_read.is_none() && meta.entries_added.is_none() {
-            entries_read = estimate_entries_read(
-                meta.length,
-                meta.last_id,
-                meta.first_id,
-                g.last_delivered_id,
-            );
+}
+
+/// XGROUP CREATE of one consumer group at its last delivered id (with its entries-read
+/// counter, known or estimated, on a 7.0+ target), then its consumers (6.2+).
+fn append_group(
+    out: &mut CommandBuf,
+    key: &[u8],
+    meta: &StreamMeta,
+    g: &crate::rdb::ConsumerGroup,
+    target: &RewriteTarget,
+) {
+    let gid = g.last_delivered_id.to_string();
+    let mut entries_read = g.entries_read;
+    if entries_read.is_none() && meta.entries_added.is_none() {
+        entries_read = estimate_entries_read(
+            meta.length,
+            meta.last_id,
+            meta.first_id,
+            g.last_delivered_id,
+        );
+    }
+    match (target.stream_v2, entries_read) {
+        (true, Some(n)) if n >= 0 => out.push(&[
+            &b"XGROUP"[..],
+            b"CREATE",
+            key,
+            &g.name,
+            gid.as_bytes(),
+            b"ENTRIESREAD",
+            n.to_string().as_bytes(),
+        ]),
+        _ => out.push(&[&b"XGROUP"[..], b"CREATE", key, &g.name, gid.as_bytes()]),
+    }
+    for c in &g.consumers {
+        if target.create_consumer {
+            out.push(&[&b"XGROUP"[..], b"CREATECONSUMER", key, &g.name, &c.name]);
         }
-        match (target.stream_v2, entries_read) {
-            (true, Some(n)) if n >= 0 => out.push(&[
-                &b"XGROUP"[..],
-                b"CREATE",
-                key,
-                &g.name,
-                gid.as_bytes(),
-                b"ENTRIESREAD",
-                n.to_string().as_bytes(),
-            ]),
-            _ => out.push(&[&b"XGROUP"[..], b"CREATE", key, &g.name, gid.as_bytes()]),
-        }
-        for c in &g.consumers {
-            if target.create_consumer {
-                out.push(&[&b"XGROUP"[..], b"CREATECONSUMER", key, &g.name, &c.name]);
-            }
-        }
-        for p in &g.pel {
-            let Some(consumer) = &p.consumer else {
-                continue;
-            };
-            let id = p.id.to_string();
-            out.push(&[
-                &b"XCLAIM"[..],
-                key,
-                &g.name,
-                consumer,
-                b"0",
-                id.as_bytes(),
-                b"TIME",
-                p.delivery_time_ms.to_string().as_bytes(),
-                b"RETRYCOUNT",
-                p.delivery_count.to_string().as_bytes(),
-                b"FORCE",
-                b"JUSTID",
-            ]);
-        }
+    }
+}
+
+/// The group's pending entries, each claimed by its consumer with XCLAIM ... FORCE JUSTID
+/// (delivery time and count kept); an entry without a consumer is left out.
+fn append_pending(out: &mut CommandBuf, key: &[u8], g: &crate::rdb::ConsumerGroup) {
+    for p in &g.pel {
+        let Some(consumer) = &p.consumer else {
+            continue;
+        };
+        let id = p.id.to_string();
+        out.push(&[
+            &b"XCLAIM"[..],
+            key,
+            &g.name,
+            consumer,
+            b"0",
+            id.as_bytes(),
+            b"TIME",
+            p.delivery_time_ms.to_string().as_bytes(),
+            b"RETRYCOUNT",
+            p.delivery_count.to_string().as_bytes(),
+            b"FORCE",
+            b"JUSTID",
+        ]);
     }
 }
 

@@ -232,74 +232,83 @@ impl SnapshotApply {
 
     fn entry(&mut self, entry: Entry, d: &mut Dispatcher) -> Result<(), ApplyError> {
         self.stats.keys += 1;
-        if self.expired(&entry.meta) {
-            self.stats.expired_skipped += 1;
-            return Ok(());
-        }
-        if self.own_key(&entry.meta.key) {
-            return Ok(());
-        }
-        if is_empty_collection(&entry.value) {
-            // Redis never holds an empty collection: a loading server drops such keys
-            // ("empty keys skipped"), and RESTORE refuses them as bad data.
-            self.stats.empty_skipped += 1;
+        if self.left_out(&entry) {
             return Ok(());
         }
         let Some(db) = self.map_db(entry.meta.db, &entry.meta.key) else {
             return Ok(());
         };
         let w = d.writer_for(&entry.meta.key);
-        let m = &entry.meta;
-        if m.key_type == KeyType::String
-            && m.expire_ms.is_none()
-            && m.idle.is_none()
-            && m.freq.is_none()
-        {
-            let value = match &entry.value {
-                Value::String(v) => Some(v.clone()),
-                _ => entry
-                    .raw
-                    .as_ref()
-                    .and_then(|r| crate::rdb::decode_string_body(r).ok()),
-            };
-            if let Some(v) = value {
-                return self.push_string(d, w, db, &entry.meta.key, &v);
-            }
+        if let Some(v) = plain_string(&entry) {
+            return self.push_string(d, w, db, &entry.meta.key, &v);
         }
         let mut c = self.buf();
+        if !self.value_commands(&mut c, &entry, db) {
+            return Ok(());
+        }
+        self.send(d, w, db, c)
+    }
+
+    /// Keys of the snapshot the target does not get: expired ones (counted), the relay's own,
+    /// and empty collections (counted).
+    fn left_out(&mut self, entry: &Entry) -> bool {
+        if self.expired(&entry.meta) {
+            self.stats.expired_skipped += 1;
+            return true;
+        }
+        if self.own_key(&entry.meta.key) {
+            return true;
+        }
+        if is_empty_collection(&entry.value) {
+            // Redis never holds an empty collection: a loading server drops such keys
+            // ("empty keys skipped"), and RESTORE refuses them as bad data.
+            self.stats.empty_skipped += 1;
+            return true;
+        }
+        false
+    }
+
+    /// The commands that recreate the key, into `c`: RESTORE of the source's payload where
+    /// the target can load it, plain commands otherwise. `false` if the key is skipped.
+    fn value_commands(&mut self, c: &mut CommandBuf, entry: &Entry, db: u32) -> bool {
         let restorable =
             self.opts.use_restore && self.source_rdb_version <= self.opts.target_rdb_version;
         match (&entry.raw, restorable) {
             (Some(raw), true) => {
-                self.push_restore(&mut c, &entry.meta, raw);
+                self.push_restore(c, &entry.meta, raw);
                 self.stats.restored += 1;
+                true
             }
-            _ => {
-                let value = match entry.decoded_value() {
-                    Ok(v) => v,
-                    Err(e) => {
-                        tracing::error!(key = %String::from_utf8_lossy(&entry.meta.key), db, "{e}");
-                        self.stats.skipped += 1;
-                        return Ok(());
-                    }
-                };
-                if entry.meta.key_type != KeyType::String {
-                    c.push(&[&b"DEL"[..], &entry.meta.key]);
-                }
-                match append_value(&mut c, &entry.meta, &value, true, &self.opts.rewrite) {
-                    Ok(()) => {
-                        append_expire(&mut c, &entry.meta);
-                        self.stats.rewritten += 1;
-                    }
-                    Err(e) => {
-                        tracing::error!(key = %String::from_utf8_lossy(&entry.meta.key), db, "{e}");
-                        self.stats.skipped += 1;
-                        return Ok(());
-                    }
-                }
-            }
+            _ => self.rewrite_value(c, entry, db),
         }
-        self.send(d, w, db, c)
+    }
+
+    /// The key as plain commands (a DEL first for a collection, its TTL after). `false` if
+    /// its value cannot be decoded or written as commands: logged, and the key skipped.
+    fn rewrite_value(&mut self, c: &mut CommandBuf, entry: &Entry, db: u32) -> bool {
+        let value = match entry.decoded_value() {
+            Ok(v) => v,
+            Err(e) => return self.skip_key(&entry.meta.key, db, e),
+        };
+        if entry.meta.key_type != KeyType::String {
+            c.push(&[&b"DEL"[..], &entry.meta.key]);
+        }
+        match append_value(c, &entry.meta, &value, true, &self.opts.rewrite) {
+            Ok(()) => {
+                append_expire(c, &entry.meta);
+                self.stats.rewritten += 1;
+                true
+            }
+            Err(e) => self.skip_key(&entry.meta.key, db, e),
+        }
+    }
+
+    /// Log why a key cannot be written and count it as skipped; `false`, for
+    /// [`Self::rewrite_value`].
+    fn skip_key(&mut self, key: &[u8], db: u32, e: impl std::fmt::Display) -> bool {
+        tracing::error!(key = %String::from_utf8_lossy(key), db, "{e}");
+        self.stats.skipped += 1;
+        false
     }
 
     /// Add a plain string key to writer `w`'s next `MSET`.
@@ -456,6 +465,26 @@ impl SnapshotApply {
         let mut c = self.buf();
         append_expire(&mut c, &big.meta);
         self.send(d, big.writer, big.db, c)
+    }
+}
+
+/// The value of a string key with nothing else to carry (no TTL, LRU or LFU data), which
+/// can go in an `MSET`; `None` for any other key, or a string that cannot be decoded.
+fn plain_string(entry: &Entry) -> Option<Bytes> {
+    let m = &entry.meta;
+    if m.key_type != KeyType::String
+        || m.expire_ms.is_some()
+        || m.idle.is_some()
+        || m.freq.is_some()
+    {
+        return None;
+    }
+    match &entry.value {
+        Value::String(v) => Some(v.clone()),
+        _ => entry
+            .raw
+            .as_ref()
+            .and_then(|r| crate::rdb::decode_string_body(r).ok()),
     }
 }
 

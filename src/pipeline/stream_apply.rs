@@ -6,6 +6,7 @@
 //! before it acknowledged first, and it acknowledged before anything after it is sent).
 
 use std::collections::{HashMap, VecDeque};
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -130,6 +131,96 @@ fn parse_db(arg: Option<&Bytes>) -> Option<u32> {
     std::str::from_utf8(arg?).ok()?.trim().parse().ok()
 }
 
+/// A database number as a command argument.
+fn db_arg(db: u32) -> Bytes {
+    Bytes::from(db.to_string().into_bytes())
+}
+
+/// SWAPDB under the database filter: both databases mapped to the target's, or not
+/// forwarded when either is not copied.
+fn filter_swapdb(f: &KeyFilter, db: u32, args: &mut [Bytes]) -> DbFilter {
+    let (Some(a), Some(b)) = (parse_db(args.get(1)), parse_db(args.get(2))) else {
+        return DbFilter::Drop;
+    };
+    match (f.map_db(a), f.map_db(b)) {
+        (Some(ta), Some(tb)) => {
+            args[1] = db_arg(ta);
+            args[2] = db_arg(tb);
+            DbFilter::Rewritten(db)
+        }
+        _ => {
+            tracing::warn!(a, b, "SWAPDB with a database that is not copied: not forwarded; the target differs from the source until the next full sync");
+            DbFilter::Drop
+        }
+    }
+}
+
+/// A command running in copied database `t` (target number): the database argument of MOVE
+/// and COPY ... DB mapped to the target's (a MOVE out of what is copied becomes a DEL, a COPY
+/// there is dropped).
+fn filter_db_argument(f: &KeyFilter, up: &[u8], args: &mut Vec<Bytes>, t: u32) -> DbFilter {
+    if up == b"MOVE" && args.len() == 3 {
+        match parse_db(args.get(2)).map(|d| f.map_db(d)) {
+            Some(Some(td)) => {
+                args[2] = db_arg(td);
+                return DbFilter::Rewritten(t);
+            }
+            // Moved out of what is copied: gone, as far as the target knows.
+            Some(None) => {
+                *args = vec![Bytes::from_static(b"DEL"), args[1].clone()];
+                return DbFilter::Rewritten(t);
+            }
+            None => {}
+        }
+    }
+    if up == b"COPY" {
+        if let Some(i) = args.iter().position(|a| a.eq_ignore_ascii_case(b"DB")) {
+            match parse_db(args.get(i + 1)).map(|d| f.map_db(d)) {
+                Some(Some(td)) => {
+                    args[i + 1] = db_arg(td);
+                    return DbFilter::Rewritten(t);
+                }
+                Some(None) => return DbFilter::Drop,
+                None => {}
+            }
+        }
+    }
+    DbFilter::Keep(t)
+}
+
+/// The writer every key of the command belongs to; `None` when they span writers or the
+/// command has no keys to route by (a barrier).
+#[inline]
+fn route(spec: KeySpec<'_>, d: &Dispatcher) -> Option<usize> {
+    match spec {
+        KeySpec::Keys(keys) => {
+            let first = d.writer_for(keys[0]);
+            if keys.iter().all(|k| d.writer_for(k) == first) {
+                Some(first)
+            } else {
+                None
+            }
+        }
+        KeySpec::Channel(c) => Some(d.writer_for(c)),
+        KeySpec::Global => None,
+    }
+}
+
+impl MultiBlock {
+    /// Gather one command of the transaction; the block stays on one writer only while
+    /// every command routes there.
+    #[inline]
+    fn add(&mut self, raw: Bytes, route: Option<usize>) {
+        self.commands.push(raw);
+        match (route, self.writer) {
+            (None, _) => self.global = true,
+            (Some(w), None) => self.writer = Some(w),
+            (Some(w), Some(prev)) if w != prev => self.global = true,
+            _ => {}
+        }
+    }
+}
+
 impl StreamApply {
     /// Start after `offset` (the FULLRESYNC offset or a checkpoint) in database `db`.
     pub fn new(opts: StreamOptions, offset: u64, db: u32) -> Self {
@@ -216,10 +307,7 @@ impl StreamApply {
         self.offset = end;
         self.stats.commands += 1;
         let Some(name) = frame.name() else {
-            if self.multi.is_none() {
-                d.advance(end);
-            }
-            return Ok(Control::None);
+            return Ok(self.pass_over(d, end));
         };
         let up = upper_name(name);
         if let Some(stamp_ms) = self.heartbeat_stamp(&frame) {
@@ -228,113 +316,222 @@ impl StreamApply {
             d.advance(end);
             return Ok(Control::Heartbeat { stamp_ms, end });
         }
-        match up.as_slice() {
-            b"PING" | b"REPLCONF" => {
-                self.stats.internal += 1;
-                let getack = up == b"REPLCONF"
-                    && frame
-                        .args
-                        .get(1)
-                        .is_some_and(|a| a.eq_ignore_ascii_case(b"GETACK"));
-                if self.multi.is_none() {
-                    d.advance(end);
-                }
-                return Ok(if getack {
-                    Control::AckRequested
-                } else {
-                    Control::None
-                });
-            }
-            b"SELECT" => {
-                let Some(db) = parse_db(frame.args.get(1)) else {
-                    return Err(PipelineError::BadSelect { offset: start });
-                };
-                if let Some(m) = self.multi.as_mut() {
-                    m.selects = true;
-                    // Commands of a database that is not copied are dropped, so is its SELECT.
-                    if let Some(t) = self.opts.filter.map_db(db) {
-                        let t = t.to_string();
-                        m.commands.push(encode(&[
-                            Bytes::from_static(b"SELECT"),
-                            Bytes::from(t.into_bytes()),
-                        ]));
-                    }
-                } else {
-                    d.advance(end);
-                }
-                self.db = db;
-                self.selects.push_back((end, db));
-                return Ok(Control::None);
-            }
-            b"MULTI" => {
-                self.multi = Some(MultiBlock {
-                    start,
-                    db_at_start: self.db,
-                    commands: Vec::new(),
-                    writer: None,
-                    global: false,
-                    selects: false,
-                });
-                return Ok(Control::None);
-            }
-            b"EXEC" => {
-                let Some(m) = self.multi.take() else {
-                    // An EXEC without MULTI does nothing on a replica either.
-                    d.advance(end);
-                    return Ok(Control::None);
-                };
-                self.exec(m, end, d)?;
-                return Ok(Control::None);
-            }
-            _ => {}
+        if let ControlFlow::Break(control) = self.on_control_command(&up, &frame, start, end, d)? {
+            return Ok(control);
         }
-        if self
-            .opts
+        if self.excluded(&up) {
+            self.stats.excluded += 1;
+            return Ok(self.pass_over(d, end));
+        }
+        self.on_command(&up, frame, start, end, d)
+    }
+
+    /// A frame that is not forwarded: the applied offset moves past it, unless it is inside
+    /// MULTI (offsets inside a transaction are not applied until its EXEC).
+    #[inline]
+    fn pass_over(&self, d: &mut Dispatcher, end: u64) -> Control {
+        if self.multi.is_none() {
+            d.advance(end);
+        }
+        Control::None
+    }
+
+    /// The commands that shape the stream rather than the data: PING and REPLCONF (internal),
+    /// SELECT, MULTI and EXEC. `Continue` for any other command.
+    #[inline]
+    fn on_control_command(
+        &mut self,
+        up: &[u8],
+        frame: &Frame,
+        start: u64,
+        end: u64,
+        d: &mut Dispatcher,
+    ) -> Result<ControlFlow<Control>, PipelineError> {
+        let control = match up {
+            b"PING" | b"REPLCONF" => self.on_internal(up, frame, d, end),
+            b"SELECT" => self.on_select(frame, start, end, d)?,
+            b"MULTI" => {
+                self.begin_multi(start);
+                Control::None
+            }
+            b"EXEC" => self.on_exec(end, d)?,
+            _ => return Ok(ControlFlow::Continue(())),
+        };
+        Ok(ControlFlow::Break(control))
+    }
+
+    /// PING or REPLCONF: never forwarded; `REPLCONF GETACK` asks for an ACK.
+    fn on_internal(&mut self, up: &[u8], frame: &Frame, d: &mut Dispatcher, end: u64) -> Control {
+        self.stats.internal += 1;
+        let getack = up == b"REPLCONF"
+            && frame
+                .args
+                .get(1)
+                .is_some_and(|a| a.eq_ignore_ascii_case(b"GETACK"));
+        self.pass_over(d, end);
+        if getack {
+            Control::AckRequested
+        } else {
+            Control::None
+        }
+    }
+
+    /// SELECT: the database of the following commands; inside MULTI it travels with the
+    /// transaction (mapped to the target database), unless that database is not copied.
+    fn on_select(
+        &mut self,
+        frame: &Frame,
+        start: u64,
+        end: u64,
+        d: &mut Dispatcher,
+    ) -> Result<Control, PipelineError> {
+        let Some(db) = parse_db(frame.args.get(1)) else {
+            return Err(PipelineError::BadSelect { offset: start });
+        };
+        if let Some(m) = self.multi.as_mut() {
+            m.selects = true;
+            // Commands of a database that is not copied are dropped, so is its SELECT.
+            if let Some(t) = self.opts.filter.map_db(db) {
+                let t = t.to_string();
+                m.commands.push(encode(&[
+                    Bytes::from_static(b"SELECT"),
+                    Bytes::from(t.into_bytes()),
+                ]));
+            }
+        } else {
+            d.advance(end);
+        }
+        self.db = db;
+        self.selects.push_back((end, db));
+        Ok(Control::None)
+    }
+
+    /// MULTI: the commands up to EXEC are gathered into one op, starting at `start`.
+    fn begin_multi(&mut self, start: u64) {
+        self.multi = Some(MultiBlock {
+            start,
+            db_at_start: self.db,
+            commands: Vec::new(),
+            writer: None,
+            global: false,
+            selects: false,
+        });
+    }
+
+    /// EXEC: the gathered transaction goes out as one op.
+    fn on_exec(&mut self, end: u64, d: &mut Dispatcher) -> Result<Control, PipelineError> {
+        let Some(m) = self.multi.take() else {
+            // An EXEC without MULTI does nothing on a replica either.
+            d.advance(end);
+            return Ok(Control::None);
+        };
+        self.exec(m, end, d)?;
+        Ok(Control::None)
+    }
+
+    /// Whether the command (upper case) is one of `--exclude-command`.
+    #[inline]
+    fn excluded(&self, up: &[u8]) -> bool {
+        self.opts
             .exclude_commands
             .iter()
-            .any(|c| c.as_slice() == up.as_slice())
-        {
-            self.stats.excluded += 1;
-            if self.multi.is_none() {
-                d.advance(end);
-            }
-            return Ok(Control::None);
-        }
+            .any(|c| c.as_slice() == up)
+    }
+
+    /// A data command: through the database filter, the script cache, the commands with a
+    /// meaning beyond their keys and the key filter; then gathered into the transaction, or
+    /// sent to the writer of its keys (a barrier when they span writers).
+    fn on_command(
+        &mut self,
+        up: &[u8],
+        frame: Frame,
+        start: u64,
+        end: u64,
+        d: &mut Dispatcher,
+    ) -> Result<Control, PipelineError> {
         let mut args = frame.args;
         let mut raw = frame.raw;
         let mut rewritten = frame.inline;
-        let target_db = if self.opts.filter.is_identity() {
-            self.db
-        } else {
-            match self.filter_db(&up, &mut args) {
-                DbFilter::Keep(t) => t,
-                DbFilter::Rewritten(t) => {
-                    rewritten = true;
-                    t
-                }
-                DbFilter::Drop => {
-                    self.stats.filtered += 1;
-                    if self.multi.is_none() {
-                        d.advance(end);
-                    }
-                    return Ok(Control::None);
-                }
-                DbFilter::Replace(payload, replies) => {
-                    self.stats.filtered += 1;
-                    self.stats.forwarded += 1;
-                    let op = Op {
-                        db: 0,
-                        payload,
-                        replies,
-                        leaves_db_unknown: true,
-                        atomic: false,
-                        replayable: false,
-                    };
-                    return self.barrier_op(d, op, start, end).map(|_| Control::None);
-                }
+        let target_db = match self.target_db(up, &mut args, start, end, d)? {
+            ControlFlow::Continue((t, r)) => {
+                rewritten |= r;
+                t
             }
+            ControlFlow::Break(control) => return Ok(control),
         };
-        match up.as_slice() {
+        rewritten |= self.track_scripts(up, &mut args);
+        if let ControlFlow::Break(control) = self.db_wide(up, target_db, start, end, d)? {
+            return Ok(control);
+        }
+        if self.sentinel_hello(up, &args) {
+            self.stats.internal += 1;
+            return Ok(self.pass_over(d, end));
+        }
+        if rewritten {
+            raw = encode(&args);
+        }
+        if let ControlFlow::Break(control) = self.key_filter(up, &mut args, &mut raw, d, end) {
+            return Ok(control);
+        }
+        let route = route(command_keys(&args), d);
+        if let Some(m) = self.multi.as_mut() {
+            m.add(raw, route);
+            return Ok(Control::None);
+        }
+        let mut op = Op::new(target_db, raw, 1);
+        op.replayable = replayable(up, &args);
+        self.stats.forwarded += 1;
+        match route {
+            Some(w) => d.push(w, op, start, end),
+            None => self.barrier_op(d, op, start, end),
+        }
+        .map(|_| Control::None)
+    }
+
+    /// The database filter, unless everything is copied as is: `Continue` with the target
+    /// database and whether the arguments were rewritten; `Break` when the command is dropped
+    /// or replaced (the replacement already sent, as a barrier).
+    #[inline]
+    fn target_db(
+        &mut self,
+        up: &[u8],
+        args: &mut Vec<Bytes>,
+        start: u64,
+        end: u64,
+        d: &mut Dispatcher,
+    ) -> Result<ControlFlow<Control, (u32, bool)>, PipelineError> {
+        if self.opts.filter.is_identity() {
+            return Ok(ControlFlow::Continue((self.db, false)));
+        }
+        Ok(match self.filter_db(up, args) {
+            DbFilter::Keep(t) => ControlFlow::Continue((t, false)),
+            DbFilter::Rewritten(t) => ControlFlow::Continue((t, true)),
+            DbFilter::Drop => {
+                self.stats.filtered += 1;
+                ControlFlow::Break(self.pass_over(d, end))
+            }
+            DbFilter::Replace(payload, replies) => {
+                self.stats.filtered += 1;
+                self.stats.forwarded += 1;
+                let op = Op {
+                    db: 0,
+                    payload,
+                    replies,
+                    leaves_db_unknown: true,
+                    atomic: false,
+                    replayable: false,
+                };
+                self.barrier_op(d, op, start, end)?;
+                ControlFlow::Break(Control::None)
+            }
+        })
+    }
+
+    /// Remember the scripts EVAL and SCRIPT LOAD bring; rewrite EVALSHA of a known script
+    /// into EVAL (when enabled). Returns whether the arguments were rewritten.
+    #[inline]
+    fn track_scripts(&mut self, up: &[u8], args: &mut [Bytes]) -> bool {
+        match up {
             b"EVAL" => {
                 if let Some(body) = args.get(1) {
                     self.scripts.insert(
@@ -358,14 +555,32 @@ impl StreamApply {
                 if let Some(body) = known {
                     args[0] = Bytes::from_static(b"EVAL");
                     args[1] = body;
-                    rewritten = true;
+                    return true;
                 }
             }
+            _ => {}
+        }
+        false
+    }
+
+    /// FLUSHDB, FLUSHALL and SWAPDB on a target shared with other sources: a flush becomes a
+    /// proven deletion (`Break` with [`Control::ScopedFlush`], everything before it applied)
+    /// or, inside MULTI, is not forwarded; SWAPDB is forwarded with a warning.
+    #[inline]
+    fn db_wide(
+        &mut self,
+        up: &[u8],
+        target_db: u32,
+        start: u64,
+        end: u64,
+        d: &mut Dispatcher,
+    ) -> Result<ControlFlow<Control>, PipelineError> {
+        match up {
             b"FLUSHDB" | b"FLUSHALL" if self.opts.shared_target && self.multi.is_none() => {
                 self.stats.barriers += 1;
                 d.barrier()?;
-                let db = (up.as_slice() == b"FLUSHDB").then_some(target_db);
-                return Ok(Control::ScopedFlush { db, end });
+                let db = (up == b"FLUSHDB").then_some(target_db);
+                return Ok(ControlFlow::Break(Control::ScopedFlush { db, end }));
             }
             b"FLUSHDB" | b"FLUSHALL" if self.opts.shared_target => {
                 // Inside the source's MULTI the deletion cannot be proven key by key within
@@ -374,173 +589,104 @@ impl StreamApply {
                     db = self.db,
                     offset = start,
                     "{} inside a MULTI of the source, on a target with other writers: not forwarded; the keys it flushed stay on the target until the next full sync",
-                    String::from_utf8_lossy(&up)
+                    String::from_utf8_lossy(up)
                 );
                 self.stats.filtered += 1;
-                return Ok(Control::None);
+                return Ok(ControlFlow::Break(Control::None));
             }
             b"SWAPDB" if self.opts.shared_target => {
                 tracing::warn!(
                     db = self.db,
                     offset = start,
                     "forwarding {} from one source to a target shared by several sources: it also affects the keys the other sources wrote",
-                    String::from_utf8_lossy(&up)
+                    String::from_utf8_lossy(up)
                 );
-            }
-            b"PUBLISH"
-                if self.opts.drop_sentinel_hello
-                    && args.get(1).is_some_and(|c| &c[..] == b"__sentinel__:hello") =>
-            {
-                self.stats.internal += 1;
-                if self.multi.is_none() {
-                    d.advance(end);
-                }
-                return Ok(Control::None);
             }
             _ => {}
         }
-        if rewritten {
-            raw = encode(&args);
-        }
-        let spec = command_keys(&args);
+        Ok(ControlFlow::Continue(()))
+    }
+
+    /// A PUBLISH to Sentinel's hello channel, when those are dropped.
+    #[inline]
+    fn sentinel_hello(&self, up: &[u8], args: &[Bytes]) -> bool {
+        up == b"PUBLISH"
+            && self.opts.drop_sentinel_hello
+            && args.get(1).is_some_and(|c| &c[..] == b"__sentinel__:hello")
+    }
+
+    /// The relay's own keys and the key filter: `Break` when the command is dropped;
+    /// otherwise `args` and `raw` are what is forwarded (cut down by the filter if needed).
+    #[inline]
+    fn key_filter(
+        &mut self,
+        up: &[u8],
+        args: &mut Vec<Bytes>,
+        raw: &mut Bytes,
+        d: &mut Dispatcher,
+        end: u64,
+    ) -> ControlFlow<Control> {
+        let spec = command_keys(args);
         if let KeySpec::Keys(keys) = &spec {
             if keys.iter().any(|k| k.starts_with(&self.opts.own_prefix)) {
                 self.stats.skipped_own_keys += 1;
-                if self.multi.is_none() {
-                    d.advance(end);
-                }
-                return Ok(Control::None);
+                return ControlFlow::Break(self.pass_over(d, end));
             }
         }
         let decision = match &spec {
-            KeySpec::Keys(keys) => self.opts.filter.split_command(&up, &args, keys),
+            KeySpec::Keys(keys) => self.opts.filter.split_command(up, args, keys),
             _ => Filtered::Keep,
         };
         match decision {
             Filtered::Keep => {}
             Filtered::Drop => {
                 self.stats.filtered += 1;
-                if self.multi.is_none() {
-                    d.advance(end);
-                }
-                return Ok(Control::None);
+                return ControlFlow::Break(self.pass_over(d, end));
             }
             Filtered::Rewrite(new) => {
                 self.stats.filtered += 1;
-                args = new;
-                raw = encode(&args);
+                *args = new;
+                *raw = encode(args);
             }
         }
-        let spec = command_keys(&args);
-        let route = match spec {
-            KeySpec::Keys(keys) => {
-                let first = d.writer_for(keys[0]);
-                if keys.iter().all(|k| d.writer_for(k) == first) {
-                    Some(first)
-                } else {
-                    None
-                }
-            }
-            KeySpec::Channel(c) => Some(d.writer_for(c)),
-            KeySpec::Global => None,
-        };
-        if let Some(m) = self.multi.as_mut() {
-            m.commands.push(raw);
-            match (route, m.writer) {
-                (None, _) => m.global = true,
-                (Some(w), None) => m.writer = Some(w),
-                (Some(w), Some(prev)) if w != prev => m.global = true,
-                _ => {}
-            }
-            return Ok(Control::None);
-        }
-        let mut op = Op::new(target_db, raw, 1);
-        op.replayable = replayable(&up, &args);
-        self.stats.forwarded += 1;
-        match route {
-            Some(w) => d.push(w, op, start, end),
-            None => self.barrier_op(d, op, start, end),
-        }
-        .map(|_| Control::None)
+        ControlFlow::Continue(())
     }
 
     /// The database filter and map on one command: its target database, with database
     /// arguments (MOVE, COPY ... DB, SWAPDB, FLUSHALL) rewritten to target databases.
-    fn filter_db(&mut self, up: &[u8], args: &mut Vec<Bytes>) -> DbFilter {
-        let f = self.opts.filter.clone();
-        let num = |db: u32| Bytes::from(db.to_string().into_bytes());
+    fn filter_db(&self, up: &[u8], args: &mut Vec<Bytes>) -> DbFilter {
+        let f = &*self.opts.filter;
         match up {
-            b"SWAPDB" => {
-                let (Some(a), Some(b)) = (parse_db(args.get(1)), parse_db(args.get(2))) else {
-                    return DbFilter::Drop;
-                };
-                match (f.map_db(a), f.map_db(b)) {
-                    (Some(ta), Some(tb)) => {
-                        args[1] = num(ta);
-                        args[2] = num(tb);
-                        DbFilter::Rewritten(self.db)
-                    }
-                    _ => {
-                        tracing::warn!(a, b, "SWAPDB with a database that is not copied: not forwarded; the target differs from the source until the next full sync");
-                        DbFilter::Drop
-                    }
-                }
-            }
-            b"FLUSHALL" if f.dbs.is_some() => {
-                // Never empty the target's other databases: FLUSHDB in each copied one.
-                if self.multi.is_some() {
-                    tracing::warn!("FLUSHALL with --db in a transaction: not forwarded");
-                    return DbFilter::Drop;
-                }
-                if self.opts.shared_target {
-                    // A proven deletion over the copied databases (Control::ScopedFlush).
-                    return DbFilter::Keep(self.db);
-                }
-                let dbs = f.target_dbs().unwrap_or_default();
-                let mut cmd = BytesMut::new();
-                for t in &dbs {
-                    crate::resp::encode_command(
-                        &mut cmd,
-                        &[&b"SELECT"[..], t.to_string().as_bytes()],
-                    );
-                    crate::resp::encode_command(&mut cmd, &[&b"FLUSHDB"[..]]);
-                }
-                DbFilter::Replace(cmd.freeze(), dbs.len() as u32 * 2)
-            }
+            b"SWAPDB" => filter_swapdb(f, self.db, args),
+            b"FLUSHALL" if f.dbs.is_some() => self.filter_flushall(f),
             b"FLUSHALL" => DbFilter::Keep(self.db),
             _ => {
                 let Some(t) = f.map_db(self.db) else {
                     return DbFilter::Drop;
                 };
-                if up == b"MOVE" && args.len() == 3 {
-                    match parse_db(args.get(2)).map(|d| f.map_db(d)) {
-                        Some(Some(td)) => {
-                            args[2] = num(td);
-                            return DbFilter::Rewritten(t);
-                        }
-                        // Moved out of what is copied: gone, as far as the target knows.
-                        Some(None) => {
-                            *args = vec![Bytes::from_static(b"DEL"), args[1].clone()];
-                            return DbFilter::Rewritten(t);
-                        }
-                        None => {}
-                    }
-                }
-                if up == b"COPY" {
-                    if let Some(i) = args.iter().position(|a| a.eq_ignore_ascii_case(b"DB")) {
-                        match parse_db(args.get(i + 1)).map(|d| f.map_db(d)) {
-                            Some(Some(td)) => {
-                                args[i + 1] = num(td);
-                                return DbFilter::Rewritten(t);
-                            }
-                            Some(None) => return DbFilter::Drop,
-                            None => {}
-                        }
-                    }
-                }
-                DbFilter::Keep(t)
+                filter_db_argument(f, up, args, t)
             }
         }
+    }
+
+    /// FLUSHALL when only some databases are copied: never empty the target's other
+    /// databases, FLUSHDB in each copied one instead.
+    fn filter_flushall(&self, f: &KeyFilter) -> DbFilter {
+        if self.multi.is_some() {
+            tracing::warn!("FLUSHALL with --db in a transaction: not forwarded");
+            return DbFilter::Drop;
+        }
+        if self.opts.shared_target {
+            // A proven deletion over the copied databases (Control::ScopedFlush).
+            return DbFilter::Keep(self.db);
+        }
+        let dbs = f.target_dbs().unwrap_or_default();
+        let mut cmd = BytesMut::new();
+        for t in &dbs {
+            crate::resp::encode_command(&mut cmd, &[&b"SELECT"[..], t.to_string().as_bytes()]);
+            crate::resp::encode_command(&mut cmd, &[&b"FLUSHDB"[..]]);
+        }
+        DbFilter::Replace(cmd.freeze(), dbs.len() as u32 * 2)
     }
 
     fn barrier_op(

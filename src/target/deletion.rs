@@ -517,6 +517,31 @@ fn read_answers(
     None
 }
 
+/// One peer's pipeline for a round: in each of `dbs` (a SELECT first unless the connection
+/// is already there, from `selected` on), EXISTS of each key of `idx`; with what each reply
+/// answers.
+fn exists_pipeline(
+    idx: &[usize],
+    keys: &[Bytes],
+    dbs: &[u32],
+    mut selected: Option<u32>,
+) -> (BytesMut, Vec<Expect>) {
+    let mut out = BytesMut::new();
+    let mut expect = Vec::with_capacity(idx.len() * dbs.len() + dbs.len());
+    for &d in dbs {
+        if selected != Some(d) {
+            encode_command(&mut out, &[&b"SELECT"[..], d.to_string().as_bytes()]);
+            expect.push(Expect::Select);
+            selected = Some(d);
+        }
+        for &i in idx {
+            encode_command(&mut out, &[&b"EXISTS"[..], &keys[i]]);
+            expect.push(Expect::Exists(i));
+        }
+    }
+    (out, expect)
+}
+
 fn is_ok(r: &Reply) -> bool {
     matches!(r, Reply::Simple(s) if &s[..] == b"OK")
 }
@@ -890,17 +915,34 @@ impl<'p, 'a> Session<'p, 'a> {
     /// transaction. Always leaves the connection with nothing watched.
     fn attempt(&mut self, db: u32, batch: &[Bytes]) -> Result<Attempt, DeletionError> {
         let mut out = BytesMut::new();
+        self.watch(&mut out, batch)?;
+        let mut outcome = Outcome::default();
+        let live = self.unclaimed(db, batch, &mut outcome);
+        let doomed = self.doomed(db, &live, &mut outcome);
+        if doomed.len() == 1 {
+            self.target.call_ok(&["UNWATCH"], "UNWATCH")?;
+            return Ok(Attempt::Done(outcome));
+        }
+        self.delete_watched(&mut out, &doomed, outcome)
+    }
+
+    /// WATCH the keys of the batch (encoded into `out`), before anything is checked.
+    fn watch(&mut self, out: &mut BytesMut, batch: &[Bytes]) -> Result<(), DeletionError> {
         let mut args: Vec<&[u8]> = Vec::with_capacity(batch.len() + 1);
         args.push(b"WATCH");
         args.extend(batch.iter().map(|k| &k[..]));
-        encode_command(&mut out, &args);
-        self.target.send(&out, "WATCH")?;
+        encode_command(out, &args);
+        self.target.send(out, "WATCH")?;
         let r = self.target.recv("WATCH")?;
         if !is_ok(&r) {
             return Err(self.target.unexpected("WATCH", &r));
         }
+        Ok(())
+    }
 
-        let mut outcome = Outcome::default();
+    /// The keys of the batch the stream has not claimed (written again) since they were
+    /// found; the others are counted as superseded.
+    fn unclaimed(&self, db: u32, batch: &[Bytes], outcome: &mut Outcome) -> Vec<Bytes> {
         let mut live: Vec<Bytes> = Vec::with_capacity(batch.len());
         for k in batch {
             if (self.plan.still_candidate)(db, k) {
@@ -909,8 +951,14 @@ impl<'p, 'a> Session<'p, 'a> {
                 outcome.superseded += 1;
             }
         }
+        live
+    }
+
+    /// `DEL` followed by the keys no peer holds or might hold; those a peer holds are counted
+    /// as kept, those in doubt deferred.
+    fn doomed<'k>(&mut self, db: u32, live: &'k [Bytes], outcome: &mut Outcome) -> Vec<&'k [u8]> {
         // After a precheck no peer held these a moment ago: ask every peer at once.
-        let (found, doubt) = self.check_peers(db, &live, self.plan.precheck);
+        let (found, doubt) = self.check_peers(db, live, self.plan.precheck);
         let mut doomed: Vec<&[u8]> = Vec::with_capacity(live.len() + 1);
         doomed.push(b"DEL");
         for (i, k) in live.iter().enumerate() {
@@ -920,19 +968,25 @@ impl<'p, 'a> Session<'p, 'a> {
                 Verdict::Delete => doomed.push(k),
             }
         }
-        if doomed.len() == 1 {
-            self.target.call_ok(&["UNWATCH"], "UNWATCH")?;
-            return Ok(Attempt::Done(outcome));
-        }
+        doomed
+    }
 
+    /// Delete the watched keys: MULTI, the `doomed` DEL, EXEC and UNWATCH (encoded into
+    /// `out`), and what EXEC answered.
+    fn delete_watched(
+        &mut self,
+        out: &mut BytesMut,
+        doomed: &[&[u8]],
+        outcome: Outcome,
+    ) -> Result<Attempt, DeletionError> {
         // One round trip; UNWATCH is a no-op after EXEC but keeps the rule "nothing watched
         // when a batch is left" independent of how EXEC ended.
         out.clear();
-        encode_command(&mut out, &["MULTI"]);
-        encode_command(&mut out, &doomed);
-        encode_command(&mut out, &["EXEC"]);
-        encode_command(&mut out, &["UNWATCH"]);
-        self.target.send(&out, "MULTI/DEL/EXEC")?;
+        encode_command(out, &["MULTI"]);
+        encode_command(out, doomed);
+        encode_command(out, &["EXEC"]);
+        encode_command(out, &["UNWATCH"]);
+        self.target.send(out, "MULTI/DEL/EXEC")?;
         let multi = self.target.recv("MULTI")?;
         if !is_ok(&multi) {
             return Err(self.target.unexpected("MULTI", &multi));
@@ -954,7 +1008,13 @@ impl<'p, 'a> Session<'p, 'a> {
         if !is_ok(&unwatch) {
             return Err(self.target.unexpected("UNWATCH", &unwatch));
         }
-        match exec_reply(&exec) {
+        self.exec_attempt(&exec, outcome)
+    }
+
+    /// What the EXEC of a deletion answered: aborted (a watched key changed), or how many
+    /// keys were deleted.
+    fn exec_attempt(&self, exec: &Reply, mut outcome: Outcome) -> Result<Attempt, DeletionError> {
+        match exec_reply(exec) {
             Some(ExecOutcome::Aborted) => Ok(Attempt::Aborted),
             Some(ExecOutcome::Deleted(n)) => {
                 outcome.deleted = n;
@@ -966,7 +1026,7 @@ impl<'p, 'a> Session<'p, 'a> {
                 command: "EXEC (DEL)".into(),
                 reply: e,
             }),
-            None => Err(self.target.unexpected("EXEC", &exec)),
+            None => Err(self.target.unexpected("EXEC", exec)),
         }
     }
 
@@ -1023,37 +1083,32 @@ impl<'p, 'a> Session<'p, 'a> {
         found: &mut [bool],
         doubt: &mut [bool],
     ) {
-        let timeout = self.plan.timeout;
+        let inflight = self.send_asks(asks, keys, dbs, doubt);
+        self.read_asks(inflight, asks, dbs, found, doubt);
+    }
+
+    /// Write each peer's pipeline of the round (connecting it on first use); the peers written
+    /// to, with what their replies answer. The keys of a peer that is down or cannot be
+    /// written to become doubtful.
+    fn send_asks(
+        &mut self,
+        asks: &[Vec<usize>],
+        keys: &[Bytes],
+        dbs: &[u32],
+        doubt: &mut [bool],
+    ) -> Vec<(usize, Vec<Expect>)> {
         let mut inflight: Vec<(usize, Vec<Expect>)> = Vec::new();
         for (p, idx) in asks.iter().enumerate() {
             if idx.is_empty() {
                 continue;
             }
-            if let PeerState::Idle = self.peers[p].state {
-                match PeerConn::connect(self.peers[p].ep, timeout) {
-                    Ok(conn) => self.peers[p].state = PeerState::Up { conn, db: None },
-                    Err(e) => self.mark_down(p, &e),
-                }
-            }
+            self.connect_idle(p);
             let name = self.peers[p].name.clone();
             let PeerState::Up { conn, db: current } = &mut self.peers[p].state else {
                 idx.iter().for_each(|&i| doubt[i] = true);
                 continue;
             };
-            let mut out = BytesMut::new();
-            let mut expect = Vec::with_capacity(idx.len() * dbs.len() + dbs.len());
-            let mut selected = *current;
-            for &d in dbs {
-                if selected != Some(d) {
-                    encode_command(&mut out, &[&b"SELECT"[..], d.to_string().as_bytes()]);
-                    expect.push(Expect::Select);
-                    selected = Some(d);
-                }
-                for &i in idx {
-                    encode_command(&mut out, &[&b"EXISTS"[..], &keys[i]]);
-                    expect.push(Expect::Exists(i));
-                }
-            }
+            let (out, expect) = exists_pipeline(idx, keys, dbs, *current);
             self.report.peer_round_trips += 1;
             self.report.peer_exists += (idx.len() * dbs.len()) as u64;
             match conn.stream.write_all(&out) {
@@ -1074,6 +1129,29 @@ impl<'p, 'a> Session<'p, 'a> {
                 }
             }
         }
+        inflight
+    }
+
+    /// Connect peer `p` if it was never used (marked down if that fails).
+    fn connect_idle(&mut self, p: usize) {
+        if let PeerState::Idle = self.peers[p].state {
+            match PeerConn::connect(self.peers[p].ep, self.plan.timeout) {
+                Ok(conn) => self.peers[p].state = PeerState::Up { conn, db: None },
+                Err(e) => self.mark_down(p, &e),
+            }
+        }
+    }
+
+    /// Read the replies of each peer written to into `found`. A peer that fails is marked
+    /// down and the keys it was asked and did not confirm become doubtful.
+    fn read_asks(
+        &mut self,
+        inflight: Vec<(usize, Vec<Expect>)>,
+        asks: &[Vec<usize>],
+        dbs: &[u32],
+        found: &mut [bool],
+        doubt: &mut [bool],
+    ) {
         for (p, expect) in inflight {
             let name = self.peers[p].name.clone();
             let failure = match &mut self.peers[p].state {

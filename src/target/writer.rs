@@ -571,112 +571,10 @@ impl Writer {
         *self.socket.lock() = stream.try_clone().ok();
         let broken = Arc::new(AtomicBool::new(false));
         let (ftx, frx) = bounded::<InFlight>(self.opts.max_in_flight);
-        let replies = {
-            let (st, br, w, policy) = (
-                self.state.clone(),
-                broken.clone(),
-                self.w,
-                self.opts.on_error,
-            );
-            std::thread::Builder::new()
-                .name(format!("writer-{w}-replies"))
-                .spawn(move || reply_loop(w, read_half, frx, st, policy, br))
-                .expect("spawn reply thread")
-        };
-        let mut out = BytesMut::with_capacity(self.opts.output_buffer + 1024);
-        let mut db: Option<u32> = None;
+        let replies = self.spawn_replies(read_half, frx, &broken);
         let mut queue: std::collections::VecDeque<Batch> = first.into();
-        let mut why = String::new();
-        let mut input_closed = false;
-        loop {
-            if self.state.failed() || broken.load(Ordering::Acquire) {
-                break;
-            }
-            let batch = match queue.pop_front() {
-                Some(b) => b,
-                None => match self.rx.recv_timeout(Duration::from_millis(100)) {
-                    Ok(b) => b,
-                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                        if !out.is_empty() {
-                            if let Err(e) = stream.write_all(&out) {
-                                why = e.to_string();
-                                break;
-                            }
-                            out.clear();
-                        }
-                        continue;
-                    }
-                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
-                        input_closed = true;
-                        break;
-                    }
-                },
-            };
-            if ftx.is_full() && !out.is_empty() {
-                // The connection is at its in-flight cap: what is buffered must reach the
-                // target before waiting for a slot, or the replies we wait for would never
-                // come. (Only this thread adds to the queue, so the send below cannot block
-                // after this.)
-                if let Err(e) = stream.write_all(&out) {
-                    why = e.to_string();
-                    queue.push_front(batch);
-                    break;
-                }
-                out.clear();
-            }
-            let mut enc = Encoder {
-                out: &mut out,
-                direct: Vec::new(),
-                db,
-            };
-            let plan = enc.batch(&batch);
-            db = enc.db;
-            let direct = std::mem::take(&mut enc.direct);
-            let bytes = (out.len() + direct.iter().map(|d| d.1.len()).sum::<usize>()) as u64;
-            // Register before writing: replies may come back before write_all returns.
-            let token = InFlight {
-                batch,
-                plan,
-                sent_at: Instant::now(),
-            };
-            if let Err(e) = ftx.send(token) {
-                queue.push_front(e.into_inner().batch);
-                why = "reply reader stopped".into();
-                break;
-            }
-            let mut written = 0;
-            let mut result = Ok(());
-            for (at, payload) in direct {
-                result = stream
-                    .write_all(&out[written..at])
-                    .and_then(|_| stream.write_all(&payload));
-                written = at;
-                if result.is_err() {
-                    break;
-                }
-            }
-            let more_ready = !queue.is_empty() || !self.rx.is_empty();
-            if result.is_ok() && (out.len() >= self.opts.output_buffer || !more_ready) {
-                result = stream.write_all(&out[written..]);
-                written = out.len();
-            }
-            if let Err(e) = result {
-                why = e.to_string();
-                break;
-            }
-            self.state.bytes_written.fetch_add(bytes, Ordering::Relaxed);
-            if written == out.len() {
-                out.clear();
-            } else if written > 0 {
-                let _ = out.split_to(written);
-            }
-        }
-        if input_closed && !out.is_empty() {
-            if let Err(e) = stream.write_all(&out) {
-                why = e.to_string();
-                input_closed = false;
-            }
-        }
+        let sent = self.send_loop(&mut stream, &mut queue, &ftx, &broken);
+        let input_closed = sent.is_ok();
         if !input_closed {
             // Wake the reply reader if it waits on a dead or abandoned socket.
             let _ = stream.shutdown(Shutdown::Both);
@@ -691,11 +589,157 @@ impl Writer {
             return Ended::Done;
         }
         unacked.extend(queue);
+        let mut why = sent.err().unwrap_or_default();
         if why.is_empty() {
             why = "the target closed the connection".into();
         }
         Ended::Broken(unacked, why)
     }
+
+    /// Start the reply reader of a connection: it reads the replies of the batches sent
+    /// through `frx`, and sets `broken` if the connection breaks.
+    fn spawn_replies(
+        &self,
+        read_half: TcpStream,
+        frx: Receiver<InFlight>,
+        broken: &Arc<AtomicBool>,
+    ) -> JoinHandle<Vec<Batch>> {
+        let (st, br, w, policy) = (
+            self.state.clone(),
+            broken.clone(),
+            self.w,
+            self.opts.on_error,
+        );
+        std::thread::Builder::new()
+            .name(format!("writer-{w}-replies"))
+            .spawn(move || reply_loop(w, read_half, frx, st, policy, br))
+            .expect("spawn reply thread")
+    }
+
+    /// The sender: encode and write batches (`queue` first, then the input) until the pool
+    /// fails, the reply reader finds the connection broken, a write fails or the input
+    /// closes. `Ok` once the input closed and everything was written; otherwise why it
+    /// stopped (empty if it did not see why). A batch taken but not registered is put back
+    /// in `queue`.
+    fn send_loop(
+        &self,
+        stream: &mut TcpStream,
+        queue: &mut std::collections::VecDeque<Batch>,
+        ftx: &Sender<InFlight>,
+        broken: &AtomicBool,
+    ) -> Result<(), String> {
+        let mut out = BytesMut::with_capacity(self.opts.output_buffer + 1024);
+        let mut db: Option<u32> = None;
+        loop {
+            if self.state.failed() || broken.load(Ordering::Acquire) {
+                return Err(String::new());
+            }
+            let batch = match queue.pop_front() {
+                Some(b) => b,
+                None => match self.rx.recv_timeout(Duration::from_millis(100)) {
+                    Ok(b) => b,
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                        write_buffered(stream, &mut out).map_err(|e| e.to_string())?;
+                        continue;
+                    }
+                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+                },
+            };
+            if ftx.is_full() {
+                // The connection is at its in-flight cap: what is buffered must reach the
+                // target before waiting for a slot, or the replies we wait for would never
+                // come. (Only this thread adds to the queue, so the send below cannot block
+                // after this.)
+                if let Err(e) = write_buffered(stream, &mut out) {
+                    queue.push_front(batch);
+                    return Err(e.to_string());
+                }
+            }
+            self.send_batch(stream, &mut out, &mut db, batch, queue, ftx)?;
+        }
+        write_buffered(stream, &mut out).map_err(|e| e.to_string())
+    }
+
+    /// Encode one batch after what is buffered (the connection is in database `db`), register
+    /// it with the reply reader, then write what must go now.
+    fn send_batch(
+        &self,
+        stream: &mut TcpStream,
+        out: &mut BytesMut,
+        db: &mut Option<u32>,
+        batch: Batch,
+        queue: &mut std::collections::VecDeque<Batch>,
+        ftx: &Sender<InFlight>,
+    ) -> Result<(), String> {
+        let mut enc = Encoder {
+            out: &mut *out,
+            direct: Vec::new(),
+            db: *db,
+        };
+        let plan = enc.batch(&batch);
+        *db = enc.db;
+        let direct = std::mem::take(&mut enc.direct);
+        let bytes = (out.len() + direct.iter().map(|d| d.1.len()).sum::<usize>()) as u64;
+        // Register before writing: replies may come back before write_all returns.
+        let token = InFlight {
+            batch,
+            plan,
+            sent_at: Instant::now(),
+        };
+        if let Err(e) = ftx.send(token) {
+            queue.push_front(e.into_inner().batch);
+            return Err("reply reader stopped".into());
+        }
+        self.write_encoded(stream, out, direct, !queue.is_empty())
+            .map_err(|e| e.to_string())?;
+        self.state.bytes_written.fetch_add(bytes, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Write the large payloads of a batch (`direct`: each after the buffered bytes before
+    /// its position), then the buffer if it is full or nothing else is ready (`queued`:
+    /// batches wait in the retry queue). What was written leaves the buffer.
+    fn write_encoded(
+        &self,
+        stream: &mut TcpStream,
+        out: &mut BytesMut,
+        direct: Vec<(usize, Bytes)>,
+        queued: bool,
+    ) -> std::io::Result<()> {
+        let mut written = 0;
+        let mut result = Ok(());
+        for (at, payload) in direct {
+            result = stream
+                .write_all(&out[written..at])
+                .and_then(|_| stream.write_all(&payload));
+            written = at;
+            if result.is_err() {
+                break;
+            }
+        }
+        let more_ready = queued || !self.rx.is_empty();
+        if result.is_ok() && (out.len() >= self.opts.output_buffer || !more_ready) {
+            result = stream.write_all(&out[written..]);
+            written = out.len();
+        }
+        result?;
+        if written == out.len() {
+            out.clear();
+        } else if written > 0 {
+            let _ = out.split_to(written);
+        }
+        Ok(())
+    }
+}
+
+/// Write what is buffered, if anything, and empty the buffer (kept as is if the write fails).
+#[inline]
+fn write_buffered(stream: &mut TcpStream, out: &mut BytesMut) -> std::io::Result<()> {
+    if !out.is_empty() {
+        stream.write_all(out)?;
+        out.clear();
+    }
+    Ok(())
 }
 
 /// Whether the record value `have` on the target covers the batch whose own record value is
@@ -744,13 +788,10 @@ impl ReplyCtx<'_> {
     /// Check one reply against what it answers.
     fn check(&mut self, expect: &Expect, reply: Reply) -> Result<(), Fatal> {
         match (expect, reply) {
-            (Expect::Select(db), Reply::Error(e)) => {
-                self.state.fail(WriterFailure::Select {
-                    db: *db,
-                    reply: String::from_utf8_lossy(&e).into_owned(),
-                });
-                Err(Fatal)
-            }
+            (Expect::Select(db), Reply::Error(e)) => self.fatal(WriterFailure::Select {
+                db: *db,
+                reply: lossy(&e),
+            }),
             (Expect::Cmd { op, cmd }, Reply::Error(e)) => {
                 self.commands += 1;
                 self.error(*op, *cmd, &e)
@@ -762,18 +803,10 @@ impl ReplyCtx<'_> {
             (Expect::Queued(inner), Reply::Error(e)) => match **inner {
                 // Counted here; the EXEC that follows is an EXECABORT.
                 Expect::Cmd { op, cmd } => self.error(op, cmd, &e),
-                _ => {
-                    self.state.fail(WriterFailure::OwnCommandInMulti {
-                        reply: String::from_utf8_lossy(&e).into_owned(),
-                    });
-                    Err(Fatal)
-                }
+                _ => self.fatal(WriterFailure::OwnCommandInMulti { reply: lossy(&e) }),
             },
             (Expect::Multi, Reply::Error(e)) => {
-                self.state.fail(WriterFailure::Multi {
-                    reply: String::from_utf8_lossy(&e).into_owned(),
-                });
-                Err(Fatal)
+                self.fatal(WriterFailure::Multi { reply: lossy(&e) })
             }
             (Expect::Exec(items), Reply::Array(Some(replies))) => {
                 for (it, r) in items.iter().zip(replies) {
@@ -781,35 +814,44 @@ impl ReplyCtx<'_> {
                 }
                 Ok(())
             }
-            (Expect::Exec(items), Reply::Error(e)) => {
-                // EXECABORT: nothing of the transaction ran. The queue-time error was counted;
-                // the other commands were not applied either.
-                let lost = items
-                    .iter()
-                    .filter(|i| matches!(i, Expect::Cmd { .. }))
-                    .count();
-                let tracker = &self.batch.tracker;
-                tracing::error!(source = %tracker.name, commands = lost, "the target aborted a transaction: {}", String::from_utf8_lossy(&e));
-                if self.policy == ErrorPolicy::Stop {
-                    self.state.fail(WriterFailure::TransactionAborted {
-                        source_name: tracker.name.clone(),
-                        lost,
-                        reply: String::from_utf8_lossy(&e).into_owned(),
-                    });
-                    return Err(Fatal);
-                }
-                self.commands += lost as u64;
-                Ok(())
-            }
+            (Expect::Exec(items), Reply::Error(e)) => self.exec_aborted(items, &e),
             (Expect::Book, Reply::Error(e)) => {
-                self.state.fail(WriterFailure::Record {
-                    reply: String::from_utf8_lossy(&e).into_owned(),
-                });
-                Err(Fatal)
+                self.fatal(WriterFailure::Record { reply: lossy(&e) })
             }
             _ => Ok(()),
         }
     }
+
+    /// A fatal refusal: the pool fails with it (if it is the first), and this reply thread stops.
+    fn fatal(&self, failure: WriterFailure) -> Result<(), Fatal> {
+        self.state.fail(failure);
+        Err(Fatal)
+    }
+
+    /// EXECABORT: nothing of the transaction ran. The queue-time error was counted; the
+    /// other commands were not applied either.
+    fn exec_aborted(&mut self, items: &[Expect], e: &[u8]) -> Result<(), Fatal> {
+        let lost = items
+            .iter()
+            .filter(|i| matches!(i, Expect::Cmd { .. }))
+            .count();
+        let tracker = &self.batch.tracker;
+        tracing::error!(source = %tracker.name, commands = lost, "the target aborted a transaction: {}", String::from_utf8_lossy(e));
+        if self.policy == ErrorPolicy::Stop {
+            return self.fatal(WriterFailure::TransactionAborted {
+                source_name: tracker.name.clone(),
+                lost,
+                reply: lossy(e),
+            });
+        }
+        self.commands += lost as u64;
+        Ok(())
+    }
+}
+
+/// An error reply as text, for a [`WriterFailure`].
+fn lossy(e: &[u8]) -> String {
+    String::from_utf8_lossy(e).into_owned()
 }
 
 fn reply_loop(
