@@ -6,8 +6,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::endpoint::Endpoint;
 use crate::batch::SourceTracker;
+use crate::endpoint::Endpoint;
 use crate::pipeline::{ApplyOptions, ApplyStats, Dispatcher, SnapshotApply};
 use crate::progress::{CountingReader, Progress, Reporter};
 use crate::rdb::{Event, ParseOptions, RdbParser};

@@ -17,10 +17,10 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::endpoint::Endpoint;
+use crate::resp::Client;
 use crate::resp::Reply;
 use crate::source::twemproxy::TwemproxySources;
 use crate::target::info::{rdb_version_for, version_tuple};
-use crate::resp::Client;
 use probe::{human_bytes, parse_size, Info};
 
 /// Outcome of one check.
@@ -459,13 +459,7 @@ fn probe_source(
 }
 
 /// PSYNC: the version, and the command itself (renamed on some managed services).
-fn check_psync(
-    conn: &mut Client,
-    ep: &Endpoint,
-    subject: &str,
-    version: &str,
-    lines: &mut Lines,
-) {
+fn check_psync(conn: &mut Client, ep: &Endpoint, subject: &str, version: &str, lines: &mut Lines) {
     let v = version_tuple(version);
     if v < (2, 8) {
         lines.add(Status::Warn, subject, "psync", format!("Redis {version} has no PSYNC: the relay uses SYNC, and every reconnect costs a full snapshot"), Some("upgrade the source to 2.8 or newer to resume after a disconnect".into()));

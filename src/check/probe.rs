@@ -189,10 +189,7 @@ pub fn info(conn: &mut Client, section: Option<&str>) -> Result<Info, ProbeError
 
 /// `CONFIG GET name`: the outer error when the connection failed, the inner one when the
 /// server has no answer (managed services rename or refuse CONFIG).
-pub fn config_get(
-    conn: &mut Client,
-    name: &str,
-) -> Result<Result<String, ProbeError>, ProbeError> {
+pub fn config_get(conn: &mut Client, name: &str) -> Result<Result<String, ProbeError>, ProbeError> {
     let command = || format!("CONFIG GET {name}");
     let reply = conn
         .call(&["CONFIG", "GET", name])
