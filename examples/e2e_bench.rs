@@ -4,6 +4,7 @@
 //!
 //! ```sh
 //! cargo build --release && cargo run --release --example e2e_bench -- [--keys N] [--quick]
+//! RELAY_BIN=/path/to/old/redis-relay cargo run --release --example e2e_bench -- --keys N  # another build
 //! ```
 //!
 //! Scenarios (see README "Performance"):
@@ -291,12 +292,16 @@ struct Relay {
 
 impl Relay {
     fn start(dir: &Path, name: &str, source_args: &[String], target: &Server) -> Relay {
-        let exe = std::env::current_exe().expect("current_exe");
-        let bin = exe
-            .parent()
-            .and_then(|d| d.parent())
-            .map(|d| d.join("redis-relay"))
-            .expect("binary dir");
+        // RELAY_BIN: another build of the relay (an older commit, side by side).
+        let bin = match std::env::var_os("RELAY_BIN") {
+            Some(b) => std::path::PathBuf::from(b),
+            None => std::env::current_exe()
+                .expect("current_exe")
+                .parent()
+                .and_then(|d| d.parent())
+                .map(|d| d.join("redis-relay"))
+                .expect("binary dir"),
+        };
         assert!(
             bin.is_file(),
             "{} is missing: run `cargo build --release` first",
