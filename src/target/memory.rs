@@ -347,7 +347,7 @@ impl Model {
         let key = args.get(1).cloned().unwrap_or_default();
         let ok = match up {
             "RPUSH" | "LPUSH" | "SADD" | "SREM" | "HDEL" | "ZREM" => n >= 3,
-            "HSET" | "HMSET" => n >= 4 && n % 2 == 0,
+            "HSET" | "HMSET" => n >= 4 && n.is_multiple_of(2),
             _ => n >= 4,
         };
         if !ok {
@@ -401,7 +401,7 @@ impl Model {
             Some(f) if f.eq_ignore_ascii_case(b"CH") => &items[1..],
             _ => items,
         };
-        if items.is_empty() || items.len() % 2 != 0 {
+        if items.is_empty() || !items.len().is_multiple_of(2) {
             return Err("ERR syntax error (the in-memory target has plain ZADD only)".into());
         }
         let pairs = items
