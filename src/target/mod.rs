@@ -1,7 +1,7 @@
 //! The target side, the end of the data path: the writer pool (one connection per writer,
 //! pipelined, acknowledging batches to their sources' trackers), the commands it sends, the
 //! target's facts, and the deletions only a proof allows (sweeps, flush translation, the
-//! deferred ones).
+//! deferred ones); and an in-memory model of a target ([`memory`]) for tests and dry runs.
 //!
 //! Owns: every write to the target. May not touch: sources, the spool, the pipeline (it takes
 //! [`crate::batch::Batch`]es and knows nothing of where they come from).
@@ -9,6 +9,7 @@ pub mod commands;
 pub mod deferred;
 pub mod deletion;
 pub mod info;
+pub mod memory;
 pub mod writer;
 
 pub use info::TargetInfo;
@@ -21,8 +22,8 @@ use writer::{PoolError, WriterFailure};
 
 /// The target as the pipeline sees it: writers that each apply their batches in order and
 /// acknowledge them to the batch's tracker once applied, and the relay's records in database 0.
-/// [`PoolHandle`] is the real one (the writer pool on a Redis); tests without a server use an
-/// in-memory one behind the same trait.
+/// [`PoolHandle`] is the real one (the writer pool on a Redis); tests without a server (and
+/// dry runs) use [`memory::MemoryTarget`] behind the same trait.
 pub trait Writers: Send + Sync {
     /// How many writers (keys are partitioned over them).
     fn writers(&self) -> usize;
