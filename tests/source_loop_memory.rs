@@ -230,7 +230,12 @@ fn a_partial_resync_with_a_gap_stops_the_loop_naming_the_offsets() {
         offset: 5000,
     });
     records.push(SpoolRecord::StreamData(commands(&[&["SET", "late", "1"]])));
-    let r = run(dir.path(), Arc::new(MemoryTarget::new(2, 16)), records, None);
+    let r = run(
+        dir.path(),
+        Arc::new(MemoryTarget::new(2, 16)),
+        records,
+        None,
+    );
     let err = r.result.expect_err("a gap is fatal");
     assert!(
         matches!(err, ApplyError::PartialGap { offset: 5000, .. }),
@@ -277,10 +282,9 @@ fn a_sink_gets_the_snapshot_and_the_commands_in_order() {
             RelayEvent::FullResync { offset, .. } => format!("full {offset:?}"),
             RelayEvent::Snapshot { .. } => "snap".into(),
             RelayEvent::SnapshotEnd { .. } => "end".into(),
-            RelayEvent::Command { args, offset, .. } => format!(
-                "{} @{offset}",
-                String::from_utf8_lossy(&args.concat())
-            ),
+            RelayEvent::Command { args, offset, .. } => {
+                format!("{} @{offset}", String::from_utf8_lossy(&args.concat()))
+            }
         });
         Ok(())
     };
@@ -291,7 +295,11 @@ fn a_sink_gets_the_snapshot_and_the_commands_in_order() {
         spool,
         acks: acks.clone(),
         tracker: Arc::new(SourceTracker::new(SOURCE, 0, 1, 0)),
-        output: Box::new(SinkOutput::new(SOURCE.into(), Box::new(sink), figures.clone())),
+        output: Box::new(SinkOutput::new(
+            SOURCE.into(),
+            Box::new(sink),
+            figures.clone(),
+        )),
         stream_opts: StreamOptions::default(),
         parse_opts: ParseOptions {
             read_ahead: true,

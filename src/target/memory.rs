@@ -97,23 +97,36 @@ pub struct Model {
 const WRONGTYPE: &str = "WRONGTYPE Operation against a key holding the wrong kind of value";
 const NOT_INTEGER: &str = "ERR value is not an integer or out of range";
 
-fn arity(name: &str) -> String {
-    format!("ERR wrong number of arguments for '{name}' command")
+/// The error reply Redis would give, as text (`WRONGTYPE ...`, `ERR ...`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ErrorReply(pub String);
+
+impl From<&str> for ErrorReply {
+    fn from(s: &str) -> Self {
+        ErrorReply(s.to_string())
+    }
 }
 
-fn int(arg: &[u8]) -> Result<i64, String> {
+fn arity(name: &str) -> ErrorReply {
+    ErrorReply(format!(
+        "ERR wrong number of arguments for '{name}' command"
+    ))
+}
+
+fn int(arg: &[u8]) -> Result<i64, ErrorReply> {
     std::str::from_utf8(arg)
         .ok()
         .and_then(|s| s.parse().ok())
-        .ok_or_else(|| NOT_INTEGER.to_string())
+        .ok_or_else(|| ErrorReply::from(NOT_INTEGER))
 }
 
-fn float(arg: &[u8]) -> Result<f64, String> {
+fn float(arg: &[u8]) -> Result<f64, ErrorReply> {
     std::str::from_utf8(arg)
         .ok()
         .and_then(|s| s.parse::<f64>().ok())
         .filter(|f| !f.is_nan())
-        .ok_or_else(|| "ERR value is not a valid float".to_string())
+        .ok_or_else(|| ErrorReply::from("ERR value is not a valid float"))
 }
 
 impl Model {
@@ -195,7 +208,7 @@ impl Model {
     /// LPUSH, HSET, HMSET, HDEL, SADD, SREM, ZADD (with CH), ZREM, EXPIRE, PEXPIRE, EXPIREAT,
     /// PEXPIREAT, PERSIST, FLUSHDB, FLUSHALL, RESTORE (with REPLACE, ABSTTL). `Err` holds the
     /// error reply a Redis would give (or would not: an unknown command of the model).
-    pub fn execute(&mut self, db: &mut u32, args: &[Bytes]) -> Result<(), String> {
+    pub fn execute(&mut self, db: &mut u32, args: &[Bytes]) -> Result<(), ErrorReply> {
         let Some(name) = args.first() else {
             return Ok(());
         };
@@ -213,15 +226,15 @@ impl Model {
             "RPUSH" | "LPUSH" | "HSET" | "HMSET" | "HDEL" | "SADD" | "SREM" | "ZADD" | "ZREM" => {
                 self.collections(&up, *db, args)
             }
-            _ => Err(format!("ERR unknown command '{}'", text(name))),
+            _ => Err(ErrorReply(format!("ERR unknown command '{}'", text(name)))),
         }
     }
 
-    fn keyspace(&mut self, up: &str, db: &mut u32, args: &[Bytes]) -> Result<(), String> {
+    fn keyspace(&mut self, up: &str, db: &mut u32, args: &[Bytes]) -> Result<(), ErrorReply> {
         match (up, args.len()) {
             ("SELECT", 2) => {
                 *db = u32::try_from(int(&args[1])?)
-                    .map_err(|_| "ERR DB index is out of range".to_string())?;
+                    .map_err(|_| ErrorReply::from("ERR DB index is out of range"))?;
             }
             ("FLUSHDB", 1 | 2) => {
                 self.dbs.remove(db);
@@ -255,7 +268,7 @@ impl Model {
         Ok(())
     }
 
-    fn expire(&mut self, up: &str, db: u32, args: &[Bytes]) -> Result<(), String> {
+    fn expire(&mut self, up: &str, db: u32, args: &[Bytes]) -> Result<(), ErrorReply> {
         let wanted = if up == "PERSIST" { 2 } else { 3 };
         if args.len() != wanted {
             return Err(arity(&up.to_ascii_lowercase()));
@@ -274,7 +287,7 @@ impl Model {
         Ok(())
     }
 
-    fn strings(&mut self, up: &str, db: u32, args: &[Bytes]) -> Result<(), String> {
+    fn strings(&mut self, up: &str, db: u32, args: &[Bytes]) -> Result<(), ErrorReply> {
         let n = args.len();
         match up {
             "SET" if n >= 3 => self.set(db, args),
@@ -305,7 +318,7 @@ impl Model {
     }
 
     /// `SET key value [EX s | PX ms | EXAT s | PXAT ms | KEEPTTL]`.
-    fn set(&mut self, db: u32, args: &[Bytes]) -> Result<(), String> {
+    fn set(&mut self, db: u32, args: &[Bytes]) -> Result<(), ErrorReply> {
         let mut expiry = None;
         let mut keep = false;
         let mut it = args[3..].iter();
@@ -321,7 +334,11 @@ impl Model {
                 "PX" => Expiry::InMs(n),
                 "EXAT" => Expiry::AtMs(n.saturating_mul(1000)),
                 "PXAT" => Expiry::AtMs(n),
-                _ => return Err(format!("ERR SET option {o} is not in the in-memory target")),
+                _ => {
+                    return Err(ErrorReply(format!(
+                        "ERR SET option {o} is not in the in-memory target"
+                    )))
+                }
             });
         }
         self.put(db, &args[1], Value::String(args[2].clone()));
@@ -331,7 +348,7 @@ impl Model {
         Ok(())
     }
 
-    fn incr(&mut self, db: u32, key: &Bytes, by: i64) -> Result<(), String> {
+    fn incr(&mut self, db: u32, key: &Bytes, by: i64) -> Result<(), ErrorReply> {
         match self.value_or(db, key, Value::String(Bytes::from_static(b"0"))) {
             Value::String(s) => {
                 let n = int(s)?.checked_add(by).ok_or(NOT_INTEGER)?;
@@ -342,7 +359,7 @@ impl Model {
         }
     }
 
-    fn collections(&mut self, up: &str, db: u32, args: &[Bytes]) -> Result<(), String> {
+    fn collections(&mut self, up: &str, db: u32, args: &[Bytes]) -> Result<(), ErrorReply> {
         let n = args.len();
         let key = args.get(1).cloned().unwrap_or_default();
         let ok = match up {
@@ -379,7 +396,13 @@ impl Model {
         r
     }
 
-    fn push(&mut self, db: u32, key: &Bytes, items: &[Bytes], left: bool) -> Result<(), String> {
+    fn push(
+        &mut self,
+        db: u32,
+        key: &Bytes,
+        items: &[Bytes],
+        left: bool,
+    ) -> Result<(), ErrorReply> {
         match self.value_or(db, key, Value::List(VecDeque::new())) {
             Value::List(l) => {
                 for e in items {
@@ -396,7 +419,7 @@ impl Model {
     }
 
     /// `ZADD key [CH] score member [score member ...]`.
-    fn zadd(&mut self, db: u32, key: &Bytes, items: &[Bytes]) -> Result<(), String> {
+    fn zadd(&mut self, db: u32, key: &Bytes, items: &[Bytes]) -> Result<(), ErrorReply> {
         let items = match items.first() {
             Some(f) if f.eq_ignore_ascii_case(b"CH") => &items[1..],
             _ => items,
@@ -407,7 +430,7 @@ impl Model {
         let pairs = items
             .chunks(2)
             .map(|p| Ok((p[1].clone(), float(&p[0])?)))
-            .collect::<Result<Vec<_>, String>>()?;
+            .collect::<Result<Vec<_>, ErrorReply>>()?;
         match self.value_or(db, key, Value::ZSet(BTreeMap::new())) {
             Value::ZSet(z) => {
                 z.extend(pairs);
@@ -418,7 +441,7 @@ impl Model {
     }
 
     /// HDEL, SREM, ZREM: never create the key.
-    fn remove_members(&mut self, db: u32, key: &Bytes, items: &[Bytes]) -> Result<(), String> {
+    fn remove_members(&mut self, db: u32, key: &Bytes, items: &[Bytes]) -> Result<(), ErrorReply> {
         let Some(v) = self.dbs.get_mut(&db).and_then(|d| d.get_mut(&key[..])) else {
             return Ok(());
         };
@@ -621,7 +644,7 @@ impl MemoryTarget {
                         writer: w,
                         db: ran_in,
                         command: command_text(args),
-                        reply,
+                        reply: reply.0,
                     });
                 }
             }
