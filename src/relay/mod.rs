@@ -22,6 +22,7 @@
 //! tracks offsets. The writers are shared by all sources.
 
 mod backlog;
+pub mod error;
 mod run;
 mod spool_sink;
 
@@ -34,6 +35,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 pub use crate::pipeline::source_loop::{ApplyError, EventSink, RelayEvent, SinkError};
+pub use error::{RelayError, StartError};
 pub use run::run_until_signal;
 
 use crate::batch::SourceTracker;
@@ -246,20 +248,24 @@ impl RelayBuilder {
 
     /// Connect and start everything. Fails at once when the target is unreachable or a
     /// checkpoint is unreadable; source connection problems are retried by the links.
-    pub fn start(mut self) -> anyhow::Result<RelayHandle> {
+    pub fn start(mut self) -> Result<RelayHandle, StartError> {
         let cfg = self.checked_config()?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("relay-links")
             .enable_all()
-            .build()?;
+            .build()
+            .map_err(|cause| StartError::Threads {
+                what: "link runtime",
+                cause,
+            })?;
         let (pool, apply_opts) = match (&cfg.target, &self.sink_factory) {
             (_, Some(_)) => (None, None),
             (Some(t), None) => {
                 let (pool, apply) = start_target(&cfg, t)?;
                 (Some(pool), Some(apply))
             }
-            (None, None) => anyhow::bail!("no target: give --target"),
+            (None, None) => return Err(StartError::NoTarget),
         };
         let wiring = Wiring {
             cfg: &cfg,
@@ -308,35 +314,36 @@ impl RelayBuilder {
 
     /// The configuration checked (sources given once each, the state dir there), with what
     /// follows from it.
-    fn checked_config(&self) -> anyhow::Result<RelayConfig> {
+    fn checked_config(&self) -> Result<RelayConfig, StartError> {
         let mut cfg = self.cfg.clone();
-        anyhow::ensure!(
-            !cfg.sources.is_empty(),
-            "no source: give --source or --twemproxy"
-        );
+        if cfg.sources.is_empty() {
+            return Err(StartError::NoSource);
+        }
         // A FLUSHDB/FLUSHALL of a source is forwarded as is only when that source is the
         // target's only writer; otherwise it becomes a deletion of the keys proven its own.
         cfg.stream.shared_target =
             cfg.sources.len() > 1 || cfg.ownership.target_owner != TargetOwner::Exclusive;
         let mut names = std::collections::HashSet::new();
         for s in &cfg.sources {
-            anyhow::ensure!(names.insert(s.to_string()), "source {s} is listed twice");
+            if !names.insert(s.to_string()) {
+                return Err(StartError::Duplicate(s.to_string()));
+            }
         }
-        std::fs::create_dir_all(&cfg.state_dir).map_err(|e| {
-            anyhow::anyhow!(
-                "cannot create the state dir {}: {e}",
-                cfg.state_dir.display()
-            )
+        std::fs::create_dir_all(&cfg.state_dir).map_err(|cause| StartError::StateDir {
+            dir: cfg.state_dir.clone(),
+            cause,
         })?;
         Ok(cfg)
     }
 }
 
 /// Connect to the target, learn what it accepts, and start the writer pool.
-fn start_target(cfg: &RelayConfig, t: &Endpoint) -> anyhow::Result<(WriterPool, ApplyOptions)> {
+fn start_target(cfg: &RelayConfig, t: &Endpoint) -> Result<(WriterPool, ApplyOptions), StartError> {
     let mut conn = Client::connect(t, cfg.writers.connect_timeout)?;
-    let info =
-        TargetInfo::read(&mut conn).map_err(|e| anyhow::anyhow!("target {t}: INFO failed: {e}"))?;
+    let info = TargetInfo::read(&mut conn).map_err(|cause| StartError::Info {
+        target: t.to_string(),
+        cause,
+    })?;
     tracing::info!(target = %t, version = %info.version, rdb_version = info.rdb_version, "target connected");
     let mut a = ApplyOptions::for_target(&info);
     a.use_restore = cfg.use_restore;
@@ -362,7 +369,7 @@ impl Wiring<'_> {
         apply: Option<&ApplyOptions>,
         runtime: &tokio::runtime::Runtime,
         output: impl FnOnce(&Arc<SourceTracker>, &Arc<LoopFigures>) -> Box<dyn Output>,
-    ) -> anyhow::Result<SourceRuntime> {
+    ) -> Result<SourceRuntime, StartError> {
         let cfg = self.cfg;
         let name = ep.to_string();
         let resume = self.checkpoint(&name, apply.is_some())?;
@@ -429,9 +436,13 @@ impl Wiring<'_> {
     }
 
     /// The checkpoint of source `name`, if any (logged).
-    fn checkpoint(&self, name: &str, to_target: bool) -> anyhow::Result<Option<Checkpoint>> {
-        let resume = checkpoint::load(&self.cfg.state_dir, name)
-            .map_err(|e| anyhow::anyhow!("source {name}: unreadable checkpoint: {e}"))?;
+    fn checkpoint(&self, name: &str, to_target: bool) -> Result<Option<Checkpoint>, StartError> {
+        let resume = checkpoint::load(&self.cfg.state_dir, name).map_err(|cause| {
+            StartError::Checkpoint {
+                name: name.to_string(),
+                cause,
+            }
+        })?;
         if let Some(cp) = &resume {
             let writers = self.writers;
             if to_target && cp.writers != writers {
@@ -456,11 +467,11 @@ fn parse_options(cfg: &RelayConfig, apply: Option<&ApplyOptions>) -> ParseOption
 }
 
 /// Start a source's loop on its own thread; its fatal error lands in the returned slot.
-/// Where a source's loop leaves its fatal error (rendered: the loop's thread ends with it).
-type FatalSlot = Arc<Mutex<Option<String>>>;
+/// Where a source's loop leaves its fatal error (the loop's thread ends with it).
+type FatalSlot = Arc<Mutex<Option<Arc<ApplyError>>>>;
 
-fn spawn_loop(ctx: SourceCtx) -> anyhow::Result<(JoinHandle<()>, FatalSlot)> {
-    let fatal = Arc::new(Mutex::new(None::<String>));
+fn spawn_loop(ctx: SourceCtx) -> Result<(JoinHandle<()>, FatalSlot), StartError> {
+    let fatal: FatalSlot = Arc::default();
     let slot = fatal.clone();
     let name = ctx.name.clone();
     let handle = std::thread::Builder::new()
@@ -468,9 +479,12 @@ fn spawn_loop(ctx: SourceCtx) -> anyhow::Result<(JoinHandle<()>, FatalSlot)> {
         .spawn(move || {
             if let Err(e) = source_loop::run(ctx) {
                 tracing::error!(source = %name, "{e}");
-                // Rendered at the boundary: `RelayHandle::error` gives text.
-                *slot.lock() = Some(e.to_string());
+                *slot.lock() = Some(Arc::new(e));
             }
+        })
+        .map_err(|cause| StartError::Threads {
+            what: "source loop thread",
+            cause,
         })?;
     Ok((handle, fatal))
 }
@@ -502,7 +516,7 @@ fn spawn_heartbeat(
     key: Vec<u8>,
     period: Duration,
     stop: Arc<AtomicBool>,
-) -> anyhow::Result<()> {
+) -> Result<(), StartError> {
     let ttl_ms = (period.as_millis() as u64 * 10).max(60_000).to_string();
     std::thread::Builder::new()
         .name(format!("heartbeat-{ep}"))
@@ -561,6 +575,10 @@ fn spawn_heartbeat(
                     None => warned = false,
                 }
             }
+        })
+        .map_err(|cause| StartError::Threads {
+            what: "heartbeat thread",
+            cause,
         })?;
     Ok(())
 }
@@ -713,7 +731,12 @@ impl RelayHandle {
                         0 => None,
                         since => Some(source_loop::unix_ms().saturating_sub(since) as f64 / 1000.0),
                     },
-                    error: s.fatal.lock().clone().or(link_error),
+                    error: s
+                        .fatal
+                        .lock()
+                        .as_ref()
+                        .map(|e| e.to_string())
+                        .or(link_error),
                 }
             })
             .collect()
@@ -721,24 +744,22 @@ impl RelayHandle {
 
     /// The first fatal error of any source or of the writers, if one happened. Transient
     /// problems (a master restarting, a refused connection) are retried and are not errors.
-    pub fn error(&self) -> Option<String> {
+    pub fn error(&self) -> Option<RelayError> {
         if let Some(p) = self.inner.pool.lock().as_ref() {
             if let Some(e) = p.state.error() {
-                return Some(e.to_string());
+                return Some(RelayError::Writers(e));
             }
         }
         self.inner.sources.iter().find_map(|s| {
             if let Some(e) = s.fatal.lock().clone() {
-                return Some(e);
+                return Some(RelayError::Source(e));
             }
-            (s.progress.state() == LinkState::Failed).then(|| {
-                format!(
-                    "source {}: {}",
-                    s.name,
-                    s.progress
-                        .last_error()
-                        .unwrap_or_else(|| "replication link failed".into())
-                )
+            (s.progress.state() == LinkState::Failed).then(|| RelayError::Link {
+                source_name: s.name.clone(),
+                message: s
+                    .progress
+                    .last_error()
+                    .unwrap_or_else(|| "replication link failed".into()),
             })
         })
     }
@@ -757,7 +778,7 @@ impl RelayHandle {
 
     /// Stop reading, let the writers drain, write the checkpoints, and stop. Returns the
     /// first fatal error, if any happened while running.
-    pub fn shutdown(&self, timeout: Duration) -> anyhow::Result<()> {
+    pub fn shutdown(&self, timeout: Duration) -> Result<(), RelayError> {
         let deadline = Instant::now() + timeout;
         let inner = &self.inner;
         inner.stop.store(true, Ordering::Release);
@@ -780,12 +801,10 @@ impl RelayHandle {
             if running() {
                 // Abandon the writers (their sockets are closed); the checkpoints on disk
                 // only cover what the target acknowledged, so nothing is lost.
-                first_err = Some(
-                    "shutdown timed out before the target acknowledged everything".to_string(),
-                );
+                first_err = Some(RelayError::ShutdownTimeout);
                 pool.abort();
             } else if let Err(e) = pool.finish() {
-                first_err.get_or_insert(e.to_string());
+                first_err.get_or_insert(RelayError::Pool(e));
             }
         }
         for s in &inner.sources {
@@ -793,14 +812,14 @@ impl RelayHandle {
                 let _ = h.join();
             }
             if let Some(e) = s.fatal.lock().clone() {
-                first_err.get_or_insert(e);
+                first_err.get_or_insert(RelayError::Source(e));
             }
         }
         if let Some(rt) = inner.runtime.lock().take() {
             rt.shutdown_timeout(Duration::from_secs(1));
         }
         match first_err {
-            Some(e) => Err(anyhow::anyhow!(e)),
+            Some(e) => Err(e),
             None => Ok(()),
         }
     }

@@ -1,0 +1,63 @@
+//! Why a relay did not start, or stopped: typed values up to the CLI, which alone turns them
+//! into text and exit codes. Every message names what and where.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::pipeline::source_loop::ApplyError;
+use crate::resp::ClientError;
+use crate::spool::SpoolError;
+use crate::target::writer::{PoolError, WriterFailure};
+
+/// Why [`super::RelayBuilder::start`] failed: nothing runs.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("no source: give --source or --twemproxy")]
+    NoSource,
+    #[error("no target: give --target")]
+    NoTarget,
+    #[error("source {0} is listed twice")]
+    Duplicate(String),
+    #[error("cannot create the state dir {}: {cause}", dir.display())]
+    StateDir { dir: PathBuf, cause: std::io::Error },
+    /// The target cannot be reached or refused the login (its message names it).
+    #[error(transparent)]
+    Target(#[from] ClientError),
+    #[error("target {target}: INFO failed: {cause}")]
+    Info {
+        target: String,
+        cause: std::io::Error,
+    },
+    #[error("source {name}: unreadable checkpoint: {cause}")]
+    Checkpoint { name: String, cause: std::io::Error },
+    /// A source's spool could not be opened (its message names the directory).
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    #[error("cannot start the relay's {what}: {cause}")]
+    Threads {
+        what: &'static str,
+        cause: std::io::Error,
+    },
+}
+
+/// Why a running relay stopped, or did not stop cleanly.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RelayError {
+    /// The writers failed (shared by every source: the target or the command is named).
+    #[error(transparent)]
+    Writers(#[from] WriterFailure),
+    /// The writer pool did not drain at shutdown.
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+    /// A source's loop stopped on a fatal error (its message names the source).
+    #[error(transparent)]
+    Source(Arc<ApplyError>),
+    /// A source's replication link gave up (the link's own account of why).
+    #[error("source {source_name}: {message}")]
+    Link {
+        source_name: String,
+        message: String,
+    },
+    #[error("shutdown timed out before the target acknowledged everything")]
+    ShutdownTimeout,
+}
