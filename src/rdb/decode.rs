@@ -123,62 +123,7 @@ pub(crate) fn read_value<R: Read>(
         Layout::Other => {}
     }
     match t {
-        HASH_METADATA | HASH_METADATA_PRE_GA => {
-            let mut min_expire = 0u64;
-            if t == HASH_METADATA {
-                let at = r.position();
-                min_expire = r.millis()?;
-                if min_expire > EB_EXPIRE_TIME_MAX + 1 {
-                    return Err(RdbError::corrupt(
-                        at,
-                        "hash minimum field expire time out of range",
-                    ));
-                }
-            }
-            let mut c = Collector::new(meta, Value::Hash(Vec::new()), lim);
-            let n = r.count(3)?;
-            for _ in 0..n {
-                let at = r.position();
-                let ttl = r.plain_len()?;
-                let expire_at = if t == HASH_METADATA {
-                    if ttl == 0 {
-                        0
-                    } else {
-                        ttl.checked_add(min_expire)
-                            .and_then(|v| v.checked_sub(1))
-                            .unwrap_or(u64::MAX)
-                    }
-                } else {
-                    ttl
-                };
-                if expire_at > EB_EXPIRE_TIME_MAX {
-                    return Err(RdbError::corrupt(
-                        at,
-                        format!("invalid hash field expire time {expire_at}"),
-                    ));
-                }
-                let field = r.string()?;
-                let value = r.string()?;
-                let expire_ms = if expire_at == 0 {
-                    None
-                } else {
-                    Some(expire_at as i64)
-                };
-                c.push(
-                    Item::Hash(HashField {
-                        field,
-                        value,
-                        expire_ms,
-                    }),
-                    emit,
-                )
-                .map_err(h(r.position()))?;
-                if c.big {
-                    r.stop_record();
-                }
-            }
-            finish(r, c, None, emit)
-        }
+        HASH_METADATA | HASH_METADATA_PRE_GA => read_hash_metadata(r, t, meta, lim, emit),
         STREAM_LISTPACKS | STREAM_LISTPACKS_2 | STREAM_LISTPACKS_3 => {
             read_stream(r, t, meta, lim, emit)
         }
@@ -186,22 +131,121 @@ pub(crate) fn read_value<R: Read>(
             r.position(),
             "pre-GA module value (RDB type 6) cannot be parsed without the module",
         )),
-        MODULE_2 => {
-            let module_id = r.plain_len()?;
-            walk_module(r, &module_name(module_id))?;
-            let raw = r.take_record();
-            emit(Event::Entry(Entry {
-                meta,
-                value: Value::Module { module_id },
-                raw,
-            }))
-            .map_err(h(r.position()))
-        }
+        MODULE_2 => read_module_value(r, meta, emit),
         _ => Err(RdbError::corrupt(
             r.position(),
             format!("unknown object type {t}"),
         )),
     }
+}
+
+/// A hash with field TTLs (HASH_METADATA, or the form of the 7.4 release candidates): a TTL,
+/// a field and a value per field.
+fn read_hash_metadata<R: Read>(
+    r: &mut RdbReader<R>,
+    t: u8,
+    meta: KeyMeta,
+    lim: Limits,
+    emit: &mut Emit<'_>,
+) -> Result<(), RdbError> {
+    let min_expire = if t == types::HASH_METADATA {
+        read_min_expire(r)?
+    } else {
+        0
+    };
+    let mut c = Collector::new(meta, Value::Hash(Vec::new()), lim);
+    let n = r.count(3)?;
+    for _ in 0..n {
+        read_ttl_field(r, t, min_expire, &mut c, emit)?;
+    }
+    finish(r, c, None, emit)
+}
+
+/// HASH_METADATA's minimum field expire time, which its field TTLs are relative to.
+fn read_min_expire<R: Read>(r: &mut RdbReader<R>) -> Result<u64, RdbError> {
+    let at = r.position();
+    let min_expire = r.millis()?;
+    if min_expire > EB_EXPIRE_TIME_MAX + 1 {
+        return Err(RdbError::corrupt(
+            at,
+            "hash minimum field expire time out of range",
+        ));
+    }
+    Ok(min_expire)
+}
+
+/// One field of a hash with field TTLs (its TTL, field and value) pushed into `c`.
+#[inline]
+fn read_ttl_field<R: Read>(
+    r: &mut RdbReader<R>,
+    t: u8,
+    min_expire: u64,
+    c: &mut Collector,
+    emit: &mut Emit<'_>,
+) -> Result<(), RdbError> {
+    let at = r.position();
+    let ttl = r.plain_len()?;
+    let expire_at = field_expire_at(t, ttl, min_expire);
+    if expire_at > EB_EXPIRE_TIME_MAX {
+        return Err(RdbError::corrupt(
+            at,
+            format!("invalid hash field expire time {expire_at}"),
+        ));
+    }
+    let field = r.string()?;
+    let value = r.string()?;
+    let expire_ms = if expire_at == 0 {
+        None
+    } else {
+        Some(expire_at as i64)
+    };
+    c.push(
+        Item::Hash(HashField {
+            field,
+            value,
+            expire_ms,
+        }),
+        emit,
+    )
+    .map_err(h(r.position()))?;
+    if c.big {
+        r.stop_record();
+    }
+    Ok(())
+}
+
+/// The absolute expire time (0: none) of a field stored with `ttl`: HASH_METADATA stores it
+/// as an offset from the minimum plus one, the pre-GA form as is.
+#[inline]
+fn field_expire_at(t: u8, ttl: u64, min_expire: u64) -> u64 {
+    if t == types::HASH_METADATA {
+        if ttl == 0 {
+            0
+        } else {
+            ttl.checked_add(min_expire)
+                .and_then(|v| v.checked_sub(1))
+                .unwrap_or(u64::MAX)
+        }
+    } else {
+        ttl
+    }
+}
+
+/// A MODULE_2 value: walked to its end and delivered as its raw bytes only.
+fn read_module_value<R: Read>(
+    r: &mut RdbReader<R>,
+    meta: KeyMeta,
+    emit: &mut Emit<'_>,
+) -> Result<(), RdbError> {
+    let module_id = r.plain_len()?;
+    walk_module(r, &module_name(module_id))?;
+    let raw = r.take_record();
+    emit(Event::Entry(Entry {
+        meta,
+        value: Value::Module { module_id },
+        raw,
+    }))
+    .map_err(h(r.position()))
 }
 
 /// The empty value of a collection type (what a [`Collector`] starts from).
@@ -569,6 +613,7 @@ fn read_id<R: Read>(r: &mut RdbReader<R>) -> Result<StreamId, RdbError> {
     Ok(StreamId { ms, seq })
 }
 
+/// A stream: its listpack nodes, its metadata and its consumer groups.
 fn read_stream<R: Read>(
     r: &mut RdbReader<R>,
     t: u8,
@@ -584,6 +629,42 @@ fn read_stream<R: Read>(
         })),
         lim,
     );
+    let live_total = read_stream_nodes(r, &mut c, emit)?;
+    let at = r.position();
+    let length = r.plain_len()?;
+    let last_id = read_id(r)?;
+    let (mut first_id, mut max_deleted_entry_id, mut entries_added) = (None, None, None);
+    if t >= types::STREAM_LISTPACKS_2 {
+        first_id = Some(read_id(r)?);
+        max_deleted_entry_id = Some(read_id(r)?);
+        entries_added = Some(r.plain_len()?);
+    }
+    // Redis does not cross-check the declared length against the nodes; neither do we (the
+    // declared length is what XLEN reports after a load).
+    let _ = (at, live_total);
+    let ngroups = r.count(4)?;
+    let mut groups = Vec::new();
+    for _ in 0..ngroups {
+        groups.push(read_group(r, t)?);
+    }
+    let smeta = StreamMeta {
+        length,
+        last_id,
+        first_id,
+        max_deleted_entry_id,
+        entries_added,
+        groups,
+    };
+    finish(r, c, Some(smeta), emit)
+}
+
+/// The nodes of a stream (a master id and a listpack each): their live entries pushed into
+/// `c`; how many there were.
+fn read_stream_nodes<R: Read>(
+    r: &mut RdbReader<R>,
+    c: &mut Collector,
+    emit: &mut Emit<'_>,
+) -> Result<u64, RdbError> {
     let nodes = r.count(2)?;
     let mut node_entries = Vec::new();
     let mut live_total: u64 = 0;
@@ -607,103 +688,100 @@ fn read_stream<R: Read>(
             r.stop_record();
         }
     }
-    let at = r.position();
-    let length = r.plain_len()?;
-    let last_id = read_id(r)?;
-    let (mut first_id, mut max_deleted_entry_id, mut entries_added) = (None, None, None);
-    if t >= types::STREAM_LISTPACKS_2 {
-        first_id = Some(read_id(r)?);
-        max_deleted_entry_id = Some(read_id(r)?);
-        entries_added = Some(r.plain_len()?);
-    }
-    // Redis does not cross-check the declared length against the nodes; neither do we (the
-    // declared length is what XLEN reports after a load).
-    let _ = (at, live_total);
-    let ngroups = r.count(4)?;
-    let mut groups = Vec::new();
-    for _ in 0..ngroups {
-        let name = r.string()?;
-        let last_delivered_id = read_id(r)?;
-        let entries_read = if t >= types::STREAM_LISTPACKS_2 {
-            let v = r.plain_len()?;
-            if v == u64::MAX {
-                None
-            } else {
-                Some(v as i64)
-            }
-        } else {
+    Ok(live_total)
+}
+
+/// One consumer group: its name, last delivered id, entries read (RDB type 19 on), PEL and
+/// consumers.
+fn read_group<R: Read>(r: &mut RdbReader<R>, t: u8) -> Result<ConsumerGroup, RdbError> {
+    let name = r.string()?;
+    let last_delivered_id = read_id(r)?;
+    let entries_read = if t >= types::STREAM_LISTPACKS_2 {
+        let v = r.plain_len()?;
+        if v == u64::MAX {
             None
-        };
-        let npel = r.count(17)?;
-        let mut pel: Vec<PendingEntry> = Vec::new();
-        for _ in 0..npel {
-            let at = r.position();
-            let raw = r.array::<16>()?;
-            let id = stream::id_from_be(&raw).unwrap_or_default();
-            if pel.last().is_some_and(|p| p.id >= id) {
-                return Err(RdbError::corrupt(
-                    at,
-                    "consumer group PEL not in id order or duplicated",
-                ));
-            }
-            let delivery_time_ms = r.millis()?;
-            let delivery_count = r.plain_len()?;
-            pel.push(PendingEntry {
-                id,
-                delivery_time_ms,
-                delivery_count,
-                consumer: None,
-            });
+        } else {
+            Some(v as i64)
         }
-        let ncons = r.count(10)?;
-        let mut consumers = Vec::new();
-        for _ in 0..ncons {
-            let cname = r.string()?;
-            let seen_time_ms = r.millis()?;
-            let active_time_ms = if t >= types::STREAM_LISTPACKS_3 {
-                Some(r.millis()?)
-            } else {
-                None
-            };
-            let n = r.count(16)?;
-            let mut cpel = Vec::new();
-            for _ in 0..n {
-                let at = r.position();
-                let raw = r.array::<16>()?;
-                let id = stream::id_from_be(&raw).unwrap_or_default();
-                match pel.binary_search_by(|p| p.id.cmp(&id)) {
-                    Ok(i) => pel[i].consumer = Some(cname.clone()),
-                    Err(_) => {
-                        return Err(RdbError::corrupt(
-                            at,
-                            "consumer PEL entry not found in group PEL",
-                        ))
-                    }
-                }
-                cpel.push(id);
-            }
-            consumers.push(Consumer {
-                name: cname,
-                seen_time_ms,
-                active_time_ms,
-                pel: cpel,
-            });
+    } else {
+        None
+    };
+    let mut pel = read_group_pel(r)?;
+    let ncons = r.count(10)?;
+    let mut consumers = Vec::new();
+    for _ in 0..ncons {
+        consumers.push(read_consumer(r, t, &mut pel)?);
+    }
+    Ok(ConsumerGroup {
+        name,
+        last_delivered_id,
+        entries_read,
+        pel,
+        consumers,
+    })
+}
+
+/// A group's PEL, in strictly increasing id order (the consumers then name the owners).
+fn read_group_pel<R: Read>(r: &mut RdbReader<R>) -> Result<Vec<PendingEntry>, RdbError> {
+    let npel = r.count(17)?;
+    let mut pel: Vec<PendingEntry> = Vec::new();
+    for _ in 0..npel {
+        let at = r.position();
+        let raw = r.array::<16>()?;
+        let id = stream::id_from_be(&raw).unwrap_or_default();
+        if pel.last().is_some_and(|p| p.id >= id) {
+            return Err(RdbError::corrupt(
+                at,
+                "consumer group PEL not in id order or duplicated",
+            ));
         }
-        groups.push(ConsumerGroup {
-            name,
-            last_delivered_id,
-            entries_read,
-            pel,
-            consumers,
+        let delivery_time_ms = r.millis()?;
+        let delivery_count = r.plain_len()?;
+        pel.push(PendingEntry {
+            id,
+            delivery_time_ms,
+            delivery_count,
+            consumer: None,
         });
     }
-    let smeta = StreamMeta {
-        length,
-        last_id,
-        first_id,
-        max_deleted_entry_id,
-        entries_added,
-        groups,
+    Ok(pel)
+}
+
+/// One consumer of a group: its name, times and pending ids, each of which must be in the
+/// group's `pel` (whose entry it marks as this consumer's).
+fn read_consumer<R: Read>(
+    r: &mut RdbReader<R>,
+    t: u8,
+    pel: &mut [PendingEntry],
+) -> Result<Consumer, RdbError> {
+    let cname = r.string()?;
+    let seen_time_ms = r.millis()?;
+    let active_time_ms = if t >= types::STREAM_LISTPACKS_3 {
+        Some(r.millis()?)
+    } else {
+        None
     };
-    finish(r, c, Some(smeta), emit)
+    let n = r.count(16)?;
+    let mut cpel = Vec::new();
+    for _ in 0..n {
+        let at = r.position();
+        let raw = r.array::<16>()?;
+        let id = stream::id_from_be(&raw).unwrap_or_default();
+        match pel.binary_search_by(|p| p.id.cmp(&id)) {
+            Ok(i) => pel[i].consumer = Some(cname.clone()),
+            Err(_) => {
+                return Err(RdbError::corrupt(
+                    at,
+                    "consumer PEL entry not found in group PEL",
+                ))
+            }
+        }
+        cpel.push(id);
+    }
+    Ok(Consumer {
+        name: cname,
+        seen_time_ms,
+        active_time_ms,
+        pel: cpel,
+    })
 }

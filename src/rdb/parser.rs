@@ -91,6 +91,16 @@ pub struct RdbParser<R: Read> {
     keys: u64,
 }
 
+/// What the opcodes before a key set for it: the current database, and the expire time and
+/// LRU/LFU information that apply to the next key only.
+#[derive(Default)]
+struct KeyContext {
+    db: u64,
+    expire: Option<i64>,
+    idle: Option<u64>,
+    freq: Option<u8>,
+}
+
 fn is_object_type(t: u8) -> bool {
     t <= 7 || (9..=25).contains(&t)
 }
@@ -159,6 +169,29 @@ impl<R: Read> RdbParser<R> {
         F: FnMut(Event) -> Result<(), HandlerError>,
     {
         let emit: &mut Emit<'_> = &mut on_event;
+        self.read_header(emit)?;
+        let mut ctx = KeyContext::default();
+        loop {
+            self.r.expect(0);
+            let at = self.r.position();
+            let t = self.r.u8()?;
+            if t == op::EOF {
+                break;
+            }
+            self.read_opcode(t, at, &mut ctx, emit)?;
+        }
+        let checksum = self.read_trailer()?;
+        self.emit(emit, Event::End { checksum })?;
+        Ok(ParseSummary {
+            version: self.version,
+            keys: self.keys,
+            bytes: self.r.position(),
+            checksum,
+        })
+    }
+
+    /// Read the `REDIS00NN` header, check the version and announce it.
+    fn read_header(&mut self, emit: &mut Emit<'_>) -> Result<(), RdbError> {
         self.r.tail = 0;
         self.r.expect(9);
         let hdr = self.r.array::<9>()?;
@@ -178,156 +211,178 @@ impl<R: Read> RdbParser<R> {
         }
         self.version = version;
         self.r.tail = if version >= 5 { 9 } else { 1 };
-        self.emit(emit, Event::Header { version })?;
+        self.emit(emit, Event::Header { version })
+    }
 
-        let mut db: u64 = 0;
-        let mut expire: Option<i64> = None;
-        let mut idle: Option<u64> = None;
-        let mut freq: Option<u8> = None;
-        loop {
-            self.r.expect(0);
-            let at = self.r.position();
-            let t = self.r.u8()?;
-            match t {
-                op::EOF => break,
-                op::SELECTDB => {
-                    db = self.r.plain_len()?;
-                    self.emit(emit, Event::SelectDb { db })?;
-                }
-                op::EXPIRETIME => {
-                    let s = i32::from_le_bytes(self.r.array::<4>()?);
-                    expire = Some(i64::from(s) * 1000);
-                }
-                op::EXPIRETIME_MS => {
-                    expire = Some(i64::from_le_bytes(self.r.array::<8>()?));
-                }
-                op::RESIZEDB => {
-                    let db_size = self.r.plain_len()?;
-                    let expires_size = self.r.plain_len()?;
-                    self.emit(
-                        emit,
-                        Event::ResizeDb {
-                            db_size,
-                            expires_size,
-                        },
-                    )?;
-                }
-                op::SLOT_INFO => {
-                    let slot_id = self.r.plain_len()?;
-                    let slot_size = self.r.plain_len()?;
-                    let expires_slot_size = self.r.plain_len()?;
-                    self.emit(
-                        emit,
-                        Event::SlotInfo {
-                            slot_id,
-                            slot_size,
-                            expires_slot_size,
-                        },
-                    )?;
-                }
-                op::AUX => {
-                    let key = self.r.string()?;
-                    let value = self.r.string()?;
-                    self.emit(emit, Event::Aux { key, value })?;
-                }
-                op::FREQ => freq = Some(self.r.u8()?),
-                op::IDLE => idle = Some(self.r.plain_len()?),
-                op::MODULE_AUX => {
-                    self.r.start_record(&[]);
-                    let module_id = self.r.plain_len()?;
-                    let when_op = self.r.plain_len()?;
-                    if when_op != 2 {
-                        self.r.stop_record();
-                        return Err(RdbError::corrupt(at, "MODULE_AUX: bad 'when' opcode"));
-                    }
-                    let _when = self.r.plain_len()?;
-                    let walked = self.walk_module_value(&module_name(module_id));
-                    let raw = self.r.take_record().unwrap_or_default();
-                    walked?;
-                    self.emit(emit, Event::ModuleAux { module_id, raw })?;
-                }
-                op::FUNCTION2 => {
-                    let code = self.r.string()?;
-                    self.emit(emit, Event::Function(FunctionLibrary { code }))?;
-                }
-                op::FUNCTION_PRE_GA => {
-                    // 7.0 release candidates: name, engine, optional description, body. Redis
-                    // rebuilds the code as "#!<engine> name=<name>\n<body>", the engine name as
-                    // written (FUNCTION LIST then shows e.g. "#!LUA name=lib").
-                    let name = self.r.string()?;
-                    let engine = self.r.string()?;
-                    if self.r.plain_len()? != 0 {
-                        self.r.skip_string()?;
-                    }
-                    let body = self.r.string()?;
-                    let mut code = Vec::with_capacity(body.len() + name.len() + 16);
-                    code.extend_from_slice(b"#!");
-                    code.extend_from_slice(&engine);
-                    code.extend_from_slice(b" name=");
-                    code.extend_from_slice(&name);
-                    code.push(b'\n');
-                    code.extend_from_slice(&body);
-                    self.emit(
-                        emit,
-                        Event::Function(FunctionLibrary {
-                            code: Bytes::from(code),
-                        }),
-                    )?;
-                }
-                t if is_object_type(t) => {
-                    let key = self.r.string()?;
-                    let key_type = key_type_of(t).unwrap_or(KeyType::Module);
-                    let meta = KeyMeta {
-                        db,
-                        key: key.clone(),
-                        rdb_type: t,
-                        key_type,
-                        expire_ms: expire.take(),
-                        idle: idle.take(),
-                        freq: freq.take(),
-                    };
-                    self.read_object(t, meta, emit)
-                        .map_err(|e| e.in_key(&key, t))?;
-                    self.keys += 1;
-                }
-                _ => {
-                    return Err(RdbError::corrupt(
-                        at,
-                        format!("unknown opcode or object type {t}"),
-                    ));
-                }
+    /// Handle the opcode or object type `t` (read from `at`) that is not EOF: update `ctx`,
+    /// emit what it announces, or read a key and its value.
+    #[inline]
+    fn read_opcode(
+        &mut self,
+        t: u8,
+        at: u64,
+        ctx: &mut KeyContext,
+        emit: &mut Emit<'_>,
+    ) -> Result<(), RdbError> {
+        match t {
+            op::SELECTDB => {
+                ctx.db = self.r.plain_len()?;
+                self.emit(emit, Event::SelectDb { db: ctx.db })?;
+            }
+            op::EXPIRETIME => {
+                let s = i32::from_le_bytes(self.r.array::<4>()?);
+                ctx.expire = Some(i64::from(s) * 1000);
+            }
+            op::EXPIRETIME_MS => {
+                ctx.expire = Some(i64::from_le_bytes(self.r.array::<8>()?));
+            }
+            op::RESIZEDB => self.read_resize_db(emit)?,
+            op::SLOT_INFO => self.read_slot_info(emit)?,
+            op::AUX => {
+                let key = self.r.string()?;
+                let value = self.r.string()?;
+                self.emit(emit, Event::Aux { key, value })?;
+            }
+            op::FREQ => ctx.freq = Some(self.r.u8()?),
+            op::IDLE => ctx.idle = Some(self.r.plain_len()?),
+            op::MODULE_AUX => self.read_module_aux(at, emit)?,
+            op::FUNCTION2 => {
+                let code = self.r.string()?;
+                self.emit(emit, Event::Function(FunctionLibrary { code }))?;
+            }
+            op::FUNCTION_PRE_GA => self.read_function_pre_ga(emit)?,
+            t if is_object_type(t) => self.read_key(t, ctx, emit)?,
+            _ => {
+                return Err(RdbError::corrupt(
+                    at,
+                    format!("unknown opcode or object type {t}"),
+                ));
             }
         }
+        Ok(())
+    }
 
-        let mut checksum = None;
-        if self.version >= 5 {
-            let computed = self.r.checksum_so_far();
-            self.r.disable_checksum();
-            self.r.tail = 0;
-            let at = self.r.position();
-            self.r.expect(8);
-            let stored = u64::from_le_bytes(self.r.array::<8>()?);
-            if let Some(c) = computed {
-                if stored != 0 && c != stored {
-                    return Err(RdbError {
-                        offset: at,
-                        context: None,
-                        kind: super::error::RdbErrorKind::Checksum {
-                            stored,
-                            computed: c,
-                        },
-                    });
-                }
-            }
-            checksum = Some(stored);
+    /// RESIZEDB: the sizes of the database's main and expires tables (a hint).
+    fn read_resize_db(&mut self, emit: &mut Emit<'_>) -> Result<(), RdbError> {
+        let db_size = self.r.plain_len()?;
+        let expires_size = self.r.plain_len()?;
+        self.emit(
+            emit,
+            Event::ResizeDb {
+                db_size,
+                expires_size,
+            },
+        )
+    }
+
+    /// SLOT_INFO: the sizes of one cluster slot's tables (a hint).
+    fn read_slot_info(&mut self, emit: &mut Emit<'_>) -> Result<(), RdbError> {
+        let slot_id = self.r.plain_len()?;
+        let slot_size = self.r.plain_len()?;
+        let expires_slot_size = self.r.plain_len()?;
+        self.emit(
+            emit,
+            Event::SlotInfo {
+                slot_id,
+                slot_size,
+                expires_slot_size,
+            },
+        )
+    }
+
+    /// MODULE_AUX (opcode read from `at`): module id, `when` opcode, then a module value,
+    /// delivered as its raw bytes.
+    fn read_module_aux(&mut self, at: u64, emit: &mut Emit<'_>) -> Result<(), RdbError> {
+        self.r.start_record(&[]);
+        let module_id = self.r.plain_len()?;
+        let when_op = self.r.plain_len()?;
+        if when_op != 2 {
+            self.r.stop_record();
+            return Err(RdbError::corrupt(at, "MODULE_AUX: bad 'when' opcode"));
         }
-        self.emit(emit, Event::End { checksum })?;
-        Ok(ParseSummary {
-            version: self.version,
-            keys: self.keys,
-            bytes: self.r.position(),
-            checksum,
-        })
+        let _when = self.r.plain_len()?;
+        let walked = self.walk_module_value(&module_name(module_id));
+        let raw = self.r.take_record().unwrap_or_default();
+        walked?;
+        self.emit(emit, Event::ModuleAux { module_id, raw })
+    }
+
+    /// The FUNCTION opcode of the 7.0 release candidates: name, engine, optional description,
+    /// body. Redis rebuilds the code as "#!<engine> name=<name>\n<body>", the engine name as
+    /// written (FUNCTION LIST then shows e.g. "#!LUA name=lib").
+    fn read_function_pre_ga(&mut self, emit: &mut Emit<'_>) -> Result<(), RdbError> {
+        let name = self.r.string()?;
+        let engine = self.r.string()?;
+        if self.r.plain_len()? != 0 {
+            self.r.skip_string()?;
+        }
+        let body = self.r.string()?;
+        let mut code = Vec::with_capacity(body.len() + name.len() + 16);
+        code.extend_from_slice(b"#!");
+        code.extend_from_slice(&engine);
+        code.extend_from_slice(b" name=");
+        code.extend_from_slice(&name);
+        code.push(b'\n');
+        code.extend_from_slice(&body);
+        self.emit(
+            emit,
+            Event::Function(FunctionLibrary {
+                code: Bytes::from(code),
+            }),
+        )
+    }
+
+    /// A key of object type `t` and its value; it takes the expire time and LRU/LFU
+    /// information `ctx` holds for it.
+    #[inline]
+    fn read_key(
+        &mut self,
+        t: u8,
+        ctx: &mut KeyContext,
+        emit: &mut Emit<'_>,
+    ) -> Result<(), RdbError> {
+        let key = self.r.string()?;
+        let key_type = key_type_of(t).unwrap_or(KeyType::Module);
+        let meta = KeyMeta {
+            db: ctx.db,
+            key: key.clone(),
+            rdb_type: t,
+            key_type,
+            expire_ms: ctx.expire.take(),
+            idle: ctx.idle.take(),
+            freq: ctx.freq.take(),
+        };
+        self.read_object(t, meta, emit)
+            .map_err(|e| e.in_key(&key, t))?;
+        self.keys += 1;
+        Ok(())
+    }
+
+    /// The CRC64 trailer (RDB 5+), checked against the checksum of what was read unless it
+    /// is zero.
+    fn read_trailer(&mut self) -> Result<Option<u64>, RdbError> {
+        if self.version < 5 {
+            return Ok(None);
+        }
+        let computed = self.r.checksum_so_far();
+        self.r.disable_checksum();
+        self.r.tail = 0;
+        let at = self.r.position();
+        self.r.expect(8);
+        let stored = u64::from_le_bytes(self.r.array::<8>()?);
+        if let Some(c) = computed {
+            if stored != 0 && c != stored {
+                return Err(RdbError {
+                    offset: at,
+                    context: None,
+                    kind: super::error::RdbErrorKind::Checksum {
+                        stored,
+                        computed: c,
+                    },
+                });
+            }
+        }
+        Ok(Some(stored))
     }
 
     #[inline]
