@@ -455,6 +455,19 @@ where
     Ok(())
 }
 
+/// The element of a blob (read from `at`) that must follow the one just taken: `missing` says
+/// what lacks it when the blob ends instead.
+#[inline]
+fn following_elem<I>(it: &mut I, at: u64, missing: &'static str) -> Result<Elem, RdbError>
+where
+    I: Iterator<Item = Result<Elem, EncodingError>>,
+{
+    match it.next() {
+        Some(e) => e.map_err(|e| RdbError::encoding(at, e)),
+        None => Err(RdbError::corrupt(at, missing)),
+    }
+}
+
 fn push_zset_pairs<R: Read, I>(
     r: &mut RdbReader<R>,
     c: &mut Collector,
@@ -467,10 +480,7 @@ where
 {
     while let Some(m) = it.next() {
         let m = m.map_err(|e| RdbError::encoding(at, e))?;
-        let s = match it.next() {
-            Some(s) => s.map_err(|e| RdbError::encoding(at, e))?,
-            None => return Err(RdbError::corrupt(at, "sorted set member without a score")),
-        };
+        let s = following_elem(&mut it, at, "sorted set member without a score")?;
         let score = s
             .as_f64()
             .ok_or_else(|| RdbError::corrupt(at, "sorted set score is not a number"))?;
@@ -496,16 +506,10 @@ where
 {
     while let Some(f) = it.next() {
         let f = f.map_err(|e| RdbError::encoding(at, e))?;
-        let v = match it.next() {
-            Some(v) => v.map_err(|e| RdbError::encoding(at, e))?,
-            None => return Err(RdbError::corrupt(at, "hash field without a value")),
-        };
+        let v = following_elem(&mut it, at, "hash field without a value")?;
         let mut expire_ms = None;
         if with_ttl {
-            let ttl = match it.next() {
-                Some(x) => x.map_err(|e| RdbError::encoding(at, e))?,
-                None => return Err(RdbError::corrupt(at, "hash field without a TTL slot")),
-            };
+            let ttl = following_elem(&mut it, at, "hash field without a TTL slot")?;
             let ttl = ttl
                 .as_int()
                 .ok_or_else(|| RdbError::corrupt(at, "hash field TTL is not an integer"))?;

@@ -90,7 +90,8 @@ impl ListpackIter {
 
     fn next_elem(&mut self) -> Result<Option<Elem>, EncodingError> {
         if self.pos >= self.end {
-            return self.at_end();
+            EncodingError::check_count(WHAT, self.declared, self.seen)?;
+            return Ok(None);
         }
         let p = self.pos;
         let (hdr, dlen, elem_int) = self.entry_header(self.blob[p], p)?;
@@ -106,21 +107,6 @@ impl ListpackIter {
         self.pos = p + total;
         self.seen += 1;
         Ok(Some(elem))
-    }
-
-    /// At the end marker: no more elements, provided the header's count (when exact) matches.
-    #[inline]
-    fn at_end(&self) -> Result<Option<Elem>, EncodingError> {
-        if let Some(d) = self.declared {
-            if d != self.seen {
-                return Err(EncodingError::CountMismatch {
-                    what: WHAT,
-                    header: d,
-                    found: self.seen,
-                });
-            }
-        }
-        Ok(None)
     }
 
     /// Decode the encoding of the entry at `p` (first byte `enc`): its header size, data size,
