@@ -119,6 +119,26 @@ pub enum EncodingError {
     Lzf(super::lzf::LzfError),
 }
 
+impl EncodingError {
+    /// At the end of a blob (`what`) in which `found` entries were found: the header's count,
+    /// when it is exact (`declared`), must be that.
+    #[inline]
+    pub(crate) fn check_count(
+        what: &'static str,
+        declared: Option<usize>,
+        found: usize,
+    ) -> Result<(), Self> {
+        match declared {
+            Some(header) if header != found => Err(EncodingError::CountMismatch {
+                what,
+                header,
+                found,
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
 impl From<super::lzf::LzfError> for EncodingError {
     fn from(e: super::lzf::LzfError) -> Self {
         EncodingError::Lzf(e)

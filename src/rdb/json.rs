@@ -103,63 +103,70 @@ fn stream_json(s: &StreamValue, rdb_type: u8) -> J {
     groups.sort_by(|a, b| a.name.cmp(&b.name));
     let groups: Vec<J> = groups
         .into_iter()
-        .map(|g| {
-            let mut go = Map::new();
-            go.insert("name".into(), b64(&g.name));
-            go.insert(
-                "last_delivered_id".into(),
-                json!(g.last_delivered_id.to_string()),
-            );
-            if rdb_type >= types::STREAM_LISTPACKS_2 {
-                go.insert(
-                    "entries_read".into(),
-                    g.entries_read.map_or(J::Null, |v| json!(v)),
-                );
-            }
-            let pel: Vec<J> = g
-                .pel
-                .iter()
-                .map(|p| {
-                    json!([
-                        p.id.to_string(),
-                        p.consumer.as_ref().map_or(J::Null, |c| b64(c)),
-                        p.delivery_count
-                    ])
-                })
-                .collect();
-            go.insert("pel".into(), J::Array(pel));
-            let mut cons: Vec<&Consumer> = g.consumers.iter().collect();
-            cons.sort_by(|a, b| a.name.cmp(&b.name));
-            let cj: Vec<J> = cons
-                .iter()
-                .map(|c| {
-                    let pel: Vec<J> = c.pel.iter().map(|id| json!(id.to_string())).collect();
-                    json!({"name": b64(&c.name), "pending": c.pel.len(), "pel": pel})
-                })
-                .collect();
-            go.insert("consumers".into(), J::Array(cj));
-            let mut pdt = Map::new();
-            for p in &g.pel {
-                pdt.insert(p.id.to_string(), json!(p.delivery_time_ms as i64));
-            }
-            let mut ct = Map::new();
-            for c in &cons {
-                let mut t = Map::new();
-                t.insert("seen_time_ms".into(), json!(c.seen_time_ms as i64));
-                if let Some(a) = c.active_time_ms {
-                    t.insert("active_time_ms".into(), json!(a as i64));
-                }
-                ct.insert(B64.encode(&c.name), J::Object(t));
-            }
-            go.insert(
-                "times".into(),
-                json!({"pel_delivery_time_ms": pdt, "consumers": ct}),
-            );
-            J::Object(go)
-        })
+        .map(|g| group_json(g, rdb_type))
         .collect();
     o.insert("groups".into(), J::Array(groups));
     J::Object(o)
+}
+
+/// One consumer group: its ids, PEL and consumers (sorted by name), and apart from them their
+/// times (see [`group_times_json`]).
+fn group_json(g: &ConsumerGroup, rdb_type: u8) -> J {
+    let mut go = Map::new();
+    go.insert("name".into(), b64(&g.name));
+    go.insert(
+        "last_delivered_id".into(),
+        json!(g.last_delivered_id.to_string()),
+    );
+    if rdb_type >= types::STREAM_LISTPACKS_2 {
+        go.insert(
+            "entries_read".into(),
+            g.entries_read.map_or(J::Null, |v| json!(v)),
+        );
+    }
+    let pel: Vec<J> = g
+        .pel
+        .iter()
+        .map(|p| {
+            json!([
+                p.id.to_string(),
+                p.consumer.as_ref().map_or(J::Null, |c| b64(c)),
+                p.delivery_count
+            ])
+        })
+        .collect();
+    go.insert("pel".into(), J::Array(pel));
+    let mut cons: Vec<&Consumer> = g.consumers.iter().collect();
+    cons.sort_by(|a, b| a.name.cmp(&b.name));
+    let cj: Vec<J> = cons
+        .iter()
+        .map(|c| {
+            let pel: Vec<J> = c.pel.iter().map(|id| json!(id.to_string())).collect();
+            json!({"name": b64(&c.name), "pending": c.pel.len(), "pel": pel})
+        })
+        .collect();
+    go.insert("consumers".into(), J::Array(cj));
+    go.insert("times".into(), group_times_json(g, &cons));
+    J::Object(go)
+}
+
+/// The times of a group: its PEL's delivery times and its consumers' seen and active times
+/// (apart, so that a comparison can leave them out).
+fn group_times_json(g: &ConsumerGroup, cons: &[&Consumer]) -> J {
+    let mut pdt = Map::new();
+    for p in &g.pel {
+        pdt.insert(p.id.to_string(), json!(p.delivery_time_ms as i64));
+    }
+    let mut ct = Map::new();
+    for c in cons {
+        let mut t = Map::new();
+        t.insert("seen_time_ms".into(), json!(c.seen_time_ms as i64));
+        if let Some(a) = c.active_time_ms {
+            t.insert("active_time_ms".into(), json!(a as i64));
+        }
+        ct.insert(B64.encode(&c.name), J::Object(t));
+    }
+    json!({"pel_delivery_time_ms": pdt, "consumers": ct})
 }
 
 /// The canonical JSON object of one key, with a `"db"` field added and a best-effort

@@ -90,93 +90,11 @@ impl ListpackIter {
 
     fn next_elem(&mut self) -> Result<Option<Elem>, EncodingError> {
         if self.pos >= self.end {
-            if let Some(d) = self.declared {
-                if d != self.seen {
-                    return Err(EncodingError::CountMismatch {
-                        what: WHAT,
-                        header: d,
-                        found: self.seen,
-                    });
-                }
-            }
+            EncodingError::check_count(WHAT, self.declared, self.seen)?;
             return Ok(None);
         }
-        let b = &self.blob[..];
         let p = self.pos;
-        let enc = b[p];
-        // (header size, data size, element)
-        let (hdr, dlen): (usize, usize);
-        let elem_int: Option<i64>;
-        if enc & 0x80 == 0 {
-            hdr = 1;
-            dlen = 0;
-            elem_int = Some(i64::from(enc & 0x7f));
-        } else if enc & 0xc0 == 0x80 {
-            hdr = 1;
-            dlen = (enc & 0x3f) as usize;
-            elem_int = None;
-        } else if enc & 0xe0 == 0xc0 {
-            self.need(2)?;
-            hdr = 2;
-            dlen = 0;
-            let raw = ((u16::from(enc & 0x1f)) << 8) | u16::from(b[p + 1]);
-            // Sign-extend 13 bits.
-            let v = ((raw << 3) as i16) >> 3;
-            elem_int = Some(i64::from(v));
-        } else if enc & 0xf0 == 0xe0 {
-            self.need(2)?;
-            hdr = 2;
-            dlen = (((enc & 0x0f) as usize) << 8) | b[p + 1] as usize;
-            elem_int = None;
-        } else {
-            match enc {
-                0xf0 => {
-                    self.need(5)?;
-                    hdr = 5;
-                    dlen = u32::from_le_bytes([b[p + 1], b[p + 2], b[p + 3], b[p + 4]]) as usize;
-                    elem_int = None;
-                }
-                0xf1 => {
-                    self.need(3)?;
-                    hdr = 3;
-                    dlen = 0;
-                    elem_int = Some(i64::from(i16::from_le_bytes([b[p + 1], b[p + 2]])));
-                }
-                0xf2 => {
-                    self.need(4)?;
-                    hdr = 4;
-                    dlen = 0;
-                    let v = i32::from_le_bytes([0, b[p + 1], b[p + 2], b[p + 3]]) >> 8;
-                    elem_int = Some(i64::from(v));
-                }
-                0xf3 => {
-                    self.need(5)?;
-                    hdr = 5;
-                    dlen = 0;
-                    elem_int = Some(i64::from(i32::from_le_bytes([
-                        b[p + 1],
-                        b[p + 2],
-                        b[p + 3],
-                        b[p + 4],
-                    ])));
-                }
-                0xf4 => {
-                    self.need(9)?;
-                    hdr = 9;
-                    dlen = 0;
-                    let mut a = [0u8; 8];
-                    a.copy_from_slice(&b[p + 1..p + 9]);
-                    elem_int = Some(i64::from_le_bytes(a));
-                }
-                0xff => {
-                    return Err(EncodingError::UnexpectedEnd {
-                        what: WHAT,
-                        offset: p,
-                    })
-                }
-                _ => return Err(EncodingError::ListpackEncoding { enc, offset: p }),
-            }
-        }
+        let (hdr, dlen, elem_int) = self.entry_header(self.blob[p], p)?;
         let l = hdr
             .checked_add(dlen)
             .ok_or(EncodingError::ListpackLengthOverflow)?;
@@ -189,6 +107,77 @@ impl ListpackIter {
         self.pos = p + total;
         self.seen += 1;
         Ok(Some(elem))
+    }
+
+    /// Decode the encoding of the entry at `p` (first byte `enc`): its header size, data size,
+    /// and its value when it is an integer.
+    #[inline]
+    fn entry_header(
+        &self,
+        enc: u8,
+        p: usize,
+    ) -> Result<(usize, usize, Option<i64>), EncodingError> {
+        let b = &self.blob[..];
+        if enc & 0x80 == 0 {
+            Ok((1, 0, Some(i64::from(enc & 0x7f))))
+        } else if enc & 0xc0 == 0x80 {
+            Ok((1, (enc & 0x3f) as usize, None))
+        } else if enc & 0xe0 == 0xc0 {
+            self.need(2)?;
+            let raw = ((u16::from(enc & 0x1f)) << 8) | u16::from(b[p + 1]);
+            // Sign-extend 13 bits.
+            let v = ((raw << 3) as i16) >> 3;
+            Ok((2, 0, Some(i64::from(v))))
+        } else if enc & 0xf0 == 0xe0 {
+            self.need(2)?;
+            Ok((2, (((enc & 0x0f) as usize) << 8) | b[p + 1] as usize, None))
+        } else {
+            self.extended_header(enc, p)
+        }
+    }
+
+    /// The encodings 0xf0 to 0xff: a string with a 32-bit length, 16- to 64-bit integers, and
+    /// the end marker (not an entry).
+    #[inline]
+    fn extended_header(
+        &self,
+        enc: u8,
+        p: usize,
+    ) -> Result<(usize, usize, Option<i64>), EncodingError> {
+        let b = &self.blob[..];
+        match enc {
+            0xf0 => {
+                self.need(5)?;
+                let dlen = u32::from_le_bytes([b[p + 1], b[p + 2], b[p + 3], b[p + 4]]) as usize;
+                Ok((5, dlen, None))
+            }
+            0xf1 => {
+                self.need(3)?;
+                let v = i16::from_le_bytes([b[p + 1], b[p + 2]]);
+                Ok((3, 0, Some(i64::from(v))))
+            }
+            0xf2 => {
+                self.need(4)?;
+                let v = i32::from_le_bytes([0, b[p + 1], b[p + 2], b[p + 3]]) >> 8;
+                Ok((4, 0, Some(i64::from(v))))
+            }
+            0xf3 => {
+                self.need(5)?;
+                let v = i32::from_le_bytes([b[p + 1], b[p + 2], b[p + 3], b[p + 4]]);
+                Ok((5, 0, Some(i64::from(v))))
+            }
+            0xf4 => {
+                self.need(9)?;
+                let mut a = [0u8; 8];
+                a.copy_from_slice(&b[p + 1..p + 9]);
+                Ok((9, 0, Some(i64::from_le_bytes(a))))
+            }
+            0xff => Err(EncodingError::UnexpectedEnd {
+                what: WHAT,
+                offset: p,
+            }),
+            _ => Err(EncodingError::ListpackEncoding { enc, offset: p }),
+        }
     }
 }
 

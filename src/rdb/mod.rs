@@ -7,6 +7,7 @@ pub mod model;
 
 mod collect;
 pub mod crc;
+mod decode;
 pub mod elem;
 pub mod error;
 pub mod function;

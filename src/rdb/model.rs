@@ -198,22 +198,6 @@ pub struct Entry {
     pub raw: Option<Bytes>,
 }
 
-impl Entry {
-    /// The value, decoded from `raw` when the parser passed it through undecoded.
-    pub fn decoded_value(&self) -> Result<std::borrow::Cow<'_, Value>, super::RdbError> {
-        match (&self.value, &self.raw) {
-            (Value::Undecoded, Some(raw)) => {
-                super::decode_value_body(raw, 0).map(std::borrow::Cow::Owned)
-            }
-            (Value::Undecoded, None) => Err(super::RdbError::corrupt(
-                0,
-                "value neither decoded nor captured",
-            )),
-            (v, _) => Ok(std::borrow::Cow::Borrowed(v)),
-        }
-    }
-}
-
 /// One function library (FUNCTION2 opcode; also the pre-GA FUNCTION opcode).
 #[derive(Debug, Clone, PartialEq)]
 pub struct FunctionLibrary {

@@ -1,17 +1,13 @@
 //! The streaming RDB parser: opcodes, object types and their encodings, RDB versions 1 to 12.
 
-use super::collect::{Collector, Emit, Item, Limits};
+use super::collect::{Emit, Limits};
 use super::crc::crc64;
-use super::elem::{parse_f64, Elem};
-use super::error::{EncodingError, HandlerError, RdbError};
-use super::listpack::ListpackIter;
+use super::decode::{read_value, walk_module};
+use super::error::{HandlerError, RdbError};
 use super::lzf;
 use super::model::*;
 use super::passthrough::read_value_undecoded;
 use super::reader::{RdbReader, StrHeader};
-use super::stream;
-use super::ziplist::ZiplistIter;
-use super::{intset, zipmap};
 use bytes::Bytes;
 use std::io::Read;
 
@@ -95,6 +91,16 @@ pub struct RdbParser<R: Read> {
     keys: u64,
 }
 
+/// What the opcodes before a key set for it: the current database, and the expire time and
+/// LRU/LFU information that apply to the next key only.
+#[derive(Default)]
+struct KeyContext {
+    db: u64,
+    expire: Option<i64>,
+    idle: Option<u64>,
+    freq: Option<u8>,
+}
+
 fn is_object_type(t: u8) -> bool {
     t <= 7 || (9..=25).contains(&t)
 }
@@ -120,9 +126,6 @@ pub fn key_type_of(t: u8) -> Option<KeyType> {
         _ => return None,
     })
 }
-
-/// Largest valid hash-field expire time (ebuckets' 48-bit limit).
-const EB_EXPIRE_TIME_MAX: u64 = 0x0000_FFFF_FFFF_FFFF;
 
 impl<R: Read> RdbParser<R> {
     pub fn new(reader: R, opts: ParseOptions) -> Self {
@@ -166,6 +169,29 @@ impl<R: Read> RdbParser<R> {
         F: FnMut(Event) -> Result<(), HandlerError>,
     {
         let emit: &mut Emit<'_> = &mut on_event;
+        self.read_header(emit)?;
+        let mut ctx = KeyContext::default();
+        loop {
+            self.r.expect(0);
+            let at = self.r.position();
+            let t = self.r.u8()?;
+            if t == op::EOF {
+                break;
+            }
+            self.read_opcode(t, at, &mut ctx, emit)?;
+        }
+        let checksum = self.read_trailer()?;
+        self.emit(emit, Event::End { checksum })?;
+        Ok(ParseSummary {
+            version: self.version,
+            keys: self.keys,
+            bytes: self.r.position(),
+            checksum,
+        })
+    }
+
+    /// Read the `REDIS00NN` header, check the version and announce it.
+    fn read_header(&mut self, emit: &mut Emit<'_>) -> Result<(), RdbError> {
         self.r.tail = 0;
         self.r.expect(9);
         let hdr = self.r.array::<9>()?;
@@ -185,156 +211,178 @@ impl<R: Read> RdbParser<R> {
         }
         self.version = version;
         self.r.tail = if version >= 5 { 9 } else { 1 };
-        self.emit(emit, Event::Header { version })?;
+        self.emit(emit, Event::Header { version })
+    }
 
-        let mut db: u64 = 0;
-        let mut expire: Option<i64> = None;
-        let mut idle: Option<u64> = None;
-        let mut freq: Option<u8> = None;
-        loop {
-            self.r.expect(0);
-            let at = self.r.position();
-            let t = self.r.u8()?;
-            match t {
-                op::EOF => break,
-                op::SELECTDB => {
-                    db = self.r.plain_len()?;
-                    self.emit(emit, Event::SelectDb { db })?;
-                }
-                op::EXPIRETIME => {
-                    let s = i32::from_le_bytes(self.r.array::<4>()?);
-                    expire = Some(i64::from(s) * 1000);
-                }
-                op::EXPIRETIME_MS => {
-                    expire = Some(i64::from_le_bytes(self.r.array::<8>()?));
-                }
-                op::RESIZEDB => {
-                    let db_size = self.r.plain_len()?;
-                    let expires_size = self.r.plain_len()?;
-                    self.emit(
-                        emit,
-                        Event::ResizeDb {
-                            db_size,
-                            expires_size,
-                        },
-                    )?;
-                }
-                op::SLOT_INFO => {
-                    let slot_id = self.r.plain_len()?;
-                    let slot_size = self.r.plain_len()?;
-                    let expires_slot_size = self.r.plain_len()?;
-                    self.emit(
-                        emit,
-                        Event::SlotInfo {
-                            slot_id,
-                            slot_size,
-                            expires_slot_size,
-                        },
-                    )?;
-                }
-                op::AUX => {
-                    let key = self.r.string()?;
-                    let value = self.r.string()?;
-                    self.emit(emit, Event::Aux { key, value })?;
-                }
-                op::FREQ => freq = Some(self.r.u8()?),
-                op::IDLE => idle = Some(self.r.plain_len()?),
-                op::MODULE_AUX => {
-                    self.r.start_record(&[]);
-                    let module_id = self.r.plain_len()?;
-                    let when_op = self.r.plain_len()?;
-                    if when_op != 2 {
-                        self.r.stop_record();
-                        return Err(RdbError::corrupt(at, "MODULE_AUX: bad 'when' opcode"));
-                    }
-                    let _when = self.r.plain_len()?;
-                    let walked = self.walk_module_value(&module_name(module_id));
-                    let raw = self.r.take_record().unwrap_or_default();
-                    walked?;
-                    self.emit(emit, Event::ModuleAux { module_id, raw })?;
-                }
-                op::FUNCTION2 => {
-                    let code = self.r.string()?;
-                    self.emit(emit, Event::Function(FunctionLibrary { code }))?;
-                }
-                op::FUNCTION_PRE_GA => {
-                    // 7.0 release candidates: name, engine, optional description, body. Redis
-                    // rebuilds the code as "#!<engine> name=<name>\n<body>", the engine name as
-                    // written (FUNCTION LIST then shows e.g. "#!LUA name=lib").
-                    let name = self.r.string()?;
-                    let engine = self.r.string()?;
-                    if self.r.plain_len()? != 0 {
-                        self.r.skip_string()?;
-                    }
-                    let body = self.r.string()?;
-                    let mut code = Vec::with_capacity(body.len() + name.len() + 16);
-                    code.extend_from_slice(b"#!");
-                    code.extend_from_slice(&engine);
-                    code.extend_from_slice(b" name=");
-                    code.extend_from_slice(&name);
-                    code.push(b'\n');
-                    code.extend_from_slice(&body);
-                    self.emit(
-                        emit,
-                        Event::Function(FunctionLibrary {
-                            code: Bytes::from(code),
-                        }),
-                    )?;
-                }
-                t if is_object_type(t) => {
-                    let key = self.r.string()?;
-                    let key_type = key_type_of(t).unwrap_or(KeyType::Module);
-                    let meta = KeyMeta {
-                        db,
-                        key: key.clone(),
-                        rdb_type: t,
-                        key_type,
-                        expire_ms: expire.take(),
-                        idle: idle.take(),
-                        freq: freq.take(),
-                    };
-                    self.read_object(t, meta, emit)
-                        .map_err(|e| e.in_key(&key, t))?;
-                    self.keys += 1;
-                }
-                _ => {
-                    return Err(RdbError::corrupt(
-                        at,
-                        format!("unknown opcode or object type {t}"),
-                    ));
-                }
+    /// Handle the opcode or object type `t` (read from `at`) that is not EOF: update `ctx`,
+    /// emit what it announces, or read a key and its value.
+    #[inline]
+    fn read_opcode(
+        &mut self,
+        t: u8,
+        at: u64,
+        ctx: &mut KeyContext,
+        emit: &mut Emit<'_>,
+    ) -> Result<(), RdbError> {
+        match t {
+            op::SELECTDB => {
+                ctx.db = self.r.plain_len()?;
+                self.emit(emit, Event::SelectDb { db: ctx.db })?;
+            }
+            op::EXPIRETIME => {
+                let s = i32::from_le_bytes(self.r.array::<4>()?);
+                ctx.expire = Some(i64::from(s) * 1000);
+            }
+            op::EXPIRETIME_MS => {
+                ctx.expire = Some(i64::from_le_bytes(self.r.array::<8>()?));
+            }
+            op::RESIZEDB => self.read_resize_db(emit)?,
+            op::SLOT_INFO => self.read_slot_info(emit)?,
+            op::AUX => {
+                let key = self.r.string()?;
+                let value = self.r.string()?;
+                self.emit(emit, Event::Aux { key, value })?;
+            }
+            op::FREQ => ctx.freq = Some(self.r.u8()?),
+            op::IDLE => ctx.idle = Some(self.r.plain_len()?),
+            op::MODULE_AUX => self.read_module_aux(at, emit)?,
+            op::FUNCTION2 => {
+                let code = self.r.string()?;
+                self.emit(emit, Event::Function(FunctionLibrary { code }))?;
+            }
+            op::FUNCTION_PRE_GA => self.read_function_pre_ga(emit)?,
+            t if is_object_type(t) => self.read_key(t, ctx, emit)?,
+            _ => {
+                return Err(RdbError::corrupt(
+                    at,
+                    format!("unknown opcode or object type {t}"),
+                ));
             }
         }
+        Ok(())
+    }
 
-        let mut checksum = None;
-        if self.version >= 5 {
-            let computed = self.r.checksum_so_far();
-            self.r.disable_checksum();
-            self.r.tail = 0;
-            let at = self.r.position();
-            self.r.expect(8);
-            let stored = u64::from_le_bytes(self.r.array::<8>()?);
-            if let Some(c) = computed {
-                if stored != 0 && c != stored {
-                    return Err(RdbError {
-                        offset: at,
-                        context: None,
-                        kind: super::error::RdbErrorKind::Checksum {
-                            stored,
-                            computed: c,
-                        },
-                    });
-                }
-            }
-            checksum = Some(stored);
+    /// RESIZEDB: the sizes of the database's main and expires tables (a hint).
+    fn read_resize_db(&mut self, emit: &mut Emit<'_>) -> Result<(), RdbError> {
+        let db_size = self.r.plain_len()?;
+        let expires_size = self.r.plain_len()?;
+        self.emit(
+            emit,
+            Event::ResizeDb {
+                db_size,
+                expires_size,
+            },
+        )
+    }
+
+    /// SLOT_INFO: the sizes of one cluster slot's tables (a hint).
+    fn read_slot_info(&mut self, emit: &mut Emit<'_>) -> Result<(), RdbError> {
+        let slot_id = self.r.plain_len()?;
+        let slot_size = self.r.plain_len()?;
+        let expires_slot_size = self.r.plain_len()?;
+        self.emit(
+            emit,
+            Event::SlotInfo {
+                slot_id,
+                slot_size,
+                expires_slot_size,
+            },
+        )
+    }
+
+    /// MODULE_AUX (opcode read from `at`): module id, `when` opcode, then a module value,
+    /// delivered as its raw bytes.
+    fn read_module_aux(&mut self, at: u64, emit: &mut Emit<'_>) -> Result<(), RdbError> {
+        self.r.start_record(&[]);
+        let module_id = self.r.plain_len()?;
+        let when_op = self.r.plain_len()?;
+        if when_op != 2 {
+            self.r.stop_record();
+            return Err(RdbError::corrupt(at, "MODULE_AUX: bad 'when' opcode"));
         }
-        self.emit(emit, Event::End { checksum })?;
-        Ok(ParseSummary {
-            version: self.version,
-            keys: self.keys,
-            bytes: self.r.position(),
-            checksum,
-        })
+        let _when = self.r.plain_len()?;
+        let walked = self.walk_module_value(&module_name(module_id));
+        let raw = self.r.take_record().unwrap_or_default();
+        walked?;
+        self.emit(emit, Event::ModuleAux { module_id, raw })
+    }
+
+    /// The FUNCTION opcode of the 7.0 release candidates: name, engine, optional description,
+    /// body. Redis rebuilds the code as "#!<engine> name=<name>\n<body>", the engine name as
+    /// written (FUNCTION LIST then shows e.g. "#!LUA name=lib").
+    fn read_function_pre_ga(&mut self, emit: &mut Emit<'_>) -> Result<(), RdbError> {
+        let name = self.r.string()?;
+        let engine = self.r.string()?;
+        if self.r.plain_len()? != 0 {
+            self.r.skip_string()?;
+        }
+        let body = self.r.string()?;
+        let mut code = Vec::with_capacity(body.len() + name.len() + 16);
+        code.extend_from_slice(b"#!");
+        code.extend_from_slice(&engine);
+        code.extend_from_slice(b" name=");
+        code.extend_from_slice(&name);
+        code.push(b'\n');
+        code.extend_from_slice(&body);
+        self.emit(
+            emit,
+            Event::Function(FunctionLibrary {
+                code: Bytes::from(code),
+            }),
+        )
+    }
+
+    /// A key of object type `t` and its value; it takes the expire time and LRU/LFU
+    /// information `ctx` holds for it.
+    #[inline]
+    fn read_key(
+        &mut self,
+        t: u8,
+        ctx: &mut KeyContext,
+        emit: &mut Emit<'_>,
+    ) -> Result<(), RdbError> {
+        let key = self.r.string()?;
+        let key_type = key_type_of(t).unwrap_or(KeyType::Module);
+        let meta = KeyMeta {
+            db: ctx.db,
+            key: key.clone(),
+            rdb_type: t,
+            key_type,
+            expire_ms: ctx.expire.take(),
+            idle: ctx.idle.take(),
+            freq: ctx.freq.take(),
+        };
+        self.read_object(t, meta, emit)
+            .map_err(|e| e.in_key(&key, t))?;
+        self.keys += 1;
+        Ok(())
+    }
+
+    /// The CRC64 trailer (RDB 5+), checked against the checksum of what was read unless it
+    /// is zero.
+    fn read_trailer(&mut self) -> Result<Option<u64>, RdbError> {
+        if self.version < 5 {
+            return Ok(None);
+        }
+        let computed = self.r.checksum_so_far();
+        self.r.disable_checksum();
+        self.r.tail = 0;
+        let at = self.r.position();
+        self.r.expect(8);
+        let stored = u64::from_le_bytes(self.r.array::<8>()?);
+        if let Some(c) = computed {
+            if stored != 0 && c != stored {
+                return Err(RdbError {
+                    offset: at,
+                    context: None,
+                    kind: super::error::RdbErrorKind::Checksum {
+                        stored,
+                        computed: c,
+                    },
+                });
+            }
+        }
+        Ok(Some(stored))
     }
 
     #[inline]
@@ -368,694 +416,6 @@ impl<R: Read> RdbParser<R> {
     fn walk_module_value(&mut self, name: &str) -> Result<(), RdbError> {
         walk_module(&mut self.r, name)
     }
-}
-
-/// Walk a MODULE_2 value body (after the module id) to its EOF opcode.
-fn walk_module<R: Read>(r: &mut RdbReader<R>, name: &str) -> Result<(), RdbError> {
-    loop {
-        let at = r.position();
-        match r.plain_len()? {
-            0 => return Ok(()),
-            1 | 2 => {
-                r.plain_len()?;
-            }
-            3 => {
-                r.array::<4>()?;
-            }
-            4 => {
-                r.array::<8>()?;
-            }
-            5 => r.skip_string()?,
-            o => {
-                return Err(RdbError::corrupt(
-                    at,
-                    format!("unknown opcode {o} in value of module '{name}'"),
-                ));
-            }
-        }
-    }
-}
-
-fn h(r_pos: u64) -> impl Fn(HandlerError) -> RdbError {
-    move |e| RdbError::handler(r_pos, e)
-}
-
-/// How the value of an RDB object type is laid out.
-pub(crate) enum Layout {
-    /// A string (raw, integer or LZF).
-    String,
-    /// One blob: a ziplist, listpack, intset or zipmap (after a fixed prefix, see
-    /// [`blob_prefix`]).
-    Blob,
-    /// A count, then that many parts: elements of a plain list, set, sorted set or hash, or
-    /// quicklist nodes (see [`decode_part`]).
-    Parts,
-    /// Anything else (hashes with field TTLs, streams, modules).
-    Other,
-}
-
-pub(crate) fn layout(t: u8) -> Layout {
-    use types::*;
-    match t {
-        STRING => Layout::String,
-        LIST_ZIPLIST
-        | SET_INTSET
-        | SET_LISTPACK
-        | ZSET_ZIPLIST
-        | ZSET_LISTPACK
-        | HASH_ZIPMAP
-        | HASH_ZIPLIST
-        | HASH_LISTPACK
-        | HASH_LISTPACK_EX
-        | HASH_LISTPACK_EX_PRE_GA => Layout::Blob,
-        LIST | SET | ZSET | ZSET_2 | HASH | LIST_QUICKLIST | LIST_QUICKLIST_2 => Layout::Parts,
-        _ => Layout::Other,
-    }
-}
-
-/// Read what comes before the blob of a [`Layout::Blob`] value.
-pub(crate) fn blob_prefix<R: Read>(r: &mut RdbReader<R>, t: u8) -> Result<(), RdbError> {
-    if t == types::HASH_LISTPACK_EX {
-        r.millis()?; // minimum field expire time; informational
-    }
-    Ok(())
-}
-
-/// Decode one value of type `t` from `r` and deliver it through `emit`. The reader's
-/// recording (if on) is taken as the raw bytes of a whole value.
-pub(crate) fn read_value<R: Read>(
-    r: &mut RdbReader<R>,
-    t: u8,
-    meta: KeyMeta,
-    lim: Limits,
-    emit: &mut Emit<'_>,
-) -> Result<(), RdbError> {
-    use types::*;
-    match layout(t) {
-        Layout::String => {
-            let at = r.position();
-            let hdr = r.str_header()?;
-            return string_value(r, at, hdr, meta, lim, emit);
-        }
-        Layout::Blob => {
-            blob_prefix(r, t)?;
-            let (at, blob) = blob(r)?;
-            return blob_value(r, t, meta, lim, at, blob, emit);
-        }
-        Layout::Parts => {
-            let n = r.count(part_min_bytes(t))?;
-            let mut c = Collector::new(meta, empty_value(t), lim);
-            for _ in 0..n {
-                decode_part(r, t, &mut c, emit)?;
-            }
-            return finish(r, c, None, emit);
-        }
-        Layout::Other => {}
-    }
-    match t {
-        HASH_METADATA | HASH_METADATA_PRE_GA => {
-            let mut min_expire = 0u64;
-            if t == HASH_METADATA {
-                let at = r.position();
-                min_expire = r.millis()?;
-                if min_expire > EB_EXPIRE_TIME_MAX + 1 {
-                    return Err(RdbError::corrupt(
-                        at,
-                        "hash minimum field expire time out of range",
-                    ));
-                }
-            }
-            let mut c = Collector::new(meta, Value::Hash(Vec::new()), lim);
-            let n = r.count(3)?;
-            for _ in 0..n {
-                let at = r.position();
-                let ttl = r.plain_len()?;
-                let expire_at = if t == HASH_METADATA {
-                    if ttl == 0 {
-                        0
-                    } else {
-                        ttl.checked_add(min_expire)
-                            .and_then(|v| v.checked_sub(1))
-                            .unwrap_or(u64::MAX)
-                    }
-                } else {
-                    ttl
-                };
-                if expire_at > EB_EXPIRE_TIME_MAX {
-                    return Err(RdbError::corrupt(
-                        at,
-                        format!("invalid hash field expire time {expire_at}"),
-                    ));
-                }
-                let field = r.string()?;
-                let value = r.string()?;
-                let expire_ms = if expire_at == 0 {
-                    None
-                } else {
-                    Some(expire_at as i64)
-                };
-                c.push(
-                    Item::Hash(HashField {
-                        field,
-                        value,
-                        expire_ms,
-                    }),
-                    emit,
-                )
-                .map_err(h(r.position()))?;
-                if c.big {
-                    r.stop_record();
-                }
-            }
-            finish(r, c, None, emit)
-        }
-        STREAM_LISTPACKS | STREAM_LISTPACKS_2 | STREAM_LISTPACKS_3 => {
-            read_stream(r, t, meta, lim, emit)
-        }
-        MODULE_PRE_GA => Err(RdbError::unsupported(
-            r.position(),
-            "pre-GA module value (RDB type 6) cannot be parsed without the module",
-        )),
-        MODULE_2 => {
-            let module_id = r.plain_len()?;
-            walk_module(r, &module_name(module_id))?;
-            let raw = r.take_record();
-            emit(Event::Entry(Entry {
-                meta,
-                value: Value::Module { module_id },
-                raw,
-            }))
-            .map_err(h(r.position()))
-        }
-        _ => Err(RdbError::corrupt(
-            r.position(),
-            format!("unknown object type {t}"),
-        )),
-    }
-}
-
-/// The empty value of a collection type (what a [`Collector`] starts from).
-pub(crate) fn empty_value(t: u8) -> Value {
-    use types::*;
-    match t {
-        LIST | LIST_ZIPLIST | LIST_QUICKLIST | LIST_QUICKLIST_2 => Value::List(Vec::new()),
-        SET | SET_INTSET | SET_LISTPACK => Value::Set(Vec::new()),
-        ZSET | ZSET_2 | ZSET_ZIPLIST | ZSET_LISTPACK => Value::ZSet(Vec::new()),
-        _ => Value::Hash(Vec::new()),
-    }
-}
-
-/// The least number of bytes one part of a multi-part value takes (for the read-ahead).
-pub(crate) fn part_min_bytes(t: u8) -> u64 {
-    use types::*;
-    match t {
-        LIST | SET | LIST_QUICKLIST => 1,
-        _ => 2,
-    }
-}
-
-/// Decode the next part of a multi-part value into `c`: one element of a plain list, set,
-/// sorted set or hash (a string, a string and a score, two strings), or one quicklist node.
-/// The recording stops once the value turned out big.
-pub(crate) fn decode_part<X: Read>(
-    r: &mut RdbReader<X>,
-    t: u8,
-    c: &mut Collector,
-    emit: &mut Emit<'_>,
-) -> Result<(), RdbError> {
-    use types::*;
-    match t {
-        LIST => {
-            let b = r.string()?;
-            c.push(Item::List(b), emit).map_err(h(r.position()))?;
-        }
-        SET => {
-            let b = r.string()?;
-            c.push(Item::Set(b), emit).map_err(h(r.position()))?;
-        }
-        ZSET | ZSET_2 => {
-            let m = r.string()?;
-            let score = if t == ZSET_2 {
-                f64::from_le_bytes(r.array::<8>()?)
-            } else {
-                read_string_double(r)?
-            };
-            c.push(Item::ZSet(m, score), emit)
-                .map_err(h(r.position()))?;
-        }
-        HASH => {
-            let field = r.string()?;
-            let value = r.string()?;
-            c.push(Item::field(field, value), emit)
-                .map_err(h(r.position()))?;
-        }
-        LIST_QUICKLIST | LIST_QUICKLIST_2 => {
-            let container = if t == LIST_QUICKLIST_2 {
-                quicklist_container(r)?
-            } else {
-                QUICKLIST_ZIPLIST
-            };
-            let (at, blob) = blob(r)?;
-            match container {
-                QUICKLIST_ZIPLIST => {
-                    let it = ZiplistIter::new(blob).map_err(|e| RdbError::encoding(at, e))?;
-                    push_elems(r, c, it, at, emit, |e| Item::List(e.into_bytes()))?;
-                }
-                QUICKLIST_PLAIN => {
-                    c.push(Item::List(blob), emit).map_err(h(r.position()))?;
-                }
-                _ => {
-                    let it = ListpackIter::new(blob).map_err(|e| RdbError::encoding(at, e))?;
-                    push_elems(r, c, it, at, emit, |e| Item::List(e.into_bytes()))?;
-                }
-            }
-        }
-        _ => {
-            return Err(RdbError::corrupt(
-                r.position(),
-                format!("object type {t} has no parts"),
-            ))
-        }
-    }
-    if c.big {
-        r.stop_record();
-    }
-    Ok(())
-}
-
-/// Quicklist node containers: a ziplist (RDB type 14, written as 0 here), one plain element,
-/// or a listpack.
-pub(crate) const QUICKLIST_ZIPLIST: u64 = 0;
-pub(crate) const QUICKLIST_PLAIN: u64 = 1;
-pub(crate) const QUICKLIST_PACKED: u64 = 2;
-
-/// The container of the next QUICKLIST_2 node.
-pub(crate) fn quicklist_container<X: Read>(r: &mut RdbReader<X>) -> Result<u64, RdbError> {
-    let at = r.position();
-    let k = r.plain_len()?;
-    if k != QUICKLIST_PLAIN && k != QUICKLIST_PACKED {
-        return Err(RdbError::corrupt(
-            at,
-            format!("unknown quicklist container {k}"),
-        ));
-    }
-    Ok(k)
-}
-
-/// Decode a value held in one blob (ziplist, listpack, intset or zipmap), read from `at`.
-pub(crate) fn blob_value<R: Read>(
-    r: &mut RdbReader<R>,
-    t: u8,
-    meta: KeyMeta,
-    lim: Limits,
-    at: u64,
-    blob: Bytes,
-    emit: &mut Emit<'_>,
-) -> Result<(), RdbError> {
-    use types::*;
-    let mut c = Collector::new(meta, empty_value(t), lim);
-    match t {
-        LIST_ZIPLIST => {
-            let it = ZiplistIter::new(blob).map_err(|e| RdbError::encoding(at, e))?;
-            push_elems(r, &mut c, it, at, emit, |e| Item::List(e.into_bytes()))?;
-        }
-        SET_INTSET => {
-            let it = intset::decode(&blob).map_err(|e| RdbError::encoding(at, e))?;
-            for v in it {
-                c.push(Item::Set(super::reader::int_bytes(v)), emit)
-                    .map_err(h(r.position()))?;
-            }
-        }
-        SET_LISTPACK => {
-            let it = ListpackIter::new(blob).map_err(|e| RdbError::encoding(at, e))?;
-            push_elems(r, &mut c, it, at, emit, |e| Item::Set(e.into_bytes()))?;
-        }
-        ZSET_ZIPLIST => {
-            let it = ZiplistIter::new(blob).map_err(|e| RdbError::encoding(at, e))?;
-            push_zset_pairs(r, &mut c, it, at, emit)?;
-        }
-        ZSET_LISTPACK => {
-            let it = ListpackIter::new(blob).map_err(|e| RdbError::encoding(at, e))?;
-            push_zset_pairs(r, &mut c, it, at, emit)?;
-        }
-        HASH_ZIPMAP => {
-            let pairs = zipmap::decode(&blob).map_err(|e| RdbError::encoding(at, e))?;
-            for (field, value) in pairs {
-                c.push(Item::field(field, value), emit)
-                    .map_err(h(r.position()))?;
-            }
-        }
-        HASH_ZIPLIST => {
-            let it = ZiplistIter::new(blob).map_err(|e| RdbError::encoding(at, e))?;
-            push_hash_tuples(r, &mut c, it, at, false, emit)?;
-        }
-        HASH_LISTPACK => {
-            let it = ListpackIter::new(blob).map_err(|e| RdbError::encoding(at, e))?;
-            push_hash_tuples(r, &mut c, it, at, false, emit)?;
-        }
-        _ => {
-            let it = ListpackIter::new(blob).map_err(|e| RdbError::encoding(at, e))?;
-            push_hash_tuples(r, &mut c, it, at, true, emit)?;
-        }
-    }
-    if c.big {
-        r.stop_record();
-    }
-    finish(r, c, None, emit)
-}
-
-pub(crate) fn finish<R: Read>(
-    r: &mut RdbReader<R>,
-    c: Collector,
-    stream_meta: Option<StreamMeta>,
-    emit: &mut Emit<'_>,
-) -> Result<(), RdbError> {
-    let raw = if c.big { None } else { r.take_record() };
-    c.finish(raw, stream_meta, emit).map_err(h(r.position()))
-}
-
-/// Read a length-prefixed blob (any string encoding, LZF included) with its file offset.
-fn blob<R: Read>(r: &mut RdbReader<R>) -> Result<(u64, Bytes), RdbError> {
-    let at = r.position();
-    Ok((at, r.string()?))
-}
-
-fn push_elems<R: Read, I>(
-    r: &mut RdbReader<R>,
-    c: &mut Collector,
-    it: I,
-    at: u64,
-    emit: &mut Emit<'_>,
-    f: impl Fn(Elem) -> Item,
-) -> Result<(), RdbError>
-where
-    I: Iterator<Item = Result<Elem, EncodingError>>,
-{
-    for e in it {
-        let e = e.map_err(|e| RdbError::encoding(at, e))?;
-        c.push(f(e), emit).map_err(h(r.position()))?;
-    }
-    if c.big {
-        r.stop_record();
-    }
-    Ok(())
-}
-
-fn push_zset_pairs<R: Read, I>(
-    r: &mut RdbReader<R>,
-    c: &mut Collector,
-    mut it: I,
-    at: u64,
-    emit: &mut Emit<'_>,
-) -> Result<(), RdbError>
-where
-    I: Iterator<Item = Result<Elem, EncodingError>>,
-{
-    while let Some(m) = it.next() {
-        let m = m.map_err(|e| RdbError::encoding(at, e))?;
-        let s = match it.next() {
-            Some(s) => s.map_err(|e| RdbError::encoding(at, e))?,
-            None => return Err(RdbError::corrupt(at, "sorted set member without a score")),
-        };
-        let score = s
-            .as_f64()
-            .ok_or_else(|| RdbError::corrupt(at, "sorted set score is not a number"))?;
-        c.push(Item::ZSet(m.into_bytes(), score), emit)
-            .map_err(h(r.position()))?;
-    }
-    if c.big {
-        r.stop_record();
-    }
-    Ok(())
-}
-
-fn push_hash_tuples<R: Read, I>(
-    r: &mut RdbReader<R>,
-    c: &mut Collector,
-    mut it: I,
-    at: u64,
-    with_ttl: bool,
-    emit: &mut Emit<'_>,
-) -> Result<(), RdbError>
-where
-    I: Iterator<Item = Result<Elem, EncodingError>>,
-{
-    while let Some(f) = it.next() {
-        let f = f.map_err(|e| RdbError::encoding(at, e))?;
-        let v = match it.next() {
-            Some(v) => v.map_err(|e| RdbError::encoding(at, e))?,
-            None => return Err(RdbError::corrupt(at, "hash field without a value")),
-        };
-        let mut expire_ms = None;
-        if with_ttl {
-            let ttl = match it.next() {
-                Some(x) => x.map_err(|e| RdbError::encoding(at, e))?,
-                None => return Err(RdbError::corrupt(at, "hash field without a TTL slot")),
-            };
-            let ttl = ttl
-                .as_int()
-                .ok_or_else(|| RdbError::corrupt(at, "hash field TTL is not an integer"))?;
-            if ttl < 0 || ttl as u64 > EB_EXPIRE_TIME_MAX {
-                return Err(RdbError::corrupt(
-                    at,
-                    format!("invalid hash field expire time {ttl}"),
-                ));
-            }
-            if ttl != 0 {
-                expire_ms = Some(ttl);
-            }
-        }
-        c.push(
-            Item::Hash(HashField {
-                field: f.into_bytes(),
-                value: v.into_bytes(),
-                expire_ms,
-            }),
-            emit,
-        )
-        .map_err(h(r.position()))?;
-    }
-    if c.big {
-        r.stop_record();
-    }
-    Ok(())
-}
-
-/// ZSET (type 3) score: a length byte, 253/254/255 for nan/+inf/-inf, else ASCII.
-fn read_string_double<R: Read>(r: &mut RdbReader<R>) -> Result<f64, RdbError> {
-    let at = r.position();
-    let n = r.u8()?;
-    match n {
-        253 => Ok(f64::NAN),
-        254 => Ok(f64::INFINITY),
-        255 => Ok(f64::NEG_INFINITY),
-        _ => {
-            let mut buf = [0u8; 255];
-            r.read_into(&mut buf[..n as usize])?;
-            parse_f64(&buf[..n as usize])
-                .ok_or_else(|| RdbError::corrupt(at, "invalid double value"))
-        }
-    }
-}
-
-/// Decode a string value whose header (read from `at`) is `hdr`.
-pub(crate) fn string_value<R: Read>(
-    r: &mut RdbReader<R>,
-    at: u64,
-    hdr: StrHeader,
-    meta: KeyMeta,
-    lim: Limits,
-    emit: &mut Emit<'_>,
-) -> Result<(), RdbError> {
-    let size = match hdr {
-        StrHeader::Raw(n) => n,
-        StrHeader::Int(_) => 0,
-        StrHeader::Lzf { ulen, .. } => ulen,
-    };
-    if size <= lim.big as u64 {
-        let v = r.string_body(hdr)?;
-        let raw = r.take_record();
-        return emit(Event::Entry(Entry {
-            meta,
-            value: Value::String(v),
-            raw,
-        }))
-        .map_err(h(r.position()));
-    }
-    r.stop_record();
-    let chunk = lim.chunk_bytes.max(1);
-    emit(Event::BigStart(meta)).map_err(h(r.position()))?;
-    match hdr {
-        StrHeader::Raw(n) => {
-            r.expect(n);
-            let mut left = n;
-            while left > 0 {
-                let k = left.min(chunk as u64);
-                let piece = r.bytes(k)?;
-                left -= k;
-                emit(Event::BigChunk(Value::String(piece))).map_err(h(r.position()))?;
-            }
-        }
-        StrHeader::Lzf { clen, ulen } => {
-            let comp = r.bytes(clen)?;
-            let mut dec =
-                lzf::StreamDecoder::new(&comp, ulen).map_err(|e| RdbError::encoding(at, e))?;
-            while let Some(piece) = dec
-                .next_chunk(chunk)
-                .map_err(|e| RdbError::encoding(at, e))?
-            {
-                emit(Event::BigChunk(Value::String(Bytes::from(piece))))
-                    .map_err(h(r.position()))?;
-            }
-        }
-        StrHeader::Int(_) => {}
-    }
-    emit(Event::BigEnd).map_err(h(r.position()))
-}
-
-fn read_id<R: Read>(r: &mut RdbReader<R>) -> Result<StreamId, RdbError> {
-    let ms = r.plain_len()?;
-    let seq = r.plain_len()?;
-    Ok(StreamId { ms, seq })
-}
-
-fn read_stream<R: Read>(
-    r: &mut RdbReader<R>,
-    t: u8,
-    meta: KeyMeta,
-    lim: Limits,
-    emit: &mut Emit<'_>,
-) -> Result<(), RdbError> {
-    let mut c = Collector::new(
-        meta,
-        Value::Stream(Box::new(StreamValue {
-            entries: Vec::new(),
-            meta: None,
-        })),
-        lim,
-    );
-    let nodes = r.count(2)?;
-    let mut node_entries = Vec::new();
-    let mut live_total: u64 = 0;
-    for _ in 0..nodes {
-        let at = r.position();
-        let key = r.string()?;
-        let master = stream::id_from_be(&key)
-            .ok_or_else(|| RdbError::corrupt(at, "stream node key is not a 128-bit id"))?;
-        let (at, lp) = blob(r)?;
-        node_entries.clear();
-        let n = stream::decode_node(master, lp, &mut node_entries)
-            .map_err(|e| RdbError::encoding(at, e))?;
-        if n == 0 && node_entries.is_empty() {
-            // Redis never writes empty nodes; tolerate nodes whose entries are all deleted.
-        }
-        live_total += n as u64;
-        for e in node_entries.drain(..) {
-            c.push(Item::Stream(e), emit).map_err(h(r.position()))?;
-        }
-        if c.big {
-            r.stop_record();
-        }
-    }
-    let at = r.position();
-    let length = r.plain_len()?;
-    let last_id = read_id(r)?;
-    let (mut first_id, mut max_deleted_entry_id, mut entries_added) = (None, None, None);
-    if t >= types::STREAM_LISTPACKS_2 {
-        first_id = Some(read_id(r)?);
-        max_deleted_entry_id = Some(read_id(r)?);
-        entries_added = Some(r.plain_len()?);
-    }
-    // Redis does not cross-check the declared length against the nodes; neither do we (the
-    // declared length is what XLEN reports after a load).
-    let _ = (at, live_total);
-    let ngroups = r.count(4)?;
-    let mut groups = Vec::new();
-    for _ in 0..ngroups {
-        let name = r.string()?;
-        let last_delivered_id = read_id(r)?;
-        let entries_read = if t >= types::STREAM_LISTPACKS_2 {
-            let v = r.plain_len()?;
-            if v == u64::MAX {
-                None
-            } else {
-                Some(v as i64)
-            }
-        } else {
-            None
-        };
-        let npel = r.count(17)?;
-        let mut pel: Vec<PendingEntry> = Vec::new();
-        for _ in 0..npel {
-            let at = r.position();
-            let raw = r.array::<16>()?;
-            let id = stream::id_from_be(&raw).unwrap_or_default();
-            if pel.last().is_some_and(|p| p.id >= id) {
-                return Err(RdbError::corrupt(
-                    at,
-                    "consumer group PEL not in id order or duplicated",
-                ));
-            }
-            let delivery_time_ms = r.millis()?;
-            let delivery_count = r.plain_len()?;
-            pel.push(PendingEntry {
-                id,
-                delivery_time_ms,
-                delivery_count,
-                consumer: None,
-            });
-        }
-        let ncons = r.count(10)?;
-        let mut consumers = Vec::new();
-        for _ in 0..ncons {
-            let cname = r.string()?;
-            let seen_time_ms = r.millis()?;
-            let active_time_ms = if t >= types::STREAM_LISTPACKS_3 {
-                Some(r.millis()?)
-            } else {
-                None
-            };
-            let n = r.count(16)?;
-            let mut cpel = Vec::new();
-            for _ in 0..n {
-                let at = r.position();
-                let raw = r.array::<16>()?;
-                let id = stream::id_from_be(&raw).unwrap_or_default();
-                match pel.binary_search_by(|p| p.id.cmp(&id)) {
-                    Ok(i) => pel[i].consumer = Some(cname.clone()),
-                    Err(_) => {
-                        return Err(RdbError::corrupt(
-                            at,
-                            "consumer PEL entry not found in group PEL",
-                        ))
-                    }
-                }
-                cpel.push(id);
-            }
-            consumers.push(Consumer {
-                name: cname,
-                seen_time_ms,
-                active_time_ms,
-                pel: cpel,
-            });
-        }
-        groups.push(ConsumerGroup {
-            name,
-            last_delivered_id,
-            entries_read,
-            pel,
-            consumers,
-        });
-    }
-    let smeta = StreamMeta {
-        length,
-        last_id,
-        first_id,
-        max_deleted_entry_id,
-        entries_added,
-        groups,
-    };
-    finish(r, c, Some(smeta), emit)
 }
 
 /// Decode one DUMP/RESTORE payload (type byte + value + 2-byte RDB version + CRC64, CRC
@@ -1115,6 +475,19 @@ pub fn decode_string_body(body: &Bytes) -> Result<Bytes, RdbError> {
         StrHeader::Lzf { clen, ulen } => lzf::decompress(&body[at..end(clen)?], ulen)
             .map(Bytes::from)
             .map_err(|e| RdbError::encoding(at as u64, e)),
+    }
+}
+
+impl Entry {
+    /// The value, decoded from `raw` when the parser passed it through undecoded.
+    pub fn decoded_value(&self) -> Result<std::borrow::Cow<'_, Value>, RdbError> {
+        match (&self.value, &self.raw) {
+            (Value::Undecoded, Some(raw)) => decode_value_body(raw, 0).map(std::borrow::Cow::Owned),
+            (Value::Undecoded, None) => {
+                Err(RdbError::corrupt(0, "value neither decoded nor captured"))
+            }
+            (v, _) => Ok(std::borrow::Cow::Borrowed(v)),
+        }
     }
 }
 

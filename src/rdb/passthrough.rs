@@ -16,14 +16,14 @@
 use std::io::Read;
 
 use super::collect::{Collector, Emit, Limits, ELEM_OVERHEAD};
-use super::error::RdbError;
-use super::model::types::*;
-use super::model::*;
-use super::parser::{
+use super::decode::{
     blob_prefix, blob_value, decode_part, empty_value, finish, layout, part_min_bytes,
     quicklist_container, read_value, string_value, Layout, QUICKLIST_PACKED, QUICKLIST_PLAIN,
     QUICKLIST_ZIPLIST,
 };
+use super::error::RdbError;
+use super::model::types::*;
+use super::model::*;
 use super::reader::{RdbReader, StrHeader};
 
 /// Upper bound of the decoded size (as the collector accounts it) of a blob of `len` bytes.

@@ -62,67 +62,15 @@ pub fn decode_node(
     out: &mut Vec<StreamEntry>,
 ) -> Result<usize, EncodingError> {
     let mut it = ListpackIter::new(blob)?;
-    let live = count(int(&mut it, "master count")?, "count")?;
-    let deleted = count(int(&mut it, "master deleted count")?, "deleted count")?;
-    let nmaster = count(int(&mut it, "master field count")?, "field count")?;
-    let mut master_fields = Vec::with_capacity(nmaster.min(1024));
-    for _ in 0..nmaster {
-        master_fields.push(elem(&mut it, "master field")?);
-    }
-    if int(&mut it, "master terminator")? != 0 {
-        return Err(EncodingError::StreamTerminator);
-    }
+    let (live, deleted, master_fields) = read_master_entry(&mut it)?;
     let total = live
         .checked_add(deleted)
         .ok_or(EncodingError::StreamCountOverflow)?;
     let mut found_live = 0usize;
     for _ in 0..total {
-        let flags = int(&mut it, "entry flags")?;
-        let dms = int(&mut it, "entry id ms delta")?;
-        let dseq = int(&mut it, "entry id seq delta")?;
-        let id = StreamId {
-            ms: master.ms.wrapping_add(dms as u64),
-            seq: master.seq.wrapping_add(dseq as u64),
-        };
-        let deleted = flags & FLAG_DELETED != 0;
-        let mut fields = Vec::new();
-        let n_lp = if flags & FLAG_SAMEFIELDS != 0 {
-            if !deleted {
-                fields.reserve(nmaster);
-            }
-            for f in &master_fields {
-                let v = elem(&mut it, "entry value")?;
-                if !deleted {
-                    fields.push((f.clone(), v));
-                }
-            }
-            3 + nmaster
-        } else {
-            let nf = count(int(&mut it, "entry field count")?, "field count")?;
-            if !deleted {
-                fields.reserve(nf.min(1024));
-            }
-            for _ in 0..nf {
-                let f = elem(&mut it, "entry field")?;
-                let v = elem(&mut it, "entry value")?;
-                if !deleted {
-                    fields.push((f, v));
-                }
-            }
-            nf.checked_mul(2)
-                .and_then(|x| x.checked_add(4))
-                .ok_or(EncodingError::StreamFieldCountOverflow)?
-        };
-        let lp_count = int(&mut it, "entry lp-count")?;
-        if usize::try_from(lp_count).ok() != Some(n_lp) {
-            return Err(EncodingError::StreamLpCount {
-                lp_count,
-                expected: n_lp,
-            });
-        }
-        if !deleted {
+        if let Some(e) = decode_entry(&mut it, master, &master_fields)? {
             found_live += 1;
-            out.push(StreamEntry { id, fields });
+            out.push(e);
         }
     }
     match it.next() {
@@ -137,6 +85,102 @@ pub fn decode_node(
         });
     }
     Ok(found_live)
+}
+
+/// The master entry of a node: its live and deleted entry counts and the master fields.
+fn read_master_entry(it: &mut ListpackIter) -> Result<(usize, usize, Vec<Bytes>), EncodingError> {
+    let live = count(int(it, "master count")?, "count")?;
+    let deleted = count(int(it, "master deleted count")?, "deleted count")?;
+    let nmaster = count(int(it, "master field count")?, "field count")?;
+    let mut master_fields = Vec::with_capacity(nmaster.min(1024));
+    for _ in 0..nmaster {
+        master_fields.push(elem(it, "master field")?);
+    }
+    if int(it, "master terminator")? != 0 {
+        return Err(EncodingError::StreamTerminator);
+    }
+    Ok((live, deleted, master_fields))
+}
+
+/// One entry of a node (flags, id deltas, its fields and values, lp-count): `None` when it
+/// is deleted.
+#[inline]
+fn decode_entry(
+    it: &mut ListpackIter,
+    master: StreamId,
+    master_fields: &[Bytes],
+) -> Result<Option<StreamEntry>, EncodingError> {
+    let flags = int(it, "entry flags")?;
+    let dms = int(it, "entry id ms delta")?;
+    let dseq = int(it, "entry id seq delta")?;
+    let id = StreamId {
+        ms: master.ms.wrapping_add(dms as u64),
+        seq: master.seq.wrapping_add(dseq as u64),
+    };
+    let deleted = flags & FLAG_DELETED != 0;
+    let mut fields = Vec::new();
+    let n_lp = if flags & FLAG_SAMEFIELDS != 0 {
+        read_master_field_values(it, master_fields, deleted, &mut fields)?
+    } else {
+        read_own_fields(it, deleted, &mut fields)?
+    };
+    let lp_count = int(it, "entry lp-count")?;
+    if usize::try_from(lp_count).ok() != Some(n_lp) {
+        return Err(EncodingError::StreamLpCount {
+            lp_count,
+            expected: n_lp,
+        });
+    }
+    Ok(if deleted {
+        None
+    } else {
+        Some(StreamEntry { id, fields })
+    })
+}
+
+/// The values of an entry that has the master entry's fields (kept in `fields` unless it is
+/// deleted); the entry's listpack element count.
+#[inline]
+fn read_master_field_values(
+    it: &mut ListpackIter,
+    master_fields: &[Bytes],
+    deleted: bool,
+    fields: &mut Vec<(Bytes, Bytes)>,
+) -> Result<usize, EncodingError> {
+    if !deleted {
+        fields.reserve(master_fields.len());
+    }
+    for f in master_fields {
+        let v = elem(it, "entry value")?;
+        if !deleted {
+            fields.push((f.clone(), v));
+        }
+    }
+    Ok(3 + master_fields.len())
+}
+
+/// The fields and values of an entry that has its own (kept in `fields` unless it is
+/// deleted); the entry's listpack element count.
+#[inline]
+fn read_own_fields(
+    it: &mut ListpackIter,
+    deleted: bool,
+    fields: &mut Vec<(Bytes, Bytes)>,
+) -> Result<usize, EncodingError> {
+    let nf = count(int(it, "entry field count")?, "field count")?;
+    if !deleted {
+        fields.reserve(nf.min(1024));
+    }
+    for _ in 0..nf {
+        let f = elem(it, "entry field")?;
+        let v = elem(it, "entry value")?;
+        if !deleted {
+            fields.push((f, v));
+        }
+    }
+    nf.checked_mul(2)
+        .and_then(|x| x.checked_add(4))
+        .ok_or(EncodingError::StreamFieldCountOverflow)
 }
 
 /// Convenience: the element list of a listpack (used by tests and small decoders).

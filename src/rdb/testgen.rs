@@ -257,86 +257,13 @@ pub fn generate<W: Write>(out: W, opts: &GenOptions) -> io::Result<GenStats> {
     w.select_db(0)?;
     let mut f = Filler(0x9e37_79b9_7f4a_7c15);
     let mut stats = GenStats::default();
-
-    // The big list, in ~8 KB packed nodes (Redis' default list-max-listpack-size -2).
-    let esz = opts.list_elem_bytes.max(1);
-    let list_len = opts.list_bytes / esz as u64;
-    if list_len > 0 {
-        let per_node = (8192 / (esz + 8)).max(1) as u64;
-        let nodes = list_len.div_ceil(per_node);
-        let mut elem = Vec::new();
-        f.fill(&mut elem, esz);
-        let mut left = list_len;
-        let mut idx: u64 = 0;
-        let node_iter = std::iter::from_fn(|| {
-            if left == 0 {
-                return None;
-            }
-            let n = left.min(per_node);
-            left -= n;
-            Some(n)
-        });
-        // Elements: a shared random body with a unique numeric prefix.
-        let mut store: Vec<Vec<u8>> = Vec::new();
-        w.raw(&[18])?;
-        w.string(b"big:list")?;
-        w.write_len(nodes)?;
-        for n in node_iter {
-            store.clear();
-            for _ in 0..n {
-                let mut e = format!("{idx:012}:").into_bytes();
-                e.extend_from_slice(&elem[..esz.saturating_sub(e.len()).min(elem.len())]);
-                store.push(e);
-                idx += 1;
-            }
-            let refs: Vec<&[u8]> = store.iter().map(|e| e.as_slice()).collect();
-            w.write_len(2)?;
-            w.string(&encode_listpack(&refs))?;
-        }
-        stats.keys += 1;
-        stats.list_len = list_len;
-    }
+    write_big_list(&mut w, &mut f, opts, &mut stats)?;
 
     // The rest: a rotation of strings, hashes, sets and zsets.
     let mut buf = Vec::new();
     let mut k: u64 = 0;
     while w.written() < opts.total_bytes {
-        let key = format!("key:{k}");
-        match k % 4 {
-            0 => {
-                let n = 100 + (k % 900) as usize;
-                f.fill(&mut buf, n);
-                w.key_string(key.as_bytes(), &buf)?;
-            }
-            1 => {
-                let fields: Vec<(Vec<u8>, Vec<u8>)> = (0..100)
-                    .map(|i| {
-                        f.fill(&mut buf, 40);
-                        (format!("field:{i}").into_bytes(), buf.clone())
-                    })
-                    .collect();
-                let refs: Vec<(&[u8], &[u8])> = fields
-                    .iter()
-                    .map(|(a, b)| (a.as_slice(), b.as_slice()))
-                    .collect();
-                w.key_hash(key.as_bytes(), &refs)?;
-            }
-            2 => {
-                let members: Vec<Vec<u8>> = (0..100)
-                    .map(|i| format!("member:{k}:{i}").into_bytes())
-                    .collect();
-                let refs: Vec<&[u8]> = members.iter().map(|m| m.as_slice()).collect();
-                w.key_set(key.as_bytes(), &refs)?;
-            }
-            _ => {
-                let members: Vec<(Vec<u8>, f64)> = (0..100)
-                    .map(|i| (format!("m:{i}").into_bytes(), i as f64 * 1.5 - 20.0))
-                    .collect();
-                let refs: Vec<(&[u8], f64)> =
-                    members.iter().map(|(m, s)| (m.as_slice(), *s)).collect();
-                w.key_zset2(key.as_bytes(), &refs)?;
-            }
-        }
+        write_rotation_key(&mut w, &mut f, &mut buf, k)?;
         k += 1;
         stats.keys += 1;
     }
@@ -344,4 +271,97 @@ pub fn generate<W: Write>(out: W, opts: &GenOptions) -> io::Result<GenStats> {
     let mut out = w.finish()?;
     out.flush()?;
     Ok(stats)
+}
+
+/// The big list, in ~8 KB packed nodes (Redis' default list-max-listpack-size -2).
+fn write_big_list<W: Write>(
+    w: &mut RdbWriter<W>,
+    f: &mut Filler,
+    opts: &GenOptions,
+    stats: &mut GenStats,
+) -> io::Result<()> {
+    let esz = opts.list_elem_bytes.max(1);
+    let list_len = opts.list_bytes / esz as u64;
+    if list_len == 0 {
+        return Ok(());
+    }
+    let per_node = (8192 / (esz + 8)).max(1) as u64;
+    let nodes = list_len.div_ceil(per_node);
+    let mut elem = Vec::new();
+    f.fill(&mut elem, esz);
+    let mut left = list_len;
+    let mut idx: u64 = 0;
+    let node_iter = std::iter::from_fn(|| {
+        if left == 0 {
+            return None;
+        }
+        let n = left.min(per_node);
+        left -= n;
+        Some(n)
+    });
+    // Elements: a shared random body with a unique numeric prefix.
+    let mut store: Vec<Vec<u8>> = Vec::new();
+    w.raw(&[18])?;
+    w.string(b"big:list")?;
+    w.write_len(nodes)?;
+    for n in node_iter {
+        store.clear();
+        for _ in 0..n {
+            let mut e = format!("{idx:012}:").into_bytes();
+            e.extend_from_slice(&elem[..esz.saturating_sub(e.len()).min(elem.len())]);
+            store.push(e);
+            idx += 1;
+        }
+        let refs: Vec<&[u8]> = store.iter().map(|e| e.as_slice()).collect();
+        w.write_len(2)?;
+        w.string(&encode_listpack(&refs))?;
+    }
+    stats.keys += 1;
+    stats.list_len = list_len;
+    Ok(())
+}
+
+/// Key number `k` of the rotation: a string, a hash, a set or a sorted set.
+fn write_rotation_key<W: Write>(
+    w: &mut RdbWriter<W>,
+    f: &mut Filler,
+    buf: &mut Vec<u8>,
+    k: u64,
+) -> io::Result<()> {
+    let key = format!("key:{k}");
+    match k % 4 {
+        0 => {
+            let n = 100 + (k % 900) as usize;
+            f.fill(buf, n);
+            w.key_string(key.as_bytes(), buf)?;
+        }
+        1 => {
+            let fields: Vec<(Vec<u8>, Vec<u8>)> = (0..100)
+                .map(|i| {
+                    f.fill(buf, 40);
+                    (format!("field:{i}").into_bytes(), buf.clone())
+                })
+                .collect();
+            let refs: Vec<(&[u8], &[u8])> = fields
+                .iter()
+                .map(|(a, b)| (a.as_slice(), b.as_slice()))
+                .collect();
+            w.key_hash(key.as_bytes(), &refs)?;
+        }
+        2 => {
+            let members: Vec<Vec<u8>> = (0..100)
+                .map(|i| format!("member:{k}:{i}").into_bytes())
+                .collect();
+            let refs: Vec<&[u8]> = members.iter().map(|m| m.as_slice()).collect();
+            w.key_set(key.as_bytes(), &refs)?;
+        }
+        _ => {
+            let members: Vec<(Vec<u8>, f64)> = (0..100)
+                .map(|i| (format!("m:{i}").into_bytes(), i as f64 * 1.5 - 20.0))
+                .collect();
+            let refs: Vec<(&[u8], f64)> = members.iter().map(|(m, s)| (m.as_slice(), *s)).collect();
+            w.key_zset2(key.as_bytes(), &refs)?;
+        }
+    }
+    Ok(())
 }

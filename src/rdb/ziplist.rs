@@ -75,15 +75,7 @@ impl ZiplistIter {
 
     fn next_elem(&mut self) -> Result<Option<Elem>, EncodingError> {
         if self.pos >= self.end {
-            if let Some(d) = self.declared {
-                if d != self.seen {
-                    return Err(EncodingError::CountMismatch {
-                        what: WHAT,
-                        header: d,
-                        found: self.seen,
-                    });
-                }
-            }
+            EncodingError::check_count(WHAT, self.declared, self.seen)?;
             return Ok(None);
         }
         // prevlen

@@ -539,74 +539,84 @@ fn split_args_quoted(line: &[u8]) -> Option<Vec<Vec<u8>>> {
         if i >= n {
             return Some(args);
         }
-        let mut cur = Vec::new();
-        let mut inq = false; // inside "double quotes"
-        let mut insq = false; // inside 'single quotes'
-        loop {
-            if inq {
-                if i >= n {
-                    return None;
-                }
-                if line[i] == b'\\'
-                    && i + 3 < n
-                    && line[i + 1] == b'x'
-                    && hex_val(line[i + 2]).is_some()
-                    && hex_val(line[i + 3]).is_some()
-                {
-                    cur.push(hex_val(line[i + 2])? * 16 + hex_val(line[i + 3])?);
-                    i += 3;
-                } else if line[i] == b'\\' && i + 1 < n {
-                    i += 1;
-                    cur.push(match line[i] {
-                        b'n' => b'\n',
-                        b'r' => b'\r',
-                        b't' => b'\t',
-                        b'b' => 0x08,
-                        b'a' => 0x07,
-                        c => c,
-                    });
-                } else if line[i] == b'"' {
-                    if i + 1 < n && !is_space(line[i + 1]) {
-                        return None;
-                    }
-                    i += 1;
-                    break;
-                } else {
-                    cur.push(line[i]);
-                }
-            } else if insq {
-                if i >= n {
-                    return None;
-                }
-                if line[i] == b'\\' && i + 1 < n && line[i + 1] == b'\'' {
-                    i += 1;
-                    cur.push(b'\'');
-                } else if line[i] == b'\'' {
-                    if i + 1 < n && !is_space(line[i + 1]) {
-                        return None;
-                    }
-                    i += 1;
-                    break;
-                } else {
-                    cur.push(line[i]);
-                }
-            } else {
-                if i >= n {
-                    break;
-                }
-                match line[i] {
-                    c if is_token_end(c) => {
-                        break;
-                    }
-                    b'"' => inq = true,
-                    b'\'' => insq = true,
-                    c => cur.push(c),
-                }
-            }
-            i += 1;
-        }
-        args.push(cur);
+        args.push(quoted_token(line, &mut i)?);
     }
+}
+
+/// The token of an inline line that starts at `line[*i]` (not a space), with its quotes and
+/// escapes resolved; `*i` moves past it. `None` on unbalanced quotes.
+#[inline]
+fn quoted_token(line: &[u8], i: &mut usize) -> Option<Vec<u8>> {
+    let n = line.len();
+    let mut p = *i;
+    let mut cur = Vec::new();
+    let mut inq = false; // inside "double quotes"
+    let mut insq = false; // inside 'single quotes'
+    loop {
+        if inq {
+            if p >= n {
+                return None;
+            }
+            if line[p] == b'\\'
+                && p + 3 < n
+                && line[p + 1] == b'x'
+                && hex_val(line[p + 2]).is_some()
+                && hex_val(line[p + 3]).is_some()
+            {
+                cur.push(hex_val(line[p + 2])? * 16 + hex_val(line[p + 3])?);
+                p += 3;
+            } else if line[p] == b'\\' && p + 1 < n {
+                p += 1;
+                cur.push(match line[p] {
+                    b'n' => b'\n',
+                    b'r' => b'\r',
+                    b't' => b'\t',
+                    b'b' => 0x08,
+                    b'a' => 0x07,
+                    c => c,
+                });
+            } else if line[p] == b'"' {
+                if p + 1 < n && !is_space(line[p + 1]) {
+                    return None;
+                }
+                p += 1;
+                break;
+            } else {
+                cur.push(line[p]);
+            }
+        } else if insq {
+            if p >= n {
+                return None;
+            }
+            if line[p] == b'\\' && p + 1 < n && line[p + 1] == b'\'' {
+                p += 1;
+                cur.push(b'\'');
+            } else if line[p] == b'\'' {
+                if p + 1 < n && !is_space(line[p + 1]) {
+                    return None;
+                }
+                p += 1;
+                break;
+            } else {
+                cur.push(line[p]);
+            }
+        } else {
+            if p >= n {
+                break;
+            }
+            match line[p] {
+                c if is_token_end(c) => {
+                    break;
+                }
+                b'"' => inq = true,
+                b'\'' => insq = true,
+                c => cur.push(c),
+            }
+        }
+        p += 1;
+    }
+    *i = p;
+    Some(cur)
 }
 
 #[cfg(test)]

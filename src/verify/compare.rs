@@ -640,6 +640,11 @@ fn compare_streams(l: &J, r: &J, opts: &CompareOptions) -> Option<String> {
             }
         }
     }
+    compare_groups(l, r, opts)
+}
+
+/// The consumer groups of two streams: the same names, then each pair of the same name.
+fn compare_groups(l: &J, r: &J, opts: &CompareOptions) -> Option<String> {
     let empty = Vec::new();
     let lg = l["groups"].as_array().unwrap_or(&empty);
     let rg = r["groups"].as_array().unwrap_or(&empty);
@@ -659,51 +664,62 @@ fn compare_streams(l: &J, r: &J, opts: &CompareOptions) -> Option<String> {
         return Some(format!("groups [{}] vs [{}]", names(&lg), names(&rg)));
     }
     for (name, a) in &lg {
-        let b = &rg[name];
-        let gname = b64_escaped(name);
-        for f in ["last_delivered_id", "entries_read"] {
-            if let Some((x, y)) = both(a, b, f) {
-                if x != y {
-                    return Some(format!("group {gname} {f}: {x} vs {y}"));
-                }
+        if let Some(d) = compare_group(&b64_escaped(name), a, &rg[name], opts) {
+            return Some(d);
+        }
+    }
+    None
+}
+
+/// Two consumer groups of the same name (`gname`, as messages show it).
+fn compare_group(gname: &str, a: &J, b: &J, opts: &CompareOptions) -> Option<String> {
+    for f in ["last_delivered_id", "entries_read"] {
+        if let Some((x, y)) = both(a, b, f) {
+            if x != y {
+                return Some(format!("group {gname} {f}: {x} vs {y}"));
             }
         }
-        if a["pel"] != b["pel"] {
-            return Some(format!(
-                "group {gname} PEL: {}",
-                compare_arrays(&a["pel"], &b["pel"], "entrie").unwrap_or_default()
-            ));
-        }
-        if a["consumers"] != b["consumers"] {
-            return Some(format!(
-                "group {gname} consumers: {} vs {}",
-                a["consumers"], b["consumers"]
-            ));
-        }
-        if opts.ignore_stream_times {
-            continue;
-        }
-        if let Some((ta, tb)) = both(a, b, "times") {
-            if ta["pel_delivery_time_ms"] != tb["pel_delivery_time_ms"] {
-                return Some(format!(
-                    "group {gname} PEL delivery times: {} vs {}",
-                    ta["pel_delivery_time_ms"], tb["pel_delivery_time_ms"]
-                ));
-            }
-            let ec = Map::new();
-            let ca = ta["consumers"].as_object().unwrap_or(&ec);
-            let cb = tb["consumers"].as_object().unwrap_or(&ec);
-            for (c, x) in ca {
-                let Some(y) = cb.get(c) else { continue };
-                for f in ["seen_time_ms", "active_time_ms"] {
-                    if let Some((p, q)) = both(x, y, f) {
-                        if p != q {
-                            return Some(format!(
-                                "group {gname} consumer {} {f}: {p} vs {q}",
-                                b64_escaped(c)
-                            ));
-                        }
-                    }
+    }
+    if a["pel"] != b["pel"] {
+        return Some(format!(
+            "group {gname} PEL: {}",
+            compare_arrays(&a["pel"], &b["pel"], "entrie").unwrap_or_default()
+        ));
+    }
+    if a["consumers"] != b["consumers"] {
+        return Some(format!(
+            "group {gname} consumers: {} vs {}",
+            a["consumers"], b["consumers"]
+        ));
+    }
+    if opts.ignore_stream_times {
+        return None;
+    }
+    let (ta, tb) = both(a, b, "times")?;
+    compare_group_times(gname, ta, tb)
+}
+
+/// The times of two consumer groups of the same name: PEL delivery times, then the seen and
+/// active times of the consumers both sides have.
+fn compare_group_times(gname: &str, ta: &J, tb: &J) -> Option<String> {
+    if ta["pel_delivery_time_ms"] != tb["pel_delivery_time_ms"] {
+        return Some(format!(
+            "group {gname} PEL delivery times: {} vs {}",
+            ta["pel_delivery_time_ms"], tb["pel_delivery_time_ms"]
+        ));
+    }
+    let ec = Map::new();
+    let ca = ta["consumers"].as_object().unwrap_or(&ec);
+    let cb = tb["consumers"].as_object().unwrap_or(&ec);
+    for (c, x) in ca {
+        let Some(y) = cb.get(c) else { continue };
+        for f in ["seen_time_ms", "active_time_ms"] {
+            if let Some((p, q)) = both(x, y, f) {
+                if p != q {
+                    return Some(format!(
+                        "group {gname} consumer {} {f}: {p} vs {q}",
+                        b64_escaped(c)
+                    ));
                 }
             }
         }
