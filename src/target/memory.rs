@@ -491,7 +491,7 @@ impl AppliedBatch {
 
 /// A command the model refused, as a Redis error reply would say.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TargetError {
+pub struct RefusedCommand {
     pub writer: usize,
     /// The database the command ran in.
     pub db: u32,
@@ -504,7 +504,7 @@ pub struct TargetError {
 struct State {
     model: Model,
     log: Vec<Vec<AppliedBatch>>,
-    errors: Vec<TargetError>,
+    errors: Vec<RefusedCommand>,
 }
 
 struct Slot {
@@ -604,7 +604,7 @@ impl MemoryTarget {
     }
 
     /// The commands the model refused, in the order they ran.
-    pub fn errors(&self) -> Vec<TargetError> {
+    pub fn errors(&self) -> Vec<RefusedCommand> {
         self.state.lock().errors.clone()
     }
 
@@ -628,7 +628,7 @@ impl MemoryTarget {
             let (cmds, bad) = parse_payload(&op.payload);
             if let Some(reply) = bad {
                 errors += 1;
-                st.errors.push(TargetError {
+                st.errors.push(RefusedCommand {
                     writer: w,
                     db,
                     command: format!("{} payload bytes", op.payload.len()),
@@ -640,7 +640,7 @@ impl MemoryTarget {
                 let ran_in = db;
                 if let Err(reply) = st.model.execute(&mut db, args) {
                     errors += 1;
-                    st.errors.push(TargetError {
+                    st.errors.push(RefusedCommand {
                         writer: w,
                         db: ran_in,
                         command: command_text(args),
