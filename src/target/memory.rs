@@ -328,6 +328,7 @@ impl Model {
                 keep = true;
                 continue;
             }
+<<<<<<< HEAD
             let n = int(it.next().ok_or("ERR syntax error")?)?;
             expiry = Some(match o.as_str() {
                 "EX" => Expiry::InMs(n.saturating_mul(1000)),
@@ -339,6 +340,20 @@ impl Model {
                         "ERR SET option {o} is not in the in-memory target"
                     )))
                 }
+=======
+            let (relative, scale) = match o.as_str() {
+                "EX" => (true, 1000),
+                "PX" => (true, 1),
+                "EXAT" => (false, 1000),
+                "PXAT" => (false, 1),
+                _ => return Err(format!("ERR SET option {o} is not in the in-memory target")),
+            };
+            let n = int(it.next().ok_or("ERR syntax error")?)?.saturating_mul(scale);
+            expiry = Some(if relative {
+                Expiry::InMs(n)
+            } else {
+                Expiry::AtMs(n)
+>>>>>>> house-d
             });
         }
         self.put(db, &args[1], Value::String(args[2].clone()));
@@ -744,5 +759,65 @@ impl Writers for MemoryTarget {
                 _ => None,
             })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(m: &mut Model, db: &mut u32, cmd: &str) -> Result<(), String> {
+        let args: Vec<Bytes> = cmd
+            .split(' ')
+            .map(|a| Bytes::copy_from_slice(a.as_bytes()))
+            .collect();
+        m.execute(db, &args)
+    }
+
+    #[test]
+    fn the_model_runs_what_redis_would() {
+        let mut m = Model::default();
+        let mut db = 0;
+        for c in [
+            "MSET a 1 b 2",
+            "INCRBY a 41",
+            "APPEND b x",
+            "LPUSH l 1 2",
+            "RPUSH l 3",
+            "HSET h f 1 g 2",
+            "HDEL h f g",
+            "SADD s x y",
+            "SREM s x",
+            "ZADD z CH 1.5 m",
+            "EXPIRE a 10",
+            "PEXPIREAT b 1700000000000",
+            "SELECT 4",
+            "RESTORE d 0 payload",
+            "SET e v",
+            "FLUSHDB",
+            "RESTORE d 5 payload ABSTTL",
+        ] {
+            assert_eq!(run(&mut m, &mut db, c), Ok(()), "{c}");
+        }
+        assert_eq!(db, 4);
+        assert_eq!(
+            m.dump(),
+            vec![
+                "0 a string \"42\" expire InMs(10000)",
+                "0 b string \"2x\" expire AtMs(1700000000000)",
+                "0 l list [2, 1, 3]",
+                "0 s set {y}",
+                "0 z zset {m:1.5}",
+                "4 d dumped 7 bytes expire AtMs(5)",
+            ]
+        );
+        let err = |c: &str, m: &mut Model| run(m, &mut 0, c).unwrap_err();
+        assert!(err("RESTORE a 0 p", &mut m).starts_with("BUSYKEY"));
+        assert!(err("INCR l", &mut m).starts_with("WRONGTYPE"));
+        assert!(err("INCR b", &mut m).starts_with("ERR value is not an integer"));
+        assert!(err("SET a v NX", &mut m).contains("NX"));
+        assert!(err("EVAL x 0", &mut m).starts_with("ERR unknown command"));
+        assert_eq!(run(&mut m, &mut db, "FLUSHALL"), Ok(()));
+        assert!(m.dump().is_empty());
     }
 }
