@@ -328,32 +328,22 @@ impl Model {
                 keep = true;
                 continue;
             }
-<<<<<<< HEAD
-            let n = int(it.next().ok_or("ERR syntax error")?)?;
-            expiry = Some(match o.as_str() {
-                "EX" => Expiry::InMs(n.saturating_mul(1000)),
-                "PX" => Expiry::InMs(n),
-                "EXAT" => Expiry::AtMs(n.saturating_mul(1000)),
-                "PXAT" => Expiry::AtMs(n),
-                _ => {
-                    return Err(ErrorReply(format!(
-                        "ERR SET option {o} is not in the in-memory target"
-                    )))
-                }
-=======
             let (relative, scale) = match o.as_str() {
                 "EX" => (true, 1000),
                 "PX" => (true, 1),
                 "EXAT" => (false, 1000),
                 "PXAT" => (false, 1),
-                _ => return Err(format!("ERR SET option {o} is not in the in-memory target")),
+                _ => {
+                    return Err(ErrorReply(format!(
+                        "ERR SET option {o} is not in the in-memory target"
+                    )))
+                }
             };
             let n = int(it.next().ok_or("ERR syntax error")?)?.saturating_mul(scale);
             expiry = Some(if relative {
                 Expiry::InMs(n)
             } else {
                 Expiry::AtMs(n)
->>>>>>> house-d
             });
         }
         self.put(db, &args[1], Value::String(args[2].clone()));
@@ -766,7 +756,7 @@ impl Writers for MemoryTarget {
 mod tests {
     use super::*;
 
-    fn run(m: &mut Model, db: &mut u32, cmd: &str) -> Result<(), String> {
+    fn run(m: &mut Model, db: &mut u32, cmd: &str) -> Result<(), ErrorReply> {
         let args: Vec<Bytes> = cmd
             .split(' ')
             .map(|a| Bytes::copy_from_slice(a.as_bytes()))
@@ -811,7 +801,7 @@ mod tests {
                 "4 d dumped 7 bytes expire AtMs(5)",
             ]
         );
-        let err = |c: &str, m: &mut Model| run(m, &mut 0, c).unwrap_err();
+        let err = |c: &str, m: &mut Model| run(m, &mut 0, c).unwrap_err().0;
         assert!(err("RESTORE a 0 p", &mut m).starts_with("BUSYKEY"));
         assert!(err("INCR l", &mut m).starts_with("WRONGTYPE"));
         assert!(err("INCR b", &mut m).starts_with("ERR value is not an integer"));
