@@ -2,6 +2,8 @@
 //!
 //! The textual form shown to users (logs, metrics labels) is `host:port` only, so a password
 //! can never leak through `Display`; `Debug` redacts it too.
+//!
+//! Shared vocabulary: imports nothing of the crate.
 
 use std::fmt;
 use thiserror::Error;

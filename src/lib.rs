@@ -3,29 +3,38 @@
 //! # Layout
 //!
 //! In data-flow order: a master's bytes enter at the top and leave as commands to the target
-//! at the bottom; the modules after the line work beside the flow.
+//! at the bottom. Each stage imports only stages below it and the shared vocabulary;
+//! `tests/layout.rs` checks this, and the absence of import cycles, on every test run.
 //!
-//! - [`endpoint`]: where a server is and how to log in (`redis://` URLs, passwords redacted).
 //! - [`source`]: the fake replica per master: handshake state machine, PSYNC, RDB transfer,
 //!   command stream, ACKs ([`source::link`]); the Twemproxy config and nutcracker's key
 //!   placement ([`source::twemproxy`]); which masters are sources and which are peers
 //!   ([`source::topology`]).
-//! - [`rdb`]: the streaming RDB parser (versions 1 to 12) and its encodings.
-//! - [`resp`]: RESP encoding, reply parsing, the replication stream framer.
-//! - [`pipeline`]: the spool, the stream apply (MULTI/EXEC, SELECT, filters), routing by key
-//!   over the writers, per-source applied offsets, checkpoints, the exactly-once record
-//!   ([`batch::record`]).
-//! - [`target`]: writer connections and the pool, snapshot values as RESTORE or commands,
-//!   proven deletions ([`target::deletion`]).
-//! - [`relay`]: wires them together (builder, handle, one apply thread per source, deferred
-//!   deletions) and is the library's entry point.
+//! - [`spool`]: the durable FIFO between a source's link and its loop (memory, then disk).
+//! - [`pipeline`]: one loop per source ([`pipeline::source_loop`]: resyncs, offsets,
+//!   checkpoints, proven deletions), the snapshot apply (RESTORE, MSET or commands), the
+//!   stream apply (MULTI/EXEC, SELECT, filters), routing by key into per-writer batches.
+//! - [`target`]: the writer pool behind the [`target::Writers`] trait (and an in-memory one),
+//!   the target's facts, proven deletions ([`target::deletion`]) and deferred ones.
 //!
-//! ---
+//! Shared vocabulary (used by the stages, using none of them):
+//!
+//! - [`endpoint`]: where a server is and how to log in (`redis://` URLs, passwords redacted).
+//! - [`resp`]: RESP encoding, reply parsing, the replication stream framer, a blocking
+//!   [`resp::Client`].
+//! - [`rdb`]: the streaming RDB parser (versions 1 to 12) and its encodings.
+//! - [`batch`]: ops and batches, the per-source offset tracker, the exactly-once record
+//!   ([`batch::record`]).
+//!
+//! Wiring: [`relay`] connects the stages (builder, handle, status) and is the library's entry
+//! point.
+//!
+//! Beside the flow:
 //!
 //! - [`check`]: the prechecks; [`verify`]: key-by-key comparison of sources and target;
 //!   [`restore`]: an RDB file into a live Redis through the same apply path.
-//! - [`config`]: `--config` files; [`metrics`]: every metric, described; [`progress`]: bars
-//!   and status lines.
+//! - [`config`]: every option, declared once; [`metrics`]: every metric, described;
+//!   [`progress`]: bars and status lines.
 pub mod batch;
 pub mod check;
 pub mod config;

@@ -6,6 +6,9 @@
 //! A dispatcher groups the [`Op`]s it routes to one writer into a [`Batch`], which is what
 //! crosses the channel: one channel hand-off and one offset-tracking entry per batch, not per
 //! command.
+//!
+//! Shared vocabulary: imports only `resp`. The pipeline fills batches, the target applies them
+//! and acknowledges them through the tracker; neither needs the other's types for that.
 
 use std::sync::Arc;
 
@@ -33,7 +36,7 @@ pub struct Op {
     /// and EXEC themselves): the writer runs them atomically.
     pub atomic: bool,
     /// Running the commands again after they ran changes nothing, provided what follows runs
-    /// again too (see [`super::replayable`]): a batch of such ops needs no transaction.
+    /// again too (see `pipeline::replayable`): a batch of such ops needs no transaction.
     pub replayable: bool,
 }
 

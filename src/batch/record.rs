@@ -55,7 +55,7 @@ impl Record {
     /// The value to SET: `<replid> <end> <run> <seq>`, one space between fields. `replid` and
     /// `run` hold no space (a master's replid is hex, and so is [`run_id`]).
     ///
-    /// [`run_id`]: super::dispatcher::run_id
+    /// [`run_id`]: crate::pipeline::dispatcher::run_id
     pub fn encode(&self) -> Bytes {
         debug_assert!(!self.replid.contains(' ') && !self.run.contains(' '));
         Bytes::from(self.to_string())

@@ -3,6 +3,9 @@
 //! Entry points: [`RdbParser`] (events in file order, bounded memory for big values),
 //! [`decode_dump_payload`] (one `DUMP` payload), and [`json`] (the canonical JSON form used by
 //! the test corpus and for debugging dumps).
+//!
+//! Shared vocabulary: owns the RDB format and its value model; imports nothing of the crate
+//! outside `rdb`.
 pub mod model;
 
 mod collect;

@@ -18,8 +18,12 @@
 //! ```
 //!
 //! Each source gets a link task (the fake replica, on the relay's own small tokio runtime)
-//! that only reads the socket and spools, and an apply thread that parses, routes and
-//! tracks offsets. The writers are shared by all sources.
+//! that only reads the socket and spools, and a loop thread ([`crate::pipeline::source_loop`])
+//! that parses, routes and tracks offsets. The writers are shared by all sources.
+//!
+//! Owns: the wiring (which link feeds which spool, which loop writes through which pool), the
+//! handle, the status and the metrics refresh. Holds no logic of the data path itself: that
+//! lives in the stages it connects.
 
 mod backlog;
 pub mod error;

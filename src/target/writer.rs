@@ -64,6 +64,18 @@ impl Default for WriterOptions {
     }
 }
 
+/// Why a writer's sender stopped using a connection.
+#[derive(Debug, thiserror::Error)]
+enum SendStop {
+    /// The pool failed or the reply reader found the connection broken.
+    #[error("the connection broke")]
+    Broken,
+    #[error(transparent)]
+    Write(#[from] std::io::Error),
+    #[error("reply reader stopped")]
+    RepliesStopped,
+}
+
 /// Shared state of the pool: the first fatal error, and counters.
 #[derive(Debug, Default)]
 pub struct PoolState {
@@ -589,10 +601,11 @@ impl Writer {
             return Ended::Done;
         }
         unacked.extend(queue);
-        let mut why = sent.err().unwrap_or_default();
-        if why.is_empty() {
-            why = "the target closed the connection".into();
-        }
+        let why = match sent {
+            Err(SendStop::Write(e)) => e.to_string(),
+            Err(SendStop::RepliesStopped) => "reply reader stopped".into(),
+            Ok(()) | Err(SendStop::Broken) => "the target closed the connection".into(),
+        };
         Ended::Broken(unacked, why)
     }
 
@@ -619,27 +632,26 @@ impl Writer {
     /// The sender: encode and write batches (`queue` first, then the input) until the pool
     /// fails, the reply reader finds the connection broken, a write fails or the input
     /// closes. `Ok` once the input closed and everything was written; otherwise why it
-    /// stopped (empty if it did not see why). A batch taken but not registered is put back
-    /// in `queue`.
+    /// stopped. A batch taken but not registered is put back in `queue`.
     fn send_loop(
         &self,
         stream: &mut TcpStream,
         queue: &mut std::collections::VecDeque<Batch>,
         ftx: &Sender<InFlight>,
         broken: &AtomicBool,
-    ) -> Result<(), String> {
+    ) -> Result<(), SendStop> {
         let mut out = BytesMut::with_capacity(self.opts.output_buffer + 1024);
         let mut db: Option<u32> = None;
         loop {
             if self.state.failed() || broken.load(Ordering::Acquire) {
-                return Err(String::new());
+                return Err(SendStop::Broken);
             }
             let batch = match queue.pop_front() {
                 Some(b) => b,
                 None => match self.rx.recv_timeout(Duration::from_millis(100)) {
                     Ok(b) => b,
                     Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                        write_buffered(stream, &mut out).map_err(|e| e.to_string())?;
+                        write_buffered(stream, &mut out)?;
                         continue;
                     }
                     Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
@@ -652,12 +664,12 @@ impl Writer {
                 // after this.)
                 if let Err(e) = write_buffered(stream, &mut out) {
                     queue.push_front(batch);
-                    return Err(e.to_string());
+                    return Err(e.into());
                 }
             }
             self.send_batch(stream, &mut out, &mut db, batch, queue, ftx)?;
         }
-        write_buffered(stream, &mut out).map_err(|e| e.to_string())
+        Ok(write_buffered(stream, &mut out)?)
     }
 
     /// Encode one batch after what is buffered (the connection is in database `db`), register
@@ -670,7 +682,7 @@ impl Writer {
         batch: Batch,
         queue: &mut std::collections::VecDeque<Batch>,
         ftx: &Sender<InFlight>,
-    ) -> Result<(), String> {
+    ) -> Result<(), SendStop> {
         let mut enc = Encoder {
             out: &mut *out,
             direct: Vec::new(),
@@ -688,10 +700,9 @@ impl Writer {
         };
         if let Err(e) = ftx.send(token) {
             queue.push_front(e.into_inner().batch);
-            return Err("reply reader stopped".into());
+            return Err(SendStop::RepliesStopped);
         }
-        self.write_encoded(stream, out, direct, !queue.is_empty())
-            .map_err(|e| e.to_string())?;
+        self.write_encoded(stream, out, direct, !queue.is_empty())?;
         self.state.bytes_written.fetch_add(bytes, Ordering::Relaxed);
         Ok(())
     }
