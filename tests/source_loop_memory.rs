@@ -14,7 +14,7 @@ use parking_lot::Mutex;
 use redis_relay::batch::SourceTracker;
 use redis_relay::pipeline::checkpoint::{self, Checkpoint};
 use redis_relay::pipeline::source_loop::{
-    self, AckPosition, ApplyError, LoopFigures, SourceCtx, TargetOutput,
+    self, AckPosition, ApplyError, LoopFigures, Output, SourceCtx, TargetOutput,
 };
 use redis_relay::pipeline::stream_apply::StreamOptions;
 use redis_relay::pipeline::{ApplyOptions, Dispatcher};
@@ -71,6 +71,49 @@ fn commands(cmds: &[&[&str]]) -> Bytes {
     out.freeze()
 }
 
+/// The output to an in-memory Redis 7.0 target (values as commands, not RESTORE).
+fn target_output(target: Arc<MemoryTarget>, tracker: Arc<SourceTracker>) -> TargetOutput {
+    let info = TargetInfo {
+        version: "7.0.15".into(),
+        rdb_version: 10,
+    };
+    let mut apply = ApplyOptions::for_target(&info);
+    apply.use_restore = false;
+    TargetOutput::new(SOURCE.into(), Dispatcher::new(target, tracker), apply)
+}
+
+/// A loop context over `spool` into `output`, its state in `state`.
+fn context(
+    state: &Path,
+    spool: Arc<Spool>,
+    output: Box<dyn Output>,
+    (tracker, writers): (Arc<SourceTracker>, usize),
+    acks: &Arc<Acks>,
+    figures: &Arc<LoopFigures>,
+    resume: Option<Checkpoint>,
+) -> SourceCtx {
+    SourceCtx {
+        name: SOURCE.into(),
+        spool,
+        acks: acks.clone(),
+        tracker,
+        output,
+        stream_opts: StreamOptions::default(),
+        parse_opts: ParseOptions {
+            read_ahead: true,
+            ..ParseOptions::default()
+        },
+        state_dir: state.to_path_buf(),
+        writers,
+        stop: Arc::new(AtomicBool::new(false)),
+        resume,
+        target: None,
+        authority: Authority::Exclusive,
+        owner: None,
+        figures: figures.clone(),
+    }
+}
+
 /// Run one source's loop over `records` (the spool closed after them) into `target`.
 fn run(
     state: &Path,
@@ -84,39 +127,20 @@ fn run(
     }
     spool.close();
     let tracker = Arc::new(SourceTracker::new(SOURCE, 0, Writers::writers(&*target), 0));
-    let info = TargetInfo {
-        version: "7.0.15".into(),
-        rdb_version: 10,
-    };
-    let mut apply = ApplyOptions::for_target(&info);
-    apply.use_restore = false;
-    let output = TargetOutput::new(
-        SOURCE.into(),
-        Dispatcher::new(target.clone(), tracker.clone()),
-        apply,
-    );
+    let output = target_output(target.clone(), tracker.clone());
     let acks = Arc::new(Acks::default());
     let figures = Arc::new(LoopFigures::default());
-    let ctx = SourceCtx {
-        name: SOURCE.into(),
+    let writers = Writers::writers(&*target);
+    let output = Box::new(output);
+    let ctx = context(
+        state,
         spool,
-        acks: acks.clone(),
-        tracker,
-        output: Box::new(output),
-        stream_opts: StreamOptions::default(),
-        parse_opts: ParseOptions {
-            read_ahead: true,
-            ..ParseOptions::default()
-        },
-        state_dir: state.to_path_buf(),
-        writers: Writers::writers(&*target),
-        stop: Arc::new(AtomicBool::new(false)),
+        output,
+        (tracker, writers),
+        &acks,
+        &figures,
         resume,
-        target: None,
-        authority: Authority::Exclusive,
-        owner: None,
-        figures: figures.clone(),
-    };
+    );
     let result = source_loop::run(ctx);
     Run {
         target,
@@ -290,30 +314,17 @@ fn a_sink_gets_the_snapshot_and_the_commands_in_order() {
     };
     let figures = Arc::new(LoopFigures::default());
     let acks = Arc::new(Acks::default());
-    let ctx = SourceCtx {
-        name: SOURCE.into(),
+    let output = SinkOutput::new(SOURCE.into(), Box::new(sink), figures.clone());
+    let tracker = (Arc::new(SourceTracker::new(SOURCE, 0, 1, 0)), 1);
+    let ctx = context(
+        dir.path(),
         spool,
-        acks: acks.clone(),
-        tracker: Arc::new(SourceTracker::new(SOURCE, 0, 1, 0)),
-        output: Box::new(SinkOutput::new(
-            SOURCE.into(),
-            Box::new(sink),
-            figures.clone(),
-        )),
-        stream_opts: StreamOptions::default(),
-        parse_opts: ParseOptions {
-            read_ahead: true,
-            ..ParseOptions::default()
-        },
-        state_dir: dir.path().to_path_buf(),
-        writers: 1,
-        stop: Arc::new(AtomicBool::new(false)),
-        resume: None,
-        target: None,
-        authority: Authority::Exclusive,
-        owner: None,
-        figures: figures.clone(),
-    };
+        Box::new(output),
+        tracker,
+        &acks,
+        &figures,
+        None,
+    );
     source_loop::run(ctx).expect("clean end");
     let seen = seen.lock().clone();
     let set_end = 1000 + commands(&[&["SELECT", "0"], &["SET", "a", "9"]]).len();

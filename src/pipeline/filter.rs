@@ -120,6 +120,7 @@ impl KeyFilter {
     }
 
     /// True when everything is copied unchanged.
+    #[inline]
     pub fn is_identity(&self) -> bool {
         self.dbs.is_none() && self.db_map.iter().all(|(a, b)| a == b) && !self.has_key_rules()
     }
@@ -132,6 +133,7 @@ impl KeyFilter {
     }
 
     /// The target database of source database `db`, or `None` when it is not copied.
+    #[inline]
     pub fn map_db(&self, db: u32) -> Option<u32> {
         if let Some(dbs) = &self.dbs {
             if !dbs.contains(&db) {
