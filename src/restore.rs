@@ -48,15 +48,46 @@ pub struct RestoreReport {
     pub target_version: String,
 }
 
+/// Why a restore failed; the message names the file or the target.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("cannot open {}: {cause}", path.display())]
+    Open {
+        path: std::path::PathBuf,
+        cause: std::io::Error,
+    },
+    /// The file is not a readable RDB (or the target refused a value under `--on-target-error
+    /// stop`): the parser's message says where.
+    #[error("{}: {cause}", path.display())]
+    File {
+        path: std::path::PathBuf,
+        cause: Box<crate::rdb::RdbError>,
+    },
+    /// The target cannot be reached or refused the login.
+    #[error(transparent)]
+    Target(#[from] crate::resp::ClientError),
+    #[error("target {target}: INFO failed: {cause}")]
+    Info {
+        target: String,
+        cause: std::io::Error,
+    },
+    #[error(transparent)]
+    Pipeline(#[from] crate::pipeline::PipelineError),
+    #[error(transparent)]
+    Pool(#[from] crate::target::writer::PoolError),
+}
+
 /// Load `path` into `target`. Returns once the target acknowledged every command.
 pub fn restore_file(
     path: &Path,
     target: &Endpoint,
     opts: &RestoreOptions,
-) -> anyhow::Result<RestoreReport> {
+) -> Result<RestoreReport, RestoreError> {
     let started = Instant::now();
-    let file =
-        File::open(path).map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))?;
+    let file = File::open(path).map_err(|cause| RestoreError::Open {
+        path: path.to_path_buf(),
+        cause,
+    })?;
     let size = file.metadata().map(|m| m.len()).unwrap_or(0);
     let (info, apply_opts) = apply_options(target, opts)?;
     let parse_opts = parse_options(opts, apply_opts.undecoded_up_to_version());
@@ -85,7 +116,10 @@ pub fn restore_file(
         Ok(s) => s,
         Err(e) => {
             abandon(dispatcher, pool, reporter);
-            return Err(anyhow::anyhow!("{}: {e}", path.display()));
+            return Err(RestoreError::File {
+                path: path.to_path_buf(),
+                cause: Box::new(e),
+            });
         }
     };
     settle(dispatcher, pool, reporter)?;
@@ -105,10 +139,12 @@ pub fn restore_file(
 fn apply_options(
     target: &Endpoint,
     opts: &RestoreOptions,
-) -> anyhow::Result<(TargetInfo, ApplyOptions)> {
+) -> Result<(TargetInfo, ApplyOptions), RestoreError> {
     let mut conn = Client::connect(target, opts.writers.connect_timeout)?;
-    let info = TargetInfo::read(&mut conn)
-        .map_err(|e| anyhow::anyhow!("target {target}: INFO failed: {e}"))?;
+    let info = TargetInfo::read(&mut conn).map_err(|cause| RestoreError::Info {
+        target: target.to_string(),
+        cause,
+    })?;
     let mut apply_opts = ApplyOptions::for_target(&info);
     apply_opts.use_restore = !opts.commands_only;
     Ok((info, apply_opts))
@@ -142,13 +178,17 @@ fn start_progress(path: &Path, size: u64, quiet: bool) -> (Arc<Progress>, Report
 
 /// After the whole file: waits until the target acknowledged everything, then stops the
 /// writers and the progress output; the first error of either is returned.
-fn settle(mut dispatcher: Dispatcher, pool: WriterPool, reporter: Reporter) -> anyhow::Result<()> {
+fn settle(
+    mut dispatcher: Dispatcher,
+    pool: WriterPool,
+    reporter: Reporter,
+) -> Result<(), RestoreError> {
     let flushed = dispatcher.barrier();
     drop(dispatcher);
     let finished = pool.finish();
     reporter.finish();
-    flushed.map_err(|e| anyhow::anyhow!(e))?;
-    finished.map_err(|e| anyhow::anyhow!(e))?;
+    flushed?;
+    finished?;
     Ok(())
 }
 

@@ -31,7 +31,7 @@ fn restore(
         quiet: true,
         ..Default::default()
     };
-    restore_file(path, &Endpoint::parse(&server.url()).unwrap(), &opts)
+    Ok(restore_file(path, &Endpoint::parse(&server.url()).unwrap(), &opts)?)
 }
 
 fn dbsize(server: &RedisServer) -> i64 {

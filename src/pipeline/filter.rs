@@ -64,6 +64,23 @@ pub enum Filtered {
     Drop,
 }
 
+/// A filter option that cannot be used; the message names the option.
+#[derive(Debug, thiserror::Error)]
+pub enum FilterError {
+    #[error("--db-map {0}")]
+    DbMap(#[from] DbMapError),
+    #[error("--db-map: database {db} is mapped twice ({prev} and {now})")]
+    MappedTwice { db: u32, prev: u32, now: u32 },
+    #[error("--{flag} {regex:?}: {cause}")]
+    Regex {
+        flag: &'static str,
+        regex: String,
+        cause: Box<regex::Error>,
+    },
+    #[error("--db-map: databases {other} and {db} both go to target database {target}; copy one of them only (--db)")]
+    Merged { other: u32, db: u32, target: u32 },
+}
+
 impl KeyFilter {
     /// Build from the command-line forms; errors name the option.
     pub fn from_options(
@@ -73,18 +90,28 @@ impl KeyFilter {
         exclude_prefix: &[String],
         include_regex: &[String],
         exclude_regex: &[String],
-    ) -> anyhow::Result<KeyFilter> {
+    ) -> Result<KeyFilter, FilterError> {
         let mut map = BTreeMap::new();
         for m in db_map {
-            let (a, b) = parse_db_map_entry(m).map_err(|e| anyhow::anyhow!("--db-map {e}"))?;
+            let (a, b) = parse_db_map_entry(m)?;
             if let Some(prev) = map.insert(a, b) {
-                anyhow::bail!("--db-map: database {a} is mapped twice ({prev} and {b})");
+                return Err(FilterError::MappedTwice {
+                    db: a,
+                    prev,
+                    now: b,
+                });
             }
         }
-        let re = |flag: &str, list: &[String]| -> anyhow::Result<Vec<regex::bytes::Regex>> {
+        let re = |flag: &'static str,
+                  list: &[String]|
+         -> Result<Vec<regex::bytes::Regex>, FilterError> {
             list.iter()
                 .map(|r| {
-                    regex::bytes::Regex::new(r).map_err(|e| anyhow::anyhow!("--{flag} {r:?}: {e}"))
+                    regex::bytes::Regex::new(r).map_err(|cause| FilterError::Regex {
+                        flag,
+                        regex: r.clone(),
+                        cause: Box::new(cause),
+                    })
                 })
                 .collect()
         };
@@ -111,7 +138,11 @@ impl KeyFilter {
                         || f.db_map.contains_key(&db)
                         || f.db_map.contains_key(&other)
                     {
-                        anyhow::bail!("--db-map: databases {other} and {db} both go to target database {t}; copy one of them only (--db)");
+                        return Err(FilterError::Merged {
+                            other,
+                            db,
+                            target: t,
+                        });
                     }
                 }
             }
