@@ -82,6 +82,10 @@ pub fn describe() {
         Unit::Bytes,
         "Bytes waiting in the source's spool (memory and disk)"
     );
+    describe_counter!(
+        "redis_relay_batches_total",
+        "Stream batches sent: transaction=yes in MULTI/EXEC with their record, no for batches of replayable commands"
+    );
     describe_gauge!(
         "redis_relay_spool_disk_bytes",
         Unit::Bytes,

@@ -31,7 +31,11 @@ fn restore(
         quiet: true,
         ..Default::default()
     };
-    Ok(restore_file(path, &Endpoint::parse(&server.url()).unwrap(), &opts)?)
+    Ok(restore_file(
+        path,
+        &Endpoint::parse(&server.url()).unwrap(),
+        &opts,
+    )?)
 }
 
 fn dbsize(server: &RedisServer) -> i64 {

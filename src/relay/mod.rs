@@ -667,6 +667,8 @@ pub struct SourceStatus {
     pub commands_applied: u64,
     pub target_errors: u64,
     pub spool_bytes: u64,
+    /// The part of `spool_bytes` in segment files on disk.
+    pub spool_disk_bytes: u64,
     pub full_syncs: u64,
     /// Target keys whose deletion waits for a peer that did not answer.
     pub deferred_deletions: u64,
@@ -725,6 +727,7 @@ impl RelayHandle {
                     target_errors: s.tracker.target_errors.load(Ordering::Relaxed),
                     spool_bytes: s.spool.memory_bytes.load(Ordering::Relaxed)
                         + s.spool.disk_bytes.load(Ordering::Relaxed),
+                    spool_disk_bytes: s.spool.disk_bytes.load(Ordering::Relaxed),
                     full_syncs: s.progress.full_syncs(),
                     deferred_deletions: s.figures.deferred_keys.load(Ordering::Relaxed),
                     deferred_deletion_age_seconds: match s
@@ -849,6 +852,7 @@ impl RelayHandle {
                     metrics::gauge!("redis_relay_rdb_bytes_total", &l)
                         .set(s.rdb_bytes_total.unwrap_or(0) as f64);
                     metrics::gauge!("redis_relay_spool_bytes", &l).set(s.spool_bytes as f64);
+                    metrics::gauge!("redis_relay_spool_disk_bytes", &l).set(s.spool_disk_bytes as f64);
                     metrics::gauge!("redis_relay_snapshot_done", &l).set(if s.snapshot_done { 1.0 } else { 0.0 });
                     metrics::gauge!("redis_relay_connected", &l).set(if s.connected { 1.0 } else { 0.0 });
                     metrics::gauge!("redis_relay_snapshot_keys", &l).set(s.snapshot_keys as f64);

@@ -383,6 +383,7 @@ mod tests {
             commands_applied: 0,
             target_errors: 0,
             spool_bytes: 0,
+            spool_disk_bytes: 0,
             full_syncs: 0,
             deferred_deletions: 0,
             deferred_deletion_age_seconds: None,
