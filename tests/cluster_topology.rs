@@ -209,22 +209,19 @@ fn key_slot_and_slot_tags_match_cluster_keyslot() {
     }
 }
 
+/// A user of node `port` with every permission but `rule` (`-cluster|shards`), as a login.
+fn user_without(cluster: &RedisCluster, port: u16, user: &str, rule: &str) -> Endpoint {
+    let setuser = ["ACL", "SETUSER", user, "on", ">pw", "~*", "+@all", rule];
+    cluster.client(port).cmd(&setuser);
+    Endpoint::parse(&format!("redis://{user}:pw@127.0.0.1:{port}")).unwrap()
+}
+
 #[test]
 fn slots_is_the_fallback_when_shards_is_refused() {
     let cluster = RedisCluster::start(3);
     let seed = cluster.ports()[1];
     // A user who may not run CLUSTER SHARDS (as on a server before 7.0, which does not know it).
-    cluster.client(seed).cmd(&[
-        "ACL",
-        "SETUSER",
-        "noshards",
-        "on",
-        ">pw",
-        "~*",
-        "+@all",
-        "-cluster|shards",
-    ]);
-    let login = Endpoint::parse(&format!("redis://noshards:pw@127.0.0.1:{seed}")).unwrap();
+    let login = user_without(&cluster, seed, "noshards", "-cluster|shards");
     let map = SlotMap::discover(&[login], TIMEOUT).unwrap();
     assert_eq!(map.source(), MapSource::Slots);
     assert!(map.uncovered_slots().is_empty());
@@ -240,17 +237,7 @@ fn slots_is_the_fallback_when_shards_is_refused() {
         assert_eq!((&a.id, a.port), (&b.id, b.port), "slot {slot}");
     }
     // Neither command allowed: the error names the seed and both refusals.
-    cluster.client(seed).cmd(&[
-        "ACL",
-        "SETUSER",
-        "nocluster",
-        "on",
-        ">pw",
-        "~*",
-        "+@all",
-        "-cluster",
-    ]);
-    let login = Endpoint::parse(&format!("redis://nocluster:pw@127.0.0.1:{seed}")).unwrap();
+    let login = user_without(&cluster, seed, "nocluster", "-cluster");
     let e = SlotMap::discover(&[login], TIMEOUT).unwrap_err();
     let TopologyError::NoAnswer(errs) = &e else {
         panic!("{e}")
