@@ -349,7 +349,6 @@ fn start_target(cfg: &RelayConfig, t: &Endpoint) -> Result<(WriterPool, ApplyOpt
         target: t.to_string(),
         cause,
     })?;
-    tracing::info!(target = %t, version = %info.version, rdb_version = info.rdb_version, "target connected");
     // Before any writer connects: a cluster node would refuse every key outside its slots.
     let clustered = is_cluster(&mut conn).map_err(|cause| StartError::Info {
         target: t.to_string(),
@@ -361,6 +360,7 @@ fn start_target(cfg: &RelayConfig, t: &Endpoint) -> Result<(WriterPool, ApplyOpt
         }
         .into());
     }
+    tracing::info!(target = %t, version = %info.version, rdb_version = info.rdb_version, "target connected");
     let mut a = ApplyOptions::for_target(&info);
     a.use_restore = cfg.use_restore;
     a.own_prefix = cfg.stream.own_prefix.clone();
