@@ -12,6 +12,7 @@ use crate::pipeline::{ApplyOptions, ApplyStats, Dispatcher, SnapshotApply};
 use crate::progress::{CountingReader, Progress, Reporter};
 use crate::rdb::{Event, ParseOptions, RdbParser};
 use crate::resp::Client;
+use crate::target::cluster::{is_cluster, ClusterUnsupported};
 use crate::target::{TargetInfo, WriterOptions, WriterPool};
 
 /// Settings of a restore.
@@ -71,6 +72,9 @@ pub enum RestoreError {
         target: String,
         cause: std::io::Error,
     },
+    /// The target is a Redis Cluster node (not supported yet; its message names it).
+    #[error(transparent)]
+    ClusterTarget(#[from] ClusterUnsupported),
     #[error(transparent)]
     Pipeline(#[from] crate::pipeline::PipelineError),
     #[error(transparent)]
@@ -141,10 +145,18 @@ fn apply_options(
     opts: &RestoreOptions,
 ) -> Result<(TargetInfo, ApplyOptions), RestoreError> {
     let mut conn = Client::connect(target, opts.writers.connect_timeout)?;
-    let info = TargetInfo::read(&mut conn).map_err(|cause| RestoreError::Info {
+    let info_err = |cause| RestoreError::Info {
         target: target.to_string(),
         cause,
-    })?;
+    };
+    let info = TargetInfo::read(&mut conn).map_err(info_err)?;
+    // Before any writer connects: a cluster node would refuse every key outside its slots.
+    if is_cluster(&mut conn).map_err(info_err)? {
+        return Err(ClusterUnsupported {
+            target: target.to_string(),
+        }
+        .into());
+    }
     let mut apply_opts = ApplyOptions::for_target(&info);
     apply_opts.use_restore = !opts.commands_only;
     Ok((info, apply_opts))

@@ -1,7 +1,8 @@
 //! Prechecks (`redis-relay check`, and the start of `sync`): every source reachable, logged in
 //! and able to PSYNC, with a replication backlog that covers a pause at its write rate; the
-//! target reachable, logged in, new enough, never evicting, with room for the data and empty
-//! (or knowingly not). Every check gives one line: pass, warn or fail, and how to fix it.
+//! target reachable, logged in, new enough, not a Redis Cluster node (not supported yet), never
+//! evicting, with room for the data and empty (or knowingly not). Every check gives one line:
+//! pass, warn or fail, and how to fix it.
 //!
 //! The decisions are plain functions of what the servers said ([`judge_backlog`],
 //! [`judge_target_version`], ...), so they are unit-tested without servers; [`run`] gathers
@@ -20,6 +21,7 @@ use crate::endpoint::Endpoint;
 use crate::resp::Client;
 use crate::resp::Reply;
 use crate::source::twemproxy::TwemproxySources;
+use crate::target::cluster::{is_cluster, ClusterUnsupported};
 use crate::target::info::{rdb_version_for, version_tuple};
 use probe::{human_bytes, parse_size, Info};
 
@@ -565,6 +567,10 @@ fn probe_target(
         return;
     };
     check_target_server(opts, sources, subject, &info, lines);
+    if !check_not_cluster(&mut conn, opts, subject, lines) {
+        // The other lines would describe one node of several: left out.
+        return;
+    }
     check_eviction(&mut conn, opts, subject, &info, lines);
     let need: u64 = sources.iter().map(|s| s.used).sum();
     lines.verdict(
@@ -635,6 +641,50 @@ fn check_target_server(
         "version",
         judge_target_version(&versions, &version),
     );
+}
+
+/// A Redis Cluster node as the target fails: not supported yet. False when it is one.
+fn check_not_cluster(
+    conn: &mut Client,
+    opts: &CheckOptions,
+    subject: &str,
+    lines: &mut Lines,
+) -> bool {
+    match is_cluster(conn) {
+        Ok(false) => {
+            lines.add(
+                Status::Pass,
+                subject,
+                "cluster",
+                "not a Redis Cluster node".into(),
+                None,
+            );
+            true
+        }
+        Ok(true) => {
+            let e = ClusterUnsupported {
+                target: opts.target.to_string(),
+            };
+            lines.add(
+                Status::Fail,
+                subject,
+                "cluster",
+                e.to_string(),
+                Some(ClusterUnsupported::FIX.into()),
+            );
+            false
+        }
+        Err(e) => {
+            lines.add(
+                Status::Warn,
+                subject,
+                "cluster",
+                format!("cannot tell whether the target is a Redis Cluster node: {e}"),
+                Some("allow INFO on the target: the relay refuses a Redis Cluster target (not supported yet) and checks it at start".into()),
+            );
+            true
+        }
+    }
 }
 
 /// The target's `maxmemory-policy` (from INFO, else CONFIG GET).

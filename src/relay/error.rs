@@ -7,6 +7,7 @@ use std::sync::Arc;
 use crate::pipeline::source_loop::ApplyError;
 use crate::resp::ClientError;
 use crate::spool::SpoolError;
+use crate::target::cluster::ClusterUnsupported;
 use crate::target::writer::{PoolError, WriterFailure};
 
 /// Why [`super::RelayBuilder::start`] failed: nothing runs.
@@ -28,6 +29,9 @@ pub enum StartError {
         target: String,
         cause: std::io::Error,
     },
+    /// The target is a Redis Cluster node (not supported yet; its message names it).
+    #[error(transparent)]
+    ClusterTarget(#[from] ClusterUnsupported),
     #[error("source {name}: unreadable checkpoint: {cause}")]
     Checkpoint { name: String, cause: std::io::Error },
     /// A source's spool could not be opened (its message names the directory).

@@ -56,6 +56,7 @@ use crate::resp::Client;
 use crate::source::topology::KeyOwner;
 use crate::source::{LinkConfig, LinkState, SourceProgress};
 use crate::spool::{Spool, SpoolOptions};
+use crate::target::cluster::{is_cluster, ClusterUnsupported};
 use crate::target::deletion::Authority;
 use crate::target::{TargetInfo, WriterOptions, WriterPool};
 
@@ -348,6 +349,17 @@ fn start_target(cfg: &RelayConfig, t: &Endpoint) -> Result<(WriterPool, ApplyOpt
         target: t.to_string(),
         cause,
     })?;
+    // Before any writer connects: a cluster node would refuse every key outside its slots.
+    let clustered = is_cluster(&mut conn).map_err(|cause| StartError::Info {
+        target: t.to_string(),
+        cause,
+    })?;
+    if clustered {
+        return Err(ClusterUnsupported {
+            target: t.to_string(),
+        }
+        .into());
+    }
     tracing::info!(target = %t, version = %info.version, rdb_version = info.rdb_version, "target connected");
     let mut a = ApplyOptions::for_target(&info);
     a.use_restore = cfg.use_restore;

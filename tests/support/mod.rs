@@ -1,5 +1,6 @@
 //! Real servers for the tests: `redis-server` and `nutcracker` processes on free loopback ports,
-//! started by the test and stopped (SIGTERM, then SIGKILL) when dropped.
+//! and Redis Clusters of them, started by the test and stopped (SIGTERM, then SIGKILL) when
+//! dropped.
 
 #![allow(dead_code)]
 
@@ -89,6 +90,10 @@ pub fn redis_server_bin() -> PathBuf {
     which(&["/usr/bin/redis-server", "/usr/local/bin/redis-server"])
 }
 
+pub fn redis_cli_bin() -> PathBuf {
+    which(&["/usr/bin/redis-cli", "/usr/local/bin/redis-cli"])
+}
+
 pub fn nutcracker_bin() -> PathBuf {
     which(&[
         "/usr/sbin/nutcracker",
@@ -133,7 +138,8 @@ impl RedisServer {
         }
     }
 
-    fn try_start(port: u16, config: &[&str]) -> Result<RedisServer, String> {
+    /// One attempt on `port`: an error (with the server's log) when it does not come up.
+    pub fn try_start(port: u16, config: &[&str]) -> Result<RedisServer, String> {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let mut conf = format!(
             "port {port}\nbind 127.0.0.1\nsave \"\"\nappendonly no\ndaemonize no\ndir {}\nlogfile {}/redis.log\n",
@@ -201,6 +207,236 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         stop_child(&mut self.child);
     }
+}
+
+/// A Redis Cluster of masters with one replica each, every node a [`RedisServer`] with
+/// `cluster-enabled yes` on a free loopback port whose cluster bus port (port + 10000) was free
+/// too, created by `redis-cli --cluster create ... --cluster-replicas 1`. Stopped when dropped.
+pub struct RedisCluster {
+    /// Every node, in the order given to `redis-cli --cluster create`.
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// `masters` masters and as many replicas, all answering `cluster_state:ok`, every replica
+    /// linked to its master. Retries on new ports when a port was taken meanwhile.
+    pub fn start(masters: usize) -> RedisCluster {
+        let mut last = String::new();
+        for _ in 0..4 {
+            match Self::try_start(masters) {
+                Ok(c) => return c,
+                Err(e) => last = e,
+            }
+        }
+        panic!("could not start a Redis Cluster of {masters} masters: {last}");
+    }
+
+    fn try_start(masters: usize) -> Result<RedisCluster, String> {
+        let mut nodes = Vec::new();
+        for port in cluster_ports(masters * 2)? {
+            let conf = format!("cluster-config-file nodes-{port}.conf");
+            nodes.push(RedisServer::try_start(
+                port,
+                &[
+                    "cluster-enabled yes",
+                    &conf,
+                    "cluster-node-timeout 5000",
+                    // Replication offsets move within a second of the sync, so that every node
+                    // soon counts every replica as available (`CLUSTER SLOTS` leaves out
+                    // replicas at offset 0).
+                    "repl-ping-replica-period 1",
+                ],
+            )?);
+        }
+        let out = Command::new(redis_cli_bin())
+            .args(["--cluster", "create"])
+            .args(nodes.iter().map(|n| n.addr()))
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("run redis-cli: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "redis-cli --cluster create exited with {}: {}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        let cluster = RedisCluster { nodes };
+        cluster.wait_ready(masters, Duration::from_secs(60))?;
+        Ok(cluster)
+    }
+
+    /// Every node says `cluster_state:ok` with all slots assigned and every node known, sees
+    /// `masters` masters and as many replicas, and every replica's link is up.
+    fn wait_ready(&self, masters: usize, limit: Duration) -> Result<(), String> {
+        let mut last = String::new();
+        let ready = wait_until(limit, || {
+            self.nodes.iter().all(|n| {
+                let mut c = n.client();
+                let info = c.cmd(&["CLUSTER", "INFO"]).as_text().unwrap_or_default();
+                let field = |f: &str| {
+                    info.lines()
+                        .find_map(|l| l.strip_prefix(&format!("{f}:")))
+                        .map(|v| v.trim().to_string())
+                };
+                let nodes = cluster_nodes(&mut c);
+                let count = |role: &str| nodes.iter().filter(|l| l.role == role).count();
+                let link_up = c.info_field("replication", "role").as_deref() == Some("master")
+                    || c.info_field("replication", "master_link_status").as_deref() == Some("up");
+                let ok = field("cluster_state").as_deref() == Some("ok")
+                    && field("cluster_slots_assigned").as_deref() == Some("16384")
+                    && field("cluster_known_nodes") == Some((masters * 2).to_string())
+                    && count("master") == masters
+                    && count("slave") == masters
+                    && link_up
+                    && slots_nodes(&mut c) == masters * 2;
+                if !ok {
+                    last = format!("node {}: {info}", n.port);
+                }
+                ok
+            })
+        });
+        if ready {
+            Ok(())
+        } else {
+            Err(format!("cluster not ready within {limit:?}: {last}"))
+        }
+    }
+
+    pub fn ports(&self) -> Vec<u16> {
+        self.nodes.iter().map(|n| n.port).collect()
+    }
+
+    /// `redis://127.0.0.1:<port>` of the first node.
+    pub fn url(&self) -> String {
+        self.nodes[0].url()
+    }
+
+    pub fn client(&self, port: u16) -> Client {
+        Client::connect(port).expect("connect to a cluster node")
+    }
+
+    /// What the first node's `CLUSTER NODES` says, one entry per node.
+    pub fn view(&self) -> Vec<ClusterNodeLine> {
+        cluster_nodes(&mut self.nodes[0].client())
+    }
+
+    /// Ports of the masters, as `CLUSTER NODES` says.
+    pub fn master_ports(&self) -> Vec<u16> {
+        self.ports_of("master")
+    }
+
+    /// Ports of the replicas, as `CLUSTER NODES` says.
+    pub fn replica_ports(&self) -> Vec<u16> {
+        self.ports_of("slave")
+    }
+
+    fn ports_of(&self, role: &str) -> Vec<u16> {
+        self.view()
+            .iter()
+            .filter(|l| l.role == role)
+            .map(|l| l.port)
+            .collect()
+    }
+
+    /// Keys on every node (masters and replicas) together.
+    pub fn total_keys(&self) -> i64 {
+        self.nodes
+            .iter()
+            .map(|n| n.client().cmd(&["DBSIZE"]).as_int().unwrap_or(-1))
+            .sum()
+    }
+}
+
+/// How many nodes `CLUSTER SLOTS` names (masters, and the replicas it counts as available).
+fn slots_nodes(c: &mut Client) -> usize {
+    let mut ids = std::collections::BTreeSet::new();
+    if let Reply::Array(Some(ranges)) = c.cmd(&["CLUSTER", "SLOTS"]) {
+        for range in ranges {
+            if let Reply::Array(Some(items)) = range {
+                for node in items.iter().skip(2) {
+                    if let Reply::Array(Some(fields)) = node {
+                        ids.extend(fields.get(2).and_then(Reply::as_text));
+                    }
+                }
+            }
+        }
+    }
+    ids.len()
+}
+
+/// One line of `CLUSTER NODES`: `id ip:port@cport[,hostname] flags master ping pong epoch link
+/// slots...`.
+#[derive(Debug, Clone)]
+pub struct ClusterNodeLine {
+    pub id: String,
+    pub port: u16,
+    /// `master` or `slave`.
+    pub role: String,
+    /// Slot ranges served (`[slot->-id]` / `[slot-<-id]` migration marks left out).
+    pub slots: Vec<(u16, u16)>,
+}
+
+fn cluster_nodes(c: &mut Client) -> Vec<ClusterNodeLine> {
+    let text = c.cmd(&["CLUSTER", "NODES"]).as_text().unwrap_or_default();
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let addr = f[1].split(['@', ',']).next().unwrap_or("");
+            let port = addr.rsplit(':').next().unwrap_or("0").parse().unwrap_or(0);
+            let flags: Vec<&str> = f[2].split(',').collect();
+            let role = if flags.contains(&"master") {
+                "master"
+            } else if flags.contains(&"slave") {
+                "slave"
+            } else {
+                "other"
+            };
+            let slots = f[8..]
+                .iter()
+                .filter(|s| !s.starts_with('['))
+                .map(|s| match s.split_once('-') {
+                    Some((a, b)) => (a.parse().unwrap(), b.parse().unwrap()),
+                    None => (s.parse().unwrap(), s.parse().unwrap()),
+                })
+                .collect();
+            ClusterNodeLine {
+                id: f[0].to_string(),
+                port,
+                role: role.to_string(),
+                slots,
+            }
+        })
+        .collect()
+}
+
+/// `n` distinct loopback ports, each free a moment ago with its cluster bus port (+10000)
+/// free too, no port being another's bus port.
+fn cluster_ports(n: usize) -> Result<Vec<u16>, String> {
+    let mut ports: Vec<u16> = Vec::new();
+    for _ in 0..10_000 {
+        if ports.len() == n {
+            return Ok(ports);
+        }
+        let p = free_port();
+        let Some(bus) = p.checked_add(10_000) else {
+            continue;
+        };
+        let clash = ports
+            .iter()
+            .any(|&q| q == p || q == bus || q.checked_add(10_000) == Some(p));
+        if clash || TcpListener::bind(("127.0.0.1", bus)).is_err() {
+            continue;
+        }
+        ports.push(p);
+    }
+    Err(format!(
+        "found only {} ports with a free bus port",
+        ports.len()
+    ))
 }
 
 /// SIGTERM, wait up to 5 s, then SIGKILL.

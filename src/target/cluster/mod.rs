@@ -1,0 +1,68 @@
+//! Redis Cluster as a target: groundwork for a slot-partitioned writer (not written yet).
+//!
+//! - [`slot`]: a key's hash slot ([`key_slot`]) and a hash tag for every slot ([`slot_tag`]),
+//!   so that a record key can live in the slot of the data it describes;
+//! - [`topology`]: the slot map ([`SlotMap`]) from `CLUSTER SHARDS` or `CLUSTER SLOTS`;
+//! - [`is_cluster`]: whether a server is a cluster node. Until the cluster writer exists,
+//!   `sync`, `restore` and `check` refuse such a target ([`ClusterUnsupported`]): a
+//!   standalone writer would have every key outside that node's slots refused with MOVED.
+pub mod slot;
+pub mod topology;
+
+pub use slot::{key_slot, slot_tag, SLOTS};
+pub use topology::{SlotMap, TopologyError};
+
+use crate::resp::client::info_field;
+use crate::resp::{Client, Reply};
+
+/// `INFO cluster` says `cluster_enabled:1`. Servers without cluster support (before 3.0) have
+/// no such section and answer `false`; a refused `INFO` is an error (the relay cannot tell).
+pub fn is_cluster(conn: &mut Client) -> std::io::Result<bool> {
+    match conn.call(&["INFO", "cluster"])? {
+        Reply::Error(e) => Err(std::io::Error::other(format!(
+            "INFO cluster refused: {}",
+            String::from_utf8_lossy(&e)
+        ))),
+        reply => Ok(info_says_cluster(&reply.as_text().unwrap_or_default())),
+    }
+}
+
+/// The text of an `INFO` reply says `cluster_enabled:1`.
+pub fn info_says_cluster(info: &str) -> bool {
+    info_field(info, "cluster_enabled").as_deref() == Some("1")
+}
+
+/// A cluster node given as the target: refused until the cluster writer exists.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("target {target} is a Redis Cluster node (INFO cluster: cluster_enabled:1): Redis Cluster targets are not supported yet, so nothing was written (a standalone writer would have every key outside this node's slots refused with MOVED)")]
+pub struct ClusterUnsupported {
+    /// `host:port` of the target.
+    pub target: String,
+}
+
+impl ClusterUnsupported {
+    /// What to do instead (for the precheck's fix line).
+    pub const FIX: &'static str =
+        "give a standalone Redis (not a cluster node) as --target: slot-aware writing into a Redis Cluster is not there yet";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_enabled_from_info_text() {
+        assert!(info_says_cluster("# Cluster\r\ncluster_enabled:1\r\n"));
+        assert!(!info_says_cluster("# Cluster\r\ncluster_enabled:0\r\n"));
+        // Before 3.0: no cluster section at all.
+        assert!(!info_says_cluster(""));
+        let e = ClusterUnsupported {
+            target: "127.0.0.1:7000".into(),
+        };
+        let msg = e.to_string();
+        assert!(
+            msg.contains("127.0.0.1:7000") && msg.contains("not supported yet"),
+            "{msg}"
+        );
+    }
+}
