@@ -272,16 +272,12 @@ impl RelayBuilder {
             }
             (None, None) => return Err(StartError::NoTarget),
         };
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let wiring = Wiring {
             cfg: &cfg,
             writers: pool.as_ref().map(|p| p.writers()).unwrap_or(1),
             stop: Arc::new(AtomicBool::new(false)),
-            stop_rx: None,
-        };
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let wiring = Wiring {
-            stop_rx: Some(stop_rx),
-            ..wiring
+            stop_rx,
         };
         let mut sources = Vec::new();
         for (i, ep) in cfg.sources.iter().enumerate() {
@@ -373,7 +369,7 @@ struct Wiring<'a> {
     cfg: &'a RelayConfig,
     writers: usize,
     stop: Arc<AtomicBool>,
-    stop_rx: Option<tokio::sync::watch::Receiver<bool>>,
+    stop_rx: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Wiring<'_> {
@@ -428,12 +424,11 @@ impl Wiring<'_> {
             spool: spool.clone(),
             source: name.clone(),
         };
-        let stop_rx = self.stop_rx.clone().expect("the stop channel");
         let _link = runtime.spawn(crate::source::run_link(
             link_cfg,
             progress.clone(),
             sink,
-            stop_rx,
+            self.stop_rx.clone(),
         ));
         if let Some(period) = cfg.heartbeat {
             let key = heartbeat_key(&cfg.stream.own_prefix, Some(&name));
