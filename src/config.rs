@@ -4,6 +4,9 @@
 //! command line overrides the file ([`RunOptions::merge`]). [`RunOptions::validate`] checks a
 //! file, a command line or both merged, and names the option in its error;
 //! [`RunOptions::resolve`] is the one place with the defaults and gives the [`Settings`].
+//!
+//! Beside the data path. Owns: every option's name, default and validation. May not touch:
+//! servers (it only builds the configuration the CLI and the library start from).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -1,6 +1,9 @@
 //! The Prometheus metrics the relay emits. The library only emits through the `metrics`
 //! facade; the binary installs the exporter (`install_exporter`). Every name here is listed,
 //! with its meaning, in the README.
+//!
+//! Beside the data path. Owns: the names and their descriptions, the exporter. The stages emit
+//! through the `metrics` facade and never import this module.
 
 use std::net::SocketAddr;
 

@@ -1,4 +1,7 @@
 //! Progress of long jobs: a bar on a terminal, a log line every 10 s otherwise.
+//!
+//! Beside the data path. Owns: the terminal bars and the periodic log lines; it only reads
+//! counters that the jobs update.
 
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -1,4 +1,7 @@
 //! `restore`: load an RDB file into a live Redis through the same apply path as a full sync.
+//!
+//! Beside the data path: it drives the pipeline's snapshot apply and the target's writer pool
+//! itself, with a file instead of a source. Owns: nothing kept (no checkpoint, no records).
 
 use std::fs::File;
 use std::path::Path;

@@ -7,6 +7,9 @@
 //! The decisions are plain functions of what the servers said ([`judge_backlog`],
 //! [`judge_target_version`], ...), so they are unit-tested without servers; [`run`] gathers
 //! the facts (sources in parallel) and applies them.
+//!
+//! Beside the data path. Owns: the verdicts. May not touch: any server's data (it only reads:
+//! PING, INFO, CONFIG GET, COMMAND INFO, ACL DRYRUN, SELECT, SCAN and EXISTS).
 
 pub mod probe;
 

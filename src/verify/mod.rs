@@ -12,6 +12,9 @@
 //! Memory: the names of the keys of one database (of the sources) are held while that database
 //! is compared, to find the target's extra keys and to compare a key SCAN returns twice only
 //! once; values are held one SCAN page at a time.
+//!
+//! Beside the data path. Owns: the comparison and its report. May not touch: any server's data
+//! (read-only commands only).
 
 pub mod compare;
 pub mod live;
