@@ -14,8 +14,6 @@ use crate::endpoint::Endpoint;
 use crate::pipeline::{ApplyOptions, ApplyStats, Dispatcher, SnapshotApply};
 use crate::progress::{CountingReader, Progress, Reporter};
 use crate::rdb::{Event, ParseOptions, RdbParser};
-use crate::resp::Client;
-use crate::target::cluster::{is_cluster, ClusterUnsupported};
 use crate::target::{TargetInfo, WriterOptions, WriterPool};
 
 /// Settings of a restore.
@@ -70,14 +68,9 @@ pub enum RestoreError {
     /// The target cannot be reached or refused the login.
     #[error(transparent)]
     Target(#[from] crate::resp::ClientError),
-    #[error("target {target}: INFO failed: {cause}")]
-    Info {
-        target: String,
-        cause: std::io::Error,
-    },
-    /// The target is a Redis Cluster node (not supported yet; its message names it).
+    /// The target cannot be used at all: unreachable, INFO refused, a Redis Cluster node.
     #[error(transparent)]
-    ClusterTarget(#[from] ClusterUnsupported),
+    Unusable(#[from] crate::target::info::TargetUnusable),
     #[error(transparent)]
     Pipeline(#[from] crate::pipeline::PipelineError),
     #[error(transparent)]
@@ -147,19 +140,7 @@ fn apply_options(
     target: &Endpoint,
     opts: &RestoreOptions,
 ) -> Result<(TargetInfo, ApplyOptions), RestoreError> {
-    let mut conn = Client::connect(target, opts.writers.connect_timeout)?;
-    let info_err = |cause| RestoreError::Info {
-        target: target.to_string(),
-        cause,
-    };
-    let info = TargetInfo::read(&mut conn).map_err(info_err)?;
-    // Before any writer connects: a cluster node would refuse every key outside its slots.
-    if is_cluster(&mut conn).map_err(info_err)? {
-        return Err(ClusterUnsupported {
-            target: target.to_string(),
-        }
-        .into());
-    }
+    let info = TargetInfo::probe(target, opts.writers.connect_timeout)?;
     let mut apply_opts = ApplyOptions::for_target(&info);
     apply_opts.use_restore = !opts.commands_only;
     Ok((info, apply_opts))

@@ -137,6 +137,12 @@ pub fn keys(prefix: &str, source: &str, writers: usize) -> Vec<String> {
 /// may have been larger than today's).
 pub const PROBED_WRITERS: usize = 256;
 
+/// The record keys looked at to tell whether a target holds records of `source`: those of
+/// `writers` writers, and at least [`PROBED_WRITERS`].
+pub fn probe_keys(prefix: &str, source: &str, writers: usize) -> Vec<String> {
+    keys(prefix, source, writers.max(PROBED_WRITERS))
+}
+
 /// Whether `target` holds any record of `source` (in DB 0, where records live): the relay
 /// wrote this source's data there before, so its stale keys may be there too.
 pub fn any_on(
@@ -152,7 +158,7 @@ pub fn any_on(
             String::from_utf8_lossy(&e)
         )));
     }
-    let keys = keys(prefix, source, writers.max(PROBED_WRITERS));
+    let keys = probe_keys(prefix, source, writers);
     let mut args = vec!["EXISTS"];
     args.extend(keys.iter().map(String::as_str));
     match target.call(&args)? {

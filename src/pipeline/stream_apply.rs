@@ -470,10 +470,10 @@ impl StreamApply {
         if rewritten {
             raw = encode(&args);
         }
-        if let ControlFlow::Break(control) = self.key_filter(up, &mut args, &mut raw, d, end) {
-            return Ok(control);
-        }
-        let route = route(command_keys(&args), d);
+        let route = match self.key_filter(up, &mut args, &mut raw, d, end) {
+            ControlFlow::Continue(route) => route,
+            ControlFlow::Break(control) => return Ok(control),
+        };
         if let Some(m) = self.multi.as_mut() {
             m.add(raw, route);
             return Ok(Control::None);
@@ -616,7 +616,8 @@ impl StreamApply {
     }
 
     /// The relay's own keys and the key filter: `Break` when the command is dropped;
-    /// otherwise `args` and `raw` are what is forwarded (cut down by the filter if needed).
+    /// otherwise `args` and `raw` are what is forwarded (cut down by the filter if needed),
+    /// and `Continue` holds the writer its keys route to (`None`: keys of several writers).
     #[inline]
     fn key_filter(
         &mut self,
@@ -625,7 +626,7 @@ impl StreamApply {
         raw: &mut Bytes,
         d: &mut Dispatcher,
         end: u64,
-    ) -> ControlFlow<Control> {
+    ) -> ControlFlow<Control, Option<usize>> {
         let spec = command_keys(args);
         if let KeySpec::Keys(keys) = &spec {
             if keys.iter().any(|k| k.starts_with(&self.opts.own_prefix)) {
@@ -638,18 +639,19 @@ impl StreamApply {
             _ => Filtered::Keep,
         };
         match decision {
-            Filtered::Keep => {}
+            // The keys found for the filters route the command too (one key lookup each).
+            Filtered::Keep => ControlFlow::Continue(route(spec, d)),
             Filtered::Drop => {
                 self.stats.filtered += 1;
-                return ControlFlow::Break(self.pass_over(d, end));
+                ControlFlow::Break(self.pass_over(d, end))
             }
             Filtered::Rewrite(new) => {
                 self.stats.filtered += 1;
                 *args = new;
                 *raw = encode(args);
+                ControlFlow::Continue(route(command_keys(args), d))
             }
         }
-        ControlFlow::Continue(())
     }
 
     /// The database filter and map on one command: its target database, with database

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use crate::pipeline::source_loop::ApplyError;
 use crate::resp::ClientError;
 use crate::spool::SpoolError;
-use crate::target::cluster::ClusterUnsupported;
 use crate::target::writer::{PoolError, WriterFailure};
 
 /// Why [`super::RelayBuilder::start`] failed: nothing runs.
@@ -24,14 +23,9 @@ pub enum StartError {
     /// The target cannot be reached or refused the login (its message names it).
     #[error(transparent)]
     Target(#[from] ClientError),
-    #[error("target {target}: INFO failed: {cause}")]
-    Info {
-        target: String,
-        cause: std::io::Error,
-    },
-    /// The target is a Redis Cluster node (not supported yet; its message names it).
+    /// The target cannot be used at all: unreachable, INFO refused, a Redis Cluster node.
     #[error(transparent)]
-    ClusterTarget(#[from] ClusterUnsupported),
+    Unusable(#[from] crate::target::info::TargetUnusable),
     #[error("source {name}: unreadable checkpoint: {cause}")]
     Checkpoint { name: String, cause: std::io::Error },
     /// A source's spool could not be opened (its message names the directory).

@@ -56,7 +56,6 @@ use crate::resp::Client;
 use crate::source::topology::KeyOwner;
 use crate::source::{LinkConfig, LinkState, SourceProgress};
 use crate::spool::{Spool, SpoolOptions};
-use crate::target::cluster::{is_cluster, ClusterUnsupported};
 use crate::target::deletion::Authority;
 use crate::target::{TargetInfo, WriterOptions, WriterPool};
 
@@ -340,22 +339,7 @@ impl RelayBuilder {
 
 /// Connect to the target, learn what it accepts, and start the writer pool.
 fn start_target(cfg: &RelayConfig, t: &Endpoint) -> Result<(WriterPool, ApplyOptions), StartError> {
-    let mut conn = Client::connect(t, cfg.writers.connect_timeout)?;
-    let info = TargetInfo::read(&mut conn).map_err(|cause| StartError::Info {
-        target: t.to_string(),
-        cause,
-    })?;
-    // Before any writer connects: a cluster node would refuse every key outside its slots.
-    let clustered = is_cluster(&mut conn).map_err(|cause| StartError::Info {
-        target: t.to_string(),
-        cause,
-    })?;
-    if clustered {
-        return Err(ClusterUnsupported {
-            target: t.to_string(),
-        }
-        .into());
-    }
+    let info = TargetInfo::probe(t, cfg.writers.connect_timeout)?;
     tracing::info!(target = %t, version = %info.version, rdb_version = info.rdb_version, "target connected");
     let mut a = ApplyOptions::for_target(&info);
     a.use_restore = cfg.use_restore;

@@ -1,7 +1,28 @@
 //! What the apply path needs to know about the target: its version and the newest RDB
 //! version its RESTORE accepts.
 
+use std::time::Duration;
+
+use super::cluster::{is_cluster, ClusterUnsupported};
+use crate::endpoint::Endpoint;
 use crate::resp::client::{info_field, Client};
+use crate::resp::ClientError;
+
+/// Why the target cannot be written to at all (each message names the target).
+#[derive(Debug, thiserror::Error)]
+pub enum TargetUnusable {
+    /// It cannot be reached or refused the login.
+    #[error(transparent)]
+    Connect(#[from] ClientError),
+    #[error("target {target}: INFO failed: {cause}")]
+    Info {
+        target: String,
+        cause: std::io::Error,
+    },
+    /// It is a Redis Cluster node (not supported yet).
+    #[error(transparent)]
+    Cluster(#[from] ClusterUnsupported),
+}
 
 /// What the apply path needs to know about the target.
 #[derive(Debug, Clone)]
@@ -46,6 +67,24 @@ pub fn rdb_version_for(version: &str) -> u32 {
 }
 
 impl TargetInfo {
+    /// Connect to `target` and learn what it accepts, before any writer connects: a Redis
+    /// Cluster node is refused here (it would answer MOVED for every key outside its slots).
+    pub fn probe(target: &Endpoint, timeout: Duration) -> Result<TargetInfo, TargetUnusable> {
+        let mut conn = Client::connect(target, timeout)?;
+        let info_failed = |cause| TargetUnusable::Info {
+            target: target.to_string(),
+            cause,
+        };
+        let info = TargetInfo::read(&mut conn).map_err(info_failed)?;
+        if is_cluster(&mut conn).map_err(info_failed)? {
+            return Err(ClusterUnsupported {
+                target: target.to_string(),
+            }
+            .into());
+        }
+        Ok(info)
+    }
+
     /// `INFO server` facts of a connected server.
     pub fn read(conn: &mut Client) -> std::io::Result<TargetInfo> {
         let text = conn

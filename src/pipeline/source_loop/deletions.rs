@@ -199,23 +199,23 @@ const RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// This source's deletions waiting for a peer, when they are tried again, and the connection
 /// kept for deleting the old value of a deferred key written again.
-pub(super) struct Pending {
+pub(super) struct DeferredDeletions {
     pub set: Deferred,
     next_retry: Instant,
     backoff: Duration,
     del_conn: Option<Client>,
 }
 
-impl Pending {
+impl DeferredDeletions {
     /// The deferred deletions left by an earlier run (none on a first start).
-    pub fn open(ctx: &SourceCtx) -> Result<Pending, ApplyError> {
+    pub fn open(ctx: &SourceCtx) -> Result<DeferredDeletions, ApplyError> {
         let set = Deferred::open(&ctx.state_dir, &crate::endpoint::file_stem(&ctx.name))
             .map_err(deferred_io(ctx, "cannot read its deferred deletions"))?;
         if !set.is_empty() {
             tracing::warn!(source = %ctx.name, keys = set.len(), "deletions deferred before the restart are still waiting for a peer: retrying them");
         }
         publish(&ctx.figures, &set);
-        Ok(Pending {
+        Ok(DeferredDeletions {
             set,
             next_retry: Instant::now(),
             backoff: RETRY_FIRST,

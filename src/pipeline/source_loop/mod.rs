@@ -33,7 +33,7 @@ use crate::rdb::ParseOptions;
 use crate::resp::framer::CommandFramer;
 use crate::spool::{Spool, SpoolRecord};
 use crate::target::deletion::Authority;
-use deletions::{Job, Pending};
+use deletions::{DeferredDeletions, Job};
 
 /// Where the loop reports what is applied; the source's link ACKs it to the master.
 pub trait AckPosition: Send + Sync {
@@ -118,7 +118,7 @@ struct State {
     last_cp_time: Instant,
     /// Heartbeats seen in the stream and not yet acknowledged: (stamp ms, end offset).
     heartbeats: VecDeque<(u64, u64)>,
-    deferred: Pending,
+    deferred: DeferredDeletions,
 }
 
 /// One source's loop: its context and its state.
@@ -140,7 +140,7 @@ pub fn run(ctx: SourceCtx) -> Result<(), ApplyError> {
 impl SourceLoop {
     /// The loop with its deferred deletions read, resumed from its checkpoint if any.
     fn open(ctx: SourceCtx) -> Result<SourceLoop, ApplyError> {
-        let deferred = Pending::open(&ctx)?;
+        let deferred = DeferredDeletions::open(&ctx)?;
         let mut lp = SourceLoop {
             ctx,
             st: State {
@@ -342,7 +342,7 @@ impl SourceLoop {
 /// What the stream apply asked of the loop.
 fn on_control(
     ctx: &mut SourceCtx,
-    deferred: &mut Pending,
+    deferred: &mut DeferredDeletions,
     heartbeats: &mut VecDeque<(u64, u64)>,
     control: Control,
 ) -> Result<(), ApplyError> {

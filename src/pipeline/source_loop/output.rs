@@ -22,8 +22,8 @@ use crate::resp::ClientError;
 pub trait Output: Send {
     /// Resuming from a checkpoint under `replid` at `offset`.
     fn resume(&mut self, replid: &str, offset: u64) -> Result<(), ApplyError>;
-    /// A full resync under `replid` starts at `offset` (`None`: a master without offsets);
-    /// whatever was handed over before is applied first.
+    /// A full resync under `replid` starts at `offset` (`None`: a master without offsets).
+    /// The loop has already waited for everything handed over before ([`Output::barrier`]).
     fn full_resync(&mut self, replid: &str, offset: Option<u64>) -> Result<(), ApplyError>;
     /// One event of the snapshot.
     fn snapshot_event(&mut self, ev: Event) -> Result<(), HandlerError>;
@@ -119,8 +119,6 @@ impl Output for TargetOutput {
     }
 
     fn full_resync(&mut self, replid: &str, offset: Option<u64>) -> Result<(), ApplyError> {
-        // Whatever was in flight from an earlier stream finishes first.
-        self.barrier()?;
         // Snapshot batches are recorded too (under the new replid, at the snapshot offset):
         // nothing of them is skipped after a restart (a crash during the snapshot means a new
         // full sync), but a writer that loses its connection knows which ones were applied.
@@ -190,8 +188,7 @@ impl Output for TargetOutput {
     }
 
     fn has_records(&self) -> Result<bool, ClientError> {
-        let writers = self.dispatcher.writers().max(record::PROBED_WRITERS);
-        let keys = record::keys(&self.prefix, &self.name, writers);
+        let keys = record::probe_keys(&self.prefix, &self.name, self.dispatcher.writers());
         Ok(self
             .dispatcher
             .target()
