@@ -78,6 +78,44 @@ pub struct Batch {
     pub bookkeeping: Option<Bookkeeping>,
 }
 
+/// Commands whose keys span hash slots of a Redis Cluster target: one unit the target runs
+/// after everything before it is applied, so that it ends in the source's state (see
+/// `target::cluster::cross_slot` for how, and the README's per-command guarantees).
+///
+/// A unit is exactly-once per slot: each slot it writes gets its part in one MULTI/EXEC with
+/// that slot's record (`parts`), and a part the target already holds (`applied`) is not
+/// written again, also when the unit runs a second time after a restart.
+#[derive(Debug, Clone)]
+pub struct CrossSlot {
+    /// The database the commands run in (0 on a cluster without several databases).
+    pub db: u32,
+    /// The commands, in order, as argument vectors (a source's transaction has several).
+    pub commands: Vec<Vec<Bytes>>,
+    /// For each command, the indices of its key arguments in `commands[i]`.
+    pub key_positions: Vec<Vec<usize>>,
+    /// The stream offset after the unit (what its records say).
+    pub end: u64,
+    /// The relay's key prefix and the source's name: the unit's scratch keys and its journal
+    /// are named from them (`<prefix>xslot:<source>:...`).
+    pub prefix: String,
+    pub source: String,
+    /// Identifies this unit in the journal (the replid and `end`): a unit run again after a
+    /// restart finds the results it computed before, and writes those.
+    pub id: String,
+    /// Every slot of every key of the unit, once each.
+    pub parts: Vec<SlotPart>,
+}
+
+/// One slot a [`CrossSlot`] unit touches.
+#[derive(Debug, Clone)]
+pub struct SlotPart {
+    pub slot: u16,
+    /// The slot's record, written with the part (`None` when exactly-once is off).
+    pub record: Option<Bookkeeping>,
+    /// The target already holds this part (its record is at or past the unit's end).
+    pub applied: bool,
+}
+
 impl Batch {
     pub fn payload_bytes(&self) -> usize {
         self.ops.iter().map(|o| o.payload.len()).sum()

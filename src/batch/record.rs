@@ -127,6 +127,14 @@ pub fn key(prefix: &str, source: &str, writer: usize) -> String {
     format!("{}{writer}", key_base(prefix, source))
 }
 
+/// The record key of `source`'s batches in hash slot `slot` of a Redis Cluster target:
+/// `<prefix>offset:<source>:slot:<slot>:{<tag>}`, where `tag` hashes to `slot`
+/// (`target::cluster::slot_tag`), so the record lives, migrates and fails over with the data
+/// it describes. `prefix` and `source` hold no `{` (checked when a cluster target is set up).
+pub fn slot_key(prefix: &str, source: &str, slot: u16, tag: &str) -> String {
+    format!("{}slot:{slot}:{{{tag}}}", key_base(prefix, source))
+}
+
 /// The record keys of `source` for writers `0..writers`.
 pub fn keys(prefix: &str, source: &str, writers: usize) -> Vec<String> {
     let base = key_base(prefix, source);

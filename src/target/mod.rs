@@ -19,7 +19,7 @@ pub use info::TargetInfo;
 
 use bytes::Bytes;
 
-use crate::batch::Batch;
+use crate::batch::{record, Batch, CrossSlot};
 use crate::resp::ClientError;
 use writer::{PoolError, WriterFailure};
 
@@ -37,5 +37,22 @@ pub trait Writers: Send + Sync {
     fn failure(&self) -> Option<WriterFailure>;
     /// The values of `keys` in database 0 (where the relay's records live), in order.
     fn read_db0(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>, ClientError>;
+    /// Keys are placed by hash slot (a Redis Cluster): writer `w` is slot `w` (there are
+    /// [`cluster::SLOTS`] writers), every batch holds one slot's ops, and commands whose keys
+    /// span slots go through [`Writers::cross_slot`] instead.
+    fn slotted(&self) -> bool {
+        false
+    }
+    /// The record key of `source`'s batches on writer `w` (on a cluster, in slot `w`).
+    fn record_key(&self, prefix: &str, source: &str, w: usize) -> String {
+        record::key(prefix, source, w)
+    }
+    /// Run a unit of commands whose keys span slots, once everything before it is
+    /// acknowledged; returns once the target holds every part. Only a slotted target has
+    /// such units.
+    fn cross_slot(&self, unit: CrossSlot) -> Result<(), PoolError> {
+        let _ = unit;
+        Err(PoolError::Failed(WriterFailure::NotSlotted))
+    }
 }
 pub use writer::{ErrorPolicy, PoolHandle, WriterOptions, WriterPool};

@@ -132,6 +132,13 @@ pub enum WriterFailure {
     },
     #[error("target refused the relay's offset record: {reply}")]
     Record { reply: String },
+    /// A cross-slot unit was given to a target that is not a cluster (a bug).
+    #[error("a cross-slot unit was sent to a target that is not a cluster")]
+    NotSlotted,
+    /// The cluster target failed for good (a fact about the cluster: no node answers, a
+    /// slot stayed unserved past the retry budget, a cross-slot unit could not run).
+    #[error("cluster target: {0}")]
+    Cluster(String),
 }
 
 /// Why the writer pool cannot take (or did not apply) more batches.
