@@ -6,7 +6,7 @@
 //! in a FIFO: batches of one source on one writer are acknowledged in dispatch order, so the
 //! front of each FIFO is that writer's oldest outstanding batch.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -18,10 +18,8 @@ pub struct SourceTracker {
     pub name: String,
     /// Index of the source, for the writers' per-source counters.
     pub index: usize,
-    outstanding: Vec<Mutex<VecDeque<u64>>>,
+    books: Mutex<Books>,
     dispatched_end: AtomicU64,
-    /// Batches not yet acknowledged, over all writers (for waiting until drained).
-    in_flight: Mutex<u64>,
     drained: Condvar,
     /// Commands the target acknowledged (error replies included).
     pub commands_applied: AtomicU64,
@@ -29,14 +27,28 @@ pub struct SourceTracker {
     pub target_errors: AtomicU64,
 }
 
+/// The outstanding batches: per writer in dispatch order, and every outstanding start once
+/// more in a sorted multiset, so that the oldest one is found without visiting every writer
+/// (a cluster target has 16384, one per slot).
+#[derive(Debug)]
+struct Books {
+    per_writer: Vec<VecDeque<u64>>,
+    /// Start offset -> how many outstanding batches start there.
+    starts: BTreeMap<u64, u32>,
+    in_flight: u64,
+}
+
 impl SourceTracker {
     pub fn new(name: impl Into<String>, index: usize, writers: usize, start_offset: u64) -> Self {
         SourceTracker {
             name: name.into(),
             index,
-            outstanding: (0..writers).map(|_| Mutex::new(VecDeque::new())).collect(),
+            books: Mutex::new(Books {
+                per_writer: (0..writers).map(|_| VecDeque::new()).collect(),
+                starts: BTreeMap::new(),
+                in_flight: 0,
+            }),
             dispatched_end: AtomicU64::new(start_offset),
-            in_flight: Mutex::new(0),
             drained: Condvar::new(),
             commands_applied: AtomicU64::new(0),
             target_errors: AtomicU64::new(0),
@@ -45,8 +57,10 @@ impl SourceTracker {
 
     /// Called by the dispatcher when it starts a batch for `writer` at offset `start`.
     pub fn opened(&self, writer: usize, start: u64) {
-        self.outstanding[writer].lock().push_back(start);
-        *self.in_flight.lock() += 1;
+        let mut b = self.books.lock();
+        b.per_writer[writer].push_back(start);
+        *b.starts.entry(start).or_insert(0) += 1;
+        b.in_flight += 1;
     }
 
     /// What was dispatched (or needed no work) now reaches `end`.
@@ -67,10 +81,17 @@ impl SourceTracker {
 
     /// Called by `writer` once the target answered every command of its oldest batch.
     pub fn acknowledged(&self, writer: usize) {
-        self.outstanding[writer].lock().pop_front();
-        let mut n = self.in_flight.lock();
-        *n = n.saturating_sub(1);
-        if *n == 0 {
+        let mut b = self.books.lock();
+        if let Some(start) = b.per_writer[writer].pop_front() {
+            if let std::collections::btree_map::Entry::Occupied(mut e) = b.starts.entry(start) {
+                *e.get_mut() -= 1;
+                if *e.get() == 0 {
+                    e.remove();
+                }
+            }
+        }
+        b.in_flight = b.in_flight.saturating_sub(1);
+        if b.in_flight == 0 {
             self.drained.notify_all();
         }
     }
@@ -78,13 +99,11 @@ impl SourceTracker {
     /// The highest offset up to which the target has acknowledged everything.
     pub fn applied(&self) -> u64 {
         // Read the dispatched end first: a batch dispatched after this read starts at or past it.
-        let mut applied = self.dispatched_end.load(Ordering::Acquire);
-        for q in &self.outstanding {
-            if let Some(&start) = q.lock().front() {
-                applied = applied.min(start);
-            }
+        let applied = self.dispatched_end.load(Ordering::Acquire);
+        match self.books.lock().starts.keys().next() {
+            Some(&oldest) => applied.min(oldest),
+            None => applied,
         }
-        applied
     }
 
     pub fn dispatched_end(&self) -> u64 {
@@ -92,16 +111,16 @@ impl SourceTracker {
     }
 
     pub fn in_flight(&self) -> u64 {
-        *self.in_flight.lock()
+        self.books.lock().in_flight
     }
 
     /// Block until every dispatched batch is acknowledged, or `timeout` passes (false).
     pub fn wait_drained(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
-        let mut n = self.in_flight.lock();
-        while *n > 0 {
-            if self.drained.wait_until(&mut n, deadline).timed_out() {
-                return *n == 0;
+        let mut b = self.books.lock();
+        while b.in_flight > 0 {
+            if self.drained.wait_until(&mut b, deadline).timed_out() {
+                return b.in_flight == 0;
             }
         }
         true

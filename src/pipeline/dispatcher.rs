@@ -4,11 +4,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use super::error::PipelineError;
 use super::router::partition;
 use crate::batch::offsets::SourceTracker;
 use crate::batch::record::{self, Record};
-use crate::batch::{Batch, Bookkeeping, Op};
+use crate::batch::{Batch, Bookkeeping, CrossSlot, Op, SlotPart};
+use crate::target::cluster::key_slot;
 use crate::target::commands::CommandBuf;
 use crate::target::writer::PoolError;
 use crate::target::Writers;
@@ -17,6 +20,11 @@ use crate::target::Writers;
 const BATCH_BYTES: usize = 128 * 1024;
 /// ...or this many ops.
 const BATCH_OPS: usize = 512;
+/// On a cluster target (a writer per slot), flush every pending batch once they hold this
+/// much together: 16384 batches each allowed [`BATCH_BYTES`] would not keep memory bounded.
+const SLOTTED_PENDING_BYTES: usize = 4 << 20;
+/// ...or this many commands together.
+const SLOTTED_PENDING_COMMANDS: usize = 32 * 1024;
 
 pub struct Dispatcher {
     pool: Arc<dyn Writers>,
@@ -30,6 +38,14 @@ pub struct Dispatcher {
     /// Per writer: sequence number of the last recorded batch (with [`run_id`], tells a
     /// writer which of its batches a broken connection applied).
     seq: Vec<u64>,
+    /// Writers with a pending batch (each once), so that a flush does not visit all 16384
+    /// of a cluster target.
+    dirty: Vec<usize>,
+    /// The target places keys by hash slot: writer = slot (see [`Writers::slotted`]).
+    slotted: bool,
+    /// Bytes and commands pending over all writers (bounded on a slotted target).
+    pending_bytes: usize,
+    pending_commands: usize,
 }
 
 /// Identifies this process in batch records: sequence numbers restart with each process.
@@ -68,6 +84,8 @@ struct Pending {
     commands: usize,
     /// Some op of the batch is not replayable (or comes from the snapshot).
     needs_transaction: bool,
+    /// Listed in the dispatcher's `dirty`.
+    dirty: bool,
     start: u64,
     end: u64,
 }
@@ -89,6 +107,7 @@ impl Pending {
 impl Dispatcher {
     pub fn new(pool: Arc<dyn Writers>, tracker: Arc<SourceTracker>) -> Self {
         let n = pool.writers();
+        let slotted = pool.slotted();
         Dispatcher {
             pool,
             tracker,
@@ -96,6 +115,10 @@ impl Dispatcher {
             exactly_once: None,
             skip_upto: vec![0; n],
             seq: vec![0; n],
+            dirty: Vec::new(),
+            slotted,
+            pending_bytes: 0,
+            pending_commands: 0,
         }
     }
 
@@ -120,9 +143,33 @@ impl Dispatcher {
         &*self.pool
     }
 
-    /// The writer that owns `key`.
+    /// The writer that owns `key`: its hash slot on a cluster target.
+    #[inline]
     pub fn writer_for(&self, key: &[u8]) -> usize {
-        partition(key, self.pending.len())
+        if self.slotted {
+            key_slot(key) as usize
+        } else {
+            partition(key, self.pending.len())
+        }
+    }
+
+    /// The target places keys by hash slot (a Redis Cluster): commands whose keys span
+    /// slots go through [`Self::cross_slot`].
+    pub fn slotted(&self) -> bool {
+        self.slotted
+    }
+
+    /// The record keys of `source`'s batches, one per writer; with `probe`, also those of up
+    /// to [`record::PROBED_WRITERS`] writers (an earlier run may have had more).
+    pub fn record_keys(&self, prefix: &str, source: &str, probe: bool) -> Vec<String> {
+        let n = if probe && !self.slotted {
+            self.writers().max(record::PROBED_WRITERS)
+        } else {
+            self.writers()
+        };
+        (0..n)
+            .map(|w| self.pool.record_key(prefix, source, w))
+            .collect()
     }
 
     /// Queue `op` for writer `w`; it covers stream offsets `(start, end]`. The batch is on the
@@ -133,10 +180,13 @@ impl Dispatcher {
             return Ok(());
         };
         p.seal();
-        p.bytes += op.payload.len();
+        let len = op.payload.len();
+        p.bytes += len;
         p.commands += 1;
         p.needs_transaction |= !op.replayable;
         p.ops.push(op);
+        self.pending_bytes += len;
+        self.pending_commands += 1;
         self.flush_if_full(w)
     }
 
@@ -168,6 +218,8 @@ impl Dispatcher {
         p.needs_transaction = true;
         p.bytes += cmds.len();
         p.commands += cmds.count as usize;
+        self.pending_bytes += cmds.len();
+        self.pending_commands += cmds.count as usize;
         self.flush_if_full(w)
     }
 
@@ -183,6 +235,10 @@ impl Dispatcher {
             p.start = start;
             self.tracker.opened(w, start);
         }
+        if !p.dirty {
+            p.dirty = true;
+            self.dirty.push(w);
+        }
         p.end = end;
         self.tracker.extend(end);
         Some(p)
@@ -192,6 +248,12 @@ impl Dispatcher {
         let p = &self.pending[w];
         if p.bytes >= BATCH_BYTES || p.commands >= BATCH_OPS {
             self.flush_writer(w)?;
+        }
+        if self.slotted
+            && (self.pending_bytes >= SLOTTED_PENDING_BYTES
+                || self.pending_commands >= SLOTTED_PENDING_COMMANDS)
+        {
+            self.flush()?;
         }
         Ok(())
     }
@@ -204,51 +266,128 @@ impl Dispatcher {
 
     fn flush_writer(&mut self, w: usize) -> Result<(), PipelineError> {
         let p = &mut self.pending[w];
+        p.dirty = false;
         if p.is_empty() {
             return Ok(());
         }
         p.seal();
         let ops = std::mem::take(&mut p.ops);
         let transaction = std::mem::take(&mut p.needs_transaction);
+        self.pending_bytes = self.pending_bytes.saturating_sub(p.bytes);
+        self.pending_commands = self.pending_commands.saturating_sub(p.commands);
         p.bytes = 0;
         p.commands = 0;
-        let seq = &mut self.seq[w];
-        let tracker = &self.tracker;
-        let bookkeeping = self.exactly_once.as_ref().map(|eo| {
-            *seq += 1;
-            metrics::counter!(
-                "redis_relay_batches_total",
-                "source" => tracker.name.clone(),
-                "transaction" => if transaction { "yes" } else { "no" }
-            )
-            .increment(1);
-            let record = Record {
-                replid: eo.replid.clone(),
-                end: p.end,
-                run: run_id().to_string(),
-                seq: *seq,
-            };
-            Bookkeeping {
-                key: record::key(&eo.prefix, &eo.source, w).into(),
-                value: record.encode(),
-                transaction,
-            }
-        });
+        let (start, end) = (p.start, p.end);
+        let bookkeeping = self.bookkeeping(w, end, transaction);
         let batch = Batch {
             tracker: self.tracker.clone(),
             ops,
-            start: p.start,
-            end: p.end,
+            start,
+            end,
             bookkeeping,
         };
         Ok(self.pool.send(w, batch)?)
     }
 
+    /// The record of writer `w`'s next batch, ending at `end`, when exactly-once is on. On a
+    /// cluster target a batch of replayable commands goes without one: a record per slot
+    /// would double the commands, and running such a batch again after a restart (from the
+    /// checkpoint or the slot's last record, whichever is later) changes nothing, since what
+    /// follows it runs again too (`pipeline::replayable`).
+    fn bookkeeping(&mut self, w: usize, end: u64, transaction: bool) -> Option<Bookkeeping> {
+        let eo = self.exactly_once.as_ref()?;
+        if self.slotted && !transaction {
+            return None;
+        }
+        self.seq[w] += 1;
+        metrics::counter!(
+            "redis_relay_batches_total",
+            "source" => self.tracker.name.clone(),
+            "transaction" => if transaction { "yes" } else { "no" }
+        )
+        .increment(1);
+        let record = Record {
+            replid: eo.replid.clone(),
+            end,
+            run: run_id().to_string(),
+            seq: self.seq[w],
+        };
+        Some(Bookkeeping {
+            key: self.pool.record_key(&eo.prefix, &eo.source, w).into(),
+            value: record.encode(),
+            transaction,
+        })
+    }
+
     /// Hand every pending batch to its writer.
     pub fn flush(&mut self) -> Result<(), PipelineError> {
-        for w in 0..self.pending.len() {
+        for w in std::mem::take(&mut self.dirty) {
             self.flush_writer(w)?;
         }
+        Ok(())
+    }
+
+    /// Run keyless `commands` on every master of a cluster target (see
+    /// [`Writers::every_master`]), between everything before and everything after them.
+    pub fn every_master(
+        &mut self,
+        db: u32,
+        commands: Vec<Vec<Bytes>>,
+        end: u64,
+    ) -> Result<(), PipelineError> {
+        self.barrier()?;
+        self.pool.every_master(db, commands)?;
+        self.advance(end);
+        Ok(())
+    }
+
+    /// Run `commands` (keys at `key_positions`, in several hash slots of a cluster target)
+    /// as one [`CrossSlot`] unit covering stream offsets up to `end`: everything before it
+    /// is acknowledged first, and it is applied before anything after it is sent. Each slot
+    /// it touches gets its part with that slot's record; a part the target holds since
+    /// before a restart is not written again.
+    pub fn cross_slot(
+        &mut self,
+        db: u32,
+        commands: Vec<Vec<Bytes>>,
+        key_positions: Vec<Vec<usize>>,
+        end: u64,
+    ) -> Result<(), PipelineError> {
+        self.barrier()?;
+        let mut slots: Vec<u16> = commands
+            .iter()
+            .zip(&key_positions)
+            .flat_map(|(c, ps)| ps.iter().filter_map(|&i| c.get(i)).map(|k| key_slot(k)))
+            .collect();
+        slots.sort_unstable();
+        slots.dedup();
+        let parts = slots
+            .into_iter()
+            .map(|slot| SlotPart {
+                slot,
+                applied: end <= self.skip_upto[slot as usize],
+                record: self.bookkeeping(slot as usize, end, true),
+            })
+            .collect();
+        let (prefix, source, id) = match &self.exactly_once {
+            Some(eo) => (
+                eo.prefix.clone(),
+                eo.source.clone(),
+                format!("{} {end}", eo.replid),
+            ),
+            None => (String::new(), self.tracker.name.clone(), format!("? {end}")),
+        };
+        self.pool.cross_slot(CrossSlot {
+            db,
+            commands,
+            key_positions,
+            end,
+            prefix,
+            source,
+            id,
+            parts,
+        })?;
+        self.advance(end);
         Ok(())
     }
 

@@ -12,4 +12,14 @@ pub enum PipelineError {
     /// A SELECT of the command stream without a valid database number.
     #[error("bad SELECT in the stream at offset {offset}")]
     BadSelect { offset: u64 },
+    /// A command a cluster target cannot be brought to the source's state by (keyless
+    /// commands inside a transaction that spans slots, keys the relay cannot find).
+    #[error(
+        "{command} at stream offset {offset} cannot be applied to a Redis Cluster target: {why}"
+    )]
+    CrossSlotUnsupported {
+        command: String,
+        offset: u64,
+        why: &'static str,
+    },
 }

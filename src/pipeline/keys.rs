@@ -75,6 +75,36 @@ pub fn command_keys(args: &[Bytes]) -> KeySpec<'_> {
     }
 }
 
+/// Where the keys of `args` are, as indices into `args`, for running the command on other
+/// keys (a cross-slot unit on a cluster target): the keys [`command_keys`] finds, and the
+/// keys a script declares (EVAL, EVALSHA, FCALL and their `_RO` forms: `numkeys` at 2).
+/// `None` when the command's keys are not known.
+pub fn key_indices(args: &[Bytes]) -> Option<Vec<usize>> {
+    let name = args.first()?;
+    let script = [
+        &b"EVAL"[..],
+        b"EVALSHA",
+        b"EVAL_RO",
+        b"EVALSHA_RO",
+        b"FCALL",
+        b"FCALL_RO",
+    ]
+    .iter()
+    .any(|s| name.eq_ignore_ascii_case(s));
+    if script {
+        let n: usize = std::str::from_utf8(args.get(2)?).ok()?.parse().ok()?;
+        return (3 + n <= args.len()).then(|| (3..3 + n).collect());
+    }
+    match command_keys(args) {
+        // The keys are references into `args`: their places are their indices.
+        KeySpec::Keys(keys) => keys
+            .iter()
+            .map(|k| args.iter().position(|a| std::ptr::eq(a, *k)))
+            .collect(),
+        _ => None,
+    }
+}
+
 /// SORT's key and its STORE destination; `Global` when BY or GET patterns read other keys.
 fn sort_keys(args: &[Bytes]) -> KeySpec<'_> {
     let mut keys = vec![];
@@ -159,6 +189,23 @@ mod tests {
         assert_eq!(keys(&["XGROUP", "CREATE", "s", "g", "$"]), ["s"]);
         assert_eq!(keys(&["LMPOP", "2", "a", "b", "LEFT"]), ["a", "b"]);
         assert!(matches!(command_keys(&a(&["FLUSHDB"])), KeySpec::Global));
+        assert_eq!(key_indices(&a(&["RENAME", "a", "b"])), Some(vec![1, 2]));
+        assert_eq!(
+            key_indices(&a(&["MSET", "a", "1", "b", "2"])),
+            Some(vec![1, 3])
+        );
+        assert_eq!(
+            key_indices(&a(&["ZUNIONSTORE", "d", "2", "x", "y"])),
+            Some(vec![1, 3, 4])
+        );
+        assert_eq!(
+            key_indices(&a(&["EVAL", "return 1", "2", "k1", "k2", "arg"])),
+            Some(vec![3, 4])
+        );
+        assert_eq!(key_indices(&a(&["EVAL", "return 1", "3", "k1"])), None);
+        assert_eq!(key_indices(&a(&["FLUSHALL"])), None);
+        // The same bytes twice are still two places.
+        assert_eq!(key_indices(&a(&["RENAME", "a", "a"])), Some(vec![1, 2]));
         assert!(matches!(
             command_keys(&a(&["PUBLISH", "c", "m"])),
             KeySpec::Channel(_)

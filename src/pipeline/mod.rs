@@ -8,6 +8,7 @@
 //! source link (it reads the spool) or the writers' connections (it hands
 //! [`crate::batch::Batch`]es to [`crate::target`]).
 pub mod checkpoint;
+pub mod cross_slot;
 pub mod dispatcher;
 pub mod error;
 pub mod filter;

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
+use super::cross_slot;
 use super::dispatcher::Dispatcher;
 use super::error::PipelineError;
 use super::filter::{Filtered, KeyFilter};
@@ -84,6 +85,9 @@ struct MultiBlock {
     start: u64,
     db_at_start: u32,
     commands: Vec<Bytes>,
+    /// The commands' arguments, kept only on a cluster target (a transaction spanning slots
+    /// runs as a cross-slot unit, which needs them).
+    args: Vec<Vec<Bytes>>,
     writer: Option<usize>,
     global: bool,
     selects: bool,
@@ -274,6 +278,7 @@ impl StreamApply {
                 start: self.offset,
                 db_at_start: self.db,
                 commands: Vec::new(),
+                args: Vec::new(),
                 writer: None,
                 global: false,
                 selects: false,
@@ -392,11 +397,11 @@ impl StreamApply {
             m.selects = true;
             // Commands of a database that is not copied are dropped, so is its SELECT.
             if let Some(t) = self.opts.filter.map_db(db) {
-                let t = t.to_string();
-                m.commands.push(encode(&[
-                    Bytes::from_static(b"SELECT"),
-                    Bytes::from(t.into_bytes()),
-                ]));
+                let select = vec![Bytes::from_static(b"SELECT"), db_arg(t)];
+                m.commands.push(encode(&select));
+                if d.slotted() {
+                    m.args.push(select);
+                }
             }
         } else {
             d.advance(end);
@@ -412,6 +417,7 @@ impl StreamApply {
             start,
             db_at_start: self.db,
             commands: Vec::new(),
+            args: Vec::new(),
             writer: None,
             global: false,
             selects: false,
@@ -476,6 +482,9 @@ impl StreamApply {
         };
         if let Some(m) = self.multi.as_mut() {
             m.add(raw, route);
+            if d.slotted() {
+                m.args.push(args);
+            }
             return Ok(Control::None);
         }
         let mut op = Op::new(target_db, raw, 1);
@@ -483,6 +492,10 @@ impl StreamApply {
         self.stats.forwarded += 1;
         match route {
             Some(w) => d.push(w, op, start, end),
+            None if d.slotted() => {
+                self.stats.barriers += 1;
+                cross_slot::command(up, args, op, start, end, d).map(|_| ())
+            }
             None => self.barrier_op(d, op, start, end),
         }
         .map(|_| Control::None)
@@ -729,6 +742,10 @@ impl StreamApply {
         self.stats.forwarded += 1;
         match (m.global || m.selects, m.writer) {
             (false, Some(w)) => d.push(w, op, m.start, end),
+            _ if d.slotted() => {
+                self.stats.barriers += 1;
+                cross_slot::transaction(op.db, m.args, m.start, end, d)
+            }
             _ => self.barrier_op(d, op, m.start, end),
         }
     }

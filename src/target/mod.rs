@@ -54,5 +54,12 @@ pub trait Writers: Send + Sync {
         let _ = unit;
         Err(PoolError::Failed(WriterFailure::NotSlotted))
     }
+    /// Run keyless `commands` (argument vectors) in database `db` on every master of a
+    /// cluster target, once everything before them is acknowledged: the commands that act on
+    /// the node that receives them (FLUSHALL, FLUSHDB, SCRIPT LOAD, FUNCTION LOAD).
+    fn every_master(&self, db: u32, commands: Vec<Vec<Bytes>>) -> Result<(), PoolError> {
+        let _ = (db, commands);
+        Err(PoolError::Failed(WriterFailure::NotSlotted))
+    }
 }
 pub use writer::{ErrorPolicy, PoolHandle, WriterOptions, WriterPool};

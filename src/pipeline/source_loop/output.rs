@@ -88,7 +88,7 @@ impl TargetOutput {
 
     /// The offsets recorded on the target by each writer under `replid` (0: none).
     fn read_records(&self, replid: &str) -> Result<Vec<u64>, ClientError> {
-        let keys = record::keys(&self.prefix, &self.name, self.dispatcher.writers());
+        let keys = self.dispatcher.record_keys(&self.prefix, &self.name, false);
         let values = self.dispatcher.target().read_db0(&keys)?;
         // No record, another replid's or an unreadable one: nothing to skip.
         Ok(values
@@ -188,7 +188,7 @@ impl Output for TargetOutput {
     }
 
     fn has_records(&self) -> Result<bool, ClientError> {
-        let keys = record::probe_keys(&self.prefix, &self.name, self.dispatcher.writers());
+        let keys = self.dispatcher.record_keys(&self.prefix, &self.name, true);
         Ok(self
             .dispatcher
             .target()
