@@ -15,6 +15,29 @@ pub use topology::{SlotMap, TopologyError};
 use crate::resp::client::info_field;
 use crate::resp::{Client, Reply};
 
+/// What the target is (`--target-kind`): detected from `INFO cluster` unless forced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TargetKind {
+    /// One Redis (or a proxy in front of several): every key goes to it.
+    Standalone,
+    /// A Redis Cluster: keys are written to the master of their hash slot.
+    Cluster,
+}
+
+/// The kind of the target whose first reachable seed is `conn`: `forced` if given, else
+/// what `INFO cluster` says.
+pub fn kind_of(conn: &mut Client, forced: Option<TargetKind>) -> std::io::Result<TargetKind> {
+    if let Some(k) = forced {
+        return Ok(k);
+    }
+    Ok(if is_cluster(conn)? {
+        TargetKind::Cluster
+    } else {
+        TargetKind::Standalone
+    })
+}
+
 /// `INFO cluster` says `cluster_enabled:1`. Servers without cluster support (before 3.0) have
 /// no such section and answer `false`; a refused `INFO` is an error (the relay cannot tell).
 pub fn is_cluster(conn: &mut Client) -> std::io::Result<bool> {
