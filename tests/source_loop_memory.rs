@@ -108,6 +108,7 @@ fn context(
         stop: Arc::new(AtomicBool::new(false)),
         resume,
         target: None,
+        target_cluster: false,
         authority: Authority::Exclusive,
         owner: None,
         figures: figures.clone(),

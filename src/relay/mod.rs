@@ -391,6 +391,7 @@ impl Wiring<'_> {
             stop: self.stop.clone(),
             resume: resume.clone(),
             target: cfg.target.clone(),
+            target_cluster: false,
             authority: cfg.ownership.authority(ep, &cfg.sources),
             owner: cfg
                 .ownership
