@@ -204,6 +204,7 @@ impl Dispatcher {
         if cmds.is_empty() {
             return Ok(());
         }
+        let slotted = self.slotted;
         let Some(p) = self.enter(w, start, end) else {
             return Ok(());
         };
@@ -218,7 +219,7 @@ impl Dispatcher {
         // A snapshot batch holds whole keys (a collection's DEL first): on a cluster target
         // it runs as one transaction without a record, and again whole after a broken
         // connection; a record per slot would only double its commands.
-        p.needs_transaction |= !self.slotted;
+        p.needs_transaction |= !slotted;
         p.bytes += cmds.len();
         p.commands += cmds.count as usize;
         self.pending_bytes += cmds.len();
