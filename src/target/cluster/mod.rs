@@ -6,6 +6,10 @@
 //! - [`is_cluster`]: whether a server is a cluster node. Until the cluster writer exists,
 //!   `sync`, `restore` and `check` refuse such a target ([`ClusterUnsupported`]): a
 //!   standalone writer would have every key outside that node's slots refused with MOVED.
+pub mod client;
+pub mod cross_slot;
+mod lane;
+pub mod pool;
 pub mod slot;
 pub mod topology;
 
