@@ -18,7 +18,7 @@ use bytes::BytesMut;
 
 use super::probe::{self, human_bytes, Info};
 use super::{
-    check_eviction, connect_and_info, count_own_keys, int, judge_headroom, judge_not_empty,
+    check_eviction, connect_and_info, count_own_keys, int, judge_not_empty, judge_room_for,
     judge_shared_target, judge_target_version, logged_in, CheckOptions, Lines, SourceFacts, Status,
     Verdict,
 };
@@ -250,12 +250,19 @@ fn cluster_databases(masters: &mut [Master]) -> u32 {
         .unwrap_or(1)
 }
 
+/// The target database source database `db` is written to, `None` when it is not copied
+/// (`--db`, `--db-map`; `target_dbs` as the command line gives it without the filter).
+fn target_db(opts: &CheckOptions, db: u32) -> Option<u32> {
+    let written = |t: &u32| opts.target_dbs.as_ref().is_none_or(|d| d.contains(t));
+    opts.db_filter.map_db(db).filter(written)
+}
+
 /// Source databases with keys that are copied, by the target database they go to.
 fn copied_dbs(opts: &CheckOptions, sources: &[SourceFacts]) -> BTreeMap<u32, Vec<u32>> {
     let mut out: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
     for s in sources {
         for (&db, &n) in &s.keys {
-            if let Some(t) = opts.db_filter.map_db(db).filter(|_| n > 0) {
+            if let Some(t) = target_db(opts, db).filter(|_| n > 0) {
                 let v = out.entry(t).or_default();
                 if !v.contains(&db) {
                     v.push(db);
@@ -332,17 +339,17 @@ fn check_memory(
             ),
         };
         let need = (total as f64 * share) as u64;
-        let mut v = judge_headroom(
+        let what = format!(
+            "its slots take about {:.0}% of the sources' {} (by {how}):",
+            share * 100.0,
+            human_bytes(total)
+        );
+        let v = judge_room_for(
+            &what,
             int(&m.info, "maxmemory").unwrap_or(0),
             int(&m.info, "used_memory").unwrap_or(0),
             int(&m.info, "total_system_memory").unwrap_or(0),
             need,
-        );
-        v.message = format!(
-            "its slots take about {:.0}% of the sources' {} (by {how}): {}",
-            share * 100.0,
-            human_bytes(total),
-            v.message
         );
         lines.verdict(&m.subject, "memory", v);
     }
@@ -354,7 +361,7 @@ fn sample_slots(opts: &CheckOptions, sources: &[SourceFacts]) -> Option<Vec<u16>
     let copied = |s: &SourceFacts| -> Vec<(u32, u64)> {
         s.keys
             .iter()
-            .filter(|(db, n)| **n > 0 && opts.db_filter.map_db(**db).is_some())
+            .filter(|(db, n)| **n > 0 && target_db(opts, **db).is_some())
             .map(|(db, n)| (*db, *n))
             .collect()
     };

@@ -324,19 +324,33 @@ pub fn judge_eviction(policy: &str, allow: bool) -> Verdict {
 
 /// Room on the target for the sources' data.
 pub fn judge_headroom(maxmemory: u64, target_used: u64, system_memory: u64, need: u64) -> Verdict {
+    judge_room_for(
+        "the sources hold",
+        maxmemory,
+        target_used,
+        system_memory,
+        need,
+    )
+}
+
+/// Room for `need` bytes, which `what` describes (`the sources hold`, a shard's share).
+fn judge_room_for(
+    what_needs: &str,
+    maxmemory: u64,
+    target_used: u64,
+    system_memory: u64,
+    need: u64,
+) -> Verdict {
     let (limit, what) = if maxmemory > 0 {
         (maxmemory, "maxmemory")
     } else if system_memory > 0 {
         (system_memory, "the host's memory (no maxmemory set)")
     } else {
-        return Verdict::pass(format!(
-            "no maxmemory; the sources hold {}",
-            human_bytes(need)
-        ));
+        return Verdict::pass(format!("no maxmemory; {what_needs} {}", human_bytes(need)));
     };
     let free = limit.saturating_sub(target_used);
     let msg = format!(
-        "the sources hold {}; the target has {} free under {what} ({} used of {})",
+        "{what_needs} {}; the target has {} free under {what} ({} used of {})",
         human_bytes(need),
         human_bytes(free),
         human_bytes(target_used),
