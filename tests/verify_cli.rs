@@ -288,7 +288,7 @@ fn cluster_target_is_read_through_its_masters() {
     let set = |k: &str, v: &str| vec!["SET".to_string(), k.to_string(), v.to_string()];
     cluster_cmd(&cluster, &set("s:7", "changed"));
     cluster_cmd(&cluster, &set("only-on-target", "x"));
-    cluster_cmd(&cluster, &vec!["DEL".to_string(), "h:3".to_string()]);
+    cluster_cmd(&cluster, &["DEL".to_string(), "h:3".to_string()]);
     let (code, r) = verify_json(&[
         "--source",
         &src.url(),

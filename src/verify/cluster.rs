@@ -33,7 +33,7 @@ pub struct TargetCursor {
 
 /// The target: one server, or every master of a cluster.
 pub enum TargetReader {
-    One(Box<LiveReader>),
+    One(LiveReader),
     Cluster(ClusterReader),
 }
 
@@ -51,7 +51,7 @@ impl TargetReader {
             TargetKind::Standalone
         });
         Ok(match kind {
-            TargetKind::Standalone => TargetReader::One(Box::new(LiveReader::connect(ep, opts)?)),
+            TargetKind::Standalone => TargetReader::One(LiveReader::connect(ep, opts)?),
             TargetKind::Cluster => TargetReader::Cluster(ClusterReader::connect(ep, opts)?),
         })
     }
@@ -98,7 +98,7 @@ impl TargetReader {
         cursor: TargetCursor,
     ) -> anyhow::Result<(Option<TargetCursor>, Vec<Bytes>)> {
         let readers: &mut [LiveReader] = match self {
-            TargetReader::One(r) => std::slice::from_mut(r.as_mut()),
+            TargetReader::One(r) => std::slice::from_mut(r),
             TargetReader::Cluster(c) => &mut c.masters,
         };
         let Some(reader) = readers.get_mut(cursor.reader) else {
