@@ -9,6 +9,10 @@
 //! what still differs is reported. Keys under the relay's own prefix (`redis-relay:`) are not
 //! data and are left out on both sides.
 //!
+//! A Redis Cluster as the target (a node given as `--target`) is read through its masters
+//! ([`cluster::TargetReader`]): each key on the master of its slot, every master scanned for
+//! keys only the target has; the comparison is the same.
+//!
 //! Memory: the names of the keys of one database (of the sources) are held while that database
 //! is compared, to find the target's extra keys and to compare a key SCAN returns twice only
 //! once; values are held one SCAN page at a time.
