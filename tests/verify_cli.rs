@@ -318,7 +318,7 @@ fn cluster_reader_follows_a_moved_slot() {
     let set = vec!["SET".to_string(), "moving".to_string(), "v".to_string()];
     assert!(!cluster_cmd(&cluster, &set).is_error());
     let seed = Endpoint::parse(&cluster.url()).unwrap();
-    let mut reader = TargetReader::connect(&seed, None, ReadOptions::default()).unwrap();
+    let mut reader = TargetReader::connect(&seed, &[], None, ReadOptions::default()).unwrap();
     assert!(matches!(reader, TargetReader::Cluster(_)));
 
     // Move the key's slot to another master, as `redis-cli --cluster reshard` does.

@@ -64,6 +64,8 @@ pub struct VerifyOptions {
     pub owned: Option<OwnedScope>,
     /// `--target-kind`: `None` reads a cluster node's whole cluster (`INFO cluster`).
     pub target_kind: Option<TargetKind>,
+    /// A cluster target's other seeds, asked for the slot map after the target itself.
+    pub target_seeds: Vec<Endpoint>,
 }
 
 /// Which target keys belong to the compared sources when other masters write into the same
@@ -99,6 +101,7 @@ impl Default for VerifyOptions {
             },
             owned: None,
             target_kind: None,
+            target_seeds: Vec::new(),
         }
     }
 }
@@ -157,7 +160,12 @@ pub fn verify(
         .iter()
         .map(|s| LiveReader::connect(s, opts.read.clone()))
         .collect::<anyhow::Result<_>>()?;
-    let mut tgt = TargetReader::connect(target, opts.target_kind, opts.read.clone())?;
+    let mut tgt = TargetReader::connect(
+        target,
+        &opts.target_seeds,
+        opts.target_kind,
+        opts.read.clone(),
+    )?;
     let mut peers: Vec<LiveReader> = opts
         .owned
         .iter()
