@@ -288,7 +288,7 @@ fn cluster_target_is_read_through_its_masters() {
     let set = |k: &str, v: &str| vec!["SET".to_string(), k.to_string(), v.to_string()];
     cluster_cmd(&cluster, &set("s:7", "changed"));
     cluster_cmd(&cluster, &set("only-on-target", "x"));
-    cluster_cmd(&cluster, &vec!["DEL".to_string(), "h:3".to_string()]);
+    cluster_cmd(&cluster, &["DEL".to_string(), "h:3".to_string()]);
     let (code, r) = verify_json(&[
         "--source",
         &src.url(),
@@ -304,4 +304,67 @@ fn cluster_target_is_read_through_its_masters() {
     assert!(has("only-on-target", "extra"), "{r:#}");
     assert!(has("h:3", "missing"), "{r:#}");
     assert_eq!(diffs.len(), 3, "nothing else differs: {r:#}");
+}
+
+/// The reader of a cluster target keeps its slot map; a key whose slot moved since is
+/// answered `-MOVED`, and the reader reads the map again and the key once more.
+#[test]
+fn cluster_reader_follows_a_moved_slot() {
+    use redis_relay::endpoint::Endpoint;
+    use redis_relay::target::cluster::key_slot;
+    use redis_relay::verify::{ReadOptions, TargetReader};
+
+    let cluster = RedisCluster::start(3);
+    let set = vec!["SET".to_string(), "moving".to_string(), "v".to_string()];
+    assert!(!cluster_cmd(&cluster, &set).is_error());
+    let seed = Endpoint::parse(&cluster.url()).unwrap();
+    let mut reader = TargetReader::connect(&seed, &[], None, ReadOptions::default()).unwrap();
+    assert!(matches!(reader, TargetReader::Cluster(_)));
+
+    // Move the key's slot to another master, as `redis-cli --cluster reshard` does.
+    let slot = key_slot(b"moving").to_string();
+    let view = cluster.view();
+    let owner = view
+        .iter()
+        .find(|l| {
+            l.role == "master"
+                && l.slots
+                    .iter()
+                    .any(|(a, b)| (*a..=*b).contains(&key_slot(b"moving")))
+        })
+        .unwrap()
+        .clone();
+    let to = view
+        .iter()
+        .find(|l| l.role == "master" && l.id != owner.id)
+        .unwrap()
+        .clone();
+    let (mut src, mut dst) = (cluster.client(owner.port), cluster.client(to.port));
+    dst.cmd(&["CLUSTER", "SETSLOT", &slot, "IMPORTING", &owner.id]);
+    src.cmd(&["CLUSTER", "SETSLOT", &slot, "MIGRATING", &to.id]);
+    let port = to.port.to_string();
+    src.cmd(&[
+        "MIGRATE",
+        "127.0.0.1",
+        &port,
+        "",
+        "0",
+        "5000",
+        "KEYS",
+        "moving",
+    ]);
+    for p in cluster.master_ports() {
+        cluster
+            .client(p)
+            .cmd(&["CLUSTER", "SETSLOT", &slot, "NODE", &to.id]);
+    }
+
+    let keys = [bytes::Bytes::from_static(b"moving")];
+    let read = reader.read_keys(0, &keys).unwrap();
+    let value = read[0]
+        .as_ref()
+        .unwrap()
+        .as_ref()
+        .expect("the key is found");
+    assert_eq!(value["type"], "string", "{value}");
 }

@@ -33,26 +33,26 @@ pub struct TargetCursor {
 
 /// The target: one server, or every master of a cluster.
 pub enum TargetReader {
-    One(Box<LiveReader>),
+    One(LiveReader),
     Cluster(ClusterReader),
 }
 
 impl TargetReader {
-    /// Connect to `ep`; a cluster node (`kind`, else `INFO cluster`) means the whole cluster.
+    /// Connect to `ep`; a cluster node (`kind`, else `INFO cluster`) means the whole cluster,
+    /// whose slot map `ep` gives (or, when it cannot, one of the other `seeds`).
     pub fn connect(
         ep: &Endpoint,
+        seeds: &[Endpoint],
         kind: Option<TargetKind>,
         opts: ReadOptions,
     ) -> anyhow::Result<TargetReader> {
-        let mut conn = Client::connect(ep, Duration::from_secs(5))?;
-        // A server (or proxy) that refuses INFO is read as one server, as before clusters.
-        let kind = kind_of(&mut conn, kind).unwrap_or_else(|e| {
-            tracing::debug!(target_ep = %ep, error = %e, "INFO cluster failed: read as one server");
-            TargetKind::Standalone
-        });
+        let kind = match kind {
+            Some(k) => k,
+            None => detect(ep)?,
+        };
         Ok(match kind {
-            TargetKind::Standalone => TargetReader::One(Box::new(LiveReader::connect(ep, opts)?)),
-            TargetKind::Cluster => TargetReader::Cluster(ClusterReader::connect(ep, opts)?),
+            TargetKind::Standalone => TargetReader::One(LiveReader::connect(ep, opts)?),
+            TargetKind::Cluster => TargetReader::Cluster(ClusterReader::connect(ep, seeds, opts)?),
         })
     }
 
@@ -98,7 +98,7 @@ impl TargetReader {
         cursor: TargetCursor,
     ) -> anyhow::Result<(Option<TargetCursor>, Vec<Bytes>)> {
         let readers: &mut [LiveReader] = match self {
-            TargetReader::One(r) => std::slice::from_mut(r.as_mut()),
+            TargetReader::One(r) => std::slice::from_mut(r),
             TargetReader::Cluster(c) => &mut c.masters,
         };
         let Some(reader) = readers.get_mut(cursor.reader) else {
@@ -164,6 +164,8 @@ impl TargetReader {
 pub struct ClusterReader {
     /// The address given (its login is every node's).
     seed: Endpoint,
+    /// Other seeds to ask for the slot map.
+    seeds: Vec<Endpoint>,
     opts: ReadOptions,
     map: SlotMap,
     /// One reader per online master, in the order of `ids`.
@@ -174,12 +176,20 @@ pub struct ClusterReader {
 }
 
 impl ClusterReader {
-    /// Read the slot map from `seed` and connect to every online master.
-    pub fn connect(seed: &Endpoint, opts: ReadOptions) -> anyhow::Result<ClusterReader> {
+    /// Read the slot map from `seed` (else from one of `seeds`) and connect to every online
+    /// master.
+    pub fn connect(
+        seed: &Endpoint,
+        seeds: &[Endpoint],
+        opts: ReadOptions,
+    ) -> anyhow::Result<ClusterReader> {
+        let mut all = vec![seed.clone()];
+        all.extend(seeds.iter().cloned());
         let mut r = ClusterReader {
             seed: seed.clone(),
+            seeds: seeds.to_vec(),
             opts,
-            map: discover(std::slice::from_ref(seed))?,
+            map: discover(&all)?,
             masters: Vec::new(),
             ids: Vec::new(),
             keys_read_before: 0,
@@ -214,6 +224,7 @@ impl ClusterReader {
     /// The slot map again (after a redirection), asked of the seed and of the masters known.
     fn refresh(&mut self) -> anyhow::Result<()> {
         let mut seeds = vec![self.seed.clone()];
+        seeds.extend(self.seeds.iter().cloned());
         seeds.extend(self.masters.iter().map(|m| {
             let mut e = m.endpoint().clone();
             e.db = None;
@@ -281,6 +292,16 @@ impl ClusterReader {
         out.truncate(n);
         Ok(out)
     }
+}
+
+/// Whether `ep` is a cluster node. A server (or proxy) that refuses INFO is read as one
+/// server, as before clusters.
+fn detect(ep: &Endpoint) -> anyhow::Result<TargetKind> {
+    let mut conn = Client::connect(ep, Duration::from_secs(5))?;
+    Ok(kind_of(&mut conn, None).unwrap_or_else(|e| {
+        tracing::debug!(target_ep = %ep, error = %e, "INFO cluster failed: read as one server");
+        TargetKind::Standalone
+    }))
 }
 
 /// The slot map, with the seeds named when no seed gives one.

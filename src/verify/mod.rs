@@ -9,6 +9,10 @@
 //! what still differs is reported. Keys under the relay's own prefix (`redis-relay:`) are not
 //! data and are left out on both sides.
 //!
+//! A Redis Cluster as the target (a node given as `--target`) is read through its masters
+//! ([`cluster::TargetReader`]): each key on the master of its slot, every master scanned for
+//! keys only the target has; the comparison is the same.
+//!
 //! Memory: the names of the keys of one database (of the sources) are held while that database
 //! is compared, to find the target's extra keys and to compare a key SCAN returns twice only
 //! once; values are held one SCAN page at a time.
@@ -60,6 +64,8 @@ pub struct VerifyOptions {
     pub owned: Option<OwnedScope>,
     /// `--target-kind`: `None` reads a cluster node's whole cluster (`INFO cluster`).
     pub target_kind: Option<TargetKind>,
+    /// A cluster target's other seeds, asked for the slot map after the target itself.
+    pub target_seeds: Vec<Endpoint>,
 }
 
 /// Which target keys belong to the compared sources when other masters write into the same
@@ -95,6 +101,7 @@ impl Default for VerifyOptions {
             },
             owned: None,
             target_kind: None,
+            target_seeds: Vec::new(),
         }
     }
 }
@@ -153,7 +160,12 @@ pub fn verify(
         .iter()
         .map(|s| LiveReader::connect(s, opts.read.clone()))
         .collect::<anyhow::Result<_>>()?;
-    let mut tgt = TargetReader::connect(target, opts.target_kind, opts.read.clone())?;
+    let mut tgt = TargetReader::connect(
+        target,
+        &opts.target_seeds,
+        opts.target_kind,
+        opts.read.clone(),
+    )?;
     let mut peers: Vec<LiveReader> = opts
         .owned
         .iter()
