@@ -130,6 +130,8 @@ fn sweep_until_done(
         batch: deletion::DEFAULT_BATCH,
         precheck: true,
         timeout: Duration::from_secs(2),
+        // The target endpoint is then one node, a seed for the slot map.
+        cluster: ctx.target_cluster,
     };
     let mut backoff = Duration::from_millis(200);
     loop {
@@ -149,7 +151,9 @@ fn sweep_until_done(
                 return Err(deletion_failed(ctx, job, error))
             }
             // The target went away (or answered nonsense): like the writers, wait for it. A
-            // new attempt starts over; what the last one deleted is gone and not a candidate.
+            // cluster that redirected, is down or moved slots is waited for the same way; the
+            // next attempt reads the slot map again. A new attempt starts over; what the last
+            // one deleted was proven on the node holding it, is gone and not a candidate.
             Err(e) => {
                 if ctx.stop.load(Ordering::Acquire) {
                     return Err(deletion_failed(ctx, job, e));
