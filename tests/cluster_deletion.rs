@@ -13,7 +13,9 @@ use bytes::Bytes;
 use redis_relay::endpoint::Endpoint;
 use redis_relay::resp::Reply;
 use redis_relay::target::cluster::{key_slot, SlotMap};
-use redis_relay::target::deletion::{retry, sweep, Authority, DeletionError, Plan, Report, Scope};
+use redis_relay::target::deletion::{
+    delete_on_cluster, retry, sweep, Authority, DeletionError, Plan, Report, Scope,
+};
 use support::*;
 
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -35,7 +37,7 @@ fn b_key(i: usize) -> String {
 
 /// Source B's master also holds every third key of source A.
 fn shared(i: usize) -> bool {
-    i % 3 == 0
+    i.is_multiple_of(3)
 }
 
 /// The relay's own keys (its record), kept by rule.
@@ -236,6 +238,21 @@ fn unknown_writers_delete_nothing_and_a_retry_list_spans_slots() {
     assert_eq!(r.kept_on_peer, 20 + 10, "{r:?}");
     let expected: BTreeSet<String> = written().difference(&doomed).cloned().collect();
     assert_eq!(s.all_keys(), expected);
+
+    // The old value of deferred keys written again: deleted on each slot's master, no proof.
+    let gone: Vec<Bytes> = (0..20)
+        .map(b_key)
+        .chain(["never-there".to_string()])
+        .map(|k| Bytes::from(k.into_bytes()))
+        .collect();
+    let n = delete_on_cluster(&seed, 0, &gone, TIMEOUT).expect("DEL per slot");
+    assert_eq!(n, 20);
+    let left: BTreeSet<String> = expected
+        .iter()
+        .filter(|k| !(0..20).any(|i| **k == b_key(i)))
+        .cloned()
+        .collect();
+    assert_eq!(s.all_keys(), left);
 }
 
 #[test]

@@ -409,6 +409,52 @@ fn retry_cluster(
     Ok(s.map(|s| s.report).unwrap_or_default())
 }
 
+/// Delete `keys` of `db` on a cluster without any proof, each on the master of its slot (one
+/// DEL per slot: DEL refuses keys of several slots). For the old value of a deferred key the
+/// relay's own stream is about to write again (the write replaces any peer's copy anyway).
+/// Returns how many keys the DELs counted; a redirection is [`DeletionError::Cluster`]
+/// (transient: call again).
+pub fn delete_on_cluster(
+    seed: &Endpoint,
+    db: u32,
+    keys: &[Bytes],
+    timeout: Duration,
+) -> Result<u64, DeletionError> {
+    // No transaction here: Unknown spares the connections the MULTI check.
+    let unknown = Authority::Unknown;
+    let mut plan = Plan::new(seed, &unknown);
+    plan.cluster = true;
+    plan.timeout = timeout;
+    let map = discover(&plan)?;
+    let mut groups: BTreeMap<u16, Vec<&[u8]>> = BTreeMap::new();
+    for k in keys {
+        groups.entry(key_slot(k)).or_default().push(k);
+    }
+    let mut nodes: Vec<Target> = Vec::new();
+    let mut deleted = 0;
+    for (slot, group) in groups {
+        let ep = master_of(&plan, &map, slot)?;
+        let name = ep.to_string();
+        let i = match nodes.iter().position(|t| t.name == name) {
+            Some(i) => i,
+            None => {
+                nodes.push(Target::connect(&ep, &plan)?);
+                nodes.len() - 1
+            }
+        };
+        let node = &mut nodes[i];
+        node.select(db)?;
+        let mut args: Vec<&[u8]> = Vec::with_capacity(group.len() + 1);
+        args.push(b"DEL");
+        args.extend(group);
+        match node.call(&args, "DEL")? {
+            Reply::Integer(n) => deleted += n.max(0) as u64,
+            other => return Err(node.unexpected("DEL", &other)),
+        }
+    }
+    Ok(deleted)
+}
+
 /// The cluster's slot map, asked of [`Plan::target`].
 fn discover(plan: &Plan) -> Result<SlotMap, DeletionError> {
     let timeout = plan.timeout.max(TARGET_MIN_TIMEOUT);
