@@ -1688,5 +1688,56 @@ mod tests {
         assert!(!(p.keep)(0, b"k"));
         assert!((p.still_candidate)(0, b"k"));
         assert_eq!(p.batch, DEFAULT_BATCH);
+        assert!(!p.cluster);
+    }
+
+    #[test]
+    fn slot_batches_hold_one_slot_and_are_bounded() {
+        let mut sb = SlotBatcher::new(2, 5);
+        assert_eq!(sb.push(7, b("a")), None);
+        assert_eq!(sb.push(3, b("b")), None);
+        // Slot 7's group is full: handed out alone.
+        assert_eq!(sb.push(7, b("c")), Some(vec![b("a"), b("c")]));
+        assert!(!sb.full());
+        for (slot, k) in [(1, "d"), (9, "e"), (4, "f")] {
+            assert_eq!(sb.push(slot, b(k)), None);
+        }
+        // Four keys held in four slots, a fifth makes it full.
+        assert!(!sb.full());
+        assert_eq!(sb.push(5, b("g")), None);
+        assert!(sb.full());
+        assert_eq!(
+            sb.drain(),
+            vec![
+                vec![b("d")],
+                vec![b("b")],
+                vec![b("f")],
+                vec![b("g")],
+                vec![b("e")]
+            ]
+        );
+        assert!(!sb.full() && sb.drain().is_empty());
+    }
+
+    #[test]
+    fn redirections_are_told_from_refusals() {
+        for e in [
+            "MOVED 3999 127.0.0.1:6381",
+            "ASK 3999 127.0.0.1:6381",
+            "TRYAGAIN Multiple keys request during rehashing of slot",
+            "CLUSTERDOWN The cluster is down",
+        ] {
+            assert!(redirection_text(e), "{e}");
+            assert!(is_redirection(&Reply::Error(b(e))), "{e}");
+        }
+        for e in [
+            "NOPERM x",
+            "EXECABORT Transaction discarded",
+            "CROSSSLOT Keys",
+            "MOVEDX",
+        ] {
+            assert!(!redirection_text(e), "{e}");
+        }
+        assert!(!is_redirection(&Reply::Simple(b("MOVED"))));
     }
 }
