@@ -16,9 +16,17 @@
 //! caller (`defer`), which stores them and calls [`retry`] later. A relay that does not know who
 //! else writes to the target ([`Authority::Unknown`]) deletes nothing and counts the keys.
 //!
+//! On a Redis Cluster target ([`Plan::cluster`]) the same proofs run on the master of each key's
+//! slot: every master's keys are scanned, candidates are batched per (db, hash slot) because
+//! WATCH and MULTI/EXEC may only touch one slot, and a redirection, a cluster that is down or a
+//! slot map that changes during the call ends the call with [`DeletionError::Cluster`], which
+//! the caller treats as transient (it starts over with a fresh map). A key is only ever deleted
+//! by the EXEC of the node that held it under WATCH.
+//!
 //! Blocking I/O on purpose: a deletion runs while the flushing source's stream is held back, so
 //! there is nothing else for the caller's thread to do meanwhile.
 
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
@@ -28,6 +36,7 @@ use bytes::{Bytes, BytesMut};
 use crate::endpoint::Endpoint;
 use crate::resp::client::{read_reply_from, Client, ClientError};
 use crate::resp::{encode_command, Reply};
+use crate::target::cluster::{key_slot, SlotMap, SLOTS};
 
 /// Keys per WATCH/MULTI batch: large enough that the round trips (one WATCH, one per peer, one
 /// EXEC) are paid for many keys, small enough that a write to one of them aborts little work.
@@ -113,6 +122,9 @@ pub struct Plan<'a> {
     /// when most candidates are stale. Measured on 1M keys, 2/3 of them on 2 peers, batch 256,
     /// loaded 2-core machine: 5.4-8.5 s without, 3.9-5.7 s with.
     pub precheck: bool,
+    /// The target is a Redis Cluster and [`Plan::target`] one of its nodes (a seed for the
+    /// slot map): keys are scanned on every master and decided on the master of their slot.
+    pub cluster: bool,
 }
 
 fn same_db(db: u32) -> Vec<u32> {
@@ -141,6 +153,7 @@ impl<'a> Plan<'a> {
             batch: DEFAULT_BATCH,
             timeout: DEFAULT_TIMEOUT,
             precheck: false,
+            cluster: false,
         }
     }
 }
@@ -198,6 +211,17 @@ pub enum DeletionError {
         command: String,
         reply: String,
     },
+    /// A cluster target could not serve the call as the slot map said: a redirection (-MOVED,
+    /// -ASK, -TRYAGAIN), -CLUSTERDOWN, a slot without an online master, a slot migrating or a
+    /// map that changed during the call, or no slot map at all. Not a refusal: nothing whose
+    /// proof failed was deleted, and the call should start over with a fresh map (after a
+    /// backoff).
+    #[error("cluster target {server}: {command}: {reason}")]
+    Cluster {
+        server: String,
+        command: String,
+        reason: String,
+    },
 }
 
 impl DeletionError {
@@ -254,12 +278,18 @@ fn quote(r: &Reply) -> String {
 ///
 /// SCAN may return a key twice (the target rehashing meanwhile): it is then counted twice,
 /// and may be deferred twice, so the caller should store deferred keys as a set.
+///
+/// On a cluster ([`Plan::cluster`]) every master is scanned and each key decided on the master
+/// of its slot; [`DeletionError::Cluster`] means: call again.
 pub fn sweep(
     plan: &Plan,
     scope: Scope,
     defer: &mut dyn FnMut(u32, Bytes),
 ) -> Result<Report, DeletionError> {
-    let mut s = Session::open(plan)?;
+    if plan.cluster {
+        return sweep_cluster(plan, scope, defer);
+    }
+    let mut s = Session::open(plan, plan.target)?;
     let dbs = match scope {
         Scope::Db(d) => vec![d],
         Scope::AllDbs => s.target.keyspace_dbs()?,
@@ -289,13 +319,16 @@ pub fn sweep(
 
 /// The same for an explicit list of keys (retrying deferred deletions). `keep` and
 /// `still_candidate` apply again: the snapshot or the stream may have claimed a key since it
-/// was deferred.
+/// was deferred. On a cluster each key is decided on the master of its slot.
 pub fn retry(
     plan: &Plan,
     keys: &mut dyn Iterator<Item = (u32, Bytes)>,
     defer: &mut dyn FnMut(u32, Bytes),
 ) -> Result<Report, DeletionError> {
-    let mut s = Session::open(plan)?;
+    if plan.cluster {
+        return retry_cluster(plan, keys, defer);
+    }
+    let mut s = Session::open(plan, plan.target)?;
     let mut batcher = Batcher::new(plan.batch);
     for (db, k) in keys {
         if let Some((d, batch)) = s.admit(db, k).and_then(|k| batcher.push(db, k)) {
@@ -308,6 +341,207 @@ pub fn retry(
         s.process(d, batch, defer)?;
     }
     Ok(s.report)
+}
+
+/// [`sweep`] on a cluster: the masters one after the other, each scanned for its own keys.
+/// A sweep must see every key, so it fails (transiently) when some slot has no online master,
+/// and when the slot map changed before it ended (a slot that moved from a master not yet
+/// scanned to one already scanned would have been missed).
+fn sweep_cluster(
+    plan: &Plan,
+    scope: Scope,
+    defer: &mut dyn FnMut(u32, Bytes),
+) -> Result<Report, DeletionError> {
+    let map = discover(plan)?;
+    let masters = serving_masters(plan, &map)?;
+    let Some(first) = masters.first() else {
+        return Ok(Report::default());
+    };
+    let mut s = Session::open(plan, first)?;
+    for node in &masters {
+        s.switch(node)?;
+        s.sweep_node(&map, scope, defer)?;
+    }
+    let now = discover(plan)?;
+    if let Some(slot) = (0..SLOTS as u16).find(|&slot| owner(&map, slot) != owner(&now, slot)) {
+        return Err(DeletionError::Cluster {
+            server: plan.target.to_string(),
+            command: "CLUSTER SHARDS".into(),
+            reason: format!(
+                "slot {slot} moved during the sweep (from {} to {}): some of its keys may not have been examined",
+                owner(&map, slot).unwrap_or_else(|| "nobody".into()),
+                owner(&now, slot).unwrap_or_else(|| "nobody".into())
+            ),
+        });
+    }
+    Ok(s.report)
+}
+
+/// [`retry`] on a cluster: the keys grouped by (slot, db), each group decided on its slot's
+/// master in batches of at most [`Plan::batch`] keys.
+fn retry_cluster(
+    plan: &Plan,
+    keys: &mut dyn Iterator<Item = (u32, Bytes)>,
+    defer: &mut dyn FnMut(u32, Bytes),
+) -> Result<Report, DeletionError> {
+    let mut groups: BTreeMap<(u16, u32), Vec<Bytes>> = BTreeMap::new();
+    for (db, k) in keys {
+        groups.entry((key_slot(&k), db)).or_default().push(k);
+    }
+    let map = discover(plan)?;
+    let mut s: Option<Session> = None;
+    for ((slot, db), group) in groups {
+        let node = master_of(plan, &map, slot)?;
+        let s = match &mut s {
+            Some(s) => s,
+            None => s.insert(Session::open(plan, &node)?),
+        };
+        s.switch(&node)?;
+        let admitted: Vec<Bytes> = group.into_iter().filter_map(|k| s.admit(db, k)).collect();
+        if admitted.is_empty() {
+            continue;
+        }
+        s.target.select(db)?;
+        for batch in admitted.chunks(plan.batch.max(1)) {
+            s.process(db, batch.to_vec(), defer)?;
+        }
+    }
+    Ok(s.map(|s| s.report).unwrap_or_default())
+}
+
+/// Delete `keys` of `db` on a cluster without any proof, each on the master of its slot (one
+/// DEL per slot: DEL refuses keys of several slots). For the old value of a deferred key the
+/// relay's own stream is about to write again (the write replaces any peer's copy anyway).
+/// Returns how many keys the DELs counted; a redirection is [`DeletionError::Cluster`]
+/// (transient: call again).
+pub fn delete_on_cluster(
+    seed: &Endpoint,
+    db: u32,
+    keys: &[Bytes],
+    timeout: Duration,
+) -> Result<u64, DeletionError> {
+    // No transaction here: Unknown spares the connections the MULTI check.
+    let unknown = Authority::Unknown;
+    let mut plan = Plan::new(seed, &unknown);
+    plan.cluster = true;
+    plan.timeout = timeout;
+    let map = discover(&plan)?;
+    let mut groups: BTreeMap<u16, Vec<&[u8]>> = BTreeMap::new();
+    for k in keys {
+        groups.entry(key_slot(k)).or_default().push(k);
+    }
+    let mut nodes: Vec<Target> = Vec::new();
+    let mut deleted = 0;
+    for (slot, group) in groups {
+        let ep = master_of(&plan, &map, slot)?;
+        let name = ep.to_string();
+        let i = match nodes.iter().position(|t| t.name == name) {
+            Some(i) => i,
+            None => {
+                nodes.push(Target::connect(&ep, &plan)?);
+                nodes.len() - 1
+            }
+        };
+        let node = &mut nodes[i];
+        node.select(db)?;
+        let mut args: Vec<&[u8]> = Vec::with_capacity(group.len() + 1);
+        args.push(b"DEL");
+        args.extend(group);
+        match node.call(&args, "DEL")? {
+            Reply::Integer(n) => deleted += n.max(0) as u64,
+            other => return Err(node.unexpected("DEL", &other)),
+        }
+    }
+    Ok(deleted)
+}
+
+/// The cluster's slot map, asked of [`Plan::target`].
+fn discover(plan: &Plan) -> Result<SlotMap, DeletionError> {
+    let timeout = plan.timeout.max(TARGET_MIN_TIMEOUT);
+    SlotMap::discover(std::slice::from_ref(plan.target), timeout).map_err(|e| {
+        DeletionError::Cluster {
+            server: plan.target.to_string(),
+            command: "CLUSTER SHARDS".into(),
+            reason: e.to_string(),
+        }
+    })
+}
+
+/// `host:port` of the online master serving `slot`, if any.
+fn owner(map: &SlotMap, slot: u16) -> Option<String> {
+    map.master_for(slot).map(|n| n.addr())
+}
+
+/// The endpoint (with the target's login) of the online master serving `slot`.
+fn master_of(plan: &Plan, map: &SlotMap, slot: u16) -> Result<Endpoint, DeletionError> {
+    map.master_for(slot)
+        .map(|n| n.endpoint(plan.target))
+        .ok_or_else(|| DeletionError::Cluster {
+            server: plan.target.to_string(),
+            command: "CLUSTER SHARDS".into(),
+            reason: format!("slot {slot} has no online master"),
+        })
+}
+
+/// The masters serving at least one slot, in slot order; fails when some slot has no online
+/// master (its keys could not be examined).
+fn serving_masters(plan: &Plan, map: &SlotMap) -> Result<Vec<Endpoint>, DeletionError> {
+    let mut out: Vec<Endpoint> = Vec::new();
+    for slot in 0..SLOTS as u16 {
+        let ep = master_of(plan, map, slot)?;
+        if !out.contains(&ep) {
+            out.push(ep);
+        }
+    }
+    Ok(out)
+}
+
+/// Candidates of one node's scan grouped by hash slot: a group is handed out when it holds
+/// `size` keys; [`SlotBatcher::full`] says when the groups together hold `cap` keys and
+/// should all be handed out (bounds the memory when the node's keys spread over many slots).
+#[derive(Debug)]
+struct SlotBatcher {
+    size: usize,
+    cap: usize,
+    held: usize,
+    groups: HashMap<u16, Vec<Bytes>>,
+}
+
+/// Most candidates a [`SlotBatcher`] holds before handing out every group.
+const SLOT_BATCHER_CAP: usize = 262_144;
+
+impl SlotBatcher {
+    fn new(size: usize, cap: usize) -> SlotBatcher {
+        SlotBatcher {
+            size: size.max(1),
+            cap: cap.max(1),
+            held: 0,
+            groups: HashMap::new(),
+        }
+    }
+
+    fn push(&mut self, slot: u16, key: Bytes) -> Option<Vec<Bytes>> {
+        let group = self.groups.entry(slot).or_default();
+        group.push(key);
+        self.held += 1;
+        if group.len() < self.size {
+            return None;
+        }
+        self.held -= group.len();
+        self.groups.remove(&slot)
+    }
+
+    fn full(&self) -> bool {
+        self.held >= self.cap
+    }
+
+    /// Every group, in slot order.
+    fn drain(&mut self) -> Vec<Vec<Bytes>> {
+        self.held = 0;
+        let mut all: Vec<(u16, Vec<Bytes>)> = self.groups.drain().collect();
+        all.sort_unstable_by_key(|(slot, _)| *slot);
+        all.into_iter().map(|(_, g)| g).collect()
+    }
 }
 
 /// Groups keys into batches of one db and at most `size` keys, in arrival order. A batch is
@@ -542,18 +776,63 @@ fn exists_pipeline(
     (out, expect)
 }
 
+/// A cluster's answer that the command belongs elsewhere or cannot be served now (-MOVED,
+/// -ASK, -TRYAGAIN, -CLUSTERDOWN): not a refusal, the call starts over with a fresh map.
+fn is_redirection(r: &Reply) -> bool {
+    match r {
+        Reply::Error(e) => redirection_text(&String::from_utf8_lossy(e)),
+        _ => false,
+    }
+}
+
+/// The text of an error reply is a redirection (see [`is_redirection`]).
+fn redirection_text(e: &str) -> bool {
+    matches!(
+        e.split(' ').next(),
+        Some("MOVED" | "ASK" | "TRYAGAIN" | "CLUSTERDOWN")
+    )
+}
+
 fn is_ok(r: &Reply) -> bool {
     matches!(r, Reply::Simple(s) if &s[..] == b"OK")
 }
 
-/// The target connection and the db it has selected.
+/// The target connection (on a cluster: one master's) and the db it has selected.
 struct Target {
     conn: Client,
     name: String,
     db: Option<u32>,
+    /// A cluster node: redirections and -CLUSTERDOWN are [`DeletionError::Cluster`].
+    cluster: bool,
 }
 
 impl Target {
+    /// Connect to `ep` with the target's timeouts. Unless nothing will be deleted, check
+    /// first that the connection may open a transaction: the deletions are pipelined as
+    /// MULTI; DEL; EXEC, and were MULTI refused (an ACL without it) the DEL would run at once,
+    /// outside the WATCH guard.
+    fn connect(ep: &Endpoint, plan: &Plan) -> Result<Target, DeletionError> {
+        let timeout = plan.timeout.max(TARGET_MIN_TIMEOUT);
+        let conn = Client::connect(ep, timeout).map_err(DeletionError::from_target)?;
+        let mut target = Target {
+            conn,
+            name: ep.to_string(),
+            db: None,
+            cluster: plan.cluster,
+        };
+        target
+            .conn
+            .stream
+            .set_read_timeout(Some(timeout))
+            .and_then(|_| target.conn.stream.set_write_timeout(Some(timeout)))
+            .map_err(|e| target.io("set timeouts", e))?;
+        if !matches!(plan.authority, Authority::Unknown) {
+            target.call_ok(&["MULTI"], "MULTI")?;
+            target.call_ok(&["DISCARD"], "DISCARD")?;
+        }
+        Ok(target)
+    }
+
     fn io(&self, command: &str, cause: std::io::Error) -> DeletionError {
         DeletionError::Io {
             role: "target",
@@ -563,7 +842,15 @@ impl Target {
         }
     }
 
+    /// An error reply to `command`: a refusal, or on a cluster a redirection.
     fn refused(&self, command: &str, r: &Reply) -> DeletionError {
+        if self.cluster && is_redirection(r) {
+            return DeletionError::Cluster {
+                server: self.name.clone(),
+                command: command.into(),
+                reason: quote(r),
+            };
+        }
         DeletionError::Refused {
             role: "target",
             server: self.name.clone(),
@@ -769,33 +1056,19 @@ struct Outcome {
 /// One call's connections and counters.
 struct Session<'p, 'a> {
     plan: &'p Plan<'a>,
+    /// The node batches are decided on (on a cluster: the master of the batch's slot).
     target: Target,
+    /// A cluster's other masters connected during this call, kept for the next switch.
+    spare: Vec<Target>,
     peers: Vec<Peer<'a>>,
     report: Report,
 }
 
 impl<'p, 'a> Session<'p, 'a> {
-    fn open(plan: &'p Plan<'a>) -> Result<Session<'p, 'a>, DeletionError> {
-        let timeout = plan.timeout.max(TARGET_MIN_TIMEOUT);
-        let conn = Client::connect(plan.target, timeout).map_err(DeletionError::from_target)?;
-        let mut target = Target {
-            conn,
-            name: plan.target.to_string(),
-            db: None,
-        };
-        target
-            .conn
-            .stream
-            .set_read_timeout(Some(timeout))
-            .and_then(|_| target.conn.stream.set_write_timeout(Some(timeout)))
-            .map_err(|e| target.io("set timeouts", e))?;
-        if !matches!(plan.authority, Authority::Unknown) {
-            // The deletions are pipelined as MULTI; DEL; EXEC. Were MULTI refused (an ACL
-            // without it), the DEL would run at once, outside the WATCH guard: make sure
-            // first that this connection may open a transaction.
-            target.call_ok(&["MULTI"], "MULTI")?;
-            target.call_ok(&["DISCARD"], "DISCARD")?;
-        }
+    /// Connect to `first` (the target, or on a cluster the first master to work on); peers
+    /// are connected on first use.
+    fn open(plan: &'p Plan<'a>, first: &Endpoint) -> Result<Session<'p, 'a>, DeletionError> {
+        let target = Target::connect(first, plan)?;
         let peers = match plan.authority {
             Authority::Peers(eps) => eps
                 .iter()
@@ -810,8 +1083,81 @@ impl<'p, 'a> Session<'p, 'a> {
         Ok(Session {
             plan,
             target,
+            spare: Vec::new(),
             peers,
             report: Report::default(),
+        })
+    }
+
+    /// Make `ep` (a cluster master) the node batches are decided on, reusing its connection
+    /// if it was connected before during this call.
+    fn switch(&mut self, ep: &Endpoint) -> Result<(), DeletionError> {
+        let name = ep.to_string();
+        if self.target.name == name {
+            return Ok(());
+        }
+        let next = match self.spare.iter().position(|t| t.name == name) {
+            Some(i) => self.spare.swap_remove(i),
+            None => Target::connect(ep, self.plan)?,
+        };
+        let prev = std::mem::replace(&mut self.target, next);
+        self.spare.push(prev);
+        Ok(())
+    }
+
+    /// Scan the current cluster master's keys in the scope and decide them in batches of one
+    /// (db, slot). A key of a slot the map gives to another master means the slot is migrating
+    /// (or the map is stale): the call fails transiently rather than decide it here.
+    fn sweep_node(
+        &mut self,
+        map: &SlotMap,
+        scope: Scope,
+        defer: &mut dyn FnMut(u32, Bytes),
+    ) -> Result<(), DeletionError> {
+        let dbs = match scope {
+            Scope::Db(d) => vec![d],
+            Scope::AllDbs => self.target.keyspace_dbs()?,
+        };
+        for db in dbs {
+            self.target.select(db)?;
+            let mut slots = SlotBatcher::new(self.plan.batch, SLOT_BATCHER_CAP);
+            let mut cursor = Bytes::from_static(b"0");
+            loop {
+                let (next, keys) = self.target.scan(&cursor)?;
+                for k in keys {
+                    let slot = key_slot(&k);
+                    self.check_owner(map, slot)?;
+                    if let Some(batch) = self.admit(db, k).and_then(|k| slots.push(slot, k)) {
+                        self.process(db, batch, defer)?;
+                    }
+                }
+                if slots.full() || &next[..] == b"0" {
+                    for batch in slots.drain() {
+                        self.process(db, batch, defer)?;
+                    }
+                }
+                if &next[..] == b"0" {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        Ok(())
+    }
+
+    /// The current node serves `slot` by the map (else [`DeletionError::Cluster`]).
+    fn check_owner(&self, map: &SlotMap, slot: u16) -> Result<(), DeletionError> {
+        let owner = owner(map, slot);
+        if owner.as_deref() == Some(self.target.name.as_str()) {
+            return Ok(());
+        }
+        Err(DeletionError::Cluster {
+            server: self.target.name.clone(),
+            command: "SCAN".into(),
+            reason: format!(
+                "holds a key of slot {slot}, which the slot map gives to {} (slot migrating, or the map is stale)",
+                owner.unwrap_or_else(|| "nobody".into())
+            ),
         })
     }
 
@@ -1019,6 +1365,13 @@ impl<'p, 'a> Session<'p, 'a> {
             Some(ExecOutcome::Deleted(n)) => {
                 outcome.deleted = n;
                 Ok(Attempt::Done(outcome))
+            }
+            Some(ExecOutcome::Failed(e)) if self.target.cluster && redirection_text(&e) => {
+                Err(DeletionError::Cluster {
+                    server: self.target.name.clone(),
+                    command: "EXEC (DEL)".into(),
+                    reason: e,
+                })
             }
             Some(ExecOutcome::Failed(e)) => Err(DeletionError::Refused {
                 role: "target",
@@ -1335,5 +1688,56 @@ mod tests {
         assert!(!(p.keep)(0, b"k"));
         assert!((p.still_candidate)(0, b"k"));
         assert_eq!(p.batch, DEFAULT_BATCH);
+        assert!(!p.cluster);
+    }
+
+    #[test]
+    fn slot_batches_hold_one_slot_and_are_bounded() {
+        let mut sb = SlotBatcher::new(2, 5);
+        assert_eq!(sb.push(7, b("a")), None);
+        assert_eq!(sb.push(3, b("b")), None);
+        // Slot 7's group is full: handed out alone.
+        assert_eq!(sb.push(7, b("c")), Some(vec![b("a"), b("c")]));
+        assert!(!sb.full());
+        for (slot, k) in [(1, "d"), (9, "e"), (4, "f")] {
+            assert_eq!(sb.push(slot, b(k)), None);
+        }
+        // Four keys held in four slots, a fifth makes it full.
+        assert!(!sb.full());
+        assert_eq!(sb.push(5, b("g")), None);
+        assert!(sb.full());
+        assert_eq!(
+            sb.drain(),
+            vec![
+                vec![b("d")],
+                vec![b("b")],
+                vec![b("f")],
+                vec![b("g")],
+                vec![b("e")]
+            ]
+        );
+        assert!(!sb.full() && sb.drain().is_empty());
+    }
+
+    #[test]
+    fn redirections_are_told_from_refusals() {
+        for e in [
+            "MOVED 3999 127.0.0.1:6381",
+            "ASK 3999 127.0.0.1:6381",
+            "TRYAGAIN Multiple keys request during rehashing of slot",
+            "CLUSTERDOWN The cluster is down",
+        ] {
+            assert!(redirection_text(e), "{e}");
+            assert!(is_redirection(&Reply::Error(b(e))), "{e}");
+        }
+        for e in [
+            "NOPERM x",
+            "EXECABORT Transaction discarded",
+            "CROSSSLOT Keys",
+            "MOVEDX",
+        ] {
+            assert!(!redirection_text(e), "{e}");
+        }
+        assert!(!is_redirection(&Reply::Simple(b("MOVED"))));
     }
 }

@@ -130,6 +130,8 @@ fn sweep_until_done(
         batch: deletion::DEFAULT_BATCH,
         precheck: true,
         timeout: Duration::from_secs(2),
+        // The target endpoint is then one node, a seed for the slot map.
+        cluster: ctx.target_cluster,
     };
     let mut backoff = Duration::from_millis(200);
     loop {
@@ -149,7 +151,9 @@ fn sweep_until_done(
                 return Err(deletion_failed(ctx, job, error))
             }
             // The target went away (or answered nonsense): like the writers, wait for it. A
-            // new attempt starts over; what the last one deleted is gone and not a candidate.
+            // cluster that redirected, is down or moved slots is waited for the same way; the
+            // next attempt reads the slot map again. A new attempt starts over; what the last
+            // one deleted was proven on the node holding it, is gone and not a candidate.
             Err(e) => {
                 if ctx.stop.load(Ordering::Acquire) {
                     return Err(deletion_failed(ctx, job, e));
@@ -344,6 +348,31 @@ fn delete_before_write(
     let Some(target) = ctx.target.as_ref() else {
         return Ok(());
     };
+    if ctx.target_cluster {
+        delete_on_cluster(ctx, target, db, keys)?;
+    } else {
+        delete_on_standalone(ctx, target, conn, db, keys)?;
+    }
+    deferred
+        .journal_touches()
+        .map_err(|cause| ApplyError::Deferred {
+            name: ctx.name.to_string(),
+            what: "cannot write the deferred deletions",
+            cause,
+        })?;
+    publish(&ctx.figures, deferred);
+    Ok(())
+}
+
+/// [`delete_before_write`] on a standalone target: `DEL` of the keys in `db` on the kept
+/// connection, retried until the target answers.
+fn delete_on_standalone(
+    ctx: &SourceCtx,
+    target: &Endpoint,
+    conn: &mut Option<Client>,
+    db: u32,
+    keys: &[Bytes],
+) -> Result<(), ApplyError> {
     let mut args: Vec<&[u8]> = vec![b"DEL"];
     args.extend(keys.iter().map(|k| &k[..]));
     let db = db.to_string();
@@ -402,13 +431,47 @@ fn delete_before_write(
             }
         }
     }
-    deferred
-        .journal_touches()
-        .map_err(|cause| ApplyError::Deferred {
-            name: ctx.name.to_string(),
-            what: "cannot write the deferred deletions",
-            cause,
-        })?;
-    publish(&ctx.figures, deferred);
     Ok(())
+}
+
+/// [`delete_before_write`] on a cluster target: each key deleted on its slot's master
+/// ([`deletion::delete_on_cluster`]); a redirection or a node away is retried with a fresh
+/// slot map, a refusal ends the source like on a standalone target.
+fn delete_on_cluster(
+    ctx: &SourceCtx,
+    seed: &Endpoint,
+    db: u32,
+    keys: &[Bytes],
+) -> Result<(), ApplyError> {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match deletion::delete_on_cluster(seed, db, keys, Duration::from_secs(5)) {
+            Ok(n) => {
+                metrics::counter!("redis_relay_deletions_total", "source" => ctx.name.to_string(), "cause" => "written").increment(n);
+                return Ok(());
+            }
+            Err(DeletionError::Refused { server, reply, .. }) => {
+                return Err(ApplyError::DelRefused {
+                    name: ctx.name.to_string(),
+                    target: server,
+                    reply,
+                })
+            }
+            Err(e) => {
+                if ctx.stop.load(Ordering::Acquire) {
+                    return Err(ApplyError::DelStopped {
+                        name: ctx.name.to_string(),
+                        cause: ClientError::Io {
+                            target: seed.to_string(),
+                            what: "deleting a deferred key written again on the cluster",
+                            cause: std::io::Error::other(e.to_string()),
+                        },
+                    });
+                }
+                tracing::warn!(source = %ctx.name, "deleting the old value of a deferred key written again: {e}; retrying");
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
 }
