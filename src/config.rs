@@ -419,6 +419,9 @@ impl Settings {
         o.state_dir = Some(self.state_dir.clone());
         o.target_dbs = self.filter.target_dbs();
         o.own_prefix = self.key_prefix.clone();
+        o.target_kind = self.target_kind;
+        o.target_seeds = self.target_seeds.clone();
+        o.db_filter = self.filter.clone();
         o
     }
 }

@@ -349,6 +349,8 @@ fn run_verify(s: Settings, mut opts: VerifyOptions, json: bool) -> anyhow::Resul
     });
     let sources = topology.sources;
     opts.read.ignore_prefixes = vec![s.key_prefix.clone().into_bytes().into()];
+    opts.target_kind = s.target_kind;
+    opts.target_seeds = s.target_seeds.clone();
     let report = verify(&sources, &s.target, &opts)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&verify_json(&report))?);

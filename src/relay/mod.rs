@@ -342,8 +342,9 @@ impl RelayBuilder {
         }
         // A FLUSHDB/FLUSHALL of a source is forwarded as is only when that source is the
         // target's only writer; otherwise it becomes a deletion of the keys proven its own.
-        cfg.stream.shared_target =
-            cfg.sources.len() > 1 || cfg.ownership.target_owner != TargetOwner::Exclusive;
+        cfg.stream.shared_target = cfg.sources.len() > 1
+            || cfg.ownership.target_owner != TargetOwner::Exclusive
+            || !cfg.stream.filter.merged().is_empty();
         let mut names = std::collections::HashSet::new();
         for s in &cfg.sources {
             if !names.insert(s.to_string()) {
@@ -375,6 +376,24 @@ fn start_target(cfg: &RelayConfig, t: &Endpoint) -> Result<(TargetPool, ApplyOpt
     a.own_prefix = cfg.stream.own_prefix.clone();
     a.filter = cfg.stream.filter.clone();
     Ok((TargetPool::start(&seeds, info.kind, &cfg.writers)?, a))
+}
+
+/// Who may hold a key the deletions of source `ep` consider. When `--db-map` merges
+/// databases, the source itself is asked too: a FLUSHDB of its database 1 may only delete the
+/// target keys that its database 0 (merged into the same target database) does not hold.
+fn authority_for(cfg: &RelayConfig, ep: &Endpoint) -> Authority {
+    let authority = cfg.ownership.authority(ep, &cfg.sources);
+    if cfg.stream.filter.merged().is_empty() {
+        return authority;
+    }
+    match authority {
+        Authority::Peers(mut peers) => {
+            peers.push(ep.clone());
+            Authority::Peers(peers)
+        }
+        Authority::Exclusive => Authority::Peers(vec![ep.clone()]),
+        Authority::Unknown => Authority::Unknown,
+    }
 }
 
 /// What every source is wired with.
@@ -422,7 +441,7 @@ impl Wiring<'_> {
             resume: resume.clone(),
             target: cfg.target.clone(),
             target_cluster: self.target_cluster,
-            authority: cfg.ownership.authority(ep, &cfg.sources),
+            authority: authority_for(cfg, ep),
             owner: cfg
                 .ownership
                 .owner

@@ -33,7 +33,8 @@ pub struct TargetCursor {
 
 /// The target: one server, or every master of a cluster.
 pub enum TargetReader {
-    One(LiveReader),
+    /// Boxed: a reader holds its buffers inline, and the enum should not carry them twice.
+    One(Box<LiveReader>),
     Cluster(ClusterReader),
 }
 
@@ -51,7 +52,7 @@ impl TargetReader {
             None => detect(ep)?,
         };
         Ok(match kind {
-            TargetKind::Standalone => TargetReader::One(LiveReader::connect(ep, opts)?),
+            TargetKind::Standalone => TargetReader::One(Box::new(LiveReader::connect(ep, opts)?)),
             TargetKind::Cluster => TargetReader::Cluster(ClusterReader::connect(ep, seeds, opts)?),
         })
     }
