@@ -398,6 +398,12 @@ fn twemproxy_pool_into_a_cluster_through_kills_migrations_and_a_failover() {
         full_before,
         "a restart caused a full sync"
     );
+    // A FLUSHDB of database 1, merged into the cluster's database 0 with database 0: only
+    // the keys database 0 does not hold go (the relay asks the source itself).
+    let mut db1 = a.client();
+    assert!(!db1.cmd(&["SELECT", "1"]).is_error());
+    assert!(!db1.cmd(&["FLUSHDB"]).is_error());
+    assert_cluster_equal(&[a.port, bm.port], &cluster, &|| all(&logs));
     let redirects = metric_sum(&relay, "redis_relay_cluster_redirects_total");
     assert!(
         redirects > 0.0,
