@@ -302,32 +302,6 @@ impl ClusterClient {
         Ok(ep)
     }
 
-    /// The address a redirection names, made usable: an empty endpoint means "the host you
-    /// asked, this port"; `?` (hostname preferred, none set) is looked up by port in the map.
-    fn redirect_addr(&self, named: &str, asked: &str) -> String {
-        let Some((host, port)) = named.rsplit_once(':') else {
-            return named.to_string();
-        };
-        let asked_host = asked.rsplit_once(':').map_or(asked, |(h, _)| h);
-        match host {
-            "" => format!("{asked_host}:{port}"),
-            "?" => {
-                let port_num: Option<u16> = port.parse().ok();
-                let found: Vec<&Node> = self
-                    .map
-                    .nodes()
-                    .iter()
-                    .filter(|n| Some(n.port) == port_num)
-                    .collect();
-                match found.as_slice() {
-                    [one] => one.addr(),
-                    _ => format!("{asked_host}:{port}"),
-                }
-            }
-            _ => named.to_string(),
-        }
-    }
-
     /// Send `commands` pipelined to `hop` (SELECT `db` first when the connection is elsewhere,
     /// ASKING before each command, or once before a MULTI, when asked) and read every reply.
     /// Returns the replies to `commands` only.
@@ -465,7 +439,7 @@ impl ClusterClient {
                 if let Err(e) = self.refresh() {
                     tracing::debug!(error = %e, "slot map not read again after MOVED");
                 }
-                let addr = self.redirect_addr(&to, &hop.addr);
+                let addr = redirect_addr(&to, &hop.addr, self.map.nodes());
                 Ok(Some(Hop {
                     addr,
                     asking: false,
@@ -474,7 +448,7 @@ impl ClusterClient {
             Redirect::Ask(to) if retry.redirects_in_row < FREE_REDIRECTS => {
                 retry.redirects_in_row += 1;
                 self.check_budget(retry, slot, commands, &hop.addr)?;
-                let addr = self.redirect_addr(&to, &hop.addr);
+                let addr = redirect_addr(&to, &hop.addr, self.map.nodes());
                 Ok(Some(Hop { addr, asking: true }))
             }
             Redirect::Moved(_) | Redirect::Ask(_) => {
@@ -778,6 +752,33 @@ impl ClusterClient {
     }
 }
 
+/// The address a redirection names (`host:port`, as the node wrote it), made usable and
+/// written as [`Node::addr`] writes it (brackets around IPv6), so that it finds the same
+/// connection: an empty host means "the host you asked, this port"; `?` (hostname preferred
+/// but none set) is looked up by port among `nodes`.
+fn redirect_addr(named: &str, asked: &str, nodes: &[Node]) -> String {
+    let Some((host, port)) = named.rsplit_once(':') else {
+        return named.to_string();
+    };
+    let Ok(port) = port.parse::<u16>() else {
+        return named.to_string();
+    };
+    let asked_host = asked
+        .rsplit_once(':')
+        .map_or(asked, |(h, _)| h)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let host = match host {
+        "" => asked_host,
+        "?" => match nodes.iter().filter(|n| n.port == port).collect::<Vec<_>>()[..] {
+            [one] => one.host.as_str(),
+            _ => asked_host,
+        },
+        h => h.trim_start_matches('[').trim_end_matches(']'),
+    };
+    Endpoint::new(host, port).to_string()
+}
+
 /// Write `out` and read `n` replies.
 fn exchange(client: &mut Client, out: &[u8], n: usize) -> std::io::Result<Vec<Reply>> {
     use std::io::Write;
@@ -893,5 +894,93 @@ impl Iterator for MasterScan<'_> {
                 Some(Err(e))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::topology::{Health, Role};
+    use super::*;
+
+    fn err(s: &str) -> Reply {
+        Reply::Error(Bytes::from(s.to_string()))
+    }
+
+    #[test]
+    fn redirections_are_read_from_error_replies() {
+        let moved = err("MOVED 3999 127.0.0.1:6381");
+        assert_eq!(
+            Redirect::of(&moved),
+            Some(Redirect::Moved("127.0.0.1:6381".into()))
+        );
+        assert_eq!(
+            Redirect::of(&err("ASK 3999 10.0.0.2:7000")),
+            Some(Redirect::Ask("10.0.0.2:7000".into()))
+        );
+        let tryagain = err("TRYAGAIN Multiple keys request during rehashing of slot");
+        assert_eq!(Redirect::of(&tryagain), Some(Redirect::TryAgain));
+        let down = err("CLUSTERDOWN Hash slot not served");
+        assert_eq!(Redirect::of(&down), Some(Redirect::ClusterDown));
+        let readonly = err("READONLY You can't write against a read only replica.");
+        assert_eq!(Redirect::of(&readonly), Some(Redirect::Transient));
+        assert_eq!(Redirect::of(&err("EXECABORT Transaction discarded")), None);
+        assert_eq!(Redirect::of(&err("WRONGTYPE Operation")), None);
+        assert_eq!(
+            Redirect::of(&Reply::Simple(Bytes::from_static(b"MOVED"))),
+            None
+        );
+        // A truncated one names no address rather than panicking.
+        assert_eq!(
+            Redirect::of(&err("MOVED")),
+            Some(Redirect::Moved(String::new()))
+        );
+    }
+
+    #[test]
+    fn redirect_addresses_fill_in_unknown_endpoints() {
+        let node = Node {
+            id: "x".into(),
+            host: "10.0.0.9".into(),
+            port: 7002,
+            role: Role::Master,
+            health: Health::Online,
+        };
+        let nodes = [node];
+        let asked = "10.0.0.1:7000";
+        assert_eq!(
+            redirect_addr("10.0.0.3:7001", asked, &nodes),
+            "10.0.0.3:7001"
+        );
+        assert_eq!(redirect_addr(":7001", asked, &nodes), "10.0.0.1:7001");
+        assert_eq!(redirect_addr("?:7002", asked, &nodes), "10.0.0.9:7002");
+        assert_eq!(redirect_addr("?:7005", asked, &nodes), "10.0.0.1:7005");
+        assert_eq!(redirect_addr("::1:7001", asked, &nodes), "[::1]:7001");
+        assert_eq!(redirect_addr(":7001", "[::1]:7000", &nodes), "[::1]:7001");
+        assert_eq!(redirect_addr("garbage", asked, &nodes), "garbage");
+    }
+
+    #[test]
+    fn batches_are_described_shortly_and_scans_parsed() {
+        let c = |a: &[&str]| {
+            a.iter()
+                .map(|s| Bytes::from(s.to_string()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(describe(&[c(&["GET", "k"])]), "GET k");
+        let d = describe(&[
+            c(&["MULTI"]),
+            c(&["SET", "k", "v"]),
+            c(&["EXEC"]),
+            c(&["PING"]),
+        ]);
+        assert_eq!(d, "MULTI; SET k ...; EXEC (batch of 4 commands)");
+        assert_eq!(describe(&[]), "no command");
+        let scan = Reply::Array(Some(vec![
+            Reply::Bulk(Some(Bytes::from_static(b"17"))),
+            Reply::Array(Some(vec![Reply::Bulk(Some(Bytes::from_static(b"a")))])),
+        ]));
+        assert_eq!(parse_scan(scan), Some((17, vec![Bytes::from_static(b"a")])));
+        assert_eq!(parse_scan(Reply::Array(Some(vec![]))), None);
+        assert_eq!(parse_scan(err("ERR")), None);
     }
 }

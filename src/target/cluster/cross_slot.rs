@@ -21,6 +21,9 @@
 //! those computed before the crash, not a second application (an INCR is not doubled). Parts
 //! whose record already covers the unit (`applied`) are not written again. Every transaction
 //! here restores absolute values, so resending one whose reply was lost changes nothing.
+//! Without records (exactly-once off) no part is ever known as applied: a crash during the
+//! write-back is still repaired from the journal, but a unit run again after its clean-up
+//! is applied twice, like any command replayed without exactly-once.
 //!
 //! Values are held in memory (DUMP payloads of every key of the unit): units are rare, and
 //! a key too large for memory would not fit a single RESTORE either.
