@@ -395,10 +395,11 @@ impl ClusterClient {
                 }
             };
             match self.send(&hop, db, commands) {
-                Ok(replies) => match replies.iter().find_map(Redirect::of) {
+                Ok(replies) => match replies.iter().find_map(|r| Some((Redirect::of(r)?, r))) {
                     None => return Ok(replies),
-                    Some(r) => {
-                        next = self.follow(r, &hop, &mut retry, Some(slot), commands)?;
+                    Some((redirect, reply)) => {
+                        retry.last = format!("{} answered -{}", hop.addr, text_of(reply));
+                        next = self.follow(redirect, &hop, &mut retry, Some(slot), commands)?;
                     }
                 },
                 Err(SendError::Refused(reply)) => {
@@ -431,7 +432,6 @@ impl ClusterClient {
             metrics::counter!("redis_relay_cluster_redirects_total", "node" => hop.addr.clone(), "kind" => kind)
                 .increment(1);
         }
-        retry.last = format!("{} answered {redirect:?}", hop.addr);
         match redirect {
             Redirect::Moved(to) if retry.redirects_in_row < FREE_REDIRECTS => {
                 retry.redirects_in_row += 1;
@@ -597,7 +597,7 @@ impl ClusterClient {
                         if let Some(kind) = Redirect::of(reply).and_then(|r| r.kind()) {
                             metrics::counter!("redis_relay_cluster_redirects_total", "node" => addr.clone(), "kind" => kind).increment(1);
                         }
-                        retry.last = format!("{addr} answered {reply:?}");
+                        retry.last = format!("{addr} answered -{}", text_of(reply));
                         self.wait_and_refresh(&mut retry, None, &commands, &addr, true)?;
                     }
                     Some(Reply::Error(e)) => {
@@ -777,6 +777,11 @@ fn redirect_addr(named: &str, asked: &str, nodes: &[Node]) -> String {
         h => h.trim_start_matches('[').trim_end_matches(']'),
     };
     Endpoint::new(host, port).to_string()
+}
+
+/// The text of a reply, for messages.
+fn text_of(reply: &Reply) -> String {
+    reply.as_text().unwrap_or_else(|| format!("{reply:?}"))
 }
 
 /// Write `out` and read `n` replies.
