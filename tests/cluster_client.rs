@@ -509,3 +509,31 @@ fn an_interrupted_unit_writes_each_part_once() {
     assert!(err.to_string().contains("cannot recompute"), "{err}");
     assert_eq!(get(&mut c, &ks[2]), Reply::Bulk(Some(b("11"))));
 }
+
+#[test]
+fn a_write_waits_out_a_master_failover() {
+    let mut cluster = RedisCluster::start(3);
+    let mut c = connect(&cluster);
+    let key = keys_on_masters(&c, "fo:", 3).pop().unwrap();
+    let slot = key_slot(key.as_bytes());
+    let old = owner_port(&cluster, slot);
+    assert_ne!(old, cluster.ports()[0], "the seed stays up");
+    c.call_key(0, key.as_bytes(), &args(&["SET", &key, "before"]))
+        .unwrap();
+    // Let the replica catch up, then stop the master: its replica is promoted after
+    // cluster-node-timeout (5 s) and the election. The master is gone before the APPEND is
+    // sent, so no attempt is ambiguous (APPEND is not safe to resend otherwise).
+    std::thread::sleep(Duration::from_secs(1));
+    let at = cluster.nodes.iter().position(|n| n.port == old).unwrap();
+    drop(cluster.nodes.remove(at));
+    let r = c
+        .call_key(0, key.as_bytes(), &args(&["APPEND", &key, "+after"]))
+        .unwrap();
+    assert_eq!(r, Reply::Integer("before+after".len() as i64));
+    let new = c.map().master_for(slot).unwrap().port;
+    assert_ne!(new, old);
+    assert_eq!(
+        text(&cluster.client(new).cmd(&["GET", &key])),
+        "before+after"
+    );
+}
