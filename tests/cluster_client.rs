@@ -65,6 +65,10 @@ fn keys_on_masters(client: &ClusterClient, prefix: &str, n: usize) -> Vec<String
     unreachable!()
 }
 
+fn get_many(c: &mut ClusterClient, key: &str) -> Option<Bytes> {
+    c.get_many_db0(&[key.to_string()]).unwrap().pop().unwrap()
+}
+
 fn text(r: &Reply) -> String {
     r.as_text().unwrap_or_else(|| format!("{r:?}"))
 }
@@ -100,6 +104,13 @@ fn keys_go_to_their_masters_and_every_master_runs_keyless_commands() {
         .unwrap();
     assert_eq!(replies[0], Reply::Integer(1));
     assert!(replies[1].is_error(), "{replies:?}");
+    // Database 1 on a cluster without databases: refused, and nothing written to database 0.
+    let err = c
+        .call_key(1, b"route:db1", &args(&["SET", "route:db1", "x"]))
+        .unwrap_err();
+    assert!(matches!(err, ClusterError::Refused { .. }), "{err}");
+    assert!(err.to_string().contains("SELECT 1"), "{err}");
+    assert_eq!(get_many(&mut c, "route:db1"), None);
     // Keyless: once on every master.
     c.call_on_every_master(0, &args(&["CONFIG", "SET", "hz", "11"]))
         .unwrap();
