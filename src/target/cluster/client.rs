@@ -451,8 +451,7 @@ impl ClusterClient {
         commands: &[Vec<Bytes>],
     ) -> Result<Option<Hop>, ClusterError> {
         if let Some(kind) = redirect.kind() {
-            metrics::counter!("redis_relay_cluster_redirects_total", "node" => hop.addr.clone(), "kind" => kind)
-                .increment(1);
+            count_redirect(&hop.addr, kind);
         }
         match redirect {
             Redirect::Moved(to) if retry.redirects_in_row < FREE_REDIRECTS => {
@@ -617,7 +616,7 @@ impl ClusterClient {
                 Ok(replies) => match replies.first() {
                     Some(reply) if Redirect::of(reply).is_some() => {
                         if let Some(kind) = Redirect::of(reply).and_then(|r| r.kind()) {
-                            metrics::counter!("redis_relay_cluster_redirects_total", "node" => addr.clone(), "kind" => kind).increment(1);
+                            count_redirect(&addr, kind);
                         }
                         retry.last = format!("{addr} answered -{}", text_of(reply));
                         self.wait_and_refresh(&mut retry, None, &commands, &addr, true)?;
@@ -799,6 +798,16 @@ fn redirect_addr(named: &str, asked: &str, nodes: &[Node]) -> String {
         h => h.trim_start_matches('[').trim_end_matches(']'),
     };
     Endpoint::new(host, port).to_string()
+}
+
+/// `redis_relay_cluster_redirects_total{node,kind}` + 1.
+fn count_redirect(node: &str, kind: &'static str) {
+    metrics::counter!(
+        "redis_relay_cluster_redirects_total",
+        "node" => node.to_string(),
+        "kind" => kind
+    )
+    .increment(1);
 }
 
 /// The text of a reply, for messages.
