@@ -17,6 +17,7 @@ use crate::endpoint::Endpoint;
 use crate::pipeline::filter::KeyFilter;
 use crate::relay::TargetOwner;
 use crate::source::topology::Topology;
+use crate::target::cluster::TargetKind;
 use crate::target::{ErrorPolicy, WriterOptions};
 
 /// Log lines on stderr (`--log-format`).
@@ -105,9 +106,14 @@ pub struct RunOptions {
     /// A master to replicate: redis://[user[:password]@]host:port (repeatable).
     #[arg(long)]
     pub source: Option<Vec<String>>,
-    /// The target: redis://[user[:password]@]host:port
-    #[arg(long, env = "REDIS_RELAY_TARGET")]
-    pub target: Option<String>,
+    /// The target: redis://[user[:password]@]host:port. For a Redis Cluster, any of its nodes;
+    /// several (repeated, or comma-separated) are seeds tried in turn.
+    #[arg(long, env = "REDIS_RELAY_TARGET", value_delimiter = ',')]
+    #[serde(deserialize_with = "de_one_or_many")]
+    pub target: Option<Vec<String>>,
+    /// What the target is: `standalone` or `cluster` [default: detected with INFO cluster].
+    #[arg(long, value_enum)]
+    pub target_kind: Option<TargetKind>,
     /// Writer connections to the target [default: cores].
     #[arg(long)]
     pub writers: Option<usize>,
@@ -232,7 +238,12 @@ pub struct Settings {
     pub sources: check::Sources,
     pub peers: Vec<Endpoint>,
     pub target_owner: TargetOwner,
+    /// The target (for a cluster: the first seed).
     pub target: Endpoint,
+    /// A cluster target's other seeds (`--target` given more than once).
+    pub target_seeds: Vec<Endpoint>,
+    /// `--target-kind`: `None` detects it.
+    pub target_kind: Option<TargetKind>,
     pub writers: WriterOptions,
     pub state_dir: PathBuf,
     pub metrics_addr: Option<SocketAddr>,
@@ -281,9 +292,7 @@ impl RunOptions {
     pub fn validate(&self) -> Result<(), OptionsError> {
         endpoints("peer", &self.peer)?;
         endpoints("source", &self.source)?;
-        if let Some(t) = &self.target {
-            Endpoint::parse(t).map_err(|e| invalid("target")(e.to_string()))?;
-        }
+        endpoints("target", &self.target)?;
         if self.local_server.as_ref().is_some_and(|l| !l.is_empty()) && self.twemproxy.is_none() {
             return Err(OptionsError::Needs {
                 option: "local-server",
@@ -338,9 +347,14 @@ impl RunOptions {
                 check::Sources::List(list)
             }
         };
-        let target = self.target.as_deref().ok_or(OptionsError::Missing(
-            "--target URL (or `target` in --config, or REDIS_RELAY_TARGET)",
-        ))?;
+        let mut targets = endpoints("target", &self.target)?;
+        if targets.is_empty() {
+            return Err(OptionsError::Missing(
+                "--target URL (or `target` in --config, or REDIS_RELAY_TARGET)",
+            )
+            .into());
+        }
+        let target = targets.remove(0);
         let dbs = list(self.db);
         let filter = KeyFilter::from_options(
             (!dbs.is_empty()).then_some(dbs),
@@ -354,7 +368,9 @@ impl RunOptions {
             sources,
             peers: endpoints("peer", &self.peer)?,
             target_owner: self.target_owner.unwrap_or(TargetOwner::Shared),
-            target: Endpoint::parse(target).map_err(|e| invalid("target")(e.to_string()))?,
+            target,
+            target_seeds: targets,
+            target_kind: self.target_kind,
             writers: WriterOptions {
                 writers: self.writers.unwrap_or_else(default_writers),
                 on_error: self.on_target_error.unwrap_or(ErrorPolicy::Skip),
@@ -405,6 +421,20 @@ impl Settings {
         o.own_prefix = self.key_prefix.clone();
         o
     }
+}
+
+/// `target = "redis://..."` or `target = ["redis://a", "redis://b"]` (seeds of a cluster).
+fn de_one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(Some(match serde::Deserialize::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    }))
 }
 
 fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
@@ -567,7 +597,7 @@ heartbeat = "1s"
     fn resolve_has_the_defaults_and_names_the_option() {
         let o = RunOptions {
             source: Some(vec!["redis://127.0.0.1:1".into()]),
-            target: Some("redis://127.0.0.1:2".into()),
+            target: Some(vec!["redis://127.0.0.1:2".into()]),
             ..RunOptions::default()
         };
         let s = o.clone().resolve().unwrap();

@@ -12,6 +12,7 @@ use redis_relay::pipeline::stream_apply::StreamOptions;
 use redis_relay::relay::{Ownership, RelayBuilder};
 use redis_relay::restore::{restore_file, RestoreOptions};
 use redis_relay::spool::SpoolOptions;
+use redis_relay::target::cluster::TargetKind;
 use redis_relay::target::{ErrorPolicy, WriterOptions};
 use redis_relay::verify::{verify, OwnedScope, VerifyOptions, VerifyReport};
 
@@ -116,9 +117,18 @@ impl RunArgs {
 
 #[derive(Args, Clone)]
 struct TargetArgs {
-    /// The target: redis://[user[:password]@]host:port
-    #[arg(long, env = "REDIS_RELAY_TARGET")]
-    target: String,
+    /// The target: redis://[user[:password]@]host:port. For a Redis Cluster, any of its
+    /// nodes; several (repeated, or comma-separated) are seeds tried in turn.
+    #[arg(
+        long,
+        env = "REDIS_RELAY_TARGET",
+        value_delimiter = ',',
+        required = true
+    )]
+    target: Vec<String>,
+    /// What the target is: `standalone` or `cluster` [default: detected with INFO cluster].
+    #[arg(long, value_enum)]
+    target_kind: Option<TargetKind>,
     /// Writer connections to the target.
     #[arg(long, default_value_t = default_writers())]
     writers: usize,
@@ -136,8 +146,13 @@ impl TargetArgs {
         }
     }
 
-    fn endpoint(&self) -> anyhow::Result<Endpoint> {
-        Ok(Endpoint::parse(&self.target)?)
+    /// The target's addresses, in the order given.
+    fn endpoints(&self) -> anyhow::Result<Vec<Endpoint>> {
+        Ok(self
+            .target
+            .iter()
+            .map(|t| Endpoint::parse(t))
+            .collect::<Result<_, _>>()?)
     }
 }
 
@@ -247,6 +262,7 @@ fn run(cmd: Command, file: RunOptions) -> anyhow::Result<ExitCode> {
                 big_value_bytes: big_key_bytes,
                 commands_only,
                 quiet,
+                ..RestoreOptions::default()
             };
             run_restore(&file, &target, &opts)
         }
@@ -279,6 +295,8 @@ fn relay_builder(s: &Settings) -> anyhow::Result<RelayBuilder> {
             target_owner: s.target_owner,
         })
         .target(s.target.clone())
+        .target_seeds(s.target_seeds.clone())
+        .target_kind(s.target_kind)
         .state_dir(&s.state_dir)
         .writers(s.writers.clone())
         .big_value_bytes(s.big_key_bytes)
@@ -371,7 +389,14 @@ fn run_restore(
     target: &TargetArgs,
     opts: &RestoreOptions,
 ) -> anyhow::Result<ExitCode> {
-    let report = restore_file(file, &target.endpoint()?, opts)?;
+    let mut seeds = target.endpoints()?;
+    let first = seeds.remove(0);
+    let opts = RestoreOptions {
+        target_seeds: seeds,
+        target_kind: target.target_kind,
+        ..opts.clone()
+    };
+    let report = restore_file(file, &first, &opts)?;
     let s = &report.stats;
     eprintln!(
         "restored {} keys from {} (RDB {}) into Redis {} in {:.2?}: {} by RESTORE, {} plain strings by MSET, {} as commands ({} big), {} already expired, {} empty, {} skipped, {} function libraries; {} commands acknowledged, {} refused",

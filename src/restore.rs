@@ -14,7 +14,8 @@ use crate::endpoint::Endpoint;
 use crate::pipeline::{ApplyOptions, ApplyStats, Dispatcher, SnapshotApply};
 use crate::progress::{CountingReader, Progress, Reporter};
 use crate::rdb::{Event, ParseOptions, RdbParser};
-use crate::target::{TargetInfo, WriterOptions, WriterPool};
+use crate::target::cluster::TargetKind;
+use crate::target::{TargetInfo, TargetPool, WriterOptions};
 
 /// Settings of a restore.
 #[derive(Debug, Clone)]
@@ -25,6 +26,10 @@ pub struct RestoreOptions {
     /// Never use RESTORE (always plain commands).
     pub commands_only: bool,
     pub quiet: bool,
+    /// More seeds of a cluster target, tried after the target given.
+    pub target_seeds: Vec<Endpoint>,
+    /// `Some` forces what the target is; `None` detects it.
+    pub target_kind: Option<TargetKind>,
 }
 
 impl Default for RestoreOptions {
@@ -34,6 +39,8 @@ impl Default for RestoreOptions {
             big_value_bytes: ParseOptions::default().big_value_bytes,
             commands_only: false,
             quiet: false,
+            target_seeds: Vec::new(),
+            target_kind: None,
         }
     }
 }
@@ -75,6 +82,8 @@ pub enum RestoreError {
     Pipeline(#[from] crate::pipeline::PipelineError),
     #[error(transparent)]
     Pool(#[from] crate::target::writer::PoolError),
+    #[error(transparent)]
+    PoolStart(#[from] crate::target::PoolStartError),
 }
 
 /// Load `path` into `target`. Returns once the target acknowledged every command.
@@ -89,16 +98,18 @@ pub fn restore_file(
         cause,
     })?;
     let size = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let (info, apply_opts) = apply_options(target, opts)?;
+    let mut seeds = vec![target.clone()];
+    seeds.extend(opts.target_seeds.iter().cloned());
+    let (info, apply_opts) = apply_options(&seeds, opts)?;
     let parse_opts = parse_options(opts, apply_opts.undecoded_up_to_version());
-    let pool = WriterPool::start(target, &opts.writers)?;
+    let pool = TargetPool::start(&seeds, info.kind, &opts.writers)?;
     let tracker = Arc::new(SourceTracker::new(
         path.display().to_string(),
         0,
         pool.writers(),
         0,
     ));
-    let mut dispatcher = Dispatcher::new(Arc::new(pool.handle()), tracker.clone());
+    let mut dispatcher = Dispatcher::new(pool.handle(), tracker.clone());
     let mut apply = SnapshotApply::new(apply_opts, 0);
     let (progress, reporter) = start_progress(path, size, opts.quiet);
     let reader = CountingReader::new(
@@ -137,10 +148,10 @@ pub fn restore_file(
 /// Asks the target what it is: its version decides what it can load (RESTORE payloads or
 /// plain commands).
 fn apply_options(
-    target: &Endpoint,
+    seeds: &[Endpoint],
     opts: &RestoreOptions,
 ) -> Result<(TargetInfo, ApplyOptions), RestoreError> {
-    let info = TargetInfo::probe(target, opts.writers.connect_timeout)?;
+    let info = TargetInfo::probe(seeds, opts.target_kind, opts.writers.connect_timeout)?;
     let mut apply_opts = ApplyOptions::for_target(&info);
     apply_opts.use_restore = !opts.commands_only;
     Ok((info, apply_opts))
@@ -176,7 +187,7 @@ fn start_progress(path: &Path, size: u64, quiet: bool) -> (Arc<Progress>, Report
 /// writers and the progress output; the first error of either is returned.
 fn settle(
     mut dispatcher: Dispatcher,
-    pool: WriterPool,
+    pool: TargetPool,
     reporter: Reporter,
 ) -> Result<(), RestoreError> {
     let flushed = dispatcher.barrier();
@@ -191,7 +202,7 @@ fn settle(
 /// After an error in the file: lets what was sent settle, but the file's error is the one
 /// reported. The dispatcher holds senders of the pool: drop it first, or the writers never
 /// see their inputs close and `finish` waits forever.
-fn abandon(mut dispatcher: Dispatcher, pool: WriterPool, reporter: Reporter) {
+fn abandon(mut dispatcher: Dispatcher, pool: TargetPool, reporter: Reporter) {
     let _ = dispatcher.flush();
     drop(dispatcher);
     let _ = pool.finish();

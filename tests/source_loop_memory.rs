@@ -75,6 +75,7 @@ fn commands(cmds: &[&[&str]]) -> Bytes {
 fn target_output(target: Arc<MemoryTarget>, tracker: Arc<SourceTracker>) -> TargetOutput {
     let info = TargetInfo {
         version: "7.0.15".into(),
+        kind: redis_relay::target::cluster::TargetKind::Standalone,
         rdb_version: 10,
     };
     let mut apply = ApplyOptions::for_target(&info);
@@ -108,6 +109,7 @@ fn context(
         stop: Arc::new(AtomicBool::new(false)),
         resume,
         target: None,
+        target_cluster: false,
         authority: Authority::Exclusive,
         owner: None,
         figures: figures.clone(),

@@ -4,8 +4,9 @@
 
 mod support;
 
+use redis_relay::resp::Reply;
 use serde_json::Value as J;
-use support::{relay_cli, relay_json, Client, RedisServer};
+use support::{relay_cli, relay_json, Client, RedisCluster, RedisServer};
 
 fn verify_json(args: &[&str]) -> (i32, J) {
     relay_json("verify", args)
@@ -216,4 +217,91 @@ fn writes_in_flight_settle_on_recheck() {
     // Seen different on the first pass (unless the pass was slower than the write), then equal.
     assert!(r["settled_on_recheck"].as_u64().unwrap() <= 1, "{r:#}");
     assert!(r["differences"].as_array().unwrap().is_empty(), "{r:#}");
+}
+
+/// A single-key command on the cluster node that serves the key (following one `-MOVED`).
+fn cluster_cmd(cluster: &RedisCluster, args: &[String]) -> Reply {
+    let r = cluster
+        .client(cluster.ports()[0])
+        .try_cmd(args)
+        .expect("redis I/O");
+    let Reply::Error(e) = &r else { return r };
+    let e = String::from_utf8_lossy(e).into_owned();
+    let Some(addr) = e.strip_prefix("MOVED ").and_then(|m| m.split(' ').nth(1)) else {
+        return r;
+    };
+    let port: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
+    cluster.client(port).try_cmd(args).expect("redis I/O")
+}
+
+/// Data for db 0 of a source and a cluster: every common type, TTLs, keys in every master.
+fn cluster_data() -> Vec<Vec<String>> {
+    let v = |parts: &[&str]| parts.iter().map(|p| p.to_string()).collect::<Vec<_>>();
+    let mut cmds = Vec::new();
+    for i in 0..600 {
+        cmds.push(v(&["SET", &format!("s:{i}"), &format!("v{i}")]));
+    }
+    for i in 0..60 {
+        let h = format!("h:{i}");
+        cmds.push(v(&["HSET", &h, "a", "1", "b", &i.to_string()]));
+        cmds.push(v(&["PEXPIREAT", &h, "4102444800000"]));
+        cmds.push(v(&["RPUSH", &format!("l:{i}"), "x", "y"]));
+        cmds.push(v(&["SADD", &format!("set:{i}"), "1", "2", "3"]));
+        cmds.push(v(&["ZADD", &format!("z:{i}"), "1.5", "a", "2", "b"]));
+    }
+    cmds.push(v(&["XADD", "stream", "1-1", "f", "v"]));
+    cmds
+}
+
+#[test]
+fn cluster_target_is_read_through_its_masters() {
+    let cluster = RedisCluster::start(3);
+    let src = RedisServer::start(&[]);
+    let mut c = src.client();
+    for cmd in cluster_data() {
+        assert!(!c.cmd(&cmd).is_error(), "{cmd:?}");
+        let r = cluster_cmd(&cluster, &cmd);
+        assert!(!r.is_error(), "{cmd:?}: {r:?}");
+    }
+    // Every master holds a part of the keys.
+    for port in cluster.master_ports() {
+        assert!(cluster.client(port).cmd(&["DBSIZE"]).as_int().unwrap() > 100);
+    }
+    let (code, r) = verify_json(&["--source", &src.url(), "--target", &cluster.url()]);
+    assert_eq!(code, 0, "{r:#}");
+    assert_eq!(r["equal"], true);
+    let db0 = &r["databases"][0];
+    assert_eq!(db0["source_keys"], 600 + 4 * 60 + 1, "{r:#}");
+    assert_eq!(db0["target_keys"], 600 + 4 * 60 + 1, "{r:#}");
+    // A sample reads the cluster too.
+    let (code, r) = verify_json(&[
+        "--sample",
+        "200",
+        "--source",
+        &src.url(),
+        "--target",
+        &cluster.url(),
+    ]);
+    assert_eq!(code, 0, "{r:#}");
+
+    // A changed value and a key only on the cluster, on whichever masters they live.
+    let set = |k: &str, v: &str| vec!["SET".to_string(), k.to_string(), v.to_string()];
+    cluster_cmd(&cluster, &set("s:7", "changed"));
+    cluster_cmd(&cluster, &set("only-on-target", "x"));
+    cluster_cmd(&cluster, &vec!["DEL".to_string(), "h:3".to_string()]);
+    let (code, r) = verify_json(&[
+        "--source",
+        &src.url(),
+        "--target",
+        &cluster.url(),
+        "--recheck-rounds",
+        "1",
+    ]);
+    assert_eq!(code, 1, "{r:#}");
+    let diffs = r["differences"].as_array().unwrap();
+    let has = |key: &str, kind: &str| diffs.iter().any(|d| d["key"] == key && d["kind"] == kind);
+    assert!(has("s:7", "value"), "{r:#}");
+    assert!(has("only-on-target", "extra"), "{r:#}");
+    assert!(has("h:3", "missing"), "{r:#}");
+    assert_eq!(diffs.len(), 3, "nothing else differs: {r:#}");
 }

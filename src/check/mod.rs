@@ -1,16 +1,19 @@
 //! Prechecks (`redis-relay check`, and the start of `sync`): every source reachable, logged in
 //! and able to PSYNC, with a replication backlog that covers a pause at its write rate; the
-//! target reachable, logged in, new enough, not a Redis Cluster node (not supported yet), never
-//! evicting, with room for the data and empty (or knowingly not). Every check gives one line:
-//! pass, warn or fail, and how to fix it.
+//! target reachable, logged in, new enough, never evicting, with room for the data and empty
+//! (or knowingly not). A Redis Cluster target is checked per master ([`cluster`]): slots
+//! covered, `cluster_state:ok`, each master's share of the data, databases other than 0.
+//! Every check gives one line: pass, warn or fail, and how to fix it.
 //!
 //! The decisions are plain functions of what the servers said ([`judge_backlog`],
 //! [`judge_target_version`], ...), so they are unit-tested without servers; [`run`] gathers
 //! the facts (sources in parallel) and applies them.
 //!
 //! Beside the data path. Owns: the verdicts. May not touch: any server's data (it only reads:
-//! PING, INFO, CONFIG GET, COMMAND INFO, ACL DRYRUN, SELECT, SCAN and EXISTS).
+//! PING, INFO, CONFIG GET, COMMAND INFO, ACL DRYRUN, SELECT, SCAN, EXISTS, RANDOMKEY and
+//! CLUSTER SHARDS/SLOTS/INFO).
 
+mod cluster;
 pub mod probe;
 
 use std::collections::BTreeMap;
@@ -21,10 +24,11 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::endpoint::Endpoint;
+use crate::pipeline::filter::KeyFilter;
 use crate::resp::Client;
 use crate::resp::Reply;
 use crate::source::twemproxy::TwemproxySources;
-use crate::target::cluster::{is_cluster, ClusterUnsupported};
+use crate::target::cluster::{kind_of, TargetKind};
 use crate::target::info::{rdb_version_for, version_tuple};
 use probe::{human_bytes, parse_size, Info};
 
@@ -99,6 +103,13 @@ pub struct CheckOptions {
     /// A backlog covering fewer seconds of writes than this is a warning.
     pub min_backlog_secs: f64,
     pub timeout: Duration,
+    /// `--target-kind`: `None` detects it from the target's `INFO cluster`.
+    pub target_kind: Option<TargetKind>,
+    /// More seeds of a cluster target besides [`CheckOptions::target`] (the first seed).
+    pub target_seeds: Vec<Endpoint>,
+    /// The databases copied and where they go (`--db`, `--db-map`): a cluster target has db 0
+    /// only, so the check needs to know which source databases land where.
+    pub db_filter: KeyFilter,
 }
 
 impl CheckOptions {
@@ -115,6 +126,9 @@ impl CheckOptions {
             rate_window: Duration::from_secs(1),
             min_backlog_secs: 60.0,
             timeout: Duration::from_secs(3),
+            target_kind: None,
+            target_seeds: Vec::new(),
+            db_filter: KeyFilter::default(),
         }
     }
 }
@@ -310,19 +324,33 @@ pub fn judge_eviction(policy: &str, allow: bool) -> Verdict {
 
 /// Room on the target for the sources' data.
 pub fn judge_headroom(maxmemory: u64, target_used: u64, system_memory: u64, need: u64) -> Verdict {
+    judge_room_for(
+        "the sources hold",
+        maxmemory,
+        target_used,
+        system_memory,
+        need,
+    )
+}
+
+/// Room for `need` bytes, which `what` describes (`the sources hold`, a shard's share).
+fn judge_room_for(
+    what_needs: &str,
+    maxmemory: u64,
+    target_used: u64,
+    system_memory: u64,
+    need: u64,
+) -> Verdict {
     let (limit, what) = if maxmemory > 0 {
         (maxmemory, "maxmemory")
     } else if system_memory > 0 {
         (system_memory, "the host's memory (no maxmemory set)")
     } else {
-        return Verdict::pass(format!(
-            "no maxmemory; the sources hold {}",
-            human_bytes(need)
-        ));
+        return Verdict::pass(format!("no maxmemory; {what_needs} {}", human_bytes(need)));
     };
     let free = limit.saturating_sub(target_used);
     let msg = format!(
-        "the sources hold {}; the target has {} free under {what} ({} used of {})",
+        "{what_needs} {}; the target has {} free under {what} ({} used of {})",
         human_bytes(need),
         human_bytes(free),
         human_bytes(target_used),
@@ -376,8 +404,11 @@ pub fn judge_not_empty(keys: &BTreeMap<u32, u64>, policy: IfNotEmpty, resuming: 
 
 /// What one source told us.
 struct SourceFacts {
+    endpoint: Endpoint,
     version: String,
     used: u64,
+    /// Keys per database (INFO keyspace).
+    keys: BTreeMap<u32, u64>,
 }
 
 fn int(info: &Info, field: &str) -> Option<u64> {
@@ -443,7 +474,8 @@ fn probe_source(
     let used = int(&info0, "used_memory_dataset")
         .or_else(|| int(&info0, "used_memory"))
         .unwrap_or(0);
-    let keys: u64 = probe::keyspace(&info0).values().sum();
+    let keyspace = probe::keyspace(&info0);
+    let keys: u64 = keyspace.values().sum();
     lines.add(
         Status::Pass,
         subject,
@@ -460,7 +492,12 @@ fn probe_source(
         lines.add(Status::Warn, subject, "role", format!("this server is a {role}: the relay replicates from it (chained replication), and writes reach it only through its own master"), Some("point the relay at the master, unless replicating from a replica is what you want (less load on the master)".into()));
     }
     check_backlog(&mut conn, subject, opts, &info0, t0, lines);
-    Some(SourceFacts { version, used })
+    Some(SourceFacts {
+        endpoint: ep.clone(),
+        version,
+        used,
+        keys: keyspace,
+    })
 }
 
 /// PSYNC: the version, and the command itself (renamed on some managed services).
@@ -569,11 +606,12 @@ fn probe_target(
     else {
         return;
     };
-    check_target_server(opts, sources, subject, &info, lines);
-    if !check_not_cluster(&mut conn, opts, subject, lines) {
-        // The other lines would describe one node of several: left out.
+    if target_kind(&mut conn, opts, subject, lines) == TargetKind::Cluster {
+        // The seed may be any node, a replica too: every master is checked instead.
+        cluster::check_cluster(opts, sources, resuming, shared, lines);
         return;
     }
+    check_target_server(opts, sources, subject, &info, lines);
     check_eviction(&mut conn, opts, subject, &info, lines);
     let need: u64 = sources.iter().map(|s| s.used).sum();
     lines.verdict(
@@ -646,36 +684,25 @@ fn check_target_server(
     );
 }
 
-/// A Redis Cluster node as the target fails: not supported yet. False when it is one.
-fn check_not_cluster(
+/// Whether the target is a Redis Cluster (`--target-kind`, else `INFO cluster`); a
+/// standalone target gets a `cluster` line saying so. When the relay cannot tell, it checks
+/// one server and warns.
+fn target_kind(
     conn: &mut Client,
     opts: &CheckOptions,
     subject: &str,
     lines: &mut Lines,
-) -> bool {
-    match is_cluster(conn) {
-        Ok(false) => {
-            lines.add(
-                Status::Pass,
-                subject,
-                "cluster",
-                "not a Redis Cluster node".into(),
-                None,
-            );
-            true
-        }
-        Ok(true) => {
-            let e = ClusterUnsupported {
-                target: opts.target.to_string(),
+) -> TargetKind {
+    match kind_of(conn, opts.target_kind) {
+        Ok(TargetKind::Cluster) => TargetKind::Cluster,
+        Ok(TargetKind::Standalone) => {
+            let message = if opts.target_kind.is_some() {
+                "checked as one server (--target-kind standalone)"
+            } else {
+                "not a Redis Cluster node"
             };
-            lines.add(
-                Status::Fail,
-                subject,
-                "cluster",
-                e.to_string(),
-                Some(ClusterUnsupported::FIX.into()),
-            );
-            false
+            lines.add(Status::Pass, subject, "cluster", message.into(), None);
+            TargetKind::Standalone
         }
         Err(e) => {
             lines.add(
@@ -683,9 +710,9 @@ fn check_not_cluster(
                 subject,
                 "cluster",
                 format!("cannot tell whether the target is a Redis Cluster node: {e}"),
-                Some("allow INFO on the target: the relay refuses a Redis Cluster target (not supported yet) and checks it at start".into()),
+                Some("allow INFO on the target, or say what it is with --target-kind standalone|cluster".into()),
             );
-            true
+            TargetKind::Standalone
         }
     }
 }

@@ -22,9 +22,9 @@ const BATCH_BYTES: usize = 128 * 1024;
 const BATCH_OPS: usize = 512;
 /// On a cluster target (a writer per slot), flush every pending batch once they hold this
 /// much together: 16384 batches each allowed [`BATCH_BYTES`] would not keep memory bounded.
-const SLOTTED_PENDING_BYTES: usize = 4 << 20;
+const SLOTTED_PENDING_BYTES: usize = 8 << 20;
 /// ...or this many commands together.
-const SLOTTED_PENDING_COMMANDS: usize = 32 * 1024;
+const SLOTTED_PENDING_COMMANDS: usize = 64 * 1024;
 
 pub struct Dispatcher {
     pool: Arc<dyn Writers>,
@@ -204,6 +204,7 @@ impl Dispatcher {
         if cmds.is_empty() {
             return Ok(());
         }
+        let slotted = self.slotted;
         let Some(p) = self.enter(w, start, end) else {
             return Ok(());
         };
@@ -215,7 +216,10 @@ impl Dispatcher {
             p.open.reserve(BATCH_BYTES.max(cmds.len()) + 4096);
         }
         p.open.append(cmds);
-        p.needs_transaction = true;
+        // A snapshot batch holds whole keys (a collection's DEL first): on a cluster target
+        // it runs as one transaction without a record, and again whole after a broken
+        // connection; a record per slot would only double its commands.
+        p.needs_transaction |= !slotted;
         p.bytes += cmds.len();
         p.commands += cmds.count as usize;
         self.pending_bytes += cmds.len();

@@ -77,12 +77,26 @@ pub enum FilterError {
         regex: String,
         cause: Box<regex::Error>,
     },
-    #[error("--db-map: databases {other} and {db} both go to target database {target}; copy one of them only (--db)")]
-    Merged { other: u32, db: u32, target: u32 },
 }
 
 impl KeyFilter {
     /// Build from the command-line forms; errors name the option.
+    /// Target databases that receive several copied source databases (by `--db-map`), with
+    /// those source databases: a flush of one of them may only delete what none of the
+    /// others holds.
+    pub fn merged(&self) -> Vec<(u32, Vec<u32>)> {
+        let mut by_target: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+        for db in self.dbs.clone().unwrap_or_else(|| (0..16).collect()) {
+            if let Some(t) = self.map_db(db) {
+                by_target.entry(t).or_default().push(db);
+            }
+        }
+        by_target
+            .into_iter()
+            .filter(|(_, dbs)| dbs.len() > 1)
+            .collect()
+    }
+
     pub fn from_options(
         dbs: Option<Vec<u32>>,
         db_map: &[String],
@@ -129,23 +143,12 @@ impl KeyFilter {
             include_regex: re("include-regex", include_regex)?,
             exclude_regex: re("exclude-regex", exclude_regex)?,
         };
-        // Two copied databases into one target database would merge silently.
-        let mut seen = BTreeMap::new();
-        for db in f.dbs.clone().unwrap_or_else(|| (0..16).collect()) {
-            if let Some(t) = f.map_db(db) {
-                if let Some(other) = seen.insert(t, db) {
-                    if f.dbs.is_some()
-                        || f.db_map.contains_key(&db)
-                        || f.db_map.contains_key(&other)
-                    {
-                        return Err(FilterError::Merged {
-                            other,
-                            db,
-                            target: t,
-                        });
-                    }
-                }
-            }
+        for (target, dbs) in f.merged() {
+            // Deliberate (only --db-map makes two databases meet): a Redis Cluster has
+            // database 0 only, so `--db-map 1:0` is how a source's other databases reach it.
+            tracing::info!(
+                "--db-map: source databases {dbs:?} are merged into target database {target}"
+            );
         }
         Ok(f)
     }

@@ -26,6 +26,12 @@ pub enum StartError {
     /// The target cannot be used at all: unreachable, INFO refused, a Redis Cluster node.
     #[error(transparent)]
     Unusable(#[from] crate::target::info::TargetUnusable),
+    /// The writers could not start (a cluster's slot map, a master's login).
+    #[error(transparent)]
+    Pool(#[from] crate::target::PoolStartError),
+    /// Record keys carry a hash tag on a cluster target: the prefix may not hold one.
+    #[error("--key-prefix {0:?} holds '{{' or '}}': on a Redis Cluster target the relay's record keys carry a hash tag of their own; choose a prefix without braces")]
+    ClusterPrefix(String),
     #[error("source {name}: unreadable checkpoint: {cause}")]
     Checkpoint { name: String, cause: std::io::Error },
     /// A source's spool could not be opened (its message names the directory).

@@ -56,14 +56,19 @@ use crate::resp::Client;
 use crate::source::topology::KeyOwner;
 use crate::source::{LinkConfig, LinkState, SourceProgress};
 use crate::spool::{Spool, SpoolOptions};
+use crate::target::cluster::TargetKind;
 use crate::target::deletion::Authority;
-use crate::target::{TargetInfo, WriterOptions, WriterPool};
+use crate::target::{TargetInfo, TargetPool, WriterOptions};
 
 /// Everything a relay needs; built by [`RelayBuilder`].
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
     pub sources: Vec<Endpoint>,
     pub target: Option<Endpoint>,
+    /// More addresses of a cluster target, tried after `target` (seeds).
+    pub target_seeds: Vec<Endpoint>,
+    /// `Some` forces what the target is; `None` detects it (`INFO cluster`).
+    pub target_kind: Option<TargetKind>,
     pub state_dir: PathBuf,
     pub writers: WriterOptions,
     pub spool: SpoolOptions,
@@ -147,6 +152,8 @@ impl RelayBuilder {
             cfg: RelayConfig {
                 sources: Vec::new(),
                 target: None,
+                target_seeds: Vec::new(),
+                target_kind: None,
                 state_dir: PathBuf::from("redis-relay-state"),
                 writers: WriterOptions::default(),
                 spool: SpoolOptions::default(),
@@ -181,6 +188,18 @@ impl RelayBuilder {
 
     pub fn target(mut self, ep: Endpoint) -> Self {
         self.cfg.target = Some(ep);
+        self
+    }
+
+    /// More seeds of a cluster target (tried after [`Self::target`]).
+    pub fn target_seeds(mut self, eps: impl IntoIterator<Item = Endpoint>) -> Self {
+        self.cfg.target_seeds.extend(eps);
+        self
+    }
+
+    /// Force the target's kind instead of detecting it.
+    pub fn target_kind(mut self, kind: Option<TargetKind>) -> Self {
+        self.cfg.target_kind = kind;
         self
     }
 
@@ -271,10 +290,12 @@ impl RelayBuilder {
             }
             (None, None) => return Err(StartError::NoTarget),
         };
+        let target_cluster = matches!(pool, Some(TargetPool::Cluster(_)));
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let wiring = Wiring {
             cfg: &cfg,
             writers: pool.as_ref().map(|p| p.writers()).unwrap_or(1),
+            target_cluster,
             stop: Arc::new(AtomicBool::new(false)),
             stop_rx,
         };
@@ -289,7 +310,7 @@ impl RelayBuilder {
                     }
                     (Some(p), None, Some(apply)) => Box::new(TargetOutput::new(
                         name,
-                        Dispatcher::new(Arc::new(p.handle()), tracker.clone()),
+                        Dispatcher::new(p.handle(), tracker.clone()),
                         apply.clone(),
                     )),
                     _ => unreachable!("a target has a pool and apply options"),
@@ -337,21 +358,30 @@ impl RelayBuilder {
     }
 }
 
-/// Connect to the target, learn what it accepts, and start the writer pool.
-fn start_target(cfg: &RelayConfig, t: &Endpoint) -> Result<(WriterPool, ApplyOptions), StartError> {
-    let info = TargetInfo::probe(t, cfg.writers.connect_timeout)?;
-    tracing::info!(target = %t, version = %info.version, rdb_version = info.rdb_version, "target connected");
+/// Connect to the target, learn what it is and accepts, and start its writers.
+fn start_target(cfg: &RelayConfig, t: &Endpoint) -> Result<(TargetPool, ApplyOptions), StartError> {
+    let mut seeds = vec![t.clone()];
+    seeds.extend(cfg.target_seeds.iter().cloned());
+    let info = TargetInfo::probe(&seeds, cfg.target_kind, cfg.writers.connect_timeout)?;
+    tracing::info!(target = %t, version = %info.version, rdb_version = info.rdb_version, kind = ?info.kind, "target connected");
+    if info.kind == TargetKind::Cluster {
+        let prefix = String::from_utf8_lossy(&cfg.stream.own_prefix);
+        if prefix.contains(['{', '}']) {
+            return Err(StartError::ClusterPrefix(prefix.into_owned()));
+        }
+    }
     let mut a = ApplyOptions::for_target(&info);
     a.use_restore = cfg.use_restore;
     a.own_prefix = cfg.stream.own_prefix.clone();
     a.filter = cfg.stream.filter.clone();
-    Ok((WriterPool::start(t, &cfg.writers)?, a))
+    Ok((TargetPool::start(&seeds, info.kind, &cfg.writers)?, a))
 }
 
 /// What every source is wired with.
 struct Wiring<'a> {
     cfg: &'a RelayConfig,
     writers: usize,
+    target_cluster: bool,
     stop: Arc<AtomicBool>,
     stop_rx: tokio::sync::watch::Receiver<bool>,
 }
@@ -391,6 +421,7 @@ impl Wiring<'_> {
             stop: self.stop.clone(),
             resume: resume.clone(),
             target: cfg.target.clone(),
+            target_cluster: self.target_cluster,
             authority: cfg.ownership.authority(ep, &cfg.sources),
             owner: cfg
                 .ownership
@@ -623,7 +654,7 @@ struct SourceRuntime {
 
 struct Inner {
     sources: Vec<SourceRuntime>,
-    pool: Mutex<Option<WriterPool>>,
+    pool: Mutex<Option<TargetPool>>,
     stop: Arc<AtomicBool>,
     stop_tx: tokio::sync::watch::Sender<bool>,
     runtime: Mutex<Option<tokio::runtime::Runtime>>,
@@ -744,7 +775,7 @@ impl RelayHandle {
     /// problems (a master restarting, a refused connection) are retried and are not errors.
     pub fn error(&self) -> Option<RelayError> {
         if let Some(p) = self.inner.pool.lock().as_ref() {
-            if let Some(e) = p.state.error() {
+            if let Some(e) = p.state().error() {
                 return Some(RelayError::Writers(e));
             }
         }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::cluster::{is_cluster, ClusterUnsupported};
+use super::cluster::{kind_of, TargetKind};
 use crate::endpoint::Endpoint;
 use crate::resp::client::{info_field, Client};
 use crate::resp::ClientError;
@@ -19,15 +19,17 @@ pub enum TargetUnusable {
         target: String,
         cause: std::io::Error,
     },
-    /// It is a Redis Cluster node (not supported yet).
-    #[error(transparent)]
-    Cluster(#[from] ClusterUnsupported),
+    /// No target address was given (a bug of the caller: options require one).
+    #[error("no target address")]
+    NoSeed,
 }
 
 /// What the apply path needs to know about the target.
 #[derive(Debug, Clone)]
 pub struct TargetInfo {
     pub version: String,
+    /// One Redis, or a Redis Cluster (detected unless `--target-kind` says).
+    pub kind: TargetKind,
     /// The newest RDB version the target loads (RESTORE refuses newer payloads).
     pub rdb_version: u32,
 }
@@ -67,21 +69,38 @@ pub fn rdb_version_for(version: &str) -> u32 {
 }
 
 impl TargetInfo {
-    /// Connect to `target` and learn what it accepts, before any writer connects: a Redis
-    /// Cluster node is refused here (it would answer MOVED for every key outside its slots).
-    pub fn probe(target: &Endpoint, timeout: Duration) -> Result<TargetInfo, TargetUnusable> {
+    /// Connect to the first seed that answers and learn what the target is and accepts,
+    /// before any writer connects. The last seed's error is returned when none answers.
+    pub fn probe(
+        seeds: &[Endpoint],
+        forced: Option<TargetKind>,
+        timeout: Duration,
+    ) -> Result<TargetInfo, TargetUnusable> {
+        let mut last = TargetUnusable::NoSeed;
+        for seed in seeds {
+            match Self::probe_one(seed, forced, timeout) {
+                Ok(info) => return Ok(info),
+                Err(e) => {
+                    tracing::debug!(seed = %seed, "target seed did not answer: {e}");
+                    last = e;
+                }
+            }
+        }
+        Err(last)
+    }
+
+    fn probe_one(
+        target: &Endpoint,
+        forced: Option<TargetKind>,
+        timeout: Duration,
+    ) -> Result<TargetInfo, TargetUnusable> {
         let mut conn = Client::connect(target, timeout)?;
         let info_failed = |cause| TargetUnusable::Info {
             target: target.to_string(),
             cause,
         };
-        let info = TargetInfo::read(&mut conn).map_err(info_failed)?;
-        if is_cluster(&mut conn).map_err(info_failed)? {
-            return Err(ClusterUnsupported {
-                target: target.to_string(),
-            }
-            .into());
-        }
+        let mut info = TargetInfo::read(&mut conn).map_err(info_failed)?;
+        info.kind = kind_of(&mut conn, forced).map_err(info_failed)?;
         Ok(info)
     }
 
@@ -95,6 +114,7 @@ impl TargetInfo {
         let rdb_version = rdb_version_for(&version);
         Ok(TargetInfo {
             version,
+            kind: TargetKind::Standalone,
             rdb_version,
         })
     }

@@ -63,3 +63,80 @@ pub trait Writers: Send + Sync {
     }
 }
 pub use writer::{ErrorPolicy, PoolHandle, WriterOptions, WriterPool};
+
+use std::sync::Arc;
+
+use crate::endpoint::Endpoint;
+use cluster::pool::{ClusterPool, ClusterStartError};
+use cluster::TargetKind;
+use writer::PoolState;
+
+/// Why the writers could not start (each message names the node).
+#[derive(Debug, thiserror::Error)]
+pub enum PoolStartError {
+    #[error(transparent)]
+    Standalone(#[from] ClientError),
+    #[error(transparent)]
+    Cluster(#[from] ClusterStartError),
+}
+
+/// The running writers of a target of either kind.
+pub enum TargetPool {
+    Standalone(WriterPool),
+    Cluster(ClusterPool),
+}
+
+impl TargetPool {
+    /// Start the writers of a `kind` target reached through `seeds` (one for a standalone
+    /// target: the first).
+    pub fn start(
+        seeds: &[Endpoint],
+        kind: TargetKind,
+        opts: &WriterOptions,
+    ) -> Result<TargetPool, PoolStartError> {
+        Ok(match kind {
+            TargetKind::Standalone => TargetPool::Standalone(WriterPool::start(&seeds[0], opts)?),
+            TargetKind::Cluster => TargetPool::Cluster(ClusterPool::start(seeds, opts)?),
+        })
+    }
+
+    /// The writers the pipeline partitions keys over (hash slots on a cluster).
+    pub fn writers(&self) -> usize {
+        match self {
+            TargetPool::Standalone(p) => p.writers(),
+            TargetPool::Cluster(_) => cluster::SLOTS,
+        }
+    }
+
+    /// The pipeline's handle.
+    pub fn handle(&self) -> Arc<dyn Writers> {
+        match self {
+            TargetPool::Standalone(p) => Arc::new(p.handle()),
+            TargetPool::Cluster(p) => Arc::new(p.handle()),
+        }
+    }
+
+    /// Shared state: the first fatal error, bytes written.
+    pub fn state(&self) -> &Arc<PoolState> {
+        match self {
+            TargetPool::Standalone(p) => &p.state,
+            TargetPool::Cluster(p) => &p.state,
+        }
+    }
+
+    /// Close the inputs and wait for the writers to drain.
+    pub fn finish(self) -> Result<(), PoolError> {
+        match self {
+            TargetPool::Standalone(p) => p.finish(),
+            TargetPool::Cluster(p) => p.finish(),
+        }
+    }
+
+    /// Abandon the writers (their sockets are closed).
+    pub fn abort(&self) {
+        match self {
+            TargetPool::Standalone(p) => p.abort(),
+            TargetPool::Cluster(p) => p.abort(),
+        }
+    }
+}

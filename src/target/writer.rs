@@ -20,7 +20,7 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 use parking_lot::Mutex;
 
 use crate::batch::record::Record;
-use crate::batch::Batch;
+use crate::batch::{Batch, Bookkeeping};
 use crate::endpoint::Endpoint;
 use crate::resp::client::{read_reply_from, Client, ClientError};
 use crate::resp::{encode_command, parse_reply, Reply};
@@ -173,7 +173,7 @@ struct InFlight {
 
 /// What one reply answers.
 #[derive(Debug)]
-enum Expect {
+pub(crate) enum Expect {
     /// A SELECT the writer added.
     Select(u32),
     /// Command `cmd` of op `op`.
@@ -355,11 +355,13 @@ impl PoolHandle {
 
 const DIRECT_WRITE: usize = 64 * 1024;
 
-/// Builds the bytes and the reply plan of one batch.
-struct Encoder<'a> {
-    out: &'a mut BytesMut,
-    direct: Vec<(usize, Bytes)>,
-    db: Option<u32>,
+/// Builds the bytes and the reply plan of one batch (the cluster writer uses it too).
+pub(crate) struct Encoder<'a> {
+    pub(crate) out: &'a mut BytesMut,
+    /// Large payloads to write uncopied, each after the buffered bytes before its position.
+    pub(crate) direct: Vec<(usize, Bytes)>,
+    /// The connection's database (`None`: unknown, SELECT before the next op).
+    pub(crate) db: Option<u32>,
 }
 
 impl Encoder<'_> {
@@ -409,7 +411,7 @@ impl Encoder<'_> {
     }
 
     /// Encode `batch`; returns the plan of its replies.
-    fn batch(&mut self, batch: &Batch) -> Vec<Expect> {
+    pub(crate) fn batch(&mut self, batch: &Batch) -> Vec<Expect> {
         let mut plan = Vec::with_capacity(batch.ops.len() + 4);
         match &batch.bookkeeping {
             None => self.plain_ops(batch, &mut plan),
@@ -425,39 +427,49 @@ impl Encoder<'_> {
                 plan.push(Expect::Book);
                 self.db = Some(0);
             }
-            Some(book) => {
-                // One transaction: the batch and its record, or neither.
-                encode_command(self.out, &[&b"MULTI"[..]]);
-                plan.push(Expect::Multi);
-                let mut items = Vec::new();
-                for (i, op) in batch.ops.iter().enumerate() {
-                    if self.db != Some(op.db) {
-                        self.select(op.db);
-                        items.push(Expect::Select(op.db));
-                    }
-                    self.payload(&op.payload);
-                    items.extend((0..op.replies).map(|c| Expect::Cmd {
-                        op: i as u32,
-                        cmd: c,
-                    }));
-                    self.db = (!op.leaves_db_unknown).then_some(op.db);
-                }
-                if self.db != Some(0) {
-                    self.select(0);
-                    items.push(Expect::Select(0));
-                }
-                encode_command(self.out, &[&b"SET"[..], &book.key, &book.value]);
-                items.push(Expect::Book);
-                for it in items.iter() {
-                    plan.push(Expect::Queued(Box::new(shallow(it))));
-                }
-                encode_command(self.out, &[&b"EXEC"[..]]);
-                plan.push(Expect::Exec(items));
-                // Queued SELECTs may not have run (EXECABORT): select again next time.
-                self.db = None;
-            }
+            Some(book) => self.transaction(batch, Some(book), &mut plan),
         }
         plan
+    }
+
+    /// Encode `batch` as one transaction with its record (if any): the target holds the batch
+    /// and its record, or neither.
+    pub(crate) fn transaction(
+        &mut self,
+        batch: &Batch,
+        book: Option<&Bookkeeping>,
+        plan: &mut Vec<Expect>,
+    ) {
+        encode_command(self.out, &[&b"MULTI"[..]]);
+        plan.push(Expect::Multi);
+        let mut items = Vec::new();
+        for (i, op) in batch.ops.iter().enumerate() {
+            if self.db != Some(op.db) {
+                self.select(op.db);
+                items.push(Expect::Select(op.db));
+            }
+            self.payload(&op.payload);
+            items.extend((0..op.replies).map(|c| Expect::Cmd {
+                op: i as u32,
+                cmd: c,
+            }));
+            self.db = (!op.leaves_db_unknown).then_some(op.db);
+        }
+        if let Some(book) = book {
+            if self.db != Some(0) {
+                self.select(0);
+                items.push(Expect::Select(0));
+            }
+            encode_command(self.out, &[&b"SET"[..], &book.key, &book.value]);
+            items.push(Expect::Book);
+        }
+        for it in items.iter() {
+            plan.push(Expect::Queued(Box::new(shallow(it))));
+        }
+        encode_command(self.out, &[&b"EXEC"[..]]);
+        plan.push(Expect::Exec(items));
+        // Queued SELECTs may not have run (EXECABORT): select again next time.
+        self.db = None;
     }
 }
 
@@ -762,7 +774,7 @@ fn write_buffered(stream: &mut TcpStream, out: &mut BytesMut) -> std::io::Result
 
 /// Whether the record value `have` on the target covers the batch whose own record value is
 /// `want` (see [`Record::covers`]); a value that is no record covers nothing.
-fn record_covers(have: &[u8], want: &[u8]) -> bool {
+pub(crate) fn record_covers(have: &[u8], want: &[u8]) -> bool {
     match (Record::decode(have), Record::decode(want)) {
         (Ok(have), Ok(want)) => have.covers(&want),
         _ => false,
@@ -770,13 +782,14 @@ fn record_covers(have: &[u8], want: &[u8]) -> bool {
 }
 
 /// Stop the pool: the reply thread found a reason.
-struct Fatal;
+pub(crate) struct Fatal;
 
-struct ReplyCtx<'a> {
-    batch: &'a Batch,
-    state: &'a PoolState,
-    policy: ErrorPolicy,
-    commands: u64,
+pub(crate) struct ReplyCtx<'a> {
+    pub(crate) batch: &'a Batch,
+    pub(crate) state: &'a PoolState,
+    pub(crate) policy: ErrorPolicy,
+    /// Commands of the batch answered so far (applied or refused).
+    pub(crate) commands: u64,
 }
 
 impl ReplyCtx<'_> {
@@ -804,7 +817,7 @@ impl ReplyCtx<'_> {
     }
 
     /// Check one reply against what it answers.
-    fn check(&mut self, expect: &Expect, reply: Reply) -> Result<(), Fatal> {
+    pub(crate) fn check(&mut self, expect: &Expect, reply: Reply) -> Result<(), Fatal> {
         match (expect, reply) {
             (Expect::Select(db), Reply::Error(e)) => self.fatal(WriterFailure::Select {
                 db: *db,

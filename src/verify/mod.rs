@@ -16,6 +16,7 @@
 //! Beside the data path. Owns: the comparison and its report. May not touch: any server's data
 //! (read-only commands only).
 
+pub mod cluster;
 pub mod compare;
 pub mod live;
 
@@ -28,6 +29,8 @@ use serde_json::Value as J;
 
 use crate::endpoint::Endpoint;
 use crate::source::topology::KeyOwner;
+use crate::target::cluster::TargetKind;
+pub use cluster::{TargetCursor, TargetReader};
 pub use compare::{
     compare_documents, compare_documents_named, compare_entry, CompareOptions, CompareReport,
     DiffKind, Difference,
@@ -55,6 +58,8 @@ pub struct VerifyOptions {
     pub read: ReadOptions,
     /// A sidecar's view: compare its backend(s) with the target keys they own only.
     pub owned: Option<OwnedScope>,
+    /// `--target-kind`: `None` reads a cluster node's whole cluster (`INFO cluster`).
+    pub target_kind: Option<TargetKind>,
 }
 
 /// Which target keys belong to the compared sources when other masters write into the same
@@ -89,6 +94,7 @@ impl Default for VerifyOptions {
                 ..ReadOptions::default()
             },
             owned: None,
+            target_kind: None,
         }
     }
 }
@@ -147,7 +153,7 @@ pub fn verify(
         .iter()
         .map(|s| LiveReader::connect(s, opts.read.clone()))
         .collect::<anyhow::Result<_>>()?;
-    let mut tgt = LiveReader::connect(target, opts.read.clone())?;
+    let mut tgt = TargetReader::connect(target, opts.target_kind, opts.read.clone())?;
     let mut peers: Vec<LiveReader> = opts
         .owned
         .iter()
@@ -186,7 +192,8 @@ pub fn verify(
             Some(n) => job.sample_db(db, n, (src_n, tgt_n), &dbs, &mut srcs, &mut tgt)?,
         }
     }
-    if opts.functions && srcs.iter().all(|s| s.facts.has_functions()) && tgt.facts.has_functions() {
+    if opts.functions && srcs.iter().all(|s| s.facts.has_functions()) && tgt.facts().has_functions()
+    {
         // Each master of a cluster holds the same libraries; the first one stands for all.
         let l = srcs[0].functions()?;
         let r = tgt.functions()?;
@@ -198,7 +205,7 @@ pub fn verify(
             "random sample of about {n} keys per side; key counts are the servers' DBSIZE"
         ));
     }
-    let keys_read = srcs.iter().map(|s| s.keys_read).sum::<u64>() + tgt.keys_read;
+    let keys_read = srcs.iter().map(|s| s.keys_read).sum::<u64>() + tgt.keys_read();
     Ok(VerifyReport {
         compare: report,
         settled,
@@ -221,7 +228,7 @@ type ReadResult = Result<Option<J>, String>;
 /// Read the same keys on a source and on the target at the same time.
 fn read_both(
     src: &mut LiveReader,
-    tgt: &mut LiveReader,
+    tgt: &mut TargetReader,
     db: u32,
     keys: &[Bytes],
 ) -> anyhow::Result<(Vec<ReadResult>, Vec<ReadResult>)> {
@@ -243,7 +250,7 @@ impl Job<'_> {
         si: usize,
         keys: &[Bytes],
         srcs: &mut [LiveReader],
-        tgt: &mut LiveReader,
+        tgt: &mut TargetReader,
     ) -> anyhow::Result<()> {
         let (l, r) = read_both(&mut srcs[si], tgt, db, keys)?;
         for ((k, l), r) in keys.iter().zip(l).zip(r) {
@@ -282,7 +289,7 @@ impl Job<'_> {
         &mut self,
         db: u32,
         srcs: &mut [LiveReader],
-        tgt: &mut LiveReader,
+        tgt: &mut TargetReader,
     ) -> anyhow::Result<()> {
         let mut seen: HashSet<Bytes> = HashSet::new();
         for si in 0..srcs.len() {
@@ -307,7 +314,7 @@ impl Job<'_> {
         self.report.db_mut(db).left_keys = seen.len() as u64;
         // Keys only on the target.
         let mut target_seen: HashSet<Bytes> = HashSet::new();
-        let mut cursor = 0;
+        let mut cursor = TargetCursor::default();
         loop {
             let (next, keys) = tgt.scan_page(db, cursor)?;
             let keys = self.owned_here(db, keys, &seen)?;
@@ -319,9 +326,7 @@ impl Job<'_> {
             if !unknown.is_empty() {
                 self.check_extra(db, &unknown, srcs, tgt)?;
             }
-            if next == 0 {
-                break;
-            }
+            let Some(next) = next else { break };
             cursor = next;
         }
         self.report.db_mut(db).right_keys = target_seen.len() as u64;
@@ -369,7 +374,7 @@ impl Job<'_> {
         db: u32,
         keys: &[Bytes],
         srcs: &mut [LiveReader],
-        tgt: &mut LiveReader,
+        tgt: &mut TargetReader,
     ) -> anyhow::Result<()> {
         let mut owner: Vec<Option<usize>> = vec![None; keys.len()];
         for (si, s) in srcs.iter_mut().enumerate() {
@@ -413,7 +418,7 @@ impl Job<'_> {
         (src_n, tgt_n): (u64, u64),
         all: &BTreeMap<u32, (u64, u64)>,
         srcs: &mut [LiveReader],
-        tgt: &mut LiveReader,
+        tgt: &mut TargetReader,
     ) -> anyhow::Result<()> {
         let total_src: u64 = all.values().map(|v| v.0).sum();
         let total_tgt: u64 = all.values().map(|v| v.1).sum();
@@ -494,7 +499,7 @@ fn recheck(
     mut pending: Vec<Pending>,
     opts: &VerifyOptions,
     srcs: &mut [LiveReader],
-    tgt: &mut LiveReader,
+    tgt: &mut TargetReader,
 ) -> anyhow::Result<u64> {
     let mut settled = 0;
     for round in 0..opts.recheck_rounds {

@@ -92,6 +92,9 @@ pub struct SourceCtx {
     /// source's own DEL/UNLINK/expiry only when it is proven this source's
     /// ([`crate::target::deletion`]).
     pub target: Option<Endpoint>,
+    /// The target is a Redis Cluster (`target` is one of its nodes): deletions go to the
+    /// master of each key's slot.
+    pub target_cluster: bool,
     pub authority: Authority,
     pub owner: Option<OwnerHint>,
     pub figures: Arc<LoopFigures>,

@@ -12,6 +12,8 @@
 //!   standalone writer would have every key outside that node's slots refused with MOVED.
 pub mod client;
 pub mod cross_slot;
+mod lane;
+pub mod pool;
 pub mod slot;
 pub mod topology;
 

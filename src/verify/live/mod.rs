@@ -74,6 +74,9 @@ pub struct LiveReader {
     db: Option<u32>,
     /// Keys read so far (for rates).
     pub keys_read: u64,
+    /// A reply was `-MOVED` or `-ASK` since [`LiveReader::take_redirect`] last asked: a
+    /// cluster node did not hold a slot it was asked about (the slot map is out of date).
+    redirected: bool,
 }
 
 impl LiveReader {
@@ -92,6 +95,7 @@ impl LiveReader {
             opts,
             db: None,
             keys_read: 0,
+            redirected: false,
         })
     }
 
@@ -111,13 +115,21 @@ impl LiveReader {
             .with_context(|| format!("{}: write failed", self.endpoint))?;
         let mut replies = Vec::with_capacity(cmds.len());
         for _ in cmds {
-            replies.push(
-                self.conn
-                    .read_reply()
-                    .with_context(|| format!("{}: reading replies failed", self.endpoint))?,
-            );
+            let r = self
+                .conn
+                .read_reply()
+                .with_context(|| format!("{}: reading replies failed", self.endpoint))?;
+            if let Reply::Error(e) = &r {
+                self.redirected |= e.starts_with(b"MOVED ") || e.starts_with(b"ASK ");
+            }
+            replies.push(r);
         }
         Ok(replies)
+    }
+
+    /// Whether a reply was a cluster redirection (`-MOVED`, `-ASK`) since the last call.
+    pub fn take_redirect(&mut self) -> bool {
+        std::mem::take(&mut self.redirected)
     }
 
     fn call(&mut self, c: Cmd) -> anyhow::Result<Reply> {
