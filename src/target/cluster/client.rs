@@ -302,8 +302,35 @@ impl ClusterClient {
         Ok(ep)
     }
 
-    /// Send `commands` pipelined to `hop` (SELECT `db` first when the connection is elsewhere,
-    /// ASKING before each command, or once before a MULTI, when asked) and read every reply.
+    /// Put the connection to `addr` in database `db`, alone and before anything else: were
+    /// SELECT pipelined with the commands and refused (a cluster without databases), the
+    /// commands would run in the wrong database.
+    fn select(&mut self, addr: &str, db: u32) -> Result<(), SendError> {
+        let conn = self.conn(addr).map_err(SendError::Io)?;
+        if conn.db == Some(db) {
+            return Ok(());
+        }
+        match conn
+            .client
+            .call(&[b"SELECT".as_slice(), db.to_string().as_bytes()])
+        {
+            Ok(Reply::Error(e)) => Err(SendError::Refused(format!(
+                "SELECT {db} refused: {}",
+                String::from_utf8_lossy(&e)
+            ))),
+            Ok(_) => {
+                conn.db = Some(db);
+                Ok(())
+            }
+            Err(e) => {
+                self.conns.remove(addr);
+                Err(SendError::Io(format!("{addr}: SELECT {db}: {e}")))
+            }
+        }
+    }
+
+    /// Send `commands` pipelined to `hop` in database `db` (ASKING before each command, or
+    /// once before a MULTI, when asked) and read every reply.
     /// Returns the replies to `commands` only.
     fn send(
         &mut self,
@@ -311,15 +338,11 @@ impl ClusterClient {
         db: u32,
         commands: &[Vec<Bytes>],
     ) -> Result<Vec<Reply>, SendError> {
+        self.select(&hop.addr, db)?;
         let conn = self.conn(&hop.addr).map_err(SendError::Io)?;
         let mut out = BytesMut::new();
         let mut extra = Vec::new(); // index in the pipeline of each reply that is not ours
         let mut n = 0usize;
-        if conn.db != Some(db) {
-            encode_command(&mut out, &[b"SELECT".as_slice(), db.to_string().as_bytes()]);
-            extra.push(n);
-            n += 1;
-        }
         let in_multi = commands
             .first()
             .is_some_and(|c| c.first().is_some_and(|n| n.eq_ignore_ascii_case(b"MULTI")));
@@ -345,9 +368,8 @@ impl ClusterClient {
             if extra.first() == Some(&i) {
                 extra.remove(0);
                 if let Reply::Error(e) = r {
-                    // SELECT refused (a cluster without databases) or ASKING refused.
                     return Err(SendError::Refused(format!(
-                        "SELECT {db} or ASKING refused: {}",
+                        "ASKING refused: {}",
                         String::from_utf8_lossy(&e)
                     )));
                 }
@@ -395,10 +417,11 @@ impl ClusterClient {
                 }
             };
             match self.send(&hop, db, commands) {
-                Ok(replies) => match replies.iter().find_map(Redirect::of) {
+                Ok(replies) => match replies.iter().find_map(|r| Some((Redirect::of(r)?, r))) {
                     None => return Ok(replies),
-                    Some(r) => {
-                        next = self.follow(r, &hop, &mut retry, Some(slot), commands)?;
+                    Some((redirect, reply)) => {
+                        retry.last = format!("{} answered -{}", hop.addr, text_of(reply));
+                        next = self.follow(redirect, &hop, &mut retry, Some(slot), commands)?;
                     }
                 },
                 Err(SendError::Refused(reply)) => {
@@ -428,10 +451,8 @@ impl ClusterClient {
         commands: &[Vec<Bytes>],
     ) -> Result<Option<Hop>, ClusterError> {
         if let Some(kind) = redirect.kind() {
-            metrics::counter!("redis_relay_cluster_redirects_total", "node" => hop.addr.clone(), "kind" => kind)
-                .increment(1);
+            count_redirect(&hop.addr, kind);
         }
-        retry.last = format!("{} answered {redirect:?}", hop.addr);
         match redirect {
             Redirect::Moved(to) if retry.redirects_in_row < FREE_REDIRECTS => {
                 retry.redirects_in_row += 1;
@@ -595,9 +616,9 @@ impl ClusterClient {
                 Ok(replies) => match replies.first() {
                     Some(reply) if Redirect::of(reply).is_some() => {
                         if let Some(kind) = Redirect::of(reply).and_then(|r| r.kind()) {
-                            metrics::counter!("redis_relay_cluster_redirects_total", "node" => addr.clone(), "kind" => kind).increment(1);
+                            count_redirect(&addr, kind);
                         }
-                        retry.last = format!("{addr} answered {reply:?}");
+                        retry.last = format!("{addr} answered -{}", text_of(reply));
                         self.wait_and_refresh(&mut retry, None, &commands, &addr, true)?;
                     }
                     Some(Reply::Error(e)) => {
@@ -777,6 +798,21 @@ fn redirect_addr(named: &str, asked: &str, nodes: &[Node]) -> String {
         h => h.trim_start_matches('[').trim_end_matches(']'),
     };
     Endpoint::new(host, port).to_string()
+}
+
+/// `redis_relay_cluster_redirects_total{node,kind}` + 1.
+fn count_redirect(node: &str, kind: &'static str) {
+    metrics::counter!(
+        "redis_relay_cluster_redirects_total",
+        "node" => node.to_string(),
+        "kind" => kind
+    )
+    .increment(1);
+}
+
+/// The text of a reply, for messages.
+fn text_of(reply: &Reply) -> String {
+    reply.as_text().unwrap_or_else(|| format!("{reply:?}"))
 }
 
 /// Write `out` and read `n` replies.

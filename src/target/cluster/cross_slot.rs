@@ -43,7 +43,8 @@ pub struct CrossSlotOutcome {
     /// Slot parts skipped because the target already held them.
     pub parts_skipped: usize,
     /// The unit's own commands that answered an error inside the transaction (as they did,
-    /// or would have, on the source: WRONGTYPE and the like); the others still ran.
+    /// or would have, on the source: WRONGTYPE and the like); the others still ran. 0 when
+    /// `resumed`: the run that computed the results saw them.
     pub command_errors: usize,
     /// The results were found computed by an earlier, interrupted run (the journal).
     pub resumed: bool,

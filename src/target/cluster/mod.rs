@@ -3,6 +3,10 @@
 //! - [`slot`]: a key's hash slot ([`key_slot`]) and a hash tag for every slot ([`slot_tag`]),
 //!   so that a record key can live in the slot of the data it describes;
 //! - [`topology`]: the slot map ([`SlotMap`]) from `CLUSTER SHARDS` or `CLUSTER SLOTS`;
+//! - [`client`]: a blocking client of the whole cluster that follows MOVED, ASK, TRYAGAIN and
+//!   outages ([`client::ClusterClient`]), for the rare operations beside the slot writers;
+//! - [`cross_slot`]: running a unit whose keys span slots on scratch keys, then writing each
+//!   slot's part with its record, exactly once per slot and safe across a crash;
 //! - [`is_cluster`]: whether a server is a cluster node. Until the cluster writer exists,
 //!   `sync`, `restore` and `check` refuse such a target ([`ClusterUnsupported`]): a
 //!   standalone writer would have every key outside that node's slots refused with MOVED.
