@@ -148,6 +148,32 @@ pub fn describe() {
         "redis_relay_target_reconnects_total",
         "Writer connections to the target that broke and were replaced"
     );
+    describe_counter!(
+        "redis_relay_cluster_redirects_total",
+        "Cluster target: MOVED, ASK, TRYAGAIN and CLUSTERDOWN replies, by node and kind (the batch was not applied and is sent again)"
+    );
+    describe_counter!(
+        "redis_relay_cluster_topology_refreshes_total",
+        "Cluster target: slot map reads (after MOVED, a broken connection, CLUSTERDOWN, or every 10 s)"
+    );
+    describe_histogram!(
+        "redis_relay_cluster_apply_latency_seconds",
+        Unit::Seconds,
+        "Cluster target: time from writing a round of batches to a master until its last reply, by node"
+    );
+    describe_gauge!(
+        "redis_relay_cluster_slots_unwritable",
+        "Cluster target: hash slots whose batches wait for a master (CLUSTERDOWN, failover, node gone, migration)"
+    );
+    describe_counter!(
+        "redis_relay_cross_slot_total",
+        "Cluster target: commands whose keys span hash slots (or have none), by command and handling: split, rewrite, every-master, noop, barrier, one-slot"
+    );
+    describe_histogram!(
+        "redis_relay_cluster_cross_slot_seconds",
+        Unit::Seconds,
+        "Cluster target: time to apply one cross-slot unit (read, compute on scratch keys, write back per slot)"
+    );
 }
 
 /// Install the Prometheus exporter on `addr` (`/metrics`). Only for binaries: it sets a

@@ -2,8 +2,8 @@
 //! pipelined, acknowledging batches to their sources' trackers), the commands it sends, the
 //! target's facts, and the deletions only a proof allows (sweeps, flush translation, the
 //! deferred ones); and an in-memory model of a target ([`memory`]) for tests and dry runs.
-//! [`cluster`]: key slots, the slot map of a Redis Cluster, and the detection that makes the
-//! relay refuse a cluster target until a slot-aware writer exists.
+//! [`cluster`]: the writers of a Redis Cluster target (one lane per hash slot, redirections,
+//! cross-slot units); [`TargetPool`] starts either kind.
 //!
 //! Owns: every write to the target. May not touch: sources, the spool, the pipeline (it takes
 //! [`crate::batch::Batch`]es and knows nothing of where they come from).

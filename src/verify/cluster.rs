@@ -33,9 +33,9 @@ pub struct TargetCursor {
 
 /// The target: one server, or every master of a cluster.
 pub enum TargetReader {
-    /// Boxed: a reader holds its buffers inline, and the enum should not carry them twice.
+    /// Both boxed: readers hold their buffers inline, and their sizes differ.
     One(Box<LiveReader>),
-    Cluster(ClusterReader),
+    Cluster(Box<ClusterReader>),
 }
 
 impl TargetReader {
@@ -53,7 +53,9 @@ impl TargetReader {
         };
         Ok(match kind {
             TargetKind::Standalone => TargetReader::One(Box::new(LiveReader::connect(ep, opts)?)),
-            TargetKind::Cluster => TargetReader::Cluster(ClusterReader::connect(ep, seeds, opts)?),
+            TargetKind::Cluster => {
+                TargetReader::Cluster(Box::new(ClusterReader::connect(ep, seeds, opts)?))
+            }
         })
     }
 

@@ -1,5 +1,8 @@
-//! Redis Cluster as a target: groundwork for a slot-partitioned writer (not written yet).
+//! Redis Cluster as a target: the slot-partitioned writers and what they stand on.
 //!
+//! - [`pool`]: the writer pool the pipeline sees as one writer per hash slot, served by
+//!   [`lane`] threads (one batch in flight per slot; MOVED, ASK, TRYAGAIN, CLUSTERDOWN and
+//!   broken connections handled per batch);
 //! - [`slot`]: a key's hash slot ([`key_slot`]) and a hash tag for every slot ([`slot_tag`]),
 //!   so that a record key can live in the slot of the data it describes;
 //! - [`topology`]: the slot map ([`SlotMap`]) from `CLUSTER SHARDS` or `CLUSTER SLOTS`;
@@ -7,9 +10,7 @@
 //!   outages ([`client::ClusterClient`]), for the rare operations beside the slot writers;
 //! - [`cross_slot`]: running a unit whose keys span slots on scratch keys, then writing each
 //!   slot's part with its record, exactly once per slot and safe across a crash;
-//! - [`is_cluster`]: whether a server is a cluster node. Until the cluster writer exists,
-//!   `sync`, `restore` and `check` refuse such a target ([`ClusterUnsupported`]): a
-//!   standalone writer would have every key outside that node's slots refused with MOVED.
+//! - [`is_cluster`], [`kind_of`]: whether a server is a cluster node (`--target-kind`).
 pub mod client;
 pub mod cross_slot;
 mod lane;
@@ -63,20 +64,6 @@ pub fn info_says_cluster(info: &str) -> bool {
     info_field(info, "cluster_enabled").as_deref() == Some("1")
 }
 
-/// A cluster node given as the target: refused until the cluster writer exists.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("target {target} is a Redis Cluster node (INFO cluster: cluster_enabled:1): Redis Cluster targets are not supported yet, so nothing was written (a standalone writer would have every key outside this node's slots refused with MOVED)")]
-pub struct ClusterUnsupported {
-    /// `host:port` of the target.
-    pub target: String,
-}
-
-impl ClusterUnsupported {
-    /// What to do instead (for the precheck's fix line).
-    pub const FIX: &'static str =
-        "give a standalone Redis (not a cluster node) as --target: slot-aware writing into a Redis Cluster is not there yet";
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -87,13 +74,5 @@ mod tests {
         assert!(!info_says_cluster("# Cluster\r\ncluster_enabled:0\r\n"));
         // Before 3.0: no cluster section at all.
         assert!(!info_says_cluster(""));
-        let e = ClusterUnsupported {
-            target: "127.0.0.1:7000".into(),
-        };
-        let msg = e.to_string();
-        assert!(
-            msg.contains("127.0.0.1:7000") && msg.contains("not supported yet"),
-            "{msg}"
-        );
     }
 }
