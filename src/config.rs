@@ -593,7 +593,7 @@ heartbeat = "1s"
         assert_eq!(m.writers, Some(2));
         assert_eq!(m.state_dir.as_deref(), Some(Path::new("/s")));
         assert!(m.allow_eviction);
-        assert_eq!(RunOptions::KEYS.len(), 30);
+        assert_eq!(RunOptions::KEYS.len(), 31);
     }
 
     #[test]
@@ -628,6 +628,25 @@ heartbeat = "1s"
             matches!(e, OptionsError::Conflict("twemproxy", "source")),
             "{e}"
         );
+    }
+
+    #[test]
+    fn target_seeds_and_kind() {
+        let one = FileConfig::parse("target = \"redis://10.0.0.1:7000\"\n", "t.toml").unwrap();
+        assert_eq!(one.target, Some(vec!["redis://10.0.0.1:7000".to_string()]));
+        let many = FileConfig::parse(
+            "source = [\"redis://127.0.0.1:1\"]\ntarget = [\"redis://10.0.0.1:7000\", \"redis://10.0.0.2:7000\"]\ntarget-kind = \"cluster\"\n",
+            "t.toml",
+        )
+        .unwrap();
+        let s = many.resolve().unwrap();
+        assert_eq!(s.target.port, 7000);
+        assert_eq!(s.target.host, "10.0.0.1");
+        assert_eq!(s.target_seeds.len(), 1);
+        assert_eq!(s.target_seeds[0].host, "10.0.0.2");
+        assert_eq!(s.target_kind, Some(TargetKind::Cluster));
+        let bad = FileConfig::parse("target = [\"nope://x\"]\n", "t.toml").unwrap_err();
+        assert!(bad.to_string().contains("target"), "{bad}");
     }
 
     #[test]
