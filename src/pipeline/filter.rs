@@ -253,10 +253,13 @@ mod tests {
         assert_eq!(f.map_db(1), Some(5));
         assert_eq!(f.map_db(2), None);
         assert_eq!(f.target_dbs(), Some(vec![0, 5]));
-        assert!(
-            KeyFilter::from_options(Some(vec![0, 1]), &["1:0".into()], &[], &[], &[], &[]).is_err()
-        );
-        assert!(KeyFilter::from_options(None, &["1:0".into()], &[], &[], &[], &[]).is_err());
+        assert!(f.merged().is_empty());
+        // A merge is what --db-map says (a cluster's database 0 takes the others).
+        let merged =
+            KeyFilter::from_options(Some(vec![0, 1]), &["1:0".into()], &[], &[], &[], &[]).unwrap();
+        assert_eq!(merged.merged(), vec![(0, vec![0, 1])]);
+        let all = KeyFilter::from_options(None, &["1:0".into()], &[], &[], &[], &[]).unwrap();
+        assert_eq!(all.merged(), vec![(0, vec![0, 1])]);
         assert!(
             KeyFilter::from_options(Some(vec![1]), &["1:0".into()], &[], &[], &[], &[]).is_ok()
         );
