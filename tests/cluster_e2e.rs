@@ -612,3 +612,88 @@ fn cross_slot_commands_end_in_the_sources_state() {
     assert!(!c.cmd(&["SET", "after:flush", "1"]).is_error());
     assert_cluster_equal(&[m.port], &cluster, &log);
 }
+
+/// MOVE and SWAPDB between two databases that `--db-map 1:0` merges into the cluster's
+/// database 0 change nothing there (`noop`); the cluster still equals the source's union.
+#[test]
+fn move_and_swapdb_between_merged_databases() {
+    let m = RedisServer::start(&[]);
+    let cluster = RedisCluster::start(3);
+    let state = tempfile::tempdir().unwrap();
+    preload(m.port, 0, "m0:", 300);
+    preload(m.port, 1, "m1:", 300);
+    let args = vec![
+        "--source".to_string(),
+        m.url(),
+        "--target".into(),
+        cluster.url(),
+        "--db-map".into(),
+        "1:0".into(),
+        "--state-dir".into(),
+        state.path().display().to_string(),
+    ];
+    let relay = Relay::start_synced(&args, state.path(), &m.addr());
+    let mut c = m.client();
+    for cmd in [
+        vec!["MOVE", "m0:s:0", "1"],
+        vec!["SWAPDB", "0", "1"],
+        vec!["SELECT", "1"],
+        vec!["MOVE", "m1:s:5", "0"],
+        vec!["RPUSH", "after:swap", "x"],
+    ] {
+        assert!(!c.cmd(&cmd).is_error(), "{cmd:?}");
+    }
+    let log = || relay.log_text();
+    assert_cluster_equal(&[m.port], &cluster, &log);
+    let counted = relay.metrics();
+    for command in ["move", "swapdb"] {
+        assert!(
+            counted
+                .lines()
+                .any(|l| l.starts_with("redis_relay_cross_slot_total{")
+                    && l.contains(&format!("command=\"{command}\""))
+                    && l.contains("handling=\"noop\"")),
+            "{command} not counted as noop:\n{counted}"
+        );
+    }
+}
+
+/// `restore` of an RDB file into a cluster: every key lands on the master of its slot.
+#[test]
+fn restore_an_rdb_file_into_a_cluster() {
+    let m = RedisServer::start(&[]);
+    let cluster = RedisCluster::start(3);
+    preload(m.port, 0, "r:", 5_000);
+    let mut c = m.client();
+    assert!(!c.cmd(&["SAVE"]).is_error());
+    let dir = c.cmd(&["CONFIG", "GET", "dir"]);
+    let Reply::Array(Some(parts)) = dir else {
+        panic!("CONFIG GET dir: {dir:?}")
+    };
+    let rdb = std::path::Path::new(&parts[1].as_text().unwrap()).join("dump.rdb");
+    let out = support::relay_cli(&[
+        "restore",
+        &rdb.display().to_string(),
+        "--target",
+        &cluster.url(),
+        "-q",
+    ]);
+    assert!(
+        out.status.success(),
+        "restore: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut want = BTreeMap::new();
+    contents(m.port, 0, &mut want);
+    let mut have = BTreeMap::new();
+    for p in cluster.master_ports() {
+        contents(p, 0, &mut have);
+    }
+    assert_eq!(want.len(), 5_000);
+    assert!(
+        want == have,
+        "{} keys restored of {}",
+        have.len(),
+        want.len()
+    );
+}
