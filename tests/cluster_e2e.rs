@@ -469,6 +469,10 @@ fn cross_slot_commands_end_in_the_sources_state() {
     for r in c.pipeline(&setup) {
         assert!(!r.is_error(), "{r:?}");
     }
+    let lib = |name: &str| {
+        format!("#!lua name={name}\nredis.register_function('{name}_f', function(keys, args) return 1 end)")
+    };
+    assert!(!c.cmd(&["FUNCTION", "LOAD", &lib("snaplib")]).is_error());
     let args = vec![
         "--source".to_string(),
         m.url(),
@@ -579,8 +583,23 @@ fn cross_slot_commands_end_in_the_sources_state() {
     for r in c.pipeline(&stream) {
         assert!(!r.is_error(), "{r:?}");
     }
+    assert!(!c.cmd(&["FUNCTION", "LOAD", &lib("streamlib")]).is_error());
     let log = || relay.log_text();
     assert_cluster_equal(&[m.port], &cluster, &log);
+    // Function libraries act on the node that loads them: every master has both, the one
+    // of the snapshot and the one of the stream.
+    for p in cluster.master_ports() {
+        let mut node = cluster.client(p);
+        assert!(
+            wait_until(Duration::from_secs(10), || {
+                let list = format!("{:?}", node.cmd(&["FUNCTION", "LIST"]));
+                list.contains("snaplib") && list.contains("streamlib")
+            }),
+            "master {p} lacks a library: {:?}\n{}",
+            node.cmd(&["FUNCTION", "LIST"]),
+            relay.log_text()
+        );
+    }
     // EVAL reaches the stream as its effects inside MULTI/EXEC (Redis 7 replicates scripts
     // by effects): counted as `exec`, like the source's own transaction.
     let counted = relay.metrics();

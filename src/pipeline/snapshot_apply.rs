@@ -179,21 +179,41 @@ impl SnapshotApply {
         res
     }
 
+    /// A command that acts on the node receiving it (SCRIPT LOAD, FUNCTION LOAD): to writer 0,
+    /// or on a cluster target to every master.
+    fn node_wide(&mut self, d: &mut Dispatcher, args: Vec<Bytes>) -> Result<(), ApplyError> {
+        if d.slotted() {
+            return Ok(d.every_master(0, vec![args], self.offset)?);
+        }
+        let mut c = self.buf();
+        c.push(&args);
+        self.send(d, 0, 0, c)
+    }
+
     /// Handle one parser event.
     pub fn on_event(&mut self, ev: Event, d: &mut Dispatcher) -> Result<(), ApplyError> {
         match ev {
             Event::Header { version } => self.source_rdb_version = version,
             Event::Aux { key, value } if &key[..] == b"lua" => {
                 // Scripts cached on a 4.0-6.2 master: load them so that later EVALSHAs work.
-                let mut c = self.buf();
-                c.push(&[&b"SCRIPT"[..], b"LOAD", &value]);
-                self.send(d, 0, 0, c)?;
+                self.node_wide(
+                    d,
+                    vec![
+                        Bytes::from_static(b"SCRIPT"),
+                        Bytes::from_static(b"LOAD"),
+                        value,
+                    ],
+                )?;
             }
             Event::Function(lib) => {
                 if self.opts.target_version >= (7, 0) {
-                    let mut c = self.buf();
-                    c.push(&[&b"FUNCTION"[..], b"LOAD", b"REPLACE", &lib.code]);
-                    self.send(d, 0, 0, c)?;
+                    let load = vec![
+                        Bytes::from_static(b"FUNCTION"),
+                        Bytes::from_static(b"LOAD"),
+                        Bytes::from_static(b"REPLACE"),
+                        lib.code.clone(),
+                    ];
+                    self.node_wide(d, load)?;
                     self.stats.functions += 1;
                 } else {
                     tracing::warn!("the target is older than Redis 7.0 and has no functions: a function library is not copied");

@@ -412,11 +412,12 @@ impl Lane {
                 transaction,
             });
         }
+        let bytes = out.len() + direct.iter().map(|d| d.1.len()).sum::<usize>();
         let broken = write_all(&mut conn.stream, &out, direct).is_err();
         self.sh
             .state
             .bytes_written
-            .fetch_add(out.len() as u64, Ordering::Relaxed);
+            .fetch_add(bytes as u64, Ordering::Relaxed);
         Some(NodeRound {
             addr,
             sent,
@@ -453,8 +454,10 @@ impl Lane {
         for s in rest {
             self.settle_unknown(s.p, again);
         }
+        let took = r.written_at.elapsed().as_secs_f64();
+        metrics::histogram!("redis_relay_apply_latency_seconds").record(took);
         metrics::histogram!("redis_relay_cluster_apply_latency_seconds", "node" => r.addr)
-            .record(r.written_at.elapsed().as_secs_f64());
+            .record(took);
     }
 
     /// The replies of one sent batch (the ASKING reply left out).
