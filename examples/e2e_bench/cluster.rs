@@ -257,8 +257,33 @@ fn warnings(relay: &Relay) -> Vec<String> {
         .collect()
 }
 
-/// Stop the relay with SIGTERM; its warnings and a non-zero exit code go into the notes.
+/// The sum of a metric's series (every label set).
+fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .fold(0.0, |a, v| a + v)
+}
+
+/// Stop the relay with SIGTERM; its redirections, warnings and a non-zero exit code go into
+/// the log and the notes.
 fn stop_relay(mut relay: Relay, phase: &str, notes: &mut Vec<String>) {
+    let m = relay.metrics();
+    let redirects = metric_sum(&m, "redis_relay_cluster_redirects_total");
+    let refreshes = metric_sum(&m, "redis_relay_cluster_topology_refreshes_total");
+    let cross = metric_sum(&m, "redis_relay_cross_slot_total");
+    let series = m
+        .lines()
+        .filter(|l| l.starts_with("redis_relay_cluster_"))
+        .count();
+    log(format!(
+        "cluster relay ({phase}): {redirects} redirections, {refreshes} topology refreshes, {cross} cross-slot commands ({series} redis_relay_cluster_* series)"
+    ));
+    if redirects > 0.0 {
+        notes.push(format!(
+            "cluster relay ({phase}): {redirects} redirections on a cluster whose slots did not move"
+        ));
+    }
     stop_child(&mut relay.child);
     let code = relay.child.try_wait().ok().flatten().and_then(|s| s.code());
     if code != Some(0) {
