@@ -3,7 +3,7 @@
 //! the same run. Prints a markdown table.
 //!
 //! ```sh
-//! cargo build --release && cargo run --release --example e2e_bench -- [--keys N] [--quick]
+//! cargo build --release && cargo run --release --example e2e_bench -- [--keys N] [--quick] [--cluster]
 //! RELAY_BIN=/path/to/old/redis-relay cargo run --release --example e2e_bench -- --keys N  # another build
 //! ```
 //!
@@ -19,6 +19,10 @@
 //! - memory: the relay's peak RSS (VmHWM, reset between phases through `/proc/<pid>/clear_refs`)
 //!   during the full sync, the catch-up, and a sync of one 5,000,000-element list plus one
 //!   2,000,000-field hash.
+//! - `--cluster`: also a Redis Cluster of 3 masters with a replica each as a second target: the
+//!   full sync of the same data next to the single target's, and catch-up rounds with every
+//!   master paused against the cluster's own ingest (`redis-benchmark --cluster -P 64`); see
+//!   `e2e_bench/cluster.rs`.
 //!
 //! "The target holds everything" is decided from the relay's metrics (`--metrics-addr`):
 //! `redis_relay_snapshot_done` is 1 for every source, `redis_relay_lag_bytes` is 0 for every
@@ -38,6 +42,9 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use redis_relay::batch::record;
 use redis_relay::resp::{encode_command, parse_reply, Reply};
+
+#[path = "e2e_bench/cluster.rs"]
+mod cluster;
 
 type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -59,6 +66,8 @@ struct Opts {
     /// Only write the generated data set (RESP) to this file and exit (for offline profiling:
     /// `redis-cli --pipe < FILE`, `SAVE`, then `redis-relay restore`).
     gen_only: Option<PathBuf>,
+    /// Also a Redis Cluster of 3 masters as a second target (see [`cluster`]).
+    cluster: bool,
 }
 
 fn parse_opts() -> Opts {
@@ -66,6 +75,7 @@ fn parse_opts() -> Opts {
     let mut quick = false;
     let mut perf_dir = None;
     let mut gen_only = None;
+    let mut cluster = false;
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -77,10 +87,11 @@ fn parse_opts() -> Opts {
                 )
             }
             "--quick" => quick = true,
+            "--cluster" => cluster = true,
             "--perf" => perf_dir = Some(PathBuf::from(it.next().expect("--perf DIR"))),
             "--gen-only" => gen_only = Some(PathBuf::from(it.next().expect("--gen-only FILE"))),
             "-h" | "--help" => {
-                eprintln!("usage: e2e_bench [--keys N] [--quick] [--perf DIR] [--gen-only FILE]");
+                eprintln!("usage: e2e_bench [--keys N] [--quick] [--cluster] [--perf DIR] [--gen-only FILE]");
                 std::process::exit(0);
             }
             other => panic!("unknown argument {other} (usage: e2e_bench [--keys N] [--quick])"),
@@ -98,6 +109,7 @@ fn parse_opts() -> Opts {
             size_label: "quick",
             perf_dir,
             gen_only,
+            cluster,
         }
     } else {
         Opts {
@@ -111,6 +123,7 @@ fn parse_opts() -> Opts {
             size_label: "full",
             perf_dir,
             gen_only,
+            cluster,
         }
     }
 }
@@ -161,45 +174,52 @@ struct Server {
 
 impl Server {
     fn start(dir: &Path, name: &str, extra: &[&str]) -> Server {
-        let sdir = dir.join(name);
-        std::fs::create_dir_all(&sdir).unwrap();
         for _ in 0..5 {
-            let port = free_port();
-            let mut conf = format!(
-                "port {port}\nbind 127.0.0.1\nsave \"\"\nappendonly no\ndaemonize no\ndir {d}\nlogfile {d}/redis.log\n",
-                d = sdir.display()
-            );
-            for l in extra {
-                conf.push_str(l);
-                conf.push('\n');
+            if let Some(s) = Server::start_at(dir, name, free_port(), extra) {
+                return s;
             }
-            let cp = sdir.join("redis.conf");
-            std::fs::write(&cp, conf).unwrap();
-            let mut child = Command::new(find_bin(&[
-                "/usr/bin/redis-server",
-                "/usr/local/bin/redis-server",
-            ]))
-            .arg(&cp)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn redis-server");
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break;
-                }
-                if let Ok(mut c) = Client::connect(port) {
-                    if let Ok(Reply::Simple(_)) = c.try_cmd(&["PING"]) {
-                        return Server { port, child };
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            stop_child(&mut child);
         }
         panic!("could not start redis-server {name}");
+    }
+
+    /// One attempt on `port`: `None` when the server does not answer PING within 10 s.
+    fn start_at(dir: &Path, name: &str, port: u16, extra: &[&str]) -> Option<Server> {
+        let sdir = dir.join(name);
+        std::fs::create_dir_all(&sdir).unwrap();
+        let mut conf = format!(
+            "port {port}\nbind 127.0.0.1\nsave \"\"\nappendonly no\ndaemonize no\ndir {d}\nlogfile {d}/redis.log\n",
+            d = sdir.display()
+        );
+        for l in extra {
+            conf.push_str(l);
+            conf.push('\n');
+        }
+        let cp = sdir.join("redis.conf");
+        std::fs::write(&cp, conf).unwrap();
+        let mut child = Command::new(find_bin(&[
+            "/usr/bin/redis-server",
+            "/usr/local/bin/redis-server",
+        ]))
+        .arg(&cp)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn redis-server");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                break;
+            }
+            if let Ok(mut c) = Client::connect(port) {
+                if let Ok(Reply::Simple(_)) = c.try_cmd(&["PING"]) {
+                    return Some(Server { port, child });
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        stop_child(&mut child);
+        None
     }
 
     fn client(&self) -> Client {
@@ -292,6 +312,17 @@ struct Relay {
 
 impl Relay {
     fn start(dir: &Path, name: &str, source_args: &[String], target: &Server) -> Relay {
+        Relay::start_url(
+            dir,
+            name,
+            source_args,
+            &format!("redis://{}", target.addr()),
+        )
+    }
+
+    /// The relay into `target` (a URL; one node of a cluster is enough), state in
+    /// `<dir>/<name>-state` (the same name again resumes from it).
+    fn start_url(dir: &Path, name: &str, source_args: &[String], target: &str) -> Relay {
         // RELAY_BIN: another build of the relay (an older commit, side by side).
         let bin = match std::env::var_os("RELAY_BIN") {
             Some(b) => std::path::PathBuf::from(b),
@@ -314,7 +345,7 @@ impl Relay {
             .arg("sync")
             .args(source_args)
             .arg("--target")
-            .arg(format!("redis://{}", target.addr()))
+            .arg(target)
             .arg("--state-dir")
             .arg(&state)
             .arg("--metrics-addr")
@@ -324,7 +355,13 @@ impl Relay {
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(File::create(&log).unwrap())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log)
+                    .unwrap(),
+            )
             .spawn()
             .expect("spawn redis-relay");
         Relay {
@@ -906,6 +943,11 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 /// Run redis-benchmark; returns (total requests, seconds) summed over its tests.
 fn redis_benchmark(port: u16, n: u64, pipeline: u32) -> Res<(u64, f64)> {
+    redis_benchmark_with(port, n, pipeline, &[])
+}
+
+/// [`redis_benchmark`] with `extra` arguments (`--cluster`: the cluster's own ingest).
+fn redis_benchmark_with(port: u16, n: u64, pipeline: u32, extra: &[&str]) -> Res<(u64, f64)> {
     let out = Command::new(find_bin(&[
         "/usr/bin/redis-benchmark",
         "/usr/local/bin/redis-benchmark",
@@ -913,6 +955,7 @@ fn redis_benchmark(port: u16, n: u64, pipeline: u32) -> Res<(u64, f64)> {
     .args(["-h", "127.0.0.1", "-p", &port.to_string()])
     .args(["-t", "set,lpush,hset,incr", "-P", &pipeline.to_string()])
     .args(["-n", &n.to_string(), "-r", "100000", "--csv"])
+    .args(extra)
     .stdin(Stdio::null())
     .stderr(Stdio::null())
     .output()?;
@@ -1007,6 +1050,8 @@ fn machine() -> String {
 
 // ---------------------------------------------------------------------------------------------
 
+// Long: one sequential script of phases that share the servers, the relay and the figures
+// for the table; the cluster phases (`--cluster`) are in `e2e_bench/cluster.rs`.
 fn main() -> Res<()> {
     START.with(|_| ());
     let o = parse_opts();
@@ -1214,6 +1259,27 @@ fn main() -> Res<()> {
         Some(full_rss < 64 * 1024),
     ));
 
+    // ---- the same full sync into a Redis Cluster (the relay above stays, idle)
+    let setup = cluster::Setup {
+        dir,
+        nut: &nut,
+        masters: [&ma, &mb],
+        tck,
+        rounds: o.catchup_rounds,
+        catchup_n: o.catchup_n,
+        perf_dir: &o.perf_dir,
+    };
+    let mut single = cluster::Single {
+        full_secs,
+        catch_ops: 0.0,
+    };
+    let cl = match o.cluster {
+        true => Some(cluster::full_sync(
+            &setup, expected, &single, &mut rows, &mut notes,
+        )?),
+        false => None,
+    };
+
     // ---- catch-up
     // Warm-up: the same load once, target not paused, until the relay has applied it. The
     // measured round and the baseline (`-P 64` at the target, later) then both write keys that
@@ -1401,6 +1467,10 @@ fn main() -> Res<()> {
     }
     drop(relay);
     drop(target);
+    if let Some(cl) = cl {
+        single.catch_ops = catch_ops;
+        cluster::catch_up(&setup, &cl, &single, &mut rows, &mut notes)?;
+    }
     drop(ra);
     drop(rb);
     drop(nut);
