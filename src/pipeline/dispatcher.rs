@@ -22,9 +22,9 @@ const BATCH_BYTES: usize = 128 * 1024;
 const BATCH_OPS: usize = 512;
 /// On a cluster target (a writer per slot), flush every pending batch once they hold this
 /// much together: 16384 batches each allowed [`BATCH_BYTES`] would not keep memory bounded.
-const SLOTTED_PENDING_BYTES: usize = 8 << 20;
+const SLOTTED_PENDING_BYTES: usize = 16 << 20;
 /// ...or this many commands together.
-const SLOTTED_PENDING_COMMANDS: usize = 64 * 1024;
+const SLOTTED_PENDING_COMMANDS: usize = 256 * 1024;
 
 pub struct Dispatcher {
     pool: Arc<dyn Writers>,
@@ -86,6 +86,9 @@ struct Pending {
     needs_transaction: bool,
     /// Listed in the dispatcher's `dirty`.
     dirty: bool,
+    /// Give the open buffer away whole when sealing (a cluster target's 16384 lanes would
+    /// each keep an allocation alive otherwise).
+    release: bool,
     start: u64,
     end: u64,
 }
@@ -98,7 +101,11 @@ impl Pending {
     /// Turn the open commands into an op.
     fn seal(&mut self) {
         if !self.open.is_empty() {
-            let (payload, replies) = self.open.take();
+            let (payload, replies) = if self.release {
+                self.open.take_all()
+            } else {
+                self.open.take()
+            };
             self.ops.push(Op::new(self.open_db, payload, replies));
         }
     }
@@ -111,7 +118,12 @@ impl Dispatcher {
         Dispatcher {
             pool,
             tracker,
-            pending: (0..n).map(|_| Pending::default()).collect(),
+            pending: (0..n)
+                .map(|_| Pending {
+                    release: slotted,
+                    ..Pending::default()
+                })
+                .collect(),
             exactly_once: None,
             skip_upto: vec![0; n],
             seq: vec![0; n],
@@ -172,6 +184,13 @@ impl Dispatcher {
             .collect()
     }
 
+    /// Writer `w`'s pending batch (and the one the next push opens) gets a record even on a
+    /// cluster target: it continues a big key written in chunks, which is not replayable
+    /// alone (its RPUSH would run twice after a broken connection).
+    pub fn require_record(&mut self, w: usize) {
+        self.pending[w].needs_transaction = true;
+    }
+
     /// Queue `op` for writer `w`; it covers stream offsets `(start, end]`. The batch is on the
     /// tracker's books from its first op on, so that the applied offset can never pass an op
     /// that is still waiting here.
@@ -213,7 +232,14 @@ impl Dispatcher {
             p.open_db = db;
         }
         if p.open.is_empty() {
-            p.open.reserve(BATCH_BYTES.max(cmds.len()) + 4096);
+            // On a cluster target a batch holds one slot's keys: a few, in up to 16384
+            // pending batches at once, so each grows as it needs instead.
+            let want = if slotted {
+                cmds.len() + 1024
+            } else {
+                BATCH_BYTES.max(cmds.len()) + 4096
+            };
+            p.open.reserve(want);
         }
         p.open.append(cmds);
         // A snapshot batch holds whole keys (a collection's DEL first): on a cluster target

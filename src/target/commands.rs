@@ -72,6 +72,13 @@ impl CommandBuf {
     }
 
     /// Take what was built, leaving the buffer empty.
+    /// Move the commands out with their whole buffer, leaving nothing allocated (where many
+    /// buffers each hold a little, a kept remainder would pin every one of them).
+    pub fn take_all(&mut self) -> (Bytes, u32) {
+        let n = std::mem::take(&mut self.count);
+        (std::mem::take(&mut self.payload).freeze(), n)
+    }
+
     pub fn take(&mut self) -> (Bytes, u32) {
         let n = std::mem::take(&mut self.count);
         (self.payload.split().freeze(), n)

@@ -44,7 +44,7 @@ const ROUND_BATCHES: usize = 2048;
 const ROUND_BYTES: usize = 8 << 20;
 /// Batches taken from the channel and not yet applied, at most: beyond, the channel fills
 /// and the dispatchers wait (memory stays bounded while slots wait).
-const HELD_CAP: usize = 8192;
+const HELD_CAP: usize = 2048;
 /// A node that answers nothing for this long is treated as gone.
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -80,11 +80,11 @@ impl Pending {
         self.not_before.is_none_or(|t| t <= now)
     }
 
-    /// MULTI/EXEC: with its record, with a command that may not run twice, or once redirected.
+    /// MULTI/EXEC: with its record, or once redirected (a plain batch may have partly run).
+    /// A batch without a record is replayable as a whole: the stream's replayable commands,
+    /// or whole snapshot keys (a big key's later chunks carry a record).
     fn transaction(&self) -> bool {
-        self.wrap
-            || self.batch.bookkeeping.is_some()
-            || self.batch.ops.iter().any(|o| !o.replayable)
+        self.wrap || self.batch.bookkeeping.is_some()
     }
 
     fn backoff(&mut self, base: Duration) {

@@ -174,7 +174,7 @@ impl ClusterPool {
         let mut senders = Vec::with_capacity(n);
         let mut handles = Vec::with_capacity(n);
         for t in 0..n {
-            let (tx, rx) = bounded::<Job>(opts.queue * 64);
+            let (tx, rx) = bounded::<Job>(opts.queue * 16);
             senders.push(tx);
             let lane = Lane::new(t, rx, shared.clone());
             handles.push(
