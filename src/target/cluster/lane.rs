@@ -45,7 +45,7 @@ const ROUND_BYTES: usize = 8 << 20;
 /// Batches taken from the channel and not yet applied, at most: beyond, the channel fills
 /// and the dispatchers wait (memory stays bounded while slots wait).
 const HELD_CAP: usize = 2048;
-/// A node that answers nothing for this long is treated as gone.
+/// A node that answers (or reads) nothing for this long is treated as gone.
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// Redirections followed while reading one record.
@@ -338,7 +338,10 @@ impl Lane {
             let ep = self.sh.endpoint(addr);
             match Client::connect(&ep, self.sh.opts.connect_timeout) {
                 Ok(c) => {
+                    // A node gone without a reset must not hold the lane forever, in a read
+                    // or in a write whose buffers filled.
                     let _ = c.stream.set_read_timeout(Some(READ_TIMEOUT));
+                    let _ = c.stream.set_write_timeout(Some(READ_TIMEOUT));
                     self.sh.register(self.t, addr, &c.stream);
                     self.conns.insert(
                         addr.to_string(),
