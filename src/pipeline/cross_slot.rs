@@ -203,12 +203,12 @@ fn by_keys(
     d: &mut Dispatcher,
 ) -> Result<Handling, PipelineError> {
     let Some(positions) = key_indices(&args) else {
-        barrier(op, start, end, d)?;
+        d.alone(op, start, end)?;
         return Ok(Handling::Barrier);
     };
     let mut lanes = positions.iter().map(|&i| d.writer_for(&args[i]));
     let Some(first) = lanes.next() else {
-        barrier(op, start, end, d)?;
+        d.alone(op, start, end)?;
         return Ok(Handling::Barrier);
     };
     if lanes.all(|w| w == first) {
@@ -217,13 +217,6 @@ fn by_keys(
     }
     d.cross_slot(op.db, vec![args], vec![positions], end)?;
     Ok(Handling::Rewrite)
-}
-
-/// Alone on writer 0, between everything before and everything after it.
-fn barrier(op: Op, start: u64, end: u64, d: &mut Dispatcher) -> Result<(), PipelineError> {
-    d.barrier()?;
-    d.push(0, op, start, end)?;
-    d.barrier()
 }
 
 /// A source transaction (`commands`, each its arguments, SELECTs included) whose keys span

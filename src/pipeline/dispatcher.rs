@@ -421,6 +421,14 @@ impl Dispatcher {
         Ok(())
     }
 
+    /// `op` alone on writer 0, between everything before and everything after it (a command
+    /// whose keys are unknown or span writers).
+    pub fn alone(&mut self, op: Op, start: u64, end: u64) -> Result<(), PipelineError> {
+        self.barrier()?;
+        self.push(0, op, start, end)?;
+        self.barrier()
+    }
+
     /// Flush and wait until the target acknowledged everything of this source: what comes
     /// next may touch keys of several writers and must see all earlier writes.
     pub fn barrier(&mut self) -> Result<(), PipelineError> {

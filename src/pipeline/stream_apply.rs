@@ -712,9 +712,7 @@ impl StreamApply {
         end: u64,
     ) -> Result<(), PipelineError> {
         self.stats.barriers += 1;
-        d.barrier()?;
-        d.push(0, op, start, end)?;
-        d.barrier()
+        d.alone(op, start, end)
     }
 
     fn exec(&mut self, m: MultiBlock, end: u64, d: &mut Dispatcher) -> Result<(), PipelineError> {

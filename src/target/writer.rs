@@ -246,13 +246,7 @@ impl WriterPool {
     /// Close the inputs and wait for every writer to drain and stop.
     pub fn finish(self) -> Result<(), PoolError> {
         drop(self.senders);
-        for h in self.handles {
-            let _ = h.join();
-        }
-        match self.state.error() {
-            Some(e) => Err(PoolError::Failed(e)),
-            None => Ok(()),
-        }
+        join_writers(self.handles, &self.state)
     }
 
     /// Abort: close the sockets so that blocked threads return.
@@ -263,6 +257,21 @@ impl WriterPool {
                 let _ = s.shutdown(Shutdown::Both);
             }
         }
+    }
+}
+
+/// Wait for every writer thread (their inputs are closed) and return the pool's first
+/// fatal error, if any. Both kinds of pool end this way.
+pub(crate) fn join_writers(
+    handles: Vec<JoinHandle<()>>,
+    state: &PoolState,
+) -> Result<(), PoolError> {
+    for h in handles {
+        let _ = h.join();
+    }
+    match state.error() {
+        Some(e) => Err(PoolError::Failed(e)),
+        None => Ok(()),
     }
 }
 

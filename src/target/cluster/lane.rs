@@ -320,12 +320,6 @@ impl Lane {
         for r in rounds {
             self.read_node(r, &mut again);
         }
-        if again
-            .iter()
-            .any(|p| p.not_before.is_some() && p.attempts > 0)
-        {
-            self.sh.refresh_if_old();
-        }
         // Back in front, in their order: their slots' later batches wait behind them.
         for p in again.into_iter().rev() {
             self.held.push_front(p);

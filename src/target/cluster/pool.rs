@@ -28,7 +28,7 @@ use super::{slot_tag, SLOTS};
 use crate::batch::{record, Batch, CrossSlot};
 use crate::endpoint::Endpoint;
 use crate::resp::client::{Client, ClientError};
-use crate::target::writer::{PoolError, PoolState, WriterFailure, WriterOptions};
+use crate::target::writer::{join_writers, PoolError, PoolState, WriterFailure, WriterOptions};
 use crate::target::Writers;
 
 /// The slot map is read again after this long even without a redirection.
@@ -205,13 +205,7 @@ impl ClusterPool {
     /// Close the inputs and wait for every lane to drain and stop.
     pub fn finish(self) -> Result<(), PoolError> {
         drop(self.senders);
-        for h in self.handles {
-            let _ = h.join();
-        }
-        match self.state.error() {
-            Some(e) => Err(PoolError::Failed(e)),
-            None => Ok(()),
-        }
+        join_writers(self.handles, &self.state)
     }
 
     /// Abort: close every socket so that blocked lanes return.
