@@ -3,8 +3,8 @@
 //!
 //! The `vs_redis_protocol/*` groups measure our framer, encoder and hash slot against the
 //! `redis-protocol` crate (RESP2, zero-copy `BytesMut` decoding) on the same inputs, after
-//! checking that both give the same commands, the same bytes and the same slots (README,
-//! "Dependencies").
+//! checking that both give the same commands, the same bytes and the same slots
+//! (docs/performance.md, "RESP: our framer and encoder against `redis-protocol`").
 
 use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};

@@ -7,7 +7,7 @@
 //! RELAY_BIN=/path/to/old/redis-relay cargo run --release --example e2e_bench -- --keys N  # another build
 //! ```
 //!
-//! Scenarios (see README "Performance"):
+//! Scenarios (see docs/performance.md):
 //! - full sync: two masters behind nutcracker, N keys of mixed types; the relay into an empty
 //!   target vs two native replicas (REPLICAOF, in parallel) and `redis-cli --pipe` of the same
 //!   data into an empty server;

@@ -1,6 +1,6 @@
 //! The Prometheus metrics the relay emits. The library only emits through the `metrics`
 //! facade; the binary installs the exporter (`install_exporter`). Every name here is listed,
-//! with its meaning, in the README.
+//! with its meaning, in docs/metrics.md.
 //!
 //! Beside the data path. Owns: the names and their descriptions, the exporter. The stages emit
 //! through the `metrics` facade and never import this module.
@@ -22,7 +22,7 @@ pub const SYNC_STATES: [LinkState; 7] = [
 ];
 
 /// Register descriptions (HELP lines) for every metric.
-// Long: a flat table, one call per metric (name, unit, help text), like the README's metrics table; split, it would only be arbitrary groups of the same call.
+// Long: a flat table, one call per metric (name, unit, help text), like the metrics table of docs/metrics.md; split, it would only be arbitrary groups of the same call.
 pub fn describe() {
     describe_gauge!(
         "redis_relay_lag_bytes",

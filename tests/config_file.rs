@@ -132,26 +132,33 @@ fn flags_in(text: &str) -> std::collections::BTreeSet<String> {
         .collect()
 }
 
-/// The README's "Options of `sync`" table and "Config file" section against the options
-/// themselves: the docs cannot drift from `RunOptions`.
+/// The configuration reference (docs/configuration.md): its "Options of `sync`" table and its
+/// "Config file" section against the options themselves (`RunOptions` and `sync --help`), both
+/// ways: the reference cannot drift from the definitions.
 #[test]
-fn readme_documents_every_option() {
+fn the_configuration_reference_documents_every_option() {
     use redis_relay::config::RunOptions;
     use std::collections::BTreeSet;
 
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let readme = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/configuration.md"
+    ))
+    .unwrap();
     let after = readme
         .split("Options of `sync`")
         .nth(1)
-        .expect("README: the options table");
+        .expect("docs/configuration.md: the options table");
     let rows: Vec<&str> = after
         .lines()
         .skip_while(|l| !l.starts_with('|'))
         .take_while(|l| l.starts_with('|'))
         .skip(2)
         .collect();
-    assert!(rows.len() > 20, "README: the options table: {rows:?}");
+    assert!(
+        rows.len() > 20,
+        "docs/configuration.md: the options table: {rows:?}"
+    );
     // The first column of each row (`\|` inside a cell is not a column).
     let table: BTreeSet<String> = rows
         .iter()
@@ -170,7 +177,14 @@ fn readme_documents_every_option() {
     for f in &table {
         assert!(
             options.contains(f),
-            "README's table has {f}, which is not an option of `redis-relay sync`: {options:?}"
+            "the reference's table has {f}, which is not an option of `redis-relay sync`: {options:?}"
+        );
+    }
+    // And the other way: every option of `sync --help` is in the table.
+    for f in &options {
+        assert!(
+            table.contains(f) || ["--help", "--version"].contains(&f.as_str()),
+            "`redis-relay sync --help` has {f}, which the reference's table lacks"
         );
     }
 
@@ -181,14 +195,14 @@ fn readme_documents_every_option() {
     for k in &keys {
         assert!(
             table.contains(&format!("--{k}")),
-            "--{k} is missing from README's options table"
+            "--{k} is missing from the reference's options table"
         );
     }
     // "any option of the table above but `--config` itself" is a key of the file.
     for f in &table {
         assert!(
             f == "--config" || keys.contains(&f[2..]),
-            "README's table has {f}, which the config file does not accept"
+            "the reference's table has {f}, which the config file does not accept"
         );
     }
 
@@ -196,7 +210,7 @@ fn readme_documents_every_option() {
         .split("## Config file")
         .nth(1)
         .and_then(|s| s.split("\n## ").next())
-        .expect("README: the Config file section");
+        .expect("docs/configuration.md: the Config file section");
     assert!(
         section.contains("any option of the table above"),
         "{section}"
@@ -205,7 +219,7 @@ fn readme_documents_every_option() {
         .split("```toml")
         .nth(1)
         .and_then(|s| s.split("```").next())
-        .expect("README: the config file example");
+        .expect("docs/configuration.md: the config file example");
     let mut shown = 0;
     for line in example.lines() {
         let line = line.trim().trim_start_matches('#').trim();
@@ -213,11 +227,11 @@ fn readme_documents_every_option() {
             shown += 1;
             assert!(
                 keys.contains(key.trim()),
-                "README's config example: {key} is no option"
+                "the reference's config example: {key} is no option"
             );
         }
     }
     assert!(shown > 5, "{example}");
     // And the example parses (its commented lines aside).
-    RunOptions::parse(example, "README.md").unwrap();
+    RunOptions::parse(example, "docs/configuration.md").unwrap();
 }

@@ -1,6 +1,6 @@
 //! The sidecar kit in `examples/sidecar/` (Prometheus scrape config and alert rules, Grafana
 //! dashboard, systemd unit and template unit, example config): every file parses, every
-//! `redis_relay_*` metric it uses is in the README's metrics table and described in
+//! `redis_relay_*` metric it uses is in the metrics table of docs/metrics.md and described in
 //! `src/metrics.rs`, and the files agree with each other (metrics port, state dir, config
 //! path, the `backend` label of one sidecar per master). `promtool` and `systemd-analyze` are
 //! not available here: the PromQL and the unit directives themselves are not checked.
@@ -103,9 +103,9 @@ fn port(addr: &str) -> &str {
         .1
 }
 
-/// The README's metrics table: name -> type.
+/// The metrics table of docs/metrics.md: name -> type.
 fn readme_metrics() -> BTreeMap<String, String> {
-    let text = read(&Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"));
+    let text = read(&Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/metrics.md"));
     let row = Regex::new(r"^\| `(redis_relay_[a-z_]+)(?:\{[^}]*\})?` \| ([a-z]+)").unwrap();
     let table: BTreeMap<String, String> = text
         .lines()
@@ -116,7 +116,7 @@ fn readme_metrics() -> BTreeMap<String, String> {
         .collect();
     assert!(
         table.len() >= 20,
-        "README metrics table not found: {table:?}"
+        "docs/metrics.md: metrics table not found: {table:?}"
     );
     table
 }
@@ -136,7 +136,7 @@ fn check_documented(file: &str, names: &BTreeSet<String>) {
             .unwrap_or(n);
         assert!(
             table.contains_key(base),
-            "{file}: {n} is not in the README's metrics table"
+            "{file}: {n} is not in the metrics table of docs/metrics.md"
         );
         assert!(
             described.contains(&format!("\"{base}\"")),
@@ -145,7 +145,7 @@ fn check_documented(file: &str, names: &BTreeSet<String>) {
     }
 }
 
-/// Every metric the library emits is in the README table (the other direction).
+/// Every metric the library emits is in the metrics table of docs/metrics.md (the other direction).
 #[test]
 fn emitted_metrics_are_documented() {
     let table = readme_metrics();
@@ -175,7 +175,7 @@ fn emitted_metrics_are_documented() {
     for n in &emitted {
         assert!(
             table.contains_key(n),
-            "{n} is emitted but not in the README"
+            "{n} is emitted but not in docs/metrics.md"
         );
     }
 }

@@ -80,7 +80,7 @@ pub struct Batch {
 
 /// Commands whose keys span hash slots of a Redis Cluster target: one unit the target runs
 /// after everything before it is applied, so that it ends in the source's state (see
-/// `target::cluster::cross_slot` for how, and the README's per-command guarantees).
+/// `target::cluster::cross_slot` for how, and docs/cluster-target.md's per-command guarantees).
 ///
 /// A unit is exactly-once per slot: each slot it writes gets its part in one MULTI/EXEC with
 /// that slot's record (`parts`), and a part the target already holds (`applied`) is not

@@ -1,6 +1,6 @@
 //! Commands that no single hash slot of a Redis Cluster target can run: their keys span
 //! slots, or they have none. What each becomes, so that the cluster ends in the source's
-//! state (the README's "Redis Cluster target" section lists the guarantee per command):
+//! state (docs/cluster-target.md lists the guarantee per command):
 //!
 //! - **split**: DEL, UNLINK and MSET are cut into one command per slot, each sent to that
 //!   slot's writer like any other command (same end state; not atomic across slots, which no

@@ -77,7 +77,7 @@ pub struct RelayConfig {
     pub big_value_bytes: usize,
     /// Use RESTORE when the target's RDB version allows it.
     pub use_restore: bool,
-    /// Announced to the masters with `REPLCONF listening-port` (see the README: Sentinel).
+    /// Announced to the masters with `REPLCONF listening-port` (see docs/guarantees.md: Sentinel).
     pub listening_port: u16,
     pub repl_timeout: Duration,
     /// Write `SET <prefix>heartbeat:<source> <unix ms>` on each source this often (a normal
