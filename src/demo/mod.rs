@@ -99,14 +99,10 @@ impl Demo {
         if interrupt.is_set() {
             return Err(DemoError::Interrupted);
         }
-        tracing::info!("demo: preloading {} keys into the masters", args.keys);
+        tracing::info!("preloading {} keys into the masters", args.keys);
         let eps = [servers[0].endpoint(), servers[1].endpoint()];
         let preloaded = preload::preload(&eps, &placement, args.keys)?;
-        tracing::info!(
-            "demo: preloaded {} keys in {:.1?}",
-            args.keys,
-            preloaded.elapsed
-        );
+        tracing::info!("preloaded {} keys in {:.1?}", args.keys, preloaded.elapsed);
         if interrupt.is_set() {
             return Err(DemoError::Interrupted);
         }
@@ -159,12 +155,12 @@ impl Demo {
             ..
         } = self;
         let writes = load.map(Load::stop).unwrap_or(0);
-        tracing::info!("demo: {writes} writes went through nutcracker; stopping the servers");
+        tracing::info!("{writes} writes went through nutcracker; stopping the servers");
         procs::stop_all(&mut servers);
         let (path, kept) = (dir.path().to_path_buf(), dir.kept());
         drop(dir);
         let done = if kept { "kept" } else { "removed" };
-        tracing::info!("demo: servers stopped; {done} {}", path.display());
+        tracing::info!("servers stopped; {done} {}", path.display());
     }
 }
 
