@@ -237,3 +237,69 @@ fn demo_without_redis_server_says_what_to_install() {
         "{err}"
     );
 }
+
+/// The temp dir and server ports of the demo's first log line (`in DIR: master 1 at
+/// 127.0.0.1:P, ...`), once it is written.
+fn started(demo: &Demo) -> (PathBuf, Vec<u16>) {
+    let mut found = None;
+    wait_until(Duration::from_secs(30), || {
+        let out = demo.output();
+        found = out.lines().find_map(|l| {
+            let rest = &l[l.find(" in /")? + 4..];
+            let (dir, servers) = rest.split_once(": ")?;
+            let ports: Vec<u16> = servers
+                .split(", ")
+                .filter_map(|s| s.rsplit_once("127.0.0.1:")?.1.parse().ok())
+                .collect();
+            (ports.len() == 4).then(|| (PathBuf::from(dir), ports))
+        });
+        found.is_some()
+    });
+    found.unwrap_or_else(|| panic!("no servers logged:\n{}", demo.output()))
+}
+
+#[test]
+fn demo_ctrl_c_during_the_preload_stops_everything() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut demo = Demo::start(&["--keys", "500000"], tmp.path());
+    let (dir, ports) = started(&demo);
+    assert!(
+        wait_until(Duration::from_secs(30), || demo
+            .output()
+            .contains("preloading 500000 keys")),
+        "{}",
+        demo.output()
+    );
+    demo.signal("INT");
+    let code = demo.wait(Duration::from_secs(20));
+    let out = demo.output();
+    assert_eq!(code, Some(0), "{out}");
+    // The preload of 500000 keys takes over a second: the signal lands in it.
+    assert!(out.contains("interrupted before the sync"), "{out}");
+    for port in ports {
+        assert!(!port_open(port), "port {port} still accepts connections");
+    }
+    assert!(!dir.exists(), "{} still exists", dir.display());
+}
+
+#[test]
+fn demo_stops_everything_when_the_terminal_hangs_up() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut demo = Demo::start(&["--keys", "1000", "--rate", "100"], tmp.path());
+    let p = printed(&demo);
+    assert!(
+        wait_until(Duration::from_secs(30), || http_get(p.metrics, "/metrics")
+            .is_ok_and(|m| m.contains("redis_relay_snapshot_done"))),
+        "{}",
+        demo.output()
+    );
+    demo.signal("HUP");
+    let code = demo.wait(Duration::from_secs(20));
+    let out = demo.output();
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("draining and writing checkpoints"), "{out}");
+    for port in p.ports() {
+        assert!(!port_open(port), "port {port} still accepts connections");
+    }
+    assert!(!p.dir.exists(), "{} still exists", p.dir.display());
+}

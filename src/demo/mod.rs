@@ -95,6 +95,11 @@ impl Demo {
             nutcracker_yml(p, &masters)
         })?;
         servers.push(proxy);
+        let up: Vec<String> = servers
+            .iter()
+            .map(|s| format!("{} at {}", s.name, s.addr()))
+            .collect();
+        tracing::info!("in {}: {}", dir.path().display(), up.join(", "));
         let placement = placement(&config)?;
         if interrupt.is_set() {
             return Err(DemoError::Interrupted);
