@@ -35,6 +35,9 @@
 //!   [`restore`]: an RDB file into a live Redis through the same apply path.
 //! - [`config`]: every option, declared once; [`metrics`]: every metric, described;
 //!   [`progress`]: bars and status lines.
+//!
+//! The binary (`src/main.rs`) is the command line over this library; its `demo` module
+//! (`src/demo/`) is `redis-relay demo`: local servers, data and a write load, then `sync`.
 pub mod batch;
 pub mod check;
 pub mod config;

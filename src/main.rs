@@ -1,5 +1,7 @@
 //! The `redis-relay` command line: a thin layer over the `redis_relay` library.
 
+mod demo;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -86,6 +88,12 @@ enum Command {
         /// No progress output.
         #[arg(long, short)]
         quiet: bool,
+    },
+    /// Try the relay: two masters, nutcracker, a target and a write load on free loopback
+    /// ports, then `sync` on them until Ctrl-C (everything removed on exit).
+    Demo {
+        #[command(flatten)]
+        args: demo::DemoArgs,
     },
 }
 
@@ -266,7 +274,31 @@ fn run(cmd: Command, file: RunOptions) -> anyhow::Result<ExitCode> {
             };
             run_restore(&file, &target, &opts)
         }
+        Command::Demo { args } => run_demo(&args),
     }
+}
+
+/// `demo`: the servers, data and load of [`demo::Demo`], then the same `sync` as the command's
+/// ([`run_sync`]); the demo's servers and temp dir go when it ends, however it ends.
+fn run_demo(args: &demo::DemoArgs) -> anyhow::Result<ExitCode> {
+    // First: a Ctrl-C during the setup must not kill the process with its servers running.
+    let interrupt = demo::Interrupt::watch()?;
+    let demo = match demo::Demo::start(args, &interrupt) {
+        Ok(d) => d,
+        Err(demo::DemoError::Interrupted) => {
+            eprintln!("demo: interrupted before the sync; servers stopped");
+            return Ok(ExitCode::SUCCESS);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    println!("{}", demo.guide());
+    if interrupt.is_set() {
+        demo.finish();
+        return Ok(ExitCode::SUCCESS);
+    }
+    let result = demo.run_options().resolve().and_then(run_sync);
+    demo.finish();
+    result
 }
 
 /// `sync`: the prechecks, the metrics exporter, then the relay until a signal stops it.

@@ -774,3 +774,35 @@ pub fn assert_union_equal(sources: &[String], target: &str, log: &str) {
     .expect("verify runs");
     assert!(report.is_equal(), "target differs:\n{report}\nlog:\n{log}");
 }
+
+/// Keys of the current database outside `prefix` (the relay's own records and heartbeats live
+/// under `redis-relay:`): DBSIZE minus a SCAN count of `prefix*`.
+pub fn keys_outside_prefix(c: &mut Client, prefix: &str) -> i64 {
+    let total = c.cmd(&["DBSIZE"]).as_int().unwrap_or(-1);
+    let pattern = format!("{prefix}*");
+    let mut cursor = "0".to_string();
+    let mut inside = 0i64;
+    loop {
+        let Reply::Array(Some(parts)) =
+            c.cmd(&["SCAN", &cursor, "MATCH", &pattern, "COUNT", "1000"])
+        else {
+            panic!("SCAN did not answer an array");
+        };
+        cursor = parts[0].as_text().unwrap_or_default();
+        if let Reply::Array(Some(keys)) = &parts[1] {
+            inside += keys.len() as i64;
+        }
+        if cursor == "0" {
+            return total - inside;
+        }
+    }
+}
+
+/// Whether something accepts TCP connections on the loopback `port`.
+pub fn port_open(port: u16) -> bool {
+    TcpStream::connect_timeout(
+        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_millis(500),
+    )
+    .is_ok()
+}
