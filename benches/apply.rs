@@ -162,12 +162,18 @@ impl Path {
                 .push_commands(p.writer, 0, &p.cmd, start, self.offset)
                 .expect("dispatch");
         }
-        self.dispatcher.barrier().expect("the target applied the batches");
+        self.dispatcher
+            .barrier()
+            .expect("the target applied the batches");
     }
 
     /// Error replies so far: a bench of refused commands would measure nothing.
     fn assert_no_errors(&self, what: &str) {
-        let errors = self.dispatcher.tracker.target_errors.load(Ordering::Relaxed);
+        let errors = self
+            .dispatcher
+            .tracker
+            .target_errors
+            .load(Ordering::Relaxed);
         assert_eq!(errors, 0, "{what}: the target refused {errors} commands");
     }
 
