@@ -123,17 +123,17 @@ fn prepare(kind: Kind, d: &Dispatcher, dump: &[u8], first: usize) -> Vec<Prepare
 }
 
 /// The relay's writer path to the bench's server: the pool and one source's dispatcher.
-struct Path {
+struct WriterPath {
     pool: WriterPool,
     dispatcher: Dispatcher,
     /// The stream offset of the next command (each covers one byte of offsets).
     offset: u64,
 }
 
-impl Path {
+impl WriterPath {
     /// A pool with the relay's default options and a dispatcher that records every batch
     /// (MULTI/EXEC with the exactly-once record) when `exactly_once`, else sends them plainly.
-    fn start(server: &RedisServer, exactly_once: bool) -> Path {
+    fn start(server: &RedisServer, exactly_once: bool) -> WriterPath {
         let endpoint = Endpoint::parse(&server.url()).expect("the server's URL");
         let pool = WriterPool::start(&endpoint, &WriterOptions::default()).expect("writer pool");
         let handle: Arc<dyn Writers> = Arc::new(pool.handle());
@@ -146,7 +146,7 @@ impl Path {
                 replid: "0".repeat(40),
             }));
         }
-        Path {
+        WriterPath {
             pool,
             dispatcher,
             offset: 0,
@@ -227,7 +227,7 @@ fn redis_benchmark(server: &RedisServer, n: u64) -> Vec<(String, f64)> {
 /// criterion then measures each case with its statistics).
 fn quick_rate(server: &RedisServer, kind: Kind, exactly_once: bool, rounds: usize) -> f64 {
     let dump = dump_payload(server);
-    let mut path = Path::start(server, exactly_once);
+    let mut path = WriterPath::start(server, exactly_once);
     let cmds = prepare(kind, &path.dispatcher, &dump, 0);
     path.apply(&cmds);
     let t = Instant::now();
@@ -255,7 +255,7 @@ fn print_table(server: &RedisServer, full: bool) {
         let rb = kind
             .baseline()
             .and_then(|t| base.iter().find(|(name, _)| name == t))
-            .map(|&(ref name, rps)| (name.clone(), rps));
+            .cloned();
         let (rb_text, r1, r2) = match rb {
             Some((name, rps)) => (
                 format!("{rps:.0} ({name})"),
@@ -280,7 +280,7 @@ fn bench_case(
     exactly_once: bool,
 ) {
     let dump = dump_payload(server);
-    let mut path = Path::start(server, exactly_once);
+    let mut path = WriterPath::start(server, exactly_once);
     let cmds = prepare(kind, &path.dispatcher, &dump, 0);
     let mode = if exactly_once { "multi" } else { "plain" };
     g.bench_function(format!("{}/{mode}", kind.name()), |b| {
