@@ -86,7 +86,10 @@ pub fn run(o: &Opts) -> Res<()> {
     check_placement(&nut, 1000, o.keys)?;
 
     // ---- baseline: two native replicas in parallel, then stopped
+    let tck = clk_tck();
     let (ra, rb, native_secs) = native_replicas(dir, &ma, &mb);
+    // Started just before: their CPU is the sync's (with the RDB's loading).
+    let replicas_cpu = cpu_secs(ra.child.id(), tck) + cpu_secs(rb.child.id(), tck);
     assert_eq!(dbsize(&ra) + dbsize(&rb), expected, "replica keys");
     let replicas_mem = used_memory(&ra) + used_memory(&rb);
     log(format!(
@@ -99,7 +102,6 @@ pub fn run(o: &Opts) -> Res<()> {
     }
 
     // ---- the relay: full sync
-    let tck = clk_tck();
     let target = Server::start(dir, "target", &[]);
     let t_sync = Instant::now();
     let mut relay = Relay::start(
@@ -111,6 +113,8 @@ pub fn run(o: &Opts) -> Res<()> {
     let pid = relay.pid();
     let sampler = RssSampler::start(pid);
     let full = wait_target_holds(&mut relay, &target, [&ma, &mb], expected, t_sync);
+    // Where the sync's time goes: the target's CPU over it (it was started just before).
+    let target_cpu = cpu_secs(target.child.id(), tck);
     let metrics_done = wait_caught_up(&mut relay, &[&ma, &mb], Duration::from_secs(3600))?;
     let full_secs = full.as_secs_f64();
     let full_rss = sampler.finish(pid);
@@ -120,7 +124,7 @@ pub fn run(o: &Opts) -> Res<()> {
     let got = dbsize(&target) - own;
     let bad = sample_check(&[&ma, &mb], &target, 500);
     log(format!(
-        "relay full sync: {full_secs:.2}s (metrics said done {:.3}s later), peak RSS {}, {full_cpu:.1} CPU s, target {got} keys (+{own} own), used_memory {}, {bad} of 500 sampled keys differ",
+        "relay full sync: {full_secs:.2}s (metrics said done {:.3}s later), peak RSS {}, {full_cpu:.1} CPU s (target {target_cpu:.1} CPU s, native replicas {replicas_cpu:.1}), target {got} keys (+{own} own), used_memory {}, {bad} of 500 sampled keys differ",
         metrics_done.as_secs_f64(),
         mib(full_rss),
         mib_b(target_mem)
@@ -152,6 +156,8 @@ pub fn run(o: &Opts) -> Res<()> {
         full_secs,
         full_rss,
         full_cpu,
+        target_cpu,
+        replicas_cpu,
         masters_mem,
         replicas_mem,
         target_mem,
@@ -169,6 +175,9 @@ struct Figures {
     /// KiB.
     full_rss: u64,
     full_cpu: f64,
+    /// CPU seconds of the target over the relay's sync, of both native replicas over theirs.
+    target_cpu: f64,
+    replicas_cpu: f64,
     /// Bytes (`used_memory`).
     masters_mem: u64,
     replicas_mem: u64,
@@ -200,6 +209,14 @@ fn print_table(o: &Opts, data: &Loaded, f: &Figures, cu: &CatchUp, notes: &[Stri
             String::new(),
             "< 64 MiB",
             Some(f.full_rss < 64 * 1024),
+        ),
+        row(
+            "full sync: CPU of the target",
+            format!("{:.1} CPU s", f.target_cpu),
+            &format!("{:.1} CPU s, 2 native replicas together", f.replicas_cpu),
+            format!("{:.2}x", f.target_cpu / f.replicas_cpu),
+            "(info)",
+            None,
         ),
         row(
             "full sync: `used_memory` of the target",
