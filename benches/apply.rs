@@ -9,8 +9,8 @@
 //! that the figures say how much of the server's speed the writer path uses.
 //!
 //! ```sh
-//! cargo bench --bench apply            # about 2 minutes
-//! cargo test --release --benches apply # each case once, a smoke test
+//! cargo bench --bench apply            # about 1 minute on 2 vCPUs
+//! cargo test --release --bench apply   # each case once, a smoke test
 //! ```
 
 #[path = "../tests/support/mod.rs"]
