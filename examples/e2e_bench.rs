@@ -19,6 +19,8 @@
 //! - memory: the relay's peak RSS (VmHWM, reset between phases through `/proc/<pid>/clear_refs`)
 //!   during the full sync, the catch-up, and a sync of one 5,000,000-element list plus one
 //!   2,000,000-field hash.
+//! - `--scale`: instead of the above, the full sync and the catch-up at 10,000,000 small keys,
+//!   sized to fit the machine's memory; see `e2e_bench/scale.rs`.
 //! - `--cluster`: also a Redis Cluster of 3 masters with a replica each as a second target: the
 //!   full sync of the same data next to the single target's, and catch-up rounds with every
 //!   master paused against the cluster's own ingest (`redis-benchmark --cluster -P 64`); see
@@ -45,6 +47,8 @@ use redis_relay::resp::{encode_command, parse_reply, Reply};
 
 #[path = "e2e_bench/cluster.rs"]
 mod cluster;
+#[path = "e2e_bench/scale.rs"]
+mod scale;
 
 type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -68,6 +72,8 @@ struct Opts {
     gen_only: Option<PathBuf>,
     /// Also a Redis Cluster of 3 masters as a second target (see [`cluster`]).
     cluster: bool,
+    /// The scale run instead (see [`scale`]): 10,000,000 small keys unless `--keys` says.
+    scale: bool,
 }
 
 fn parse_opts() -> Opts {
@@ -76,6 +82,7 @@ fn parse_opts() -> Opts {
     let mut perf_dir = None;
     let mut gen_only = None;
     let mut cluster = false;
+    let mut scale = false;
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -88,10 +95,11 @@ fn parse_opts() -> Opts {
             }
             "--quick" => quick = true,
             "--cluster" => cluster = true,
+            "--scale" => scale = true,
             "--perf" => perf_dir = Some(PathBuf::from(it.next().expect("--perf DIR"))),
             "--gen-only" => gen_only = Some(PathBuf::from(it.next().expect("--gen-only FILE"))),
             "-h" | "--help" => {
-                eprintln!("usage: e2e_bench [--keys N] [--quick] [--cluster] [--perf DIR] [--gen-only FILE]");
+                eprintln!("usage: e2e_bench [--keys N] [--quick] [--cluster] [--scale] [--perf DIR] [--gen-only FILE]");
                 std::process::exit(0);
             }
             other => panic!("unknown argument {other} (usage: e2e_bench [--keys N] [--quick])"),
@@ -110,10 +118,11 @@ fn parse_opts() -> Opts {
             perf_dir,
             gen_only,
             cluster,
+            scale,
         }
     } else {
         Opts {
-            keys: keys.unwrap_or(1_000_000),
+            keys: keys.unwrap_or(if scale { 10_000_000 } else { 1_000_000 }),
             big_list: 5_000_000,
             big_hash: 2_000_000,
             catchup_n: 200_000,
@@ -124,6 +133,7 @@ fn parse_opts() -> Opts {
             perf_dir,
             gen_only,
             cluster,
+            scale,
         }
     }
 }
@@ -1048,6 +1058,222 @@ fn machine() -> String {
     )
 }
 
+/// Two native replicas, one per master, synced in parallel (`REPLICAOF`): timed from the
+/// commands until both report the link up, no sync in progress and their master's offset.
+fn native_replicas(dir: &Path, ma: &Server, mb: &Server) -> (Server, Server, f64) {
+    let ra = Server::start(dir, "replica-a", &[]);
+    let rb = Server::start(dir, "replica-b", &[]);
+    let t = Instant::now();
+    ra.client()
+        .cmd(&["REPLICAOF", "127.0.0.1", &ma.port.to_string()]);
+    rb.client()
+        .cmd(&["REPLICAOF", "127.0.0.1", &mb.port.to_string()]);
+    let (mut da, mut db) = (None, None);
+    while da.is_none() || db.is_none() {
+        if da.is_none() && replica_synced(&ra, ma) {
+            da = Some(t.elapsed());
+        }
+        if db.is_none() && replica_synced(&rb, mb) {
+            db = Some(t.elapsed());
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(1800),
+            "replicas never synced"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let secs = t.elapsed().as_secs_f64();
+    (ra, rb, secs)
+}
+
+/// How long after `t_sync` (the relay's start) `target` holds `expected` keys besides the
+/// relay's own records. Timed on the target itself, like the replicas on their own INFO (the
+/// relay's metrics are refreshed every 500 ms): every key of the data sets is small and
+/// arrives whole (one RESTORE, or in an MSET for plain strings), so the target holds
+/// everything once its key count, less the relay's record keys, reaches the masters'
+/// (records: counted by name, `redis-relay:offset:<source>:<writer>`).
+fn wait_target_holds(
+    relay: &mut Relay,
+    target: &Server,
+    masters: [&Server; 2],
+    expected: i64,
+    t_sync: Instant,
+) -> Duration {
+    let writers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let records: Vec<String> = masters
+        .iter()
+        .flat_map(|m| record::keys(record::DEFAULT_PREFIX, &m.addr(), writers))
+        .collect();
+    let exists: Vec<&str> = ["EXISTS"]
+        .into_iter()
+        .chain(records.iter().map(|r| r.as_str()))
+        .collect();
+    loop {
+        let own = target.client().int(&exists);
+        if dbsize(target) - own >= expected {
+            return t_sync.elapsed();
+        }
+        relay.check_alive();
+        assert!(
+            t_sync.elapsed() < Duration::from_secs(3600),
+            "full sync never completed"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Catch-up (shared by the normal run and `--scale`)
+
+/// What the catch-up rounds measured.
+struct CatchUp {
+    /// Median of the rounds' applied ops/s (from unpause until the target matched).
+    ops: f64,
+    /// Median of the rounds' baselines: the target's own ingest (`redis-benchmark -P 64`).
+    ingest: f64,
+    /// Median of the rounds' ratios (`ops / ingest`, round by round).
+    ratio: f64,
+    /// The relay's peak RSS over the rounds, KiB.
+    rss_kib: u64,
+    /// The relay's CPU seconds per round (from pause to caught up and the baseline).
+    cpu_per_round: f64,
+    /// Requests of one round's load.
+    load_reqs: u64,
+    /// VmHWM could be reset before the rounds (else the RSS is the sampled VmRSS only).
+    hwm_reset: bool,
+}
+
+/// One round: what the relay applied per second after the target was unpaused, the target's
+/// own ingest right after it, and the load's request count.
+struct Round {
+    rate: f64,
+    ingest: f64,
+    secs: f64,
+    load_reqs: u64,
+}
+
+/// The catch-up rounds of `s` against `target` (see README "Performance"): a warm-up, then
+/// each round the relay's catch-up after a paused target and the target's own ingest.
+fn catch_up(s: &cluster::Setup, target: &Server, relay: &mut Relay) -> Res<CatchUp> {
+    let [ma, mb] = s.masters;
+    let pid = relay.pid();
+    // Warm-up: the same load once, target not paused, until the relay has applied it. The
+    // measured round and the baseline (`-P 64` at the target, later) then both write keys that
+    // exist. Without it the measured round would create ~200,000 keys on a target that already
+    // holds the full-sync data set (at 1,000,000 keys that crosses a main-dictionary resize, and
+    // the target itself ingests new keys at half the rate of existing ones), while the baseline,
+    // run afterwards, would overwrite them: two different workloads.
+    let t = Instant::now();
+    redis_benchmark(s.nut.port, s.catchup_n, 16)?;
+    wait_caught_up(relay, &[ma, mb], Duration::from_secs(3600))?;
+    log(format!(
+        "catch-up warm-up: same load once, applied in {:.1}s",
+        t.elapsed().as_secs_f64()
+    ));
+    let hwm_reset = reset_hwm(pid);
+    let sampler = RssSampler::start(pid);
+    let perf = Perf::start(s.perf_dir, pid, "catch-up");
+    let applied0 = sum_metric(relay, "redis_relay_commands_applied_total");
+    let cpu0 = cpu_secs(pid, s.tck);
+    // Rounds, each the relay's catch-up then the baseline in the same state (the machine's
+    // speed drifts within a run): the median of the rounds' ratios is the figure.
+    let (mut relay_rates, mut ingest_rates, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut catch_secs, mut load_reqs) = (0.0, 0);
+    for round in 1..=s.rounds {
+        let r = catch_up_round(s, target, relay, round)?;
+        catch_secs += r.secs;
+        load_reqs = r.load_reqs;
+        relay_rates.push(r.rate);
+        ingest_rates.push(r.ingest);
+        ratios.push(r.rate / r.ingest);
+    }
+    let rss_kib = sampler.finish(pid);
+    perf.stop();
+    let applied = sum_metric(relay, "redis_relay_commands_applied_total") - applied0;
+    log(format!(
+        "catch-up: {applied} commands applied over {} rounds ({catch_secs:.2}s after unpauses), peak RSS {}",
+        s.rounds,
+        mib(rss_kib)
+    ));
+    Ok(CatchUp {
+        ops: median(&mut relay_rates),
+        ingest: median(&mut ingest_rates),
+        ratio: median(&mut ratios),
+        rss_kib,
+        cpu_per_round: (cpu_secs(pid, s.tck) - cpu0) / s.rounds as f64,
+        load_reqs,
+        hwm_reset,
+    })
+}
+
+/// One catch-up round: `CLIENT PAUSE` on the target, the load through nutcracker, unpause,
+/// time until the target executed what the masters did; then the target's own ingest.
+fn catch_up_round(
+    s: &cluster::Setup,
+    target: &Server,
+    relay: &mut Relay,
+    round: usize,
+) -> Res<Round> {
+    let [ma, mb] = s.masters;
+    target
+        .client()
+        .cmd(&["CLIENT", "PAUSE", "3600000", "WRITE"]);
+    let tgt0 = cmd_calls(target);
+    let src0 = [cmd_calls(ma), cmd_calls(mb)];
+    let t = Instant::now();
+    let load_reqs = redis_benchmark(s.nut.port, s.catchup_n, 16)?.0;
+    let src1 = [cmd_calls(ma), cmd_calls(mb)];
+    // What the masters executed, per command: the target must have executed as many.
+    let want: Vec<u64> = (0..4)
+        .map(|i| src1[0][i] + src1[1][i] - src0[0][i] - src0[1][i])
+        .collect();
+    let load_secs = t.elapsed().as_secs_f64();
+    // Let the relay receive everything before unpausing (it reads at full speed).
+    let _ = wait_recv(relay, &[ma, mb], Duration::from_secs(60));
+    target.client().cmd(&["CLIENT", "UNPAUSE"]);
+    let t_unpause = Instant::now();
+    // Timed on the target itself (the relay's metrics are refreshed every 500 ms, too
+    // coarse for a second or two): LPUSH, HSET and INCR calls equal to the masters', SET
+    // calls at least the masters' (the relay adds one checkpoint SET per batch). Each
+    // writer applies its queue in order and every writer's queue ends with some of the
+    // INCRs (redis-benchmark runs SET, INCR, LPUSH, HSET in that order), so this holds only
+    // once everything is applied.
+    let catch = loop {
+        let now = cmd_calls(target);
+        let d: Vec<u64> = (0..4).map(|i| now[i] - tgt0[i]).collect();
+        if d[0] >= want[0] && d[1..] == want[1..] {
+            break t_unpause.elapsed();
+        }
+        relay.check_alive();
+        assert!(
+            t_unpause.elapsed() < Duration::from_secs(3600),
+            "catch-up never completed"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let metrics_catch = wait_caught_up(relay, &[ma, mb], Duration::from_secs(3600))?;
+    let rate = load_reqs as f64 / catch.as_secs_f64();
+    let (treqs, tsecs) = redis_benchmark(target.port, s.catchup_n, 64)?;
+    let ingest = treqs as f64 / tsecs;
+    log(format!(
+        "catch-up round {round}: {load_reqs} requests through nutcracker in {load_secs:.1}s while the target was paused; target matched {:.3}s after unpause ({rate:.0} ops/s; metrics said caught up {:.3}s later); target's own ingest {ingest:.0} ops/s: {:.0}%",
+        catch.as_secs_f64(),
+        metrics_catch.as_secs_f64(),
+        100.0 * rate / ingest
+    ));
+    Ok(Round {
+        rate,
+        ingest,
+        secs: catch.as_secs_f64(),
+        load_reqs,
+    })
+}
+
+/// A progress line on stderr, stamped with the seconds since the bench started.
+fn log(s: String) {
+    eprintln!("[{:>7.1}s] {s}", START.with(|t| t.elapsed().as_secs_f64()));
+}
+
 // ---------------------------------------------------------------------------------------------
 
 // Long: one sequential script of phases that share the servers, the relay and the figures
@@ -1066,12 +1292,14 @@ fn main() -> Res<()> {
         );
         return Ok(());
     }
+    if o.scale {
+        return scale::run(&o);
+    }
     let tmp = tempfile::Builder::new().prefix("e2e-bench").tempdir()?;
     let dir = tmp.path();
     let tck = clk_tck();
     let mut rows: Vec<Row> = Vec::new();
     let mut notes: Vec<String> = Vec::new();
-    let log = |s: String| eprintln!("[{:>7.1}s] {s}", START.with(|t| t.elapsed().as_secs_f64()));
 
     let master_conf = [
         "repl-diskless-sync yes",
@@ -1130,30 +1358,7 @@ fn main() -> Res<()> {
     log(format!("redis-cli --pipe: {pipe_secs:.2}s"));
 
     // ---- baseline: two native replicas in parallel
-    let ra = Server::start(dir, "replica-a", &[]);
-    let rb = Server::start(dir, "replica-b", &[]);
-    let native_secs = {
-        let t = Instant::now();
-        ra.client()
-            .cmd(&["REPLICAOF", "127.0.0.1", &ma.port.to_string()]);
-        rb.client()
-            .cmd(&["REPLICAOF", "127.0.0.1", &mb.port.to_string()]);
-        let (mut da, mut db) = (None, None);
-        while da.is_none() || db.is_none() {
-            if da.is_none() && replica_synced(&ra, &ma) {
-                da = Some(t.elapsed());
-            }
-            if db.is_none() && replica_synced(&rb, &mb) {
-                db = Some(t.elapsed());
-            }
-            assert!(
-                t.elapsed() < Duration::from_secs(1800),
-                "replicas never synced"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        t.elapsed().as_secs_f64()
-    };
+    let (ra, rb, native_secs) = native_replicas(dir, &ma, &mb);
     assert_eq!(dbsize(&ra) + dbsize(&rb), expected, "replica keys");
     log(format!("native replicas: {native_secs:.2}s"));
 
@@ -1169,34 +1374,7 @@ fn main() -> Res<()> {
     let pid = relay.pid();
     let sampler = RssSampler::start(pid);
     let perf = Perf::start(&o.perf_dir, pid, "full-sync");
-    // Timed on the target itself, like the replicas on their own INFO (the relay's metrics are
-    // refreshed every 500 ms): every key of this data set is small and arrives whole (one
-    // RESTORE, or in an MSET for plain strings), so the target holds everything once its key
-    // count, less the relay's own record keys, reaches the masters' (records: counted by name, `redis-relay:offset:<source>:<writer>`).
-    let writers = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let records: Vec<String> = [&ma, &mb]
-        .iter()
-        .flat_map(|m| record::keys(record::DEFAULT_PREFIX, &m.addr(), writers))
-        .collect();
-    let full = loop {
-        let mut c = target.client();
-        let own = c.int(
-            &["EXISTS"]
-                .iter()
-                .copied()
-                .chain(records.iter().map(|r| r.as_str()))
-                .collect::<Vec<_>>(),
-        );
-        if dbsize(&target) - own >= expected {
-            break t_sync.elapsed();
-        }
-        relay.check_alive();
-        assert!(
-            t_sync.elapsed() < Duration::from_secs(3600),
-            "full sync never completed"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    };
+    let full = wait_target_holds(&mut relay, &target, [&ma, &mb], expected, t_sync);
     let metrics_done = wait_caught_up(&mut relay, &[&ma, &mb], Duration::from_secs(3600))?;
     log(format!(
         "full sync: target held every key after {:.3}s; the relay's metrics said done {:.3}s later",
@@ -1281,96 +1459,12 @@ fn main() -> Res<()> {
     };
 
     // ---- catch-up
-    // Warm-up: the same load once, target not paused, until the relay has applied it. The
-    // measured round and the baseline (`-P 64` at the target, later) then both write keys that
-    // exist. Without it the measured round would create ~200,000 keys on a target that already
-    // holds the full-sync data set (at 1,000,000 keys that crosses a main-dictionary resize, and
-    // the target itself ingests new keys at half the rate of existing ones), while the baseline,
-    // run afterwards, would overwrite them: two different workloads.
-    let t = Instant::now();
-    redis_benchmark(nut.port, o.catchup_n, 16)?;
-    wait_caught_up(&mut relay, &[&ma, &mb], Duration::from_secs(3600))?;
-    log(format!(
-        "catch-up warm-up: same load once, applied in {:.1}s",
-        t.elapsed().as_secs_f64()
-    ));
-    let hwm_reset = reset_hwm(pid);
-    if !hwm_reset {
+    let cu = catch_up(&setup, &target, &mut relay)?;
+    if !cu.hwm_reset {
         notes.push("could not reset VmHWM (clear_refs): catch-up RSS is sampled VmRSS only".into());
     }
-    let sampler = RssSampler::start(pid);
-    let perf = Perf::start(&o.perf_dir, pid, "catch-up");
-    let applied0 = sum_metric(&relay, "redis_relay_commands_applied_total");
-    let cpu0 = cpu_secs(pid, tck);
-    // Rounds, each the relay's catch-up then the baseline in the same state (the machine's
-    // speed drifts within a run): the median of the rounds' ratios is the figure.
-    let (mut relay_rates, mut ingest_rates, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-    let mut catch_secs = 0.0;
-    let mut load_reqs = 0;
-    for round in 1..=o.catchup_rounds {
-        target
-            .client()
-            .cmd(&["CLIENT", "PAUSE", "3600000", "WRITE"]);
-        let tgt0 = cmd_calls(&target);
-        let src0 = [cmd_calls(&ma), cmd_calls(&mb)];
-        let t = Instant::now();
-        load_reqs = redis_benchmark(nut.port, o.catchup_n, 16)?.0;
-        let src1 = [cmd_calls(&ma), cmd_calls(&mb)];
-        // What the masters executed, per command: the target must have executed as many.
-        let want: Vec<u64> = (0..4)
-            .map(|i| src1[0][i] + src1[1][i] - src0[0][i] - src0[1][i])
-            .collect();
-        let load_secs = t.elapsed().as_secs_f64();
-        // Let the relay receive everything before unpausing (it reads at full speed).
-        let _ = wait_recv(&relay, &[&ma, &mb], Duration::from_secs(60));
-        target.client().cmd(&["CLIENT", "UNPAUSE"]);
-        let t_unpause = Instant::now();
-        // Timed on the target itself (the relay's metrics are refreshed every 500 ms, too
-        // coarse for a second or two): LPUSH, HSET and INCR calls equal to the masters', SET
-        // calls at least the masters' (the relay adds one checkpoint SET per batch). Each
-        // writer applies its queue in order and every writer's queue ends with some of the
-        // INCRs (redis-benchmark runs SET, INCR, LPUSH, HSET in that order), so this holds only
-        // once everything is applied.
-        let catch = loop {
-            let now = cmd_calls(&target);
-            let d: Vec<u64> = (0..4).map(|i| now[i] - tgt0[i]).collect();
-            if d[0] >= want[0] && d[1..] == want[1..] {
-                break t_unpause.elapsed();
-            }
-            relay.check_alive();
-            assert!(
-                t_unpause.elapsed() < Duration::from_secs(3600),
-                "catch-up never completed"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        };
-        let metrics_catch = wait_caught_up(&mut relay, &[&ma, &mb], Duration::from_secs(3600))?;
-        catch_secs += catch.as_secs_f64();
-        let rate = load_reqs as f64 / catch.as_secs_f64();
-        let (treqs, tsecs) = redis_benchmark(target.port, o.catchup_n, 64)?;
-        let ingest = treqs as f64 / tsecs;
-        log(format!(
-            "catch-up round {round}: {load_reqs} requests through nutcracker in {load_secs:.1}s while the target was paused; target matched {:.3}s after unpause ({rate:.0} ops/s; metrics said caught up {:.3}s later); target's own ingest {ingest:.0} ops/s: {:.0}%",
-            catch.as_secs_f64(),
-            metrics_catch.as_secs_f64(),
-            100.0 * rate / ingest
-        ));
-        relay_rates.push(rate);
-        ingest_rates.push(ingest);
-        ratios.push(rate / ingest);
-    }
-    let catch_rss = sampler.finish(pid);
-    perf.stop();
-    let applied = sum_metric(&relay, "redis_relay_commands_applied_total") - applied0;
-    let catch_cpu = (cpu_secs(pid, tck) - cpu0) / o.catchup_rounds as f64;
-    let catch_ops = median(&mut relay_rates);
-    let ingest = median(&mut ingest_rates);
-    let ratio = median(&mut ratios);
-    log(format!(
-        "catch-up: {applied} commands applied over {} rounds ({catch_secs:.2}s after unpauses), peak RSS {}",
-        o.catchup_rounds,
-        mib(catch_rss)
-    ));
+    let (catch_ops, ingest, ratio) = (cu.ops, cu.ingest, cu.ratio);
+    let (catch_rss, catch_cpu, load_reqs) = (cu.rss_kib, cu.cpu_per_round, cu.load_reqs);
     let catch_row = row(
         &format!("catch-up after a paused target ({load_reqs} ops, `redis-benchmark -P 16` via nutcracker), medians of {} rounds", o.catchup_rounds),
         format!("{catch_ops:.0} ops/s"),
