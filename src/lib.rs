@@ -35,6 +35,8 @@
 //!   [`restore`]: an RDB file into a live Redis through the same apply path.
 //! - [`config`]: every option, declared once; [`metrics`]: every metric, described;
 //!   [`progress`]: bars and status lines.
+//! - [`status`]: the `/status` report and the HTTP endpoint beside `/metrics` (`/healthz`,
+//!   `/readyz`), and the `redis-relay status` command's fetching and table.
 pub mod batch;
 pub mod check;
 pub mod config;
@@ -48,5 +50,6 @@ pub mod resp;
 pub mod restore;
 pub mod source;
 pub mod spool;
+pub mod status;
 pub mod target;
 pub mod verify;
