@@ -201,7 +201,7 @@ impl LogLines {
 }
 
 /// The periodic log line: `state` is the sync state (`in sync`, `catching up`, ...), `link`
-/// the replication link's.
+/// the replication link's, `phase` what the line shows (`waiting`, `snapshot`, `streaming`).
 fn log_status(v: &SourceView) {
     let s = &v.status;
     let text = status_text(v);
@@ -212,6 +212,7 @@ fn log_status(v: &SourceView) {
             source = %s.source,
             state,
             link,
+            phase = "streaming",
             lag_bytes = s.lag_bytes,
             lag_seconds = s.lag_seconds,
             lag_seconds_estimate = s.lag_seconds_estimate.filter(|v| v.is_finite()),
@@ -223,10 +224,11 @@ fn log_status(v: &SourceView) {
             deferred_deletions = s.deferred_deletions,
             "{text}"
         ),
-        _ => tracing::info!(
+        p => tracing::info!(
             source = %s.source,
             state,
             link,
+            phase = if p == Phase::Waiting { "waiting" } else { "snapshot" },
             rdb_bytes_loaded = s.rdb_bytes_loaded,
             rdb_bytes_total = s.rdb_bytes_total,
             snapshot_keys = s.snapshot_keys,
