@@ -172,6 +172,8 @@ struct Track {
     lagging_since: Option<Instant>,
     /// The link failed and has not got past the handshake since.
     failing: bool,
+    /// A snapshot was applied once: a new one is a full resync.
+    had_snapshot: bool,
 }
 
 /// Every source's history and the last look.
@@ -280,6 +282,7 @@ impl Track {
     /// The state from the link and the snapshot alone: `CatchingUp` for a streaming source
     /// whose snapshot is applied (the lag decides between it and in sync).
     fn base_state(&mut self, s: &SourceStatus) -> (SyncState, Option<String>) {
+        self.had_snapshot |= s.snapshot_done;
         let last_error = || s.last_error.clone().unwrap_or_else(|| "link failed".into());
         if let Some(e) = &s.error {
             return (SyncState::Failing, Some(e.clone()));
@@ -314,15 +317,15 @@ impl Track {
             );
         }
         if s.rdb_bytes_loaded == 0 && (s.state != LinkState::Rdb || s.rdb_bytes_total.is_none()) {
-            let why = match s.full_syncs {
-                0 => "waiting for the master's snapshot (BGSAVE)",
-                _ => "full resync: waiting for the master's snapshot (BGSAVE)",
+            let why = match self.had_snapshot {
+                false => "waiting for the master's snapshot (BGSAVE)",
+                true => "full resync: waiting for the master's snapshot (BGSAVE)",
             };
             return (SyncState::Connecting, Some(why.into()));
         }
-        let why = match s.full_syncs {
-            0 => "snapshot not applied yet",
-            _ => "full resync: new snapshot not applied yet",
+        let why = match self.had_snapshot {
+            false => "snapshot not applied yet",
+            true => "full resync: new snapshot not applied yet",
         };
         (SyncState::Snapshot, Some(why.into()))
     }

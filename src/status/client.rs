@@ -136,7 +136,9 @@ fn row(s: &SourceReport) -> [String; 8] {
     [
         s.source.clone(),
         state,
-        HumanBytes(s.lag_bytes).to_string(),
+        s.lag_bytes
+            .map(|b| HumanBytes(b).to_string())
+            .unwrap_or_else(|| "-".into()),
         lag_s,
         format!("{:.0}", s.ops_per_sec),
         s.snapshot_keys.to_string(),
@@ -166,7 +168,7 @@ mod tests {
             why: None,
             link: "streaming".into(),
             percent: None,
-            lag_bytes: 0,
+            lag_bytes: Some(0),
             lag_seconds: Some(0.0),
             lag_seconds_from: Some("estimate".into()),
             ops_per_sec: 12.4,
@@ -186,6 +188,7 @@ mod tests {
         let mut snap = source("snapshot");
         snap.source = "10.0.0.2:6380".into();
         snap.percent = Some(42.4);
+        snap.lag_bytes = None;
         snap.eta_snapshot_seconds = Some(125.0);
         snap.why = Some("snapshot not applied yet".into());
         let r = StatusReport {
@@ -222,6 +225,9 @@ mod tests {
         assert!(lines[1].starts_with("127.0.0.1:6379  in sync"), "{t}");
         assert!(lines[1].contains("~0.00"), "{t}");
         assert!(lines[2].contains("snapshot 42%"), "{t}");
+        // No lag before the snapshot is applied.
+        let lag_col = lines[0].find("LAG ").unwrap();
+        assert_eq!(&lines[2][lag_col..lag_col + 2], "- ", "{t}");
         assert!(lines[2].contains("2m05s"), "{t}");
         assert!(lines[2].ends_with("snapshot not applied yet"), "{t}");
         assert_eq!(

@@ -44,7 +44,9 @@ pub struct SourceReport {
     pub link: String,
     /// Snapshot progress, while loading one of known size.
     pub percent: Option<f64>,
-    pub lag_bytes: u64,
+    /// Stream bytes the target does not have yet; `null` until the snapshot is applied (the
+    /// stream waits in the spool meanwhile).
+    pub lag_bytes: Option<u64>,
     /// Lag in seconds: the heartbeat's when there is one, else the estimate.
     pub lag_seconds: Option<f64>,
     /// Where `lag_seconds` comes from: `heartbeat` or `estimate`.
@@ -76,7 +78,7 @@ impl SourceReport {
             why: v.why.clone(),
             link: s.state.to_string(),
             percent: v.percent().map(round2),
-            lag_bytes: s.lag_bytes,
+            lag_bytes: s.snapshot_done.then_some(s.lag_bytes),
             lag_seconds: lag.map(|(v, _)| round3(v)),
             lag_seconds_from: lag.map(|(_, from)| from.into()),
             ops_per_sec: round2(v.ops_per_sec),
