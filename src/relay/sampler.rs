@@ -14,11 +14,13 @@
 //! milliseconds of writes.
 //!
 //! It stays in sync while the lag alone is too big for less than [`OUT_OF_SYNC_GRACE`] (one
-//! slow batch does not make it flap); it leaves at once for a real reason: a new full resync,
-//! the link down, a fatal error.
+//! slow look does not make it flap; the metrics thread looks every 500 ms); it leaves at once
+//! for a real reason: a new full resync, the link down, a fatal error.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
+
+use indicatif::HumanBytes;
 
 use super::SourceStatus;
 use crate::source::LinkState;
@@ -27,7 +29,7 @@ use crate::source::LinkState;
 pub const IN_SYNC_LAG: f64 = 1.0;
 /// How long the lag alone may stay above [`IN_SYNC_LAG`] before an in-sync source is
 /// reported as catching up again.
-pub const OUT_OF_SYNC_GRACE: Duration = Duration::from_secs(3);
+pub const OUT_OF_SYNC_GRACE: Duration = Duration::from_secs(1);
 /// The window of the rates: long enough to smooth a bursty load, short enough for an ETA.
 const RATE_WINDOW: Duration = Duration::from_secs(5);
 
@@ -174,6 +176,8 @@ struct Track {
     failing: bool,
     /// A snapshot was applied once: a new one is a full resync.
     had_snapshot: bool,
+    /// The in-sync line of the current snapshot was logged.
+    announced_snapshot: bool,
 }
 
 /// Every source's history and the last look.
@@ -245,16 +249,7 @@ impl Track {
             None => {
                 self.lagging_since = None;
                 if !self.in_sync {
-                    self.in_sync = true;
-                    tracing::info!(
-                        source = %s.source,
-                        snapshot_keys = s.snapshot_keys,
-                        lag_bytes = s.lag_bytes,
-                        "{} in sync: snapshot of {} keys applied, lag {} B",
-                        s.source,
-                        s.snapshot_keys,
-                        s.lag_bytes
-                    );
+                    self.enter(s);
                 }
                 (SyncState::InSync, None)
             }
@@ -267,6 +262,24 @@ impl Track {
                 (SyncState::CatchingUp, Some(p))
             }
             Some(p) => (SyncState::CatchingUp, Some(p)),
+        }
+    }
+
+    /// Log the entry in sync (once per transition): the first since the snapshot names it.
+    fn enter(&mut self, s: &SourceStatus) {
+        self.in_sync = true;
+        let lag = HumanBytes(s.lag_bytes);
+        if std::mem::replace(&mut self.announced_snapshot, true) {
+            tracing::info!(source = %s.source, lag_bytes = s.lag_bytes, "{} in sync again: lag {lag}", s.source);
+        } else {
+            tracing::info!(
+                source = %s.source,
+                snapshot_keys = s.snapshot_keys,
+                lag_bytes = s.lag_bytes,
+                "{} in sync: snapshot of {} keys applied, lag {lag}",
+                s.source,
+                s.snapshot_keys,
+            );
         }
     }
 
@@ -283,6 +296,10 @@ impl Track {
     /// whose snapshot is applied (the lag decides between it and in sync).
     fn base_state(&mut self, s: &SourceStatus) -> (SyncState, Option<String>) {
         self.had_snapshot |= s.snapshot_done;
+        if !s.snapshot_done {
+            // The next in-sync line names the new snapshot.
+            self.announced_snapshot = false;
+        }
         let last_error = || s.last_error.clone().unwrap_or_else(|| "link failed".into());
         if let Some(e) = &s.error {
             return (SyncState::Failing, Some(e.clone()));
@@ -340,12 +357,12 @@ fn lag_problem(s: &SourceStatus) -> Option<String> {
     match s.lag_seconds_estimate {
         Some(v) if v < IN_SYNC_LAG && heartbeat_ok => None,
         Some(v) if v.is_infinite() => Some(format!(
-            "lag {} B and no write on the master to measure it by",
-            s.lag_bytes
+            "lag {} and no write on the master to measure it by",
+            HumanBytes(s.lag_bytes)
         )),
         Some(v) => Some(format!(
-            "lag {} B (~{:.1} s{})",
-            s.lag_bytes,
+            "lag {} (~{:.1} s{})",
+            HumanBytes(s.lag_bytes),
             s.lag_seconds.unwrap_or(v).max(v),
             if s.lag_seconds.is_some() {
                 " by the heartbeat"
@@ -353,7 +370,10 @@ fn lag_problem(s: &SourceStatus) -> Option<String> {
                 ""
             }
         )),
-        None => Some(format!("lag {} B (rate not measured yet)", s.lag_bytes)),
+        None => Some(format!(
+            "lag {} (rate not measured yet)",
+            HumanBytes(s.lag_bytes)
+        )),
     }
 }
 
@@ -408,12 +428,12 @@ mod tests {
         // Writes in flight, a fraction of a second behind: still in sync.
         assert_eq!(one(&mut s, lagging(0.2), t0).sync, SyncState::InSync);
         // Behind by seconds, but for less than the grace.
-        let v = one(&mut s, lagging(5.0), t0 + Duration::from_secs(1));
+        let v = one(&mut s, lagging(5.0), t0 + Duration::from_millis(500));
         assert_eq!(v.sync, SyncState::InSync);
         assert_eq!(v.why, None);
-        let v = one(&mut s, lagging(5.0), t0 + Duration::from_secs(5));
+        let v = one(&mut s, lagging(5.0), t0 + Duration::from_millis(1600));
         assert_eq!(v.sync, SyncState::CatchingUp);
-        assert!(v.why.as_deref().unwrap().starts_with("lag 5000 B"), "{v:?}");
+        assert_eq!(v.why.as_deref(), Some("lag 4.88 KiB (~5.0 s)"), "{v:?}");
         // Caught up again at the next look.
         let v = one(&mut s, lagging(0.1), t0 + Duration::from_secs(6));
         assert_eq!(v.sync, SyncState::InSync);
