@@ -265,6 +265,24 @@ fn a_paused_target_makes_the_source_catch_up_then_in_sync_again() {
         1,
         "{log}"
     );
+
+    // Restarted from its state: no snapshot, and the in-sync line says so.
+    let mut relay = relay;
+    let (code, _) = relay.terminate(Duration::from_secs(10));
+    assert_eq!(code, Some(0), "{}", relay.log_text());
+    let again = Relay::start_sync(
+        &args(&master.url(), &target.url(), state.path()),
+        state.path(),
+    );
+    assert!(
+        wait_until(Duration::from_secs(15), || again.log_text().contains(
+            &format!("{src} in sync: resumed from the checkpoint, lag ")
+        )),
+        "{}",
+        again.log_text()
+    );
+    let s = source_of(&relay_status(again.metrics_port), &src);
+    assert_eq!(s["full_syncs"], 0, "{s:#}");
 }
 
 #[test]

@@ -271,6 +271,9 @@ impl Track {
         let lag = HumanBytes(s.lag_bytes);
         if std::mem::replace(&mut self.announced_snapshot, true) {
             tracing::info!(source = %s.source, lag_bytes = s.lag_bytes, "{} in sync again: lag {lag}", s.source);
+        } else if s.full_syncs == 0 {
+            // No snapshot in this process: the stream resumed from the checkpoint.
+            tracing::info!(source = %s.source, lag_bytes = s.lag_bytes, "{} in sync: resumed from the checkpoint, lag {lag}", s.source);
         } else {
             tracing::info!(
                 source = %s.source,
