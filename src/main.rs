@@ -315,10 +315,11 @@ fn run_status(addr: &str, json: bool, watch: Option<f64>) -> anyhow::Result<Exit
     let Some(every) = watch else {
         return Ok(print_status(addr, json));
     };
-    anyhow::ensure!(
-        every.is_finite() && every >= 0.1,
-        "--watch takes a number of seconds of at least 0.1, not {every}"
-    );
+    if !(every.is_finite() && every >= 0.1) {
+        // Exit code 2, like clap's own usage errors (1 means "not in sync").
+        eprintln!("error: --watch takes a number of seconds of at least 0.1, not {every}");
+        return Ok(ExitCode::from(2));
+    }
     loop {
         // Clear the screen and go home, then draw; errors are shown and the watch goes on.
         print!("\x1b[2J\x1b[H");
