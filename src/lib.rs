@@ -26,8 +26,8 @@
 //! - [`batch`]: ops and batches, the per-source offset tracker, the exactly-once record
 //!   ([`batch::record`]).
 //!
-//! Wiring: [`relay`] connects the stages (builder, handle, status) and is the library's entry
-//! point.
+//! Wiring: [`relay`] connects the stages (builder, handle, status, [`relay::sampler`]: rates
+//! and "in sync") and is the library's entry point.
 //!
 //! Beside the flow:
 //!
