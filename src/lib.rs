@@ -26,8 +26,8 @@
 //! - [`batch`]: ops and batches, the per-source offset tracker, the exactly-once record
 //!   ([`batch::record`]).
 //!
-//! Wiring: [`relay`] connects the stages (builder, handle, status) and is the library's entry
-//! point.
+//! Wiring: [`relay`] connects the stages (builder, handle, status, [`relay::sampler`]: rates
+//! and "in sync") and is the library's entry point.
 //!
 //! Beside the flow:
 //!
@@ -35,6 +35,8 @@
 //!   [`restore`]: an RDB file into a live Redis through the same apply path.
 //! - [`config`]: every option, declared once; [`metrics`]: every metric, described;
 //!   [`progress`]: bars and status lines.
+//! - [`status`]: the `/status` report and the HTTP endpoint beside `/metrics` (`/healthz`,
+//!   `/readyz`), and the `redis-relay status` command's fetching and table.
 //!
 //! The binary (`src/main.rs`) is the command line over this library; its `demo` module
 //! (`src/demo/`) is `redis-relay demo`: local servers, data and a write load, then `sync`.
@@ -51,5 +53,6 @@ pub mod resp;
 pub mod restore;
 pub mod source;
 pub mod spool;
+pub mod status;
 pub mod target;
 pub mod verify;

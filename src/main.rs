@@ -14,6 +14,8 @@ use redis_relay::pipeline::stream_apply::StreamOptions;
 use redis_relay::relay::{Ownership, RelayBuilder};
 use redis_relay::restore::{restore_file, RestoreOptions};
 use redis_relay::spool::SpoolOptions;
+use redis_relay::status;
+use redis_relay::status::http::StatusServer;
 use redis_relay::target::cluster::TargetKind;
 use redis_relay::target::{ErrorPolicy, WriterOptions};
 use redis_relay::verify::{verify, OwnedScope, VerifyOptions, VerifyReport};
@@ -73,6 +75,20 @@ enum Command {
         /// Print one canonical document (the corpus's expected.json form) instead of lines.
         #[arg(long)]
         canonical: bool,
+    },
+    /// Show a running relay's sources: state, lag, ops/s, keys, ETA, last error. Exit code:
+    /// 0 every source in sync, 1 some not (or the relay still starting), 2 the relay could not
+    /// be reached.
+    Status {
+        /// The relay's --metrics-addr.
+        #[arg(long, default_value = "127.0.0.1:9121")]
+        addr: String,
+        /// Print the /status JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// Redraw every SECS seconds (default 2) until Ctrl-C.
+        #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "2")]
+        watch: Option<f64>,
     },
     /// Load an RDB file into a live Redis.
     Restore {
@@ -258,6 +274,7 @@ fn run(cmd: Command, file: RunOptions) -> anyhow::Result<ExitCode> {
             run_verify(s, opts, json)
         }
         Command::Dump { file, canonical } => run_dump(&file, canonical),
+        Command::Status { addr, json, watch } => run_status(&addr, json, watch),
         Command::Restore {
             file,
             target,
@@ -301,18 +318,72 @@ fn run_demo(args: &demo::DemoArgs) -> anyhow::Result<ExitCode> {
     result
 }
 
-/// `sync`: the prechecks, the metrics exporter, then the relay until a signal stops it.
+/// `sync`: the prechecks, the HTTP endpoint (metrics and status), then the relay until a
+/// signal stops it.
 fn run_sync(s: Settings) -> anyhow::Result<ExitCode> {
     if !s.skip_check {
         precheck(&s)?;
     }
-    if let Some(addr) = s.metrics_addr {
-        redis_relay::metrics::install_exporter(addr)?;
-        tracing::info!("metrics at http://{addr}/metrics");
-    }
+    let server = match s.metrics_addr {
+        Some(addr) => {
+            let server = StatusServer::start(addr)?;
+            let addr = server.local_addr();
+            tracing::info!("metrics at http://{addr}/metrics, status at http://{addr}/status (also /healthz, /readyz)");
+            Some(server)
+        }
+        None => None,
+    };
     let handle = relay_builder(&s)?.start()?;
+    if let Some(server) = &server {
+        server.set_relay(handle.clone());
+    }
     let code = redis_relay::relay::run_until_signal(&handle, s.quiet)?;
     Ok(code)
+}
+
+/// `status`: the relay's /status as a table or JSON, once or every `watch` seconds. Exit code
+/// 0 when every source is in sync, 1 when not, 2 when the relay cannot be reached.
+fn run_status(addr: &str, json: bool, watch: Option<f64>) -> anyhow::Result<ExitCode> {
+    let Some(every) = watch else {
+        return Ok(print_status(addr, json));
+    };
+    if !(every.is_finite() && every >= 0.1) {
+        // Exit code 2, like clap's own usage errors (1 means "not in sync").
+        eprintln!("error: --watch takes a number of seconds of at least 0.1, not {every}");
+        return Ok(ExitCode::from(2));
+    }
+    loop {
+        // Clear the screen and go home, then draw; errors are shown and the watch goes on.
+        print!("\x1b[2J\x1b[H");
+        print_status(addr, json);
+        std::io::stdout().flush()?;
+        std::thread::sleep(std::time::Duration::from_secs_f64(every));
+    }
+}
+
+/// Fetch and print the status once; the exit code of `status`.
+fn print_status(addr: &str, json: bool) -> ExitCode {
+    match status::client::fetch(addr) {
+        Ok(report) => {
+            if json {
+                match serde_json::to_string_pretty(&report) {
+                    Ok(text) => println!("{text}"),
+                    Err(e) => eprintln!("error: {e}"),
+                }
+            } else {
+                print!("{}", status::client::table(&report));
+            }
+            if report.ready {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 /// The relay the settings describe: its sources and peers, target, writers and stream options.

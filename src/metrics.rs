@@ -1,11 +1,9 @@
 //! The Prometheus metrics the relay emits. The library only emits through the `metrics`
-//! facade; the binary installs the exporter (`install_exporter`). Every name here is listed,
-//! with its meaning, in docs/metrics.md.
+//! facade; the binary installs the recorder and serves it ([`crate::status::http`]). Every
+//! name here is listed, with its meaning, in docs/metrics.md.
 //!
-//! Beside the data path. Owns: the names and their descriptions, the exporter. The stages emit
-//! through the `metrics` facade and never import this module.
-
-use std::net::SocketAddr;
+//! Beside the data path. Owns: the names and their descriptions. The stages emit through the
+//! `metrics` facade and never import this module.
 
 use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
 
@@ -103,6 +101,10 @@ pub fn describe() {
         "1 once the source's snapshot is acknowledged by the target"
     );
     describe_gauge!(
+        "redis_relay_in_sync",
+        "1 while the source is in sync: snapshot applied, link streaming, lag 0 B or under 1 s (see `redis-relay status`)"
+    );
+    describe_gauge!(
         "redis_relay_connected",
         "1 while the replication link to the source is up"
     );
@@ -174,21 +176,4 @@ pub fn describe() {
         Unit::Seconds,
         "Cluster target: time to apply one cross-slot unit (read, compute on scratch keys, write back per slot)"
     );
-}
-
-/// Install the Prometheus exporter on `addr` (`/metrics`). Only for binaries: it sets a
-/// process-wide recorder.
-pub fn install_exporter(addr: SocketAddr) -> anyhow::Result<()> {
-    metrics_exporter_prometheus::PrometheusBuilder::new()
-        .with_http_listener(addr)
-        .set_buckets_for_metric(
-            metrics_exporter_prometheus::Matcher::Full("redis_relay_apply_latency_seconds".into()),
-            &[
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-            ],
-        )?
-        .install()
-        .map_err(|e| anyhow::anyhow!("cannot serve metrics on {addr}: {e}"))?;
-    describe();
-    Ok(())
 }

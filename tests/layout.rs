@@ -4,7 +4,7 @@
 //!   stages downstream of it and the shared vocabulary (`endpoint`, `resp`, `rdb`, `batch`,
 //!   `spool`); the vocabulary imports only itself; only `relay` wires stages together, and no
 //!   stage or vocabulary module imports `relay` or the side modules (`check`, `verify`,
-//!   `restore`, `config`, `metrics`, `progress`);
+//!   `restore`, `config`, `metrics`, `progress`, `status`);
 //! - no import cycle between top-level modules, nor between the files of one module;
 //! - no function longer than 80 lines unless a `// Long:` comment above it says why.
 //!
@@ -22,7 +22,7 @@ const STAGES: &[&str] = &["source", "pipeline", "target"];
 const WIRING: &[&str] = &["relay"];
 /// Beside the data path (import anything but are imported by nothing on it).
 const SIDE: &[&str] = &[
-    "check", "verify", "restore", "config", "metrics", "progress",
+    "check", "verify", "restore", "config", "metrics", "progress", "status",
 ];
 
 const MAX_FN_LINES: usize = 80;

@@ -106,7 +106,9 @@ fn status_log_line_without_terminal_and_no_write_to_the_source() {
     let f = &l["fields"];
     assert_eq!(l["level"], "INFO", "{l}");
     assert_eq!(f["phase"], "streaming", "{l}");
-    assert_eq!(f["state"], "streaming", "{l}");
+    // At rest after the snapshot: in sync (the link's own state is `link`).
+    assert_eq!(f["state"], "in sync", "{l}");
+    assert_eq!(f["link"], "streaming", "{l}");
     assert_eq!(f["snapshot_keys"], 2000, "{l}");
     assert!(f["lag_bytes"].is_u64(), "{l}");
     assert!(f["ops_per_sec"].is_u64(), "{l}");
@@ -117,7 +119,7 @@ fn status_log_line_without_terminal_and_no_write_to_the_source() {
     );
     let msg = f["message"].as_str().unwrap();
     assert!(
-        msg.starts_with(&format!("{name} streaming: lag ")) && msg.contains("ops/s"),
+        msg.starts_with(&format!("{name} in sync: lag ")) && msg.contains("ops/s"),
         "{msg}"
     );
     // The estimate is exported; the heartbeat gauge is not.

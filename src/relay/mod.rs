@@ -28,6 +28,7 @@
 mod backlog;
 pub mod error;
 mod run;
+pub mod sampler;
 mod spool_sink;
 
 use std::path::{Path, PathBuf};
@@ -41,6 +42,7 @@ use parking_lot::Mutex;
 pub use crate::pipeline::source_loop::{ApplyError, EventSink, RelayEvent, SinkError};
 pub use error::{RelayError, StartError};
 pub use run::run_until_signal;
+pub use sampler::{SourceView, SyncState};
 
 use crate::batch::SourceTracker;
 use crate::endpoint::Endpoint;
@@ -326,6 +328,7 @@ impl RelayBuilder {
                 stop_tx,
                 runtime: Mutex::new(Some(runtime)),
                 started: Instant::now(),
+                sampler: Mutex::new(sampler::Sampler::default()),
             }),
         };
         handle.spawn_metrics_updater();
@@ -474,7 +477,7 @@ impl Wiring<'_> {
             tracker,
             spool,
             figures,
-            ingest: Mutex::new(RateWindow::default()),
+            ingest: Mutex::new(sampler::RateWindow::default()),
             apply: Mutex::new(Some(apply)),
             fatal,
         })
@@ -628,37 +631,6 @@ fn spawn_heartbeat(
     Ok(())
 }
 
-/// Samples of a growing counter over the last seconds, for a recent rate.
-#[derive(Default)]
-struct RateWindow {
-    samples: std::collections::VecDeque<(Instant, u64)>,
-}
-
-impl RateWindow {
-    const WINDOW: Duration = Duration::from_secs(10);
-
-    /// Add a sample (at most one per 250 ms) and return the rate per second over the window.
-    fn sample(&mut self, value: u64) -> Option<f64> {
-        let now = Instant::now();
-        // Neither Option::is_none_or (above the MSRV) nor map_or(true, ..) (clippy on newer
-        // MSRVs).
-        let due = match self.samples.back() {
-            Some((t, _)) => now.duration_since(*t) >= Duration::from_millis(250),
-            None => true,
-        };
-        if due {
-            self.samples.push_back((now, value));
-        }
-        while self.samples.len() > 2 && now.duration_since(self.samples[0].0) > Self::WINDOW {
-            self.samples.pop_front();
-        }
-        let (t0, v0) = *self.samples.front()?;
-        let (t1, v1) = *self.samples.back()?;
-        let secs = t1.duration_since(t0).as_secs_f64();
-        (secs >= 0.2).then(|| v1.saturating_sub(v0) as f64 / secs)
-    }
-}
-
 struct SourceRuntime {
     name: String,
     progress: Arc<SourceProgress>,
@@ -666,7 +638,7 @@ struct SourceRuntime {
     spool: Arc<Spool>,
     figures: Arc<LoopFigures>,
     /// Bytes received from the master (its offset) over the last seconds.
-    ingest: Mutex<RateWindow>,
+    ingest: Mutex<sampler::RateWindow>,
     apply: Mutex<Option<JoinHandle<()>>>,
     fatal: FatalSlot,
 }
@@ -678,6 +650,8 @@ struct Inner {
     stop_tx: tokio::sync::watch::Sender<bool>,
     runtime: Mutex<Option<tokio::runtime::Runtime>>,
     started: Instant,
+    /// The one sampler of the figures (see [`sampler`]), fed by the metrics thread.
+    sampler: Mutex<sampler::Sampler>,
 }
 
 /// Status of one source.
@@ -715,8 +689,14 @@ pub struct SourceStatus {
     pub deferred_deletions: u64,
     /// Age of the oldest of them, in seconds.
     pub deferred_deletion_age_seconds: Option<f64>,
+    /// The fatal error that stopped the source, if any.
     pub error: Option<String>,
+    /// The last error of the source (fatal, or of the link: it may have recovered since).
+    pub last_error: Option<String>,
 }
+
+/// The window of the master's write rate (the lag estimate's divisor).
+const INGEST_WINDOW: Duration = Duration::from_secs(10);
 
 /// A running relay. Cheap to clone.
 #[derive(Clone)]
@@ -735,7 +715,7 @@ impl RelayHandle {
                 let done = s.figures.snapshot_done.load(Ordering::Acquire);
                 let applied = if done { s.tracker.applied() } else { 0 };
                 let lag_bytes = received.saturating_sub(applied);
-                let rate = s.ingest.lock().sample(received);
+                let rate = s.ingest.lock().sample(received, INGEST_WINDOW);
                 let estimate = match (done, rate) {
                     (false, _) => None,
                     (true, _) if lag_bytes == 0 => Some(0.0),
@@ -746,10 +726,12 @@ impl RelayHandle {
                     (true, None) => None,
                 };
                 let hb = s.figures.heartbeat_lag_us.load(Ordering::Relaxed);
+                let last_link_error = s.progress.last_error();
                 let link_error = match s.progress.state() {
-                    LinkState::Failed => s.progress.last_error(),
+                    LinkState::Failed => last_link_error.clone(),
                     _ => None,
                 };
+                let fatal = s.fatal.lock().as_ref().map(|e| e.to_string());
                 SourceStatus {
                     source: s.name.clone(),
                     state: s.progress.state(),
@@ -779,15 +761,35 @@ impl RelayHandle {
                         0 => None,
                         since => Some(source_loop::unix_ms().saturating_sub(since) as f64 / 1000.0),
                     },
-                    error: s
-                        .fatal
-                        .lock()
-                        .as_ref()
-                        .map(|e| e.to_string())
-                        .or(link_error),
+                    last_error: fatal.clone().or(last_link_error),
+                    error: fatal.or(link_error),
                 }
             })
             .collect()
+    }
+
+    /// Take a look through the sampler: every source's status, rates and sync state (see
+    /// [`sampler`]). The metrics thread looks every 500 ms; views of other callers are the
+    /// same looks, so prefer [`RelayHandle::views`].
+    fn look(&self) -> Vec<SourceView> {
+        let status = self.status();
+        self.inner.sampler.lock().look(status)
+    }
+
+    /// The last look of the sampler (taken at most 500 ms ago while the relay runs), or a
+    /// new one before the first.
+    pub fn views(&self) -> Vec<SourceView> {
+        let last = self.inner.sampler.lock().last();
+        match last {
+            Some((_, views)) => views,
+            None => self.look(),
+        }
+    }
+
+    /// How long ago the sampler took its last look (`None` before the first). More than a few
+    /// seconds means the relay's status thread is stuck.
+    pub fn last_look_age(&self) -> Option<Duration> {
+        self.inner.sampler.lock().last().map(|(at, _)| at.elapsed())
     }
 
     /// The first fatal error of any source or of the writers, if one happened. Transient
@@ -883,41 +885,56 @@ impl RelayHandle {
                     return;
                 }
                 let h = RelayHandle { inner };
-                for s in h.status() {
-                    let l = [("source", s.source.clone())];
-                    metrics::gauge!("redis_relay_lag_bytes", &l).set(s.lag_bytes as f64);
-                    metrics::gauge!("redis_relay_applied_offset", &l).set(s.applied_offset as f64);
-                    metrics::gauge!("redis_relay_master_offset", &l).set(s.master_offset as f64);
-                    metrics::counter!("redis_relay_commands_applied_total", &l).absolute(s.commands_applied);
-                    metrics::gauge!("redis_relay_rdb_bytes_loaded", &l).set(s.rdb_bytes_loaded as f64);
-                    metrics::gauge!("redis_relay_rdb_bytes_total", &l)
-                        .set(s.rdb_bytes_total.unwrap_or(0) as f64);
-                    metrics::gauge!("redis_relay_spool_bytes", &l).set(s.spool_bytes as f64);
-                    metrics::gauge!("redis_relay_spool_disk_bytes", &l).set(s.spool_disk_bytes as f64);
-                    metrics::gauge!("redis_relay_snapshot_done", &l).set(if s.snapshot_done { 1.0 } else { 0.0 });
-                    metrics::gauge!("redis_relay_connected", &l).set(if s.connected { 1.0 } else { 0.0 });
-                    metrics::gauge!("redis_relay_snapshot_keys", &l).set(s.snapshot_keys as f64);
-                    metrics::gauge!("redis_relay_deferred_deletions", &l).set(s.deferred_deletions as f64);
-                    metrics::gauge!("redis_relay_deferred_deletion_age_seconds", &l)
-                        .set(s.deferred_deletion_age_seconds.unwrap_or(0.0));
-                    if let Some(v) = s.lag_seconds {
-                        metrics::gauge!("redis_relay_lag_seconds", &l).set(v);
-                    }
-                    if let Some(v) = s.lag_seconds_estimate {
-                        metrics::gauge!("redis_relay_lag_seconds_estimate", &l).set(v);
-                    }
-                    if let Some(p) = h.inner.sources.iter().find(|x| x.name == s.source) {
-                        let p = &p.progress;
-                        metrics::counter!("redis_relay_acks_sent_total", &l).absolute(p.acks_sent());
-                        metrics::counter!("redis_relay_source_reconnects_total", &l)
-                            .absolute(p.connect_attempts().saturating_sub(1));
-                    }
-                    for st in crate::metrics::SYNC_STATES {
-                        metrics::gauge!("redis_relay_sync_state", "source" => s.source.clone(), "state" => st.to_string())
-                            .set(if st == s.state { 1.0 } else { 0.0 });
-                    }
+                for v in h.look() {
+                    h.publish_metrics(&v);
                 }
             });
+    }
+
+    /// Set the per-source gauges and counters of one look.
+    fn publish_metrics(&self, v: &SourceView) {
+        let s = &v.status;
+        let l = [("source", s.source.clone())];
+        metrics::gauge!("redis_relay_lag_bytes", &l).set(s.lag_bytes as f64);
+        metrics::gauge!("redis_relay_applied_offset", &l).set(s.applied_offset as f64);
+        metrics::gauge!("redis_relay_master_offset", &l).set(s.master_offset as f64);
+        metrics::counter!("redis_relay_commands_applied_total", &l).absolute(s.commands_applied);
+        metrics::gauge!("redis_relay_rdb_bytes_loaded", &l).set(s.rdb_bytes_loaded as f64);
+        metrics::gauge!("redis_relay_rdb_bytes_total", &l)
+            .set(s.rdb_bytes_total.unwrap_or(0) as f64);
+        metrics::gauge!("redis_relay_spool_bytes", &l).set(s.spool_bytes as f64);
+        metrics::gauge!("redis_relay_spool_disk_bytes", &l).set(s.spool_disk_bytes as f64);
+        metrics::gauge!("redis_relay_snapshot_done", &l).set(if s.snapshot_done {
+            1.0
+        } else {
+            0.0
+        });
+        metrics::gauge!("redis_relay_in_sync", &l).set(if v.sync == SyncState::InSync {
+            1.0
+        } else {
+            0.0
+        });
+        metrics::gauge!("redis_relay_connected", &l).set(if s.connected { 1.0 } else { 0.0 });
+        metrics::gauge!("redis_relay_snapshot_keys", &l).set(s.snapshot_keys as f64);
+        metrics::gauge!("redis_relay_deferred_deletions", &l).set(s.deferred_deletions as f64);
+        metrics::gauge!("redis_relay_deferred_deletion_age_seconds", &l)
+            .set(s.deferred_deletion_age_seconds.unwrap_or(0.0));
+        if let Some(v) = s.lag_seconds {
+            metrics::gauge!("redis_relay_lag_seconds", &l).set(v);
+        }
+        if let Some(v) = s.lag_seconds_estimate {
+            metrics::gauge!("redis_relay_lag_seconds_estimate", &l).set(v);
+        }
+        if let Some(p) = self.inner.sources.iter().find(|x| x.name == s.source) {
+            let p = &p.progress;
+            metrics::counter!("redis_relay_acks_sent_total", &l).absolute(p.acks_sent());
+            metrics::counter!("redis_relay_source_reconnects_total", &l)
+                .absolute(p.connect_attempts().saturating_sub(1));
+        }
+        for st in crate::metrics::SYNC_STATES {
+            metrics::gauge!("redis_relay_sync_state", "source" => s.source.clone(), "state" => st.to_string())
+                .set(if st == s.state { 1.0 } else { 0.0 });
+        }
     }
 }
 

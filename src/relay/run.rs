@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use indicatif::{HumanBytes, MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use super::sampler::{SourceView, SyncState};
 use super::{RelayHandle, SourceStatus};
-use crate::source::LinkState;
 
 /// Block until SIGTERM or SIGINT (then shut down gracefully: exit 0) or a fatal error (exit 1).
 /// Shows progress per source on a terminal, logs it every 10 s otherwise (see the module doc).
@@ -71,7 +71,7 @@ impl View {
     fn update(&mut self, handle: &RelayHandle) {
         match self {
             View::Quiet => {}
-            View::Bars(b) => b.update(&handle.status()),
+            View::Bars(b) => b.update(&handle.views()),
             View::Log(l) => l.update(handle),
         }
     }
@@ -80,35 +80,6 @@ impl View {
         if let View::Bars(b) = self {
             b.finish();
         }
-    }
-}
-
-/// Per-source rates between two looks at the status.
-#[derive(Default, Clone)]
-struct Rates {
-    at: Option<Instant>,
-    commands: u64,
-    keys: u64,
-    ops_per_sec: f64,
-    keys_per_sec: f64,
-}
-
-impl Rates {
-    /// Update with the current counters once `every` has passed since the last update.
-    fn update(&mut self, s: &SourceStatus, every: Duration) {
-        let now = Instant::now();
-        match self.at {
-            Some(at) if now.duration_since(at) < every => return,
-            Some(at) => {
-                let secs = now.duration_since(at).as_secs_f64();
-                self.ops_per_sec = s.commands_applied.saturating_sub(self.commands) as f64 / secs;
-                self.keys_per_sec = s.snapshot_keys.saturating_sub(self.keys) as f64 / secs;
-            }
-            None => {}
-        }
-        self.at = Some(now);
-        self.commands = s.commands_applied;
-        self.keys = s.snapshot_keys;
     }
 }
 
@@ -125,29 +96,25 @@ enum Phase {
     Live,
 }
 
-fn phase(s: &SourceStatus) -> Phase {
-    if s.snapshot_done {
-        Phase::Live
-    } else if s.rdb_bytes_loaded == 0 && (s.state != LinkState::Rdb || s.rdb_bytes_total.is_none())
-    {
-        // Before +FULLRESYNC, or during the master's BGSAVE (no byte, no size yet).
-        Phase::Waiting
-    } else if s.rdb_bytes_total.is_some_and(|t| t > 0) {
-        Phase::Snapshot
-    } else {
-        Phase::SnapshotDiskless
+fn phase(v: &SourceView) -> Phase {
+    match v.sync {
+        SyncState::Connecting | SyncState::Failing => Phase::Waiting,
+        SyncState::Snapshot if v.status.rdb_bytes_total.is_some_and(|t| t > 0) => Phase::Snapshot,
+        SyncState::Snapshot => Phase::SnapshotDiskless,
+        SyncState::CatchingUp | SyncState::InSync => Phase::Live,
     }
 }
 
-fn waiting_text(s: &SourceStatus) -> String {
-    match s.state {
-        LinkState::Rdb => "rdb: waiting for the master's snapshot (BGSAVE)".into(),
-        st => format!("{st}: waiting for the snapshot"),
+/// Before the snapshot or while the link is down: the state and why.
+fn waiting_text(v: &SourceView) -> String {
+    match &v.why {
+        Some(why) => format!("{}: {why}", v.sync),
+        None => v.sync.to_string(),
     }
 }
 
 /// The lag in seconds to show: the heartbeat's when there is one, else the estimate (`~`).
-fn lag_seconds_text(s: &SourceStatus) -> String {
+pub(crate) fn lag_seconds_text(s: &SourceStatus) -> String {
     match (s.lag_seconds, s.lag_seconds_estimate) {
         (Some(v), _) => format!("{v:.2} s"),
         (None, Some(v)) if v.is_finite() => format!("~{v:.1} s"),
@@ -169,9 +136,11 @@ fn deferred_text(s: &SourceStatus) -> String {
 }
 
 /// One line of text for a source (the log line's message; the bars use the same words).
-fn status_text(s: &SourceStatus, ops_per_sec: f64) -> String {
-    match phase(s) {
-        Phase::Waiting => format!("{} {}", s.source, waiting_text(s)),
+fn status_text(v: &SourceView) -> String {
+    let s = &v.status;
+    let ops_per_sec = v.ops_per_sec;
+    match phase(v) {
+        Phase::Waiting => format!("{} {}", s.source, waiting_text(v)),
         Phase::Snapshot | Phase::SnapshotDiskless => {
             let total = match s.rdb_bytes_total.filter(|t| *t > 0) {
                 Some(t) => format!(
@@ -192,7 +161,7 @@ fn status_text(s: &SourceStatus, ops_per_sec: f64) -> String {
             format!(
                 "{} {}: lag {} ({}), {ops_per_sec:.0} ops/s, {} target errors{}",
                 s.source,
-                s.state,
+                v.sync,
                 HumanBytes(s.lag_bytes),
                 lag_seconds_text(s),
                 s.target_errors,
@@ -210,7 +179,6 @@ fn status_text(s: &SourceStatus, ops_per_sec: f64) -> String {
 struct LogLines {
     period: Duration,
     last: Instant,
-    rates: Vec<Rates>,
 }
 
 impl LogLines {
@@ -218,38 +186,37 @@ impl LogLines {
         LogLines {
             period,
             last: Instant::now(),
-            rates: Vec::new(),
         }
     }
 
     fn update(&mut self, handle: &RelayHandle) {
-        let status = handle.status();
-        self.rates.resize(status.len(), Rates::default());
-        for (s, r) in status.iter().zip(self.rates.iter_mut()) {
-            r.update(s, self.period);
-        }
         if self.last.elapsed() < self.period {
             return;
         }
         self.last = Instant::now();
-        for (s, r) in status.iter().zip(&self.rates) {
-            log_status(s, r.ops_per_sec, r.keys_per_sec);
+        for v in handle.views() {
+            log_status(&v);
         }
     }
 }
 
-fn log_status(s: &SourceStatus, ops_per_sec: f64, keys_per_sec: f64) {
-    let text = status_text(s, ops_per_sec);
-    let state = s.state.to_string();
-    match phase(s) {
+/// The periodic log line: `state` is the sync state (`in sync`, `catching up`, ...), `link`
+/// the replication link's, `phase` what the line shows (`waiting`, `snapshot`, `streaming`).
+fn log_status(v: &SourceView) {
+    let s = &v.status;
+    let text = status_text(v);
+    let state = v.sync.as_str();
+    let link = s.state.to_string();
+    match phase(v) {
         Phase::Live => tracing::info!(
             source = %s.source,
             state,
+            link,
             phase = "streaming",
             lag_bytes = s.lag_bytes,
             lag_seconds = s.lag_seconds,
             lag_seconds_estimate = s.lag_seconds_estimate.filter(|v| v.is_finite()),
-            ops_per_sec = ops_per_sec.round() as u64,
+            ops_per_sec = v.ops_per_sec.round() as u64,
             commands_applied = s.commands_applied,
             target_errors = s.target_errors,
             spool_bytes = s.spool_bytes,
@@ -260,12 +227,14 @@ fn log_status(s: &SourceStatus, ops_per_sec: f64, keys_per_sec: f64) {
         p => tracing::info!(
             source = %s.source,
             state,
+            link,
             phase = if p == Phase::Waiting { "waiting" } else { "snapshot" },
             rdb_bytes_loaded = s.rdb_bytes_loaded,
             rdb_bytes_total = s.rdb_bytes_total,
             snapshot_keys = s.snapshot_keys,
-            keys_per_sec = keys_per_sec.round() as u64,
+            keys_per_sec = v.keys_per_sec.round() as u64,
             target_errors = s.target_errors,
+            why = v.why.as_deref(),
             "{text}"
         ),
     }
@@ -275,7 +244,6 @@ fn log_status(s: &SourceStatus, ops_per_sec: f64, keys_per_sec: f64) {
 struct Bars {
     mp: MultiProgress,
     lines: Vec<(ProgressBar, Option<Phase>)>,
-    rates: Vec<Rates>,
 }
 
 const TICK: &[&str] = &["⠋", "⠙", "⠹", "⠸", "⠼", "⠴", "⠦", "⠧", "⠇", "⠏", "✓"];
@@ -304,24 +272,22 @@ impl Bars {
         Bars {
             mp,
             lines: Vec::with_capacity(sources),
-            rates: Vec::new(),
         }
     }
 
-    fn update(&mut self, status: &[SourceStatus]) {
-        self.rates.resize(status.len(), Rates::default());
-        let width = status.iter().map(|s| s.source.len()).max().unwrap_or(0);
-        while self.lines.len() < status.len() {
+    fn update(&mut self, views: &[SourceView]) {
+        let width = views
+            .iter()
+            .map(|v| v.status.source.len())
+            .max()
+            .unwrap_or(0);
+        while self.lines.len() < views.len() {
             let bar = self.mp.add(ProgressBar::new(1));
             self.lines.push((bar, None));
         }
-        for ((s, (bar, shown)), r) in status
-            .iter()
-            .zip(self.lines.iter_mut())
-            .zip(self.rates.iter_mut())
-        {
-            r.update(s, Duration::from_secs(1));
-            let p = phase(s);
+        for (v, (bar, shown)) in views.iter().zip(self.lines.iter_mut()) {
+            let s = &v.status;
+            let p = phase(v);
             if *shown != Some(p) {
                 bar.set_style(style(p));
                 bar.set_prefix(format!("{:width$}", s.source));
@@ -331,7 +297,7 @@ impl Bars {
             }
             match p {
                 Phase::Waiting => {
-                    bar.set_message(waiting_text(s));
+                    bar.set_message(waiting_text(v));
                     bar.tick();
                 }
                 Phase::Snapshot | Phase::SnapshotDiskless => {
@@ -341,11 +307,11 @@ impl Bars {
                     bar.set_position(s.rdb_bytes_loaded);
                     bar.set_message(format!(
                         "{} keys ({:.0} keys/s)",
-                        s.snapshot_keys, r.keys_per_sec
+                        s.snapshot_keys, v.keys_per_sec
                     ));
                 }
                 Phase::Live => {
-                    let text = status_text(s, r.ops_per_sec);
+                    let text = status_text(v);
                     let text = text.strip_prefix(&s.source).unwrap_or(&text).trim_start();
                     bar.set_message(text.to_string());
                 }
@@ -364,6 +330,8 @@ impl Bars {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::relay::sampler::Sampler;
+    use crate::source::LinkState;
 
     fn status() -> SourceStatus {
         SourceStatus {
@@ -388,65 +356,77 @@ mod tests {
             deferred_deletions: 0,
             deferred_deletion_age_seconds: None,
             error: None,
+            last_error: None,
         }
+    }
+
+    /// One look of a new sampler at `s`.
+    fn view(s: SourceStatus) -> SourceView {
+        Sampler::default().look(vec![s]).remove(0)
     }
 
     #[test]
     fn snapshot_text_has_bytes_and_keys() {
-        let s = status();
+        let s = view(status());
         assert_eq!(phase(&s), Phase::Snapshot);
         assert_eq!(
-            status_text(&s, 0.0),
+            status_text(&s),
             "10.0.0.1:6379 snapshot: 512.00 MiB of 1.00 GiB (50.0%), 1234567 keys"
         );
-        let d = SourceStatus {
+        let d = view(SourceStatus {
             rdb_bytes_total: None,
             ..status()
-        };
+        });
         assert_eq!(phase(&d), Phase::SnapshotDiskless);
-        assert!(
-            status_text(&d, 0.0).contains("diskless"),
-            "{}",
-            status_text(&d, 0.0)
-        );
-        let w = SourceStatus {
+        assert!(status_text(&d).contains("diskless"), "{}", status_text(&d));
+        let w = view(SourceStatus {
             state: LinkState::Connecting,
             rdb_bytes_loaded: 0,
             ..status()
-        };
+        });
         assert_eq!(phase(&w), Phase::Waiting);
-        let bgsave = SourceStatus {
+        assert_eq!(
+            status_text(&w),
+            "10.0.0.1:6379 connecting: connecting to the master"
+        );
+        let bgsave = view(SourceStatus {
             rdb_bytes_loaded: 0,
             rdb_bytes_total: None,
             ..status()
-        };
+        });
         assert_eq!(phase(&bgsave), Phase::Waiting);
+        assert!(status_text(&bgsave).contains("BGSAVE"));
     }
 
     #[test]
-    fn live_text_has_lag_rate_and_errors() {
+    fn live_text_has_sync_state_lag_rate_and_errors() {
         let mut s = status();
         s.snapshot_done = true;
         s.state = LinkState::Streaming;
         s.lag_bytes = 2048;
         s.target_errors = 3;
         s.lag_seconds_estimate = Some(0.3);
+        let mut v = view(s.clone());
+        v.ops_per_sec = 1500.4;
         assert_eq!(
-            status_text(&s, 1500.4),
-            "10.0.0.1:6379 streaming: lag 2.00 KiB (~0.3 s), 1500 ops/s, 3 target errors"
+            status_text(&v),
+            "10.0.0.1:6379 in sync: lag 2.00 KiB (~0.3 s), 1500 ops/s, 3 target errors"
         );
         s.lag_seconds = Some(0.031);
-        assert!(status_text(&s, 0.0).contains("(0.03 s)"));
+        assert!(status_text(&view(s.clone())).contains("(0.03 s)"));
         s.lag_seconds = None;
         s.lag_seconds_estimate = Some(f64::INFINITY);
-        assert!(status_text(&s, 0.0).contains("no progress"));
+        let behind = view(s.clone());
+        assert!(status_text(&behind).contains("catching up: "));
+        assert!(status_text(&behind).contains("no progress"));
         s.deferred_deletions = 1234;
         s.deferred_deletion_age_seconds = Some(75.4);
+        let v = view(s);
         assert!(
-            status_text(&s, 0.0)
+            status_text(&v)
                 .ends_with(", 1234 deletions deferred (oldest 75 s: a peer did not answer)"),
             "{}",
-            status_text(&s, 0.0)
+            status_text(&v)
         );
     }
 }

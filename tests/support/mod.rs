@@ -806,3 +806,22 @@ pub fn port_open(port: u16) -> bool {
     )
     .is_ok()
 }
+/// A minimal HTTP GET on loopback: (status code, body). `None` while nothing answers.
+pub fn http_get_with_code(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let (head, body) = out.split_once("\r\n\r\n")?;
+    let code = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, body.to_string()))
+}
+
+/// `GET /status` of a relay as JSON (`Null` while it does not answer).
+pub fn relay_status(port: u16) -> serde_json::Value {
+    match http_get_with_code(port, "/status") {
+        Some((200, body)) => serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
+        _ => serde_json::Value::Null,
+    }
+}
