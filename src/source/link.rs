@@ -32,6 +32,11 @@ use tokio::net::TcpStream;
 use tokio::sync::{watch, Notify};
 use tokio::time::{Instant, MissedTickBehavior};
 
+/// Period of the extra ACKs sent until the master's first stream byte (see `stream`).
+const EARLY_ACK_INTERVAL: Duration = Duration::from_millis(50);
+/// At most this many of them: 2 s.
+const EARLY_ACKS: u32 = 40;
+
 /// Where the link puts what it receives. Must never block for long: the implementation
 /// spools to disk.
 pub trait LinkSink: Send + 'static {
@@ -601,6 +606,14 @@ impl<S: LinkSink> Session<'_, S> {
         let timeout = self.cfg.repl_timeout;
         let deadline = tokio::time::sleep(timeout);
         tokio::pin!(deadline);
+        // Until the master's first stream byte, an ACK every EARLY_ACK_INTERVAL too (at most
+        // EARLY_ACKS): after a diskless transfer Redis starts the stream on the first ACK that
+        // arrives once it has marked the transfer done (`repl_put_online_on_ack`), and the ACK
+        // sent right after the RDB may come before that; waiting for the 1 s tick would hold
+        // the first writes back for up to a second.
+        let mut early = tokio::time::interval(EARLY_ACK_INTERVAL);
+        early.tick().await;
+        let mut early_left = if legacy { 0 } else { EARLY_ACKS };
         loop {
             tokio::select! {
                 r = rd.read(&mut buf) => {
@@ -609,11 +622,16 @@ impl<S: LinkSink> Session<'_, S> {
                         Ok(n) => n,
                         Err(e) => return Err(self.io_err(PHASE, e)),
                     };
+                    early_left = 0;
                     self.sink.stream_data(&buf[..n]).map_err(|e| self.sink_err(e))?;
                     self.progress.received_offset.fetch_add(n as u64, Ordering::AcqRel);
                     deadline.as_mut().reset(Instant::now() + timeout);
                 }
                 _ = ack.tick(), if !legacy => self.send_ack(&mut wr).await?,
+                _ = early.tick(), if early_left > 0 => {
+                    early_left -= 1;
+                    self.send_ack(&mut wr).await?;
+                }
                 _ = self.progress.ack_now.notified(), if !legacy => self.send_ack(&mut wr).await?,
                 _ = &mut deadline => return Err(LinkError::Timeout {
                     source_name: self.name.to_string(), phase: PHASE, timeout,
