@@ -12,7 +12,8 @@ use std::process::{Command, Stdio};
 
 /// The quick start's script: the first `sh` block after the "Quick start" heading.
 fn quick_start() -> String {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     let section = readme
         .split("\n## Quick start")
         .nth(1)
@@ -114,7 +115,9 @@ fn line_matches(pattern: &str, text: &str) -> bool {
 fn lines_match(expected: &[String], actual: &[&str]) -> bool {
     match expected.split_first() {
         None => actual.is_empty(),
-        Some((e, rest)) if e == "…" => (0..=actual.len()).any(|k| lines_match(rest, &actual[k..])),
+        Some((e, rest)) if e == "…" => {
+            (0..=actual.len()).any(|k| lines_match(rest, &actual[k..]))
+        }
         Some((e, rest)) => {
             !actual.is_empty() && line_matches(e, actual[0]) && lines_match(rest, &actual[1..])
         }
@@ -145,11 +148,17 @@ impl Drop for Cleanup<'_> {
 #[test]
 fn the_quick_start_prints_what_the_readme_shows() {
     let (script, shown) = instrument(&quick_start());
-    assert!(shown.len() >= 4, "the quick start shows too little: {shown:?}");
+    assert!(
+        shown.len() >= 4,
+        "the quick start shows too little: {shown:?}"
+    );
     let dir = tempfile::tempdir().unwrap();
     let _cleanup = Cleanup(dir.path());
     std::fs::write(dir.path().join("quick-start.sh"), &script).unwrap();
-    let path = format!("/usr/sbin:/usr/bin:{}", std::env::var("PATH").unwrap_or_default());
+    let path = format!(
+        "/usr/sbin:/usr/bin:{}",
+        std::env::var("PATH").unwrap_or_default()
+    );
     // Files, not pipes: a background process left running must not keep the test waiting.
     let file = |name: &str| std::fs::File::create(dir.path().join(name)).unwrap();
     let status = Command::new("timeout")
@@ -170,7 +179,8 @@ fn the_quick_start_prints_what_the_readme_shows() {
         read("script.stderr")
     );
     for (n, s) in shown.iter().enumerate() {
-        let actual = std::fs::read_to_string(dir.path().join(format!("out.{n}"))).unwrap_or_default();
+        let actual =
+            std::fs::read_to_string(dir.path().join(format!("out.{n}"))).unwrap_or_default();
         let lines: Vec<&str> = actual.lines().collect();
         assert!(
             lines_match(&s.expected, &lines),
@@ -191,9 +201,13 @@ fn the_output_patterns_mean_what_the_module_says() {
     assert!(lines_match(&e(&["x", "…", "z"]), &["x", "1", "2", "z"]));
     assert!(lines_match(&e(&["x", "…"]), &["x"]));
     assert!(!lines_match(&e(&["x", "z"]), &["x", "1", "z"]));
-    let (script, shown) = instrument("echo 1   # → 1\nprintf 'a\\nb\\n'\n# → a\n# → …\nfoo \\\n  bar\n");
+    let (script, shown) =
+        instrument("echo 1   # → 1\nprintf 'a\\nb\\n'\n# → a\n# → …\nfoo \\\n  bar\n");
     assert_eq!(shown.len(), 2, "{shown:?}");
     assert!(script.contains("{ echo 1; } > out.0"), "{script}");
-    assert!(script.contains("{ printf 'a\\nb\\n'; } > out.1"), "{script}");
+    assert!(
+        script.contains("{ printf 'a\\nb\\n'; } > out.1"),
+        "{script}"
+    );
     assert!(script.contains("foo   bar"), "{script}");
 }
