@@ -38,6 +38,21 @@ struct Books {
     in_flight: u64,
 }
 
+impl Books {
+    /// Take `writer`'s oldest outstanding batch off the books.
+    fn pop_oldest(&mut self, writer: usize) {
+        if let Some(start) = self.per_writer[writer].pop_front() {
+            if let std::collections::btree_map::Entry::Occupied(mut e) = self.starts.entry(start) {
+                *e.get_mut() -= 1;
+                if *e.get() == 0 {
+                    e.remove();
+                }
+            }
+        }
+        self.in_flight = self.in_flight.saturating_sub(1);
+    }
+}
+
 impl SourceTracker {
     pub fn new(name: impl Into<String>, index: usize, writers: usize, start_offset: u64) -> Self {
         SourceTracker {
@@ -65,7 +80,11 @@ impl SourceTracker {
 
     /// What was dispatched (or needed no work) now reaches `end`.
     pub fn extend(&self, end: u64) {
-        self.dispatched_end.fetch_max(end, Ordering::AcqRel);
+        // Most calls change nothing (a snapshot's ops all end at one offset): a read-modify-
+        // write on every op would fight the writers for this cache line.
+        if end > self.dispatched_end.load(Ordering::Acquire) {
+            self.dispatched_end.fetch_max(end, Ordering::AcqRel);
+        }
     }
 
     /// A batch `(start, end]` for `writer` (open and extend at once).
@@ -81,16 +100,17 @@ impl SourceTracker {
 
     /// Called by `writer` once the target answered every command of its oldest batch.
     pub fn acknowledged(&self, writer: usize) {
+        self.acknowledged_many([writer]);
+    }
+
+    /// [`Self::acknowledged`] for the oldest batch of each of `writers` (a writer listed
+    /// twice: its two oldest), under one lock: a cluster writer settles a round of up to
+    /// thousands of slots' batches at once.
+    pub fn acknowledged_many(&self, writers: impl IntoIterator<Item = usize>) {
         let mut b = self.books.lock();
-        if let Some(start) = b.per_writer[writer].pop_front() {
-            if let std::collections::btree_map::Entry::Occupied(mut e) = b.starts.entry(start) {
-                *e.get_mut() -= 1;
-                if *e.get() == 0 {
-                    e.remove();
-                }
-            }
+        for writer in writers {
+            b.pop_oldest(writer);
         }
-        b.in_flight = b.in_flight.saturating_sub(1);
         if b.in_flight == 0 {
             self.drained.notify_all();
         }
@@ -146,5 +166,30 @@ mod tests {
         t.acknowledged(0);
         assert_eq!(t.applied(), 200);
         assert!(t.wait_drained(Duration::from_millis(1)));
+    }
+
+    #[test]
+    fn acknowledging_many_equals_one_by_one() {
+        let t = SourceTracker::new("s", 0, 3, 0);
+        t.dispatched(0, 0, 10);
+        t.dispatched(1, 10, 20);
+        t.dispatched(0, 20, 30);
+        t.dispatched(2, 30, 40);
+        t.acknowledged_many([1, 0]);
+        // Writer 0's second batch (from 20) is the oldest left.
+        assert_eq!(t.applied(), 20);
+        assert_eq!(t.in_flight(), 2);
+        assert!(!t.wait_drained(Duration::from_millis(1)));
+        t.acknowledged_many([0, 2]);
+        assert_eq!(t.applied(), 40);
+        assert!(t.wait_drained(Duration::from_millis(1)));
+    }
+
+    #[test]
+    fn extend_never_moves_back() {
+        let t = SourceTracker::new("s", 0, 1, 100);
+        t.extend(150);
+        t.extend(120);
+        assert_eq!(t.dispatched_end(), 150);
     }
 }

@@ -4,13 +4,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use super::error::PipelineError;
 use super::router::partition;
 use crate::batch::offsets::SourceTracker;
 use crate::batch::record::{self, Record};
 use crate::batch::{Batch, Bookkeeping, CrossSlot, Op, SlotPart};
+use crate::resp::encode::encode_bulk;
 use crate::target::cluster::key_slot;
 use crate::target::commands::CommandBuf;
 use crate::target::writer::PoolError;
@@ -46,6 +47,8 @@ pub struct Dispatcher {
     /// Bytes and commands pending over all writers (bounded on a slotted target).
     pending_bytes: usize,
     pending_commands: usize,
+    /// The smallest start offset of the pending batches since the last full flush.
+    oldest_pending: Option<u64>,
 }
 
 /// Identifies this process in batch records: sequence numbers restart with each process.
@@ -79,6 +82,10 @@ struct Pending {
     /// one op (in `open_db`) when something else comes or the batch is flushed.
     open: CommandBuf,
     open_db: u32,
+    /// Plain string keys appended by [`Dispatcher::push_string`] since the last op or
+    /// command: they become one `MSET` op when something else comes or the batch is sealed.
+    /// (Never non-empty together with `open`: each seals the other first, so order holds.)
+    strings: StringRun,
     bytes: usize,
     /// Commands in the batch (ops count as one).
     commands: usize,
@@ -93,12 +100,75 @@ struct Pending {
     end: u64,
 }
 
-impl Pending {
-    fn is_empty(&self) -> bool {
-        self.ops.is_empty() && self.open.is_empty()
+/// Room left at the front of a [`StringRun`]'s buffer for its command header, which is
+/// known only when the run is sealed (`*<2n+1>\r\n$4\r\nMSET\r\n`: at most 23 bytes).
+const RUN_GAP: usize = 24;
+
+/// One writer's plain string keys waiting for their `MSET`: the key/value arguments,
+/// encoded once, after [`RUN_GAP`] bytes where the header goes when sealed (no copy).
+#[derive(Default)]
+struct StringRun {
+    args: BytesMut,
+    keys: u32,
+    db: u32,
+}
+
+impl StringRun {
+    /// The `SET` (one key) or `MSET` header of `keys` keys, and its length.
+    fn header(keys: u32) -> ([u8; RUN_GAP], usize) {
+        use std::io::Write;
+        let mut h = [0u8; RUN_GAP];
+        let mut w = &mut h[..];
+        // Cannot fail: the longest header (u32::MAX keys) is 23 bytes.
+        let _ = if keys == 1 {
+            w.write_all(b"*3\r\n$3\r\nSET\r\n")
+        } else {
+            write!(w, "*{}\r\n$4\r\nMSET\r\n", 1 + 2 * u64::from(keys))
+        };
+        let len = RUN_GAP - w.len();
+        (h, len)
     }
 
-    /// Turn the open commands into an op.
+    /// The run as one op (`None` when empty), leaving it empty: with `release`, giving its
+    /// whole buffer away.
+    fn seal(&mut self, release: bool) -> Option<Op> {
+        if self.keys == 0 {
+            return None;
+        }
+        let (h, len) = Self::header(self.keys);
+        let at = RUN_GAP - len;
+        self.args[at..RUN_GAP].copy_from_slice(&h[..len]);
+        let buf = if release {
+            std::mem::take(&mut self.args)
+        } else {
+            self.args.split()
+        };
+        self.keys = 0;
+        Some(Op::new(self.db, buf.freeze().slice(at..), 1))
+    }
+
+    /// Add `key` = `value` (in `db`, which the caller made the run's); returns the bytes added.
+    fn push(&mut self, db: u32, key: &[u8], value: &[u8], slack: usize) -> usize {
+        let before = self.args.len();
+        if self.keys == 0 {
+            self.db = db;
+            self.args
+                .reserve(RUN_GAP + key.len() + value.len() + 32 + slack);
+            self.args.extend_from_slice(&[0; RUN_GAP]);
+        }
+        encode_bulk(&mut self.args, key);
+        encode_bulk(&mut self.args, value);
+        self.keys += 1;
+        self.args.len() - before
+    }
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        self.ops.is_empty() && self.open.is_empty() && self.strings.keys == 0
+    }
+
+    /// Turn the open commands into an op (and the string run: only one of them is open).
     fn seal(&mut self) {
         if !self.open.is_empty() {
             let (payload, replies) = if self.release {
@@ -107,6 +177,13 @@ impl Pending {
                 self.open.take()
             };
             self.ops.push(Op::new(self.open_db, payload, replies));
+        }
+        self.seal_strings();
+    }
+
+    fn seal_strings(&mut self) {
+        if let Some(op) = self.strings.seal(self.release) {
+            self.ops.push(op);
         }
     }
 }
@@ -131,6 +208,7 @@ impl Dispatcher {
             slotted,
             pending_bytes: 0,
             pending_commands: 0,
+            oldest_pending: None,
         }
     }
 
@@ -227,6 +305,7 @@ impl Dispatcher {
         let Some(p) = self.enter(w, start, end) else {
             return Ok(());
         };
+        p.seal_strings();
         if p.open_db != db {
             p.seal();
             p.open_db = db;
@@ -253,6 +332,37 @@ impl Dispatcher {
         self.flush_if_full(w)
     }
 
+    /// A plain string key (no expire time, no options) for writer `w`'s pending batch, in
+    /// `db`: consecutive ones share one `MSET` (a cluster writer's batch holds one slot's
+    /// keys, so that is legal there), which costs the target one command instead of one per
+    /// key, and is encoded straight into the batch's buffer. Anything else pushed in between
+    /// closes the `MSET` first, so the batch keeps the order of its commands.
+    pub fn push_string(
+        &mut self,
+        w: usize,
+        db: u32,
+        key: &[u8],
+        value: &[u8],
+        offset: u64,
+    ) -> Result<(), PipelineError> {
+        let slotted = self.slotted;
+        let Some(p) = self.enter(w, offset, offset) else {
+            return Ok(());
+        };
+        if !p.open.is_empty() || (p.strings.keys > 0 && p.strings.db != db) {
+            p.seal();
+        }
+        // As in push_commands: a cluster batch grows as it needs, a standalone one is big.
+        let slack = if slotted { 1024 } else { BATCH_BYTES + 4096 };
+        let added = p.strings.push(db, key, value, slack);
+        p.needs_transaction |= !slotted;
+        p.bytes += added;
+        p.commands += 1;
+        self.pending_bytes += added;
+        self.pending_commands += 1;
+        self.flush_if_full(w)
+    }
+
     /// The pending batch of writer `w`, with `(start, end]` on the books; `None` when that
     /// range was applied before a restart (in the same writer's recorded transaction).
     fn enter(&mut self, w: usize, start: u64, end: u64) -> Option<&mut Pending> {
@@ -264,6 +374,7 @@ impl Dispatcher {
         if p.is_empty() {
             p.start = start;
             self.tracker.opened(w, start);
+            self.oldest_pending = Some(self.oldest_pending.map_or(start, |o| o.min(start)));
         }
         if !p.dirty {
             p.dirty = true;
@@ -283,8 +394,45 @@ impl Dispatcher {
             && (self.pending_bytes >= SLOTTED_PENDING_BYTES
                 || self.pending_commands >= SLOTTED_PENDING_COMMANDS)
         {
-            self.flush()?;
+            if self.oldest_pending == Some(self.pending[w].end) {
+                self.flush_larger()?;
+            } else {
+                self.flush()?;
+            }
         }
+        Ok(())
+    }
+
+    /// Hand over the pending batches at least as large as the average (in bytes or in
+    /// commands, whichever reached its cap), keep the others: they go with the next flush, larger. Flushing everything
+    /// at the cap makes a snapshot's batches about 2 keys each (16 MiB over 16384 slots), and
+    /// each batch costs the relay and the target about as much as a few keys; this about
+    /// doubles their size within the same memory bound. Only while every pending op is at one
+    /// offset (a snapshot): a batch kept back then holds back nothing of the applied offset.
+    fn flush_larger(&mut self) -> Result<(), PipelineError> {
+        let dirty = std::mem::take(&mut self.dirty);
+        let n = dirty.len().max(1);
+        // Measured in what reached its cap.
+        let by_bytes = self.pending_bytes >= SLOTTED_PENDING_BYTES;
+        let (avg_bytes, avg_commands) = (self.pending_bytes / n, self.pending_commands / n);
+        let mut kept = Vec::with_capacity(dirty.len());
+        for w in dirty {
+            let p = &mut self.pending[w];
+            // Not dirty: flushed since it was listed, or listed twice and seen already.
+            if !p.dirty {
+                continue;
+            }
+            if (by_bytes && p.bytes >= avg_bytes) || (!by_bytes && p.commands >= avg_commands) {
+                self.flush_writer(w)?;
+            } else {
+                p.dirty = false;
+                kept.push(w);
+            }
+        }
+        for &w in &kept {
+            self.pending[w].dirty = true;
+        }
+        self.dirty = kept;
         Ok(())
     }
 
@@ -354,6 +502,7 @@ impl Dispatcher {
         for w in std::mem::take(&mut self.dirty) {
             self.flush_writer(w)?;
         }
+        self.oldest_pending = None;
         Ok(())
     }
 
@@ -440,6 +589,208 @@ impl Dispatcher {
             if let Some(e) = self.pool.failure() {
                 return Err(PoolError::Failed(e).into());
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resp::client::ClientError;
+    use crate::target::writer::WriterFailure;
+    use parking_lot::Mutex;
+
+    /// A slotted target that only keeps what it is sent.
+    #[derive(Default)]
+    struct Recorder {
+        sent: Mutex<Vec<(usize, Batch)>>,
+    }
+
+    impl Writers for Recorder {
+        fn writers(&self) -> usize {
+            crate::target::cluster::SLOTS
+        }
+        fn send(&self, w: usize, batch: Batch) -> Result<(), PoolError> {
+            self.sent.lock().push((w, batch));
+            Ok(())
+        }
+        fn failure(&self) -> Option<WriterFailure> {
+            None
+        }
+        fn read_db0(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>, ClientError> {
+            Ok(vec![None; keys.len()])
+        }
+        fn slotted(&self) -> bool {
+            true
+        }
+    }
+
+    fn dispatcher() -> (Dispatcher, Arc<Recorder>) {
+        let rec = Arc::new(Recorder::default());
+        let tracker = Arc::new(SourceTracker::new("s", 0, rec.writers(), 0));
+        (Dispatcher::new(rec.clone(), tracker), rec)
+    }
+
+    fn commands(args: &[&[&[u8]]]) -> CommandBuf {
+        let mut c = CommandBuf::new();
+        for a in args {
+            c.push(a);
+        }
+        c
+    }
+
+    /// One op as (db, payload, replies).
+    type SentOp = (u32, Vec<u8>, u32);
+
+    /// The batches sent, as (writer, ops).
+    fn sent(rec: &Recorder) -> Vec<(usize, Vec<SentOp>)> {
+        rec.sent
+            .lock()
+            .iter()
+            .map(|(w, b)| {
+                let ops = b.ops.iter();
+                (
+                    *w,
+                    ops.map(|o| (o.db, o.payload.to_vec(), o.replies)).collect(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn consecutive_strings_share_one_mset_and_order_is_kept() {
+        let (mut d, rec) = dispatcher();
+        d.push_string(7, 0, b"a", b"1", 5).unwrap();
+        d.push_string(7, 0, b"b", b"22", 5).unwrap();
+        // A SET with an option (or any other command) is not merged: it closes the MSET.
+        let ex = commands(&[&[b"SET", b"c", b"3", b"EX", b"10"]]);
+        d.push_commands(7, 0, &ex, 5, 5).unwrap();
+        d.push_string(7, 0, b"a", b"4", 5).unwrap();
+        d.flush().unwrap();
+        let got = sent(&rec);
+        assert_eq!(got.len(), 1, "one batch for the slot");
+        let (w, ops) = &got[0];
+        assert_eq!(*w, 7);
+        let want: Vec<SentOp> = vec![
+            (
+                0,
+                b"*5\r\n$4\r\nMSET\r\n$1\r\na\r\n$1\r\n1\r\n$1\r\nb\r\n$2\r\n22\r\n".to_vec(),
+                1,
+            ),
+            (
+                0,
+                b"*5\r\n$3\r\nSET\r\n$1\r\nc\r\n$1\r\n3\r\n$2\r\nEX\r\n$2\r\n10\r\n".to_vec(),
+                1,
+            ),
+            // One key alone is a plain SET.
+            (0, b"*3\r\n$3\r\nSET\r\n$1\r\na\r\n$1\r\n4\r\n".to_vec(), 1),
+        ];
+        assert_eq!(ops, &want);
+        assert_eq!(d.tracker.in_flight(), 1);
+    }
+
+    #[test]
+    fn strings_of_another_database_or_writer_start_another_mset() {
+        let (mut d, rec) = dispatcher();
+        d.push_string(1, 0, b"a", b"1", 5).unwrap();
+        d.push_string(1, 2, b"b", b"2", 5).unwrap();
+        d.push_string(2, 0, b"c", b"3", 5).unwrap();
+        d.flush().unwrap();
+        let got = sent(&rec);
+        let set = |k: &[u8], v: &[u8]| {
+            let mut c = CommandBuf::new();
+            c.push(&[&b"SET"[..], k, v]);
+            c.payload.to_vec()
+        };
+        assert_eq!(
+            got,
+            vec![
+                (1, vec![(0, set(b"a", b"1"), 1), (2, set(b"b", b"2"), 1)]),
+                (2, vec![(0, set(b"c", b"3"), 1)]),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_run_counts_its_keys_toward_the_batch_limit() {
+        let (mut d, rec) = dispatcher();
+        for i in 0..BATCH_OPS {
+            d.push_string(3, 0, format!("k{i}").as_bytes(), b"v", 5)
+                .unwrap();
+        }
+        // Full at BATCH_OPS keys: sent as one MSET without a flush.
+        let got = sent(&rec);
+        assert_eq!(got.len(), 1);
+        let (_, ops) = &got[0];
+        assert_eq!(ops.len(), 1);
+        let head = format!("*{}\r\n$4\r\nMSET\r\n", 1 + 2 * BATCH_OPS);
+        assert!(ops[0].1.starts_with(head.as_bytes()));
+        let mut framer = crate::resp::CommandFramer::new();
+        framer.push(&ops[0].1);
+        let frame = framer.next_frame().unwrap().expect("one whole command");
+        assert_eq!(frame.args.len(), 1 + 2 * BATCH_OPS);
+        assert_eq!(&frame.args[2 * BATCH_OPS - 1][..], b"k511");
+        assert!(framer.next_frame().unwrap().is_none());
+        assert_eq!(framer.buffered(), 0);
+    }
+
+    #[test]
+    fn a_snapshot_at_the_cap_hands_over_its_larger_batches_only() {
+        let (mut d, rec) = dispatcher();
+        let big = vec![b'x'; 8 << 10];
+        // Writers 0..1023 hold a small key each, 1024.. a big one, until the cap.
+        for w in 0..1024 {
+            d.push_string(w, 0, b"k", b"v", 5).unwrap();
+        }
+        let mut w = 1024;
+        while rec.sent.lock().is_empty() {
+            d.push_string(w, 0, b"k", &big, 5).unwrap();
+            w += 1;
+        }
+        let sent: Vec<usize> = rec.sent.lock().iter().map(|(w, _)| *w).collect();
+        assert!(sent.iter().all(|&w| w >= 1024), "small batches kept back");
+        assert_eq!(sent.len(), w - 1024, "every big batch handed over");
+        assert!(d.pending_bytes < SLOTTED_PENDING_BYTES / 2);
+        // Nothing is lost or sent twice: the rest goes with the next flush.
+        d.flush().unwrap();
+        let mut all: Vec<usize> = rec.sent.lock().iter().map(|(w, _)| *w).collect();
+        all.sort_unstable();
+        assert_eq!(all, (0..w).collect::<Vec<_>>());
+        assert_eq!(d.tracker.in_flight(), w as u64);
+    }
+
+    #[test]
+    fn a_stream_at_the_cap_hands_over_everything() {
+        let (mut d, rec) = dispatcher();
+        let big = vec![b'x'; 8 << 10];
+        let mut off = 0;
+        for w in 0..1024 {
+            d.push_string(w, 0, b"k", b"v", 0).unwrap();
+        }
+        let mut w = 1024;
+        while rec.sent.lock().is_empty() {
+            let cmds = commands(&[&[b"SET", b"k", &big]]);
+            d.push_commands(w, 0, &cmds, off, off + 10).unwrap();
+            off += 10;
+            w += 1;
+        }
+        // Offsets move on: a batch kept back would hold back the applied offset.
+        assert_eq!(rec.sent.lock().len(), w);
+        assert_eq!(d.pending_bytes, 0);
+    }
+
+    #[test]
+    fn run_headers_fit_their_gap() {
+        for keys in [1, 2, 9, 10, 512, u32::MAX] {
+            let (h, len) = StringRun::header(keys);
+            assert!(len < RUN_GAP);
+            let text = String::from_utf8_lossy(&h[..len]).into_owned();
+            let want = if keys == 1 {
+                "*3\r\n$3\r\nSET\r\n".to_string()
+            } else {
+                format!("*{}\r\n$4\r\nMSET\r\n", 1 + 2 * u64::from(keys))
+            };
+            assert_eq!(text, want);
         }
     }
 }

@@ -342,11 +342,10 @@ impl SnapshotApply {
     ) -> Result<(), ApplyError> {
         if d.slotted() {
             // A cluster target has 16384 writers (slots): runs per slot would hold nearly
-            // every string of the snapshot until its end. A SET goes in the slot's batch now.
-            let mut c = self.buf();
-            c.push(&[&b"SET"[..], key, value]);
+            // every string of the snapshot until its end. The key goes in the slot's batch
+            // now, where the batch's consecutive strings share one MSET.
             self.stats.mset += 1;
-            return self.send(d, w, db, c);
+            return Ok(d.push_string(w, db, key, value, self.offset)?);
         }
         if self.strings.len() <= w {
             self.strings

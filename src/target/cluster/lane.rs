@@ -32,6 +32,7 @@ use bytes::{Bytes, BytesMut};
 use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 
 use super::pool::Shared;
+use super::topology::Node;
 use super::SLOTS;
 use crate::batch::Batch;
 use crate::resp::client::{read_reply_from, Client};
@@ -174,6 +175,9 @@ pub(super) struct Lane {
     conns: HashMap<String, NodeConn>,
     held: VecDeque<Pending>,
     closed: bool,
+    /// Batches of this round that ran, with their slot and commands: acknowledged together
+    /// at the round's end, one tracker lock per source instead of one per batch.
+    done: Vec<(Batch, u16, u64)>,
 }
 
 impl Lane {
@@ -185,6 +189,7 @@ impl Lane {
             conns: HashMap::new(),
             held: VecDeque::new(),
             closed: false,
+            done: Vec::new(),
         }
     }
 
@@ -297,15 +302,15 @@ impl Lane {
     /// Send `picked` (grouped by node), read the replies, and settle every batch.
     fn round(&mut self, picked: Vec<Pending>) {
         let map = self.sh.map();
-        let mut by_node: HashMap<String, Vec<Pending>> = HashMap::new();
+        let mut by_node = ByNode::default();
         let mut again = Vec::new();
         for mut p in picked {
-            let addr = match &p.route {
-                Some(Route::Moved(a) | Route::Ask(a)) => Some(a.clone()),
-                None => map.master_for(p.slot).map(|n| n.addr()),
+            let at = match &p.route {
+                Some(Route::Moved(a) | Route::Ask(a)) => Some(by_node.index(a)),
+                None => map.master_for(p.slot).map(|n| by_node.index_of(n)),
             };
-            match addr {
-                Some(a) => by_node.entry(a).or_default().push(p),
+            match at {
+                Some(i) => by_node.nodes[i].1.push(p),
                 None => {
                     // No online master serves the slot (failover, unassigned): wait.
                     p.backoff(Duration::from_millis(100));
@@ -314,12 +319,15 @@ impl Lane {
             }
         }
         let rounds: Vec<NodeRound> = by_node
+            .nodes
             .into_iter()
+            .filter(|(_, list)| !list.is_empty())
             .filter_map(|(addr, list)| self.write_node(addr, list, &mut again))
             .collect();
         for r in rounds {
             self.read_node(r, &mut again);
         }
+        self.acknowledge_done();
         // Back in front, in their order: their slots' later batches wait behind them.
         for p in again.into_iter().rev() {
             self.held.push_front(p);
@@ -534,7 +542,26 @@ impl Lane {
             }
         }
         let commands = ctx.commands;
-        ack(&p.batch, p.slot, commands);
+        self.done.push((p.batch, p.slot, commands));
+    }
+
+    /// Acknowledge the round's applied batches to their sources' trackers, each source's
+    /// under one lock. (Within a round a slot has one batch at most, and nothing of a slot
+    /// is sent again before its batch is settled, so acknowledging at the round's end keeps
+    /// every guarantee; it only releases the batches' memory a little later.)
+    fn acknowledge_done(&mut self) {
+        let mut done = std::mem::take(&mut self.done);
+        done.sort_by_key(|(b, _, _)| Arc::as_ptr(&b.tracker) as usize);
+        for group in done.chunk_by(|a, b| Arc::ptr_eq(&a.0.tracker, &b.0.tracker)) {
+            let tracker = &group[0].0.tracker;
+            let commands: u64 = group.iter().map(|(_, _, c)| c).sum();
+            tracker
+                .commands_applied
+                .fetch_add(commands, Ordering::Relaxed);
+            tracker.acknowledged_many(group.iter().map(|(_, slot, _)| *slot as usize));
+        }
+        done.clear();
+        self.done = done;
     }
 
     /// The connection broke after `p` was written: did it run? Its record says, read from
@@ -556,7 +583,7 @@ impl Lane {
             match self.read_record(p.slot, &book.key) {
                 Ok(Some(have)) if record_covers(&have, &book.value) => {
                     let cmds: u32 = p.batch.ops.iter().map(|o| o.replies).sum();
-                    ack(&p.batch, p.slot, cmds as u64);
+                    self.done.push((p.batch, p.slot, cmds as u64));
                     return;
                 }
                 Ok(_) => {
@@ -651,13 +678,38 @@ fn resolve(to: &str, asked: &str) -> String {
     }
 }
 
-/// Acknowledge an applied batch of lane (slot) `slot` to its source's tracker.
-fn ack(batch: &Batch, slot: u16, commands: u64) {
-    batch
-        .tracker
-        .commands_applied
-        .fetch_add(commands, Ordering::Relaxed);
-    batch.tracker.acknowledged(slot as usize);
+/// A round's batches grouped by the node they go to, in the order the nodes first came
+/// (a cluster has a few masters: a short list, and a node's address is made once per round,
+/// not once per batch).
+#[derive(Default)]
+struct ByNode {
+    nodes: Vec<(String, Vec<Pending>)>,
+    /// The map's nodes already placed in `nodes`, by identity.
+    known: Vec<(*const Node, usize)>,
+}
+
+impl ByNode {
+    /// The index of `addr`'s list, added if new.
+    fn index(&mut self, addr: &str) -> usize {
+        match self.nodes.iter().position(|(a, _)| a == addr) {
+            Some(i) => i,
+            None => {
+                self.nodes.push((addr.to_string(), Vec::new()));
+                self.nodes.len() - 1
+            }
+        }
+    }
+
+    /// The index of master `n`'s list.
+    fn index_of(&mut self, n: &Node) -> usize {
+        let id = n as *const Node;
+        if let Some(&(_, i)) = self.known.iter().find(|(k, _)| *k == id) {
+            return i;
+        }
+        let i = self.index(&n.addr());
+        self.known.push((id, i));
+        i
+    }
 }
 
 /// Write the buffered bytes with the large payloads in their places.
