@@ -1005,6 +1005,22 @@ struct Row {
     met: String,
 }
 
+/// The report's title line, the machine, and the results table.
+fn print_results(what: &str, rows: &[Row]) {
+    println!(
+        "\nredis-relay e2e benchmark ({what}; loopback, one run, noisy on a shared machine)\n"
+    );
+    println!("Machine: {}\n", machine());
+    println!("| scenario | redis-relay | baseline | ratio | goal | met |");
+    println!("|---|---|---|---|---|---|");
+    for r in rows {
+        println!(
+            "| {} | {} | {} | {} | {} | {} |",
+            r.scenario, r.ours, r.base, r.ratio, r.goal, r.met
+        );
+    }
+}
+
 fn row(
     scenario: &str,
     ours: String,
@@ -1664,19 +1680,7 @@ fn main() -> Res<()> {
     drop(relay);
 
     // ---- table
-    println!(
-        "\nredis-relay e2e benchmark ({} size: {} keys; loopback, one run, noisy on a shared machine)\n",
-        o.size_label, o.keys
-    );
-    println!("Machine: {}\n", machine());
-    println!("| scenario | redis-relay | baseline | ratio | goal | met |");
-    println!("|---|---|---|---|---|---|");
-    for r in &rows {
-        println!(
-            "| {} | {} | {} | {} | {} | {} |",
-            r.scenario, r.ours, r.base, r.ratio, r.goal, r.met
-        );
-    }
+    print_results(&format!("{} size: {} keys", o.size_label, o.keys), &rows);
     println!(
         "\nData: {} keys ({} elements, {:.1} MB as RESP): 90% strings of 16–512 bytes, 10% hashes/lists/sets/zsets of 10–1000 elements.",
         st.keys,

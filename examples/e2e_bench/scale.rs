@@ -250,19 +250,7 @@ fn print_table(o: &Opts, data: &Loaded, f: &Figures, cu: &CatchUp, notes: &[Stri
             Some(cu.rss_kib < 128 * 1024),
         ),
     ];
-    println!(
-        "\nredis-relay e2e benchmark, scale run: {} keys (loopback, one run, noisy on a shared machine)\n",
-        f.keys
-    );
-    println!("Machine: {}\n", machine());
-    println!("| scenario | redis-relay | baseline | ratio | goal | met |");
-    println!("|---|---|---|---|---|---|");
-    for r in &rows {
-        println!(
-            "| {} | {} | {} | {} | {} | {} |",
-            r.scenario, r.ours, r.base, r.ratio, r.goal, r.met
-        );
-    }
+    print_results(&format!("scale run: {} keys", f.keys), &rows);
     println!(
         "\nData: {} keys ({} elements, {:.1} MB as RESP): 97% strings of 16–64 bytes, 3% hashes/lists/sets/zsets of 5–20 elements.",
         data.keys,

@@ -72,22 +72,23 @@ fn resolve(addr: &str) -> Result<SocketAddr, FetchError> {
         .ok_or_else(|| resolve_err("no address".into()))
 }
 
+/// The table's columns, in the order of [`row`]'s cells.
+const COLUMNS: [&str; 8] = [
+    "SOURCE",
+    "STATE",
+    "LAG",
+    "LAG s",
+    "OPS/s",
+    "KEYS",
+    "ETA",
+    "LAST ERROR",
+];
+
 /// The report as a table: one row per source, then a line for the relay.
 pub fn table(r: &StatusReport) -> String {
-    let header = [
-        "SOURCE",
-        "STATE",
-        "LAG",
-        "LAG s",
-        "OPS/s",
-        "KEYS",
-        "ETA",
-        "LAST ERROR",
-    ]
-    .map(String::from);
-    let mut rows = vec![header];
+    let mut rows = vec![COLUMNS.map(String::from)];
     rows.extend(r.sources.iter().map(row));
-    let widths: Vec<usize> = (0..8)
+    let widths: Vec<usize> = (0..COLUMNS.len())
         .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
         .collect();
     let mut out = String::new();
