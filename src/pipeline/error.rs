@@ -9,6 +9,14 @@ pub enum PipelineError {
     /// the relay needs, or the pool was aborted).
     #[error(transparent)]
     Pool(#[from] PoolError),
+    /// A command the target refuses at queue time (unknown there, wrong arity), under
+    /// `--on-target-error stop`: the source's offset stays before it.
+    #[error("the target refuses {command} ({kind}) at stream offset {offset}: stopping (--on-target-error stop; `skip` leaves such commands out)")]
+    Refused {
+        command: String,
+        kind: &'static str,
+        offset: u64,
+    },
     /// A SELECT of the command stream without a valid database number.
     #[error("bad SELECT in the stream at offset {offset}")]
     BadSelect { offset: u64 },

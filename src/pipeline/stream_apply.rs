@@ -7,6 +7,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::ops::ControlFlow;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -19,6 +20,8 @@ use super::keys::{command_keys, KeySpec};
 use super::replayable::replayable;
 use crate::batch::Op;
 use crate::resp::framer::Frame;
+use crate::target::command_table::CommandTable;
+use crate::target::writer::ErrorPolicy;
 
 /// What the stream apply reports to its caller besides ops.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +57,11 @@ pub struct StreamOptions {
     pub shared_target: bool,
     /// Databases and keys copied (shared with the snapshot apply).
     pub filter: Arc<KeyFilter>,
+    /// The target's command table: a command it would refuse at queue time is isolated here
+    /// (`None`: not checked, the target has no `COMMAND`).
+    pub target_commands: Option<Arc<CommandTable>>,
+    /// What to do with such a command: skip it (counted, logged) or stop (`--on-target-error`).
+    pub on_refused: ErrorPolicy,
 }
 
 impl Default for StreamOptions {
@@ -65,6 +73,8 @@ impl Default for StreamOptions {
             exclude_commands: Vec::new(),
             shared_target: false,
             filter: Arc::default(),
+            target_commands: None,
+            on_refused: ErrorPolicy::Skip,
         }
     }
 }
@@ -104,6 +114,8 @@ pub struct StreamStats {
     pub excluded: u64,
     /// Commands left out (or cut down) by the database and key filter.
     pub filtered: u64,
+    /// Commands the target would refuse at queue time, left out (`--on-target-error skip`).
+    pub refused: u64,
 }
 
 /// Applies one source's command stream.
@@ -480,6 +492,13 @@ impl StreamApply {
             ControlFlow::Continue(route) => route,
             ControlFlow::Break(control) => return Ok(control),
         };
+        if self.refused(up, &args, start, d)? {
+            return Ok(if self.multi.is_some() {
+                Control::None
+            } else {
+                self.pass_over(d, end)
+            });
+        }
         if let Some(m) = self.multi.as_mut() {
             m.add(raw, route);
             if d.slotted() {
@@ -702,6 +721,44 @@ impl StreamApply {
             crate::resp::encode_command(&mut cmd, &[&b"FLUSHDB"[..]]);
         }
         DbFilter::Replace(cmd.freeze(), dbs.len() as u32 * 2)
+    }
+
+    /// Whether the target would refuse this command at queue time (see
+    /// [`crate::target::command_table`]): then it is counted by kind and logged with its name
+    /// (never its arguments), and left out of its batch, which applies without it; under
+    /// `--on-target-error stop` the source stops instead, its offset before the command.
+    fn refused(
+        &mut self,
+        up: &[u8],
+        args: &[Bytes],
+        start: u64,
+        d: &Dispatcher,
+    ) -> Result<bool, PipelineError> {
+        let Some(table) = &self.opts.target_commands else {
+            return Ok(false);
+        };
+        let Some(refusal) = table.refusal(up, args) else {
+            return Ok(false);
+        };
+        let tracker = &d.tracker;
+        let command = String::from_utf8_lossy(up).into_owned();
+        let n = tracker.target_errors.fetch_add(1, Ordering::Relaxed) + 1;
+        metrics::counter!("redis_relay_target_errors_total", "source" => tracker.name.clone())
+            .increment(1);
+        metrics::counter!("redis_relay_target_refused_total", "source" => tracker.name.clone(), "kind" => refusal.kind())
+            .increment(1);
+        if self.opts.on_refused == ErrorPolicy::Stop {
+            return Err(PipelineError::Refused {
+                command,
+                kind: refusal.kind(),
+                offset: start,
+            });
+        }
+        self.stats.refused += 1;
+        if n <= 20 || n.is_power_of_two() {
+            tracing::warn!(source = %tracker.name, kind = refusal.kind(), errors = n, "the target would refuse {command} at queue time ({} arguments): left out of its batch", args.len());
+        }
+        Ok(true)
     }
 
     fn barrier_op(

@@ -274,7 +274,7 @@ impl RelayBuilder {
     /// Connect and start everything. Fails at once when the target is unreachable or a
     /// checkpoint is unreadable; source connection problems are retried by the links.
     pub fn start(mut self) -> Result<RelayHandle, StartError> {
-        let cfg = self.checked_config()?;
+        let mut cfg = self.checked_config()?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("relay-links")
@@ -288,6 +288,8 @@ impl RelayBuilder {
             (_, Some(_)) => (None, None),
             (Some(t), None) => {
                 let (pool, apply) = start_target(&cfg, t)?;
+                cfg.stream.target_commands = read_command_table(&cfg, t);
+                cfg.stream.on_refused = cfg.writers.on_error;
                 (Some(pool), Some(apply))
             }
             (None, None) => return Err(StartError::NoTarget),
@@ -379,6 +381,34 @@ fn start_target(cfg: &RelayConfig, t: &Endpoint) -> Result<(TargetPool, ApplyOpt
     a.own_prefix = cfg.stream.own_prefix.clone();
     a.filter = cfg.stream.filter.clone();
     Ok((TargetPool::start(&seeds, info.kind, &cfg.writers)?, a))
+}
+
+/// The target's command table, to isolate the commands it refuses at queue time (see
+/// [`crate::target::command_table`]); `None` (logged) when it cannot be read: such commands
+/// then abort their batch transaction on the target, as before.
+fn read_command_table(
+    cfg: &RelayConfig,
+    t: &Endpoint,
+) -> Option<Arc<crate::target::command_table::CommandTable>> {
+    let read = Client::connect(t, cfg.writers.connect_timeout)
+        .map_err(|e| e.to_string())
+        .and_then(|mut c| {
+            crate::target::command_table::CommandTable::read(&mut c).map_err(|e| e.to_string())
+        });
+    match read {
+        Ok(Some(table)) => {
+            tracing::debug!(target = %t, commands = table.len(), "target command table read");
+            Some(Arc::new(table))
+        }
+        Ok(None) => {
+            tracing::warn!(target = %t, "the target has no COMMAND: commands it refuses at queue time will abort their batch");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(target = %t, "reading the target's command table failed ({e}): commands it refuses at queue time will abort their batch");
+            None
+        }
+    }
 }
 
 /// Who may hold a key the deletions of source `ep` consider. When `--db-map` merges

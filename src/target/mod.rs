@@ -8,6 +8,7 @@
 //! Owns: every write to the target. May not touch: sources, the spool, the pipeline (it takes
 //! [`crate::batch::Batch`]es and knows nothing of where they come from).
 pub mod cluster;
+pub mod command_table;
 pub mod commands;
 pub mod deferred;
 pub mod deletion;

@@ -82,6 +82,8 @@ pub struct PoolState {
     fatal: Mutex<Option<WriterFailure>>,
     failed: AtomicBool,
     pub bytes_written: AtomicU64,
+    /// Writers (cluster: lanes) waiting for the target to accept writes again (OOM).
+    oom_stalled: AtomicU64,
 }
 
 impl PoolState {
@@ -101,6 +103,23 @@ impl PoolState {
     pub fn error(&self) -> Option<WriterFailure> {
         self.fatal.lock().clone()
     }
+
+    /// A writer starts (`true`) or stops (`false`) waiting for the target's memory:
+    /// `redis_relay_target_stalled{reason="oom"}` is how many wait.
+    pub fn oom_stall(&self, on: bool) {
+        let n = if on {
+            self.oom_stalled.fetch_add(1, Ordering::AcqRel) + 1
+        } else {
+            self.oom_stalled.fetch_sub(1, Ordering::AcqRel) - 1
+        };
+        metrics::gauge!("redis_relay_target_stalled", "reason" => "oom").set(n as f64);
+    }
+}
+
+/// Whether an error reply is the target's `OOM` (over `maxmemory` under `noeviction`): a
+/// refusal that says nothing ran, and that lasts only until memory is freed.
+pub(crate) fn is_oom(e: &[u8]) -> bool {
+    e.starts_with(b"OOM ")
 }
 
 /// Why the writers stopped: the first fatal error of any of them. The target refused
@@ -211,6 +230,7 @@ impl WriterPool {
                 opts: opts.clone(),
                 target: target.clone(),
                 socket: slot,
+                stalled: Arc::new(AtomicBool::new(false)),
             };
             handles.push(
                 std::thread::Builder::new()
@@ -498,6 +518,9 @@ struct Writer {
     opts: WriterOptions,
     target: Endpoint,
     socket: Arc<Mutex<Option<TcpStream>>>,
+    /// Waiting for the target's memory (an OOM): set here, cleared by the reply reader at
+    /// the next acknowledged batch.
+    stalled: Arc<AtomicBool>,
 }
 
 /// How one connection ended.
@@ -506,8 +529,9 @@ enum Ended {
     Done,
     /// The pool failed (fatal error elsewhere or here).
     Failed,
-    /// The connection broke: these batches were sent but not acknowledged, in order.
-    Broken(Vec<Batch>, String),
+    /// The connection broke (or was closed on an OOM, the error's text): these batches were
+    /// sent but not acknowledged, in order.
+    Broken(Vec<Batch>, String, Option<String>),
 }
 
 impl Writer {
@@ -519,6 +543,7 @@ impl Writer {
         let mut conn = Some(first);
         let mut resend: Vec<Batch> = Vec::new();
         let mut delay = Duration::from_millis(100);
+        let mut oom_delay = Duration::from_millis(100);
         loop {
             let mut c = match conn.take() {
                 Some(c) => c,
@@ -539,7 +564,11 @@ impl Writer {
             }
             match self.connection(c, std::mem::take(&mut resend)) {
                 Ended::Done | Ended::Failed => return,
-                Ended::Broken(unacked, why) => {
+                Ended::Broken(unacked, _, Some(oom)) => {
+                    self.out_of_memory(&oom, unacked.len(), &mut oom_delay);
+                    resend = unacked;
+                }
+                Ended::Broken(unacked, why, None) => {
                     metrics::counter!("redis_relay_target_reconnects_total").increment(1);
                     tracing::warn!(
                         writer = self.w,
@@ -551,6 +580,31 @@ impl Writer {
                 }
             }
         }
+    }
+
+    /// The target refused a batch for want of memory (`OOM`, `maxmemory` with `noeviction`):
+    /// back-pressure, not a refusal of the command. The connection was closed with nothing of
+    /// the batch applied; wait (backoff up to 5 s), then the batch and those after it are
+    /// checked against their records and sent again, like after a broken connection. The
+    /// sources keep reading into their spools meanwhile.
+    fn out_of_memory(&self, reply: &str, batches: usize, delay: &mut Duration) {
+        if !self.stalled.swap(true, Ordering::AcqRel) {
+            self.state.oom_stall(true);
+            *delay = Duration::from_millis(100);
+            tracing::error!(
+                writer = self.w,
+                waiting_batches = batches,
+                "target {} is out of memory ({reply}): writes wait until it accepts them again (free memory or raise maxmemory)",
+                self.target
+            );
+        } else {
+            tracing::debug!(
+                writer = self.w,
+                "target still out of memory; retrying in {delay:?}"
+            );
+        }
+        std::thread::sleep(*delay);
+        *delay = (*delay * 2).min(Duration::from_secs(5));
     }
 
     fn reconnect(&self, delay: &mut Duration) -> Option<Client> {
@@ -606,7 +660,7 @@ impl Writer {
         let mut stream = c.stream;
         let read_half = match stream.try_clone() {
             Ok(r) => r,
-            Err(e) => return Ended::Broken(first, e.to_string()),
+            Err(e) => return Ended::Broken(first, e.to_string(), None),
         };
         *self.socket.lock() = stream.try_clone().ok();
         let broken = Arc::new(AtomicBool::new(false));
@@ -620,7 +674,7 @@ impl Writer {
             let _ = stream.shutdown(Shutdown::Both);
         }
         drop(ftx);
-        let mut unacked = replies.join().unwrap_or_default();
+        let (mut unacked, oom) = replies.join().unwrap_or_default();
         *self.socket.lock() = None;
         if self.state.failed() {
             return Ended::Failed;
@@ -634,7 +688,7 @@ impl Writer {
             Err(SendStop::RepliesStopped) => "reply reader stopped".into(),
             Ok(()) | Err(SendStop::Broken) => "the target closed the connection".into(),
         };
-        Ended::Broken(unacked, why)
+        Ended::Broken(unacked, why, oom)
     }
 
     /// Start the reply reader of a connection: it reads the replies of the batches sent
@@ -644,16 +698,17 @@ impl Writer {
         read_half: TcpStream,
         frx: Receiver<InFlight>,
         broken: &Arc<AtomicBool>,
-    ) -> JoinHandle<Vec<Batch>> {
-        let (st, br, w, policy) = (
-            self.state.clone(),
-            broken.clone(),
-            self.w,
-            self.opts.on_error,
-        );
+    ) -> JoinHandle<(Vec<Batch>, Option<String>)> {
+        let conn = ReplyConn {
+            w: self.w,
+            state: self.state.clone(),
+            policy: self.opts.on_error,
+            broken: broken.clone(),
+            stalled: self.stalled.clone(),
+        };
         std::thread::Builder::new()
-            .name(format!("writer-{w}-replies"))
-            .spawn(move || reply_loop(w, read_half, frx, st, policy, br))
+            .name(format!("writer-{}-replies", self.w))
+            .spawn(move || reply_loop(conn, read_half, frx))
             .expect("spawn reply thread")
     }
 
@@ -790,8 +845,15 @@ pub(crate) fn record_covers(have: &[u8], want: &[u8]) -> bool {
     }
 }
 
-/// Stop the pool: the reply thread found a reason.
-pub(crate) struct Fatal;
+/// Why a reply stops the reading of a connection's replies.
+#[derive(Debug)]
+pub(crate) enum Halt {
+    /// Stop the pool: the reply thread found a reason (already recorded in the pool state).
+    Fatal,
+    /// The target refused the batch for want of memory (the error's text): nothing of it ran
+    /// (a queue-time refusal, or a plain command refused before running); send it again later.
+    OutOfMemory(String),
+}
 
 pub(crate) struct ReplyCtx<'a> {
     pub(crate) batch: &'a Batch,
@@ -802,7 +864,7 @@ pub(crate) struct ReplyCtx<'a> {
 }
 
 impl ReplyCtx<'_> {
-    fn error(&mut self, op: u32, cmd: u32, msg: &[u8]) -> Result<(), Fatal> {
+    fn error(&mut self, op: u32, cmd: u32, msg: &[u8]) -> Result<(), Halt> {
         let tracker = &self.batch.tracker;
         let n = tracker.target_errors.fetch_add(1, Ordering::Relaxed) + 1;
         let o = &self.batch.ops[op as usize];
@@ -817,7 +879,7 @@ impl ReplyCtx<'_> {
                 db: o.db,
                 reply: msg.into_owned(),
             });
-            return Err(Fatal);
+            return Err(Halt::Fatal);
         }
         if n <= 20 || n.is_power_of_two() {
             tracing::warn!(source = %tracker.name, db = o.db, errors = n, "target refused {what}: {msg}");
@@ -825,8 +887,18 @@ impl ReplyCtx<'_> {
         Ok(())
     }
 
-    /// Check one reply against what it answers.
-    pub(crate) fn check(&mut self, expect: &Expect, reply: Reply) -> Result<(), Fatal> {
+    /// Check one reply against what it answers. An `OOM` refusal outside an EXEC's array
+    /// (queued commands, EXEC, plain commands, the record) is [`Halt::OutOfMemory`].
+    pub(crate) fn check(&mut self, expect: &Expect, reply: Reply) -> Result<(), Halt> {
+        match &reply {
+            Reply::Error(e) if is_oom(e) => Err(Halt::OutOfMemory(lossy(e))),
+            _ => self.check_ran(expect, reply),
+        }
+    }
+
+    /// [`Self::check`] without the OOM rule: also for the replies inside EXEC's array (the
+    /// transaction ran: a command's runtime error there is an error of that command alone).
+    fn check_ran(&mut self, expect: &Expect, reply: Reply) -> Result<(), Halt> {
         match (expect, reply) {
             (Expect::Select(db), Reply::Error(e)) => self.fatal(WriterFailure::Select {
                 db: *db,
@@ -850,7 +922,7 @@ impl ReplyCtx<'_> {
             }
             (Expect::Exec(items), Reply::Array(Some(replies))) => {
                 for (it, r) in items.iter().zip(replies) {
-                    self.check(it, r)?;
+                    self.check_ran(it, r)?;
                 }
                 Ok(())
             }
@@ -863,14 +935,14 @@ impl ReplyCtx<'_> {
     }
 
     /// A fatal refusal: the pool fails with it (if it is the first), and this reply thread stops.
-    fn fatal(&self, failure: WriterFailure) -> Result<(), Fatal> {
+    fn fatal(&self, failure: WriterFailure) -> Result<(), Halt> {
         self.state.fail(failure);
-        Err(Fatal)
+        Err(Halt::Fatal)
     }
 
     /// EXECABORT: nothing of the transaction ran. The queue-time error was counted; the
     /// other commands were not applied either.
-    fn exec_aborted(&mut self, items: &[Expect], e: &[u8]) -> Result<(), Fatal> {
+    fn exec_aborted(&mut self, items: &[Expect], e: &[u8]) -> Result<(), Halt> {
         let lost = items
             .iter()
             .filter(|i| matches!(i, Expect::Cmd { .. }))
@@ -894,51 +966,91 @@ fn lossy(e: &[u8]) -> String {
     String::from_utf8_lossy(e).into_owned()
 }
 
-fn reply_loop(
+/// What a connection's reply reader works with.
+struct ReplyConn {
     w: usize,
-    mut stream: TcpStream,
-    inflight: Receiver<InFlight>,
     state: Arc<PoolState>,
     policy: ErrorPolicy,
+    /// Set when the connection must not be used any more.
     broken: Arc<AtomicBool>,
-) -> Vec<Batch> {
-    let mut buf = BytesMut::with_capacity(64 * 1024);
-    while let Ok(token) = inflight.recv() {
-        let mut ctx = ReplyCtx {
-            batch: &token.batch,
-            state: &state,
-            policy,
-            commands: 0,
-        };
-        for expect in &token.plan {
-            let reply = match read_reply_from(&mut stream, &mut buf) {
-                Ok(r) => r,
-                Err(e) => {
-                    // The connection broke: hand this batch and every later one back to the
-                    // writer, which checks their records after reconnecting.
-                    tracing::debug!(writer = w, "reading replies failed: {e}");
-                    broken.store(true, Ordering::Release);
-                    let _ = stream.shutdown(Shutdown::Both);
-                    let mut left = vec![token.batch];
-                    left.extend(inflight.iter().map(|t| t.batch));
-                    return left;
-                }
-            };
-            if ctx.check(expect, reply).is_err() {
-                broken.store(true, Ordering::Release);
-                return Vec::new();
-            }
+    /// The writer waits for the target's memory; cleared at the next acknowledged batch.
+    stalled: Arc<AtomicBool>,
+}
+
+impl ReplyConn {
+    /// Stop using the connection: hand `first` and every later batch back to the writer,
+    /// which checks their records after reconnecting and sends again those not applied.
+    fn abandon(
+        &self,
+        stream: &TcpStream,
+        first: Batch,
+        inflight: &Receiver<InFlight>,
+    ) -> Vec<Batch> {
+        self.broken.store(true, Ordering::Release);
+        let _ = stream.shutdown(Shutdown::Both);
+        let mut left = vec![first];
+        left.extend(inflight.iter().map(|t| t.batch));
+        left
+    }
+
+    /// A batch applied: acknowledge it to its source's tracker.
+    fn acknowledge(&self, token: InFlight, commands: u64) {
+        if self.stalled.load(Ordering::Relaxed) && self.stalled.swap(false, Ordering::AcqRel) {
+            self.state.oom_stall(false);
+            tracing::info!(writer = self.w, "the target accepts writes again");
         }
-        let commands = ctx.commands;
         let tracker = &token.batch.tracker;
         tracker
             .commands_applied
             .fetch_add(commands, Ordering::Relaxed);
         metrics::histogram!("redis_relay_apply_latency_seconds")
             .record(token.sent_at.elapsed().as_secs_f64());
-        tracker.acknowledged(w);
+        tracker.acknowledged(self.w);
     }
-    Vec::new()
+}
+
+/// Read the replies of the batches sent on one connection, in order. Returns the batches
+/// left unacknowledged when the connection broke or was abandoned on an OOM (with the OOM's
+/// text).
+fn reply_loop(
+    conn: ReplyConn,
+    mut stream: TcpStream,
+    inflight: Receiver<InFlight>,
+) -> (Vec<Batch>, Option<String>) {
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    while let Ok(token) = inflight.recv() {
+        let mut ctx = ReplyCtx {
+            batch: &token.batch,
+            state: &conn.state,
+            policy: conn.policy,
+            commands: 0,
+        };
+        for expect in &token.plan {
+            let reply = match read_reply_from(&mut stream, &mut buf) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::debug!(writer = conn.w, "reading replies failed: {e}");
+                    return (conn.abandon(&stream, token.batch, &inflight), None);
+                }
+            };
+            match ctx.check(expect, reply) {
+                Ok(()) => {}
+                Err(Halt::Fatal) => {
+                    conn.broken.store(true, Ordering::Release);
+                    return (Vec::new(), None);
+                }
+                Err(Halt::OutOfMemory(e)) => {
+                    // Nothing of this batch ran; the replies still due on this connection
+                    // are not read: it is closed, and the batches sent after this one are
+                    // settled by their records like after a broken connection.
+                    return (conn.abandon(&stream, token.batch, &inflight), Some(e));
+                }
+            }
+        }
+        let commands = ctx.commands;
+        conn.acknowledge(token, commands);
+    }
+    (Vec::new(), None)
 }
 
 /// A short, printable form of the `index`-th command of an encoded payload, for error logs.

@@ -825,3 +825,4 @@ pub fn relay_status(port: u16) -> serde_json::Value {
         _ => serde_json::Value::Null,
     }
 }
+pub mod faults;

@@ -37,7 +37,7 @@ use super::SLOTS;
 use crate::batch::Batch;
 use crate::resp::client::{read_reply_from, Client};
 use crate::resp::{encode_command, Reply};
-use crate::target::writer::{record_covers, Encoder, Expect, ReplyCtx};
+use crate::target::writer::{is_oom, record_covers, Encoder, Expect, ReplyCtx};
 
 /// Batches per round (over all nodes) ...
 const ROUND_BATCHES: usize = 2048;
@@ -102,6 +102,9 @@ enum Redirect {
     Ask(String),
     TryAgain,
     Down(String),
+    /// `OOM` (the node is over `maxmemory` under `noeviction`): back-pressure, the batch
+    /// waits and is sent again once the node accepts writes.
+    Oom(String),
 }
 
 impl Redirect {
@@ -111,6 +114,7 @@ impl Redirect {
             Redirect::Ask(_) => "ask",
             Redirect::TryAgain => "tryagain",
             Redirect::Down(_) => "clusterdown",
+            Redirect::Oom(_) => "oom",
         }
     }
 }
@@ -124,6 +128,7 @@ fn redirect_of(r: &Reply) -> Option<Redirect> {
         "MOVED" => Some(Redirect::Moved(words.nth(1)?.to_string())),
         "ASK" => Some(Redirect::Ask(words.nth(1)?.to_string())),
         "TRYAGAIN" => Some(Redirect::TryAgain),
+        "OOM" => Some(Redirect::Oom(text.into_owned())),
         "CLUSTERDOWN" | "LOADING" | "READONLY" | "MASTERDOWN" => {
             Some(Redirect::Down(text.into_owned()))
         }
@@ -178,6 +183,8 @@ pub(super) struct Lane {
     /// Batches of this round that ran, with their slot and commands: acknowledged together
     /// at the round's end, one tracker lock per source instead of one per batch.
     done: Vec<(Batch, u16, u64)>,
+    /// The node whose memory this lane waits for (an OOM refusal), until a batch runs there.
+    oom: Option<String>,
 }
 
 impl Lane {
@@ -190,6 +197,7 @@ impl Lane {
             held: VecDeque::new(),
             closed: false,
             done: Vec::new(),
+            oom: None,
         }
     }
 
@@ -490,9 +498,20 @@ impl Lane {
         again: &mut Vec<Pending>,
     ) {
         let Some(why) = redirection(&replies, s.transaction) else {
+            if self.oom.as_deref() == Some(addr) {
+                self.oom = None;
+                self.sh.state.oom_stall(false);
+                tracing::info!(
+                    lane = self.t,
+                    node = addr,
+                    "cluster target node accepts writes again"
+                );
+            }
             self.applied(s.p, &s.plan, replies);
             return;
         };
+        let exec_refused =
+            s.transaction && matches!(replies.last(), Some(Reply::Error(e)) if is_oom(e));
         metrics::counter!("redis_relay_cluster_redirects_total", "node" => addr.to_string(), "kind" => why.kind())
             .increment(1);
         let mut p = s.p;
@@ -511,6 +530,13 @@ impl Lane {
             }
             Redirect::Ask(to) => p.route = Some(Route::Ask(resolve(&to, addr))),
             Redirect::TryAgain => p.backoff(Duration::from_millis(20)),
+            Redirect::Oom(msg) => {
+                if exec_refused {
+                    // EXEC itself refused leaves the connection inside MULTI: not reusable.
+                    self.drop_conn(addr);
+                }
+                self.out_of_memory(addr, &msg, &mut p);
+            }
             Redirect::Down(msg) => {
                 self.sh.refresh("CLUSTERDOWN");
                 p.backoff(Duration::from_millis(100));
@@ -525,6 +551,17 @@ impl Lane {
             }
         }
         again.push(p);
+    }
+
+    /// A node refused `p` for want of memory: the batch waits (backoff up to 2 s) and the
+    /// lane counts as stalled (`redis_relay_target_stalled{reason="oom"}`) until a batch runs.
+    fn out_of_memory(&mut self, addr: &str, msg: &str, p: &mut Pending) {
+        if self.oom.is_none() {
+            self.oom = Some(addr.to_string());
+            self.sh.state.oom_stall(true);
+            tracing::error!(lane = self.t, node = addr, "cluster target node out of memory ({msg}): writes wait until it accepts them again (free memory or raise maxmemory)");
+        }
+        p.backoff(Duration::from_millis(100));
     }
 
     /// The batch ran: check its replies (errors of the source's commands are counted or
