@@ -614,7 +614,11 @@ impl Writer {
             }
             match Client::connect(&self.target, self.opts.connect_timeout) {
                 Ok(c) => {
-                    tracing::info!(writer = self.w, "target {}: reconnected", self.target);
+                    if self.stalled.load(Ordering::Relaxed) {
+                        tracing::debug!(writer = self.w, "target {}: reconnected", self.target);
+                    } else {
+                        tracing::info!(writer = self.w, "target {}: reconnected", self.target);
+                    }
                     *delay = Duration::from_millis(100);
                     return Some(c);
                 }

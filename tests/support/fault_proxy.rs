@@ -4,7 +4,7 @@
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,6 +15,8 @@ pub struct FaultProxy {
     stalled: Arc<AtomicBool>,
     conns: Arc<Mutex<Vec<TcpStream>>>,
     stop: Arc<AtomicBool>,
+    /// Bytes still forwarded from upstream before everything stalls (`u64::MAX`: no limit).
+    budget: Arc<AtomicU64>,
 }
 
 impl FaultProxy {
@@ -27,13 +29,15 @@ impl FaultProxy {
         let conns = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let upstream = Arc::new(AtomicU16::new(upstream));
+        let budget = Arc::new(AtomicU64::new(u64::MAX));
         {
-            let (down, stalled, conns, stop, upstream) = (
+            let (down, stalled, conns, stop, upstream, budget) = (
                 down.clone(),
                 stalled.clone(),
                 conns.clone(),
                 stop.clone(),
                 upstream.clone(),
+                budget.clone(),
             );
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
@@ -64,8 +68,9 @@ impl FaultProxy {
                         client.try_clone().unwrap(),
                         server.try_clone().unwrap(),
                         stalled.clone(),
+                        None,
                     );
-                    pump(server, client, stalled.clone());
+                    pump(server, client, stalled.clone(), Some(budget.clone()));
                 }
             });
         }
@@ -76,6 +81,7 @@ impl FaultProxy {
             stalled,
             conns,
             stop,
+            budget,
         }
     }
 
@@ -100,6 +106,17 @@ impl FaultProxy {
     pub fn stall(&self, on: bool) {
         self.stalled.store(on, Ordering::Relaxed);
     }
+
+    /// Forward about `bytes` more from upstream (whole reads of up to 64 KiB), then stall as
+    /// [`FaultProxy::stall`] does: a peer that hangs in the middle of a transfer.
+    pub fn stall_after(&self, bytes: u64) {
+        self.budget.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Stop counting bytes towards a stall (after [`FaultProxy::stall_after`]).
+    pub fn unlimited(&self) {
+        self.budget.store(u64::MAX, Ordering::Relaxed);
+    }
 }
 
 impl Drop for FaultProxy {
@@ -109,7 +126,12 @@ impl Drop for FaultProxy {
     }
 }
 
-fn pump(mut from: TcpStream, mut to: TcpStream, stalled: Arc<AtomicBool>) {
+fn pump(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    stalled: Arc<AtomicBool>,
+    budget: Option<Arc<AtomicU64>>,
+) {
     std::thread::spawn(move || {
         let mut buf = vec![0u8; 64 * 1024];
         loop {
@@ -124,6 +146,15 @@ fn pump(mut from: TcpStream, mut to: TcpStream, stalled: Arc<AtomicBool>) {
                     }
                     if to.write_all(&buf[..n]).is_err() {
                         break;
+                    }
+                    if let Some(b) = &budget {
+                        let left = b.load(Ordering::Relaxed);
+                        if left != u64::MAX {
+                            b.store(left.saturating_sub(n as u64), Ordering::Relaxed);
+                            if left <= n as u64 {
+                                stalled.store(true, Ordering::Relaxed);
+                            }
+                        }
                     }
                 }
             }

@@ -265,3 +265,13 @@ impl Drop for NetNs {
 pub fn secs(t: Instant) -> f64 {
     t.elapsed().as_secs_f64()
 }
+
+/// The value of the series whose line starts with `series` (name and labels as Prometheus
+/// writes them, e.g. `redis_relay_target_stalled{reason="oom"}`), if present.
+pub fn series(relay: &Relay, series: &str) -> Option<f64> {
+    relay
+        .metrics()
+        .lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
