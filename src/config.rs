@@ -143,6 +143,10 @@ pub struct RunOptions {
     /// Declare a master dead after this many seconds without a byte [default: 60].
     #[arg(long)]
     pub repl_timeout: Option<u64>,
+    /// Drop a target connection that answers nothing (or accepts no byte) this many seconds
+    /// while batches wait on it; its batches are settled by their records [default: 60].
+    #[arg(long)]
+    pub target_timeout: Option<u64>,
     /// Key prefix reserved for the relay's own keys [default: redis-relay:].
     #[arg(long)]
     pub key_prefix: Option<String>,
@@ -374,6 +378,7 @@ impl RunOptions {
             writers: WriterOptions {
                 writers: self.writers.unwrap_or_else(default_writers),
                 on_error: self.on_target_error.unwrap_or(ErrorPolicy::Skip),
+                reply_timeout: Duration::from_secs(self.target_timeout.unwrap_or(60).max(1)),
                 ..WriterOptions::default()
             },
             state_dir: self.state_dir.unwrap_or_else(|| "redis-relay-state".into()),

@@ -16,7 +16,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::fault_proxy::FaultProxy;
-use support::faults::{peak_while, secs, series, wait_caught_up, Traffic};
+use support::faults::{
+    peak_while, secs, series, wait_caught_up, wait_caught_up_with, NetNs, NsRedis, NsTraffic,
+    Traffic,
+};
 use support::{assert_union_equal, relay_status, wait_until, RedisServer, Relay};
 
 const OOM: &str = "redis_relay_target_stalled{reason=\"oom\"}";
@@ -249,4 +252,95 @@ fn source_hanging_mid_rdb_is_declared_dead_and_synced_again() {
         .unwrap_or(0);
     assert!(full >= 2, "one full sync only:\n{log}");
     eprintln!("mid-RDB hang detected after {detected:.1} s (repl-timeout 3 s)");
+}
+
+/// Root, or a loud failure: the partition tests need network namespaces and `tc`.
+fn require_root() {
+    let uid = support::faults::sh("id", &["-u"]);
+    assert_eq!(
+        uid.trim(),
+        "0",
+        "the partition tests need root (network namespaces, tc); CI runs as root"
+    );
+}
+
+#[test]
+fn partition_dropping_packets_to_the_target_is_detected_and_healed() {
+    require_root();
+    let ns = NetNs::create(1);
+    let target = NsRedis::start(&ns, &[]);
+    let master = RedisServer::start(&["repl-diskless-sync no", "repl-backlog-size 64mb"]);
+    let state = tempfile::tempdir().unwrap();
+    let src = master.addr();
+    seed(&master, 200);
+    let mut args = sync_args(&master.url(), &target.url(), state.path());
+    args.extend(["--target-timeout".to_string(), "5".to_string()]);
+    let relay = Relay::start_synced(&args, state.path(), &src);
+    let traffic = Traffic::start(master.port, "pt");
+    std::thread::sleep(Duration::from_secs(1));
+    let started = Instant::now();
+    ns.drop_packets(true);
+    let ((), lag_peak) = peak_while(&relay, "redis_relay_lag_bytes", &src, || {
+        std::thread::sleep(Duration::from_secs(20));
+    });
+    ns.drop_packets(false);
+    let rounds = traffic.finish();
+    wait_caught_up(&relay, &master, &src, Duration::from_secs(90));
+    let healed = secs(started);
+    let log = relay.log_text();
+    assert_union_equal(&[master.addr()], &target.addr(), &log);
+    assert!(log.contains("--target-timeout"), "not detected:\n{log}");
+    assert!(
+        series(&relay, "redis_relay_target_reconnects_total").is_some_and(|n| n >= 1.0),
+        "{log}"
+    );
+    assert!(lag_peak > 0.0);
+    eprintln!(
+        "target partition 20 s: lag peak {lag_peak} bytes, caught up {healed:.1} s after it began ({rounds} rounds)"
+    );
+}
+
+#[test]
+fn partition_dropping_packets_to_the_source_is_detected_and_resumed() {
+    require_root();
+    let ns = NetNs::create(2);
+    let master = NsRedis::start(&ns, &["repl-diskless-sync no", "repl-backlog-size 64mb"]);
+    let target = RedisServer::start(&[]);
+    let state = tempfile::tempdir().unwrap();
+    let src = master.addr();
+    let mut args = sync_args(&master.url(), &target.url(), state.path());
+    args.extend(["--repl-timeout".to_string(), "5".to_string()]);
+    let relay = Relay::start_synced(&args, state.path(), &src);
+    // The writes come from inside the namespace: they go on while the veth drops everything.
+    let traffic = NsTraffic::start(&ns, master.port, "ps");
+    std::thread::sleep(Duration::from_secs(1));
+    let started = Instant::now();
+    ns.drop_packets(true);
+    assert!(
+        wait_until(Duration::from_secs(15), || relay
+            .log_text()
+            .contains("declaring it dead")),
+        "the silent master was not detected:\n{}",
+        relay.log_text()
+    );
+    let detected = secs(started);
+    std::thread::sleep(Duration::from_secs(20).saturating_sub(started.elapsed()));
+    ns.drop_packets(false);
+    traffic.finish();
+    let mut m = master.client();
+    wait_caught_up_with(&relay, &mut m, &src, Duration::from_secs(90));
+    let healed = secs(started);
+    let log = relay.log_text();
+    assert_union_equal(&[master.addr()], &target.addr(), &log);
+    let partial: i64 = m
+        .info_field("stats", "sync_partial_ok")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        partial >= 1,
+        "no partial resync after the partition:\n{log}"
+    );
+    eprintln!(
+        "source partition 20 s: detected after {detected:.1} s (repl-timeout 5 s), caught up {healed:.1} s after it began"
+    );
 }

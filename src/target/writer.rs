@@ -47,6 +47,10 @@ pub struct WriterOptions {
     pub queue: usize,
     pub on_error: ErrorPolicy,
     pub connect_timeout: Duration,
+    /// A connection that returns no reply (or accepts no byte) this long while batches wait
+    /// on it is dropped, and its batches settled by their records (`--target-timeout`): a
+    /// partition that drops packets, a target host gone without a reset.
+    pub reply_timeout: Duration,
 }
 
 impl Default for WriterOptions {
@@ -60,6 +64,7 @@ impl Default for WriterOptions {
             queue: 16,
             on_error: ErrorPolicy::Skip,
             connect_timeout: Duration::from_secs(5),
+            reply_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -534,6 +539,14 @@ enum Ended {
     Broken(Vec<Batch>, String, Option<String>),
 }
 
+/// Why a reply reader gave its connection up.
+enum Lost {
+    /// Reading failed (the connection broke, or no reply within the reply timeout).
+    Io(std::io::Error),
+    /// The target refused a batch for want of memory (the error's text).
+    Oom(String),
+}
+
 impl Writer {
     /// Run connections until the input closes or the pool fails. A broken connection is
     /// replaced (with backoff, for as long as it takes); the batches it left unacknowledged
@@ -552,6 +565,10 @@ impl Writer {
                     None => return,
                 },
             };
+            // Also for the reads of `settle` (the reply reader's half shares the socket).
+            let t = Some(self.opts.reply_timeout);
+            let _ = c.stream.set_read_timeout(t);
+            let _ = c.stream.set_write_timeout(t);
             if !resend.is_empty() {
                 if let Err(e) = self.settle(&mut c, &mut resend) {
                     tracing::warn!(
@@ -678,7 +695,7 @@ impl Writer {
             let _ = stream.shutdown(Shutdown::Both);
         }
         drop(ftx);
-        let (mut unacked, oom) = replies.join().unwrap_or_default();
+        let (mut unacked, lost) = replies.join().unwrap_or_else(|_| (Vec::new(), None));
         *self.socket.lock() = None;
         if self.state.failed() {
             return Ended::Failed;
@@ -687,12 +704,21 @@ impl Writer {
             return Ended::Done;
         }
         unacked.extend(queue);
-        let why = match sent {
-            Err(SendStop::Write(e)) => e.to_string(),
-            Err(SendStop::RepliesStopped) => "reply reader stopped".into(),
-            Ok(()) | Err(SendStop::Broken) => "the target closed the connection".into(),
+        let timeout = self.opts.reply_timeout;
+        let why = match (sent, lost) {
+            (_, Some(Lost::Oom(e))) => return Ended::Broken(unacked, String::new(), Some(e)),
+            (_, Some(Lost::Io(e))) if timed_out(&e) => {
+                format!("no reply for {timeout:?} (--target-timeout)")
+            }
+            (Err(SendStop::Write(e)), _) if timed_out(&e) => {
+                format!("no byte accepted for {timeout:?} (--target-timeout)")
+            }
+            (Err(SendStop::Write(e)), _) => e.to_string(),
+            (_, Some(Lost::Io(e))) => format!("reading replies: {e}"),
+            (Err(SendStop::RepliesStopped), None) => "reply reader stopped".into(),
+            (Ok(()) | Err(SendStop::Broken), None) => "the target closed the connection".into(),
         };
-        Ended::Broken(unacked, why, oom)
+        Ended::Broken(unacked, why, None)
     }
 
     /// Start the reply reader of a connection: it reads the replies of the batches sent
@@ -702,7 +728,7 @@ impl Writer {
         read_half: TcpStream,
         frx: Receiver<InFlight>,
         broken: &Arc<AtomicBool>,
-    ) -> JoinHandle<(Vec<Batch>, Option<String>)> {
+    ) -> JoinHandle<(Vec<Batch>, Option<Lost>)> {
         let conn = ReplyConn {
             w: self.w,
             state: self.state.clone(),
@@ -828,6 +854,14 @@ impl Writer {
         }
         Ok(())
     }
+}
+
+/// Whether an I/O error is a socket timeout (`--target-timeout`).
+fn timed_out(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    )
 }
 
 /// Write what is buffered, if anything, and empty the buffer (kept as is if the write fails).
@@ -1020,7 +1054,7 @@ fn reply_loop(
     conn: ReplyConn,
     mut stream: TcpStream,
     inflight: Receiver<InFlight>,
-) -> (Vec<Batch>, Option<String>) {
+) -> (Vec<Batch>, Option<Lost>) {
     let mut buf = BytesMut::with_capacity(64 * 1024);
     while let Ok(token) = inflight.recv() {
         let mut ctx = ReplyCtx {
@@ -1034,7 +1068,10 @@ fn reply_loop(
                 Ok(r) => r,
                 Err(e) => {
                     tracing::debug!(writer = conn.w, "reading replies failed: {e}");
-                    return (conn.abandon(&stream, token.batch, &inflight), None);
+                    return (
+                        conn.abandon(&stream, token.batch, &inflight),
+                        Some(Lost::Io(e)),
+                    );
                 }
             };
             match ctx.check(expect, reply) {
@@ -1047,7 +1084,10 @@ fn reply_loop(
                     // Nothing of this batch ran; the replies still due on this connection
                     // are not read: it is closed, and the batches sent after this one are
                     // settled by their records like after a broken connection.
-                    return (conn.abandon(&stream, token.batch, &inflight), Some(e));
+                    return (
+                        conn.abandon(&stream, token.batch, &inflight),
+                        Some(Lost::Oom(e)),
+                    );
                 }
             }
         }

@@ -1,7 +1,7 @@
 //! Helpers of the fault tests (queue-time refusals, partitions, a target out of memory or
 //! paused, a source hanging mid-RDB): non-idempotent traffic on a master, waiting until the
 //! relay has applied everything, and network namespaces reached over veth for real packet
-//! loss with `tc netem`.
+//! loss with `tc` (the `blackhole` qdisc).
 
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -86,7 +86,12 @@ pub fn master_offset(m: &mut Client) -> u64 {
 /// Wait until the relay's applied offset of `source` reaches the master's offset (read once
 /// the writes stopped). Panics with the log after `limit`.
 pub fn wait_caught_up(relay: &Relay, master: &RedisServer, source: &str, limit: Duration) {
-    let want = master_offset(&mut master.client());
+    wait_caught_up_with(relay, &mut master.client(), source, limit)
+}
+
+/// [`wait_caught_up`] with a client of the master.
+pub fn wait_caught_up_with(relay: &Relay, master: &mut Client, source: &str, limit: Duration) {
+    let want = master_offset(master);
     let ok = super::wait_until(limit, || {
         relay.metric("redis_relay_applied_offset", source) == Some(want as f64)
     });
@@ -137,8 +142,9 @@ pub fn sh(program: &str, args: &[&str]) -> String {
 }
 
 /// A network namespace joined to the host by a veth pair: the host end `10.<a>.<b>.1`, the
-/// namespace end `10.<a>.<b>.2`. Packets between them can be dropped with `tc netem` (a
-/// partition that drops, not one that closes). Named after the test process and `tag`;
+/// namespace end `10.<a>.<b>.2`. Packets between them can be dropped (a partition that drops,
+/// not one that closes) with the `blackhole` qdisc on both ends: it discards every packet, as
+/// `netem loss 100%` would (this kernel has no netem module). Named after the test process and `tag`;
 /// removed when dropped. Needs root (fails loudly without it).
 pub struct NetNs {
     pub name: String,
@@ -217,16 +223,7 @@ impl NetNs {
         if on {
             sh(
                 "tc",
-                &[
-                    "qdisc",
-                    "add",
-                    "dev",
-                    &self.host_if,
-                    "root",
-                    "netem",
-                    "loss",
-                    "100%",
-                ],
+                &["qdisc", "add", "dev", &self.host_if, "root", "blackhole"],
             );
             self.exec(&[
                 "tc",
@@ -235,9 +232,7 @@ impl NetNs {
                 "dev",
                 &self.ns_veth(),
                 "root",
-                "netem",
-                "loss",
-                "100%",
+                "blackhole",
             ]);
         } else {
             sh("tc", &["qdisc", "del", "dev", &self.host_if, "root"]);
@@ -274,4 +269,181 @@ pub fn series(relay: &Relay, series: &str) -> Option<f64> {
         .lines()
         .find(|l| l.starts_with(series))
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+impl Client {
+    /// Connect to `host:port` (a server in a network namespace).
+    pub fn connect_host(host: &str, port: u16) -> std::io::Result<Client> {
+        let stream = std::net::TcpStream::connect((host, port))?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        Ok(Client {
+            stream,
+            buf: bytes::BytesMut::new(),
+        })
+    }
+}
+
+/// A `redis-server` inside a [`NetNs`], listening on the namespace's veth address and its
+/// loopback. Stopped when dropped.
+pub struct NsRedis {
+    pub host: String,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    child: std::process::Child,
+}
+
+impl NsRedis {
+    pub fn start(ns: &NetNs, config: &[&str]) -> NsRedis {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = super::free_port();
+        let mut conf = format!(
+            "port {port}\nbind {} 127.0.0.1\nprotected-mode no\nsave \"\"\nappendonly no\ndir {}\nlogfile {}/redis.log\n",
+            ns.ns_ip,
+            dir.path().display(),
+            dir.path().display()
+        );
+        for line in config {
+            conf.push_str(line);
+            conf.push('\n');
+        }
+        let conf_path = dir.path().join("redis.conf");
+        std::fs::write(&conf_path, conf).expect("write redis.conf");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &ns.name])
+            .arg(super::redis_server_bin())
+            .arg(&conf_path)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn redis-server in the namespace (package iproute2)");
+        let server = NsRedis {
+            host: ns.ns_ip.clone(),
+            port,
+            dir,
+            child,
+        };
+        let up = super::wait_until(Duration::from_secs(10), || {
+            server
+                .try_client()
+                .and_then(|mut c| c.try_cmd(&["PING"]))
+                .is_ok_and(|r| !r.is_error())
+        });
+        assert!(up, "redis-server in namespace {} did not answer", ns.name);
+        server
+    }
+
+    pub fn addr(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://{}", self.addr())
+    }
+
+    fn try_client(&self) -> std::io::Result<Client> {
+        Client::connect_host(&self.host, self.port)
+    }
+
+    /// A client over the veth (not while packets are dropped).
+    pub fn client(&self) -> Client {
+        self.try_client()
+            .expect("connect to the namespace's redis-server")
+    }
+}
+
+impl Drop for NsRedis {
+    fn drop(&mut self) {
+        super::stop_child(&mut self.child);
+    }
+}
+
+/// [`Traffic`] from inside a namespace (`redis-cli --pipe` on its loopback), so that it goes
+/// on while the namespace's veth drops every packet.
+pub struct NsTraffic {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+    child: Option<std::process::Child>,
+}
+
+/// One round of [`NsTraffic`]: the commands of [`Traffic`], RESP-encoded.
+fn traffic_round(out: &mut bytes::BytesMut, tag: &str, i: u64) {
+    let cmds = [
+        [
+            "INCRBY".to_string(),
+            format!("{tag}:c:{}", i % 13),
+            "3".into(),
+        ],
+        [
+            "RPUSH".to_string(),
+            format!("{tag}:l:{}", i % 31),
+            i.to_string(),
+        ],
+        [
+            "APPEND".to_string(),
+            format!("{tag}:a:{}", i % 7),
+            format!("{i},"),
+        ],
+    ];
+    for c in &cmds {
+        redis_relay::resp::encode_command(out, c);
+    }
+}
+
+impl NsTraffic {
+    pub fn start(ns: &NetNs, port: u16, tag: &'static str) -> NsTraffic {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &ns.name])
+            .arg(super::redis_cli_bin())
+            .args(["-p", &port.to_string(), "--pipe"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn redis-cli --pipe in the namespace (packages iproute2, redis-tools)");
+        let mut stdin = child.stdin.take().expect("stdin");
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let handle = std::thread::spawn(move || {
+            use std::io::Write;
+            let mut i = 0u64;
+            while !s.load(Ordering::Relaxed) {
+                let mut out = bytes::BytesMut::new();
+                for _ in 0..10 {
+                    traffic_round(&mut out, tag, i);
+                    i += 1;
+                }
+                stdin.write_all(&out).expect("write to redis-cli --pipe");
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        });
+        NsTraffic {
+            stop,
+            handle: Some(handle),
+            child: Some(child),
+        }
+    }
+
+    /// Stop, let redis-cli read every reply, and check it saw no error.
+    pub fn finish(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            h.join().expect("traffic thread");
+        }
+        let child = self.child.take().expect("redis-cli child");
+        let out = child.wait_with_output().expect("redis-cli --pipe");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("errors: 0"), "redis-cli --pipe: {text}");
+    }
+}
+
+impl Drop for NsTraffic {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }
