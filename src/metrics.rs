@@ -176,4 +176,12 @@ pub fn describe() {
         Unit::Seconds,
         "Cluster target: time to apply one cross-slot unit (read, compute on scratch keys, write back per slot)"
     );
+    describe_counter!(
+        "redis_relay_target_refused_total",
+        "Commands the target would refuse at queue time (unknown-command, wrong-arity, unknown-subcommand), left out of their batch, per source and kind"
+    );
+    describe_gauge!(
+        "redis_relay_target_stalled",
+        "Writers (cluster: lanes) waiting for the target to accept writes again, by reason (oom: over maxmemory under noeviction)"
+    );
 }

@@ -51,6 +51,29 @@ fn seed(master: &RedisServer, n: usize) {
     }
 }
 
+/// Wait for the snapshot, stop the traffic, wait until everything is applied and compare the
+/// target with the master exactly; returns the relay's log.
+fn snapshot_then_equal(
+    relay: &Relay,
+    traffic: Traffic,
+    master: &RedisServer,
+    target: &RedisServer,
+    src: &str,
+) -> String {
+    assert!(
+        wait_until(Duration::from_secs(60), || relay
+            .metric("redis_relay_snapshot_done", src)
+            == Some(1.0)),
+        "{}",
+        relay.log_text()
+    );
+    traffic.finish();
+    wait_caught_up(relay, master, src, Duration::from_secs(60));
+    let log = relay.log_text();
+    assert_union_equal(&[master.addr()], &target.addr(), &log);
+    log
+}
+
 fn counter(relay: &Relay, name: &str, source: &str) -> f64 {
     relay.metric(name, source).unwrap_or(0.0)
 }
@@ -128,17 +151,7 @@ fn snapshot_into_a_target_out_of_memory_waits_for_memory() {
     std::thread::sleep(Duration::from_secs(2));
     assert_ne!(relay.metric("redis_relay_snapshot_done", &src), Some(1.0));
     target.client().cmd(&["CONFIG", "SET", "maxmemory", "0"]);
-    assert!(
-        wait_until(Duration::from_secs(30), || relay
-            .metric("redis_relay_snapshot_done", &src)
-            == Some(1.0)),
-        "{}",
-        relay.log_text()
-    );
-    traffic.finish();
-    wait_caught_up(&relay, &master, &src, Duration::from_secs(60));
-    let log = relay.log_text();
-    assert_union_equal(&[master.addr()], &target.addr(), &log);
+    let log = snapshot_then_equal(&relay, traffic, &master, &target, &src);
     assert_eq!(
         counter(&relay, "redis_relay_target_errors_total", &src),
         0.0,
@@ -234,17 +247,7 @@ fn source_hanging_mid_rdb_is_declared_dead_and_synced_again() {
     proxy.stall(false);
     proxy.up();
     let traffic = Traffic::start(master.port, "rdb");
-    assert!(
-        wait_until(Duration::from_secs(60), || relay
-            .metric("redis_relay_snapshot_done", &src)
-            == Some(1.0)),
-        "{}",
-        relay.log_text()
-    );
-    traffic.finish();
-    wait_caught_up(&relay, &master, &src, Duration::from_secs(60));
-    let log = relay.log_text();
-    assert_union_equal(&[master.addr()], &target.addr(), &log);
+    let log = snapshot_then_equal(&relay, traffic, &master, &target, &src);
     let full: i64 = master
         .client()
         .info_field("stats", "sync_full")

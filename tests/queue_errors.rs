@@ -7,12 +7,13 @@
 
 mod support;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use redis_relay::resp::Reply;
 
-use support::faults::{wait_caught_up, Traffic};
-use support::{wait_until, Client, RedisServer, Relay};
+use support::faults::{series, wait_caught_up, Traffic};
+use support::{wait_until, Client, RedisCluster, RedisServer, Relay};
 
 /// A target that does not know APPEND.
 fn target_without_append() -> RedisServer {
@@ -235,5 +236,98 @@ fn replayable_batches_keep_their_per_command_errors() {
             .metrics()
             .contains("redis_relay_target_refused_total{"),
         "a runtime error is not a queue-time refusal"
+    );
+}
+
+/// Every key of `pattern` on the cluster's masters with its `GET`/`LRANGE` (read from the
+/// node that holds it).
+fn cluster_values(cluster: &RedisCluster, pattern: &str) -> BTreeMap<String, Reply> {
+    let mut out = BTreeMap::new();
+    for port in cluster.master_ports() {
+        let mut c = cluster.client(port);
+        for k in keys(&mut c, pattern) {
+            let v = value(&mut c, &k);
+            out.insert(k, v);
+        }
+    }
+    out
+}
+
+fn value(c: &mut Client, k: &str) -> Reply {
+    if k.contains(":l:") {
+        c.cmd(&["LRANGE", k, "0", "-1"])
+    } else {
+        c.cmd(&["GET", k])
+    }
+}
+
+#[test]
+fn cluster_target_leaves_refused_commands_out_and_waits_out_oom() {
+    let cluster = RedisCluster::start_with(3, &["rename-command APPEND \"\""]);
+    let master = RedisServer::start(&["repl-diskless-sync no", "repl-backlog-size 64mb"]);
+    let state = tempfile::tempdir().unwrap();
+    let src = master.addr();
+    let args = vec![
+        "--source".to_string(),
+        master.url(),
+        "--target".into(),
+        cluster.url(),
+        "--state-dir".into(),
+        state.path().display().to_string(),
+    ];
+    let relay = Relay::start_synced(&args, state.path(), &src);
+    let traffic = Traffic::start(master.port, "k");
+    std::thread::sleep(Duration::from_secs(2));
+    // Every master over maxmemory: the slots' batches wait, nothing is skipped.
+    for port in cluster.master_ports() {
+        cluster
+            .client(port)
+            .cmd(&["CONFIG", "SET", "maxmemory", "1"]);
+    }
+    let stalled = wait_until(Duration::from_secs(15), || {
+        series(&relay, "redis_relay_target_stalled{reason=\"oom\"}").is_some_and(|n| n >= 1.0)
+    });
+    assert!(stalled, "no OOM alarm:\n{}", relay.log_text());
+    std::thread::sleep(Duration::from_secs(2));
+    for port in cluster.master_ports() {
+        cluster
+            .client(port)
+            .cmd(&["CONFIG", "SET", "maxmemory", "0"]);
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    traffic.finish();
+    wait_caught_up(&relay, &master, &src, Duration::from_secs(90));
+    let log = relay.log_text();
+    let mut m = master.client();
+    for kind in ["c", "l"] {
+        let pattern = format!("k:{kind}:*");
+        let want: BTreeMap<String, Reply> = keys(&mut m, &pattern)
+            .into_iter()
+            .map(|k| {
+                let v = value(&mut m, &k);
+                (k, v)
+            })
+            .collect();
+        assert!(!want.is_empty());
+        assert_eq!(cluster_values(&cluster, &pattern), want, "{log}");
+    }
+    assert!(cluster_values(&cluster, "k:a:*").is_empty(), "{log}");
+    assert!(
+        relay
+            .metrics()
+            .contains("redis_relay_target_refused_total{source=\""),
+        "{}",
+        relay.metrics()
+    );
+    assert!(
+        series(&relay, "redis_relay_target_stalled{reason=\"oom\"}") == Some(0.0),
+        "{log}"
+    );
+    // The refused APPENDs count as target errors; the OOM waits do not.
+    assert!(
+        relay
+            .metric("redis_relay_target_errors_total", &src)
+            .unwrap_or(0.0)
+            > 0.0
     );
 }

@@ -390,11 +390,16 @@ fn read_command_table(
     cfg: &RelayConfig,
     t: &Endpoint,
 ) -> Option<Arc<crate::target::command_table::CommandTable>> {
+    use crate::target::command_table::CommandTable;
+    let (ep, timeout) = (t.clone(), cfg.writers.connect_timeout);
+    let ask = Box::new(move |name: &[u8]| {
+        let mut c = Client::connect(&ep, timeout).map_err(std::io::Error::other)?;
+        c.stream.set_read_timeout(Some(timeout))?;
+        CommandTable::info_arity(&mut c, name)
+    });
     let read = Client::connect(t, cfg.writers.connect_timeout)
         .map_err(|e| e.to_string())
-        .and_then(|mut c| {
-            crate::target::command_table::CommandTable::read(&mut c).map_err(|e| e.to_string())
-        });
+        .and_then(|mut c| CommandTable::read(&mut c, Some(ask)).map_err(|e| e.to_string()));
     match read {
         Ok(Some(table)) => {
             tracing::debug!(target = %t, commands = table.len(), "target command table read");

@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 
 use bytes::Bytes;
+use parking_lot::Mutex;
 
 use crate::resp::client::Client;
 use crate::resp::Reply;
@@ -46,20 +47,63 @@ struct Entry {
     subcommands: HashMap<Vec<u8>, i64>,
 }
 
+/// Asks the target about one command name (`COMMAND INFO name`): its arity, `None` when the
+/// target does not know it.
+pub type AskCommand = Box<dyn Fn(&[u8]) -> std::io::Result<Option<i64>> + Send + Sync>;
+
 /// The commands of a target, by upper-case name.
-#[derive(Debug, Clone, Default)]
+#[derive(Default)]
 pub struct CommandTable {
     commands: HashMap<Vec<u8>, Entry>,
+    /// A name not in the list is asked about once before it is refused: `rename-command X Y`
+    /// leaves X's entry listed under "x" while the command answers to "Y" only (the list
+    /// drops X by `COMMAND INFO`, and Y is found here).
+    ask: Option<AskCommand>,
+    /// What the target said of the names asked about (arity, or unknown).
+    asked: Mutex<HashMap<Vec<u8>, Option<i64>>>,
+}
+
+impl std::fmt::Debug for CommandTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CommandTable")
+            .field("commands", &self.commands.len())
+            .field("asked", &self.asked.lock().len())
+            .finish()
+    }
 }
 
 impl CommandTable {
     /// Read the table with `COMMAND`. `None` when the target has no COMMAND (before 2.8.13)
     /// or answers something else: nothing is checked then.
-    pub fn read(c: &mut Client) -> std::io::Result<Option<CommandTable>> {
-        match c.call(&["COMMAND"])? {
-            Reply::Array(Some(items)) => Ok(Self::from_reply(&items)),
-            _ => Ok(None),
+    /// The names the target lists but does not answer to (renamed or disabled with
+    /// `rename-command`) are left out; `ask` is used for names not in the list.
+    pub fn read(c: &mut Client, ask: Option<AskCommand>) -> std::io::Result<Option<CommandTable>> {
+        let Reply::Array(Some(items)) = c.call(&["COMMAND"])? else {
+            return Ok(None);
+        };
+        let Some(mut table) = Self::from_reply(&items) else {
+            return Ok(None);
+        };
+        let names: Vec<Vec<u8>> = table.commands.keys().cloned().collect();
+        let mut args: Vec<&[u8]> = vec![b"COMMAND", b"INFO"];
+        args.extend(names.iter().map(Vec::as_slice));
+        if let Reply::Array(Some(infos)) = c.call(&args)? {
+            for (name, info) in names.iter().zip(infos) {
+                if matches!(info, Reply::Array(None) | Reply::Bulk(None)) {
+                    table.commands.remove(name);
+                }
+            }
         }
+        table.ask = ask;
+        Ok(Some(table))
+    }
+
+    /// The arity of `name` (upper case) as `COMMAND INFO` reports it, `None` when unknown.
+    pub fn info_arity(c: &mut Client, name: &[u8]) -> std::io::Result<Option<i64>> {
+        Ok(match c.call(&[&b"COMMAND"[..], b"INFO", name])? {
+            Reply::Array(Some(items)) => items.first().and_then(|i| Some(name_arity(i)?.1)),
+            _ => None,
+        })
     }
 
     /// The table from the elements of a `COMMAND` reply (`None` if one is malformed).
@@ -80,14 +124,21 @@ impl CommandTable {
             }
             commands.insert(name.to_ascii_uppercase(), Entry { arity, subcommands });
         }
-        Some(CommandTable { commands })
+        Some(CommandTable {
+            commands,
+            ..CommandTable::default()
+        })
     }
 
     /// Whether the target would refuse `args` (name first; `up`: the name in upper case) at
     /// queue time.
     pub fn refusal(&self, up: &[u8], args: &[Bytes]) -> Option<Refusal> {
         let Some(entry) = self.commands.get(up) else {
-            return Some(Refusal::UnknownCommand);
+            return match self.asked_arity(up) {
+                None => Some(Refusal::UnknownCommand),
+                Some(a) if !arity_ok(a, args.len()) => Some(Refusal::WrongArity),
+                Some(_) => None,
+            };
         };
         if !arity_ok(entry.arity, args.len()) {
             return Some(Refusal::WrongArity);
@@ -100,6 +151,30 @@ impl CommandTable {
             Some(&a) if !arity_ok(a, args.len()) => Some(Refusal::WrongArity),
             Some(_) => None,
         }
+    }
+
+    /// The arity of a name not in the list, asking the target the first time. An answer that
+    /// could not be had counts as known (the command goes to the target, which decides).
+    fn asked_arity(&self, up: &[u8]) -> Option<i64> {
+        let mut asked = self.asked.lock();
+        if let Some(known) = asked.get(up) {
+            return *known;
+        }
+        let known = match &self.ask {
+            None => None,
+            Some(ask) => match ask(up) {
+                Ok(arity) => arity,
+                Err(e) => {
+                    tracing::warn!(
+                        "asking the target about {}: {e}",
+                        String::from_utf8_lossy(up)
+                    );
+                    return Some(-1);
+                }
+            },
+        };
+        asked.insert(up.to_vec(), known);
+        known
     }
 
     pub fn len(&self) -> usize {
@@ -188,5 +263,30 @@ mod tests {
             Some(Refusal::UnknownSubcommand)
         );
         assert!(CommandTable::from_reply(&[Reply::Integer(1)]).is_none());
+    }
+
+    #[test]
+    fn a_name_not_listed_is_asked_about_once() {
+        // `rename-command APPEND MYAPPEND`: the list says "append", the target answers to
+        // MYAPPEND only.
+        let mut table = CommandTable::from_reply(&[entry("incr", 2, None)]).unwrap();
+        let asks = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = asks.clone();
+        table.ask = Some(Box::new(move |name: &[u8]| {
+            counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Ok((name == b"MYAPPEND").then_some(3))
+        }));
+        let append = args(&["myappend", "k", "v"]);
+        assert_eq!(table.refusal(b"MYAPPEND", &append), None);
+        assert_eq!(table.refusal(b"MYAPPEND", &append), None);
+        assert_eq!(
+            table.refusal(b"MYAPPEND", &args(&["myappend", "k"])),
+            Some(Refusal::WrongArity)
+        );
+        assert_eq!(
+            table.refusal(b"NOPE", &args(&["nope"])),
+            Some(Refusal::UnknownCommand)
+        );
+        assert_eq!(asks.load(std::sync::atomic::Ordering::Relaxed), 2);
     }
 }

@@ -297,18 +297,10 @@ impl NsRedis {
     pub fn start(ns: &NetNs, config: &[&str]) -> NsRedis {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = super::free_port();
-        let mut conf = format!(
-            "port {port}\nbind {} 127.0.0.1\nprotected-mode no\nsave \"\"\nappendonly no\ndir {}\nlogfile {}/redis.log\n",
-            ns.ns_ip,
-            dir.path().display(),
-            dir.path().display()
-        );
-        for line in config {
-            conf.push_str(line);
-            conf.push('\n');
-        }
-        let conf_path = dir.path().join("redis.conf");
-        std::fs::write(&conf_path, conf).expect("write redis.conf");
+        let bind = format!("bind {} 127.0.0.1", ns.ns_ip);
+        let mut lines = vec![bind.as_str(), "protected-mode no"];
+        lines.extend_from_slice(config);
+        let conf_path = super::write_conf(dir.path(), port, &lines).expect("write redis.conf");
         let child = Command::new("ip")
             .args(["netns", "exec", &ns.name])
             .arg(super::redis_server_bin())

@@ -141,17 +141,7 @@ impl RedisServer {
     /// One attempt on `port`: an error (with the server's log) when it does not come up.
     pub fn try_start(port: u16, config: &[&str]) -> Result<RedisServer, String> {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let mut conf = format!(
-            "port {port}\nbind 127.0.0.1\nsave \"\"\nappendonly no\ndaemonize no\ndir {}\nlogfile {}/redis.log\n",
-            dir.path().display(),
-            dir.path().display()
-        );
-        for line in config {
-            conf.push_str(line);
-            conf.push('\n');
-        }
-        let conf_path = dir.path().join("redis.conf");
-        std::fs::write(&conf_path, conf).map_err(|e| e.to_string())?;
+        let conf_path = write_conf(dir.path(), port, config).map_err(|e| e.to_string())?;
         let child = Command::new(redis_server_bin())
             .arg(&conf_path)
             .stdin(Stdio::null())
@@ -209,6 +199,23 @@ impl Drop for RedisServer {
     }
 }
 
+/// Write `dir/redis.conf` for a server on `port` (loopback, no persistence, logging to
+/// `dir/redis.log`) with the extra `config` lines (a later `bind` line replaces the first).
+pub fn write_conf(dir: &Path, port: u16, config: &[&str]) -> std::io::Result<PathBuf> {
+    let mut conf = format!(
+        "port {port}\nbind 127.0.0.1\nsave \"\"\nappendonly no\ndaemonize no\ndir {}\nlogfile {}/redis.log\n",
+        dir.display(),
+        dir.display()
+    );
+    for line in config {
+        conf.push_str(line);
+        conf.push('\n');
+    }
+    let conf_path = dir.join("redis.conf");
+    std::fs::write(&conf_path, conf)?;
+    Ok(conf_path)
+}
+
 /// A Redis Cluster of masters with one replica each, every node a [`RedisServer`] with
 /// `cluster-enabled yes` on a free loopback port whose cluster bus port (port + 10000) was free
 /// too, created by `redis-cli --cluster create ... --cluster-replicas 1`. Stopped when dropped.
@@ -221,9 +228,14 @@ impl RedisCluster {
     /// `masters` masters and as many replicas, all answering `cluster_state:ok`, every replica
     /// linked to its master. Retries on new ports when a port was taken meanwhile.
     pub fn start(masters: usize) -> RedisCluster {
+        Self::start_with(masters, &[])
+    }
+
+    /// [`RedisCluster::start`] with `config` lines added to every node's.
+    pub fn start_with(masters: usize, config: &[&str]) -> RedisCluster {
         let mut last = String::new();
         for _ in 0..4 {
-            match Self::try_start(masters) {
+            match Self::try_start(masters, config) {
                 Ok(c) => return c,
                 Err(e) => last = e,
             }
@@ -231,22 +243,21 @@ impl RedisCluster {
         panic!("could not start a Redis Cluster of {masters} masters: {last}");
     }
 
-    fn try_start(masters: usize) -> Result<RedisCluster, String> {
+    fn try_start(masters: usize, config: &[&str]) -> Result<RedisCluster, String> {
         let mut nodes = Vec::new();
         for port in cluster_ports(masters * 2)? {
             let conf = format!("cluster-config-file nodes-{port}.conf");
-            nodes.push(RedisServer::try_start(
-                port,
-                &[
-                    "cluster-enabled yes",
-                    &conf,
-                    "cluster-node-timeout 5000",
-                    // Replication offsets move within a second of the sync, so that every node
-                    // soon counts every replica as available (`CLUSTER SLOTS` leaves out
-                    // replicas at offset 0).
-                    "repl-ping-replica-period 1",
-                ],
-            )?);
+            let mut lines = vec![
+                "cluster-enabled yes",
+                &conf,
+                "cluster-node-timeout 5000",
+                // Replication offsets move within a second of the sync, so that every node
+                // soon counts every replica as available (`CLUSTER SLOTS` leaves out
+                // replicas at offset 0).
+                "repl-ping-replica-period 1",
+            ];
+            lines.extend_from_slice(config);
+            nodes.push(RedisServer::try_start(port, &lines)?);
         }
         let out = Command::new(redis_cli_bin())
             .args(["--cluster", "create"])
