@@ -166,6 +166,8 @@ impl TargetArgs {
         WriterOptions {
             writers: self.writers.max(1),
             on_error: self.on_target_error,
+            // `restore` ends: a full target is an error with the refused count, not a wait.
+            wait_on_oom: false,
             ..WriterOptions::default()
         }
     }

@@ -51,6 +51,9 @@ pub struct WriterOptions {
     /// on it is dropped, and its batches settled by their records (`--target-timeout`): a
     /// partition that drops packets, a target host gone without a reset.
     pub reply_timeout: Duration,
+    /// Wait out the target's `OOM` (retry the batch with backoff) rather than count it as an
+    /// error reply. `restore` turns it off: a one-shot load ends, with the refused count.
+    pub wait_on_oom: bool,
 }
 
 impl Default for WriterOptions {
@@ -65,6 +68,7 @@ impl Default for WriterOptions {
             on_error: ErrorPolicy::Skip,
             connect_timeout: Duration::from_secs(5),
             reply_timeout: Duration::from_secs(60),
+            wait_on_oom: true,
         }
     }
 }
@@ -733,6 +737,7 @@ impl Writer {
             w: self.w,
             state: self.state.clone(),
             policy: self.opts.on_error,
+            wait_on_oom: self.opts.wait_on_oom,
             broken: broken.clone(),
             stalled: self.stalled.clone(),
         };
@@ -897,6 +902,8 @@ pub(crate) struct ReplyCtx<'a> {
     pub(crate) batch: &'a Batch,
     pub(crate) state: &'a PoolState,
     pub(crate) policy: ErrorPolicy,
+    /// `OOM` is [`Halt::OutOfMemory`] (else an error reply like the others).
+    pub(crate) wait_on_oom: bool,
     /// Commands of the batch answered so far (applied or refused).
     pub(crate) commands: u64,
 }
@@ -929,7 +936,7 @@ impl ReplyCtx<'_> {
     /// (queued commands, EXEC, plain commands, the record) is [`Halt::OutOfMemory`].
     pub(crate) fn check(&mut self, expect: &Expect, reply: Reply) -> Result<(), Halt> {
         match &reply {
-            Reply::Error(e) if is_oom(e) => Err(Halt::OutOfMemory(lossy(e))),
+            Reply::Error(e) if self.wait_on_oom && is_oom(e) => Err(Halt::OutOfMemory(lossy(e))),
             _ => self.check_ran(expect, reply),
         }
     }
@@ -1009,6 +1016,7 @@ struct ReplyConn {
     w: usize,
     state: Arc<PoolState>,
     policy: ErrorPolicy,
+    wait_on_oom: bool,
     /// Set when the connection must not be used any more.
     broken: Arc<AtomicBool>,
     /// The writer waits for the target's memory; cleared at the next acknowledged batch.
@@ -1061,6 +1069,7 @@ fn reply_loop(
             batch: &token.batch,
             state: &conn.state,
             policy: conn.policy,
+            wait_on_oom: conn.wait_on_oom,
             commands: 0,
         };
         for expect in &token.plan {

@@ -497,7 +497,10 @@ impl Lane {
         replies: Vec<Reply>,
         again: &mut Vec<Pending>,
     ) {
-        let Some(why) = redirection(&replies, s.transaction) else {
+        let wait_on_oom = self.sh.opts.wait_on_oom;
+        let why = redirection(&replies, s.transaction)
+            .filter(|r| wait_on_oom || !matches!(r, Redirect::Oom(_)));
+        let Some(why) = why else {
             if self.oom.as_deref() == Some(addr) {
                 self.oom = None;
                 self.sh.state.oom_stall(false);
@@ -571,6 +574,7 @@ impl Lane {
             batch: &p.batch,
             state: &self.sh.state,
             policy: self.sh.opts.on_error,
+            wait_on_oom: self.sh.opts.wait_on_oom,
             commands: 0,
         };
         for (e, r) in plan.iter().zip(replies) {
