@@ -9,17 +9,16 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{assert_union_equal, check_line, relay_json, wait_until, Client, Relay, RedisServer};
+use support::{assert_union_equal, check_line, relay_json, wait_until, Client, RedisServer, Relay};
 
 const SOURCE_PW: &str = "src-pw-1";
 const TARGET_PW: &str = "tgt-pw-2";
 
 /// The documented `ACL SETUSER <user> ...` line of docs/security.md.
 fn documented_rule(user: &str) -> String {
-    let page = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/security.md"),
-    )
-    .expect("docs/security.md");
+    let page =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/security.md"))
+            .expect("docs/security.md");
     let head = format!("ACL SETUSER {user} ");
     page.lines()
         .find(|l| l.starts_with(&head))
@@ -96,11 +95,22 @@ fn documented_rules_are_enough_for_check_sync_resume_and_verify() {
     load(&mut c, "snap");
 
     let (code, report) = relay_json("check", &args_ref(&args));
-    assert_eq!(code, 0, "check passes with the documented rules: {report:#}");
+    assert_eq!(
+        code, 0,
+        "check passes with the documented rules: {report:#}"
+    );
     for subject in ["source", "target"] {
-        assert_eq!(check_line(&report, "acl", subject)["status"], "pass", "{report:#}");
+        assert_eq!(
+            check_line(&report, "acl", subject)["status"],
+            "pass",
+            "{report:#}"
+        );
     }
-    assert_eq!(check_line(&report, "psync", "source")["status"], "pass", "{report:#}");
+    assert_eq!(
+        check_line(&report, "psync", "source")["status"],
+        "pass",
+        "{report:#}"
+    );
 
     let mut relay = Relay::start_synced(&args, dir.path(), &src.addr());
     load(&mut c, "stream");
@@ -135,7 +145,10 @@ fn documented_rules_are_enough_for_check_sync_resume_and_verify() {
         "the restart resumed (no full sync needed): {log}"
     );
     let (code, v) = relay_json("verify", &args_ref(&args));
-    assert_eq!(code, 0, "verify passes as the least-privilege users: {v:#}\n{log}");
+    assert_eq!(
+        code, 0,
+        "verify passes as the least-privilege users: {v:#}\n{log}"
+    );
     assert_union_equal(&[src.url()], &tgt.url(), &log);
     assert!(
         !log.contains("NOPERM"),
@@ -158,7 +171,10 @@ fn check_names_the_missing_permission_of_each_user() {
     let line = check_line(&report, "psync", "source");
     assert_eq!(line["status"], "fail", "{report:#}");
     let msg = line["message"].as_str().unwrap();
-    assert!(msg.contains("relay-source") && msg.contains("PSYNC"), "{msg}");
+    assert!(
+        msg.contains("relay-source") && msg.contains("PSYNC"),
+        "{msg}"
+    );
     assert!(msg.contains(&src.addr()), "names the server: {msg}");
     let fix = line["fix"].as_str().unwrap();
     assert!(fix.contains("ACL SETUSER relay-source +psync"), "{fix}");
@@ -171,7 +187,10 @@ fn check_names_the_missing_permission_of_each_user() {
         "{msg}"
     );
     let fix = line["fix"].as_str().unwrap();
-    assert!(fix.starts_with("ACL SETUSER relay-target +restore"), "{fix}");
+    assert!(
+        fix.starts_with("ACL SETUSER relay-target +restore"),
+        "{fix}"
+    );
     // Only the missing one is reported.
     let failed: Vec<&serde_json::Value> = report["checks"]
         .as_array()
@@ -182,12 +201,20 @@ fn check_names_the_missing_permission_of_each_user() {
     assert_eq!(failed.len(), 2, "{report:#}");
 
     // A key pattern that misses the relay's keys is named too.
-    create_user(&tgt, "relay-target", TARGET_PW, &["+restore", "resetkeys", "~app:*"]);
+    create_user(
+        &tgt,
+        "relay-target",
+        TARGET_PW,
+        &["+restore", "resetkeys", "~app:*"],
+    );
     let (code, report) = relay_json("check", &args_ref(&args));
     assert_eq!(code, 1, "{report:#}");
     let line = check_line(&report, "acl", "target");
     assert!(
-        line["fix"].as_str().unwrap().starts_with("ACL SETUSER relay-target ~*"),
+        line["fix"]
+            .as_str()
+            .unwrap()
+            .starts_with("ACL SETUSER relay-target ~*"),
         "{report:#}"
     );
 }

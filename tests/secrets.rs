@@ -107,7 +107,12 @@ fn a_planted_password_appears_in_no_output() {
         .env("REDIS_RELAY_TARGET_PASSWORD", PLANTED)
         .output()
         .unwrap();
-    assert_eq!(check.status.code(), Some(0), "check passes: {}", text(&check).len());
+    assert_eq!(
+        check.status.code(),
+        Some(0),
+        "check passes: {}",
+        text(&check).len()
+    );
     assert_clean("check --json", &text(&check), PLANTED);
 
     let port = free_port();
@@ -122,7 +127,11 @@ fn a_planted_password_appears_in_no_output() {
         .spawn()
         .unwrap();
     let cmdline = std::fs::read(format!("/proc/{}/cmdline", child.id())).unwrap();
-    assert_clean("/proc/PID/cmdline", &String::from_utf8_lossy(&cmdline), PLANTED);
+    assert_clean(
+        "/proc/PID/cmdline",
+        &String::from_utf8_lossy(&cmdline),
+        PLANTED,
+    );
     let mut c = source_client(&s.src);
     let mut t = s.tgt.client();
     let copied = wait_until(Duration::from_secs(30), || {
@@ -146,8 +155,15 @@ fn a_planted_password_appears_in_no_output() {
     stop_child(&mut child);
     let log = std::fs::read_to_string(&log_path).unwrap();
     let out = std::fs::read_to_string(s.dir.path().join("sync.out")).unwrap();
-    assert!(copied && streamed, "synced and streamed ({} log bytes)", log.len());
-    assert!(log.contains("TRACE") || log.contains("DEBUG"), "the log is verbose");
+    assert!(
+        copied && streamed,
+        "synced and streamed ({} log bytes)",
+        log.len()
+    );
+    assert!(
+        log.contains("TRACE") || log.contains("DEBUG"),
+        "the log is verbose"
+    );
     assert!(metrics.contains("redis_relay_"), "metrics served");
     assert!(status.contains(&s.src.addr()), "status served");
     assert_eq!(status_json.status.code(), Some(0), "status --json runs");
@@ -175,7 +191,10 @@ fn wrong_passwords_fail_clearly_without_showing_either_password() {
         .unwrap();
     let all = text(&check);
     assert_eq!(check.status.code(), Some(1), "check fails");
-    assert!(all.contains("authentication failed"), "the auth line says why");
+    assert!(
+        all.contains("authentication failed"),
+        "the auth line says why"
+    );
     assert_clean("check --json (wrong target password)", &all, WRONG);
     assert_clean("check --json (wrong target password)", &all, PLANTED);
 
@@ -201,12 +220,18 @@ fn wrong_passwords_fail_clearly_without_showing_either_password() {
     let check = relay()
         .args(["check", "--source", &url, "--target"])
         .arg(format!("redis://relay-target@{}", s.tgt.addr()))
-        .args(["--state-dir", &s.dir.path().join("state2").display().to_string()])
+        .args([
+            "--state-dir",
+            &s.dir.path().join("state2").display().to_string(),
+        ])
         .env("REDIS_RELAY_TARGET_PASSWORD", PLANTED)
         .output()
         .unwrap();
     let all = text(&check);
     assert_eq!(check.status.code(), Some(0), "check passes");
-    assert!(all.contains("--source-password-file"), "the warning names the option");
+    assert!(
+        all.contains("--source-password-file"),
+        "the warning names the option"
+    );
     assert_clean("check with a URL password", &all, PLANTED);
 }

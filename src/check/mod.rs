@@ -11,7 +11,8 @@
 //!
 //! Beside the data path. Owns: the verdicts. May not touch: any server's data (it only reads:
 //! PING, INFO, CONFIG GET, COMMAND INFO, ACL DRYRUN, SELECT, SCAN, EXISTS, RANDOMKEY and
-//! CLUSTER SHARDS/SLOTS/INFO).
+//! CLUSTER SHARDS/SLOTS/INFO; the permission probes of [`acl`] queue writes inside MULTI and
+//! DISCARD them, and run an empty MULTI/EXEC).
 
 pub mod acl;
 mod cluster;
