@@ -920,9 +920,15 @@ fn labelled_sources(opts: &CheckOptions, lines: &mut Lines) -> Vec<(Endpoint, St
             .iter()
             .map(|e| (e.clone(), format!("source {e}")))
             .collect(),
-        Sources::Twemproxy { path, pool, .. } => {
+        Sources::Twemproxy {
+            path, pool, login, ..
+        } => {
             let subject = format!("twemproxy {}", path.display());
-            match crate::source::twemproxy::load_config(path, pool.as_deref()) {
+            let loaded = crate::source::twemproxy::load_config(path, pool.as_deref());
+            match loaded.map(|mut tw| {
+                tw.set_login(login);
+                tw
+            }) {
                 Err(e) => {
                     lines.add(
                         Status::Fail,
