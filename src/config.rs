@@ -498,7 +498,7 @@ pub const PEER_PASSWORD: PasswordRole = PasswordRole {
 
 /// The password that replaces `role`'s URLs': the environment variable (when set and not
 /// empty) over the file; `None` keeps the URLs' (the weakest). A file's trailing newline is
-/// dropped; a file others may read gets a warning. Errors name the option, never the content.
+/// dropped; a file open to every user (o+r) gets a warning. Errors name the option, never the content.
 pub fn password_override(
     role: &PasswordRole,
     file: Option<&Path>,
@@ -534,9 +534,10 @@ fn read_password_file(role: &PasswordRole, path: &Path) -> Result<Secret, Option
 fn warn_if_readable_by_others(role: &PasswordRole, path: &Path) {
     use std::os::unix::fs::PermissionsExt;
     if let Ok(m) = std::fs::metadata(path) {
-        if m.permissions().mode() & 0o077 != 0 {
+        // Group access is how a root-owned file is shared with the service's group (0640).
+        if m.permissions().mode() & 0o007 != 0 {
             tracing::warn!(
-                "{} {}: the password file is readable by other users (mode {:o}): chmod 600 it",
+                "{} {}: the password file is open to every user (mode {:o}): chmod o-rwx it (0600 or 0640)",
                 role.file_option,
                 path.display(),
                 m.permissions().mode() & 0o777
@@ -559,7 +560,7 @@ fn with_password(
         match pw {
             Some(pw) => pw.apply(ep),
             None if ep.password.is_some() => tracing::warn!(
-                "the {} URL of {ep} holds a password: on the command line every local user can read it (ps, /proc/PID/cmdline); give it with --{} or {} instead",
+                "the {} URL of {ep} holds a password, which every local user can read while the URL is on a command line (ps, /proc/PID/cmdline): give it with --{} or {} instead",
                 role.role, role.file_option, role.env
             ),
             None => {}
