@@ -254,3 +254,47 @@ fn sync_without_psync_permission_stops_with_a_clear_error() {
         "one attempt, not a retry loop: {log}"
     );
 }
+
+/// A peer whose user may not run EXISTS cannot prove a key is not its own: a warning (the
+/// deletions wait) naming the user, the command and the fix; the peer's password comes from
+/// `--peer-password-file`.
+#[test]
+fn a_peer_without_exists_is_a_warning_naming_it() {
+    let src = RedisServer::start(&[]);
+    let tgt = RedisServer::start(&[]);
+    let peer = RedisServer::start(&[]);
+    create_user(&peer, "relay-source", SOURCE_PW, &["-exists"]);
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "--source".to_string(),
+        src.url(),
+        "--target".into(),
+        tgt.url(),
+        "--peer".into(),
+        url(&peer, "relay-source"),
+        "--peer-password-file".into(),
+        password_file(dir.path(), "peer.pw", SOURCE_PW),
+        "--state-dir".into(),
+        dir.path().join("state").display().to_string(),
+    ];
+    let (code, report) = relay_json("check", &args_ref(&args));
+    assert_eq!(code, 0, "a warning, not a failure: {report:#}");
+    assert_eq!(
+        check_line(&report, "reachable", "peer")["status"],
+        "pass",
+        "{report:#}"
+    );
+    let line = check_line(&report, "acl", "peer");
+    assert_eq!(line["status"], "warn", "{report:#}");
+    assert!(
+        line["message"].as_str().unwrap().contains("'exists'"),
+        "{report:#}"
+    );
+    assert!(
+        line["fix"]
+            .as_str()
+            .unwrap()
+            .starts_with("ACL SETUSER relay-source +exists"),
+        "{report:#}"
+    );
+}

@@ -84,6 +84,16 @@ pub fn source_probes() -> Vec<Probe> {
     ]
 }
 
+/// What the deletion proofs ask a peer (`PING`, `SELECT`, `EXISTS`): without them a deletion
+/// of a key the peer might hold is deferred, never done.
+pub fn peer_probes() -> Vec<Probe> {
+    vec![
+        probe("ping", &["PING"], false),
+        probe("select", &["SELECT", "0"], false),
+        probe("exists", &["EXISTS", DATA_KEY], false),
+    ]
+}
+
 /// Whether `reply` is an ACL refusal.
 pub fn is_noperm(reply: &[u8]) -> bool {
     reply.starts_with(b"NOPERM")

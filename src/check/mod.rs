@@ -490,7 +490,7 @@ fn probe_source(
         None,
     );
     check_psync(&mut conn, ep, subject, &version, lines);
-    check_acl(ep, subject, &acl::source_probes(), opts, lines);
+    check_acl(ep, subject, &acl::source_probes(), opts.timeout, lines);
     if role != "master" {
         lines.add(Status::Warn, subject, "role", format!("this server is a {role}: the relay replicates from it (chained replication), and writes reach it only through its own master"), Some("point the relay at the master, unless replicating from a replica is what you want (less load on the master)".into()));
     }
@@ -505,15 +505,21 @@ fn probe_source(
 
 /// The user's permissions for what the relay sends ([`acl`]): one failed `acl` line per
 /// refused command, with the `ACL SETUSER` that grants it, or one passing line.
-fn check_acl(
+fn check_acl(ep: &Endpoint, subject: &str, probes: &[acl::Probe], t: Duration, lines: &mut Lines) {
+    check_acl_as(ep, subject, probes, t, Status::Fail, lines)
+}
+
+/// [`check_acl`], a refusal being a line of status `refused` (a peer's only defers deletions).
+fn check_acl_as(
     ep: &Endpoint,
     subject: &str,
     probes: &[acl::Probe],
-    opts: &CheckOptions,
+    timeout: Duration,
+    refused_status: Status,
     lines: &mut Lines,
 ) {
     let user = acl::user_of(ep);
-    match acl::denied(ep, opts.timeout, probes) {
+    match acl::denied(ep, timeout, probes) {
         Err(e) => lines.add(
             Status::Warn,
             subject,
@@ -537,7 +543,7 @@ fn check_acl(
         Ok(refused) => {
             for (p, reply) in refused {
                 lines.add(
-                    Status::Fail,
+                    refused_status,
                     subject,
                     "acl",
                     format!("user {user} may not run '{}' on {ep}: {reply}", p.acl),
@@ -677,7 +683,7 @@ fn probe_target(
     }
     check_target_server(opts, sources, subject, &info, lines);
     let probes = acl::target_probes(&opts.own_prefix);
-    check_acl(&opts.target, subject, &probes, opts, lines);
+    check_acl(&opts.target, subject, &probes, opts.timeout, lines);
     check_eviction(&mut conn, opts, subject, &info, lines);
     let need: u64 = sources.iter().map(|s| s.used).sum();
     lines.verdict(
