@@ -310,3 +310,34 @@ fn twemproxy_redis_auth_or_the_source_user() {
         assert_clean("check --twemproxy", t, PLANTED);
     }
 }
+
+/// `restore` takes the target's password from `REDIS_RELAY_TARGET_PASSWORD` too, and its
+/// errors for a wrong one do not show it.
+#[test]
+fn restore_takes_the_target_password_from_the_environment() {
+    let src = RedisServer::start(&[]);
+    let tgt = RedisServer::start(&[&format!("requirepass {PLANTED}")]);
+    let mut c = src.client();
+    c.cmd(&["SET", "k", "v"]);
+    c.cmd(&["SAVE"]);
+    let rdb = src.dir.path().join("dump.rdb");
+    assert!(rdb.exists(), "SAVE wrote {}", rdb.display());
+    let run = |pw: &str| {
+        relay()
+            .arg("restore")
+            .arg(&rdb)
+            .args(["--target", &tgt.url(), "-q"])
+            .env("REDIS_RELAY_TARGET_PASSWORD", pw)
+            .output()
+            .unwrap()
+    };
+    let wrong = run(WRONG);
+    assert_ne!(wrong.status.code(), Some(0), "a wrong password fails");
+    assert_clean("restore (wrong password)", &text(&wrong), WRONG);
+    let ok = run(PLANTED);
+    assert_eq!(ok.status.code(), Some(0), "restore logs in");
+    assert_clean("restore", &text(&ok), PLANTED);
+    let mut t = tgt.client();
+    t.cmd(&["AUTH", PLANTED]);
+    assert_eq!(t.cmd(&["GET", "k"]).as_text().as_deref(), Some("v"));
+}
