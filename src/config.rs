@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::check::{self, IfNotEmpty};
-use crate::endpoint::Endpoint;
+use crate::endpoint::{Endpoint, Login, Secret};
 use crate::pipeline::filter::KeyFilter;
 use crate::relay::TargetOwner;
 use crate::source::topology::Topology;
@@ -192,6 +192,23 @@ pub struct RunOptions {
     /// Never forward this command from the stream (repeatable, comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub exclude_command: Option<Vec<String>>,
+    /// A file holding the sources' password (a trailing newline is dropped): replaces the one
+    /// of the --source URLs or the Twemproxy pool's redis_auth. The environment variable
+    /// REDIS_RELAY_SOURCE_PASSWORD overrides the file.
+    #[arg(long)]
+    pub source_password_file: Option<PathBuf>,
+    /// The ACL user the relay logs in as on the sources (and a Twemproxy pool's peers): replaces
+    /// the user of the --source URLs; with --twemproxy, AUTH <user> <redis_auth or password>.
+    #[arg(long)]
+    pub source_user: Option<String>,
+    /// A file holding the target's password (replaces the URL's). The environment variable
+    /// REDIS_RELAY_TARGET_PASSWORD overrides the file.
+    #[arg(long)]
+    pub target_password_file: Option<PathBuf>,
+    /// A file holding the --peer masters' password (replaces the URLs'). The environment
+    /// variable REDIS_RELAY_PEER_PASSWORD overrides the file.
+    #[arg(long)]
+    pub peer_password_file: Option<PathBuf>,
 }
 }
 
@@ -324,14 +341,18 @@ impl RunOptions {
         Ok(())
     }
 
-    /// The merged options with their defaults (the only place of the defaults), validated.
-    pub fn resolve(self) -> anyhow::Result<Settings> {
-        self.validate()?;
-        let sources = match self.twemproxy {
+    /// The sources as given (`--twemproxy` or `--source`), logging in as `--source-user` with
+    /// `password` (the resolved override) when given.
+    fn sources(&self, password: Option<Secret>) -> anyhow::Result<check::Sources> {
+        Ok(match self.twemproxy.clone() {
             Some(path) => check::Sources::Twemproxy {
                 path,
-                pool: self.pool,
-                local: list(self.local_server),
+                pool: self.pool.clone(),
+                local: list(self.local_server.clone()),
+                login: Login {
+                    username: self.source_user.clone(),
+                    password,
+                },
             },
             None => {
                 if self.pool.is_some() {
@@ -341,7 +362,11 @@ impl RunOptions {
                     }
                     .into());
                 }
-                let list = endpoints("source", &self.source)?;
+                let mut list = endpoints("source", &self.source)?;
+                for ep in &mut list {
+                    ep.username = self.source_user.clone().or(ep.username.take());
+                }
+                let list = with_password(&SOURCE_PASSWORD, list, &password);
                 if list.is_empty() {
                     return Err(OptionsError::Missing(
                         "--twemproxy FILE or at least one --source URL (or `twemproxy`/`source` in --config)",
@@ -350,8 +375,24 @@ impl RunOptions {
                 }
                 check::Sources::List(list)
             }
-        };
-        let mut targets = endpoints("target", &self.target)?;
+        })
+    }
+
+    /// The merged options with their defaults (the only place of the defaults), validated.
+    pub fn resolve(self) -> anyhow::Result<Settings> {
+        self.validate()?;
+        let env = |name: &str| std::env::var(name).ok();
+        let source_pw =
+            password_override(&SOURCE_PASSWORD, self.source_password_file.as_deref(), &env)?;
+        let target_pw =
+            password_override(&TARGET_PASSWORD, self.target_password_file.as_deref(), &env)?;
+        let peer_pw = password_override(&PEER_PASSWORD, self.peer_password_file.as_deref(), &env)?;
+        let sources = self.sources(source_pw)?;
+        let mut targets = with_password(
+            &TARGET_PASSWORD,
+            endpoints("target", &self.target)?,
+            &target_pw,
+        );
         if targets.is_empty() {
             return Err(OptionsError::Missing(
                 "--target URL (or `target` in --config, or REDIS_RELAY_TARGET)",
@@ -370,7 +411,7 @@ impl RunOptions {
         )?;
         Ok(Settings {
             sources,
-            peers: endpoints("peer", &self.peer)?,
+            peers: with_password(&PEER_PASSWORD, endpoints("peer", &self.peer)?, &peer_pw),
             target_owner: self.target_owner.unwrap_or(TargetOwner::Shared),
             target,
             target_seeds: targets,
@@ -429,6 +470,108 @@ impl Settings {
         o.db_filter = self.filter.clone();
         o
     }
+}
+
+/// A role whose password may be given apart from its URLs, so that it is not on the command
+/// line (`/proc/PID/cmdline`, `ps`): the file option, then the environment variable, wins over
+/// the URL (or a Twemproxy pool's `redis_auth`).
+#[derive(Debug)]
+pub struct PasswordRole {
+    /// `source`, `target`, `peer`.
+    pub role: &'static str,
+    /// The file option's name (`source-password-file`).
+    pub file_option: &'static str,
+    /// The environment variable (`REDIS_RELAY_SOURCE_PASSWORD`).
+    pub env: &'static str,
+}
+
+pub const SOURCE_PASSWORD: PasswordRole = PasswordRole {
+    role: "source",
+    file_option: "source-password-file",
+    env: "REDIS_RELAY_SOURCE_PASSWORD",
+};
+pub const TARGET_PASSWORD: PasswordRole = PasswordRole {
+    role: "target",
+    file_option: "target-password-file",
+    env: "REDIS_RELAY_TARGET_PASSWORD",
+};
+pub const PEER_PASSWORD: PasswordRole = PasswordRole {
+    role: "peer",
+    file_option: "peer-password-file",
+    env: "REDIS_RELAY_PEER_PASSWORD",
+};
+
+/// The password that replaces `role`'s URLs': the environment variable (when set and not
+/// empty) over the file; `None` keeps the URLs' (the weakest). A file's trailing newline is
+/// dropped; a file open to every user (o+r) gets a warning. Errors name the option, never the content.
+pub fn password_override(
+    role: &PasswordRole,
+    file: Option<&Path>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<Secret>, OptionsError> {
+    let from_env = env(role.env).filter(|v| !v.is_empty());
+    let from_file = match file {
+        Some(path) => Some(read_password_file(role, path)?),
+        None => None,
+    };
+    if from_env.is_some() && from_file.is_some() {
+        tracing::info!("{} is set: it overrides --{}", role.env, role.file_option);
+    }
+    Ok(from_env.map(Secret::new).or(from_file))
+}
+
+/// A password file: its content without the trailing newline (`echo pw > file` writes one).
+fn read_password_file(role: &PasswordRole, path: &Path) -> Result<Secret, OptionsError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| invalid(role.file_option)(format!("cannot read {}: {e}", path.display())))?;
+    let pw = text.trim_end_matches(['\n', '\r']);
+    if pw.is_empty() {
+        return Err(invalid(role.file_option)(format!(
+            "{} is empty",
+            path.display()
+        )));
+    }
+    warn_if_readable_by_others(role, path);
+    Ok(Secret::new(pw))
+}
+
+#[cfg(unix)]
+fn warn_if_readable_by_others(role: &PasswordRole, path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(m) = std::fs::metadata(path) {
+        // Group access is how a root-owned file is shared with the service's group (0640).
+        if m.permissions().mode() & 0o007 != 0 {
+            tracing::warn!(
+                "{} {}: the password file is open to every user (mode {:o}): chmod o-rwx it (0600 or 0640)",
+                role.file_option,
+                path.display(),
+                m.permissions().mode() & 0o777
+            );
+        }
+    }
+}
+
+#[cfg(not(unix))]
+fn warn_if_readable_by_others(_: &PasswordRole, _: &Path) {}
+
+/// `eps` with the role's override applied; without one, a password written in a URL gets a
+/// warning (a URL on the command line is visible to every local user).
+fn with_password(
+    role: &PasswordRole,
+    mut eps: Vec<Endpoint>,
+    pw: &Option<Secret>,
+) -> Vec<Endpoint> {
+    for ep in &mut eps {
+        match pw {
+            Some(pw) => pw.apply(ep),
+            None if ep.password.is_some() => tracing::warn!(
+                "the {} URL of {ep} holds a password, which every local user can read while the URL is on a command line (ps, /proc/PID/cmdline): give it with --{} or {} instead",
+                role.role, role.file_option, role.env
+            ),
+            None => {}
+        }
+    }
+    eps
 }
 
 /// `target = "redis://..."` or `target = ["redis://a", "redis://b"]` (seeds of a cluster).
@@ -598,7 +741,7 @@ heartbeat = "1s"
         assert_eq!(m.writers, Some(2));
         assert_eq!(m.state_dir.as_deref(), Some(Path::new("/s")));
         assert!(m.allow_eviction);
-        assert_eq!(RunOptions::KEYS.len(), 32);
+        assert_eq!(RunOptions::KEYS.len(), 36);
     }
 
     #[test]
@@ -652,6 +795,78 @@ heartbeat = "1s"
         assert_eq!(s.target_kind, Some(TargetKind::Cluster));
         let bad = FileConfig::parse("target = [\"nope://x\"]\n", "t.toml").unwrap_err();
         assert!(bad.to_string().contains("target"), "{bad}");
+    }
+
+    /// URL < file < environment; a file's trailing newline is dropped; an empty variable is
+    /// unset; errors name the option, never the content.
+    #[test]
+    fn password_precedence() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "from-file\n").unwrap();
+        let none = |_: &str| None;
+        let env = |n: &str| (n == "REDIS_RELAY_SOURCE_PASSWORD").then(|| "from-env".to_string());
+        let empty = |_: &str| Some(String::new());
+        let pw = |f: Option<&Path>, e: &dyn Fn(&str) -> Option<String>| {
+            password_override(&SOURCE_PASSWORD, f, e)
+                .unwrap()
+                .map(|s| s.expose().to_string())
+        };
+        assert_eq!(pw(None, &none), None);
+        assert_eq!(pw(Some(&file), &none).as_deref(), Some("from-file"));
+        assert_eq!(pw(Some(&file), &env).as_deref(), Some("from-env"));
+        assert_eq!(pw(None, &env).as_deref(), Some("from-env"));
+        assert_eq!(pw(Some(&file), &empty).as_deref(), Some("from-file"));
+        // The target's variable is not the source's.
+        assert_eq!(
+            password_override(&TARGET_PASSWORD, None, &env).unwrap(),
+            None
+        );
+        std::fs::write(&file, "\n").unwrap();
+        let e = password_override(&SOURCE_PASSWORD, Some(&file), &none).unwrap_err();
+        assert!(e.to_string().starts_with("source-password-file: "), "{e}");
+        let e =
+            password_override(&TARGET_PASSWORD, Some(&dir.path().join("no")), &none).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("target-password-file: cannot read"),
+            "{e}"
+        );
+        // The override replaces the URL's password, keeps its user; the URL's stays without one.
+        let eps = vec![Endpoint::parse("redis://u:url-pw@h:1").unwrap()];
+        let got = with_password(&SOURCE_PASSWORD, eps.clone(), &Some(Secret::new("x")));
+        assert_eq!(got[0].password.as_deref(), Some("x"));
+        assert_eq!(got[0].username.as_deref(), Some("u"));
+        let got = with_password(&SOURCE_PASSWORD, eps, &None);
+        assert_eq!(got[0].password.as_deref(), Some("url-pw"));
+        assert_eq!(format!("{:?}", Secret::new("x")), "<redacted>");
+    }
+
+    #[test]
+    fn source_user_and_password_file_apply_to_every_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "s3cret\r\n").unwrap();
+        let s = RunOptions {
+            source: Some(vec![
+                "redis://:old@127.0.0.1:1".into(),
+                "127.0.0.1:2".into(),
+            ]),
+            target: Some(vec!["redis://127.0.0.1:3".into()]),
+            source_user: Some("relay-source".into()),
+            source_password_file: Some(file),
+            ..RunOptions::default()
+        }
+        .resolve()
+        .unwrap();
+        let check::Sources::List(eps) = &s.sources else {
+            panic!("a list")
+        };
+        for ep in eps {
+            assert_eq!(ep.username.as_deref(), Some("relay-source"));
+            assert_eq!(ep.password.as_deref(), Some("s3cret"));
+        }
+        assert!(!format!("{s:?}").contains("s3cret"));
     }
 
     #[test]

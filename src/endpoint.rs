@@ -151,6 +151,53 @@ impl fmt::Debug for Endpoint {
     }
 }
 
+/// A password held apart from any URL (`--source-password-file`, `REDIS_RELAY_*_PASSWORD`):
+/// `Debug` shows `<redacted>` and there is no `Display`, so it cannot reach a log by accident.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+
+    /// The password itself, for `AUTH` only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// `ep` with this password instead of its own (the user name stays).
+    pub fn apply(&self, ep: &mut Endpoint) {
+        ep.password = Some(self.0.clone());
+    }
+}
+
+/// Who the relay logs in as on a group of servers when the options say it apart from the
+/// URLs (`--source-user`, the password options): each part replaces the URL's when given.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Login {
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+}
+
+impl Login {
+    /// `ep` with this login's parts instead of its own.
+    pub fn apply(&self, ep: &mut Endpoint) {
+        if let Some(u) = &self.username {
+            ep.username = Some(u.clone());
+        }
+        if let Some(p) = &self.password {
+            p.apply(ep);
+        }
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
 /// The URL with anything between `://` and `@` replaced, for error messages.
 fn redact(s: &str) -> String {
     let (scheme, rest) = match s.find("://") {

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use redis_relay::check;
-use redis_relay::config::{default_writers, LogFormat, RunOptions, Settings};
+use redis_relay::config::{default_writers, LogFormat, RunOptions, Settings, TARGET_PASSWORD};
 use redis_relay::endpoint::Endpoint;
 use redis_relay::pipeline::stream_apply::StreamOptions;
 use redis_relay::relay::{Ownership, RelayBuilder};
@@ -172,13 +172,22 @@ impl TargetArgs {
         }
     }
 
-    /// The target's addresses, in the order given.
+    /// The target's addresses, in the order given, with `REDIS_RELAY_TARGET_PASSWORD` (when
+    /// set) as their password, as for `sync`.
     fn endpoints(&self) -> anyhow::Result<Vec<Endpoint>> {
-        Ok(self
+        let env = |name: &str| std::env::var(name).ok();
+        let pw = redis_relay::config::password_override(&TARGET_PASSWORD, None, &env)?;
+        let mut eps: Vec<Endpoint> = self
             .target
             .iter()
             .map(|t| Endpoint::parse(t))
-            .collect::<Result<_, _>>()?)
+            .collect::<Result<_, _>>()?;
+        for ep in eps.iter_mut() {
+            if let Some(pw) = &pw {
+                pw.apply(ep);
+            }
+        }
+        Ok(eps)
     }
 }
 

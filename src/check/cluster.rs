@@ -204,6 +204,9 @@ fn check_master(m: &mut Master, opts: &CheckOptions, versions: &[String], lines:
     let state = cluster_state(&mut m.conn);
     lines.verdict(&m.subject, "state", judge_state(state));
     check_eviction(&mut m.conn, opts, &m.subject, &m.info, lines);
+    let ep = m.node.endpoint(&opts.target);
+    let probes = super::acl::target_probes(&opts.own_prefix);
+    super::check_acl(&ep, &m.subject, &probes, opts.timeout, lines);
     lines.verdict(
         &m.subject,
         "version",

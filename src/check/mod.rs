@@ -11,8 +11,10 @@
 //!
 //! Beside the data path. Owns: the verdicts. May not touch: any server's data (it only reads:
 //! PING, INFO, CONFIG GET, COMMAND INFO, ACL DRYRUN, SELECT, SCAN, EXISTS, RANDOMKEY and
-//! CLUSTER SHARDS/SLOTS/INFO).
+//! CLUSTER SHARDS/SLOTS/INFO; the permission probes of [`acl`] queue writes inside MULTI and
+//! DISCARD them, and run an empty MULTI/EXEC).
 
+pub mod acl;
 mod cluster;
 pub mod probe;
 
@@ -488,6 +490,7 @@ fn probe_source(
         None,
     );
     check_psync(&mut conn, ep, subject, &version, lines);
+    check_acl(ep, subject, &acl::source_probes(), opts.timeout, lines);
     if role != "master" {
         lines.add(Status::Warn, subject, "role", format!("this server is a {role}: the relay replicates from it (chained replication), and writes reach it only through its own master"), Some("point the relay at the master, unless replicating from a replica is what you want (less load on the master)".into()));
     }
@@ -498,6 +501,57 @@ fn probe_source(
         used,
         keys: keyspace,
     })
+}
+
+/// The user's permissions for what the relay sends ([`acl`]): one failed `acl` line per
+/// refused command, with the `ACL SETUSER` that grants it, or one passing line.
+fn check_acl(ep: &Endpoint, subject: &str, probes: &[acl::Probe], t: Duration, lines: &mut Lines) {
+    check_acl_as(ep, subject, probes, t, Status::Fail, lines)
+}
+
+/// [`check_acl`], a refusal being a line of status `refused` (a peer's only defers deletions).
+fn check_acl_as(
+    ep: &Endpoint,
+    subject: &str,
+    probes: &[acl::Probe],
+    timeout: Duration,
+    refused_status: Status,
+    lines: &mut Lines,
+) {
+    let user = acl::user_of(ep);
+    match acl::denied(ep, timeout, probes) {
+        Err(e) => lines.add(
+            Status::Warn,
+            subject,
+            "acl",
+            format!("cannot probe the permissions of user {user}: {e}"),
+            Some("docs/security.md lists the permissions the relay needs".into()),
+        ),
+        Ok(refused) if refused.is_empty() => {
+            let names: Vec<&str> = probes.iter().map(|p| p.acl).collect();
+            lines.add(
+                Status::Pass,
+                subject,
+                "acl",
+                format!(
+                    "user {user} may run what the relay sends ({})",
+                    names.join(" ")
+                ),
+                None,
+            )
+        }
+        Ok(refused) => {
+            for (p, reply) in refused {
+                lines.add(
+                    refused_status,
+                    subject,
+                    "acl",
+                    format!("user {user} may not run '{}' on {ep}: {reply}", p.acl),
+                    Some(acl::fix(&user, p.acl, &reply)),
+                );
+            }
+        }
+    }
 }
 
 /// PSYNC: the version, and the command itself (renamed on some managed services).
@@ -520,10 +574,13 @@ fn check_backlog(
     t0: Instant,
     lines: &mut Lines,
 ) {
+    // INFO's repl_backlog_size when CONFIG GET is refused: a least-privilege user has no
+    // CONFIG GET, which would also show it `requirepass` (docs/security.md).
     let backlog = match probe::config_get(conn, "repl-backlog-size") {
         Ok(Ok(s)) => parse_size(&s),
         _ => None,
-    };
+    }
+    .or_else(|| int(info0, "repl_backlog_size"));
     std::thread::sleep(opts.rate_window.saturating_sub(t0.elapsed()));
     let info1 = probe::info(conn, Some("replication")).ok();
     let stats1 = probe::info(conn, Some("stats")).ok();
@@ -574,17 +631,30 @@ fn psync_available(conn: &mut Client, ep: &Endpoint, v: (u32, u32)) -> Verdict {
         }
     }
     if v >= (7, 0) {
-        let user = ep.username.clone().unwrap_or_else(|| "default".into());
-        match conn.call(&["ACL", "DRYRUN", user.as_str(), "PSYNC", "?", "-1"]) {
-            Ok(Reply::Simple(_)) => {}
-            Ok(Reply::Bulk(Some(why))) => {
-                return Verdict::fail(
-                    format!("user {user} may not run PSYNC: {}", String::from_utf8_lossy(&why)),
-                    format!("grant replication to the user: ACL SETUSER {user} +psync +replconf +ping (or +@admin)"),
-                )
-            }
-            _ => {
-                return Verdict::pass("PSYNC available (ACL permission not verifiable with this user)".into())
+        let user = acl::user_of(ep);
+        for cmd in [
+            &["PSYNC", "?", "-1"][..],
+            &["REPLCONF", "listening-port", "0"],
+        ] {
+            let mut args = vec!["ACL", "DRYRUN", user.as_str()];
+            args.extend_from_slice(cmd);
+            match conn.call(&args) {
+                Ok(Reply::Simple(_)) => {}
+                Ok(Reply::Bulk(Some(why))) => {
+                    return Verdict::fail(
+                        format!("user {user} may not run {} on {ep}: {}", cmd[0], String::from_utf8_lossy(&why)),
+                        format!("grant replication to the user: ACL SETUSER {user} +psync +replconf +ping"),
+                    )
+                }
+                Ok(Reply::Error(e)) if acl::is_noperm(&e) => {
+                    return Verdict::warn(
+                        format!("PSYNC available; whether user {user} may run it is not verifiable: ACL DRYRUN refused"),
+                        format!("ACL SETUSER {user} +acl|dryrun lets check verify the replication permissions (+psync +replconf +ping)"),
+                    )
+                }
+                _ => {
+                    return Verdict::pass("PSYNC available (ACL permission not verifiable with this user)".into())
+                }
             }
         }
     }
@@ -612,6 +682,8 @@ fn probe_target(
         return;
     }
     check_target_server(opts, sources, subject, &info, lines);
+    let probes = acl::target_probes(&opts.own_prefix);
+    check_acl(&opts.target, subject, &probes, opts.timeout, lines);
     check_eviction(&mut conn, opts, subject, &info, lines);
     let need: u64 = sources.iter().map(|s| s.used).sum();
     lines.verdict(
@@ -854,9 +926,15 @@ fn labelled_sources(opts: &CheckOptions, lines: &mut Lines) -> Vec<(Endpoint, St
             .iter()
             .map(|e| (e.clone(), format!("source {e}")))
             .collect(),
-        Sources::Twemproxy { path, pool, .. } => {
+        Sources::Twemproxy {
+            path, pool, login, ..
+        } => {
             let subject = format!("twemproxy {}", path.display());
-            match crate::source::twemproxy::load_config(path, pool.as_deref()) {
+            let loaded = crate::source::twemproxy::load_config(path, pool.as_deref());
+            match loaded.map(|mut tw| {
+                tw.set_login(login);
+                tw
+            }) {
                 Err(e) => {
                     lines.add(
                         Status::Fail,

@@ -94,13 +94,17 @@ pub(super) fn check_peers(peers: &[Endpoint], timeout: Duration, lines: &mut Lin
                     format!("PING refused: {}", String::from_utf8_lossy(&e)),
                     Some("the relay asks each peer EXISTS before it deletes a key: allow PING, SELECT and EXISTS for its user".into()),
                 ),
-                Ok(_) => lines.add(
-                    Status::Pass,
-                    &subject,
-                    "reachable",
-                    "answers: the relay can prove which keys are not this peer's".into(),
-                    None,
-                ),
+                Ok(_) => {
+                    lines.add(
+                        Status::Pass,
+                        &subject,
+                        "reachable",
+                        "answers: the relay can prove which keys are not this peer's".into(),
+                        None,
+                    );
+                    let probes = super::acl::peer_probes();
+                    super::check_acl_as(p, &subject, &probes, timeout, Status::Warn, lines);
+                }
                 Err(e) => lines.add(Status::Warn, &subject, "reachable", format!("PING failed: {e}"), Some("deletions of keys in doubt wait until it answers".into())),
             },
             Err(f) => lines.add(

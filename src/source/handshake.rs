@@ -415,7 +415,7 @@ impl Machine<'_> {
         let hint = if reply.starts_with("-NOAUTH") {
             "the master requires a password: add it to the source URL (redis://:password@host:port)"
         } else if reply.starts_with("-NOPERM") || reply.contains("not permitted") {
-            "the user lacks permission for the replication commands (PSYNC, REPLCONF)"
+            "the user lacks permission for the replication commands: ACL SETUSER <user> +psync +replconf +ping (docs/security.md)"
         } else if reply.starts_with("-WRONGPASS") || reply.contains("invalid password") {
             "wrong user name or password"
         } else {

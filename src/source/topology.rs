@@ -12,7 +12,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::endpoint::Endpoint;
+use crate::endpoint::{Endpoint, Login};
 use crate::source::twemproxy::placement::Placement;
 use crate::source::twemproxy::{self, TwemproxyError};
 
@@ -27,6 +27,8 @@ pub enum Sources {
         path: PathBuf,
         pool: Option<String>,
         local: Vec<String>,
+        /// The backends' user and password instead of the pool's `redis_auth` (default: none).
+        login: Login,
     },
 }
 
@@ -88,8 +90,14 @@ impl Topology {
     pub fn resolve(sources: &Sources, extra_peers: &[Endpoint]) -> Result<Topology, TopologyError> {
         let mut t = match sources {
             Sources::List(eps) => Topology::of_list(eps)?,
-            Sources::Twemproxy { path, pool, local } => {
-                let tw = twemproxy::load_config(path, pool.as_deref())?;
+            Sources::Twemproxy {
+                path,
+                pool,
+                local,
+                login,
+            } => {
+                let mut tw = twemproxy::load_config(path, pool.as_deref())?;
+                tw.set_login(login);
                 if tw.backends.is_empty() {
                     return Err(TopologyError::NoBackend {
                         path: path.display().to_string(),

@@ -16,7 +16,7 @@ pub mod hashkit;
 mod md5;
 pub mod placement;
 
-use crate::endpoint::Endpoint;
+use crate::endpoint::{Endpoint, Login};
 use placement::{Distribution, Placement, PlacementError};
 use serde::Deserialize;
 use serde_saphyr::Spanned;
@@ -171,6 +171,18 @@ pub struct TwemproxySources {
 }
 
 impl TwemproxySources {
+    /// Every backend with `login` instead of its pool's `redis_auth` (the relay's own user
+    /// and password: `--source-user`, `--source-password-file`, `REDIS_RELAY_SOURCE_PASSWORD`).
+    pub fn set_login(&mut self, login: &Login) {
+        let servers = self.pools.iter_mut().flat_map(|p| p.servers.iter_mut());
+        for s in servers {
+            login.apply(&mut s.endpoint);
+        }
+        for b in &mut self.backends {
+            login.apply(&mut b.endpoint);
+        }
+    }
+
     /// Selected pools with `auto_eject_hosts: true`: their keys may live on two backends.
     pub fn auto_eject_pools(&self) -> Vec<&str> {
         self.pools
