@@ -10,10 +10,11 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::check::{self, IfNotEmpty};
-use crate::endpoint::Endpoint;
+use crate::endpoint::{Endpoint, TlsOptions};
 use crate::pipeline::filter::KeyFilter;
 use crate::relay::TargetOwner;
 use crate::source::topology::Topology;
@@ -188,6 +189,47 @@ pub struct RunOptions {
     /// Never forward this command from the stream (repeatable, comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub exclude_command: Option<Vec<String>>,
+    /// TLS to the sources' side (rediss:// sources and peers, a --source-tls pool): the CAs
+    /// to trust, a PEM file [default: the system's trust store].
+    #[arg(long)]
+    pub tls_ca_file: Option<PathBuf>,
+    /// TLS to the sources' side: a directory of PEM files of CAs to trust.
+    #[arg(long)]
+    pub tls_ca_dir: Option<PathBuf>,
+    /// TLS to the sources' side: client certificate (PEM) for servers requiring one.
+    #[arg(long)]
+    pub tls_cert_file: Option<PathBuf>,
+    /// TLS to the sources' side: the client certificate's private key (PEM).
+    #[arg(long)]
+    pub tls_key_file: Option<PathBuf>,
+    /// TLS to the sources' side: check the certificates against this name instead of the host.
+    #[arg(long)]
+    pub tls_server_name: Option<String>,
+    /// TLS to the sources' side WITHOUT verifying the servers' certificates (logged as a warning).
+    #[arg(long)]
+    pub tls_insecure: bool,
+    /// The Twemproxy pool's backends speak TLS (the --tls-* options apply to them).
+    #[arg(long)]
+    pub source_tls: bool,
+    /// TLS to the target (rediss://): the CAs to trust, a PEM file [default: the system's
+    /// trust store].
+    #[arg(long)]
+    pub target_tls_ca_file: Option<PathBuf>,
+    /// TLS to the target: a directory of PEM files of CAs to trust.
+    #[arg(long)]
+    pub target_tls_ca_dir: Option<PathBuf>,
+    /// TLS to the target: client certificate (PEM) for a target requiring one.
+    #[arg(long)]
+    pub target_tls_cert_file: Option<PathBuf>,
+    /// TLS to the target: the client certificate's private key (PEM).
+    #[arg(long)]
+    pub target_tls_key_file: Option<PathBuf>,
+    /// TLS to the target: check its certificates against this name instead of the host.
+    #[arg(long)]
+    pub target_tls_server_name: Option<String>,
+    /// TLS to the target WITHOUT verifying its certificates (logged as a warning).
+    #[arg(long)]
+    pub target_tls_insecure: bool,
 }
 }
 
@@ -323,11 +365,13 @@ impl RunOptions {
     /// The merged options with their defaults (the only place of the defaults), validated.
     pub fn resolve(self) -> anyhow::Result<Settings> {
         self.validate()?;
+        let tls = self.tls_sides()?;
         let sources = match self.twemproxy {
             Some(path) => check::Sources::Twemproxy {
                 path,
                 pool: self.pool,
                 local: list(self.local_server),
+                tls: self.source_tls.then(|| tls.source.clone()),
             },
             None => {
                 if self.pool.is_some() {
@@ -337,7 +381,7 @@ impl RunOptions {
                     }
                     .into());
                 }
-                let list = endpoints("source", &self.source)?;
+                let list = tls.source.attach(endpoints("source", &self.source)?);
                 if list.is_empty() {
                     return Err(OptionsError::Missing(
                         "--twemproxy FILE or at least one --source URL (or `twemproxy`/`source` in --config)",
@@ -347,7 +391,7 @@ impl RunOptions {
                 check::Sources::List(list)
             }
         };
-        let mut targets = endpoints("target", &self.target)?;
+        let mut targets = tls.target.attach(endpoints("target", &self.target)?);
         if targets.is_empty() {
             return Err(OptionsError::Missing(
                 "--target URL (or `target` in --config, or REDIS_RELAY_TARGET)",
@@ -366,7 +410,7 @@ impl RunOptions {
         )?;
         Ok(Settings {
             sources,
-            peers: endpoints("peer", &self.peer)?,
+            peers: tls.source.attach(endpoints("peer", &self.peer)?),
             target_owner: self.target_owner.unwrap_or(TargetOwner::Shared),
             target,
             target_seeds: targets,
@@ -423,6 +467,86 @@ impl Settings {
         o.target_seeds = self.target_seeds.clone();
         o.db_filter = self.filter.clone();
         o
+    }
+}
+
+/// The TLS options of the sources' side and of the target's.
+struct TlsSides {
+    source: TlsSide,
+    target: TlsSide,
+}
+
+/// One side's TLS options, for its `rediss://` endpoints.
+struct TlsSide(Arc<TlsOptions>);
+
+impl TlsSide {
+    /// The endpoints, those on TLS with this side's options.
+    fn attach(&self, mut eps: Vec<Endpoint>) -> Vec<Endpoint> {
+        for ep in eps.iter_mut().filter(|e| e.is_tls()) {
+            ep.tls = Some(self.0.clone());
+        }
+        eps
+    }
+
+    fn clone(&self) -> Arc<TlsOptions> {
+        self.0.clone()
+    }
+}
+
+impl RunOptions {
+    /// The two sides' TLS options. Options given for a side without TLS are an error (they
+    /// would be ignored silently), and so is a file that cannot be read: at start, not at the
+    /// first connection.
+    fn tls_sides(&self) -> Result<TlsSides, OptionsError> {
+        let source = TlsOptions {
+            ca_file: self.tls_ca_file.clone(),
+            ca_dir: self.tls_ca_dir.clone(),
+            cert_file: self.tls_cert_file.clone(),
+            key_file: self.tls_key_file.clone(),
+            server_name: self.tls_server_name.clone(),
+            insecure: self.tls_insecure,
+        };
+        let target = TlsOptions {
+            ca_file: self.target_tls_ca_file.clone(),
+            ca_dir: self.target_tls_ca_dir.clone(),
+            cert_file: self.target_tls_cert_file.clone(),
+            key_file: self.target_tls_key_file.clone(),
+            server_name: self.target_tls_server_name.clone(),
+            insecure: self.target_tls_insecure,
+        };
+        if self.source_tls && self.twemproxy.is_none() {
+            return Err(OptionsError::Needs {
+                option: "source-tls",
+                needs: "twemproxy (use rediss:// URLs with --source)",
+            });
+        }
+        let rediss = |list: &Option<Vec<String>>| {
+            list.iter()
+                .flatten()
+                .any(|u| u.trim_start().starts_with("rediss://"))
+        };
+        let source_on = self.source_tls || rediss(&self.source) || rediss(&self.peer);
+        let target_on = rediss(&self.target);
+        for (opts, on, option, needs) in [
+            (
+                &source,
+                source_on,
+                "tls-*",
+                "a rediss:// source or peer, or --source-tls",
+            ),
+            (&target, target_on, "target-tls-*", "a rediss:// target"),
+        ] {
+            if !on && *opts != TlsOptions::default() {
+                return Err(OptionsError::Needs { option, needs });
+            }
+            if on {
+                crate::resp::tls::build(opts).map_err(|e| invalid(option)(e.to_string()))?;
+            }
+        }
+        Ok(TlsSides {
+            source: TlsSide(Arc::new(source)),
+            target: TlsSide(Arc::new(target)),
+        })
     }
 }
 

@@ -854,7 +854,9 @@ fn labelled_sources(opts: &CheckOptions, lines: &mut Lines) -> Vec<(Endpoint, St
             .iter()
             .map(|e| (e.clone(), format!("source {e}")))
             .collect(),
-        Sources::Twemproxy { path, pool, .. } => {
+        Sources::Twemproxy {
+            path, pool, tls, ..
+        } => {
             let subject = format!("twemproxy {}", path.display());
             match crate::source::twemproxy::load_config(path, pool.as_deref()) {
                 Err(e) => {
@@ -870,7 +872,8 @@ fn labelled_sources(opts: &CheckOptions, lines: &mut Lines) -> Vec<(Endpoint, St
                     );
                     Vec::new()
                 }
-                Ok(tw) => {
+                Ok(mut tw) => {
+                    tw.set_tls(tls.as_ref());
                     check_twemproxy_config(&tw, &subject, lines);
                     tw.backends
                         .iter()

@@ -12,7 +12,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::endpoint::Endpoint;
+use crate::endpoint::{Endpoint, TlsOptions};
 use crate::source::twemproxy::placement::Placement;
 use crate::source::twemproxy::{self, TwemproxyError};
 
@@ -27,6 +27,9 @@ pub enum Sources {
         path: PathBuf,
         pool: Option<String>,
         local: Vec<String>,
+        /// `--source-tls`: the backends speak TLS, checked with these options (the file has
+        /// only `host:port`).
+        tls: Option<Arc<TlsOptions>>,
     },
 }
 
@@ -88,8 +91,14 @@ impl Topology {
     pub fn resolve(sources: &Sources, extra_peers: &[Endpoint]) -> Result<Topology, TopologyError> {
         let mut t = match sources {
             Sources::List(eps) => Topology::of_list(eps)?,
-            Sources::Twemproxy { path, pool, local } => {
-                let tw = twemproxy::load_config(path, pool.as_deref())?;
+            Sources::Twemproxy {
+                path,
+                pool,
+                local,
+                tls,
+            } => {
+                let mut tw = twemproxy::load_config(path, pool.as_deref())?;
+                tw.set_tls(tls.as_ref());
                 if tw.backends.is_empty() {
                     return Err(TopologyError::NoBackend {
                         path: path.display().to_string(),

@@ -16,7 +16,7 @@ pub mod hashkit;
 mod md5;
 pub mod placement;
 
-use crate::endpoint::Endpoint;
+use crate::endpoint::{Endpoint, TlsOptions};
 use placement::{Distribution, Placement, PlacementError};
 use serde::Deserialize;
 use serde_saphyr::Spanned;
@@ -171,6 +171,20 @@ pub struct TwemproxySources {
 }
 
 impl TwemproxySources {
+    /// Every server of the selected pools speaks TLS, checked with `tls` (`--source-tls`);
+    /// `None` leaves them plain.
+    pub fn set_tls(&mut self, tls: Option<&Arc<TlsOptions>>) {
+        let servers = self.pools.iter_mut().flat_map(|p| p.servers.iter_mut());
+        let endpoints = self
+            .backends
+            .iter_mut()
+            .map(|b| &mut b.endpoint)
+            .chain(servers.map(|s| &mut s.endpoint));
+        for ep in endpoints {
+            ep.tls = tls.cloned();
+        }
+    }
+
     /// Selected pools with `auto_eject_hosts: true`: their keys may live on two backends.
     pub fn auto_eject_pools(&self) -> Vec<&str> {
         self.pools
@@ -515,6 +529,7 @@ impl BackendSet {
                 username: None,
                 password: password.clone(),
                 db: server.endpoint.db,
+                tls: None,
             },
         });
         Ok(())
