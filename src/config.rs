@@ -717,7 +717,7 @@ heartbeat = "1s"
         assert_eq!(m.writers, Some(2));
         assert_eq!(m.state_dir.as_deref(), Some(Path::new("/s")));
         assert!(m.allow_eviction);
-        assert_eq!(RunOptions::KEYS.len(), 31);
+        assert_eq!(RunOptions::KEYS.len(), 44);
     }
 
     #[test]
