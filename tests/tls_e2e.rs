@@ -367,3 +367,66 @@ fn plain_server_behind_rediss_and_options_without_tls_are_errors() {
         "{stderr}"
     );
 }
+
+#[test]
+fn twemproxy_pool_backends_over_tls_with_source_tls() {
+    let certs = Certs::generate();
+    let master = TlsRedis::start(&certs, "server", false);
+    let target = RedisServer::start(&[]);
+    let mut m = master.server.client();
+    for i in 0..1000 {
+        m.cmd(&["SET", &format!("k:{i}"), &i.to_string()]);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let yml = dir.path().join("nutcracker.yml");
+    // The file has only host:port: --source-tls says the backends speak TLS.
+    std::fs::write(
+        &yml,
+        format!(
+            "alpha:\n  listen: 127.0.0.1:{}\n  hash: fnv1a_64\n  distribution: ketama\n  redis: true\n  servers:\n   - {}:1 s1\n",
+            support::free_port(),
+            master.tls_addr()
+        ),
+    )
+    .unwrap();
+    let yml = yml.display().to_string();
+    let ca = certs.arg("ca.pem");
+    let (code, r) = check(&["--twemproxy", &yml, "--target", &target.url()]);
+    assert_ne!(code, 0, "a TLS backend without --source-tls: {r:#}");
+    let (code, r) = check(&[
+        "--twemproxy",
+        &yml,
+        "--source-tls",
+        "--tls-ca-file",
+        &ca,
+        "--target",
+        &target.url(),
+    ]);
+    assert_eq!(code, 0, "{r:#}");
+    let args: Vec<String> = [
+        "--twemproxy",
+        &yml,
+        "--source-tls",
+        "--tls-ca-file",
+        &ca,
+        "--target",
+        &target.url(),
+        "--state-dir",
+        &dir.path().join("state").display().to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let relay = Relay::start_synced(&args, dir.path(), &master.tls_addr());
+    m.cmd(&["SET", "marker", "end"]);
+    let mut t = target.client();
+    assert!(
+        wait_until(Duration::from_secs(30), || matches!(
+            t.cmd(&["GET", "marker"]),
+            redis_relay::resp::Reply::Bulk(_)
+        )),
+        "{}",
+        relay.log_text()
+    );
+    assert_union_equal(&[master.server.url()], &target.url(), &relay.log_text());
+}
