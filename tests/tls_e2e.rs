@@ -67,6 +67,18 @@ fn writer(port: u16, stop: Arc<AtomicBool>, count: Arc<AtomicU64>) -> std::threa
     })
 }
 
+/// Wait (30 s at most) until the key `marker`, written last on the source, is on the target.
+fn wait_for_marker(t: &mut Client, relay: &Relay) {
+    assert!(
+        wait_until(Duration::from_secs(30), || matches!(
+            t.cmd(&["GET", "marker"]),
+            redis_relay::resp::Reply::Bulk(_)
+        )),
+        "the stream did not reach the target:\n{}",
+        relay.log_text()
+    );
+}
+
 #[test]
 fn tls_master_and_tls_target_full_sync_and_stream() {
     let certs = Certs::generate();
@@ -109,15 +121,7 @@ fn tls_master_and_tls_target_full_sync_and_stream() {
     }
     m.cmd(&["DEL", "str:7"]);
     m.cmd(&["SET", "marker", "end"]);
-    let mut t = target.server.client();
-    assert!(
-        wait_until(Duration::from_secs(30), || matches!(
-            t.cmd(&["GET", "marker"]),
-            redis_relay::resp::Reply::Bulk(_)
-        )),
-        "the stream did not reach the target:\n{}",
-        relay.log_text()
-    );
+    wait_for_marker(&mut target.server.client(), &relay);
     assert_union_equal(
         &[master.server.url()],
         &target.server.url(),
@@ -393,40 +397,23 @@ fn twemproxy_pool_backends_over_tls_with_source_tls() {
     let ca = certs.arg("ca.pem");
     let (code, r) = check(&["--twemproxy", &yml, "--target", &target.url()]);
     assert_ne!(code, 0, "a TLS backend without --source-tls: {r:#}");
-    let (code, r) = check(&[
+    let target_url = target.url();
+    let mut args = vec![
         "--twemproxy",
         &yml,
         "--source-tls",
         "--tls-ca-file",
         &ca,
         "--target",
-        &target.url(),
-    ]);
+        &target_url,
+    ];
+    let (code, r) = check(&args);
     assert_eq!(code, 0, "{r:#}");
-    let args: Vec<String> = [
-        "--twemproxy",
-        &yml,
-        "--source-tls",
-        "--tls-ca-file",
-        &ca,
-        "--target",
-        &target.url(),
-        "--state-dir",
-        &dir.path().join("state").display().to_string(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let state = dir.path().join("state").display().to_string();
+    args.extend(["--state-dir", &state]);
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
     let relay = Relay::start_synced(&args, dir.path(), &master.tls_addr());
     m.cmd(&["SET", "marker", "end"]);
-    let mut t = target.client();
-    assert!(
-        wait_until(Duration::from_secs(30), || matches!(
-            t.cmd(&["GET", "marker"]),
-            redis_relay::resp::Reply::Bulk(_)
-        )),
-        "{}",
-        relay.log_text()
-    );
+    wait_for_marker(&mut target.client(), &relay);
     assert_union_equal(&[master.server.url()], &target.url(), &relay.log_text());
 }
