@@ -172,7 +172,7 @@ pub fn server_name(
 }
 
 /// A TLS failure in words, from the rustls error inside an I/O error (`None`: not a TLS
-/// failure). `peer_closed`: the server hung up during the handshake.
+/// failure).
 pub fn describe(err: &std::io::Error) -> Option<String> {
     let inner = err.get_ref()?;
     let tls = inner.downcast_ref::<rustls::Error>()?;
