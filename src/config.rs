@@ -10,10 +10,11 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::check::{self, IfNotEmpty};
-use crate::endpoint::{Endpoint, Login, Secret};
+use crate::endpoint::{Endpoint, Login, Secret, TlsOptions};
 use crate::pipeline::filter::KeyFilter;
 use crate::relay::TargetOwner;
 use crate::source::topology::Topology;
@@ -209,6 +210,47 @@ pub struct RunOptions {
     /// variable REDIS_RELAY_PEER_PASSWORD overrides the file.
     #[arg(long)]
     pub peer_password_file: Option<PathBuf>,
+    /// TLS to the sources' side (rediss:// sources and peers, a --source-tls pool): the CAs
+    /// to trust, a PEM file [default: the system's trust store].
+    #[arg(long)]
+    pub tls_ca_file: Option<PathBuf>,
+    /// TLS to the sources' side: a directory of PEM files of CAs to trust.
+    #[arg(long)]
+    pub tls_ca_dir: Option<PathBuf>,
+    /// TLS to the sources' side: client certificate (PEM) for servers requiring one.
+    #[arg(long)]
+    pub tls_cert_file: Option<PathBuf>,
+    /// TLS to the sources' side: the client certificate's private key (PEM).
+    #[arg(long)]
+    pub tls_key_file: Option<PathBuf>,
+    /// TLS to the sources' side: check the certificates against this name instead of the host.
+    #[arg(long)]
+    pub tls_server_name: Option<String>,
+    /// TLS to the sources' side WITHOUT verifying the servers' certificates (logged as a warning).
+    #[arg(long)]
+    pub tls_insecure: bool,
+    /// The Twemproxy pool's backends speak TLS (the --tls-* options apply to them).
+    #[arg(long)]
+    pub source_tls: bool,
+    /// TLS to the target (rediss://): the CAs to trust, a PEM file [default: the system's
+    /// trust store].
+    #[arg(long)]
+    pub target_tls_ca_file: Option<PathBuf>,
+    /// TLS to the target: a directory of PEM files of CAs to trust.
+    #[arg(long)]
+    pub target_tls_ca_dir: Option<PathBuf>,
+    /// TLS to the target: client certificate (PEM) for a target requiring one.
+    #[arg(long)]
+    pub target_tls_cert_file: Option<PathBuf>,
+    /// TLS to the target: the client certificate's private key (PEM).
+    #[arg(long)]
+    pub target_tls_key_file: Option<PathBuf>,
+    /// TLS to the target: check its certificates against this name instead of the host.
+    #[arg(long)]
+    pub target_tls_server_name: Option<String>,
+    /// TLS to the target WITHOUT verifying its certificates (logged as a warning).
+    #[arg(long)]
+    pub target_tls_insecure: bool,
 }
 }
 
@@ -342,8 +384,8 @@ impl RunOptions {
     }
 
     /// The sources as given (`--twemproxy` or `--source`), logging in as `--source-user` with
-    /// `password` (the resolved override) when given.
-    fn sources(&self, password: Option<Secret>) -> anyhow::Result<check::Sources> {
+    /// `password` (the resolved override) when given, on TLS with the sources' side options.
+    fn sources(&self, password: Option<Secret>, tls: &TlsSide) -> anyhow::Result<check::Sources> {
         Ok(match self.twemproxy.clone() {
             Some(path) => check::Sources::Twemproxy {
                 path,
@@ -353,6 +395,7 @@ impl RunOptions {
                     username: self.source_user.clone(),
                     password,
                 },
+                tls: self.source_tls.then(|| tls.clone()),
             },
             None => {
                 if self.pool.is_some() {
@@ -366,7 +409,7 @@ impl RunOptions {
                 for ep in &mut list {
                     ep.username = self.source_user.clone().or(ep.username.take());
                 }
-                let list = with_password(&SOURCE_PASSWORD, list, &password);
+                let list = tls.attach(with_password(&SOURCE_PASSWORD, list, &password));
                 if list.is_empty() {
                     return Err(OptionsError::Missing(
                         "--twemproxy FILE or at least one --source URL (or `twemproxy`/`source` in --config)",
@@ -381,18 +424,19 @@ impl RunOptions {
     /// The merged options with their defaults (the only place of the defaults), validated.
     pub fn resolve(self) -> anyhow::Result<Settings> {
         self.validate()?;
+        let tls = self.tls_sides()?;
         let env = |name: &str| std::env::var(name).ok();
         let source_pw =
             password_override(&SOURCE_PASSWORD, self.source_password_file.as_deref(), &env)?;
         let target_pw =
             password_override(&TARGET_PASSWORD, self.target_password_file.as_deref(), &env)?;
         let peer_pw = password_override(&PEER_PASSWORD, self.peer_password_file.as_deref(), &env)?;
-        let sources = self.sources(source_pw)?;
-        let mut targets = with_password(
+        let sources = self.sources(source_pw, &tls.source)?;
+        let mut targets = tls.target.attach(with_password(
             &TARGET_PASSWORD,
             endpoints("target", &self.target)?,
             &target_pw,
-        );
+        ));
         if targets.is_empty() {
             return Err(OptionsError::Missing(
                 "--target URL (or `target` in --config, or REDIS_RELAY_TARGET)",
@@ -411,7 +455,11 @@ impl RunOptions {
         )?;
         Ok(Settings {
             sources,
-            peers: with_password(&PEER_PASSWORD, endpoints("peer", &self.peer)?, &peer_pw),
+            peers: tls.source.attach(with_password(
+                &PEER_PASSWORD,
+                endpoints("peer", &self.peer)?,
+                &peer_pw,
+            )),
             target_owner: self.target_owner.unwrap_or(TargetOwner::Shared),
             target,
             target_seeds: targets,
@@ -572,6 +620,86 @@ fn with_password(
         }
     }
     eps
+}
+
+/// The TLS options of the sources' side and of the target's.
+struct TlsSides {
+    source: TlsSide,
+    target: TlsSide,
+}
+
+/// One side's TLS options, for its `rediss://` endpoints.
+struct TlsSide(Arc<TlsOptions>);
+
+impl TlsSide {
+    /// The endpoints, those on TLS with this side's options.
+    fn attach(&self, mut eps: Vec<Endpoint>) -> Vec<Endpoint> {
+        for ep in eps.iter_mut().filter(|e| e.is_tls()) {
+            ep.tls = Some(self.0.clone());
+        }
+        eps
+    }
+
+    fn clone(&self) -> Arc<TlsOptions> {
+        self.0.clone()
+    }
+}
+
+impl RunOptions {
+    /// The two sides' TLS options. Options given for a side without TLS are an error (they
+    /// would be ignored silently), and so is a file that cannot be read: at start, not at the
+    /// first connection.
+    fn tls_sides(&self) -> Result<TlsSides, OptionsError> {
+        let source = TlsOptions {
+            ca_file: self.tls_ca_file.clone(),
+            ca_dir: self.tls_ca_dir.clone(),
+            cert_file: self.tls_cert_file.clone(),
+            key_file: self.tls_key_file.clone(),
+            server_name: self.tls_server_name.clone(),
+            insecure: self.tls_insecure,
+        };
+        let target = TlsOptions {
+            ca_file: self.target_tls_ca_file.clone(),
+            ca_dir: self.target_tls_ca_dir.clone(),
+            cert_file: self.target_tls_cert_file.clone(),
+            key_file: self.target_tls_key_file.clone(),
+            server_name: self.target_tls_server_name.clone(),
+            insecure: self.target_tls_insecure,
+        };
+        if self.source_tls && self.twemproxy.is_none() {
+            return Err(OptionsError::Needs {
+                option: "source-tls",
+                needs: "twemproxy (use rediss:// URLs with --source)",
+            });
+        }
+        let rediss = |list: &Option<Vec<String>>| {
+            list.iter()
+                .flatten()
+                .any(|u| u.trim_start().starts_with("rediss://"))
+        };
+        let source_on = self.source_tls || rediss(&self.source) || rediss(&self.peer);
+        let target_on = rediss(&self.target);
+        for (opts, on, option, needs) in [
+            (
+                &source,
+                source_on,
+                "tls-*",
+                "a rediss:// source or peer, or --source-tls",
+            ),
+            (&target, target_on, "target-tls-*", "a rediss:// target"),
+        ] {
+            if !on && *opts != TlsOptions::default() {
+                return Err(OptionsError::Needs { option, needs });
+            }
+            if on {
+                crate::resp::tls::build(opts).map_err(|e| invalid(option)(e.to_string()))?;
+            }
+        }
+        Ok(TlsSides {
+            source: TlsSide(Arc::new(source)),
+            target: TlsSide(Arc::new(target)),
+        })
+    }
 }
 
 /// `target = "redis://..."` or `target = ["redis://a", "redis://b"]` (seeds of a cluster).
@@ -741,7 +869,7 @@ heartbeat = "1s"
         assert_eq!(m.writers, Some(2));
         assert_eq!(m.state_dir.as_deref(), Some(Path::new("/s")));
         assert!(m.allow_eviction);
-        assert_eq!(RunOptions::KEYS.len(), 36);
+        assert_eq!(RunOptions::KEYS.len(), 49);
     }
 
     #[test]

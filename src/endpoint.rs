@@ -1,4 +1,6 @@
-//! Where a Redis server is and how to log in: parsed from `redis://` URLs.
+//! Where a Redis server is and how to log in: parsed from `redis://` URLs, or `rediss://`
+//! for TLS (the certificates and names to check are [`TlsOptions`], attached from the
+//! configuration: the URL only says TLS is on).
 //!
 //! The textual form shown to users (logs, metrics labels) is `host:port` only, so a password
 //! can never leak through `Display`; `Debug` redacts it too.
@@ -6,6 +8,8 @@
 //! Shared vocabulary: imports nothing of the crate.
 
 use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
 use thiserror::Error;
 
 /// Default Redis port, used when the URL has none.
@@ -23,6 +27,28 @@ pub struct Endpoint {
     pub password: Option<String>,
     /// Database index from the URL path (`redis://host:port/3`).
     pub db: Option<u32>,
+    /// TLS on (`rediss://`, or a Twemproxy pool declared TLS) and what it checks.
+    pub tls: Option<Arc<TlsOptions>>,
+}
+
+/// How a TLS connection checks the server and shows itself: one set for the sources' side
+/// (masters, pool backends, peers) and one for the target's (`--tls-*` / `--target-tls-*`).
+/// Pure data (paths and flags): `resp::tls` turns it into a rustls configuration.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TlsOptions {
+    /// PEM file of the CA certificates to trust (with `ca_dir`: both).
+    pub ca_file: Option<PathBuf>,
+    /// Directory of PEM files of CA certificates to trust.
+    pub ca_dir: Option<PathBuf>,
+    /// Client certificate chain (PEM), for servers that require one (mutual TLS).
+    pub cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    pub key_file: Option<PathBuf>,
+    /// The name to check the server's certificate against (and to send as SNI) instead of
+    /// the host of the URL.
+    pub server_name: Option<String>,
+    /// No verification of the server's certificate at all (`--tls-insecure`).
+    pub insecure: bool,
 }
 
 /// Why an endpoint string was rejected. Messages never include the password.
@@ -30,7 +56,7 @@ pub struct Endpoint {
 pub enum EndpointError {
     #[error("invalid Redis URL {url:?}: {reason}")]
     Invalid { url: String, reason: String },
-    #[error("unsupported scheme {scheme:?} in {url:?}: expected redis:// (TLS, rediss://, is not supported yet)")]
+    #[error("unsupported scheme {scheme:?} in {url:?}: expected redis:// or rediss:// (TLS)")]
     UnsupportedScheme { url: String, scheme: String },
 }
 
@@ -43,10 +69,11 @@ impl Endpoint {
             username: None,
             password: None,
             db: None,
+            tls: None,
         }
     }
 
-    /// Parses `redis://[user[:password]@]host[:port][/db]`, or a bare `host:port`.
+    /// Parses `redis[s]://[user[:password]@]host[:port][/db]`, or a bare `host:port`.
     ///
     /// User name and password are percent-decoded (a `@` or `:` in a password must be written
     /// `%40` / `%3A`). IPv6 hosts are written in brackets: `redis://[::1]:6379`.
@@ -64,15 +91,16 @@ impl Endpoint {
             &with_scheme
         };
         let url = url::Url::parse(text).map_err(|e| invalid(&e.to_string()))?;
-        match url.scheme() {
-            "redis" => {}
+        let tls = match url.scheme() {
+            "redis" => None,
+            "rediss" => Some(Arc::new(TlsOptions::default())),
             other => {
                 return Err(EndpointError::UnsupportedScheme {
                     url: shown.clone(),
                     scheme: other.to_string(),
                 })
             }
-        }
+        };
         let host = url
             .host_str()
             .filter(|h| !h.is_empty())
@@ -113,7 +141,13 @@ impl Endpoint {
             username,
             password,
             db,
+            tls,
         })
+    }
+
+    /// Whether connections to this server speak TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
     }
 
     /// `host:port` suitable for `TcpStream::connect` (brackets around IPv6 literals).
@@ -147,6 +181,7 @@ impl fmt::Debug for Endpoint {
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("db", &self.db)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -281,10 +316,18 @@ mod tests {
     }
 
     #[test]
+    fn rediss_turns_tls_on() {
+        let e = Endpoint::parse("rediss://u:pw@h:1").unwrap();
+        assert_eq!(e.tls.as_deref(), Some(&TlsOptions::default()));
+        assert_eq!(e.to_string(), "h:1");
+        assert!(!Endpoint::parse("redis://h:1").unwrap().is_tls());
+    }
+
+    #[test]
     fn errors() {
-        let err = Endpoint::parse("rediss://u:pw@h:1").unwrap_err();
+        let err = Endpoint::parse("rediss2://u:pw@h:1").unwrap_err();
         assert!(matches!(err, EndpointError::UnsupportedScheme { .. }));
-        assert!(err.to_string().contains("rediss"));
+        assert!(err.to_string().contains("rediss2"));
         assert!(!err.to_string().contains("pw"));
         assert!(Endpoint::parse("redis://h:1/x").is_err());
         assert!(Endpoint::parse("redis://h:99999").is_err());

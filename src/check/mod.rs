@@ -927,12 +927,17 @@ fn labelled_sources(opts: &CheckOptions, lines: &mut Lines) -> Vec<(Endpoint, St
             .map(|e| (e.clone(), format!("source {e}")))
             .collect(),
         Sources::Twemproxy {
-            path, pool, login, ..
+            path,
+            pool,
+            login,
+            tls,
+            ..
         } => {
             let subject = format!("twemproxy {}", path.display());
             let loaded = crate::source::twemproxy::load_config(path, pool.as_deref());
             match loaded.map(|mut tw| {
                 tw.set_login(login);
+                tw.set_tls(tls.as_ref());
                 tw
             }) {
                 Err(e) => {
@@ -948,7 +953,8 @@ fn labelled_sources(opts: &CheckOptions, lines: &mut Lines) -> Vec<(Endpoint, St
                     );
                     Vec::new()
                 }
-                Ok(tw) => {
+                Ok(mut tw) => {
+                    tw.set_tls(tls.as_ref());
                     check_twemproxy_config(&tw, &subject, lines);
                     tw.backends
                         .iter()

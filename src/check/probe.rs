@@ -66,6 +66,13 @@ fn classify(ep: &Endpoint, e: &ClientError, role: &str) -> ConnectFailure {
             ..
         } => dropped(ep, what, source),
         ClientError::Refused { command, reply, .. } => refused(ep, flag, command, reply),
+        ClientError::Tls { reason, .. } => ConnectFailure {
+            check: "tls",
+            message: format!("TLS handshake failed: {reason}"),
+            fix: format!(
+                "check {ep}'s certificate and the TLS options of its side (--tls-* for sources and peers, --target-tls-* for the target): the CA that signed it, its dates, the names it carries, and a client certificate if the server requires one"
+            ),
+        },
     }
 }
 

@@ -9,12 +9,13 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 
-use super::{encode_command, parse_reply, Reply};
+use super::transport::Transport;
+use super::{encode_command, parse_reply, tls, Reply};
 use crate::endpoint::Endpoint;
 
 /// A logged-in connection.
 pub struct Client {
-    pub stream: TcpStream,
+    pub stream: Transport,
     buf: BytesMut,
 }
 
@@ -39,6 +40,27 @@ pub enum ClientError {
         command: String,
         reply: String,
     },
+    /// The TLS settings cannot be used, or the TLS handshake (or the server's first answer
+    /// through it: a server requiring a client certificate says so only then) failed.
+    #[error("target {target}: TLS handshake failed: {reason}")]
+    Tls { target: String, reason: String },
+}
+
+impl ClientError {
+    /// An I/O error of `what`; a TLS failure inside it becomes [`ClientError::Tls`].
+    fn io(target: &str, what: &'static str, cause: std::io::Error) -> ClientError {
+        match tls::describe(&cause) {
+            Some(reason) => ClientError::Tls {
+                target: target.to_string(),
+                reason,
+            },
+            None => ClientError::Io {
+                target: target.to_string(),
+                what,
+                cause,
+            },
+        }
+    }
 }
 
 impl Client {
@@ -66,17 +88,13 @@ impl Client {
             target: target.clone(),
             cause: last.unwrap_or_else(|| std::io::ErrorKind::AddrNotAvailable.into()),
         })?;
-        let io = |what, source| ClientError::Io {
-            target: target.clone(),
-            what,
-            cause: source,
-        };
+        let io = |what, source| ClientError::io(&target, what, source);
         stream
             .set_nodelay(true)
             .map_err(|e| io("set TCP_NODELAY", e))?;
         let _ = socket2::SockRef::from(&stream).set_keepalive(true);
         let mut conn = Client {
-            stream,
+            stream: transport(ep, stream, timeout)?,
             buf: BytesMut::with_capacity(64 * 1024),
         };
         if let Some(pass) = &ep.password {
@@ -115,6 +133,33 @@ impl Client {
     pub fn read_reply(&mut self) -> std::io::Result<Reply> {
         read_reply_from(&mut self.stream, &mut self.buf)
     }
+}
+
+/// The connection as `ep` wants it: TCP as is, or TLS with the handshake done.
+pub fn transport(
+    ep: &Endpoint,
+    stream: TcpStream,
+    timeout: Duration,
+) -> Result<Transport, ClientError> {
+    let Some(opts) = &ep.tls else {
+        return Ok(Transport::Plain(stream));
+    };
+    let target = ep.to_string();
+    let failed = |reason: String| ClientError::Tls {
+        target: target.clone(),
+        reason,
+    };
+    let config = tls::client_config(opts).map_err(|e| failed(e.to_string()))?;
+    let name = tls::server_name(ep, opts).map_err(|e| failed(e.to_string()))?;
+    let conn = rustls::ClientConnection::new(config, name).map_err(|e| failed(e.to_string()))?;
+    Transport::tls(stream, conn, timeout).map_err(|e| {
+        failed(tls::describe(&e).unwrap_or_else(|| match e.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+                format!("no TLS answer within {timeout:?} (a plain-text server behind rediss://?)")
+            }
+            _ => format!("{e} (a plain-text server behind rediss://?)"),
+        }))
+    })
 }
 
 /// A field of an `INFO` reply.

@@ -16,6 +16,8 @@ use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::stream::{start_tls, SourceStream};
+
 /// Longest reply line accepted during the handshake.
 const MAX_LINE: usize = 64 * 1024;
 
@@ -103,6 +105,9 @@ pub enum HandshakeError {
         source_name: String,
         err: std::io::Error,
     },
+    /// `rediss://`: the TLS settings cannot be used, or the TLS handshake failed.
+    #[error("{source_name}: TLS handshake failed: {reason}")]
+    Tls { source_name: String, reason: String },
     #[error("{source_name}: I/O error while {state}: {err}")]
     Io {
         source_name: String,
@@ -150,8 +155,12 @@ impl HandshakeError {
 }
 
 /// Opens the TCP connection with `TCP_NODELAY` (ACKs are tiny and must not wait) and TCP
-/// keepalive (to notice a vanished master even when the stream is idle).
-pub async fn connect(endpoint: &Endpoint, timeout: Duration) -> Result<TcpStream, HandshakeError> {
+/// keepalive (to notice a vanished master even when the stream is idle), then TLS on it for
+/// a `rediss://` master.
+pub async fn connect(
+    endpoint: &Endpoint,
+    timeout: Duration,
+) -> Result<SourceStream, HandshakeError> {
     let name = endpoint.to_string();
     let fut = TcpStream::connect((endpoint.host.as_str(), endpoint.port));
     let stream = match tokio::time::timeout(timeout, fut).await {
@@ -185,12 +194,17 @@ pub async fn connect(endpoint: &Endpoint, timeout: Duration) -> Result<TcpStream
             err,
         });
     }
-    Ok(stream)
+    start_tls(endpoint, stream, timeout)
+        .await
+        .map_err(|reason| HandshakeError::Tls {
+            source_name: name,
+            reason,
+        })
 }
 
 /// Runs the handshake on a connected stream.
 pub async fn handshake(
-    stream: &mut TcpStream,
+    stream: &mut SourceStream,
     cfg: &HandshakeConfig,
 ) -> Result<Handshake, HandshakeError> {
     let mut hs = Machine {
@@ -205,7 +219,7 @@ pub async fn handshake(
 }
 
 struct Machine<'a> {
-    stream: &'a mut TcpStream,
+    stream: &'a mut SourceStream,
     cfg: &'a HandshakeConfig,
     name: String,
     buf: BytesMut,
@@ -453,7 +467,12 @@ impl Machine<'_> {
 
     async fn write(&mut self, data: &[u8]) -> Result<(), HandshakeError> {
         let t = self.cfg.io_timeout;
-        match tokio::time::timeout(t, self.stream.write_all(data)).await {
+        let write = async {
+            self.stream.write_all(data).await?;
+            // TLS may hold records back until flushed.
+            self.stream.flush().await
+        };
+        match tokio::time::timeout(t, write).await {
             Err(_) => Err(HandshakeError::Timeout {
                 source_name: self.name.clone(),
                 state: self.state,

@@ -19,6 +19,7 @@ use crate::resp::encode_command;
 use crate::source::handshake::{
     connect, handshake, Handshake, HandshakeConfig, HandshakeError, SyncStart,
 };
+use crate::source::stream::SourceStream;
 use crate::source::transfer::{Fed, RdbReceiver, TransferError};
 use bytes::BytesMut;
 use parking_lot::Mutex;
@@ -28,7 +29,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::{watch, Notify};
 use tokio::time::{Instant, MissedTickBehavior};
 
@@ -395,7 +395,7 @@ async fn connect_and_handshake(
     cfg: &LinkConfig,
     progress: &SourceProgress,
     replid: Option<&String>,
-) -> Result<(TcpStream, Handshake), LinkError> {
+) -> Result<(SourceStream, Handshake), LinkError> {
     progress.set_state(LinkState::Connecting);
     let mut stream = connect(&cfg.endpoint, cfg.connect_timeout).await?;
     progress.connected.store(true, Ordering::Relaxed);
@@ -431,7 +431,7 @@ impl<S: LinkSink> Session<'_, S> {
     /// `replid` is the resume point: none until the RDB is complete.
     async fn full_resync(
         &mut self,
-        stream: &mut TcpStream,
+        stream: &mut SourceStream,
         id: String,
         offset: u64,
         leftover: BytesMut,
@@ -490,7 +490,7 @@ impl<S: LinkSink> Session<'_, S> {
     /// `SYNC` to a master older than 2.8: an RDB, then a stream without offsets.
     async fn legacy_sync(
         &mut self,
-        stream: &mut TcpStream,
+        stream: &mut SourceStream,
         leftover: BytesMut,
         replid: &mut Option<String>,
     ) -> Result<BytesMut, LinkError> {
@@ -510,7 +510,7 @@ impl<S: LinkSink> Session<'_, S> {
     /// Receives the RDB; returns the bytes that followed it and whether it was diskless.
     async fn receive_rdb(
         &mut self,
-        stream: &mut TcpStream,
+        stream: &mut SourceStream,
         leftover: BytesMut,
     ) -> Result<(BytesMut, bool), LinkError> {
         const PHASE: &str = "receiving the RDB";
@@ -558,7 +558,7 @@ impl<S: LinkSink> Session<'_, S> {
 
     async fn read(
         &self,
-        stream: &mut TcpStream,
+        stream: &mut SourceStream,
         buf: &mut [u8],
         phase: &'static str,
     ) -> Result<usize, LinkError> {
@@ -581,7 +581,12 @@ impl<S: LinkSink> Session<'_, S> {
         let off = self.progress.applied_offset().to_string();
         let mut out = BytesMut::with_capacity(64);
         encode_command(&mut out, &["REPLCONF", "ACK", off.as_str()]);
-        match tokio::time::timeout(Duration::from_secs(10), w.write_all(&out)).await {
+        let write = async {
+            w.write_all(&out).await?;
+            // TLS may hold records back until flushed.
+            w.flush().await
+        };
+        match tokio::time::timeout(Duration::from_secs(10), write).await {
             Err(_) => Err(self.io_err(
                 "sending REPLCONF ACK",
                 std::io::Error::new(std::io::ErrorKind::TimedOut, "write timed out"),
@@ -596,9 +601,31 @@ impl<S: LinkSink> Session<'_, S> {
     }
 
     /// Streams until an error (a shutdown cancels this future from outside).
-    async fn stream(&mut self, stream: &mut TcpStream, legacy: bool) -> Result<(), LinkError> {
+    async fn stream(&mut self, stream: &mut SourceStream, legacy: bool) -> Result<(), LinkError> {
+        match stream {
+            SourceStream::Plain(s) => {
+                let (rd, wr) = s.split();
+                self.stream_halves(rd, wr, legacy).await
+            }
+            SourceStream::Tls(s) => {
+                let (rd, wr) = tokio::io::split(s.as_mut());
+                self.stream_halves(rd, wr, legacy).await
+            }
+        }
+    }
+
+    /// [`Session::stream`] on the halves of the connection.
+    async fn stream_halves<R, W>(
+        &mut self,
+        mut rd: R,
+        mut wr: W,
+        legacy: bool,
+    ) -> Result<(), LinkError>
+    where
+        R: tokio::io::AsyncRead + Unpin,
+        W: tokio::io::AsyncWrite + Unpin,
+    {
         const PHASE: &str = "streaming commands";
-        let (mut rd, mut wr) = stream.split();
         let mut buf = vec![0u8; self.cfg.read_buffer_size];
         let mut ack = tokio::time::interval(self.cfg.ack_interval);
         ack.set_missed_tick_behavior(MissedTickBehavior::Delay);

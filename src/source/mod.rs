@@ -7,6 +7,7 @@
 //! the spool in) and learns what is applied from its [`SourceProgress`].
 pub mod handshake;
 pub mod link;
+pub mod stream;
 pub mod topology;
 pub mod transfer;
 pub mod twemproxy;

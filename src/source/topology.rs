@@ -12,7 +12,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::endpoint::{Endpoint, Login};
+use crate::endpoint::{Endpoint, Login, TlsOptions};
 use crate::source::twemproxy::placement::Placement;
 use crate::source::twemproxy::{self, TwemproxyError};
 
@@ -29,6 +29,9 @@ pub enum Sources {
         local: Vec<String>,
         /// The backends' user and password instead of the pool's `redis_auth` (default: none).
         login: Login,
+        /// `--source-tls`: the backends speak TLS, checked with these options (the file has
+        /// only `host:port`).
+        tls: Option<Arc<TlsOptions>>,
     },
 }
 
@@ -95,9 +98,11 @@ impl Topology {
                 pool,
                 local,
                 login,
+                tls,
             } => {
                 let mut tw = twemproxy::load_config(path, pool.as_deref())?;
                 tw.set_login(login);
+                tw.set_tls(tls.as_ref());
                 if tw.backends.is_empty() {
                     return Err(TopologyError::NoBackend {
                         path: path.display().to_string(),

@@ -34,8 +34,8 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 
 use crate::endpoint::Endpoint;
-use crate::resp::client::{read_reply_from, Client, ClientError};
-use crate::resp::{encode_command, Reply};
+use crate::resp::client::{self, read_reply_from, Client, ClientError};
+use crate::resp::{encode_command, Reply, Transport};
 use crate::target::cluster::{key_slot, SlotMap, SLOTS};
 
 /// Keys per WATCH/MULTI batch: large enough that the round trips (one WATCH, one per peer, one
@@ -242,6 +242,12 @@ impl DeletionError {
                 server: target,
                 command: what.into(),
                 cause,
+            },
+            ClientError::Tls { target, reason } => DeletionError::Io {
+                role: "target",
+                server: target,
+                command: "connect".into(),
+                cause: std::io::Error::other(format!("TLS handshake failed: {reason}")),
             },
             ClientError::Refused {
                 target,
@@ -936,7 +942,7 @@ impl Target {
 /// answers (stopped, overloaded) must time out already during AUTH/PING, so the socket
 /// timeouts are set before the login.
 struct PeerConn {
-    stream: TcpStream,
+    stream: Transport,
     buf: BytesMut,
 }
 
@@ -974,6 +980,13 @@ impl PeerConn {
             .and_then(|_| stream.set_write_timeout(Some(timeout)))
             .and_then(|_| stream.set_nodelay(true))
             .map_err(|e| io("connect", e))?;
+        let stream = client::transport(ep, stream, timeout).map_err(|e| match e {
+            ClientError::Tls { reason, .. } => io(
+                "connect",
+                std::io::Error::other(format!("TLS handshake failed: {reason}")),
+            ),
+            other => io("connect", std::io::Error::other(other.to_string())),
+        })?;
         let mut conn = PeerConn {
             stream,
             buf: BytesMut::with_capacity(16 * 1024),

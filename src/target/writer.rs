@@ -23,7 +23,7 @@ use crate::batch::record::Record;
 use crate::batch::{Batch, Bookkeeping};
 use crate::endpoint::Endpoint;
 use crate::resp::client::{read_reply_from, Client, ClientError};
-use crate::resp::{encode_command, parse_reply, Reply};
+use crate::resp::{encode_command, parse_reply, Reply, Transport};
 
 /// What to do when the target answers a command with an error (`--on-target-error`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
@@ -687,7 +687,7 @@ impl Writer {
             Ok(r) => r,
             Err(e) => return Ended::Broken(first, e.to_string(), None),
         };
-        *self.socket.lock() = stream.try_clone().ok();
+        *self.socket.lock() = stream.tcp().try_clone().ok();
         let broken = Arc::new(AtomicBool::new(false));
         let (ftx, frx) = bounded::<InFlight>(self.opts.max_in_flight);
         let replies = self.spawn_replies(read_half, frx, &broken);
@@ -729,7 +729,7 @@ impl Writer {
     /// through `frx`, and sets `broken` if the connection breaks.
     fn spawn_replies(
         &self,
-        read_half: TcpStream,
+        read_half: Transport,
         frx: Receiver<InFlight>,
         broken: &Arc<AtomicBool>,
     ) -> JoinHandle<(Vec<Batch>, Option<Lost>)> {
@@ -753,7 +753,7 @@ impl Writer {
     /// stopped. A batch taken but not registered is put back in `queue`.
     fn send_loop(
         &self,
-        stream: &mut TcpStream,
+        stream: &mut Transport,
         queue: &mut std::collections::VecDeque<Batch>,
         ftx: &Sender<InFlight>,
         broken: &AtomicBool,
@@ -794,7 +794,7 @@ impl Writer {
     /// it with the reply reader, then write what must go now.
     fn send_batch(
         &self,
-        stream: &mut TcpStream,
+        stream: &mut Transport,
         out: &mut BytesMut,
         db: &mut Option<u32>,
         batch: Batch,
@@ -830,7 +830,7 @@ impl Writer {
     /// batches wait in the retry queue). What was written leaves the buffer.
     fn write_encoded(
         &self,
-        stream: &mut TcpStream,
+        stream: &mut Transport,
         out: &mut BytesMut,
         direct: Vec<(usize, Bytes)>,
         queued: bool,
@@ -871,7 +871,7 @@ fn timed_out(e: &std::io::Error) -> bool {
 
 /// Write what is buffered, if anything, and empty the buffer (kept as is if the write fails).
 #[inline]
-fn write_buffered(stream: &mut TcpStream, out: &mut BytesMut) -> std::io::Result<()> {
+fn write_buffered(stream: &mut Transport, out: &mut BytesMut) -> std::io::Result<()> {
     if !out.is_empty() {
         stream.write_all(out)?;
         out.clear();
@@ -1028,7 +1028,7 @@ impl ReplyConn {
     /// which checks their records after reconnecting and sends again those not applied.
     fn abandon(
         &self,
-        stream: &TcpStream,
+        stream: &Transport,
         first: Batch,
         inflight: &Receiver<InFlight>,
     ) -> Vec<Batch> {
@@ -1060,7 +1060,7 @@ impl ReplyConn {
 /// text).
 fn reply_loop(
     conn: ReplyConn,
-    mut stream: TcpStream,
+    mut stream: Transport,
     inflight: Receiver<InFlight>,
 ) -> (Vec<Batch>, Option<Lost>) {
     let mut buf = BytesMut::with_capacity(64 * 1024);

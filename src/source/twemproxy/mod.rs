@@ -16,7 +16,7 @@ pub mod hashkit;
 mod md5;
 pub mod placement;
 
-use crate::endpoint::{Endpoint, Login};
+use crate::endpoint::{Endpoint, Login, TlsOptions};
 use placement::{Distribution, Placement, PlacementError};
 use serde::Deserialize;
 use serde_saphyr::Spanned;
@@ -171,16 +171,29 @@ pub struct TwemproxySources {
 }
 
 impl TwemproxySources {
+    /// Every server of the selected pools and every backend: `f` applied to its endpoint.
+    fn each_endpoint(&mut self, mut f: impl FnMut(&mut Endpoint)) {
+        let servers = self.pools.iter_mut().flat_map(|p| p.servers.iter_mut());
+        let endpoints = self
+            .backends
+            .iter_mut()
+            .map(|b| &mut b.endpoint)
+            .chain(servers.map(|s| &mut s.endpoint));
+        for ep in endpoints {
+            f(ep);
+        }
+    }
+
     /// Every backend with `login` instead of its pool's `redis_auth` (the relay's own user
     /// and password: `--source-user`, `--source-password-file`, `REDIS_RELAY_SOURCE_PASSWORD`).
     pub fn set_login(&mut self, login: &Login) {
-        let servers = self.pools.iter_mut().flat_map(|p| p.servers.iter_mut());
-        for s in servers {
-            login.apply(&mut s.endpoint);
-        }
-        for b in &mut self.backends {
-            login.apply(&mut b.endpoint);
-        }
+        self.each_endpoint(|ep| login.apply(ep));
+    }
+
+    /// Every server of the selected pools speaks TLS, checked with `tls` (`--source-tls`);
+    /// `None` leaves them plain.
+    pub fn set_tls(&mut self, tls: Option<&Arc<TlsOptions>>) {
+        self.each_endpoint(|ep| ep.tls = tls.cloned());
     }
 
     /// Selected pools with `auto_eject_hosts: true`: their keys may live on two backends.
@@ -527,6 +540,7 @@ impl BackendSet {
                 username: None,
                 password: password.clone(),
                 db: server.endpoint.db,
+                tls: None,
             },
         });
         Ok(())

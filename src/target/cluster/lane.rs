@@ -23,7 +23,6 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io::Write;
-use std::net::TcpStream;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -36,7 +35,7 @@ use super::topology::Node;
 use super::SLOTS;
 use crate::batch::Batch;
 use crate::resp::client::{read_reply_from, Client};
-use crate::resp::{encode_command, Reply};
+use crate::resp::{encode_command, Reply, Transport};
 use crate::target::writer::{is_oom, record_covers, Encoder, Expect, ReplyCtx};
 
 /// Batches per round (over all nodes) ...
@@ -151,7 +150,7 @@ fn redirection(replies: &[Reply], transaction: bool) -> Option<Redirect> {
 
 /// A connection to one master.
 struct NodeConn {
-    stream: TcpStream,
+    stream: Transport,
     buf: BytesMut,
     db: Option<u32>,
 }
@@ -755,7 +754,7 @@ impl ByNode {
 
 /// Write the buffered bytes with the large payloads in their places.
 fn write_all(
-    stream: &mut TcpStream,
+    stream: &mut Transport,
     out: &[u8],
     direct: Vec<(usize, Bytes)>,
 ) -> std::io::Result<()> {

@@ -28,6 +28,7 @@ use super::{slot_tag, SLOTS};
 use crate::batch::{record, Batch, CrossSlot};
 use crate::endpoint::Endpoint;
 use crate::resp::client::{Client, ClientError};
+use crate::resp::Transport;
 use crate::target::writer::{join_writers, PoolError, PoolState, WriterFailure, WriterOptions};
 use crate::target::Writers;
 
@@ -109,8 +110,8 @@ impl Shared {
         ep
     }
 
-    pub fn register(&self, lane: usize, addr: &str, s: &TcpStream) {
-        if let Ok(c) = s.try_clone() {
+    pub fn register(&self, lane: usize, addr: &str, s: &Transport) {
+        if let Ok(c) = s.tcp().try_clone() {
             self.sockets.lock().insert((lane, addr.to_string()), c);
         }
     }

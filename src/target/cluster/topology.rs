@@ -63,6 +63,7 @@ impl Node {
             username: login.username.clone(),
             password: login.password.clone(),
             db: None,
+            tls: login.tls.clone(),
         }
     }
 
