@@ -29,7 +29,7 @@ pub enum RewriteError {
 pub struct RewriteTarget {
     /// HSET with several fields (4.0+); older targets get HMSET.
     pub multi_field_hset: bool,
-    /// HPEXPIREAT (7.4+); older targets lose hash field TTLs (with a warning).
+    /// HPEXPIREAT (Redis 7.4+, Valkey 9+); older targets lose hash field TTLs (with a warning).
     pub field_ttl: bool,
     /// XSETID ENTRIESADDED/MAXDELETEDID and XGROUP ... ENTRIESREAD (7.0+).
     pub stream_v2: bool,
@@ -42,7 +42,7 @@ impl RewriteTarget {
         let v = info.version_tuple();
         RewriteTarget {
             multi_field_hset: v >= (4, 0),
-            field_ttl: v >= (7, 4),
+            field_ttl: info.has_field_ttl(),
             stream_v2: v >= (7, 0),
             create_consumer: v >= (6, 2),
         }

@@ -291,8 +291,8 @@ impl SnapshotApply {
     /// The commands that recreate the key, into `c`: RESTORE of the source's payload where
     /// the target can load it, plain commands otherwise. `false` if the key is skipped.
     fn value_commands(&mut self, c: &mut CommandBuf, entry: &Entry, db: u32) -> bool {
-        let restorable =
-            self.opts.use_restore && self.source_rdb_version <= self.opts.target_rdb_version;
+        let restorable = self.opts.use_restore
+            && crate::rdb::loads_rdb(self.opts.target_rdb_version, self.source_rdb_version);
         match (&entry.raw, restorable) {
             (Some(raw), true) => {
                 self.push_restore(c, &entry.meta, raw);

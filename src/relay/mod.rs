@@ -367,7 +367,7 @@ fn start_target(cfg: &RelayConfig, t: &Endpoint) -> Result<(TargetPool, ApplyOpt
     let mut seeds = vec![t.clone()];
     seeds.extend(cfg.target_seeds.iter().cloned());
     let info = TargetInfo::probe(&seeds, cfg.target_kind, cfg.writers.connect_timeout)?;
-    tracing::info!(target = %t, version = %info.version, rdb_version = info.rdb_version, kind = ?info.kind, "target connected");
+    tracing::info!(target = %t, version = %info.product(), rdb_version = info.rdb_version, kind = ?info.kind, "target connected");
     if info.kind == TargetKind::Cluster {
         let prefix = String::from_utf8_lossy(&cfg.stream.own_prefix);
         if prefix.contains(['{', '}']) {

