@@ -314,3 +314,39 @@ fn a_master_that_drops_the_transfer_is_counted_and_retried() {
     assert_eq!(failures(&relay), Some(1.0));
     assert_union_equal(&[source.url()], &target.url(), &relay.log_text());
 }
+
+/// Masters configured for the new replication modes (Valkey's dual-channel replication, Redis
+/// 8's RDB channel) still serve the relay: it does not ask for them (no `capa dual-channel` /
+/// `capa rdb-channel-repl`), so they answer `+FULLRESYNC` and send the RDB on the one link.
+/// Writes during and after the snapshot arrive.
+#[test]
+fn masters_configured_for_dual_channel_or_rdb_channel_still_serve_the_relay() {
+    let configs: [(Modern, &[&str]); 2] = [
+        (
+            Modern::Valkey91,
+            &[
+                "dual-channel-replication-enabled yes",
+                "repl-diskless-sync yes",
+            ],
+        ),
+        (
+            Modern::Redis80,
+            &["repl-rdb-channel yes", "repl-diskless-sync yes"],
+        ),
+    ];
+    for (version, config) in configs {
+        let source = RedisServer::start_bin(&version.server_bin(), config);
+        let target = RedisServer::start_bin(&version.server_bin(), &[]);
+        let dir = tempfile::tempdir().unwrap();
+        preload_field_ttls(&mut source.client());
+        let relay = relay(&source, &target, dir.path());
+        stream_field_ttls(&mut source.client());
+        wait_for_list(&target, 4, &relay);
+        assert_eq!(
+            ttl_snapshot(&mut target.client()),
+            ttl_snapshot(&mut source.client()),
+            "{version:?}"
+        );
+        assert_union_equal(&[source.url()], &target.url(), &relay.log_text());
+    }
+}
