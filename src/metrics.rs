@@ -97,6 +97,10 @@ pub fn describe() {
         "Full resyncs (snapshots) completed, per source"
     );
     describe_counter!(
+        "redis_relay_field_ttls_dropped_total",
+        "Hash field TTLs not written to a target that cannot hold them (--on-unsupported-type drop-ttl), per stage (snapshot, stream)"
+    );
+    describe_counter!(
         "redis_relay_full_sync_failures_total",
         "Full syncs the master started that ended before the snapshot was complete, per source and reason (closed, master_error, timeout, bad_transfer, io)"
     );

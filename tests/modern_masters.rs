@@ -350,3 +350,86 @@ fn masters_configured_for_dual_channel_or_rdb_channel_still_serve_the_relay() {
         assert_union_equal(&[source.url()], &target.url(), &relay.log_text());
     }
 }
+
+/// Redis 8.0 into Redis 7.0, which has no hash field TTLs: `check` fails naming how many keys
+/// carry them; `sync --skip-check` stops at the first such key by default; with
+/// `--on-unsupported-type drop-ttl` every field arrives without its TTL (snapshot and stream:
+/// `HSETEX` becomes `HSET`, `HPEXPIRE`/`HPERSIST` are dropped), each drop counted.
+#[test]
+fn field_ttls_into_a_target_without_them_stop_or_are_dropped_and_counted() {
+    let source = RedisServer::start_bin(&Modern::Redis80.server_bin(), &[]);
+    let target = RedisServer::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    preload_field_ttls(&mut source.client());
+    let args = relay_args(&source, &target, dir.path());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+
+    let (code, report) = support::relay_json("check", &args);
+    assert_eq!(code, 1, "{report:#}");
+    let line = support::check_line(&report, "field-ttl", &target.addr());
+    assert_eq!(line["status"], "fail", "{line}");
+    assert!(
+        line["message"].as_str().unwrap().starts_with("4 keys"),
+        "{line}"
+    );
+
+    let mut stopped = Relay::start_sync(
+        &[
+            args.iter().map(|a| a.to_string()).collect(),
+            vec!["--skip-check".into()],
+        ]
+        .concat(),
+        dir.path(),
+    );
+    let mut exit = None;
+    wait_until(Duration::from_secs(30), || {
+        exit = stopped.child.try_wait().ok().flatten();
+        exit.is_some()
+    });
+    assert_eq!(
+        exit.and_then(|e| e.code()),
+        Some(1),
+        "{}",
+        stopped.log_text()
+    );
+    assert!(
+        stopped.log_text().contains("hash field TTLs"),
+        "{}",
+        stopped.log_text()
+    );
+    drop(stopped);
+    target.client().cmd(&["FLUSHALL"]);
+    std::fs::remove_dir_all(dir.path().join("state")).unwrap();
+
+    let mut drop_args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    drop_args.extend(["--on-unsupported-type".into(), "drop-ttl".into()]);
+    let relay = Relay::start_synced(&drop_args, dir.path(), &source.addr());
+    stream_field_ttls(&mut source.client());
+    wait_for_list(&target, 4, &relay);
+    let mut t = target.client();
+    for (key, field, want) in [
+        ("fs:new", "x", "1"),
+        ("fx:setex", "a", "changed"),
+        ("fs:plain", "b", "7"),
+    ] {
+        assert_eq!(
+            t.cmd(&["HGET", key, field]).as_text().as_deref(),
+            Some(want),
+            "{key}.{field}"
+        );
+    }
+    assert_eq!(t.cmd(&["HLEN", "fx:big"]).as_int(), Some(3000));
+    let metrics = relay.metrics();
+    let dropped = |stage: &str| {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("redis_relay_field_ttls_dropped_total{")
+                    && l.contains(&format!("stage=\"{stage}\""))
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+    };
+    // Snapshot: fx:setex 2, fx:mixed 2, fx:big 1000. Stream: HSETEX x2, HPEXPIRE, HPERSIST.
+    assert_eq!(dropped("snapshot"), Some(1004.0), "{metrics}");
+    assert_eq!(dropped("stream"), Some(4.0), "{metrics}");
+}

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::endpoint::Endpoint;
+use crate::pipeline::field_ttl::UnsupportedPolicy;
 use crate::pipeline::filter::KeyFilter;
 use crate::rdb::loads_rdb;
 use crate::resp::Client;
@@ -111,6 +112,8 @@ pub struct CheckOptions {
     /// The databases copied and where they go (`--db`, `--db-map`): a cluster target has db 0
     /// only, so the check needs to know which source databases land where.
     pub db_filter: KeyFilter,
+    /// `--on-unsupported-type`: whether hash field TTLs the target cannot hold fail the check.
+    pub on_unsupported_type: UnsupportedPolicy,
 }
 
 impl CheckOptions {
@@ -130,6 +133,7 @@ impl CheckOptions {
             target_kind: None,
             target_seeds: Vec::new(),
             db_filter: KeyFilter::default(),
+            on_unsupported_type: UnsupportedPolicy::Stop,
         }
     }
 }
@@ -307,6 +311,29 @@ pub fn judge_target_version(sources: &[ServerVersion], target: &ServerVersion) -
     )
 }
 
+/// Keys with hash field TTLs on the sources toward a target that cannot hold them: fail under
+/// `--on-unsupported-type stop`, warn under `drop-ttl`; nothing to say otherwise.
+pub fn judge_field_ttls(
+    keys: u64,
+    target: &ServerVersion,
+    policy: UnsupportedPolicy,
+) -> Option<Verdict> {
+    if keys == 0 || target.has_field_ttl() {
+        return None;
+    }
+    let msg = format!("{keys} keys of the sources have hash fields with their own TTL, which the target ({target}) cannot hold");
+    Some(match policy {
+        UnsupportedPolicy::Stop => Verdict::fail(
+            msg,
+            "use a Redis 7.4+ or Valkey 9+ target, or --on-unsupported-type drop-ttl to copy those fields without their TTLs (each counted in redis_relay_field_ttls_dropped_total)".into(),
+        ),
+        UnsupportedPolicy::DropTtl => Verdict::warn(
+            format!("{msg}: copied without them (--on-unsupported-type drop-ttl), each counted in redis_relay_field_ttls_dropped_total"),
+            "use a Redis 7.4+ or Valkey 9+ target to keep them".into(),
+        ),
+    })
+}
+
 /// A target that evicts keys silently loses data the relay wrote.
 pub fn judge_eviction(policy: &str, allow: bool) -> Verdict {
     if policy == "noeviction" {
@@ -405,6 +432,8 @@ pub fn judge_not_empty(keys: &BTreeMap<u32, u64>, policy: IfNotEmpty, resuming: 
 struct SourceFacts {
     endpoint: Endpoint,
     version: ServerVersion,
+    /// Keys with hash field TTLs (INFO keyspace).
+    field_ttl_keys: u64,
     used: u64,
     /// Keys per database (INFO keyspace).
     keys: BTreeMap<u32, u64>,
@@ -490,6 +519,7 @@ fn probe_source(
     check_backlog(&mut conn, subject, opts, &info0, t0, lines);
     Some(SourceFacts {
         endpoint: ep.clone(),
+        field_ttl_keys: probe::field_ttl_keys(&info0),
         version,
         used,
         keys: keyspace,
@@ -675,6 +705,10 @@ fn check_target_server(
         "version",
         judge_target_version(&versions, &version),
     );
+    let field_ttl_keys = sources.iter().map(|s| s.field_ttl_keys).sum();
+    if let Some(v) = judge_field_ttls(field_ttl_keys, &version, opts.on_unsupported_type) {
+        lines.verdict(subject, "field-ttl", v);
+    }
 }
 
 /// Whether the target is a Redis Cluster (`--target-kind`, else `INFO cluster`); a

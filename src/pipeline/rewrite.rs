@@ -168,11 +168,7 @@ fn append_hash(out: &mut CommandBuf, key: &[u8], fields: &[HashField], target: &
         return;
     }
     if !target.field_ttl {
-        tracing::warn!(
-            key = %String::from_utf8_lossy(key),
-            fields = with_ttl.len(),
-            "the target has no hash field TTLs (Redis 7.4+): these fields are written without their expire time"
-        );
+        // Allowed by --on-unsupported-type drop-ttl and counted by the snapshot apply.
         return;
     }
     for f in with_ttl {

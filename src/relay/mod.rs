@@ -378,6 +378,7 @@ fn start_target(cfg: &RelayConfig, t: &Endpoint) -> Result<(TargetPool, ApplyOpt
     a.use_restore = cfg.use_restore;
     a.own_prefix = cfg.stream.own_prefix.clone();
     a.filter = cfg.stream.filter.clone();
+    a.on_unsupported_type = cfg.stream.on_unsupported_type;
     Ok((TargetPool::start(&seeds, info.kind, &cfg.writers)?, a))
 }
 
@@ -436,7 +437,10 @@ impl Wiring<'_> {
             acks: progress.clone(),
             tracker: tracker.clone(),
             output: output(&tracker, &figures),
-            stream_opts: cfg.stream.clone(),
+            stream_opts: StreamOptions {
+                target_field_ttl: apply.is_none_or(|a| a.rewrite.field_ttl),
+                ..cfg.stream.clone()
+            },
             parse_opts: parse_options(cfg, apply),
             state_dir: cfg.state_dir.clone(),
             writers: self.writers,

@@ -50,10 +50,7 @@ impl TargetInfo {
 
     /// Hash field TTLs (`HPEXPIREAT`): Redis 7.4+, Valkey 9.0+.
     pub fn has_field_ttl(&self) -> bool {
-        match &self.valkey_version {
-            Some(v) => version_tuple(v) >= (9, 0),
-            None => self.version_tuple() >= (7, 4),
-        }
+        ServerVersion::new(Some(&self.version), self.valkey_version.as_ref()).has_field_ttl()
     }
 
     /// `Redis 7.0.15` or `Valkey 9.1.2`, for messages.
@@ -82,6 +79,14 @@ impl ServerVersion {
     /// The RDB version the server writes and loads at most.
     pub fn rdb(&self) -> u32 {
         server_rdb_version(&self.redis, self.valkey.as_deref())
+    }
+
+    /// Hash field TTLs: Redis 7.4+, Valkey 9.0+.
+    pub fn has_field_ttl(&self) -> bool {
+        match &self.valkey {
+            Some(v) => version_tuple(v) >= (9, 0),
+            None => version_tuple(&self.redis) >= (7, 4),
+        }
     }
 }
 
