@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use crate::check::{self, IfNotEmpty};
 use crate::endpoint::{Endpoint, Login, Secret, TlsOptions};
+use crate::pipeline::field_ttl::UnsupportedPolicy;
 use crate::pipeline::filter::KeyFilter;
 use crate::relay::TargetOwner;
 use crate::source::topology::Topology;
@@ -121,6 +122,11 @@ pub struct RunOptions {
     /// On an error reply from the target: skip (count and log) or stop [default: skip].
     #[arg(long, value_enum)]
     pub on_target_error: Option<ErrorPolicy>,
+    /// Hash field TTLs the target cannot hold (Redis before 7.4, Valkey before 9): stop (the
+    /// precheck fails, a key or command carrying one stops the relay) or drop-ttl (copy the
+    /// fields without them, counted) [default: stop].
+    #[arg(long, value_enum)]
+    pub on_unsupported_type: Option<UnsupportedPolicy>,
     /// Where checkpoints and the spool live [default: redis-relay-state].
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
@@ -323,6 +329,7 @@ pub struct Settings {
     pub if_target_not_empty: IfNotEmpty,
     pub filter: KeyFilter,
     pub exclude_commands: Vec<Vec<u8>>,
+    pub on_unsupported_type: UnsupportedPolicy,
 }
 
 /// Writer connections when `--writers` is not given: one per core.
@@ -490,6 +497,7 @@ impl RunOptions {
                 .into_iter()
                 .map(|c| c.trim().to_ascii_uppercase().into_bytes())
                 .collect(),
+            on_unsupported_type: self.on_unsupported_type.unwrap_or_default(),
         })
     }
 }
@@ -516,6 +524,7 @@ impl Settings {
         o.target_kind = self.target_kind;
         o.target_seeds = self.target_seeds.clone();
         o.db_filter = self.filter.clone();
+        o.on_unsupported_type = self.on_unsupported_type;
         o
     }
 }
@@ -869,7 +878,7 @@ heartbeat = "1s"
         assert_eq!(m.writers, Some(2));
         assert_eq!(m.state_dir.as_deref(), Some(Path::new("/s")));
         assert!(m.allow_eviction);
-        assert_eq!(RunOptions::KEYS.len(), 49);
+        assert_eq!(RunOptions::KEYS.len(), 50);
     }
 
     #[test]

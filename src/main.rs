@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use redis_relay::check;
 use redis_relay::config::{default_writers, LogFormat, RunOptions, Settings, TARGET_PASSWORD};
 use redis_relay::endpoint::Endpoint;
+use redis_relay::pipeline::field_ttl::UnsupportedPolicy;
 use redis_relay::pipeline::stream_apply::StreamOptions;
 use redis_relay::relay::{Ownership, RelayBuilder};
 use redis_relay::restore::{restore_file, RestoreOptions};
@@ -101,6 +102,10 @@ enum Command {
         /// Never use RESTORE; write every key as plain commands.
         #[arg(long)]
         commands_only: bool,
+        /// Hash field TTLs the target cannot hold: stop, or drop-ttl (copy the fields without
+        /// them, counted) [default: stop].
+        #[arg(long, value_enum, default_value_t)]
+        on_unsupported_type: UnsupportedPolicy,
         /// No progress output.
         #[arg(long, short)]
         quiet: bool,
@@ -293,12 +298,14 @@ fn run(cmd: Command, file: RunOptions) -> anyhow::Result<ExitCode> {
             target,
             big_key_bytes,
             commands_only,
+            on_unsupported_type,
             quiet,
         } => {
             let opts = RestoreOptions {
                 writers: target.writer_options(),
                 big_value_bytes: big_key_bytes,
                 commands_only,
+                on_unsupported_type,
                 quiet,
                 ..RestoreOptions::default()
             };
@@ -428,6 +435,7 @@ fn relay_builder(s: &Settings) -> anyhow::Result<RelayBuilder> {
             own_prefix: s.key_prefix.clone().into_bytes().into(),
             exclude_commands: s.exclude_commands.clone(),
             filter: std::sync::Arc::new(s.filter.clone()),
+            on_unsupported_type: s.on_unsupported_type,
             ..StreamOptions::default()
         }))
 }

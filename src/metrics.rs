@@ -96,6 +96,14 @@ pub fn describe() {
         "redis_relay_full_syncs_total",
         "Full resyncs (snapshots) completed, per source"
     );
+    describe_counter!(
+        "redis_relay_field_ttls_dropped_total",
+        "Hash field TTLs not written to a target that cannot hold them (--on-unsupported-type drop-ttl), per stage (snapshot, stream)"
+    );
+    describe_counter!(
+        "redis_relay_full_sync_failures_total",
+        "Full syncs the master started that ended before the snapshot was complete, per source and reason (closed, master_error, timeout, bad_transfer, io)"
+    );
     describe_gauge!(
         "redis_relay_snapshot_done",
         "1 once the source's snapshot is acknowledged by the target"

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::batch::SourceTracker;
 use crate::endpoint::Endpoint;
+use crate::pipeline::field_ttl::UnsupportedPolicy;
 use crate::pipeline::{ApplyOptions, ApplyStats, Dispatcher, SnapshotApply};
 use crate::progress::{CountingReader, Progress, Reporter};
 use crate::rdb::{Event, ParseOptions, RdbParser};
@@ -25,6 +26,8 @@ pub struct RestoreOptions {
     pub big_value_bytes: usize,
     /// Never use RESTORE (always plain commands).
     pub commands_only: bool,
+    /// Hash field TTLs the target cannot hold (`--on-unsupported-type`).
+    pub on_unsupported_type: UnsupportedPolicy,
     pub quiet: bool,
     /// More seeds of a cluster target, tried after the target given.
     pub target_seeds: Vec<Endpoint>,
@@ -38,6 +41,7 @@ impl Default for RestoreOptions {
             writers: WriterOptions::default(),
             big_value_bytes: ParseOptions::default().big_value_bytes,
             commands_only: false,
+            on_unsupported_type: UnsupportedPolicy::Stop,
             quiet: false,
             target_seeds: Vec::new(),
             target_kind: None,
@@ -154,6 +158,7 @@ fn apply_options(
     let info = TargetInfo::probe(seeds, opts.target_kind, opts.writers.connect_timeout)?;
     let mut apply_opts = ApplyOptions::for_target(&info);
     apply_opts.use_restore = !opts.commands_only;
+    apply_opts.on_unsupported_type = opts.on_unsupported_type;
     Ok((info, apply_opts))
 }
 

@@ -53,11 +53,16 @@ async fn scripted(
     (port, h)
 }
 
+/// What Redis 7 answers to the handshake before PSYNC (it does not know `REPLCONF version`).
 fn std_prefix() -> Vec<(&'static str, Vec<u8>)> {
     vec![
         ("PING", b"+PONG\r\n".to_vec()),
         ("REPLCONF", b"+OK\r\n".to_vec()),
         ("REPLCONF", b"+OK\r\n".to_vec()),
+        (
+            "REPLCONF",
+            b"-ERR Unrecognized REPLCONF option: version\r\n".to_vec(),
+        ),
     ]
 }
 
@@ -108,6 +113,7 @@ async fn fullresync_with_extra_tokens_keepalives_and_leftover() {
             "PING",
             "REPLCONF listening-port 7001",
             "REPLCONF capa eof capa psync2",
+            "REPLCONF version 9.0.0",
             "PSYNC ? -1"
         ]
     );
@@ -123,7 +129,7 @@ async fn auth_first_then_continue_with_new_id() {
     assert_eq!(hs.start, SyncStart::Continue { replid: ID2.into() });
     assert_eq!(&hs.leftover[..], b"*1\r\n");
     assert_eq!(sent[0], "AUTH pw");
-    assert_eq!(sent[4], format!("PSYNC {ID} 1001"));
+    assert_eq!(sent[5], format!("PSYNC {ID} 1001"));
 }
 
 #[tokio::test]
@@ -142,6 +148,10 @@ async fn old_master_falls_back_to_sync() {
         (
             "REPLCONF",
             b"-ERR Unrecognized REPLCONF option: capa\r\n".to_vec(),
+        ),
+        (
+            "REPLCONF",
+            b"-ERR Unrecognized REPLCONF option: version\r\n".to_vec(),
         ),
         ("PSYNC", b"-ERR unknown command 'PSYNC'\r\n".to_vec()),
     ];

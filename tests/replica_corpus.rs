@@ -185,6 +185,11 @@ async fn mock_master(
             ("PING", _) => wr.write_all(&reply(0)).await.unwrap(),
             ("REPLCONF", "listening-port") => wr.write_all(&reply(1)).await.unwrap(),
             ("REPLCONF", "capa") => wr.write_all(&reply(2)).await.unwrap(),
+            // No captured version knows `REPLCONF version` (Valkey 8+); answer as Redis does.
+            ("REPLCONF", "version") => wr
+                .write_all(b"-ERR Unrecognized REPLCONF option: version\r\n")
+                .await
+                .unwrap(),
             ("REPLCONF", "ack") => {
                 let off: u64 = String::from_utf8_lossy(&args[2]).parse().unwrap();
                 report.acks.push((off, at));
@@ -307,6 +312,7 @@ async fn replay(dir: &str, mode: &str) {
         "PING",
         "REPLCONF listening-port 6999",
         "REPLCONF capa eof capa psync2",
+        "REPLCONF version 9.0.0",
         "PSYNC ? -1",
     ];
     if legacy {

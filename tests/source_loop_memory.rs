@@ -75,6 +75,7 @@ fn commands(cmds: &[&[&str]]) -> Bytes {
 fn target_output(target: Arc<MemoryTarget>, tracker: Arc<SourceTracker>) -> TargetOutput {
     let info = TargetInfo {
         version: "7.0.15".into(),
+        valkey_version: None,
         kind: redis_relay::target::cluster::TargetKind::Standalone,
         rdb_version: 10,
     };

@@ -26,6 +26,7 @@ use crate::resp::{encode_command, Client, Reply};
 use crate::source::topology::Topology;
 use crate::target::cluster::topology::{MapSource, Node};
 use crate::target::cluster::{key_slot, SlotMap, SLOTS};
+use crate::target::info::ServerVersion;
 
 /// Keys sampled from the sources (all together) to estimate each master's share.
 const SAMPLE_KEYS: usize = 1000;
@@ -56,7 +57,7 @@ pub(super) fn check_cluster(
     };
     lines.verdict(&subject, "slots", judge_coverage(&map));
     let mut masters = connect_masters(&map, opts, lines);
-    let versions: Vec<String> = sources.iter().map(|s| s.version.clone()).collect();
+    let versions: Vec<ServerVersion> = sources.iter().map(|s| s.version.clone()).collect();
     for m in &mut masters {
         check_master(m, opts, &versions, lines);
     }
@@ -174,19 +175,20 @@ fn connect_masters(map: &SlotMap, opts: &CheckOptions, lines: &mut Lines) -> Vec
 }
 
 /// One master: reachable, really a master, sees the cluster up, never evicts, new enough.
-fn check_master(m: &mut Master, opts: &CheckOptions, versions: &[String], lines: &mut Lines) {
-    let version = m
-        .info
-        .get("redis_version")
-        .cloned()
-        .unwrap_or_else(|| "0.0.0".into());
+fn check_master(
+    m: &mut Master,
+    opts: &CheckOptions,
+    versions: &[ServerVersion],
+    lines: &mut Lines,
+) {
+    let version = ServerVersion::new(m.info.get("redis_version"), m.info.get("valkey_version"));
     let role = m.info.get("role").cloned().unwrap_or_else(|| "?".into());
     lines.add(
         Status::Pass,
         &m.subject,
         "reachable",
         format!(
-            "{}Redis {version}, role {role}, serves {} slots",
+            "{}{version}, role {role}, serves {} slots",
             logged_in(&opts.target),
             m.slots
         ),

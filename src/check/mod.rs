@@ -26,12 +26,14 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::endpoint::Endpoint;
+use crate::pipeline::field_ttl::UnsupportedPolicy;
 use crate::pipeline::filter::KeyFilter;
+use crate::rdb::loads_rdb;
 use crate::resp::Client;
 use crate::resp::Reply;
 use crate::source::twemproxy::TwemproxySources;
 use crate::target::cluster::{kind_of, TargetKind};
-use crate::target::info::{rdb_version_for, version_tuple};
+use crate::target::info::{version_tuple, ServerVersion};
 use probe::{human_bytes, parse_size, Info};
 
 /// Outcome of one check.
@@ -112,6 +114,8 @@ pub struct CheckOptions {
     /// The databases copied and where they go (`--db`, `--db-map`): a cluster target has db 0
     /// only, so the check needs to know which source databases land where.
     pub db_filter: KeyFilter,
+    /// `--on-unsupported-type`: whether hash field TTLs the target cannot hold fail the check.
+    pub on_unsupported_type: UnsupportedPolicy,
 }
 
 impl CheckOptions {
@@ -131,6 +135,7 @@ impl CheckOptions {
             target_kind: None,
             target_seeds: Vec::new(),
             db_filter: KeyFilter::default(),
+            on_unsupported_type: UnsupportedPolicy::Stop,
         }
     }
 }
@@ -290,24 +295,45 @@ pub fn judge_backlog(backlog: u64, rate: f64, min_secs: f64, estimated: bool) ->
     }
 }
 
-/// Can snapshot payloads be RESTOREd on the target? Older targets get plain commands.
-pub fn judge_target_version(source_versions: &[String], target_version: &str) -> Verdict {
-    let newest = source_versions
-        .iter()
-        .max_by_key(|v| (rdb_version_for(v), version_tuple(v)));
-    let Some(newest) = newest else {
-        return Verdict::pass(format!("Redis {target_version}"));
+/// Can snapshot payloads be RESTOREd on the target? Older targets, and a target of the other
+/// family (Redis 7.4+ and Valkey 9+ each have their own RDB versions), get plain commands.
+pub fn judge_target_version(sources: &[ServerVersion], target: &ServerVersion) -> Verdict {
+    let foreign = sources.iter().find(|s| !loads_rdb(target.rdb(), s.rdb()));
+    let Some(source) = foreign else {
+        return match sources.iter().max_by_key(|s| s.rdb()) {
+            Some(newest) => Verdict::pass(format!(
+                "{target} (sources up to {newest}): snapshot keys are copied with RESTORE"
+            )),
+            None => Verdict::pass(target.to_string()),
+        };
     };
-    if rdb_version_for(target_version) >= rdb_version_for(newest) {
-        Verdict::pass(format!(
-            "Redis {target_version} (sources up to {newest}): snapshot keys are copied with RESTORE"
-        ))
-    } else {
-        Verdict::warn(
-            format!("the target (Redis {target_version}) is older than a source (Redis {newest}): it cannot load the source's RDB payloads, so every snapshot key is rewritten as plain commands (slower; commands the target does not know are refused and counted as target errors)"),
-            format!("use a target running Redis {newest} or newer for the fast RESTORE path, or accept the command path"),
-        )
+    Verdict::warn(
+        format!("the target ({target}) cannot load the RDB payloads of a source ({source}, RDB {}; the target's is {}), so every snapshot key is rewritten as plain commands (slower; commands the target does not know are refused and counted as target errors)", source.rdb(), target.rdb()),
+        format!("use a target running {source} or newer of the same server for the fast RESTORE path, or accept the command path"),
+    )
+}
+
+/// Keys with hash field TTLs on the sources toward a target that cannot hold them: fail under
+/// `--on-unsupported-type stop`, warn under `drop-ttl`; nothing to say otherwise.
+pub fn judge_field_ttls(
+    keys: u64,
+    target: &ServerVersion,
+    policy: UnsupportedPolicy,
+) -> Option<Verdict> {
+    if keys == 0 || target.has_field_ttl() {
+        return None;
     }
+    let msg = format!("{keys} keys of the sources have hash fields with their own TTL, which the target ({target}) cannot hold");
+    Some(match policy {
+        UnsupportedPolicy::Stop => Verdict::fail(
+            msg,
+            "use a Redis 7.4+ or Valkey 9+ target, or --on-unsupported-type drop-ttl to copy those fields without their TTLs (each counted in redis_relay_field_ttls_dropped_total)".into(),
+        ),
+        UnsupportedPolicy::DropTtl => Verdict::warn(
+            format!("{msg}: copied without them (--on-unsupported-type drop-ttl), each counted in redis_relay_field_ttls_dropped_total"),
+            "use a Redis 7.4+ or Valkey 9+ target to keep them".into(),
+        ),
+    })
 }
 
 /// A target that evicts keys silently loses data the relay wrote.
@@ -407,7 +433,9 @@ pub fn judge_not_empty(keys: &BTreeMap<u32, u64>, policy: IfNotEmpty, resuming: 
 /// What one source told us.
 struct SourceFacts {
     endpoint: Endpoint,
-    version: String,
+    version: ServerVersion,
+    /// Keys with hash field TTLs (INFO keyspace).
+    field_ttl_keys: u64,
     used: u64,
     /// Keys per database (INFO keyspace).
     keys: BTreeMap<u32, u64>,
@@ -468,10 +496,7 @@ fn probe_source(
         "the relay needs INFO on the source: allow it for the user in the URL (ACL: +info)";
     let (mut conn, info0) = connect_and_info(ep, "source", subject, info_fix, opts, lines)?;
     let t0 = Instant::now();
-    let version = info0
-        .get("redis_version")
-        .cloned()
-        .unwrap_or_else(|| "0.0.0".into());
+    let version = ServerVersion::new(info0.get("redis_version"), info0.get("valkey_version"));
     let role = info0.get("role").cloned().unwrap_or_else(|| "?".into());
     let used = int(&info0, "used_memory_dataset")
         .or_else(|| int(&info0, "used_memory"))
@@ -483,13 +508,13 @@ fn probe_source(
         subject,
         "reachable",
         format!(
-            "{}Redis {version}, role {role}, {keys} keys, {} of data",
+            "{}{version}, role {role}, {keys} keys, {} of data",
             logged_in(ep),
             human_bytes(used)
         ),
         None,
     );
-    check_psync(&mut conn, ep, subject, &version, lines);
+    check_psync(&mut conn, ep, subject, &version.redis, lines);
     check_acl(ep, subject, &acl::source_probes(), opts.timeout, lines);
     if role != "master" {
         lines.add(Status::Warn, subject, "role", format!("this server is a {role}: the relay replicates from it (chained replication), and writes reach it only through its own master"), Some("point the relay at the master, unless replicating from a replica is what you want (less load on the master)".into()));
@@ -497,6 +522,7 @@ fn probe_source(
     check_backlog(&mut conn, subject, opts, &info0, t0, lines);
     Some(SourceFacts {
         endpoint: ep.clone(),
+        field_ttl_keys: probe::field_ttl_keys(&info0),
         version,
         used,
         keys: keyspace,
@@ -724,16 +750,13 @@ fn check_target_server(
     info: &Info,
     lines: &mut Lines,
 ) {
-    let version = info
-        .get("redis_version")
-        .cloned()
-        .unwrap_or_else(|| "0.0.0".into());
+    let version = ServerVersion::new(info.get("redis_version"), info.get("valkey_version"));
     lines.add(
         Status::Pass,
         subject,
         "reachable",
         format!(
-            "{}Redis {version}, role {}",
+            "{}{version}, role {}",
             logged_in(&opts.target),
             info.get("role").map(String::as_str).unwrap_or("?")
         ),
@@ -748,12 +771,16 @@ fn check_target_server(
             Some("point --target at a master, or run REPLICAOF NO ONE on it".into()),
         );
     }
-    let versions: Vec<String> = sources.iter().map(|s| s.version.clone()).collect();
+    let versions: Vec<ServerVersion> = sources.iter().map(|s| s.version.clone()).collect();
     lines.verdict(
         subject,
         "version",
         judge_target_version(&versions, &version),
     );
+    let field_ttl_keys = sources.iter().map(|s| s.field_ttl_keys).sum();
+    if let Some(v) = judge_field_ttls(field_ttl_keys, &version, opts.on_unsupported_type) {
+        lines.verdict(subject, "field-ttl", v);
+    }
 }
 
 /// Whether the target is a Redis Cluster (`--target-kind`, else `INFO cluster`); a
@@ -1134,19 +1161,31 @@ mod tests {
 
     #[test]
     fn older_target_uses_the_command_path() {
-        let v = judge_target_version(&["7.2.4".into(), "6.2.0".into()], "6.2.14");
+        let redis = |v: &str| ServerVersion::new(Some(&v.to_string()), None);
+        let valkey = |v: &str| ServerVersion::new(Some(&"7.2.4".to_string()), Some(&v.to_string()));
+        let v = judge_target_version(&[redis("7.2.4"), redis("6.2.0")], &redis("6.2.14"));
         assert_eq!(v.status, Status::Warn);
         assert!(v.message.contains("plain commands"), "{v:?}");
         assert!(v.fix.unwrap().contains("7.2.4"));
-        let v = judge_target_version(&["7.0.15".into()], "7.0.15");
+        let v = judge_target_version(&[redis("7.0.15")], &redis("7.0.15"));
         assert_eq!(v.status, Status::Pass);
-        let v = judge_target_version(&["5.0.7".into()], "7.0.15");
+        let v = judge_target_version(&[redis("5.0.7")], &redis("7.0.15"));
         assert_eq!(v.status, Status::Pass);
         // 6.0 and 6.2 both write RDB 9: a 6.0 target loads a 6.2 source's payloads.
         assert_eq!(
-            judge_target_version(&["6.2.1".into()], "6.0.9").status,
+            judge_target_version(&[redis("6.2.1")], &redis("6.0.9")).status,
             Status::Pass
         );
+        // Valkey 9 (RDB 80) and Redis 8 (RDB 12) load each other's shared versions only.
+        let v = judge_target_version(&[redis("8.0.2")], &valkey("9.1.2"));
+        assert_eq!(v.status, Status::Warn, "{v:?}");
+        assert!(v.message.contains("Valkey 9.1.2") && v.message.contains("Redis 8.0.2"));
+        let v = judge_target_version(&[valkey("9.1.2")], &redis("8.0.2"));
+        assert_eq!(v.status, Status::Warn, "{v:?}");
+        let v = judge_target_version(&[valkey("8.1.1"), redis("7.0.15")], &valkey("9.1.2"));
+        assert_eq!(v.status, Status::Pass, "{v:?}");
+        let v = judge_target_version(&[valkey("9.1.2")], &valkey("9.0.0"));
+        assert_eq!(v.status, Status::Pass, "{v:?}");
     }
 
     #[test]

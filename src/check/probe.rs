@@ -233,6 +233,24 @@ pub fn keyspace(info: &Info) -> BTreeMap<u32, u64> {
         .collect()
 }
 
+/// Keys holding hash fields with their own TTL, summed over the databases of INFO keyspace:
+/// `subexpiry=` on Redis 7.4+, `keys_with_volatile_items=` on Valkey 9.
+pub fn field_ttl_keys(info: &Info) -> u64 {
+    info.iter()
+        .filter(|(k, _)| {
+            k.strip_prefix("db")
+                .is_some_and(|d| d.parse::<u32>().is_ok())
+        })
+        .flat_map(|(_, v)| v.split(','))
+        .filter_map(|p| {
+            p.strip_prefix("subexpiry=")
+                .or_else(|| p.strip_prefix("keys_with_volatile_items="))?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
 /// `512mb`, `1gb`, `1048576` as CONFIG and the config file write sizes.
 pub fn parse_size(s: &str) -> Option<u64> {
     let s = s.trim().to_ascii_lowercase();

@@ -30,4 +30,8 @@ pub enum PipelineError {
         offset: u64,
         why: &'static str,
     },
+    /// A hash field TTL command toward a target without field TTLs, under
+    /// `--on-unsupported-type stop`.
+    #[error("{command} at stream offset {offset} sets hash field TTLs, which the target cannot hold (Redis 7.4+ and Valkey 9+ can): use such a target, or --on-unsupported-type drop-ttl to copy the fields without their TTLs")]
+    FieldTtlUnsupported { command: String, offset: u64 },
 }

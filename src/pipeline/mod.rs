@@ -11,6 +11,7 @@ pub mod checkpoint;
 pub mod cross_slot;
 pub mod dispatcher;
 pub mod error;
+pub mod field_ttl;
 pub mod filter;
 pub mod keys;
 pub mod replayable;

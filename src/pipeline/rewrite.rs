@@ -29,7 +29,7 @@ pub enum RewriteError {
 pub struct RewriteTarget {
     /// HSET with several fields (4.0+); older targets get HMSET.
     pub multi_field_hset: bool,
-    /// HPEXPIREAT (7.4+); older targets lose hash field TTLs (with a warning).
+    /// HPEXPIREAT (Redis 7.4+, Valkey 9+); older targets lose hash field TTLs (with a warning).
     pub field_ttl: bool,
     /// XSETID ENTRIESADDED/MAXDELETEDID and XGROUP ... ENTRIESREAD (7.0+).
     pub stream_v2: bool,
@@ -42,7 +42,7 @@ impl RewriteTarget {
         let v = info.version_tuple();
         RewriteTarget {
             multi_field_hset: v >= (4, 0),
-            field_ttl: v >= (7, 4),
+            field_ttl: info.has_field_ttl(),
             stream_v2: v >= (7, 0),
             create_consumer: v >= (6, 2),
         }
@@ -168,11 +168,7 @@ fn append_hash(out: &mut CommandBuf, key: &[u8], fields: &[HashField], target: &
         return;
     }
     if !target.field_ttl {
-        tracing::warn!(
-            key = %String::from_utf8_lossy(key),
-            fields = with_ttl.len(),
-            "the target has no hash field TTLs (Redis 7.4+): these fields are written without their expire time"
-        );
+        // Allowed by --on-unsupported-type drop-ttl and counted by the snapshot apply.
         return;
     }
     for f in with_ttl {

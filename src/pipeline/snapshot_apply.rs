@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
+use super::field_ttl::{count_dropped, UnsupportedPolicy};
 use super::rewrite::{append_expire, append_value, RewriteTarget};
 use crate::pipeline::filter::KeyFilter;
 use crate::pipeline::Dispatcher;
@@ -38,6 +39,8 @@ pub struct ApplyOptions {
     pub filter: Arc<KeyFilter>,
     /// Keys under this prefix are the relay's own and never copied from a source.
     pub own_prefix: Bytes,
+    /// `--on-unsupported-type`: hash field TTLs toward a target without them.
+    pub on_unsupported_type: UnsupportedPolicy,
 }
 
 impl ApplyOptions {
@@ -61,6 +64,7 @@ impl ApplyOptions {
             skip_expired: true,
             filter: Arc::default(),
             own_prefix: Bytes::from_static(crate::batch::record::DEFAULT_PREFIX.as_bytes()),
+            on_unsupported_type: UnsupportedPolicy::Stop,
         }
     }
 }
@@ -85,6 +89,8 @@ pub struct ApplyStats {
     /// String keys without expire time or LRU/LFU data, written in `MSET`s (not counted in
     /// `restored` or `rewritten`).
     pub mset: u64,
+    /// Hash field TTLs not written (`--on-unsupported-type drop-ttl`, a target without them).
+    pub field_ttls_dropped: u64,
 }
 
 /// Plain string keys gathered for one writer's next `MSET`.
@@ -132,6 +138,10 @@ struct BigKey {
 pub enum ApplyError {
     #[error(transparent)]
     Dispatch(#[from] crate::pipeline::PipelineError),
+    /// A key with hash field TTLs toward a target without them, under
+    /// `--on-unsupported-type stop`.
+    #[error("snapshot key {key:?} has {fields} hash field TTLs, which the target cannot hold (Redis 7.4+ and Valkey 9+ can): use such a target, or --on-unsupported-type drop-ttl to copy the fields without their TTLs")]
+    FieldTtlUnsupported { key: String, fields: usize },
 }
 
 impl SnapshotApply {
@@ -262,11 +272,36 @@ impl SnapshotApply {
         if let Some(v) = plain_string(&entry) {
             return self.push_string(d, w, db, &entry.meta.key, &v);
         }
+        self.field_ttls(&entry.meta.key, &entry.value)?;
         let mut c = self.buf();
         if !self.value_commands(&mut c, &entry, db) {
             return Ok(());
         }
         self.send(d, w, db, c)
+    }
+
+    /// Hash field TTLs in `value` (decoded: it goes as commands) toward a target without
+    /// them: an error under `stop`, counted as dropped under `drop-ttl`.
+    fn field_ttls(&mut self, key: &[u8], value: &Value) -> Result<(), ApplyError> {
+        let Value::Hash(fields) = value else {
+            return Ok(());
+        };
+        if self.opts.rewrite.field_ttl {
+            return Ok(());
+        }
+        let n = fields.iter().filter(|f| f.expire_ms.is_some()).count();
+        if n == 0 {
+            return Ok(());
+        }
+        if self.opts.on_unsupported_type == UnsupportedPolicy::Stop {
+            return Err(ApplyError::FieldTtlUnsupported {
+                key: String::from_utf8_lossy(key).into_owned(),
+                fields: n,
+            });
+        }
+        self.stats.field_ttls_dropped += n as u64;
+        count_dropped("snapshot", n as u64);
+        Ok(())
     }
 
     /// Keys of the snapshot the target does not get: expired ones (counted), the relay's own,
@@ -291,8 +326,8 @@ impl SnapshotApply {
     /// The commands that recreate the key, into `c`: RESTORE of the source's payload where
     /// the target can load it, plain commands otherwise. `false` if the key is skipped.
     fn value_commands(&mut self, c: &mut CommandBuf, entry: &Entry, db: u32) -> bool {
-        let restorable =
-            self.opts.use_restore && self.source_rdb_version <= self.opts.target_rdb_version;
+        let restorable = self.opts.use_restore
+            && crate::rdb::loads_rdb(self.opts.target_rdb_version, self.source_rdb_version);
         match (&entry.raw, restorable) {
             (Some(raw), true) => {
                 self.push_restore(c, &entry.meta, raw);
@@ -471,6 +506,11 @@ impl SnapshotApply {
             }
         }
 
+        let key = big.meta.key.clone();
+        self.field_ttls(&key, &value)?;
+        let Some(big) = self.big.as_mut() else {
+            return Ok(());
+        };
         if let Err(e) = append_value(&mut c, &big.meta, &value, big.first, &self.opts.rewrite) {
             tracing::error!(key = %String::from_utf8_lossy(&big.meta.key), "{e}");
             big.skip = true;

@@ -10,6 +10,10 @@ use std::ops::ControlFlow;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use super::field_ttl::{
+    count_dropped, is_field_ttl_command, rewrite_for_old_target, StreamRewrite, UnsupportedPolicy,
+};
+
 use bytes::{Bytes, BytesMut};
 
 use super::cross_slot;
@@ -62,6 +66,11 @@ pub struct StreamOptions {
     pub target_commands: Option<Arc<CommandTable>>,
     /// What to do with such a command: skip it (counted, logged) or stop (`--on-target-error`).
     pub on_refused: ErrorPolicy,
+    /// `--on-unsupported-type`: what hash field TTL commands become on the target.
+    pub on_unsupported_type: UnsupportedPolicy,
+    /// The target holds hash field TTLs (Redis 7.4+, Valkey 9+); set from the target's
+    /// version when the relay starts.
+    pub target_field_ttl: bool,
 }
 
 impl Default for StreamOptions {
@@ -75,6 +84,8 @@ impl Default for StreamOptions {
             filter: Arc::default(),
             target_commands: None,
             on_refused: ErrorPolicy::Skip,
+            on_unsupported_type: UnsupportedPolicy::Stop,
+            target_field_ttl: true,
         }
     }
 }
@@ -340,7 +351,42 @@ impl StreamApply {
             self.stats.excluded += 1;
             return Ok(self.pass_over(d, end));
         }
+        if !self.opts.target_field_ttl && is_field_ttl_command(&up) {
+            return self.field_ttl_command(&up, frame, start, end, d);
+        }
         self.on_command(&up, frame, start, end, d)
+    }
+
+    /// A hash field TTL command toward a target without field TTLs: stop, or (`drop-ttl`) its
+    /// form without TTLs, counted (see [`super::field_ttl`]).
+    fn field_ttl_command(
+        &mut self,
+        up: &[u8],
+        frame: Frame,
+        start: u64,
+        end: u64,
+        d: &mut Dispatcher,
+    ) -> Result<Control, PipelineError> {
+        if self.opts.on_unsupported_type == UnsupportedPolicy::Stop {
+            return Err(PipelineError::FieldTtlUnsupported {
+                command: String::from_utf8_lossy(up).into_owned(),
+                offset: start,
+            });
+        }
+        count_dropped("stream", 1);
+        match rewrite_for_old_target(up, &frame.args) {
+            StreamRewrite::Replace(args) => {
+                let up = upper_name(&args[0]);
+                let raw = encode(&args);
+                let frame = Frame {
+                    args,
+                    raw,
+                    inline: false,
+                };
+                self.on_command(&up, frame, start, end, d)
+            }
+            StreamRewrite::Drop | StreamRewrite::Keep => Ok(self.pass_over(d, end)),
+        }
     }
 
     /// A frame that is not forwarded: the applied offset moves past it, unless it is inside

@@ -124,6 +124,7 @@ pub(crate) fn read_value<R: Read>(
     }
     match t {
         HASH_METADATA | HASH_METADATA_PRE_GA => read_hash_metadata(r, t, meta, lim, emit),
+        VALKEY_HASH_2 => read_valkey_hash_2(r, meta, lim, emit),
         STREAM_LISTPACKS | STREAM_LISTPACKS_2 | STREAM_LISTPACKS_3 => {
             read_stream(r, t, meta, lim, emit)
         }
@@ -161,6 +162,35 @@ fn read_hash_metadata<R: Read>(
     finish(r, c, None, emit)
 }
 
+/// Valkey's hash with field TTLs: a count, then per field its name, its value and its absolute
+/// expire time in milliseconds as 8 bytes little-endian (-1: none).
+fn read_valkey_hash_2<R: Read>(
+    r: &mut RdbReader<R>,
+    meta: KeyMeta,
+    lim: Limits,
+    emit: &mut Emit<'_>,
+) -> Result<(), RdbError> {
+    let mut c = Collector::new(meta, Value::Hash(Vec::new()), lim);
+    let n = r.count(10)?;
+    for _ in 0..n {
+        let field = r.string()?;
+        let value = r.string()?;
+        let at = r.position();
+        let expire_ms = match i64::from_le_bytes(r.array::<8>()?) {
+            -1 => None,
+            ms if (0..=EB_EXPIRE_TIME_MAX as i64).contains(&ms) => Some(ms),
+            ms => {
+                return Err(RdbError::corrupt(
+                    at,
+                    format!("invalid hash field expire time {ms}"),
+                ))
+            }
+        };
+        push_ttl_field(r, &mut c, field, value, expire_ms, emit)?;
+    }
+    finish(r, c, None, emit)
+}
+
 /// HASH_METADATA's minimum field expire time, which its field TTLs are relative to.
 fn read_min_expire<R: Read>(r: &mut RdbReader<R>) -> Result<u64, RdbError> {
     let at = r.position();
@@ -194,11 +224,20 @@ fn read_ttl_field<R: Read>(
     }
     let field = r.string()?;
     let value = r.string()?;
-    let expire_ms = if expire_at == 0 {
-        None
-    } else {
-        Some(expire_at as i64)
-    };
+    let expire_ms = (expire_at != 0).then_some(expire_at as i64);
+    push_ttl_field(r, c, field, value, expire_ms, emit)
+}
+
+/// Push one field of a hash with field TTLs into `c`; stop recording the raw bytes once the
+/// value turned out big (it goes in chunks, never whole).
+fn push_ttl_field<R: Read>(
+    r: &mut RdbReader<R>,
+    c: &mut Collector,
+    field: Bytes,
+    value: Bytes,
+    expire_ms: Option<i64>,
+    emit: &mut Emit<'_>,
+) -> Result<(), RdbError> {
     c.push(
         Item::Hash(HashField {
             field,

@@ -55,7 +55,7 @@ fn encoding_of(meta: &KeyMeta, value: &Value) -> &'static str {
         ZSET | ZSET_2 => "skiplist",
         ZSET_ZIPLIST => "ziplist",
         ZSET_LISTPACK => "listpack",
-        HASH | HASH_METADATA | HASH_METADATA_PRE_GA => "hashtable",
+        HASH | HASH_METADATA | HASH_METADATA_PRE_GA | VALKEY_HASH_2 => "hashtable",
         HASH_ZIPMAP => "zipmap",
         HASH_ZIPLIST => "ziplist",
         HASH_LISTPACK => "listpack",

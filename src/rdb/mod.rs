@@ -30,6 +30,6 @@ pub use crc::{crc64, Crc64};
 pub use error::{EncodingError, RdbError, RdbErrorKind};
 pub use model::*;
 pub use parser::{
-    decode_dump_payload, decode_string_body, decode_value_body, key_type_of, ParseOptions,
-    ParseSummary, RdbParser,
+    decode_dump_payload, decode_string_body, decode_value_body, header_version, is_valkey_version,
+    key_type_of, loads_rdb, ParseOptions, ParseSummary, RdbParser, VALKEY_RDB_VERSION,
 };

@@ -35,6 +35,9 @@ pub mod types {
     pub const HASH_LISTPACK_EX_PRE_GA: u8 = 23;
     pub const HASH_METADATA: u8 = 24;
     pub const HASH_LISTPACK_EX: u8 = 25;
+    /// Valkey 9's hash with field TTLs (its type byte 22 in a `VALKEY080` file, where 22 does
+    /// not mean [`HASH_METADATA_PRE_GA`]). The parser's own id, never a byte of a file.
+    pub const VALKEY_HASH_2: u8 = 150;
 }
 
 /// The logical type of a key, as `TYPE` reports it.

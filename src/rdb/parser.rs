@@ -1,4 +1,5 @@
-//! The streaming RDB parser: opcodes, object types and their encodings, RDB versions 1 to 12.
+//! The streaming RDB parser: opcodes, object types and their encodings, RDB versions 1 to 12
+//! (`REDIS00NN`) and Valkey's 80 (`VALKEY080`).
 
 use super::collect::{Emit, Limits};
 use super::crc::crc64;
@@ -13,6 +14,50 @@ use std::io::Read;
 
 /// Highest RDB format version understood (Redis 7.4 / 8.0).
 pub const MAX_RDB_VERSION: u32 = 12;
+
+/// The Valkey RDB version understood (Valkey 9.0 / 9.1, `VALKEY080`). Valkey numbers its own
+/// formats from 80 on and writes them with a `VALKEY` magic; 12 to 79 are Redis's (Valkey calls
+/// them foreign). A Valkey 9 master sends it to a replica that declares `REPLCONF version 9.0.0`
+/// (`source::handshake`), the only way it can send a hash with field TTLs.
+pub const VALKEY_RDB_VERSION: u32 = 80;
+
+/// Whether RDB `version` is one of Valkey's own formats (80 on), where type 22 is
+/// Valkey's hash with field TTLs, not Redis 7.4's pre-GA hash metadata.
+pub fn is_valkey_version(version: u32) -> bool {
+    version >= VALKEY_RDB_VERSION
+}
+
+/// Whether a server that writes RDB `target` loads a payload of RDB `payload` (RESTORE, or a
+/// snapshot): Redis and Valkey share the versions up to 11; from 12 on each has its own (Redis
+/// 12 to 79, Valkey 80 on), which the other refuses or misreads (type 22 means different
+/// things), however the numbers compare.
+pub fn loads_rdb(target: u32, payload: u32) -> bool {
+    let family = |v: u32| {
+        if is_valkey_version(v) {
+            2
+        } else if v >= 12 {
+            1
+        } else {
+            0
+        }
+    };
+    payload <= target && (family(payload) == 0 || family(payload) == family(target))
+}
+
+/// The parser's type id for the object type byte `t` of an RDB of `version`: the same byte,
+/// except Valkey's type 22, which becomes [`types::VALKEY_HASH_2`] so that it cannot be taken
+/// for Redis's type 22. `None` for a byte that is no object type of that format.
+pub fn object_type_in(version: u32, t: u8) -> Option<u8> {
+    if is_valkey_version(version) {
+        match t {
+            types::HASH_METADATA_PRE_GA => Some(types::VALKEY_HASH_2),
+            t if t <= 21 && is_object_type(t) => Some(t),
+            _ => None,
+        }
+    } else {
+        is_object_type(t).then_some(t)
+    }
+}
 
 mod op {
     pub const SLOT_INFO: u8 = 244;
@@ -46,7 +91,10 @@ pub struct ParseOptions {
     /// With `capture_raw`, when the file's RDB version is at most this: values that are not
     /// big are not decoded but delivered as [`Value::Undecoded`] with their `raw` bytes (see
     /// [`super::passthrough`]). For a consumer that only forwards `raw` (RESTORE into a target
-    /// of this RDB version) it saves most of the parse. 0 (the default): always decode.
+    /// of this RDB version) it saves most of the parse. 0 (the default): always decode;
+    /// `u32::MAX`: pass through whatever the version (a consumer with no target, tests). A
+    /// version is "at most this" as [`loads_rdb`] says: Redis's 12+ and Valkey's 80+ are
+    /// separate lines.
     pub undecoded_up_to_version: u32,
     /// The input ends where the RDB ends (a file, or the relay's spool, which keeps the
     /// snapshot apart from the command stream): read ahead as far as the buffer allows. By
@@ -120,7 +168,8 @@ pub fn key_type_of(t: u8) -> Option<KeyType> {
         | HASH_METADATA_PRE_GA
         | HASH_LISTPACK_EX_PRE_GA
         | HASH_METADATA
-        | HASH_LISTPACK_EX => KeyType::Hash,
+        | HASH_LISTPACK_EX
+        | VALKEY_HASH_2 => KeyType::Hash,
         STREAM_LISTPACKS | STREAM_LISTPACKS_2 | STREAM_LISTPACKS_3 => KeyType::Stream,
         MODULE_PRE_GA | MODULE_2 => KeyType::Module,
         _ => return None,
@@ -190,25 +239,12 @@ impl<R: Read> RdbParser<R> {
         })
     }
 
-    /// Read the `REDIS00NN` header, check the version and announce it.
+    /// Read the `REDIS00NN` (or `VALKEY0NN`) header, check the version and announce it.
     fn read_header(&mut self, emit: &mut Emit<'_>) -> Result<(), RdbError> {
         self.r.tail = 0;
         self.r.expect(9);
         let hdr = self.r.array::<9>()?;
-        if &hdr[..5] != b"REDIS" {
-            return Err(RdbError::corrupt(0, "not an RDB file (no REDIS magic)"));
-        }
-        let version = std::str::from_utf8(&hdr[5..])
-            .ok()
-            .filter(|s| s.bytes().all(|c| c.is_ascii_digit()))
-            .and_then(|s| s.parse::<u32>().ok())
-            .ok_or_else(|| RdbError::corrupt(5, "invalid RDB version digits"))?;
-        if version == 0 || version > MAX_RDB_VERSION {
-            return Err(RdbError::unsupported(
-                5,
-                format!("RDB version {version} (this parser knows 1 to {MAX_RDB_VERSION})"),
-            ));
-        }
+        let version = header_version(&hdr)?;
         self.version = version;
         self.r.tail = if version >= 5 { 9 } else { 1 };
         self.emit(emit, Event::Header { version })
@@ -251,7 +287,7 @@ impl<R: Read> RdbParser<R> {
                 self.emit(emit, Event::Function(FunctionLibrary { code }))?;
             }
             op::FUNCTION_PRE_GA => self.read_function_pre_ga(emit)?,
-            t if is_object_type(t) => self.read_key(t, ctx, emit)?,
+            t if object_type_in(self.version, t).is_some() => self.read_key(t, ctx, emit)?,
             _ => {
                 return Err(RdbError::corrupt(
                     at,
@@ -332,15 +368,16 @@ impl<R: Read> RdbParser<R> {
         )
     }
 
-    /// A key of object type `t` and its value; it takes the expire time and LRU/LFU
+    /// A key of object type byte `wire` and its value; it takes the expire time and LRU/LFU
     /// information `ctx` holds for it.
     #[inline]
     fn read_key(
         &mut self,
-        t: u8,
+        wire: u8,
         ctx: &mut KeyContext,
         emit: &mut Emit<'_>,
     ) -> Result<(), RdbError> {
+        let t = object_type_in(self.version, wire).unwrap_or(wire);
         let key = self.r.string()?;
         let key_type = key_type_of(t).unwrap_or(KeyType::Module);
         let meta = KeyMeta {
@@ -352,8 +389,8 @@ impl<R: Read> RdbParser<R> {
             idle: ctx.idle.take(),
             freq: ctx.freq.take(),
         };
-        self.read_object(t, meta, emit)
-            .map_err(|e| e.in_key(&key, t))?;
+        self.read_object(wire, t, meta, emit)
+            .map_err(|e| e.in_key(&key, wire))?;
         self.keys += 1;
         Ok(())
     }
@@ -398,13 +435,24 @@ impl<R: Read> RdbParser<R> {
         }
     }
 
-    fn read_object(&mut self, t: u8, meta: KeyMeta, emit: &mut Emit<'_>) -> Result<(), RdbError> {
+    /// The value of a key: `wire` is its type byte in the file (the raw bytes start with it,
+    /// as a DUMP payload of that RDB version does), `t` the parser's type id.
+    fn read_object(
+        &mut self,
+        wire: u8,
+        t: u8,
+        meta: KeyMeta,
+        emit: &mut Emit<'_>,
+    ) -> Result<(), RdbError> {
         let record = self.opts.capture_raw || t == types::MODULE_2;
         if record {
-            self.r.start_record(&[t]);
+            self.r.start_record(&[wire]);
         }
         let lim = self.limits();
-        let res = if self.opts.capture_raw && self.version <= self.opts.undecoded_up_to_version {
+        let res = if self.opts.capture_raw
+            && (self.opts.undecoded_up_to_version == u32::MAX
+                || loads_rdb(self.opts.undecoded_up_to_version, self.version))
+        {
             read_value_undecoded(&mut self.r, t, meta, lim, emit)
         } else {
             read_value(&mut self.r, t, meta, lim, emit)
@@ -439,18 +487,22 @@ pub fn decode_dump_payload(payload: &[u8]) -> Result<(KeyType, Value), RdbError>
         payload[body_end],
         payload[body_end + 1],
     ]));
-    if version > MAX_RDB_VERSION {
+    if version > MAX_RDB_VERSION && version != VALKEY_RDB_VERSION {
         return Err(RdbError::unsupported(
             body_end as u64,
-            format!(
-                "DUMP payload of RDB version {version} (this parser knows 1 to {MAX_RDB_VERSION})"
-            ),
+            format!("DUMP payload of RDB version {version} ({})", KNOWN_VERSIONS),
         ));
     }
-    let body = &payload[..body_end];
-    let key_type = key_type_of(body[0])
-        .ok_or_else(|| RdbError::corrupt(0, format!("unknown object type {}", body[0])))?;
-    Ok((key_type, decode_value_body(body, 0)?))
+    let t = object_type_in(version, payload[0])
+        .ok_or_else(|| RdbError::corrupt(0, format!("unknown object type {}", payload[0])))?;
+    let key_type =
+        key_type_of(t).ok_or_else(|| RdbError::corrupt(0, format!("unknown object type {t}")))?;
+    if t == payload[0] {
+        return Ok((key_type, decode_value_body(&payload[..body_end], 0)?));
+    }
+    let mut body = payload[..body_end].to_vec();
+    body[0] = t;
+    Ok((key_type, decode_value_body(&body, 0)?))
 }
 
 /// The value of a serialized string (`Entry::raw` of a string key): a slice of `body` when it
@@ -557,5 +609,86 @@ mod tests {
         assert!(decode_string_body(&Bytes::from_static(b"\x00\x05ab")).is_err());
         assert!(decode_string_body(&Bytes::from_static(b"\x02\x03bar")).is_err());
         assert!(decode_string_body(&Bytes::from_static(b"\x00\xc3")).is_err());
+    }
+}
+
+/// What the version checks say this parser knows.
+const KNOWN_VERSIONS: &str = "this parser knows REDIS 1 to 12 and VALKEY 80";
+
+fn known_version(version: u32) -> bool {
+    (1..=MAX_RDB_VERSION).contains(&version) || version == VALKEY_RDB_VERSION
+}
+
+/// The RDB version of a 9-byte header: `REDIS` and 4 digits (versions up to 79), or `VALKEY`
+/// and 3 digits (80 on). A version under the other magic is refused, as Valkey refuses it.
+pub fn header_version(hdr: &[u8; 9]) -> Result<u32, RdbError> {
+    let (digits, valkey) = if hdr.starts_with(b"REDIS") {
+        (&hdr[5..], false)
+    } else if hdr.starts_with(b"VALKEY") {
+        (&hdr[6..], true)
+    } else {
+        return Err(RdbError::corrupt(
+            0,
+            "not an RDB file (no REDIS or VALKEY magic)",
+        ));
+    };
+    let version = std::str::from_utf8(digits)
+        .ok()
+        .filter(|s| s.bytes().all(|c| c.is_ascii_digit()))
+        .and_then(|s| s.parse::<u32>().ok())
+        .ok_or_else(|| RdbError::corrupt(9 - digits.len() as u64, "invalid RDB version digits"))?;
+    if valkey != is_valkey_version(version) {
+        let magic = if valkey { "VALKEY" } else { "REDIS" };
+        return Err(RdbError::corrupt(
+            0,
+            format!("RDB version {version} cannot be written with the {magic} magic"),
+        ));
+    }
+    if !known_version(version) {
+        let at = if valkey { 6 } else { 5 };
+        return Err(RdbError::unsupported(
+            at,
+            format!("RDB version {version} ({KNOWN_VERSIONS})"),
+        ));
+    }
+    Ok(version)
+}
+
+#[cfg(test)]
+mod version_tests {
+    use super::*;
+
+    #[test]
+    fn headers_of_both_families() {
+        assert_eq!(header_version(b"REDIS0011").unwrap(), 11);
+        assert_eq!(header_version(b"REDIS0012").unwrap(), 12);
+        assert_eq!(header_version(b"VALKEY080").unwrap(), 80);
+        // Each magic with the other's versions is refused, as Valkey refuses it.
+        assert!(header_version(b"VALKEY011").is_err());
+        assert!(header_version(b"REDIS0080").is_err());
+        // A newer Valkey format (81: types this parser does not know) is named.
+        let e = header_version(b"VALKEY081").unwrap_err().to_string();
+        assert!(e.contains("81") && e.contains("VALKEY 80"), "{e}");
+        assert!(header_version(b"MEMCACHED").is_err());
+    }
+
+    #[test]
+    fn which_server_loads_which_payload() {
+        assert!(loads_rdb(12, 11) && loads_rdb(80, 11) && loads_rdb(11, 9));
+        assert!(loads_rdb(80, 80) && loads_rdb(12, 12));
+        assert!(
+            !loads_rdb(80, 12),
+            "Valkey 9 does not load Redis 7.4+ payloads"
+        );
+        assert!(!loads_rdb(12, 80), "Redis does not load Valkey 9 payloads");
+        assert!(!loads_rdb(11, 12) && !loads_rdb(10, 11));
+    }
+
+    #[test]
+    fn type_22_depends_on_the_format() {
+        assert_eq!(object_type_in(12, 22), Some(types::HASH_METADATA_PRE_GA));
+        assert_eq!(object_type_in(80, 22), Some(types::VALKEY_HASH_2));
+        assert_eq!(object_type_in(80, 24), None);
+        assert_eq!(object_type_in(80, 4), Some(types::HASH));
     }
 }

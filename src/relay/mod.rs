@@ -369,7 +369,7 @@ fn start_target(cfg: &RelayConfig, t: &Endpoint) -> Result<(TargetPool, ApplyOpt
     let mut seeds = vec![t.clone()];
     seeds.extend(cfg.target_seeds.iter().cloned());
     let info = TargetInfo::probe(&seeds, cfg.target_kind, cfg.writers.connect_timeout)?;
-    tracing::info!(target = %t, version = %info.version, rdb_version = info.rdb_version, kind = ?info.kind, "target connected");
+    tracing::info!(target = %t, version = %info.product(), rdb_version = info.rdb_version, kind = ?info.kind, "target connected");
     if info.kind == TargetKind::Cluster {
         let prefix = String::from_utf8_lossy(&cfg.stream.own_prefix);
         if prefix.contains(['{', '}']) {
@@ -380,6 +380,7 @@ fn start_target(cfg: &RelayConfig, t: &Endpoint) -> Result<(TargetPool, ApplyOpt
     a.use_restore = cfg.use_restore;
     a.own_prefix = cfg.stream.own_prefix.clone();
     a.filter = cfg.stream.filter.clone();
+    a.on_unsupported_type = cfg.stream.on_unsupported_type;
     Ok((TargetPool::start(&seeds, info.kind, &cfg.writers)?, a))
 }
 
@@ -471,7 +472,10 @@ impl Wiring<'_> {
             acks: progress.clone(),
             tracker: tracker.clone(),
             output: output(&tracker, &figures),
-            stream_opts: cfg.stream.clone(),
+            stream_opts: StreamOptions {
+                target_field_ttl: apply.is_none_or(|a| a.rewrite.field_ttl),
+                ..cfg.stream.clone()
+            },
             parse_opts: parse_options(cfg, apply),
             state_dir: cfg.state_dir.clone(),
             writers: self.writers,
@@ -965,6 +969,10 @@ impl RelayHandle {
             metrics::counter!("redis_relay_acks_sent_total", &l).absolute(p.acks_sent());
             metrics::counter!("redis_relay_source_reconnects_total", &l)
                 .absolute(p.connect_attempts().saturating_sub(1));
+            for (reason, n) in p.full_sync_failures() {
+                metrics::counter!("redis_relay_full_sync_failures_total", "source" => s.source.clone(), "reason" => reason)
+                    .absolute(n);
+            }
         }
         for st in crate::metrics::SYNC_STATES {
             metrics::gauge!("redis_relay_sync_state", "source" => s.source.clone(), "state" => st.to_string())

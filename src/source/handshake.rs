@@ -1,7 +1,7 @@
 //! The replica handshake, as a named state machine mirroring `syncWithMaster` in Redis's
 //! `replication.c`: connect, `AUTH`, `PING`, `REPLCONF listening-port`, `REPLCONF capa eof capa
-//! psync2`, then `PSYNC <replid> <offset>` (or `PSYNC ? -1`), falling back to `SYNC` for masters
-//! older than 2.8 that do not know PSYNC.
+//! psync2`, `REPLCONF version` (Valkey 8+), then `PSYNC <replid> <offset>` (or `PSYNC ? -1`),
+//! falling back to `SYNC` for masters older than 2.8 that do not know PSYNC.
 //!
 //! Commands are sent one at a time and each reply is awaited, so every error can be attributed
 //! to the step that caused it. Replies here are single status/error lines; bare `\n`
@@ -17,6 +17,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::stream::{start_tls, SourceStream};
+/// The Valkey version the relay declares (`REPLCONF version`): the newest whose snapshot
+/// format (RDB 80, `rdb::VALKEY_RDB_VERSION`) the parser reads.
+pub const DECLARED_VALKEY_VERSION: &str = "9.0.0";
 
 /// Longest reply line accepted during the handshake.
 const MAX_LINE: usize = 64 * 1024;
@@ -33,6 +36,8 @@ pub enum HandshakeState {
     ReceivePortReply,
     SendCapa,
     ReceiveCapaReply,
+    SendVersion,
+    ReceiveVersionReply,
     SendPsync,
     ReceivePsyncReply,
     SendSync,
@@ -51,6 +56,8 @@ impl fmt::Display for HandshakeState {
             HandshakeState::ReceivePortReply => "waiting for the REPLCONF listening-port reply",
             HandshakeState::SendCapa => "sending REPLCONF capa",
             HandshakeState::ReceiveCapaReply => "waiting for the REPLCONF capa reply",
+            HandshakeState::SendVersion => "sending REPLCONF version",
+            HandshakeState::ReceiveVersionReply => "waiting for the REPLCONF version reply",
             HandshakeState::SendPsync => "sending PSYNC",
             HandshakeState::ReceivePsyncReply => "waiting for the PSYNC reply",
             HandshakeState::SendSync => "sending SYNC",
@@ -266,6 +273,8 @@ impl Machine<'_> {
             HandshakeState::ReceivePortReply => self.receive_port_reply().await?,
             HandshakeState::SendCapa => self.send_capa().await?,
             HandshakeState::ReceiveCapaReply => self.receive_capa_reply().await?,
+            HandshakeState::SendVersion => self.send_version().await?,
+            HandshakeState::ReceiveVersionReply => self.receive_version_reply().await?,
             HandshakeState::SendPsync => self.send_psync().await?,
             HandshakeState::ReceivePsyncReply => return self.receive_psync_reply().await,
             HandshakeState::SendSync => return self.send_sync().await,
@@ -336,6 +345,27 @@ impl Machine<'_> {
 
     async fn receive_capa_reply(&mut self) -> Result<HandshakeState, HandshakeError> {
         self.receive_replconf_reply("capa").await?;
+        Ok(HandshakeState::SendVersion)
+    }
+
+    /// `REPLCONF version <x.y.z>`: a Valkey 9 master writes a replica's snapshot in the newest
+    /// RDB format that replica's declared version loads, and without a declaration it assumes
+    /// 7.2 and writes RDB 11, which cannot hold a hash with field TTLs: it then aborts every
+    /// full sync (valkey #2735). The relay declares the Valkey version whose format it parses
+    /// (`VALKEY080`, 9.0), never a newer one. Redis masters do not know the field.
+    async fn send_version(&mut self) -> Result<HandshakeState, HandshakeError> {
+        self.send(&["REPLCONF", "version", DECLARED_VALKEY_VERSION])
+            .await?;
+        Ok(HandshakeState::ReceiveVersionReply)
+    }
+
+    /// Redis and Valkey before 8.0 answer `-ERR Unrecognized REPLCONF option`: expected, so
+    /// logged at debug level only.
+    async fn receive_version_reply(&mut self) -> Result<HandshakeState, HandshakeError> {
+        let reply = self.read_line().await?;
+        if reply.starts_with('-') {
+            tracing::debug!(source = %self.name, %reply, "master does not know REPLCONF version");
+        }
         Ok(HandshakeState::SendPsync)
     }
 

@@ -113,6 +113,8 @@ pub struct SourceProgress {
     connected: AtomicBool,
     connect_attempts: AtomicU64,
     full_syncs: AtomicU64,
+    /// Full syncs that failed, per [`FULL_SYNC_FAILURE_REASONS`] entry.
+    full_sync_failures: [AtomicU64; FULL_SYNC_FAILURE_REASONS.len()],
     partial_syncs: AtomicU64,
     acks_sent: AtomicU64,
     replid: Mutex<Option<String>>,
@@ -132,6 +134,7 @@ impl SourceProgress {
             connected: AtomicBool::new(false),
             connect_attempts: AtomicU64::new(0),
             full_syncs: AtomicU64::new(0),
+            full_sync_failures: Default::default(),
             partial_syncs: AtomicU64::new(0),
             acks_sent: AtomicU64::new(0),
             replid: Mutex::new(None),
@@ -171,6 +174,26 @@ impl SourceProgress {
     pub fn connect_attempts(&self) -> u64 {
         self.connect_attempts.load(Ordering::Relaxed)
     }
+    /// Full syncs that failed, with their reason (every reason, zeros included).
+    pub fn full_sync_failures(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        FULL_SYNC_FAILURE_REASONS
+            .iter()
+            .zip(&self.full_sync_failures)
+            .map(|(r, n)| (*r, n.load(Ordering::Relaxed)))
+    }
+
+    /// Count a full sync that `err` ended, and say so: a master that fails every transfer
+    /// (the relay then backs off, doubling the delay up to `backoff_max`) is a problem on the
+    /// master's side, and its log has the reason.
+    fn full_sync_failed(&self, err: &LinkError) {
+        let reason = err.full_sync_failure_reason();
+        if let Some(i) = FULL_SYNC_FAILURE_REASONS.iter().position(|r| *r == reason) {
+            self.full_sync_failures[i].fetch_add(1, Ordering::Relaxed);
+        }
+        tracing::warn!(source = %self.name, reason, error = %err,
+            "full sync failed before the snapshot was complete; if it keeps failing, the master's log says why (BGSAVE failed, the snapshot could not be written in the format this replica declared, client-output-buffer-limit replica reached)");
+    }
+
     pub fn full_syncs(&self) -> u64 {
         self.full_syncs.load(Ordering::Relaxed)
     }
@@ -272,7 +295,29 @@ pub enum LinkError {
     Unexpected { source_name: String, what: String },
 }
 
+/// Why a full sync (after `+FULLRESYNC`, before the end of the RDB) failed: the label of
+/// `redis_relay_full_sync_failures_total`.
+pub const FULL_SYNC_FAILURE_REASONS: [&str; 5] =
+    ["closed", "master_error", "timeout", "bad_transfer", "io"];
+
 impl LinkError {
+    /// The [`FULL_SYNC_FAILURE_REASONS`] entry of this error, when it ended a full sync:
+    /// `closed` is the master dropping the link (its BGSAVE failed, it could not write the
+    /// snapshot in the format the replica declared, the replica's output buffer overflowed,
+    /// or someone killed the link: the master's log says which).
+    pub fn full_sync_failure_reason(&self) -> &'static str {
+        match self {
+            LinkError::Closed { .. } => "closed",
+            LinkError::Transfer {
+                err: TransferError::MasterError(_),
+                ..
+            } => "master_error",
+            LinkError::Timeout { .. } => "timeout",
+            LinkError::Transfer { .. } | LinkError::Unexpected { .. } => "bad_transfer",
+            _ => "io",
+        }
+    }
+
     /// Fatal: a wrong/missing password, or the sink cannot store data. Everything else is
     /// retried with backoff.
     pub fn is_fatal(&self) -> bool {
@@ -319,6 +364,9 @@ pub async fn run_link(
             Some(Err(e)) => e,
         };
         *progress.last_error.lock() = Some(err.to_string());
+        if progress.state() == LinkState::Rdb && !err.is_fatal() {
+            progress.full_sync_failed(&err);
+        }
         if err.is_fatal() {
             tracing::error!(source = %name, error = %err, "replication link stopped: fatal error");
             progress.set_state(LinkState::Failed);

@@ -27,7 +27,10 @@ pub enum TargetUnusable {
 /// What the apply path needs to know about the target.
 #[derive(Debug, Clone)]
 pub struct TargetInfo {
+    /// `redis_version` (Valkey reports 7.2.4 there, frozen).
     pub version: String,
+    /// `valkey_version`, on Valkey only.
+    pub valkey_version: Option<String>,
     /// One Redis, or a Redis Cluster (detected unless `--target-kind` says).
     pub kind: TargetKind,
     /// The newest RDB version the target loads (RESTORE refuses newer payloads).
@@ -43,6 +46,71 @@ impl TargetInfo {
     /// RESTORE ... ABSTTL, IDLETIME and FREQ exist from 5.0 on.
     pub fn has_absttl(&self) -> bool {
         self.version_tuple() >= (5, 0)
+    }
+
+    /// Hash field TTLs (`HPEXPIREAT`): Redis 7.4+, Valkey 9.0+.
+    pub fn has_field_ttl(&self) -> bool {
+        ServerVersion::new(Some(&self.version), self.valkey_version.as_ref()).has_field_ttl()
+    }
+
+    /// `Redis 7.0.15` or `Valkey 9.1.2`, for messages.
+    pub fn product(&self) -> String {
+        server_product(&self.version, self.valkey_version.as_deref())
+    }
+}
+
+/// A server's version as its `INFO server` gives it: `redis_version`, and `valkey_version` on
+/// Valkey (whose `redis_version` stays 7.2.4 whatever its release).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerVersion {
+    pub redis: String,
+    pub valkey: Option<String>,
+}
+
+impl ServerVersion {
+    /// From the two INFO fields (a missing `redis_version` reads as 0.0.0).
+    pub fn new(redis: Option<&String>, valkey: Option<&String>) -> Self {
+        ServerVersion {
+            redis: redis.cloned().unwrap_or_else(|| "0.0.0".into()),
+            valkey: valkey.cloned(),
+        }
+    }
+
+    /// The RDB version the server writes and loads at most.
+    pub fn rdb(&self) -> u32 {
+        server_rdb_version(&self.redis, self.valkey.as_deref())
+    }
+
+    /// Hash field TTLs: Redis 7.4+, Valkey 9.0+.
+    pub fn has_field_ttl(&self) -> bool {
+        match &self.valkey {
+            Some(v) => version_tuple(v) >= (9, 0),
+            None => version_tuple(&self.redis) >= (7, 4),
+        }
+    }
+}
+
+impl std::fmt::Display for ServerVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&server_product(&self.redis, self.valkey.as_deref()))
+    }
+}
+
+/// `Redis <redis_version>`, or `Valkey <valkey_version>` when the server says it is Valkey.
+pub fn server_product(redis_version: &str, valkey_version: Option<&str>) -> String {
+    match valkey_version {
+        Some(v) => format!("Valkey {v}"),
+        None => format!("Redis {redis_version}"),
+    }
+}
+
+/// The RDB version a server writes and loads at most, from its INFO versions: Valkey 9 has
+/// its own (80); Valkey 7.2 to 8.1 write Redis 7.2's (11), whatever `redis_version` says.
+pub fn server_rdb_version(redis_version: &str, valkey_version: Option<&str>) -> u32 {
+    match valkey_version.map(version_tuple) {
+        Some(v) if v >= (9, 0) => crate::rdb::VALKEY_RDB_VERSION,
+        Some(_) => 11,
+        None => rdb_version_for(redis_version),
     }
 }
 
@@ -111,9 +179,11 @@ impl TargetInfo {
             .as_text()
             .unwrap_or_default();
         let version = info_field(&text, "redis_version").unwrap_or_else(|| "0.0.0".into());
-        let rdb_version = rdb_version_for(&version);
+        let valkey_version = info_field(&text, "valkey_version");
+        let rdb_version = server_rdb_version(&version, valkey_version.as_deref());
         Ok(TargetInfo {
             version,
+            valkey_version,
             kind: TargetKind::Standalone,
             rdb_version,
         })

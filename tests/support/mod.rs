@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod fault_proxy;
+pub mod modern;
 pub mod tls;
 
 use std::io::{Read, Write};
@@ -141,9 +142,26 @@ impl RedisServer {
 
     /// One attempt on `port`: an error (with the server's log) when it does not come up.
     pub fn try_start(port: u16, config: &[&str]) -> Result<RedisServer, String> {
+        Self::try_start_bin(&redis_server_bin(), port, config)
+    }
+
+    /// [`RedisServer::start`] of another server binary (`support::modern`'s Redis 8 and Valkey).
+    pub fn start_bin(bin: &Path, config: &[&str]) -> RedisServer {
+        let mut last_err = String::new();
+        for _ in 0..5 {
+            match Self::try_start_bin(bin, free_port(), config) {
+                Ok(s) => return s,
+                Err(e) => last_err = e,
+            }
+        }
+        panic!("could not start {}: {last_err}", bin.display());
+    }
+
+    /// [`RedisServer::try_start`] of the server binary `bin`.
+    pub fn try_start_bin(bin: &Path, port: u16, config: &[&str]) -> Result<RedisServer, String> {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let conf_path = write_conf(dir.path(), port, config).map_err(|e| e.to_string())?;
-        let child = Command::new(redis_server_bin())
+        let child = Command::new(bin)
             .arg(&conf_path)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

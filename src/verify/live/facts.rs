@@ -12,6 +12,8 @@ use crate::target::info::version_tuple;
 pub struct ServerFacts {
     pub version: String,
     pub major_minor: (u32, u32),
+    /// `valkey_version` on Valkey, whose `redis_version` stays 7.2.4.
+    pub valkey: Option<(u32, u32)>,
 }
 
 impl ServerFacts {
@@ -19,7 +21,14 @@ impl ServerFacts {
         ServerFacts {
             version: version.to_string(),
             major_minor: version_tuple(version),
+            valkey: None,
         }
+    }
+
+    /// The facts of a server that says it is Valkey `valkey_version` (if given).
+    pub fn with_valkey(mut self, valkey_version: Option<&str>) -> Self {
+        self.valkey = valkey_version.map(version_tuple);
+        self
     }
     fn at_least(&self, major: u32, minor: u32) -> bool {
         self.major_minor >= (major, minor)
@@ -48,8 +57,11 @@ impl ServerFacts {
     pub fn has_functions(&self) -> bool {
         self.at_least(7, 0)
     }
-    /// Hash field TTLs (7.4).
+    /// Hash field TTLs (Redis 7.4, Valkey 9.0).
     pub fn has_field_ttl(&self) -> bool {
-        self.at_least(7, 4)
+        match self.valkey {
+            Some(v) => v >= (9, 0),
+            None => self.at_least(7, 4),
+        }
     }
 }

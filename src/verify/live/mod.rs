@@ -91,7 +91,7 @@ impl LiveReader {
         Ok(LiveReader {
             conn,
             endpoint: ep.clone(),
-            facts: ServerFacts::new(&info.version),
+            facts: ServerFacts::new(&info.version).with_valkey(info.valkey_version.as_deref()),
             opts,
             db: None,
             keys_read: 0,
