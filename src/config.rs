@@ -15,6 +15,7 @@ use std::time::Duration;
 use crate::check::{self, IfNotEmpty};
 use crate::endpoint::Endpoint;
 use crate::pipeline::filter::KeyFilter;
+use crate::pipeline::source_loop::LossPolicy;
 use crate::relay::TargetOwner;
 use crate::source::topology::Topology;
 use crate::target::cluster::TargetKind;
@@ -188,6 +189,15 @@ pub struct RunOptions {
     /// Never forward this command from the stream (repeatable, comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub exclude_command: Option<Vec<String>>,
+    /// When the target lost what it acknowledged (emptied, restarted from an older save):
+    /// resync (the affected sources from a new snapshot) or stop [default: resync].
+    #[arg(long, value_enum)]
+    pub on_target_loss: Option<LossPolicy>,
+    /// TTL of the writer lease each source holds on the target (one relay per source and
+    /// target; renewed every third of it) [default: 15s].
+    #[arg(long, value_parser = parse_duration)]
+    #[serde(deserialize_with = "de_duration")]
+    pub lease_ttl: Option<Duration>,
 }
 }
 
@@ -260,6 +270,8 @@ pub struct Settings {
     pub if_target_not_empty: IfNotEmpty,
     pub filter: KeyFilter,
     pub exclude_commands: Vec<Vec<u8>>,
+    pub on_target_loss: LossPolicy,
+    pub lease_ttl: Duration,
 }
 
 /// Writer connections when `--writers` is not given: one per core.
@@ -396,6 +408,8 @@ impl RunOptions {
                 .into_iter()
                 .map(|c| c.trim().to_ascii_uppercase().into_bytes())
                 .collect(),
+            on_target_loss: self.on_target_loss.unwrap_or_default(),
+            lease_ttl: self.lease_ttl.unwrap_or(crate::relay::DEFAULT_LEASE_TTL),
         })
     }
 }

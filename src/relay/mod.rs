@@ -27,9 +27,11 @@
 
 mod backlog;
 pub mod error;
+pub mod lease;
 mod run;
 pub mod sampler;
 mod spool_sink;
+pub mod state_lock;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -49,7 +51,8 @@ use crate::endpoint::Endpoint;
 use crate::pipeline::checkpoint;
 use crate::pipeline::checkpoint::Checkpoint;
 use crate::pipeline::source_loop::{
-    self, AckPosition, LoopFigures, Output, SinkOutput, SourceCtx, TargetOutput,
+    self, AckPosition, LoopFigures, LossPolicy, Output, SinkOutput, SourceCtx, TargetGuard,
+    TargetOutput,
 };
 use crate::pipeline::stream_apply::StreamOptions;
 use crate::pipeline::{ApplyOptions, Dispatcher};
@@ -87,6 +90,10 @@ pub struct RelayConfig {
     pub heartbeat: Option<Duration>,
     /// Who else writes into the target: decides which keys the relay may ever delete.
     pub ownership: Ownership,
+    /// What to do when the target lost what it acknowledged (`--on-target-loss`).
+    pub on_target_loss: LossPolicy,
+    /// TTL of the writer leases on the target (see [`lease`]).
+    pub lease_ttl: Duration,
 }
 
 /// Who writes into the target (`--target-owner`).
@@ -166,6 +173,8 @@ impl RelayBuilder {
                 repl_timeout: Duration::from_secs(60),
                 heartbeat: None,
                 ownership: Ownership::default(),
+                on_target_loss: LossPolicy::default(),
+                lease_ttl: DEFAULT_LEASE_TTL,
             },
             sink_factory: None,
         }
@@ -267,6 +276,18 @@ impl RelayBuilder {
         self
     }
 
+    /// What to do when the target lost what it acknowledged.
+    pub fn on_target_loss(mut self, p: LossPolicy) -> Self {
+        self.cfg.on_target_loss = p;
+        self
+    }
+
+    /// TTL of the writer leases on the target.
+    pub fn lease_ttl(mut self, ttl: Duration) -> Self {
+        self.cfg.lease_ttl = ttl;
+        self
+    }
+
     pub fn config(&self) -> &RelayConfig {
         &self.cfg
     }
@@ -275,6 +296,7 @@ impl RelayBuilder {
     /// checkpoint is unreadable; source connection problems are retried by the links.
     pub fn start(mut self) -> Result<RelayHandle, StartError> {
         let cfg = self.checked_config()?;
+        let lock = state_lock::StateLock::acquire(&cfg.state_dir)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("relay-links")
@@ -294,11 +316,23 @@ impl RelayBuilder {
         };
         let target_cluster = matches!(pool, Some(TargetPool::Cluster(_)));
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stop = Arc::new(AtomicBool::new(false));
+        let lease_lost = Arc::default();
+        let mut lease_thread = None;
+        if pool.is_some() {
+            let mut leases = leases(&cfg, target_cluster)?;
+            leases.renew()?;
+            let keeper = leases.keep(stop.clone(), Arc::clone(&lease_lost));
+            lease_thread = Some(keeper.map_err(|cause| StartError::Threads {
+                what: "lease thread",
+                cause,
+            })?);
+        }
         let wiring = Wiring {
             cfg: &cfg,
             writers: pool.as_ref().map(|p| p.writers()).unwrap_or(1),
             target_cluster,
-            stop: Arc::new(AtomicBool::new(false)),
+            stop,
             stop_rx,
         };
         let mut sources = Vec::new();
@@ -329,6 +363,9 @@ impl RelayBuilder {
                 runtime: Mutex::new(Some(runtime)),
                 started: Instant::now(),
                 sampler: Mutex::new(sampler::Sampler::default()),
+                lease_lost,
+                lease_thread: Mutex::new(lease_thread),
+                _lock: lock,
             }),
         };
         handle.spawn_metrics_updater();
@@ -381,6 +418,31 @@ fn start_target(cfg: &RelayConfig, t: &Endpoint) -> Result<(TargetPool, ApplyOpt
     Ok((TargetPool::start(&seeds, info.kind, &cfg.writers)?, a))
 }
 
+/// The writer leases default TTL (`--lease-ttl`).
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(15);
+
+/// The control connection to the target (marker and leases).
+fn control_conn(cfg: &RelayConfig, target_cluster: bool) -> crate::target::control::ControlConn {
+    let mut seeds: Vec<Endpoint> = cfg.target.iter().cloned().collect();
+    seeds.extend(cfg.target_seeds.iter().cloned());
+    crate::target::control::ControlConn::new(seeds, target_cluster, cfg.writers.connect_timeout)
+}
+
+/// The writer leases of every source on the target, under this state dir's identity.
+fn leases(cfg: &RelayConfig, target_cluster: bool) -> Result<lease::Leases, StartError> {
+    let id = lease::state_dir_id(&cfg.state_dir)?;
+    let names: Vec<String> = cfg.sources.iter().map(|s| s.to_string()).collect();
+    let identity = lease::identity(&id, &cfg.state_dir);
+    Ok(lease::Leases::new(
+        control_conn(cfg, target_cluster),
+        &String::from_utf8_lossy(&cfg.stream.own_prefix),
+        &names,
+        id,
+        identity,
+        cfg.lease_ttl,
+    ))
+}
+
 /// Who may hold a key the deletions of source `ep` consider. When `--db-map` merges
 /// databases, the source itself is asked too: a FLUSHDB of its database 1 may only delete the
 /// target keys that its database 0 (merged into the same target database) does not hold.
@@ -421,6 +483,18 @@ impl Wiring<'_> {
         let cfg = self.cfg;
         let name = ep.to_string();
         let resume = self.checkpoint(&name, apply.is_some())?;
+        let mut guard = apply.map(|a| {
+            TargetGuard::new(
+                control_conn(cfg, self.target_cluster),
+                &String::from_utf8_lossy(&a.own_prefix),
+                &name,
+                cfg.on_target_loss,
+            )
+        });
+        let resume = match (resume, guard.as_mut()) {
+            (Some(cp), Some(g)) => self.verify_target(cp, g)?,
+            (resume, _) => resume,
+        };
         let spool = Spool::new(
             &cfg.state_dir
                 .join("spool")
@@ -451,6 +525,7 @@ impl Wiring<'_> {
                 .clone()
                 .map(|o| Arc::new(move |k: &[u8]| o.owner(k)) as source_loop::OwnerHint),
             figures: figures.clone(),
+            guard,
         };
         let (apply, fatal) = spawn_loop(ctx)?;
         let mut link_cfg = LinkConfig::new(ep.clone());
@@ -481,6 +556,35 @@ impl Wiring<'_> {
             apply: Mutex::new(Some(apply)),
             fatal,
         })
+    }
+
+    /// Resume from `cp` only if the target still holds what the checkpoint says it
+    /// acknowledged; otherwise, as `--on-target-loss` says, forget the checkpoint (a full
+    /// sync follows) or refuse to start.
+    fn verify_target(
+        &self,
+        cp: Checkpoint,
+        guard: &mut TargetGuard,
+    ) -> Result<Option<Checkpoint>, StartError> {
+        let name = cp.source.clone();
+        let reason = match guard.verify_resume(cp.target_marker) {
+            Ok(None) => return Ok(Some(cp)),
+            Ok(Some(reason)) => reason,
+            Err(cause) => return Err(StartError::TargetCheck { name, cause }),
+        };
+        metrics::counter!("redis_relay_target_loss_total", "source" => name.clone(), "reason" => reason.label())
+            .increment(1);
+        if guard.policy == LossPolicy::Stop {
+            return Err(StartError::TargetLost {
+                checkpoint: checkpoint::path_for(&self.cfg.state_dir, &name),
+                name,
+                reason,
+            });
+        }
+        tracing::error!(source = %name, reason = reason.label(), "target loss: {reason}; not resuming from the checkpoint at offset {}: syncing the source again from a new snapshot (--on-target-loss resync)", cp.offset);
+        checkpoint::remove(&self.cfg.state_dir, &name)
+            .map_err(|cause| StartError::Checkpoint { name, cause })?;
+        Ok(None)
     }
 
     /// The checkpoint of source `name`, if any (logged).
@@ -545,6 +649,10 @@ impl AckPosition for SourceProgress {
 
     fn ack_now(&self) {
         self.ack_now.notify_one();
+    }
+
+    fn full_sync_now(&self) {
+        self.ask_full_sync();
     }
 }
 
@@ -652,6 +760,12 @@ struct Inner {
     started: Instant,
     /// The one sampler of the figures (see [`sampler`]), fed by the metrics thread.
     sampler: Mutex<sampler::Sampler>,
+    /// A writer lease taken by another relay while running.
+    lease_lost: Arc<Mutex<Option<lease::LeaseError>>>,
+    /// Renews the leases; releases them when the relay stops.
+    lease_thread: Mutex<Option<JoinHandle<()>>>,
+    /// One relay per state dir: held until the relay is dropped.
+    _lock: state_lock::StateLock,
 }
 
 /// Status of one source.
@@ -795,6 +909,9 @@ impl RelayHandle {
     /// The first fatal error of any source or of the writers, if one happened. Transient
     /// problems (a master restarting, a refused connection) are retried and are not errors.
     pub fn error(&self) -> Option<RelayError> {
+        if let Some(e) = self.inner.lease_lost.lock().clone() {
+            return Some(RelayError::Lease(e));
+        }
         if let Some(p) = self.inner.pool.lock().as_ref() {
             if let Some(e) = p.state().error() {
                 return Some(RelayError::Writers(e));
@@ -867,6 +984,9 @@ impl RelayHandle {
         }
         if let Some(rt) = inner.runtime.lock().take() {
             rt.shutdown_timeout(Duration::from_secs(1));
+        }
+        if let Some(h) = inner.lease_thread.lock().take() {
+            let _ = h.join();
         }
         match first_err {
             Some(e) => Err(e),

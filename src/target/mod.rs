@@ -9,6 +9,7 @@
 //! [`crate::batch::Batch`]es and knows nothing of where they come from).
 pub mod cluster;
 pub mod commands;
+pub mod control;
 pub mod deferred;
 pub mod deletion;
 pub mod info;
