@@ -582,11 +582,15 @@ heartbeat = "1s"
             "--metrics-addr",
             "127.0.0.1:9121",
             "-q",
+            "--on-target-loss",
+            "stop",
+            "--lease-ttl",
+            "6s",
         ])
         .unwrap()
         .o;
         let file = RunOptions::parse(
-            "on-target-error = \"stop\"\nif-target-not-empty = \"ignore\"\ntarget-owner = \"exclusive\"\ndb = [0, 1]\nheartbeat = \"1s\"\nmetrics-addr = \"127.0.0.1:9121\"\nquiet = true\n",
+            "on-target-error = \"stop\"\nif-target-not-empty = \"ignore\"\ntarget-owner = \"exclusive\"\ndb = [0, 1]\nheartbeat = \"1s\"\nmetrics-addr = \"127.0.0.1:9121\"\nquiet = true\non-target-loss = \"stop\"\nlease-ttl = \"6s\"\n",
             "t.toml",
         )
         .unwrap();
@@ -607,7 +611,7 @@ heartbeat = "1s"
         assert_eq!(m.writers, Some(2));
         assert_eq!(m.state_dir.as_deref(), Some(Path::new("/s")));
         assert!(m.allow_eviction);
-        assert_eq!(RunOptions::KEYS.len(), 31);
+        assert_eq!(RunOptions::KEYS.len(), 33);
     }
 
     #[test]

@@ -482,19 +482,7 @@ impl Wiring<'_> {
     ) -> Result<SourceRuntime, StartError> {
         let cfg = self.cfg;
         let name = ep.to_string();
-        let resume = self.checkpoint(&name, apply.is_some())?;
-        let mut guard = apply.map(|a| {
-            TargetGuard::new(
-                control_conn(cfg, self.target_cluster),
-                &String::from_utf8_lossy(&a.own_prefix),
-                &name,
-                cfg.on_target_loss,
-            )
-        });
-        let resume = match (resume, guard.as_mut()) {
-            (Some(cp), Some(g)) => self.verify_target(cp, g)?,
-            (resume, _) => resume,
-        };
+        let (resume, guard) = self.resume_point(&name, apply)?;
         let spool = Spool::new(
             &cfg.state_dir
                 .join("spool")
@@ -556,6 +544,29 @@ impl Wiring<'_> {
             apply: Mutex::new(Some(apply)),
             fatal,
         })
+    }
+
+    /// Where source `name` resumes (its checkpoint, if the target still holds what it says),
+    /// and the guard of its target (a Redis target only).
+    fn resume_point(
+        &self,
+        name: &str,
+        apply: Option<&ApplyOptions>,
+    ) -> Result<(Option<Checkpoint>, Option<TargetGuard>), StartError> {
+        let resume = self.checkpoint(name, apply.is_some())?;
+        let mut guard = apply.map(|a| {
+            TargetGuard::new(
+                control_conn(self.cfg, self.target_cluster),
+                &String::from_utf8_lossy(&a.own_prefix),
+                name,
+                self.cfg.on_target_loss,
+            )
+        });
+        let resume = match (resume, guard.as_mut()) {
+            (Some(cp), Some(g)) => self.verify_target(cp, g)?,
+            (resume, _) => resume,
+        };
+        Ok((resume, guard))
     }
 
     /// Resume from `cp` only if the target still holds what the checkpoint says it
