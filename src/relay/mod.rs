@@ -331,6 +331,7 @@ impl RelayBuilder {
         let wiring = Wiring {
             cfg: &cfg,
             writers: pool.as_ref().map(|p| p.writers()).unwrap_or(1),
+            pool_state: pool.as_ref().map(|p| p.state().clone()),
             target_cluster,
             stop,
             stop_rx,
@@ -465,6 +466,8 @@ fn authority_for(cfg: &RelayConfig, ep: &Endpoint) -> Authority {
 struct Wiring<'a> {
     cfg: &'a RelayConfig,
     writers: usize,
+    /// The writers' shared state (a Redis target): their reconnects trigger a loss check.
+    pool_state: Option<Arc<crate::target::writer::PoolState>>,
     target_cluster: bool,
     stop: Arc<AtomicBool>,
     stop_rx: tokio::sync::watch::Receiver<bool>,
@@ -555,12 +558,16 @@ impl Wiring<'_> {
     ) -> Result<(Option<Checkpoint>, Option<TargetGuard>), StartError> {
         let resume = self.checkpoint(name, apply.is_some())?;
         let mut guard = apply.map(|a| {
-            TargetGuard::new(
+            let g = TargetGuard::new(
                 control_conn(self.cfg, self.target_cluster),
                 &String::from_utf8_lossy(&a.own_prefix),
                 name,
                 self.cfg.on_target_loss,
-            )
+            );
+            match &self.pool_state {
+                Some(state) => g.watch_writers(state.clone()),
+                None => g,
+            }
         });
         let resume = match (resume, guard.as_mut()) {
             (Some(cp), Some(g)) => self.verify_target(cp, g)?,

@@ -82,6 +82,9 @@ pub struct PoolState {
     fatal: Mutex<Option<WriterFailure>>,
     failed: AtomicBool,
     pub bytes_written: AtomicU64,
+    /// Writer connections that broke and were replaced: the target may have restarted, so
+    /// the target loss check runs at once (`pipeline::source_loop::target_loss`).
+    pub reconnects: AtomicU64,
 }
 
 impl PoolState {
@@ -541,6 +544,7 @@ impl Writer {
                 Ended::Done | Ended::Failed => return,
                 Ended::Broken(unacked, why) => {
                     metrics::counter!("redis_relay_target_reconnects_total").increment(1);
+                    self.state.reconnects.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(
                         writer = self.w,
                         unacknowledged_batches = unacked.len(),

@@ -294,7 +294,12 @@ impl SourceLoop {
         if self.ctx.figures.snapshot_done.load(Ordering::Acquire) {
             self.ctx.acks.set_applied(applied);
         }
-        if !force && self.st.last_cp_time.elapsed() < Duration::from_secs(1) {
+        let reconnected = self
+            .ctx
+            .guard
+            .as_mut()
+            .is_some_and(TargetGuard::writers_reconnected);
+        if !force && !reconnected && self.st.last_cp_time.elapsed() < Duration::from_secs(1) {
             return;
         }
         self.st.last_cp_time = Instant::now();

@@ -21,10 +21,14 @@
 //! marker look lost or a lost one look present. A swap whose reply was lost (the target went
 //! away) may have happened: the next check accepts either generation.
 
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
 use bytes::Bytes;
 
 use crate::resp::Reply;
 use crate::target::control::{ControlConn, ControlError};
+use crate::target::writer::PoolState;
 
 /// What to do when the target lost what it acknowledged (`--on-target-loss`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
@@ -81,6 +85,9 @@ pub struct TargetGuard {
     /// A swap whose reply was lost: the target may hold this generation instead.
     attempted: Option<u64>,
     pub policy: LossPolicy,
+    /// The writers' reconnect count, and its value at the last check: a writer that had to
+    /// reconnect may have found a restarted target, so the check runs at once.
+    writers: Option<(Arc<PoolState>, u64)>,
 }
 
 impl TargetGuard {
@@ -91,7 +98,24 @@ impl TargetGuard {
             expected: None,
             attempted: None,
             policy,
+            writers: None,
         }
+    }
+
+    /// Check at once whenever one of these writers reconnected.
+    pub fn watch_writers(mut self, state: Arc<PoolState>) -> Self {
+        let seen = state.reconnects.load(Ordering::Relaxed);
+        self.writers = Some((state, seen));
+        self
+    }
+
+    /// A writer reconnected since the last call.
+    pub fn writers_reconnected(&mut self) -> bool {
+        let Some((state, seen)) = self.writers.as_mut() else {
+            return false;
+        };
+        let now = state.reconnects.load(Ordering::Relaxed);
+        std::mem::replace(seen, now) != now
     }
 
     /// The generation the target holds as far as this relay knows (what a checkpoint saves).
