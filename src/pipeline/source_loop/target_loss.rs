@@ -222,3 +222,33 @@ impl TargetGuard {
 fn parse(v: &[u8]) -> Option<u64> {
     std::str::from_utf8(v).ok()?.parse().ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn guard() -> TargetGuard {
+        // Never connected: `judge` reads nothing from the target.
+        let conn = ControlConn::new(Vec::new(), false, std::time::Duration::from_secs(1));
+        TargetGuard::new(conn, "p:", "s:1", LossPolicy::Resync)
+    }
+
+    #[test]
+    fn verdicts_name_what_the_marker_says() {
+        let g = guard();
+        assert_eq!(g.key, "p:marker:s:1");
+        assert_eq!(g.judge(Some(b"5"), &[5], false), None);
+        // A lost reply: either generation is fine.
+        assert_eq!(g.judge(Some(b"6"), &[5, 6], false), None);
+        // At start a later generation than the checkpoint's is fine.
+        assert_eq!(g.judge(Some(b"9"), &[5], true), None);
+        let gone = g.judge(None, &[5], false).unwrap();
+        assert_eq!(gone.label(), "emptied");
+        assert!(gone.to_string().contains("FLUSHALL"), "{gone}");
+        let older = g.judge(Some(b"3"), &[5], true).unwrap();
+        assert_eq!(older.label(), "older");
+        assert!(older.to_string().contains("older save"), "{older}");
+        assert_eq!(g.judge(Some(b"9"), &[5], false).unwrap().label(), "changed");
+        assert_eq!(g.judge(Some(b"x"), &[5], true).unwrap().label(), "changed");
+    }
+}
