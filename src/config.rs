@@ -17,6 +17,7 @@ use crate::check::{self, IfNotEmpty};
 use crate::endpoint::{Endpoint, Login, Secret, TlsOptions};
 use crate::pipeline::field_ttl::UnsupportedPolicy;
 use crate::pipeline::filter::KeyFilter;
+use crate::pipeline::source_loop::LossPolicy;
 use crate::relay::TargetOwner;
 use crate::source::topology::Topology;
 use crate::target::cluster::TargetKind;
@@ -257,6 +258,15 @@ pub struct RunOptions {
     /// TLS to the target WITHOUT verifying its certificates (logged as a warning).
     #[arg(long)]
     pub target_tls_insecure: bool,
+    /// When the target lost what it acknowledged (emptied, restarted from an older save):
+    /// resync (the affected sources from a new snapshot) or stop [default: resync].
+    #[arg(long, value_enum)]
+    pub on_target_loss: Option<LossPolicy>,
+    /// TTL of the writer lease each source holds on the target (one relay per source and
+    /// target; renewed every third of it) [default: 15s].
+    #[arg(long, value_parser = parse_duration)]
+    #[serde(deserialize_with = "de_duration")]
+    pub lease_ttl: Option<Duration>,
 }
 }
 
@@ -330,6 +340,8 @@ pub struct Settings {
     pub filter: KeyFilter,
     pub exclude_commands: Vec<Vec<u8>>,
     pub on_unsupported_type: UnsupportedPolicy,
+    pub on_target_loss: LossPolicy,
+    pub lease_ttl: Duration,
 }
 
 /// Writer connections when `--writers` is not given: one per core.
@@ -498,6 +510,8 @@ impl RunOptions {
                 .map(|c| c.trim().to_ascii_uppercase().into_bytes())
                 .collect(),
             on_unsupported_type: self.on_unsupported_type.unwrap_or_default(),
+            on_target_loss: self.on_target_loss.unwrap_or_default(),
+            lease_ttl: self.lease_ttl.unwrap_or(crate::relay::DEFAULT_LEASE_TTL),
         })
     }
 }
@@ -853,11 +867,15 @@ heartbeat = "1s"
             "--metrics-addr",
             "127.0.0.1:9121",
             "-q",
+            "--on-target-loss",
+            "stop",
+            "--lease-ttl",
+            "6s",
         ])
         .unwrap()
         .o;
         let file = RunOptions::parse(
-            "on-target-error = \"stop\"\nif-target-not-empty = \"ignore\"\ntarget-owner = \"exclusive\"\ndb = [0, 1]\nheartbeat = \"1s\"\nmetrics-addr = \"127.0.0.1:9121\"\nquiet = true\n",
+            "on-target-error = \"stop\"\nif-target-not-empty = \"ignore\"\ntarget-owner = \"exclusive\"\ndb = [0, 1]\nheartbeat = \"1s\"\nmetrics-addr = \"127.0.0.1:9121\"\nquiet = true\non-target-loss = \"stop\"\nlease-ttl = \"6s\"\n",
             "t.toml",
         )
         .unwrap();
@@ -878,7 +896,7 @@ heartbeat = "1s"
         assert_eq!(m.writers, Some(2));
         assert_eq!(m.state_dir.as_deref(), Some(Path::new("/s")));
         assert!(m.allow_eviction);
-        assert_eq!(RunOptions::KEYS.len(), 50);
+        assert_eq!(RunOptions::KEYS.len(), 52);
     }
 
     #[test]

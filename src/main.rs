@@ -427,6 +427,8 @@ fn relay_builder(s: &Settings) -> anyhow::Result<RelayBuilder> {
         .listening_port(s.listening_port)
         .repl_timeout(s.repl_timeout)
         .heartbeat(s.heartbeat)
+        .on_target_loss(s.on_target_loss)
+        .lease_ttl(s.lease_ttl)
         .spool(SpoolOptions {
             max_disk_bytes: s.spool_max_bytes,
             ..SpoolOptions::default()

@@ -104,6 +104,10 @@ pub fn describe() {
         "redis_relay_full_sync_failures_total",
         "Full syncs the master started that ended before the snapshot was complete, per source and reason (closed, master_error, timeout, bad_transfer, io)"
     );
+    describe_counter!(
+        "redis_relay_target_loss_total",
+        "Times the target was found without what it acknowledged, per source and reason: emptied (marker gone: FLUSHALL/FLUSHDB, restart without persistence), older (an older save, a failover to a replica behind), changed (someone else writes the marker)"
+    );
     describe_gauge!(
         "redis_relay_snapshot_done",
         "1 once the source's snapshot is acknowledged by the target"

@@ -230,6 +230,7 @@ fn non_empty_target_abort_ignore_and_resume() {
         offset: 1,
         db: 0,
         writers: 1,
+        target_marker: None,
     };
     redis_relay::pipeline::checkpoint::save(state.path(), &cp).unwrap();
     let (code, r) = check(&base);

@@ -114,6 +114,7 @@ fn context(
         authority: Authority::Exclusive,
         owner: None,
         figures: figures.clone(),
+        guard: None,
     }
 }
 
@@ -223,6 +224,7 @@ fn a_resume_skips_what_the_target_records_say_it_applied() {
         offset: 1000,
         db: 0,
         writers: 2,
+        target_marker: None,
     };
     let again = commands(&[&["SELECT", "0"], &["INCR", "counter"], &["INCR", "counter"]]);
     assert_eq!(again, first);

@@ -22,6 +22,12 @@ pub struct Checkpoint {
     pub db: u32,
     /// Writers at the time (the key partitioning depends on it).
     pub writers: usize,
+    /// The generation of the source's marker key on the target once everything up to
+    /// `offset` was acknowledged (`pipeline::source_loop::target_loss`): a target holding an
+    /// older one, or none, lost what it acknowledged. `None` in checkpoints of earlier
+    /// versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_marker: Option<u64>,
 }
 
 /// The checkpoint file of `source` under `state_dir`.
@@ -82,10 +88,20 @@ mod tests {
             offset: 12345,
             db: 3,
             writers: 2,
+            target_marker: Some(7),
         };
         save(dir.path(), &cp).unwrap();
         assert_eq!(load(dir.path(), "127.0.0.1:6379").unwrap(), Some(cp));
         remove(dir.path(), "127.0.0.1:6379").unwrap();
         assert_eq!(load(dir.path(), "127.0.0.1:6379").unwrap(), None);
+    }
+
+    #[test]
+    fn checkpoints_of_earlier_versions_still_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = r#"{"source":"s:1","replid":"r","offset":5,"db":0,"writers":2}"#;
+        std::fs::write(path_for(dir.path(), "s:1"), old).unwrap();
+        let cp = load(dir.path(), "s:1").unwrap().unwrap();
+        assert_eq!((cp.offset, cp.target_marker), (5, None));
     }
 }

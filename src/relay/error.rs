@@ -42,6 +42,25 @@ pub enum StartError {
         what: &'static str,
         cause: std::io::Error,
     },
+    /// Another relay runs on the same state dir (its PID is named).
+    #[error(transparent)]
+    StateDirLocked(#[from] super::state_lock::LockError),
+    /// Another relay writes a source's records on the target (named), or the lease failed.
+    #[error(transparent)]
+    Lease(#[from] super::lease::LeaseError),
+    /// The target lost what it acknowledged, under `--on-target-loss stop`.
+    #[error("source {name}: target loss: {reason}; not resuming (--on-target-loss stop): the target no longer holds what this relay wrote; start with --on-target-loss resync (or remove the checkpoint {}) to copy the source anew", checkpoint.display())]
+    TargetLost {
+        name: String,
+        reason: crate::pipeline::source_loop::LossReason,
+        checkpoint: PathBuf,
+    },
+    /// The target could not be asked whether it still holds what the checkpoint says.
+    #[error("source {name}: cannot check the target's marker before resuming: {cause}")]
+    TargetCheck {
+        name: String,
+        cause: crate::target::control::ControlError,
+    },
 }
 
 /// Why a running relay stopped, or did not stop cleanly.
@@ -64,4 +83,7 @@ pub enum RelayError {
     },
     #[error("shutdown timed out before the target acknowledged everything")]
     ShutdownTimeout,
+    /// Another relay took a source's writer lease on the target.
+    #[error(transparent)]
+    Lease(#[from] super::lease::LeaseError),
 }

@@ -27,9 +27,11 @@
 
 mod backlog;
 pub mod error;
+pub mod lease;
 mod run;
 pub mod sampler;
 mod spool_sink;
+pub mod state_lock;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -49,7 +51,8 @@ use crate::endpoint::Endpoint;
 use crate::pipeline::checkpoint;
 use crate::pipeline::checkpoint::Checkpoint;
 use crate::pipeline::source_loop::{
-    self, AckPosition, LoopFigures, Output, SinkOutput, SourceCtx, TargetOutput,
+    self, AckPosition, LoopFigures, LossPolicy, Output, SinkOutput, SourceCtx, TargetGuard,
+    TargetOutput,
 };
 use crate::pipeline::stream_apply::StreamOptions;
 use crate::pipeline::{ApplyOptions, Dispatcher};
@@ -87,6 +90,10 @@ pub struct RelayConfig {
     pub heartbeat: Option<Duration>,
     /// Who else writes into the target: decides which keys the relay may ever delete.
     pub ownership: Ownership,
+    /// What to do when the target lost what it acknowledged (`--on-target-loss`).
+    pub on_target_loss: LossPolicy,
+    /// TTL of the writer leases on the target (see [`lease`]).
+    pub lease_ttl: Duration,
 }
 
 /// Who writes into the target (`--target-owner`).
@@ -166,6 +173,8 @@ impl RelayBuilder {
                 repl_timeout: Duration::from_secs(60),
                 heartbeat: None,
                 ownership: Ownership::default(),
+                on_target_loss: LossPolicy::default(),
+                lease_ttl: DEFAULT_LEASE_TTL,
             },
             sink_factory: None,
         }
@@ -267,6 +276,18 @@ impl RelayBuilder {
         self
     }
 
+    /// What to do when the target lost what it acknowledged.
+    pub fn on_target_loss(mut self, p: LossPolicy) -> Self {
+        self.cfg.on_target_loss = p;
+        self
+    }
+
+    /// TTL of the writer leases on the target.
+    pub fn lease_ttl(mut self, ttl: Duration) -> Self {
+        self.cfg.lease_ttl = ttl;
+        self
+    }
+
     pub fn config(&self) -> &RelayConfig {
         &self.cfg
     }
@@ -275,6 +296,7 @@ impl RelayBuilder {
     /// checkpoint is unreadable; source connection problems are retried by the links.
     pub fn start(mut self) -> Result<RelayHandle, StartError> {
         let mut cfg = self.checked_config()?;
+        let lock = state_lock::StateLock::acquire(&cfg.state_dir)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("relay-links")
@@ -296,11 +318,24 @@ impl RelayBuilder {
         };
         let target_cluster = matches!(pool, Some(TargetPool::Cluster(_)));
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stop = Arc::new(AtomicBool::new(false));
+        let lease_lost = Arc::default();
+        let mut lease_thread = None;
+        if pool.is_some() {
+            let mut leases = leases(&cfg, target_cluster)?;
+            leases.renew()?;
+            let keeper = leases.keep(stop.clone(), Arc::clone(&lease_lost));
+            lease_thread = Some(keeper.map_err(|cause| StartError::Threads {
+                what: "lease thread",
+                cause,
+            })?);
+        }
         let wiring = Wiring {
             cfg: &cfg,
             writers: pool.as_ref().map(|p| p.writers()).unwrap_or(1),
+            pool_state: pool.as_ref().map(|p| p.state().clone()),
             target_cluster,
-            stop: Arc::new(AtomicBool::new(false)),
+            stop,
             stop_rx,
         };
         let mut sources = Vec::new();
@@ -331,6 +366,9 @@ impl RelayBuilder {
                 runtime: Mutex::new(Some(runtime)),
                 started: Instant::now(),
                 sampler: Mutex::new(sampler::Sampler::default()),
+                lease_lost,
+                lease_thread: Mutex::new(lease_thread),
+                _lock: lock,
             }),
         };
         handle.spawn_metrics_updater();
@@ -417,6 +455,31 @@ fn read_command_table(
     }
 }
 
+/// The writer leases default TTL (`--lease-ttl`).
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(15);
+
+/// The control connection to the target (marker and leases).
+fn control_conn(cfg: &RelayConfig, target_cluster: bool) -> crate::target::control::ControlConn {
+    let mut seeds: Vec<Endpoint> = cfg.target.iter().cloned().collect();
+    seeds.extend(cfg.target_seeds.iter().cloned());
+    crate::target::control::ControlConn::new(seeds, target_cluster, cfg.writers.connect_timeout)
+}
+
+/// The writer leases of every source on the target, under this state dir's identity.
+fn leases(cfg: &RelayConfig, target_cluster: bool) -> Result<lease::Leases, StartError> {
+    let id = lease::state_dir_id(&cfg.state_dir)?;
+    let names: Vec<String> = cfg.sources.iter().map(|s| s.to_string()).collect();
+    let identity = lease::identity(&id, &cfg.state_dir);
+    Ok(lease::Leases::new(
+        control_conn(cfg, target_cluster),
+        &String::from_utf8_lossy(&cfg.stream.own_prefix),
+        &names,
+        id,
+        identity,
+        cfg.lease_ttl,
+    ))
+}
+
 /// Who may hold a key the deletions of source `ep` consider. When `--db-map` merges
 /// databases, the source itself is asked too: a FLUSHDB of its database 1 may only delete the
 /// target keys that its database 0 (merged into the same target database) does not hold.
@@ -439,6 +502,8 @@ fn authority_for(cfg: &RelayConfig, ep: &Endpoint) -> Authority {
 struct Wiring<'a> {
     cfg: &'a RelayConfig,
     writers: usize,
+    /// The writers' shared state (a Redis target): their reconnects trigger a loss check.
+    pool_state: Option<Arc<crate::target::writer::PoolState>>,
     target_cluster: bool,
     stop: Arc<AtomicBool>,
     stop_rx: tokio::sync::watch::Receiver<bool>,
@@ -456,7 +521,7 @@ impl Wiring<'_> {
     ) -> Result<SourceRuntime, StartError> {
         let cfg = self.cfg;
         let name = ep.to_string();
-        let resume = self.checkpoint(&name, apply.is_some())?;
+        let (resume, guard) = self.resume_point(&name, apply)?;
         let spool = Spool::new(
             &cfg.state_dir
                 .join("spool")
@@ -490,6 +555,7 @@ impl Wiring<'_> {
                 .clone()
                 .map(|o| Arc::new(move |k: &[u8]| o.owner(k)) as source_loop::OwnerHint),
             figures: figures.clone(),
+            guard,
         };
         let (apply, fatal) = spawn_loop(ctx)?;
         let mut link_cfg = LinkConfig::new(ep.clone());
@@ -520,6 +586,62 @@ impl Wiring<'_> {
             apply: Mutex::new(Some(apply)),
             fatal,
         })
+    }
+
+    /// Where source `name` resumes (its checkpoint, if the target still holds what it says),
+    /// and the guard of its target (a Redis target only).
+    fn resume_point(
+        &self,
+        name: &str,
+        apply: Option<&ApplyOptions>,
+    ) -> Result<(Option<Checkpoint>, Option<TargetGuard>), StartError> {
+        let resume = self.checkpoint(name, apply.is_some())?;
+        let mut guard = apply.map(|a| {
+            let g = TargetGuard::new(
+                control_conn(self.cfg, self.target_cluster),
+                &String::from_utf8_lossy(&a.own_prefix),
+                name,
+                self.cfg.on_target_loss,
+            );
+            match &self.pool_state {
+                Some(state) => g.watch_writers(state.clone()),
+                None => g,
+            }
+        });
+        let resume = match (resume, guard.as_mut()) {
+            (Some(cp), Some(g)) => self.verify_target(cp, g)?,
+            (resume, _) => resume,
+        };
+        Ok((resume, guard))
+    }
+
+    /// Resume from `cp` only if the target still holds what the checkpoint says it
+    /// acknowledged; otherwise, as `--on-target-loss` says, forget the checkpoint (a full
+    /// sync follows) or refuse to start.
+    fn verify_target(
+        &self,
+        cp: Checkpoint,
+        guard: &mut TargetGuard,
+    ) -> Result<Option<Checkpoint>, StartError> {
+        let name = cp.source.clone();
+        let reason = match guard.verify_resume(cp.target_marker) {
+            Ok(None) => return Ok(Some(cp)),
+            Ok(Some(reason)) => reason,
+            Err(cause) => return Err(StartError::TargetCheck { name, cause }),
+        };
+        metrics::counter!("redis_relay_target_loss_total", "source" => name.clone(), "reason" => reason.label())
+            .increment(1);
+        if guard.policy == LossPolicy::Stop {
+            return Err(StartError::TargetLost {
+                checkpoint: checkpoint::path_for(&self.cfg.state_dir, &name),
+                name,
+                reason,
+            });
+        }
+        tracing::error!(source = %name, reason = reason.label(), "target loss: {reason}; not resuming from the checkpoint at offset {}: syncing the source again from a new snapshot (--on-target-loss resync)", cp.offset);
+        checkpoint::remove(&self.cfg.state_dir, &name)
+            .map_err(|cause| StartError::Checkpoint { name, cause })?;
+        Ok(None)
     }
 
     /// The checkpoint of source `name`, if any (logged).
@@ -584,6 +706,10 @@ impl AckPosition for SourceProgress {
 
     fn ack_now(&self) {
         self.ack_now.notify_one();
+    }
+
+    fn full_sync_now(&self) {
+        self.ask_full_sync();
     }
 }
 
@@ -691,6 +817,12 @@ struct Inner {
     started: Instant,
     /// The one sampler of the figures (see [`sampler`]), fed by the metrics thread.
     sampler: Mutex<sampler::Sampler>,
+    /// A writer lease taken by another relay while running.
+    lease_lost: Arc<Mutex<Option<lease::LeaseError>>>,
+    /// Renews the leases; releases them when the relay stops.
+    lease_thread: Mutex<Option<JoinHandle<()>>>,
+    /// One relay per state dir: held until the relay is dropped.
+    _lock: state_lock::StateLock,
 }
 
 /// Status of one source.
@@ -834,6 +966,9 @@ impl RelayHandle {
     /// The first fatal error of any source or of the writers, if one happened. Transient
     /// problems (a master restarting, a refused connection) are retried and are not errors.
     pub fn error(&self) -> Option<RelayError> {
+        if let Some(e) = self.inner.lease_lost.lock().clone() {
+            return Some(RelayError::Lease(e));
+        }
         if let Some(p) = self.inner.pool.lock().as_ref() {
             if let Some(e) = p.state().error() {
                 return Some(RelayError::Writers(e));
@@ -906,6 +1041,9 @@ impl RelayHandle {
         }
         if let Some(rt) = inner.runtime.lock().take() {
             rt.shutdown_timeout(Duration::from_secs(1));
+        }
+        if let Some(h) = inner.lease_thread.lock().take() {
+            let _ = h.join();
         }
         match first_err {
             Some(e) => Err(e),

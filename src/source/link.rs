@@ -106,6 +106,10 @@ pub struct SourceProgress {
     applied_offset: AtomicU64,
     /// The pipeline asks for an immediate ACK (it saw `REPLCONF GETACK`).
     pub ack_now: Notify,
+    /// The pipeline asks for a new full sync (the target lost data): see
+    /// [`SourceProgress::ask_full_sync`].
+    full_sync_asked: AtomicBool,
+    full_sync_now: Notify,
     state: AtomicU8,
     rdb_bytes_received: AtomicU64,
     /// `u64::MAX` while unknown (diskless, or before the preamble).
@@ -128,6 +132,8 @@ impl SourceProgress {
             received_offset: AtomicU64::new(0),
             applied_offset: AtomicU64::new(0),
             ack_now: Notify::new(),
+            full_sync_asked: AtomicBool::new(false),
+            full_sync_now: Notify::new(),
             state: AtomicU8::new(LinkState::Connecting as u8),
             rdb_bytes_received: AtomicU64::new(0),
             rdb_bytes_total: AtomicU64::new(u64::MAX),
@@ -144,6 +150,13 @@ impl SourceProgress {
 
     /// Master offset of the last byte received (handed to the sink). For a legacy `SYNC`
     /// master, which has no offsets, the number of stream bytes since the SYNC.
+    /// Drop the connection and ask the master for a full sync (`PSYNC ? -1`) instead of
+    /// resuming: what the relay wrote from this master is gone from the target.
+    pub fn ask_full_sync(&self) {
+        self.full_sync_asked.store(true, Ordering::Release);
+        self.full_sync_now.notify_one();
+    }
+
     pub fn received_offset(&self) -> u64 {
         self.received_offset.load(Ordering::Acquire)
     }
@@ -293,6 +306,9 @@ pub enum LinkError {
     },
     #[error("{source_name}: unexpected reply: {what}")]
     Unexpected { source_name: String, what: String },
+    /// The pipeline asked for a new full sync ([`SourceProgress::ask_full_sync`]).
+    #[error("{source_name}: a full sync was asked for (the target lost data)")]
+    FullSyncAsked { source_name: String },
 }
 
 /// Why a full sync (after `+FULLRESYNC`, before the end of the RDB) failed: the label of
@@ -349,6 +365,10 @@ pub async fn run_link(
             break;
         }
         progress.connect_attempts.fetch_add(1, Ordering::Relaxed);
+        if progress.full_sync_asked.swap(false, Ordering::AcqRel) {
+            tracing::info!(source = %name, "a full sync was asked for: PSYNC ? -1");
+            replid = None;
+        }
         let mut synced = false;
         let r = {
             let sess = session(&cfg, &progress, &mut sink, &mut replid, &mut synced);
@@ -374,6 +394,9 @@ pub async fn run_link(
         }
         if synced {
             backoff = cfg.backoff_min;
+        }
+        if matches!(err, LinkError::FullSyncAsked { .. }) {
+            continue;
         }
         tracing::warn!(source = %name, error = %err,
             "replication link failed; reconnecting in {:?}", backoff);
@@ -708,6 +731,12 @@ impl<S: LinkSink> Session<'_, S> {
                     self.send_ack(&mut wr).await?;
                 }
                 _ = self.progress.ack_now.notified(), if !legacy => self.send_ack(&mut wr).await?,
+                // A permit left from before this connection is not a request any more.
+                _ = self.progress.full_sync_now.notified() => {
+                    if self.progress.full_sync_asked.load(Ordering::Acquire) {
+                        return Err(LinkError::FullSyncAsked { source_name: self.name.to_string() });
+                    }
+                }
                 _ = &mut deadline => return Err(LinkError::Timeout {
                     source_name: self.name.to_string(), phase: PHASE, timeout,
                 }),

@@ -10,6 +10,7 @@
 pub mod cluster;
 pub mod command_table;
 pub mod commands;
+pub mod control;
 pub mod deferred;
 pub mod deletion;
 pub mod info;

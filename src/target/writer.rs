@@ -93,6 +93,9 @@ pub struct PoolState {
     pub bytes_written: AtomicU64,
     /// Writers (cluster: lanes) waiting for the target to accept writes again (OOM).
     oom_stalled: AtomicU64,
+    /// Writer connections that broke and were replaced: the target may have restarted, so
+    /// the target loss check runs at once (`pipeline::source_loop::target_loss`).
+    pub reconnects: AtomicU64,
 }
 
 impl PoolState {
@@ -591,6 +594,7 @@ impl Writer {
                 }
                 Ended::Broken(unacked, why, None) => {
                     metrics::counter!("redis_relay_target_reconnects_total").increment(1);
+                    self.state.reconnects.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(
                         writer = self.w,
                         unacknowledged_batches = unacked.len(),

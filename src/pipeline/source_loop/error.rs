@@ -58,6 +58,12 @@ pub enum ApplyError {
     },
     #[error("source {name}: stream data before any sync")]
     StreamBeforeSync { name: String },
+    /// The target no longer holds what it acknowledged, under `--on-target-loss stop`.
+    #[error("source {name}: target loss: {reason}; stopped (--on-target-loss stop): the target no longer holds what this relay wrote; start again with --on-target-loss resync (or remove the state dir's checkpoint) to copy the source anew")]
+    TargetLost {
+        name: String,
+        reason: super::target_loss::LossReason,
+    },
     #[error("source {name}: bad command stream at offset {offset}: {cause}")]
     BadStream {
         name: String,
@@ -102,6 +108,7 @@ impl ApplyError {
             | ApplyError::PartialWithoutSnapshot { name }
             | ApplyError::PartialGap { name, .. }
             | ApplyError::StreamBeforeSync { name }
+            | ApplyError::TargetLost { name, .. }
             | ApplyError::BadStream { name, .. }
             | ApplyError::Records { name, .. }
             | ApplyError::DeletionWithoutTarget { name }

@@ -12,10 +12,12 @@ pub mod error;
 pub mod output;
 mod resync;
 pub mod sink;
+pub mod target_loss;
 
 pub use error::{ApplyError, SinkError};
 pub use output::{Output, SinkOutput, TargetOutput};
 pub use sink::{EventSink, RelayEvent};
+pub use target_loss::{LossPolicy, LossReason, TargetGuard};
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -41,6 +43,10 @@ pub trait AckPosition: Send + Sync {
     fn set_applied(&self, offset: u64);
     /// The master asked for an ACK (`REPLCONF GETACK`): send one now.
     fn ack_now(&self);
+    /// Drop the replication link and sync again from a new snapshot (`PSYNC ? -1`): the
+    /// target lost what it acknowledged. Only a loop with a [`TargetGuard`] asks; outputs
+    /// without one need not implement it.
+    fn full_sync_now(&self) {}
 }
 
 /// Where a key belongs (nutcracker's placement), to ask that peer first; `None`: unknown.
@@ -98,6 +104,8 @@ pub struct SourceCtx {
     pub authority: Authority,
     pub owner: Option<OwnerHint>,
     pub figures: Arc<LoopFigures>,
+    /// Checks that the target still holds what it acknowledged (a Redis target only).
+    pub guard: Option<TargetGuard>,
 }
 
 /// No heartbeat measured yet.
@@ -122,6 +130,13 @@ struct State {
     /// Heartbeats seen in the stream and not yet acknowledged: (stamp ms, end offset).
     heartbeats: VecDeque<(u64, u64)>,
     deferred: DeferredDeletions,
+    /// The target lost data and a new full sync was asked for: no checkpoint, no check until
+    /// it starts.
+    resync_pending: bool,
+    /// The target lost data under `--on-target-loss stop`: the loop ends with it.
+    lost: Option<LossReason>,
+    /// When the last failed target check was logged (one warning per minute).
+    guard_warned: Option<Instant>,
 }
 
 /// One source's loop: its context and its state.
@@ -155,6 +170,9 @@ impl SourceLoop {
                 last_cp_time: Instant::now(),
                 heartbeats: VecDeque::new(),
                 deferred,
+                resync_pending: false,
+                lost: None,
+                guard_warned: None,
             },
         };
         if let Some(cp) = lp.ctx.resume.clone() {
@@ -225,6 +243,12 @@ impl SourceLoop {
         }
         self.check_heartbeats();
         self.tick(false);
+        if let Some(reason) = self.st.lost.take() {
+            return Err(ApplyError::TargetLost {
+                name: self.ctx.name.clone(),
+                reason,
+            });
+        }
         self.st.deferred.retry_if_due(&self.ctx)
     }
 
@@ -270,7 +294,12 @@ impl SourceLoop {
         if self.ctx.figures.snapshot_done.load(Ordering::Acquire) {
             self.ctx.acks.set_applied(applied);
         }
-        if !force && self.st.last_cp_time.elapsed() < Duration::from_secs(1) {
+        let reconnected = self
+            .ctx
+            .guard
+            .as_mut()
+            .is_some_and(TargetGuard::writers_reconnected);
+        if !force && !reconnected && self.st.last_cp_time.elapsed() < Duration::from_secs(1) {
             return;
         }
         self.st.last_cp_time = Instant::now();
@@ -280,7 +309,65 @@ impl SourceLoop {
             return;
         }
         deletions::publish(&self.ctx.figures, &self.st.deferred.set);
-        self.checkpoint(applied);
+        // `applied` was read before the marker's swap: everything the checkpoint covers was
+        // acknowledged before the generation it saves.
+        if self.watch_target() {
+            self.checkpoint(applied);
+        }
+    }
+
+    /// Check that the target still holds what it acknowledged (see [`target_loss`]); false
+    /// when no checkpoint may be written now (the target lost data, or a resync is pending).
+    fn watch_target(&mut self) -> bool {
+        if self.st.resync_pending || self.st.lost.is_some() {
+            return false;
+        }
+        let Some(guard) = self.ctx.guard.as_mut() else {
+            return true;
+        };
+        match guard.check() {
+            Ok(None) => {
+                self.st.guard_warned = None;
+                true
+            }
+            Ok(Some(reason)) => {
+                self.target_lost(reason);
+                false
+            }
+            Err(e) => {
+                // Unreachable target: the writers wait for it too, nothing is acknowledged.
+                if self
+                    .st
+                    .guard_warned
+                    .is_none_or(|t| t.elapsed() > Duration::from_secs(60))
+                {
+                    tracing::warn!(source = %self.ctx.name, "cannot check the target's marker: {e}");
+                    self.st.guard_warned = Some(Instant::now());
+                }
+                true
+            }
+        }
+    }
+
+    /// The target lost what it acknowledged: count it, then sync again from a new snapshot
+    /// or stop, as `--on-target-loss` says.
+    fn target_lost(&mut self, reason: LossReason) {
+        let ctx = &self.ctx;
+        metrics::counter!("redis_relay_target_loss_total", "source" => ctx.name.clone(), "reason" => reason.label())
+            .increment(1);
+        let policy = ctx.guard.as_ref().map(|g| g.policy).unwrap_or_default();
+        if policy == LossPolicy::Stop {
+            tracing::error!(source = %ctx.name, reason = reason.label(), "target loss: {reason} (--on-target-loss stop)");
+            self.st.lost = Some(reason);
+            return;
+        }
+        tracing::error!(source = %ctx.name, reason = reason.label(), "target loss: {reason}; syncing the source again from a new snapshot (--on-target-loss resync)");
+        if let Err(e) = checkpoint::remove(&ctx.state_dir, &ctx.name) {
+            tracing::warn!(source = %ctx.name, "cannot remove the checkpoint: {e}");
+        }
+        self.st.last_checkpoint = None;
+        self.st.resync_pending = true;
+        ctx.acks.full_sync_now();
     }
 
     /// Save the checkpoint at `applied` if it moved (never during a snapshot).
@@ -302,6 +389,7 @@ impl SourceLoop {
             offset: applied,
             db: stream.db_at(applied),
             writers: ctx.writers,
+            target_marker: ctx.guard.as_ref().and_then(TargetGuard::generation),
         };
         match checkpoint::save(&ctx.state_dir, &cp) {
             Ok(()) => st.last_checkpoint = Some((cp.replid, cp.offset)),

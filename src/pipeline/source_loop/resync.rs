@@ -76,6 +76,10 @@ impl SourceLoop {
         ctx.figures.rdb_bytes_loaded.store(0, Ordering::Relaxed);
         ctx.figures.snapshot_keys.store(0, Ordering::Relaxed);
         st.heartbeats.clear();
+        st.resync_pending = false;
+        if let Some(g) = ctx.guard.as_mut() {
+            g.rearm();
+        }
         ctx.output.full_resync(replid, offset)
     }
 

@@ -461,6 +461,10 @@ impl Lane {
         if r.broken || !rest.is_empty() {
             self.drop_conn(&r.addr);
             metrics::counter!("redis_relay_target_reconnects_total").increment(1);
+            self.sh
+                .state
+                .reconnects
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.sh.refresh("a broken connection");
         }
         for s in rest {
