@@ -320,16 +320,10 @@ impl RelayBuilder {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let stop = Arc::new(AtomicBool::new(false));
         let lease_lost = Arc::default();
-        let mut lease_thread = None;
-        if pool.is_some() {
-            let mut leases = leases(&cfg, target_cluster)?;
-            leases.renew()?;
-            let keeper = leases.keep(stop.clone(), Arc::clone(&lease_lost));
-            lease_thread = Some(keeper.map_err(|cause| StartError::Threads {
-                what: "lease thread",
-                cause,
-            })?);
-        }
+        let lease_thread = match pool {
+            Some(_) => Some(keep_leases(&cfg, target_cluster, &stop, &lease_lost)?),
+            None => None,
+        };
         let wiring = Wiring {
             cfg: &cfg,
             writers: pool.as_ref().map(|p| p.writers()).unwrap_or(1),
@@ -463,6 +457,24 @@ fn control_conn(cfg: &RelayConfig, target_cluster: bool) -> crate::target::contr
     let mut seeds: Vec<Endpoint> = cfg.target.iter().cloned().collect();
     seeds.extend(cfg.target_seeds.iter().cloned());
     crate::target::control::ControlConn::new(seeds, target_cluster, cfg.writers.connect_timeout)
+}
+
+/// Take the writer leases of every source and keep them renewed on their own thread; an error
+/// when another relay holds one.
+fn keep_leases(
+    cfg: &RelayConfig,
+    target_cluster: bool,
+    stop: &Arc<AtomicBool>,
+    lost: &Arc<Mutex<Option<lease::LeaseError>>>,
+) -> Result<JoinHandle<()>, StartError> {
+    let mut leases = leases(cfg, target_cluster)?;
+    leases.renew()?;
+    leases
+        .keep(stop.clone(), Arc::clone(lost))
+        .map_err(|cause| StartError::Threads {
+            what: "lease thread",
+            cause,
+        })
 }
 
 /// The writer leases of every source on the target, under this state dir's identity.
