@@ -407,3 +407,35 @@ fn one_writer_per_source_and_target() {
         "the second relay after the lease expired",
     );
 }
+
+/// A FLUSHALL of the source itself, forwarded as is (the relay is the target's only writer),
+/// empties the target too: that is replication, not a loss. The marker is re-armed once the
+/// flush is acknowledged; no resync follows, and the writes after it arrive.
+#[test]
+fn a_flush_of_the_source_forwarded_as_is_is_not_a_loss() {
+    let source = RedisServer::start(&[]);
+    let target = RedisServer::start(&[]);
+    fill(&source);
+    let state = tempfile::tempdir().unwrap();
+    let base = with(
+        args(&source, target.port, state.path()),
+        &["--target-owner", "exclusive"],
+    );
+    let relay = Relay::start_synced(&base, state.path(), &source.addr());
+    assert_equal_soon(&source, target.port, &relay, "first sync");
+    let mut c = source.client();
+    c.cmd(&["FLUSHALL"]);
+    for i in 0..50 {
+        c.cmd(&["RPUSH", "after", &i.to_string()]);
+    }
+    // Several marker checks (one a second) after the flush.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(losses(&relay, "emptied"), 0.0, "{}", relay.log_text());
+    assert!(
+        !relay.log_text().contains("target loss"),
+        "{}",
+        relay.log_text()
+    );
+    assert_eq!(sync_full(&source), 1, "no second full sync");
+    assert_equal_soon(&source, target.port, &relay, "after the flush");
+}

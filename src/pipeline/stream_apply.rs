@@ -141,6 +141,9 @@ pub struct StreamApply {
     selects: VecDeque<(u64, u32)>,
     multi: Option<MultiBlock>,
     scripts: HashMap<String, Bytes>,
+    /// A FLUSHALL (or FLUSHDB of target database 0) was forwarded as is: the relay's own keys
+    /// there (the target loss marker) went with it.
+    own_keys_flushed: bool,
     pub stats: StreamStats,
 }
 
@@ -260,6 +263,7 @@ impl StreamApply {
             selects,
             multi: None,
             scripts: HashMap::new(),
+            own_keys_flushed: false,
             stats: StreamStats::default(),
         }
     }
@@ -271,6 +275,12 @@ impl StreamApply {
     /// Inside MULTI ... EXEC (offsets inside are not checkpoints).
     pub fn in_transaction(&self) -> bool {
         self.multi.is_some()
+    }
+
+    /// Whether a FLUSHALL (or FLUSHDB 0) forwarded as is was applied since the last call: a
+    /// flush is a barrier, so once outside a transaction it is acknowledged.
+    pub fn take_own_keys_flushed(&mut self) -> bool {
+        !self.in_transaction() && std::mem::take(&mut self.own_keys_flushed)
     }
 
     /// The database in effect after everything up to `offset` ran; forgets older history.
@@ -672,6 +682,8 @@ impl StreamApply {
                 self.stats.filtered += 1;
                 return Ok(ControlFlow::Break(Control::None));
             }
+            b"FLUSHALL" => self.own_keys_flushed = true,
+            b"FLUSHDB" if target_db == 0 => self.own_keys_flushed = true,
             b"SWAPDB" if self.opts.shared_target => {
                 tracing::warn!(
                     db = self.db,

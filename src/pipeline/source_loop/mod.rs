@@ -426,6 +426,13 @@ impl SourceLoop {
             }
             let control = ctx.output.command(stream, frame)?;
             on_control(ctx, &mut st.deferred, &mut st.heartbeats, control)?;
+            if stream.take_own_keys_flushed() {
+                // The source's FLUSHALL (or FLUSHDB 0), forwarded as is and acknowledged, took
+                // the relay's marker with it: not a loss of the target's.
+                if let Some(g) = ctx.guard.as_mut() {
+                    g.rearm();
+                }
+            }
         }
     }
 }
