@@ -548,7 +548,13 @@ impl StreamApply {
             ControlFlow::Continue(route) => route,
             ControlFlow::Break(control) => return Ok(control),
         };
-        if self.refused(up, &args, start, d)? {
+        // The filters may have turned the command into another (MOVE out of the copied
+        // databases into DEL): the target's check is of the command sent.
+        let sent_name = match args.first() {
+            Some(n) if !n.eq_ignore_ascii_case(up) => std::borrow::Cow::Owned(upper_name(n)),
+            _ => std::borrow::Cow::Borrowed(up),
+        };
+        if self.refused(&sent_name, &args, start, d)? {
             return Ok(if self.multi.is_some() {
                 Control::None
             } else {
