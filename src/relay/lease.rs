@@ -139,7 +139,10 @@ impl Leases {
         let ttl = self.ttl.as_millis().max(1).to_string();
         let (k, me) = (key.as_bytes(), self.identity.as_bytes());
         let set = [b"SET", k, me, b"PX", ttl.as_bytes(), b"NX"];
-        if let Reply::Simple(_) = self.conn.call(k, &set).map_err(target)? {
+        // A refused SET (a target out of memory) still lets the holder be read below: another
+        // relay's lease is found whatever the target's memory.
+        let taken = self.conn.call(k, &set);
+        if let Ok(Reply::Simple(_)) = taken {
             return Ok(());
         }
         // Held: by ourselves (renewal, or a restart on the same state dir) or another relay.
@@ -160,8 +163,10 @@ impl Leases {
                     ttl_ms,
                 })
             }
-            // Ours, or expired between the two commands: (re)write it.
+            // Ours, or expired between the two commands: (re)write it, unless the target
+            // refused the first write.
             _ => {
+                taken.map_err(target)?;
                 let set = [b"SET", k, me, b"PX", ttl.as_bytes()];
                 self.conn.call(k, &set).map_err(target)?;
                 Ok(())

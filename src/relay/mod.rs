@@ -468,7 +468,13 @@ fn keep_leases(
     lost: &Arc<Mutex<Option<lease::LeaseError>>>,
 ) -> Result<JoinHandle<()>, StartError> {
     let mut leases = leases(cfg, target_cluster)?;
-    leases.renew()?;
+    match leases.renew() {
+        Ok(()) => {}
+        Err(e @ lease::LeaseError::Held { .. }) => return Err(e.into()),
+        // Not held by another relay, but not written either (the target out of memory, or
+        // gone): the writers wait for the target too; the keeper takes it when it can.
+        Err(e) => tracing::warn!("writer lease not taken yet ({e}); retried"),
+    }
     leases
         .keep(stop.clone(), Arc::clone(lost))
         .map_err(|cause| StartError::Threads {
