@@ -506,8 +506,10 @@ impl SnapshotApply {
             }
         }
 
-        let key = big.meta.key.clone();
-        self.field_ttls(&key, &value)?;
+        if !self.opts.rewrite.field_ttl {
+            let key = big.meta.key.clone();
+            self.field_ttls(&key, &value)?;
+        }
         let Some(big) = self.big.as_mut() else {
             return Ok(());
         };

@@ -50,7 +50,7 @@ impl TargetInfo {
 
     /// Hash field TTLs (`HPEXPIREAT`): Redis 7.4+, Valkey 9.0+.
     pub fn has_field_ttl(&self) -> bool {
-        ServerVersion::new(Some(&self.version), self.valkey_version.as_ref()).has_field_ttl()
+        has_field_ttl(&self.version, self.valkey_version.as_deref())
     }
 
     /// `Redis 7.0.15` or `Valkey 9.1.2`, for messages.
@@ -83,16 +83,21 @@ impl ServerVersion {
 
     /// Hash field TTLs: Redis 7.4+, Valkey 9.0+.
     pub fn has_field_ttl(&self) -> bool {
-        match &self.valkey {
-            Some(v) => version_tuple(v) >= (9, 0),
-            None => version_tuple(&self.redis) >= (7, 4),
-        }
+        has_field_ttl(&self.redis, self.valkey.as_deref())
     }
 }
 
 impl std::fmt::Display for ServerVersion {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&server_product(&self.redis, self.valkey.as_deref()))
+    }
+}
+
+/// Whether a server of these INFO versions holds hash field TTLs: Redis 7.4+, Valkey 9.0+.
+pub fn has_field_ttl(redis_version: &str, valkey_version: Option<&str>) -> bool {
+    match valkey_version {
+        Some(v) => version_tuple(v) >= (9, 0),
+        None => version_tuple(redis_version) >= (7, 4),
     }
 }
 

@@ -5,7 +5,7 @@
 //! version. Keeping every such question here, one named method each, means the rest of the
 //! reader asks "does this server have X" and never compares version numbers itself.
 
-use crate::target::info::version_tuple;
+use crate::target::info::{has_field_ttl, version_tuple};
 
 /// What the reader knows about the server, from `INFO server`.
 #[derive(Debug, Clone)]
@@ -13,7 +13,7 @@ pub struct ServerFacts {
     pub version: String,
     pub major_minor: (u32, u32),
     /// `valkey_version` on Valkey, whose `redis_version` stays 7.2.4.
-    pub valkey: Option<(u32, u32)>,
+    pub valkey: Option<String>,
 }
 
 impl ServerFacts {
@@ -27,7 +27,7 @@ impl ServerFacts {
 
     /// The facts of a server that says it is Valkey `valkey_version` (if given).
     pub fn with_valkey(mut self, valkey_version: Option<&str>) -> Self {
-        self.valkey = valkey_version.map(version_tuple);
+        self.valkey = valkey_version.map(str::to_string);
         self
     }
     fn at_least(&self, major: u32, minor: u32) -> bool {
@@ -59,9 +59,6 @@ impl ServerFacts {
     }
     /// Hash field TTLs (Redis 7.4, Valkey 9.0).
     pub fn has_field_ttl(&self) -> bool {
-        match self.valkey {
-            Some(v) => v >= (9, 0),
-            None => self.at_least(7, 4),
-        }
+        has_field_ttl(&self.version, self.valkey.as_deref())
     }
 }
