@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redis_relay::resp::Reply;
+use support::workload::{metric_sum, snapshot_done, sync_full};
 use support::{redis_cli_bin, wait_until, Client, Nutcracker, RedisCluster, RedisServer, Relay};
 
 fn b(words: &[String]) -> Vec<Vec<u8>> {
@@ -236,28 +237,6 @@ fn failover(cluster: &RedisCluster) -> u16 {
         "replica {replica} did not take over"
     );
     replica
-}
-
-fn sync_full(m: &RedisServer) -> i64 {
-    m.client()
-        .info_field("stats", "sync_full")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(-1)
-}
-
-fn snapshot_done(relay: &Relay, sources: &[String]) -> bool {
-    sources
-        .iter()
-        .all(|s| relay.metric("redis_relay_snapshot_done", s) == Some(1.0))
-}
-
-fn metric_sum(relay: &Relay, name: &str) -> f64 {
-    relay
-        .metrics()
-        .lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 /// Load keys of every type (some with a TTL far away) into `port`'s database `db`.

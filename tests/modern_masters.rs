@@ -8,103 +8,10 @@ mod support;
 use std::path::Path;
 use std::time::Duration;
 
-use redis_relay::resp::Reply;
-use support::modern::Modern;
+use support::modern::{
+    field_ttls, ok, preload_field_ttls, stream_field_ttls, ttl_snapshot, Modern,
+};
 use support::{assert_union_equal, wait_until, Client, RedisServer, Relay};
-
-/// Field names and their absolute expire times (`HPEXPIRETIME`: -1 none, -2 no such field).
-fn field_ttls(c: &mut Client, key: &str, fields: &[&str]) -> Vec<i64> {
-    let n = fields.len().to_string();
-    let mut args = vec!["HPEXPIRETIME", key, "FIELDS", n.as_str()];
-    args.extend_from_slice(fields);
-    match c.cmd(&args) {
-        Reply::Array(Some(items)) => items.iter().map(|r| r.as_int().unwrap_or(-3)).collect(),
-        other => panic!("HPEXPIRETIME {key}: {other:?}"),
-    }
-}
-
-fn ok(c: &mut Client, args: &[&str]) {
-    let r = c.cmd(args);
-    assert!(!r.is_error(), "{args:?}: {r:?}");
-}
-
-/// Hashes with field TTLs in every shape a master keeps them: set by HSETEX, by HEXPIRE on a
-/// plain hash, a big one (hashtable encoding, more fields than one chunk), one field without
-/// TTL beside ones with, and a hash whose TTLs were all removed again.
-fn preload_field_ttls(c: &mut Client) {
-    ok(
-        c,
-        &[
-            "HSETEX", "fx:setex", "PX", "3600000", "FIELDS", "2", "a", "1", "b", "2",
-        ],
-    );
-    ok(
-        c,
-        &["HSET", "fx:mixed", "keep", "k", "gone", "g", "later", "l"],
-    );
-    ok(c, &["HEXPIRE", "fx:mixed", "7200", "FIELDS", "1", "later"]);
-    ok(
-        c,
-        &[
-            "HPEXPIREAT",
-            "fx:mixed",
-            "4102444800000",
-            "FIELDS",
-            "1",
-            "gone",
-        ],
-    );
-    ok(c, &["HSET", "fx:persisted", "p", "1"]);
-    ok(c, &["HEXPIRE", "fx:persisted", "100", "FIELDS", "1", "p"]);
-    ok(c, &["HPERSIST", "fx:persisted", "FIELDS", "1", "p"]);
-    let mut big: Vec<String> = vec!["HSET".into(), "fx:big".into()];
-    for i in 0..3000 {
-        big.push(format!("f{i}"));
-        big.push(format!("value-{i}-{}", "x".repeat(i % 50)));
-    }
-    ok(c, &big.iter().map(String::as_str).collect::<Vec<_>>());
-    for i in (0..3000).step_by(3) {
-        let ms = (4_000_000_000_000u64 + i).to_string();
-        ok(
-            c,
-            &["HPEXPIREAT", "fx:big", &ms, "FIELDS", "1", &format!("f{i}")],
-        );
-    }
-    ok(c, &["SET", "plain", "v"]);
-    ok(c, &["RPUSH", "list", "a", "b", "c"]);
-    ok(c, &["SET", "ttl", "v", "EX", "9000"]);
-}
-
-/// Writes of the stream that touch field TTLs, as the master propagates them.
-fn stream_field_ttls(c: &mut Client) {
-    ok(
-        c,
-        &["HSETEX", "fs:new", "EX", "5000", "FIELDS", "1", "x", "1"],
-    );
-    ok(c, &["HSET", "fs:plain", "a", "1", "b", "2"]);
-    ok(c, &["HPEXPIRE", "fs:plain", "900000", "FIELDS", "1", "a"]);
-    ok(c, &["HPERSIST", "fx:mixed", "FIELDS", "1", "later"]);
-    ok(
-        c,
-        &[
-            "HSETEX", "fx:setex", "KEEPTTL", "FIELDS", "1", "a", "changed",
-        ],
-    );
-    ok(c, &["HINCRBY", "fs:plain", "b", "5"]);
-    ok(c, &["RPUSH", "list", "d"]);
-}
-
-/// The field TTLs the test compares, on one server.
-fn ttl_snapshot(c: &mut Client) -> Vec<Vec<i64>> {
-    vec![
-        field_ttls(c, "fx:setex", &["a", "b"]),
-        field_ttls(c, "fx:mixed", &["keep", "gone", "later"]),
-        field_ttls(c, "fx:persisted", &["p"]),
-        field_ttls(c, "fx:big", &["f0", "f1", "f2", "f2997", "f2999"]),
-        field_ttls(c, "fs:new", &["x"]),
-        field_ttls(c, "fs:plain", &["a", "b"]),
-    ]
-}
 
 /// `sync` arguments from `source` into `target`, the state in `dir`.
 fn relay_args(source: &RedisServer, target: &RedisServer, dir: &Path) -> Vec<String> {
@@ -143,14 +50,14 @@ fn field_ttls_arrive_exactly(version: Modern) {
     let source = RedisServer::start_bin(&bin, &[]);
     let target = RedisServer::start_bin(&bin, &[]);
     let dir = tempfile::tempdir().unwrap();
-    preload_field_ttls(&mut source.client());
+    preload_field_ttls(&mut source.client(), "");
     let relay = relay(&source, &target, dir.path());
-    stream_field_ttls(&mut source.client());
+    stream_field_ttls(&mut source.client(), "");
     wait_for_list(&target, 4, &relay);
-    let want = ttl_snapshot(&mut source.client());
-    assert_eq!(want[0][1], ttl_snapshot(&mut source.client())[0][1]);
+    let want = ttl_snapshot(&mut source.client(), "");
+    assert_eq!(want[0][1], ttl_snapshot(&mut source.client(), "")[0][1]);
     assert!(want[3][0] > 0 && want[3][1] == -1, "source TTLs: {want:?}");
-    assert_eq!(ttl_snapshot(&mut target.client()), want, "{version:?}");
+    assert_eq!(ttl_snapshot(&mut target.client(), ""), want, "{version:?}");
     assert_union_equal(&[source.url()], &target.url(), &relay.log_text());
 }
 
@@ -175,13 +82,13 @@ fn valkey_9_master_into_redis_8_target() {
     let source = RedisServer::start_bin(&Modern::Valkey91.server_bin(), &[]);
     let target = RedisServer::start_bin(&Modern::Redis80.server_bin(), &[]);
     let dir = tempfile::tempdir().unwrap();
-    preload_field_ttls(&mut source.client());
+    preload_field_ttls(&mut source.client(), "");
     let relay = relay(&source, &target, dir.path());
-    stream_field_ttls(&mut source.client());
+    stream_field_ttls(&mut source.client(), "");
     wait_for_list(&target, 4, &relay);
     assert_eq!(
-        ttl_snapshot(&mut target.client()),
-        ttl_snapshot(&mut source.client())
+        ttl_snapshot(&mut target.client(), ""),
+        ttl_snapshot(&mut source.client(), "")
     );
     assert_union_equal(&[source.url()], &target.url(), &relay.log_text());
 }
@@ -211,7 +118,7 @@ fn valkey_8_master_into_redis_7_target() {
 fn valkey_9_rdb_file_dump_and_restore() {
     let source = RedisServer::start_bin(&Modern::Valkey91.server_bin(), &[]);
     let mut c = source.client();
-    preload_field_ttls(&mut c);
+    preload_field_ttls(&mut c, "");
     ok(&mut c, &["SAVE"]);
     let file = source.dir.path().join("dump.rdb");
     let head = std::fs::read(&file).unwrap();
@@ -251,7 +158,7 @@ fn valkey_9_rdb_file_dump_and_restore() {
 
 /// [`ttl_snapshot`] of the preloaded keys only.
 fn ttl_snapshot_preload(c: &mut Client) -> Vec<Vec<i64>> {
-    ttl_snapshot(c)[..4].to_vec()
+    ttl_snapshot(c, "")[..4].to_vec()
 }
 
 /// A master that drops the link in the middle of the transfer (here: the replica's connection
@@ -338,13 +245,13 @@ fn masters_configured_for_dual_channel_or_rdb_channel_still_serve_the_relay() {
         let source = RedisServer::start_bin(&version.server_bin(), config);
         let target = RedisServer::start_bin(&version.server_bin(), &[]);
         let dir = tempfile::tempdir().unwrap();
-        preload_field_ttls(&mut source.client());
+        preload_field_ttls(&mut source.client(), "");
         let relay = relay(&source, &target, dir.path());
-        stream_field_ttls(&mut source.client());
+        stream_field_ttls(&mut source.client(), "");
         wait_for_list(&target, 4, &relay);
         assert_eq!(
-            ttl_snapshot(&mut target.client()),
-            ttl_snapshot(&mut source.client()),
+            ttl_snapshot(&mut target.client(), ""),
+            ttl_snapshot(&mut source.client(), ""),
             "{version:?}"
         );
         assert_union_equal(&[source.url()], &target.url(), &relay.log_text());
@@ -360,7 +267,7 @@ fn field_ttls_into_a_target_without_them_stop_or_are_dropped_and_counted() {
     let source = RedisServer::start_bin(&Modern::Redis80.server_bin(), &[]);
     let target = RedisServer::start(&[]);
     let dir = tempfile::tempdir().unwrap();
-    preload_field_ttls(&mut source.client());
+    preload_field_ttls(&mut source.client(), "");
     let args = relay_args(&source, &target, dir.path());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
 
@@ -404,7 +311,7 @@ fn field_ttls_into_a_target_without_them_stop_or_are_dropped_and_counted() {
     let mut drop_args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
     drop_args.extend(["--on-unsupported-type".into(), "drop-ttl".into()]);
     let relay = Relay::start_synced(&drop_args, dir.path(), &source.addr());
-    stream_field_ttls(&mut source.client());
+    stream_field_ttls(&mut source.client(), "");
     wait_for_list(&target, 4, &relay);
     let mut t = target.client();
     for (key, field, want) in [

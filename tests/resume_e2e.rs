@@ -9,66 +9,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use support::workload::{b, sync_full, traffic};
 use support::{wait_until, Client, Nutcracker, RedisServer, Relay};
-
-fn b(words: &[String]) -> Vec<Vec<u8>> {
-    words.iter().map(|w| w.as_bytes().to_vec()).collect()
-}
-
-/// Mixed non-idempotent writes through nutcracker until `stop`.
-fn traffic(mut c: Client, stop: Arc<AtomicBool>, done: Arc<AtomicU64>, seed: u64) {
-    let mut i = seed;
-    while !stop.load(Ordering::Relaxed) {
-        let k = i % 97;
-        let cmds: Vec<Vec<Vec<u8>>> = vec![
-            b(&["RPUSH".into(), format!("list:{k}"), format!("{i}")]),
-            b(&[
-                "INCRBY".into(),
-                format!("ctr:{k}"),
-                format!("{}", i % 7 + 1),
-            ]),
-            b(&["APPEND".into(), format!("app:{}", k % 13), format!("{i},")]),
-            b(&[
-                "HINCRBYFLOAT".into(),
-                format!("hf:{}", k % 11),
-                "f".into(),
-                "0.5".into(),
-            ]),
-            b(&[
-                "SADD".into(),
-                format!("set:{}", k % 17),
-                format!("{}", i % 50),
-            ]),
-            b(&[
-                "SREM".into(),
-                format!("set:{}", k % 17),
-                format!("{}", (i + 25) % 50),
-            ]),
-            b(&[
-                "ZINCRBY".into(),
-                format!("z:{}", k % 5),
-                "1.5".into(),
-                format!("m{}", i % 9),
-            ]),
-            b(&[
-                "SET".into(),
-                format!("short:{}", i % 200),
-                "x".into(),
-                "PX".into(),
-                "700".into(),
-            ]),
-            b(&["LPOP".into(), format!("list:{}", (k + 1) % 97)]),
-        ];
-        for r in c.pipeline(&cmds) {
-            assert!(!r.is_error(), "{r:?}");
-        }
-        done.fetch_add(1, Ordering::Relaxed);
-        i += 1;
-        if i.is_multiple_of(50) {
-            std::thread::sleep(Duration::from_millis(2));
-        }
-    }
-}
 
 /// Only commands that set state (replayable: their batches go without MULTI/EXEC), in long
 /// pipelines, until `stop`.
@@ -114,13 +56,6 @@ fn assignments(mut c: Client, stop: Arc<AtomicBool>, done: Arc<AtomicU64>) {
     }
 }
 
-fn sync_full(m: &RedisServer) -> i64 {
-    m.client()
-        .info_field("stats", "sync_full")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(-1)
-}
-
 #[test]
 fn sigkill_under_traffic_loses_and_doubles_nothing() {
     let a = RedisServer::start(&["repl-diskless-sync no", "repl-backlog-size 64mb"]);
@@ -156,7 +91,7 @@ fn sigkill_under_traffic_loses_and_doubles_nothing() {
     let workers: Vec<_> = (0..2)
         .map(|n| {
             let (c, s, d) = (proxy.client(), stop.clone(), done.clone());
-            std::thread::spawn(move || traffic(c, s, d, n * 1_000_000))
+            std::thread::spawn(move || traffic(c, "", n * 1_000_000, s, d))
         })
         .collect();
     let stop_assign = Arc::new(AtomicBool::new(false));

@@ -34,4 +34,13 @@ pub enum PipelineError {
     /// `--on-unsupported-type stop`.
     #[error("{command} at stream offset {offset} sets hash field TTLs, which the target cannot hold (Redis 7.4+ and Valkey 9+ can): use such a target, or --on-unsupported-type drop-ttl to copy the fields without their TTLs")]
     FieldTtlUnsupported { command: String, offset: u64 },
+    /// A `RESTORE` of the stream whose payload the target cannot load and the relay cannot
+    /// rewrite as commands (a module value, a corrupt payload), under `--on-target-error stop`.
+    #[error("RESTORE of {key} at stream offset {offset}: the target cannot load its payload (RDB {version}) and it cannot be rewritten as commands: {why}")]
+    ForeignRestore {
+        key: String,
+        offset: u64,
+        version: u32,
+        why: String,
+    },
 }

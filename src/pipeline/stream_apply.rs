@@ -20,8 +20,10 @@ use super::cross_slot;
 use super::dispatcher::Dispatcher;
 use super::error::PipelineError;
 use super::filter::{Filtered, KeyFilter};
+use super::foreign_restore;
 use super::keys::{command_keys, KeySpec};
 use super::replayable::replayable;
+use super::rewrite::RewriteTarget;
 use crate::batch::Op;
 use crate::resp::framer::Frame;
 use crate::target::command_table::CommandTable;
@@ -71,6 +73,10 @@ pub struct StreamOptions {
     /// The target holds hash field TTLs (Redis 7.4+, Valkey 9+); set from the target's
     /// version when the relay starts.
     pub target_field_ttl: bool,
+    /// The target's RDB version and what its commands express: a `RESTORE` whose payload it
+    /// cannot load is rewritten as commands ([`super::foreign_restore`]). `None`: forwarded
+    /// as it is.
+    pub target_rdb: Option<(u32, RewriteTarget)>,
 }
 
 impl Default for StreamOptions {
@@ -86,6 +92,7 @@ impl Default for StreamOptions {
             on_refused: ErrorPolicy::Skip,
             on_unsupported_type: UnsupportedPolicy::Stop,
             target_field_ttl: true,
+            target_rdb: None,
         }
     }
 }
@@ -364,7 +371,71 @@ impl StreamApply {
         if !self.opts.target_field_ttl && is_field_ttl_command(&up) {
             return self.field_ttl_command(&up, frame, start, end, d);
         }
+        if up == b"RESTORE" {
+            if let Some((rdb, _)) = &self.opts.target_rdb {
+                if foreign_restore::needs_rewrite(&frame.args, *rdb) {
+                    return self.foreign_restore(frame, start, end, d);
+                }
+            }
+        }
         self.on_command(&up, frame, start, end, d)
+    }
+
+    /// A `RESTORE` whose payload the target cannot load: its value as commands, applied as
+    /// one transaction at the command's offset (inside the source's own when it is in one).
+    /// A payload that cannot be rewritten is forwarded as it is (the target's refusal is
+    /// counted), or stops the source under `--on-target-error stop`.
+    fn foreign_restore(
+        &mut self,
+        frame: Frame,
+        start: u64,
+        end: u64,
+        d: &mut Dispatcher,
+    ) -> Result<Control, PipelineError> {
+        let Some((_, target)) = &self.opts.target_rdb else {
+            return self.on_command(b"RESTORE", frame, start, end, d);
+        };
+        let rewritten = match foreign_restore::rewrite(&frame.args, target) {
+            Ok(r) => r,
+            Err(e) => {
+                let key = String::from_utf8_lossy(frame.args.get(1).map_or(&b""[..], |k| k));
+                let version = frame
+                    .args
+                    .get(3)
+                    .and_then(|p| foreign_restore::payload_rdb_version(p));
+                if self.opts.on_refused == ErrorPolicy::Stop {
+                    return Err(PipelineError::ForeignRestore {
+                        key: key.into_owned(),
+                        offset: start,
+                        version: version.unwrap_or(0),
+                        why: e.to_string(),
+                    });
+                }
+                tracing::warn!(%key, offset = start, error = %e, "RESTORE with a payload the target cannot load, and that cannot be rewritten: forwarded as it is");
+                return self.on_command(b"RESTORE", frame, start, end, d);
+            }
+        };
+        if rewritten.field_ttls > 0 && !target.field_ttl {
+            if self.opts.on_unsupported_type == UnsupportedPolicy::Stop {
+                return Err(PipelineError::FieldTtlUnsupported {
+                    command: "RESTORE".into(),
+                    offset: start,
+                });
+            }
+            count_dropped("stream", rewritten.field_ttls);
+        }
+        let own_block = self.multi.is_none();
+        if own_block {
+            self.begin_multi(start);
+        }
+        for f in rewritten.commands {
+            let up = upper_name(&f.args[0]);
+            self.on_command(&up, f, start, end, d)?;
+        }
+        if own_block {
+            return self.on_exec(end, d);
+        }
+        Ok(Control::None)
     }
 
     /// A hash field TTL command toward a target without field TTLs: stop, or (`drop-ttl`) its

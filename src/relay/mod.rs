@@ -557,6 +557,7 @@ impl Wiring<'_> {
             output: output(&tracker, &figures),
             stream_opts: StreamOptions {
                 target_field_ttl: apply.is_none_or(|a| a.rewrite.field_ttl),
+                target_rdb: apply.map(|a| (a.target_rdb_version, a.rewrite.clone())),
                 ..cfg.stream.clone()
             },
             parse_opts: parse_options(cfg, apply),

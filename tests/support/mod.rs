@@ -7,6 +7,7 @@
 pub mod fault_proxy;
 pub mod modern;
 pub mod tls;
+pub mod workload;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -784,24 +785,35 @@ pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     false
 }
 
-/// Compare the union of `sources` with `target` (re-checking keys in flight) and panic with the
-/// report and `log` when they differ.
-pub fn assert_union_equal(sources: &[String], target: &str, log: &str) {
+/// `verify` of the union of `sources` against `target`, re-checking keys in flight, every
+/// difference kept in the report.
+pub fn verify_union(sources: &[String], target: &str) -> redis_relay::verify::VerifyReport {
     use redis_relay::endpoint::Endpoint;
+    use redis_relay::verify::compare::CompareOptions;
     use redis_relay::verify::{verify, VerifyOptions};
     let eps: Vec<Endpoint> = sources
         .iter()
         .map(|s| Endpoint::parse(s).expect("source address"))
         .collect();
-    let report = verify(
+    verify(
         &eps,
         &Endpoint::parse(target).expect("target address"),
         &VerifyOptions {
             recheck_rounds: 10,
+            compare: CompareOptions {
+                max_differences: usize::MAX,
+                ..CompareOptions::default()
+            },
             ..VerifyOptions::default()
         },
     )
-    .expect("verify runs");
+    .expect("verify runs")
+}
+
+/// Compare the union of `sources` with `target` (re-checking keys in flight) and panic with the
+/// report and `log` when they differ.
+pub fn assert_union_equal(sources: &[String], target: &str, log: &str) {
+    let report = verify_union(sources, target);
     assert!(report.is_equal(), "target differs:\n{report}\nlog:\n{log}");
 }
 
