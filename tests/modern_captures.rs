@@ -7,7 +7,6 @@
 //! `replica_corpus` (`redis_8_0_2_full` ...).
 
 mod canon;
-mod common;
 mod support;
 
 use std::collections::BTreeSet;
@@ -15,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use common::{dump_payload, events, read_json};
+use canon::{dump_payload, events, read_json};
 use redis_relay::endpoint::Endpoint;
 use redis_relay::rdb::json::CanonicalBuilder;
 use redis_relay::rdb::*;

@@ -9,7 +9,7 @@ use serde_json::Value as J;
 #[path = "../common/mod.rs"]
 mod common;
 #[allow(unused_imports)] // each test binary uses its own subset
-pub use common::{rdb_files, read_json, versions};
+pub use common::{dump_payload, events, rdb_files, read_json, versions};
 
 /// One version directory, by name (`"7.0.15"`).
 pub fn version_dir(corpus: &Path, name: &str) -> PathBuf {
