@@ -18,7 +18,9 @@ use canon::{dump_payload, events, read_json};
 use redis_relay::endpoint::Endpoint;
 use redis_relay::rdb::json::CanonicalBuilder;
 use redis_relay::rdb::*;
-use redis_relay::verify::{compare_documents_named, read_canonical, CompareOptions};
+use redis_relay::verify::{
+    compare_documents_named, read_canonical, CompareOptions, CompareReport, DiffKind,
+};
 use serde_json::Value as J;
 use support::capture_master::{lenient_mock_master, u, Capture};
 use support::modern::{captures_dir, Modern, CAPTURES};
@@ -189,8 +191,26 @@ fn without_relay_keys(mut doc: J) -> J {
 /// times and field TTLs to the millisecond; stream consumer times excepted, a replica's are
 /// its own).
 fn relay_capture_into_same_server(dir: &str, server: Modern, mode: &str) {
+    relay_capture_into(dir, mode, &server.server_bin());
+}
+
+/// [`relay_capture_into_same_server`] with a target of the server binary `target_bin`.
+fn relay_capture_into(dir: &str, mode: &str, target_bin: &std::path::Path) {
+    let (r, _, what) = relay_capture(dir, mode, target_bin, &[]);
+    assert!(r.is_equal(), "{what}:\n{r}");
+}
+
+/// Run the relay (`extra` arguments added) from the capture into a fresh `target_bin` until
+/// the final offset is acknowledged; the comparison of the target with the capture's
+/// expected-after-stream, that file's content, and a description with the relay's log.
+fn relay_capture(
+    dir: &str,
+    mode: &str,
+    target_bin: &std::path::Path,
+    extra: &[&str],
+) -> (CompareReport, J, String) {
     let path = captures_dir().join(dir);
-    let what = format!("{dir}/psync-{mode}");
+    let what = format!("{dir}/psync-{mode} into {}", target_bin.display());
     let cap = Arc::new(Capture::load(&path, mode));
     let final_offset = cap.meta["final_offset"].as_u64().unwrap();
     let after = match mode {
@@ -198,7 +218,7 @@ fn relay_capture_into_same_server(dir: &str, server: Modern, mode: &str) {
         _ => "expected-after-stream-diskless.json",
     };
     let expected = read_json(&path.join(after));
-    let target = RedisServer::start_bin(&server.server_bin(), &[]);
+    let target = RedisServer::start_bin(target_bin, &[]);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -227,6 +247,7 @@ fn relay_capture_into_same_server(dir: &str, server: Modern, mode: &str) {
         "--target-owner".into(),
         "exclusive".into(),
     ];
+    let args = [args, extra.iter().map(|a| a.to_string()).collect()].concat();
     let mut relay = Relay::start_sync(&args, tmp.path());
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -249,7 +270,8 @@ fn relay_capture_into_same_server(dir: &str, server: Modern, mode: &str) {
         max_differences: 100,
     };
     let r = compare_documents_named(&expected, &without_relay_keys(live), after, "target", &opts);
-    assert!(r.is_equal(), "{what}:\n{r}\nlog:\n{}", relay.log_text());
+    let what = format!("{what}\nlog:\n{}", relay.log_text());
+    (r, expected, what)
 }
 
 macro_rules! relay_tests {
@@ -268,4 +290,45 @@ relay_tests! {
     relay_valkey_8_1_1_diskless => ("valkey-8.1.1", Modern::Valkey81, "diskless"),
     relay_valkey_9_1_2_full => ("valkey-9.1.2", Modern::Valkey91, "full"),
     relay_valkey_9_1_2_diskless => ("valkey-9.1.2", Modern::Valkey91, "diskless"),
+}
+
+/// Across servers that hold the same types: Valkey 9.1's `VALKEY080` snapshot and verbatim
+/// `HGETDEL` into Redis 8.0, and Redis 8.0's into Valkey 9.1: the same end state.
+#[test]
+fn relay_valkey_9_1_2_full_into_redis_8_0() {
+    relay_capture_into("valkey-9.1.2", "full", &Modern::Redis80.server_bin());
+}
+
+#[test]
+fn relay_redis_8_0_2_diskless_into_valkey_9_1() {
+    relay_capture_into("redis-8.0.2", "diskless", &Modern::Valkey91.server_bin());
+}
+
+/// Valkey 8.1 (no field TTLs, RDB 11) into Debian's Redis 7.0 (RDB 10): the same end state.
+#[test]
+fn relay_valkey_8_1_1_full_into_redis_7_0() {
+    relay_capture_into("valkey-8.1.1", "full", &support::redis_server_bin());
+}
+
+/// Field TTLs into Redis 7.0, which cannot hold them, with `--on-unsupported-type drop-ttl`:
+/// the snapshot's and the stream's (HSETEX, HPEXPIREAT, HPERSIST, HGETEX, and Valkey 9.1's
+/// verbatim HGETDEL) arrive as plain fields; the hashes with field TTLs differ in those TTLs
+/// and in nothing else.
+fn field_ttls_dropped_into_redis_7_0(dir: &str) {
+    let extra = ["--on-unsupported-type", "drop-ttl"];
+    let (r, expected, what) = relay_capture(dir, "full", &support::redis_server_bin(), &extra);
+    let hashes = canon::hashes_with_field_ttl(&expected) as u64;
+    assert!(hashes >= 4, "{what}: {hashes} hashes with field TTLs");
+    assert_eq!(r.kinds(), [DiffKind::FieldTtl].into(), "{what}:\n{r}");
+    assert_eq!(r.count(DiffKind::FieldTtl), hashes, "{what}:\n{r}");
+}
+
+#[test]
+fn relay_redis_8_0_2_field_ttls_dropped_into_redis_7_0() {
+    field_ttls_dropped_into_redis_7_0("redis-8.0.2");
+}
+
+#[test]
+fn relay_valkey_9_1_2_field_ttls_dropped_into_redis_7_0() {
+    field_ttls_dropped_into_redis_7_0("valkey-9.1.2");
 }
