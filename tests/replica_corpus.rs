@@ -10,39 +10,13 @@ use base64::Engine;
 use redis_relay::endpoint::Endpoint;
 use redis_relay::resp::framer::CommandFramer;
 use redis_relay::source::{run_link, LinkConfig, LinkSink, SourceProgress};
-use serde_json::Value;
 use sha2::{Digest, Sha256};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use support::capture_master::{mock_master, u, Capture, Rng};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
-
-/// Small deterministic PRNG (xorshift64*), so every run uses the same chunking.
-struct Rng(u64);
-impl Rng {
-    fn new(seed: &str) -> Rng {
-        let mut h: u64 = 0xcbf29ce484222325;
-        for b in seed.bytes() {
-            h = (h ^ u64::from(b)).wrapping_mul(0x100000001b3);
-        }
-        Rng(h | 1)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545F4914F6CDD1D)
-    }
-    /// Chunk sizes mixing tiny (1..16) and larger (up to 16 KiB) pieces.
-    fn chunk(&mut self) -> usize {
-        match self.next() % 4 {
-            0 => 1 + (self.next() % 16) as usize,
-            1 => 1 + (self.next() % 200) as usize,
-            _ => 1 + (self.next() % 16384) as usize,
-        }
-    }
-}
+use tokio::sync::watch;
 
 #[derive(Default, Debug)]
 struct Record {
@@ -91,176 +65,22 @@ impl LinkSink for RecordingSink {
     }
 }
 
-fn u(v: &Value) -> usize {
-    v.as_u64().expect("number") as usize
-}
-
-fn argv_text(args: &[Vec<u8>]) -> String {
-    args.iter()
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// Commands the mock master received (name upper-cased, args).
-type Received = mpsc::UnboundedReceiver<(Vec<Vec<u8>>, Instant)>;
-
-async fn send_chunked<W: AsyncWriteExt + Unpin>(w: &mut W, data: &[u8], rng: &mut Rng) {
-    let mut pos = 0;
-    while pos < data.len() {
-        let n = rng.chunk().min(data.len() - pos);
-        w.write_all(&data[pos..pos + n]).await.unwrap();
-        pos += n;
-        if rng.next().is_multiple_of(8) {
-            w.flush().await.unwrap();
-            tokio::task::yield_now().await;
-        }
-    }
-}
-
-struct MockReport {
-    /// When the RDB (disk or diskless) had been fully written.
-    rdb_sent_at: Option<Instant>,
-    /// REPLCONF ACKs received (offset, time).
-    acks: Vec<(u64, Instant)>,
-    /// Order of the commands received before the sync started.
-    handshake: Vec<String>,
-}
-
-/// Replays one capture to the first replica that connects.
-async fn mock_master(
-    listener: TcpListener,
-    file: Vec<u8>,
-    meta: Value,
-    seed: String,
-) -> MockReport {
-    let (sock, _) = listener.accept().await.unwrap();
-    let (mut rd, mut wr) = sock.into_split();
-    let (tx, mut rx): (_, Received) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let mut framer = CommandFramer::new();
-        let mut buf = vec![0u8; 4096];
-        loop {
-            let n = match rd.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => n,
-            };
-            framer.push(&buf[..n]);
-            while let Some(f) = framer.next_frame().expect("replica sent bad RESP") {
-                let args: Vec<Vec<u8>> = f.args.iter().map(|a| a.to_vec()).collect();
-                if tx.send((args, Instant::now())).is_err() {
-                    return;
-                }
-            }
-        }
-    });
-    let mut rng = Rng::new(&seed);
-    let hs = meta["handshake"].as_array().unwrap().clone();
-    let reply = |i: usize| {
-        let off = u(&hs[i]["reply_file_offset"]);
-        file[off..off + u(&hs[i]["reply_len"])].to_vec()
-    };
-    let mut report = MockReport {
-        rdb_sent_at: None,
-        acks: Vec::new(),
-        handshake: Vec::new(),
-    };
-    let stream_at = u(&meta["stream_file_offset"]);
-    let diskless = meta["mode"] == "diskless";
-    let mut streaming = false;
-    loop {
-        let (args, at) = match tokio::time::timeout(Duration::from_secs(60), rx.recv()).await {
-            Ok(Some(c)) => c,
-            _ => return report,
-        };
-        let name = String::from_utf8_lossy(&args[0]).to_ascii_uppercase();
-        let sub = args
-            .get(1)
-            .map(|a| String::from_utf8_lossy(a).to_ascii_lowercase())
-            .unwrap_or_default();
-        if !streaming {
-            report.handshake.push(argv_text(&args));
-        }
-        match (name.as_str(), sub.as_str()) {
-            ("PING", _) => wr.write_all(&reply(0)).await.unwrap(),
-            ("REPLCONF", "listening-port") => wr.write_all(&reply(1)).await.unwrap(),
-            ("REPLCONF", "capa") => wr.write_all(&reply(2)).await.unwrap(),
-            // No captured version knows `REPLCONF version` (Valkey 8+); answer as Redis does.
-            ("REPLCONF", "version") => wr
-                .write_all(b"-ERR Unrecognized REPLCONF option: version\r\n")
-                .await
-                .unwrap(),
-            ("REPLCONF", "ack") => {
-                let off: u64 = String::from_utf8_lossy(&args[2]).parse().unwrap();
-                report.acks.push((off, at));
-            }
-            ("PSYNC", _) => {
-                if let Some(e) = meta["psync_error_reply"].as_object() {
-                    let off = u(&e["reply_file_offset"]);
-                    wr.write_all(&file[off..off + u(&e["reply_len"])])
-                        .await
-                        .unwrap();
-                    continue;
-                }
-                let from = u(&meta["psync_reply_file_offset"]);
-                streaming = true;
-                send_chunked(&mut wr, &file[from..stream_at], &mut rng).await;
-                report.rdb_sent_at = Some(Instant::now());
-                if diskless {
-                    // Like a real diskless master: the stream starts after the first ACK.
-                    loop {
-                        let (args, at) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
-                            .await
-                            .expect("no REPLCONF ACK after the diskless RDB")
-                            .unwrap();
-                        if args[0].eq_ignore_ascii_case(b"REPLCONF")
-                            && args[1].eq_ignore_ascii_case(b"ACK")
-                        {
-                            let off: u64 = String::from_utf8_lossy(&args[2]).parse().unwrap();
-                            report.acks.push((off, at));
-                            break;
-                        }
-                    }
-                }
-                send_chunked(&mut wr, &file[stream_at..], &mut rng).await;
-            }
-            ("SYNC", _) => {
-                let e = &meta["psync_error_reply"];
-                let from = u(&e["reply_file_offset"]) + u(&e["reply_len"]);
-                streaming = true;
-                send_chunked(&mut wr, &file[from..stream_at], &mut rng).await;
-                report.rdb_sent_at = Some(Instant::now());
-                send_chunked(&mut wr, &file[stream_at..], &mut rng).await;
-            }
-            other => panic!("mock master: unexpected command {other:?}"),
-        }
-    }
-}
-
 async fn replay(dir: &str, mode: &str) {
-    let corpus = support::corpus_dir().join(dir);
-    let file = std::fs::read(corpus.join(format!("psync-{mode}.bin"))).unwrap();
-    let meta: Value = serde_json::from_slice(
-        &std::fs::read(corpus.join(format!("psync-{mode}.meta.json"))).unwrap(),
-    )
-    .unwrap();
-    let cmds: Value = serde_json::from_slice(
-        &std::fs::read(corpus.join(format!("psync-{mode}.commands.json"))).unwrap(),
-    )
-    .unwrap();
+    replay_capture(&support::corpus_dir().join(dir), dir, mode).await;
+}
+
+/// Replay `psync-<mode>.bin` of `dir` to the real link and check everything it received.
+async fn replay_capture(dir: &Path, label: &str, mode: &str) {
+    let cap = Arc::new(Capture::load(dir, mode));
+    let (file, meta, cmds) = (&cap.file, &cap.meta, &cap.commands);
     let legacy = meta["sync_command"] == "SYNC";
     let diskless = meta["mode"] == "diskless";
     let stream_at = u(&meta["stream_file_offset"]);
 
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    let seed = format!("{dir}/{mode}");
-    let master = tokio::spawn(mock_master(
-        listener,
-        file.clone(),
-        meta.clone(),
-        seed.clone(),
-    ));
+    let seed = format!("{label}/{mode}");
+    let master = tokio::spawn(mock_master(listener, cap.clone(), seed.clone()));
 
     let endpoint = Endpoint::parse(&format!("redis://127.0.0.1:{port}")).unwrap();
     let progress = Arc::new(SourceProgress::new(endpoint.to_string()));
@@ -436,6 +256,27 @@ corpus_tests! {
     v7_4_1_diskless => ("7.4.1", "diskless"),
     v8_0_m01_full => ("8.0-m01", "full"),
     v8_0_m01_diskless => ("8.0-m01", "diskless"),
+}
+
+/// The modern servers' captures (`tests/data/modern`, made by `examples/capture_replication`):
+/// the handshake replies recorded from them (Valkey answers `REPLCONF version`), Valkey 9's
+/// `VALKEY080` payload, hash field commands in the stream.
+macro_rules! modern_tests {
+    ($($name:ident => ($dir:expr, $mode:expr),)*) => {$(
+        #[tokio::test(flavor = "current_thread")]
+        async fn $name() {
+            replay_capture(&support::modern::captures_dir().join($dir), $dir, $mode).await;
+        }
+    )*};
+}
+
+modern_tests! {
+    redis_8_0_2_full => ("redis-8.0.2", "full"),
+    redis_8_0_2_diskless => ("redis-8.0.2", "diskless"),
+    valkey_8_1_1_full => ("valkey-8.1.1", "full"),
+    valkey_8_1_1_diskless => ("valkey-8.1.1", "diskless"),
+    valkey_9_1_2_full => ("valkey-9.1.2", "full"),
+    valkey_9_1_2_diskless => ("valkey-9.1.2", "diskless"),
 }
 
 #[test]

@@ -8,7 +8,8 @@ use serde_json::Value as J;
 
 #[path = "../common/mod.rs"]
 mod common;
-pub use common::{rdb_files, read_json, versions};
+#[allow(unused_imports)] // each test binary uses its own subset
+pub use common::{dump_payload, events, rdb_files, read_json, versions};
 
 /// One version directory, by name (`"7.0.15"`).
 pub fn version_dir(corpus: &Path, name: &str) -> PathBuf {

@@ -867,4 +867,5 @@ pub fn relay_status(port: u16) -> serde_json::Value {
         _ => serde_json::Value::Null,
     }
 }
+pub mod capture_master;
 pub mod faults;

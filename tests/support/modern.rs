@@ -193,3 +193,22 @@ pub fn ttl_snapshot(c: &mut Client, p: &str) -> Vec<Vec<i64>> {
         field_ttls(c, &k("fs:plain"), &["a", "b"]),
     ]
 }
+
+/// The captures of these servers' replication output (`tests/data/modern/<server>-<version>`,
+/// made by `examples/capture_replication`); panics, never skips, when they are missing.
+pub fn captures_dir() -> PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/modern");
+    assert!(
+        dir.join("README.md").is_file(),
+        "the modern captures are missing at {} (see examples/capture_replication)",
+        dir.display()
+    );
+    dir
+}
+
+/// The capture directories, one per server version, and the server each came from.
+pub const CAPTURES: [(&str, Modern); 3] = [
+    ("redis-8.0.2", Modern::Redis80),
+    ("valkey-8.1.1", Modern::Valkey81),
+    ("valkey-9.1.2", Modern::Valkey91),
+];
