@@ -25,6 +25,9 @@
 //!   full sync of the same data next to the single target's, and catch-up rounds with every
 //!   master paused against the cluster's own ingest (`redis-benchmark --cluster -P 64`); see
 //!   `e2e_bench/cluster.rs`.
+//! - `--versions`: instead of the above, the full sync of the same data from a Redis 7.0, a
+//!   Redis 8.0 and a Valkey 9.1 master, with the relay's and the masters' memory; see
+//!   `e2e_bench/versions.rs`.
 //!
 //! "The target holds everything" is decided from the relay's metrics (`--metrics-addr`):
 //! `redis_relay_snapshot_done` is 1 for every source, `redis_relay_lag_bytes` is 0 for every
@@ -49,6 +52,8 @@ use redis_relay::resp::{encode_command, parse_reply, Reply};
 mod cluster;
 #[path = "e2e_bench/scale.rs"]
 mod scale;
+#[path = "e2e_bench/versions.rs"]
+mod versions;
 
 type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -74,6 +79,9 @@ struct Opts {
     cluster: bool,
     /// The scale run instead (see [`scale`]): 10,000,000 small keys unless `--keys` says.
     scale: bool,
+    /// The masters-of-each-version run instead (see [`versions`]): 500,000 keys unless
+    /// `--keys` says.
+    versions: bool,
 }
 
 fn parse_opts() -> Opts {
@@ -83,6 +91,7 @@ fn parse_opts() -> Opts {
     let mut gen_only = None;
     let mut cluster = false;
     let mut scale = false;
+    let mut versions = false;
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -96,10 +105,11 @@ fn parse_opts() -> Opts {
             "--quick" => quick = true,
             "--cluster" => cluster = true,
             "--scale" => scale = true,
+            "--versions" => versions = true,
             "--perf" => perf_dir = Some(PathBuf::from(it.next().expect("--perf DIR"))),
             "--gen-only" => gen_only = Some(PathBuf::from(it.next().expect("--gen-only FILE"))),
             "-h" | "--help" => {
-                eprintln!("usage: e2e_bench [--keys N] [--quick] [--cluster] [--scale] [--perf DIR] [--gen-only FILE]");
+                eprintln!("usage: e2e_bench [--keys N] [--quick] [--cluster] [--scale] [--versions] [--perf DIR] [--gen-only FILE]");
                 std::process::exit(0);
             }
             other => panic!("unknown argument {other} (usage: e2e_bench [--keys N] [--quick])"),
@@ -119,10 +129,17 @@ fn parse_opts() -> Opts {
             gen_only,
             cluster,
             scale,
+            versions,
         }
     } else {
         Opts {
-            keys: keys.unwrap_or(if scale { 10_000_000 } else { 1_000_000 }),
+            keys: keys.unwrap_or(if scale {
+                10_000_000
+            } else if versions {
+                500_000
+            } else {
+                1_000_000
+            }),
             big_list: 5_000_000,
             big_hash: 2_000_000,
             catchup_n: 200_000,
@@ -134,6 +151,7 @@ fn parse_opts() -> Opts {
             gen_only,
             cluster,
             scale,
+            versions,
         }
     }
 }
@@ -177,6 +195,11 @@ fn stop_child(child: &mut Child) {
     let _ = child.wait();
 }
 
+/// Debian's `redis-server` (Redis 7.0 on Debian 12).
+fn system_server() -> PathBuf {
+    find_bin(&["/usr/bin/redis-server", "/usr/local/bin/redis-server"])
+}
+
 struct Server {
     port: u16,
     child: Child,
@@ -184,16 +207,21 @@ struct Server {
 
 impl Server {
     fn start(dir: &Path, name: &str, extra: &[&str]) -> Server {
+        Server::start_bin(dir, name, &system_server(), extra)
+    }
+
+    /// [`Server::start`] with another server binary (a Redis 8 or Valkey launcher).
+    fn start_bin(dir: &Path, name: &str, bin: &Path, extra: &[&str]) -> Server {
         for _ in 0..5 {
-            if let Some(s) = Server::start_at(dir, name, free_port(), extra) {
+            if let Some(s) = Server::start_at(dir, name, bin, free_port(), extra) {
                 return s;
             }
         }
-        panic!("could not start redis-server {name}");
+        panic!("could not start {} as {name}", bin.display());
     }
 
     /// One attempt on `port`: `None` when the server does not answer PING within 10 s.
-    fn start_at(dir: &Path, name: &str, port: u16, extra: &[&str]) -> Option<Server> {
+    fn start_at(dir: &Path, name: &str, bin: &Path, port: u16, extra: &[&str]) -> Option<Server> {
         let sdir = dir.join(name);
         std::fs::create_dir_all(&sdir).unwrap();
         let mut conf = format!(
@@ -206,16 +234,13 @@ impl Server {
         }
         let cp = sdir.join("redis.conf");
         std::fs::write(&cp, conf).unwrap();
-        let mut child = Command::new(find_bin(&[
-            "/usr/bin/redis-server",
-            "/usr/local/bin/redis-server",
-        ]))
-        .arg(&cp)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn redis-server");
+        let mut child = Command::new(bin)
+            .arg(&cp)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server");
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = child.try_wait() {
@@ -1310,6 +1335,9 @@ fn main() -> Res<()> {
     }
     if o.scale {
         return scale::run(&o);
+    }
+    if o.versions {
+        return versions::run(&o);
     }
     let tmp = tempfile::Builder::new().prefix("e2e-bench").tempdir()?;
     let dir = tmp.path();

@@ -85,7 +85,7 @@ impl Cluster {
                         "cluster-node-timeout 5000",
                         "repl-ping-replica-period 1",
                     ];
-                    Server::start_at(dir, &name, port, &extra)
+                    Server::start_at(dir, &name, &system_server(), port, &extra)
                 })
                 .ok_or("no free port pair for a cluster node")?;
             nodes.push(node);

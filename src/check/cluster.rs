@@ -18,10 +18,11 @@ use bytes::BytesMut;
 
 use super::probe::{self, human_bytes, Info};
 use super::{
-    check_eviction, connect_and_info, count_own_keys, int, judge_not_empty, judge_room_for,
-    judge_shared_target, judge_target_version, logged_in, CheckOptions, Lines, SourceFacts, Status,
-    Verdict,
+    check_eviction, connect_and_info, count_own_keys, int, judge_field_ttls, judge_not_empty,
+    judge_room_for, judge_shared_target, judge_target_version, logged_in, CheckOptions, Lines,
+    SourceFacts, Status, Verdict,
 };
+use crate::pipeline::field_ttl::UnsupportedPolicy;
 use crate::resp::{encode_command, Client, Reply};
 use crate::source::topology::Topology;
 use crate::target::cluster::topology::{MapSource, Node};
@@ -61,6 +62,11 @@ pub(super) fn check_cluster(
     for m in &mut masters {
         check_master(m, opts, &versions, lines);
     }
+    let nodes: Vec<ServerVersion> = masters.iter().map(|m| version_of(&m.info)).collect();
+    let field_ttl_keys = sources.iter().map(|s| s.field_ttl_keys).sum();
+    if let Some(v) = judge_field_ttls_on(field_ttl_keys, &nodes, opts.on_unsupported_type) {
+        lines.verdict(&subject, "field-ttl", v);
+    }
     let cluster_dbs = cluster_databases(&mut masters);
     lines.verdict(
         &subject,
@@ -69,6 +75,29 @@ pub(super) fn check_cluster(
     );
     check_memory(opts, sources, &map, &masters, lines);
     check_empty(opts, &mut masters, resuming, shared, &subject, lines);
+}
+
+fn version_of(info: &Info) -> ServerVersion {
+    ServerVersion::new(info.get("redis_version"), info.get("valkey_version"))
+}
+
+/// [`judge_field_ttls`] for a cluster: every master must hold hash field TTLs, since a key
+/// with them may land on any slot; the line names the first master version that cannot.
+pub fn judge_field_ttls_on(
+    keys: u64,
+    masters: &[ServerVersion],
+    policy: UnsupportedPolicy,
+) -> Option<Verdict> {
+    let without: Vec<&ServerVersion> = masters.iter().filter(|v| !v.has_field_ttl()).collect();
+    let first = without.first()?;
+    let mut v = judge_field_ttls(keys, first, policy)?;
+    v.message = format!(
+        "{} of {} masters of the cluster cannot hold them: {}",
+        without.len(),
+        masters.len(),
+        v.message
+    );
+    Some(v)
 }
 
 /// The relay's record keys on a cluster are `PREFIX...{TAG}...`: a brace in the prefix would
@@ -181,7 +210,7 @@ fn check_master(
     versions: &[ServerVersion],
     lines: &mut Lines,
 ) {
-    let version = ServerVersion::new(m.info.get("redis_version"), m.info.get("valkey_version"));
+    let version = version_of(&m.info);
     let role = m.info.get("role").cloned().unwrap_or_else(|| "?".into());
     lines.add(
         Status::Pass,
@@ -469,6 +498,28 @@ mod tests {
         assert_eq!(judge_databases(&m, 16).status, Status::Pass);
         assert_eq!(judge_databases(&m, 3).status, Status::Fail);
         assert_eq!(judge_databases(&BTreeMap::new(), 1).status, Status::Pass);
+    }
+
+    #[test]
+    fn field_ttls_need_every_master() {
+        let v = |r: &str, k: Option<&str>| {
+            ServerVersion::new(Some(&r.to_string()), k.map(str::to_string).as_ref())
+        };
+        let new = [v("8.0.2", None), v("7.2.4", Some("9.1.2"))];
+        let stop = UnsupportedPolicy::Stop;
+        assert!(judge_field_ttls_on(5, &new, stop).is_none());
+        let mixed = [
+            v("8.0.2", None),
+            v("7.0.15", None),
+            v("7.2.4", Some("8.1.1")),
+        ];
+        let f = judge_field_ttls_on(5, &mixed, stop).unwrap();
+        assert_eq!(f.status, Status::Fail);
+        assert!(f.message.starts_with("2 of 3 masters"), "{f:?}");
+        assert!(f.message.contains("7.0.15"), "{f:?}");
+        let w = judge_field_ttls_on(5, &mixed, UnsupportedPolicy::DropTtl).unwrap();
+        assert_eq!(w.status, Status::Warn);
+        assert!(judge_field_ttls_on(0, &mixed, stop).is_none());
     }
 
     #[test]

@@ -17,6 +17,7 @@
 pub mod acl;
 mod cluster;
 pub mod probe;
+pub mod transfer;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -519,7 +520,8 @@ fn probe_source(
     if role != "master" {
         lines.add(Status::Warn, subject, "role", format!("this server is a {role}: the relay replicates from it (chained replication), and writes reach it only through its own master"), Some("point the relay at the master, unless replicating from a replica is what you want (less load on the master)".into()));
     }
-    check_backlog(&mut conn, subject, opts, &info0, t0, lines);
+    let rate = check_backlog(&mut conn, subject, opts, &info0, t0, lines);
+    transfer::check_transfer(&mut conn, subject, &info0, rate, keys, lines);
     Some(SourceFacts {
         endpoint: ep.clone(),
         field_ttl_keys: probe::field_ttl_keys(&info0),
@@ -591,7 +593,8 @@ fn check_psync(conn: &mut Client, ep: &Endpoint, subject: &str, version: &str, l
     }
 }
 
-/// Backlog against the write rate, measured from `info0` (read at `t0`) for the rate window.
+/// Backlog against the write rate, measured from `info0` (read at `t0`) for the rate window;
+/// returns the rate (bytes per second).
 fn check_backlog(
     conn: &mut Client,
     subject: &str,
@@ -599,7 +602,7 @@ fn check_backlog(
     info0: &Info,
     t0: Instant,
     lines: &mut Lines,
-) {
+) -> f64 {
     // INFO's repl_backlog_size when CONFIG GET is refused: a least-privilege user has no
     // CONFIG GET, which would also show it `requirepass` (docs/security.md).
     let backlog = match probe::config_get(conn, "repl-backlog-size") {
@@ -617,6 +620,7 @@ fn check_backlog(
         Some(b) => lines.verdict(subject, "backlog", judge_backlog(b, rate, opts.min_backlog_secs, estimated)),
         None => lines.add(Status::Warn, subject, "backlog", format!("cannot read repl-backlog-size (CONFIG GET refused); writes measured: {}/s", human_bytes(rate as u64)), Some("make sure the backlog holds a few minutes of writes (repl-backlog-size), or a relay restart costs a full snapshot".into())),
     }
+    rate
 }
 
 /// Bytes written between `info0` and the later INFO sections: the replication offset while
