@@ -97,6 +97,10 @@ pub fn describe() {
         "Full resyncs (snapshots) completed, per source"
     );
     describe_counter!(
+        "redis_relay_snapshot_keys_skipped_total",
+        "Snapshot keys that could not be written to the target (a module value, such as a Redis 8 vector set, toward a target that cannot RESTORE it; an undecodable value): each logged with its key"
+    );
+    describe_counter!(
         "redis_relay_field_ttls_dropped_total",
         "Hash field TTLs not written to a target that cannot hold them (--on-unsupported-type drop-ttl), per stage (snapshot, stream)"
     );

@@ -340,3 +340,72 @@ fn field_ttls_into_a_target_without_them_stop_or_are_dropped_and_counted() {
     assert_eq!(dropped("snapshot"), Some(1004.0), "{metrics}");
     assert_eq!(dropped("stream"), Some(4.0), "{metrics}");
 }
+
+/// Redis 8's vector sets (the built-in `vectorset` module): RESTOREd into Redis 8 (same
+/// elements and embeddings); toward
+/// Redis 7.0, which has no such module, `check` warns (`modules`) beforehand, and `sync`
+/// skips the key, logging it and counting it in `redis_relay_snapshot_keys_skipped_total`,
+/// while every other key arrives.
+#[test]
+fn vector_sets_reach_redis_8_and_are_announced_and_counted_toward_redis_7() {
+    let source = RedisServer::start_bin(&Modern::Redis80.server_bin(), &[]);
+    let mut c = source.client();
+    ok(
+        &mut c,
+        &["VADD", "vs", "VALUES", "3", "0.1", "0.2", "0.3", "e1"],
+    );
+    ok(
+        &mut c,
+        &["VADD", "vs", "VALUES", "3", "0.3", "0.1", "0.2", "e2"],
+    );
+    ok(&mut c, &["SET", "plain", "v"]);
+    ok(&mut c, &["RPUSH", "list", "a", "b", "c"]);
+
+    let same = RedisServer::start_bin(&Modern::Redis80.server_bin(), &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let args = relay_args(&source, &same, dir.path());
+    let args_str: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, report) = support::relay_json("check", &args_str);
+    assert_eq!(code, 0, "{report:#}");
+    assert!(!report.to_string().contains("\"modules\""), "{report:#}");
+    let first = relay(&source, &same, dir.path());
+    // Compared element by element: `verify` compares module values by their DUMP, and a
+    // vector set RESTOREd elsewhere serializes differently (its graph is rebuilt).
+    let mut t = same.client();
+    assert_eq!(t.cmd(&["VCARD", "vs"]).as_int(), Some(2));
+    for e in ["e1", "e2"] {
+        assert_eq!(t.cmd(&["VEMB", "vs", e]), c.cmd(&["VEMB", "vs", e]), "{e}");
+    }
+    for k in ["plain", "list"] {
+        assert_eq!(t.cmd(&["DUMP", k]), c.cmd(&["DUMP", k]), "{k}");
+    }
+    drop(first);
+
+    let old = RedisServer::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let args = relay_args(&source, &old, dir.path());
+    let args_str: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, report) = support::relay_json("check", &args_str);
+    assert_eq!(code, 0, "{report:#}");
+    let line = support::check_line(&report, "modules", &old.addr());
+    assert_eq!(line["status"], "warn", "{line}");
+    assert!(
+        line["message"].as_str().unwrap().contains("vectorset"),
+        "{line}"
+    );
+    let relay = relay(&source, &old, dir.path());
+    let mut t = old.client();
+    assert_eq!(t.cmd(&["LLEN", "list"]).as_int(), Some(3));
+    assert_eq!(t.cmd(&["EXISTS", "vs"]).as_int(), Some(0));
+    let skipped = relay
+        .metrics()
+        .lines()
+        .find(|l| l.starts_with("redis_relay_snapshot_keys_skipped_total"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+    assert_eq!(skipped, Some(1.0), "{}", relay.metrics());
+    assert!(
+        relay.log_text().contains("vectorset"),
+        "{}",
+        relay.log_text()
+    );
+}

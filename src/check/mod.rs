@@ -337,6 +337,34 @@ pub fn judge_field_ttls(
     })
 }
 
+/// Modules loaded on a source (`MODULE LIST`, e.g. Redis 8's built-in `vectorset`) whose
+/// keys cannot reach the target: it lacks the module, or it cannot load the source's RDB
+/// payloads (a module value has no command form). Such keys are skipped and counted; the line
+/// warns because the relay cannot tell cheaply whether a source holds any.
+pub fn judge_modules(
+    sources: &[(ServerVersion, Vec<String>)],
+    target: &ServerVersion,
+    target_modules: &[String],
+) -> Option<Verdict> {
+    let mut lost: Vec<String> = Vec::new();
+    for (version, modules) in sources {
+        for m in modules {
+            let restorable = target_modules.contains(m) && loads_rdb(target.rdb(), version.rdb());
+            if !restorable && !lost.contains(m) {
+                lost.push(m.clone());
+            }
+        }
+    }
+    if lost.is_empty() {
+        return None;
+    }
+    let names = lost.join(", ");
+    Some(Verdict::warn(
+        format!("the sources load module(s) {names}: keys of their types (vectorset: Redis 8's vector sets) can only be copied with RESTORE into a target that loads the same module and the source's RDB format, which the target ({target}) cannot: each such key is skipped, logged and counted in redis_relay_snapshot_keys_skipped_total, and their commands are refused (redis_relay_target_refused_total)"),
+        format!("use a target of the same server with {names} loaded, or make sure the sources hold no such keys (SCAN 0 TYPE <type> on each)"),
+    ))
+}
+
 /// A target that evicts keys silently loses data the relay wrote.
 pub fn judge_eviction(policy: &str, allow: bool) -> Verdict {
     if policy == "noeviction" {
@@ -437,6 +465,8 @@ struct SourceFacts {
     version: ServerVersion,
     /// Keys with hash field TTLs (INFO keyspace).
     field_ttl_keys: u64,
+    /// Modules it loads (`MODULE LIST`; empty when refused or unknown).
+    modules: Vec<String>,
     used: u64,
     /// Keys per database (INFO keyspace).
     keys: BTreeMap<u32, u64>,
@@ -525,6 +555,7 @@ fn probe_source(
     Some(SourceFacts {
         endpoint: ep.clone(),
         field_ttl_keys: probe::field_ttl_keys(&info0),
+        modules: probe::modules(&mut conn),
         version,
         used,
         keys: keyspace,
@@ -712,6 +743,7 @@ fn probe_target(
         return;
     }
     check_target_server(opts, sources, subject, &info, lines);
+    check_modules(&mut conn, sources, subject, &info, lines);
     let probes = acl::target_probes(&opts.own_prefix);
     check_acl(&opts.target, subject, &probes, opts.timeout, lines);
     check_eviction(&mut conn, opts, subject, &info, lines);
@@ -784,6 +816,24 @@ fn check_target_server(
     let field_ttl_keys = sources.iter().map(|s| s.field_ttl_keys).sum();
     if let Some(v) = judge_field_ttls(field_ttl_keys, &version, opts.on_unsupported_type) {
         lines.verdict(subject, "field-ttl", v);
+    }
+}
+
+/// The `modules` line: modules of the sources whose keys cannot reach the target.
+fn check_modules(
+    conn: &mut Client,
+    sources: &[SourceFacts],
+    subject: &str,
+    info: &Info,
+    lines: &mut Lines,
+) {
+    let version = ServerVersion::new(info.get("redis_version"), info.get("valkey_version"));
+    let facts: Vec<(ServerVersion, Vec<String>)> = sources
+        .iter()
+        .map(|s| (s.version.clone(), s.modules.clone()))
+        .collect();
+    if let Some(v) = judge_modules(&facts, &version, &probe::modules(conn)) {
+        lines.verdict(subject, "modules", v);
     }
 }
 
@@ -1162,6 +1212,21 @@ fn probe_sources(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn module_keys_reach_only_a_target_with_the_module_and_the_format() {
+        let redis = |v: &str| ServerVersion::new(Some(&v.to_string()), None);
+        let valkey = |v: &str| ServerVersion::new(Some(&"7.2.4".to_string()), Some(&v.to_string()));
+        let vset = vec!["vectorset".to_string()];
+        let r8 = [(redis("8.0.2"), vset.clone())];
+        assert!(judge_modules(&r8, &redis("8.0.2"), &vset).is_none());
+        let v = judge_modules(&r8, &redis("7.0.15"), &[]).unwrap();
+        assert_eq!(v.status, Status::Warn);
+        assert!(v.message.contains("vectorset"), "{v:?}");
+        // The module is there, but Valkey does not load Redis 12 payloads.
+        assert!(judge_modules(&r8, &valkey("9.1.2"), &vset).is_some());
+        assert!(judge_modules(&[(redis("7.0.15"), vec![])], &redis("7.0.15"), &[]).is_none());
+    }
 
     #[test]
     fn older_target_uses_the_command_path() {

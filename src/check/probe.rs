@@ -251,6 +251,24 @@ pub fn field_ttl_keys(info: &Info) -> u64 {
         .sum()
 }
 
+/// The names of the modules a server loads (`MODULE LIST`); empty when it has no such
+/// command or refuses it.
+pub fn modules(conn: &mut Client) -> Vec<String> {
+    let Ok(Reply::Array(Some(items))) = conn.call(&["MODULE", "LIST"]) else {
+        return Vec::new();
+    };
+    items
+        .iter()
+        .filter_map(|m| match m {
+            Reply::Array(Some(fields)) => fields
+                .chunks(2)
+                .find(|kv| kv[0].as_text().as_deref() == Some("name"))
+                .and_then(|kv| kv.get(1)?.as_text()),
+            _ => None,
+        })
+        .collect()
+}
+
 /// `512mb`, `1gb`, `1048576` as CONFIG and the config file write sizes.
 pub fn parse_size(s: &str) -> Option<u64> {
     let s = s.trim().to_ascii_lowercase();

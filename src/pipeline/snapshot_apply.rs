@@ -362,6 +362,7 @@ impl SnapshotApply {
     /// [`Self::rewrite_value`].
     fn skip_key(&mut self, key: &[u8], db: u32, e: impl std::fmt::Display) -> bool {
         tracing::error!(key = %String::from_utf8_lossy(key), db, "{e}");
+        metrics::counter!("redis_relay_snapshot_keys_skipped_total").increment(1);
         self.stats.skipped += 1;
         false
     }
