@@ -458,8 +458,10 @@ impl Perf {
         } else {
             format!("-p{pid}")
         };
+        // E2E_PERF_FREQ: samples per second (499 unless set; a short phase needs more).
+        let freq = std::env::var("E2E_PERF_FREQ").unwrap_or_else(|_| "499".into());
         let child = Command::new("perf")
-            .args(["record", "-g", "-F", "499", &target, "-o"])
+            .args(["record", "-g", "-F", &freq, &target, "-o"])
             .arg(dir.join(format!("{name}.data")))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -1419,6 +1421,7 @@ fn run_dataset(o: &Opts, ds: Dataset) -> Res<goals::Summary> {
     // ---- the relay: full sync
     let target = Server::start(dir, "target", &[]);
     let t_sync = Instant::now();
+    let wall_sync = std::time::SystemTime::now();
     let mut relay = Relay::start(
         dir,
         "relay",
@@ -1429,6 +1432,8 @@ fn run_dataset(o: &Opts, ds: Dataset) -> Res<goals::Summary> {
     let sampler = RssSampler::start(pid);
     let perf = Perf::start(&o.perf_dir, pid, "full-sync");
     let full = wait_target_holds(&mut relay, &target, [&ma, &mb], expected, t_sync);
+    // Where the sync's time goes: the target's CPU over it (it was started just before).
+    let target_cpu = cpu_secs(target.child.id(), tck);
     let metrics_done = wait_caught_up(&mut relay, &[&ma, &mb], Duration::from_secs(3600))?;
     log(format!(
         "full sync: target held every key after {:.3}s; the relay's metrics said done {:.3}s later",
@@ -1496,6 +1501,27 @@ fn run_dataset(o: &Opts, ds: Dataset) -> Res<goals::Summary> {
         "one native replica of the target: {one_secs:.2}s ({one_cpu:.1} CPU s of the replica)"
     ));
     rows.insert(1, goals::one_replica_row(full_secs, one_secs, st.keys));
+    rows.push(goals::target_cpu_row(
+        target_cpu, full_secs, one_cpu, st.keys,
+    ));
+    let phases = format!(
+        "{}; {}",
+        goals::masters_rdb_sent(dir, &["master-a", "master-b"], wall_sync),
+        goals::sync_phases(&relay.log, wall_sync)
+    );
+    log(format!("full sync phases (relay's log): {phases}"));
+    log(format!(
+        "target's commandstats after the full sync: {}",
+        goals::target_commandstats(&target, target_cpu)
+    ));
+    rows.push(row(
+        "full sync: phases in the relay's log, per source, seconds after its start",
+        phases,
+        "",
+        String::new(),
+        "(info)",
+        None,
+    ));
 
     // ---- the same full sync into a Redis Cluster (the relay above stays, idle)
     let setup = cluster::Setup {

@@ -95,6 +95,142 @@ pub fn one_replica_row(full_secs: f64, one_secs: f64, keys: u64) -> Row {
     )
 }
 
+/// The target's CPU over the relay's full sync beside the one native replica's over its load:
+/// how busy the target's one thread was, and how much more work per key the relay's commands
+/// cost it than an RDB load.
+pub fn target_cpu_row(target_cpu: f64, full_secs: f64, one_cpu: f64, keys: u64) -> Row {
+    row(
+        "full sync: CPU of the target over the sync (µs per key, share of the sync's time)",
+        format!(
+            "{target_cpu:.2} CPU s ({:.2} µs/key, busy {:.0}%)",
+            target_cpu * 1e6 / keys as f64,
+            100.0 * target_cpu / full_secs
+        ),
+        &format!(
+            "{one_cpu:.2} CPU s ({:.2} µs/key), the one native replica loading the same keys",
+            one_cpu * 1e6 / keys as f64
+        ),
+        format!("{:.2}x", target_cpu / one_cpu),
+        "(info)",
+        None,
+    )
+}
+
+/// When the relay's log says each source's full sync reached each phase, in seconds after
+/// `start` (the relay's start, wall clock): "loading the snapshot", "snapshot parsed" (the whole
+/// RDB received: the parser follows the master's stream) and "snapshot applied" (acknowledged
+/// by the target). Says whether the sync waited for the masters' RDBs or for the target.
+pub fn sync_phases(log: &Path, start: std::time::SystemTime) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let day = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64() % 86_400.0)
+    };
+    let t0 = day(start);
+    let marks = [
+        ("full resync: loading the snapshot", "loading"),
+        ("snapshot parsed", "RDB parsed"),
+        ("snapshot applied", "applied"),
+    ];
+    let mut out: Vec<String> = Vec::new();
+    for line in text.lines() {
+        let Some((_, name)) = marks.iter().find(|(m, _)| line.contains(m)) else {
+            continue;
+        };
+        // `2026-12-07T22:45:11.123456Z  INFO ...`: the time of day, UTC.
+        let Some(tod) = line
+            .split_whitespace()
+            .next()
+            .and_then(|ts| ts.split_once('T'))
+            .map(|(_, t)| t.trim_end_matches('Z'))
+        else {
+            continue;
+        };
+        let secs: Vec<f64> = tod.split(':').filter_map(|x| x.parse().ok()).collect();
+        if secs.len() != 3 {
+            continue;
+        }
+        let at = (secs[0] * 3600.0 + secs[1] * 60.0 + secs[2] - t0).rem_euclid(86_400.0);
+        let src = line
+            .split("source=")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or("?");
+        out.push(format!("{src} {name} {at:.2} s"));
+    }
+    out.join("; ")
+}
+
+/// When each master's log says its RDB for the relay was all handed to the socket (diskless:
+/// "done reading from pipe"), in seconds after `start`: the first such line after it, per
+/// master (`<dir>/<name>/redis.log`, times of day in milliseconds). With the relay's phases,
+/// says whether the full sync waited for the masters or for the target.
+pub fn masters_rdb_sent(dir: &Path, names: &[&str], start: std::time::SystemTime) -> String {
+    let t0 = start
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64() % 86_400.0);
+    let mut out = Vec::new();
+    for name in names {
+        let text = std::fs::read_to_string(dir.join(name).join("redis.log")).unwrap_or_default();
+        // `123:M 07 Dec 2026 22:58:01.123 * Diskless rdb transfer, done reading from pipe, ...`
+        let at = text
+            .lines()
+            .filter(|l| l.contains("done reading from pipe"))
+            .filter_map(|l| {
+                let tod = l.split_whitespace().nth(4)?;
+                let v: Vec<f64> = tod.split(':').filter_map(|x| x.parse().ok()).collect();
+                (v.len() == 3).then(|| v[0] * 3600.0 + v[1] * 60.0 + v[2] - t0)
+            })
+            .find(|&d| (0.0..43_200.0).contains(&d));
+        match at {
+            Some(d) => out.push(format!("{name} RDB sent {d:.2} s")),
+            None => out.push(format!("{name} RDB sent ?")),
+        }
+    }
+    out.join("; ")
+}
+
+/// The target's own accounting of what it executed (`INFO commandstats`: calls and
+/// microseconds inside each command), for the commands a full sync sends; with `cpu_secs`, the
+/// target's CPU over the sync, the rest is reading, parsing and replying.
+pub fn target_commandstats(target: &Server, cpu_secs: f64) -> String {
+    let text = target
+        .client()
+        .cmd(&["INFO", "commandstats"])
+        .as_text()
+        .unwrap_or_default();
+    let mut inside = 0.0;
+    let mut parts = Vec::new();
+    for name in ["mset", "restore", "set", "multi", "exec", "select"] {
+        let Some(line) = text
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("cmdstat_{name}:")))
+        else {
+            continue;
+        };
+        let field = |f: &str| -> f64 {
+            line.split(',')
+                .find_map(|kv| kv.strip_prefix(&format!("{f}=")))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0.0)
+        };
+        let (calls, usec) = (field("calls"), field("usec"));
+        // EXEC's time includes the commands inside it, counted under their own names.
+        if name == "exec" {
+            parts.push(format!(
+                "exec {calls:.0} calls (its time holds the queued commands')"
+            ));
+            continue;
+        }
+        inside += usec / 1e6;
+        parts.push(format!("{name} {calls:.0} calls {:.2} s", usec / 1e6));
+    }
+    format!(
+        "{}; inside commands {inside:.2} s of {cpu_secs:.2} CPU s",
+        parts.join(", ")
+    )
+}
+
 /// Print issue 18's goals for every data set run: goal, figure, baseline, met or not.
 pub fn print_summary(all: &[Summary]) {
     println!("\nIssue 18 goals (one run each; the machine is shared, so single runs are noisy)\n");

@@ -211,6 +211,14 @@ fn print_table(o: &Opts, data: &Loaded, f: &Figures, cu: &CatchUp, notes: &[Stri
             Some(f.full_rss < 64 * 1024),
         ),
         row(
+            "full sync: relay peak RSS, issue 18's goal (flat from 1,000,000 to 10,000,000 keys)",
+            mib(f.full_rss),
+            "",
+            String::new(),
+            "≤ 48 MiB (issue 18)",
+            Some(f.full_rss <= 48 * 1024),
+        ),
+        row(
             "full sync: CPU of the target",
             format!("{:.1} CPU s", f.target_cpu),
             &format!("{:.1} CPU s, 2 native replicas together", f.replicas_cpu),
