@@ -19,6 +19,11 @@
 //! - memory: the relay's peak RSS (VmHWM, reset between phases through `/proc/<pid>/clear_refs`)
 //!   during the full sync, the catch-up, and a sync of one 5,000,000-element list plus one
 //!   2,000,000-field hash.
+//! - `--dataset value-heavy|key-heavy|both`: the data set (value-heavy by default; key-heavy is
+//!   issue 18's, 90% 100-byte strings); `both` runs the script once for each. Issue 18's goals
+//!   are a second table (`e2e_bench/goals.rs`): the full sync against **one native replica of
+//!   the target** once it holds everything (beside the two-replica baseline), every catch-up
+//!   round against its own baseline, the p99 lag, the relay's RSS.
 //! - `--scale`: instead of the above, the full sync and the catch-up at 10,000,000 small keys,
 //!   sized to fit the machine's memory; see `e2e_bench/scale.rs`.
 //! - `--cluster`: also a Redis Cluster of 3 masters with a replica each as a second target: the
@@ -725,9 +730,10 @@ struct DataStats {
     blocks: Vec<u64>,
 }
 
-/// The mixed data set as RESP commands in a file: 90% strings of 16..=512 bytes; 10% hashes,
-/// lists, sets and sorted sets (2.5% each) of 10..=1000 elements, sizes `10 * 100^(u^2)` (most
-/// small and listpack-encoded, some up to 1000 and hashtable/skiplist/quicklist-encoded).
+/// The data set `ds` as RESP commands in a file. Value-heavy: 90% strings of 16..=512 bytes;
+/// 10% hashes, lists, sets and sorted sets (2.5% each) of 10..=1000 elements, sizes
+/// `10 * 100^(u^2)` (most small and listpack-encoded, some up to 1000 and
+/// hashtable/skiplist/quicklist-encoded). Key-heavy: see [`dataset::key_heavy_command`].
 fn generate(path: &Path, keys: u64, ds: Dataset) -> Res<DataStats> {
     let mut w = BufWriter::with_capacity(1 << 20, File::create(path)?);
     let mut rng = Rng(0x5eed);
