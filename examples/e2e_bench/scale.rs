@@ -40,6 +40,7 @@ struct Loaded {
 }
 
 /// The scale run; prints its table. `o.keys` keys (10,000,000 unless `--keys` says).
+// Long: one sequential script of phases sharing the servers, the relay and the figures.
 pub fn run(o: &Opts) -> Res<()> {
     let need = o.keys * BYTES_PER_KEY * COPIES;
     let avail = mem_available();
@@ -200,6 +201,7 @@ struct Figures {
     one_cpu: f64,
 }
 
+// Long: one table, a row per figure.
 fn print_table(o: &Opts, data: &Loaded, f: &Figures, cu: &CatchUp, notes: &[String]) {
     let mut rows = vec![
         row(
