@@ -19,6 +19,11 @@
 //! - memory: the relay's peak RSS (VmHWM, reset between phases through `/proc/<pid>/clear_refs`)
 //!   during the full sync, the catch-up, and a sync of one 5,000,000-element list plus one
 //!   2,000,000-field hash.
+//! - `--dataset value-heavy|key-heavy|both`: the data set (value-heavy by default; key-heavy is
+//!   issue 18's, 90% 100-byte strings); `both` runs the script once for each. Issue 18's goals
+//!   are a second table (`e2e_bench/goals.rs`): the full sync against **one native replica of
+//!   the target** once it holds everything (beside the two-replica baseline), every catch-up
+//!   round against its own baseline, the p99 lag, the relay's RSS.
 //! - `--scale`: instead of the above, the full sync and the catch-up at 10,000,000 small keys,
 //!   sized to fit the machine's memory; see `e2e_bench/scale.rs`.
 //! - `--cluster`: also a Redis Cluster of 3 masters with a replica each as a second target: the
@@ -48,8 +53,14 @@ use bytes::BytesMut;
 use redis_relay::batch::record;
 use redis_relay::resp::{encode_command, parse_reply, Reply};
 
+use dataset::Dataset;
+
 #[path = "e2e_bench/cluster.rs"]
 mod cluster;
+#[path = "e2e_bench/dataset.rs"]
+mod dataset;
+#[path = "e2e_bench/goals.rs"]
+mod goals;
 #[path = "e2e_bench/scale.rs"]
 mod scale;
 #[path = "e2e_bench/versions.rs"]
@@ -82,6 +93,8 @@ struct Opts {
     /// The masters-of-each-version run instead (see [`versions`]): 500,000 keys unless
     /// `--keys` says.
     versions: bool,
+    /// The data sets of the normal run, one after the other (`--dataset`, see [`dataset`]).
+    datasets: Vec<Dataset>,
 }
 
 fn parse_opts() -> Opts {
@@ -92,6 +105,7 @@ fn parse_opts() -> Opts {
     let mut cluster = false;
     let mut scale = false;
     let mut versions = false;
+    let mut datasets = vec![Dataset::ValueHeavy];
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -106,10 +120,13 @@ fn parse_opts() -> Opts {
             "--cluster" => cluster = true,
             "--scale" => scale = true,
             "--versions" => versions = true,
+            "--dataset" => {
+                datasets = Dataset::parse(&it.next().expect("--dataset value-heavy|key-heavy|both"))
+            }
             "--perf" => perf_dir = Some(PathBuf::from(it.next().expect("--perf DIR"))),
             "--gen-only" => gen_only = Some(PathBuf::from(it.next().expect("--gen-only FILE"))),
             "-h" | "--help" => {
-                eprintln!("usage: e2e_bench [--keys N] [--quick] [--cluster] [--scale] [--versions] [--perf DIR] [--gen-only FILE]");
+                eprintln!("usage: e2e_bench [--keys N] [--quick] [--dataset value-heavy|key-heavy|both] [--cluster] [--scale] [--versions] [--perf DIR] [--gen-only FILE]");
                 std::process::exit(0);
             }
             other => panic!("unknown argument {other} (usage: e2e_bench [--keys N] [--quick])"),
@@ -130,6 +147,7 @@ fn parse_opts() -> Opts {
             cluster,
             scale,
             versions,
+            datasets,
         }
     } else {
         Opts {
@@ -152,6 +170,7 @@ fn parse_opts() -> Opts {
             cluster,
             scale,
             versions,
+            datasets,
         }
     }
 }
@@ -469,8 +488,10 @@ impl Perf {
         } else {
             format!("-p{pid}")
         };
+        // E2E_PERF_FREQ: samples per second (499 unless set; a short phase needs more).
+        let freq = std::env::var("E2E_PERF_FREQ").unwrap_or_else(|_| "499".into());
         let child = Command::new("perf")
-            .args(["record", "-g", "-F", "499", &target, "-o"])
+            .args(["record", "-g", "-F", &freq, &target, "-o"])
             .arg(dir.join(format!("{name}.data")))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -734,10 +755,11 @@ struct DataStats {
     blocks: Vec<u64>,
 }
 
-/// The mixed data set as RESP commands in a file: 90% strings of 16..=512 bytes; 10% hashes,
-/// lists, sets and sorted sets (2.5% each) of 10..=1000 elements, sizes `10 * 100^(u^2)` (most
-/// small and listpack-encoded, some up to 1000 and hashtable/skiplist/quicklist-encoded).
-fn generate(path: &Path, keys: u64) -> Res<DataStats> {
+/// The data set `ds` as RESP commands in a file. Value-heavy: 90% strings of 16..=512 bytes;
+/// 10% hashes, lists, sets and sorted sets (2.5% each) of 10..=1000 elements, sizes
+/// `10 * 100^(u^2)` (most small and listpack-encoded, some up to 1000 and
+/// hashtable/skiplist/quicklist-encoded). Key-heavy: see [`dataset::key_heavy_command`].
+fn generate(path: &Path, keys: u64, ds: Dataset) -> Res<DataStats> {
     let mut w = BufWriter::with_capacity(1 << 20, File::create(path)?);
     let mut rng = Rng(0x5eed);
     let mut out = BytesMut::with_capacity(1 << 16);
@@ -752,7 +774,9 @@ fn generate(path: &Path, keys: u64) -> Res<DataStats> {
     for i in 0..keys {
         out.clear();
         let kind = i % 40;
-        if kind >= 4 {
+        if ds == Dataset::KeyHeavy {
+            st.elements += dataset::key_heavy_command(&mut rng, i, &mut out, &mut val);
+        } else if kind >= 4 {
             let len = rng.range(16, 512) as usize;
             rng.fill(&mut val, len);
             let k = format!("str:{i}");
@@ -981,6 +1005,12 @@ fn redis_benchmark(port: u16, n: u64, pipeline: u32) -> Res<(u64, f64)> {
     redis_benchmark_with(port, n, pipeline, &[])
 }
 
+/// The catch-up's load, issue 18's mix: `redis-benchmark -t set,lpush,hset,incr -P 16 -c 20`
+/// (`n` requests per test) through nutcracker.
+fn catchup_load(nut_port: u16, n: u64) -> Res<(u64, f64)> {
+    redis_benchmark_with(nut_port, n, 16, &["-c", "20"])
+}
+
 /// [`redis_benchmark`] with `extra` arguments (`--cluster`: the cluster's own ingest).
 fn redis_benchmark_with(port: u16, n: u64, pipeline: u32, extra: &[&str]) -> Res<(u64, f64)> {
     let out = Command::new(find_bin(&[
@@ -1182,6 +1212,8 @@ struct CatchUp {
     load_reqs: u64,
     /// VmHWM could be reset before the rounds (else the RSS is the sampled VmRSS only).
     hwm_reset: bool,
+    /// Every round's rate and baseline (issue 18: ≥ 100% in each).
+    rounds: Vec<goals::RoundFigures>,
 }
 
 /// One round: what the relay applied per second after the target was unpaused, the target's
@@ -1205,7 +1237,7 @@ fn catch_up(s: &cluster::Setup, target: &Server, relay: &mut Relay) -> Res<Catch
     // the target itself ingests new keys at half the rate of existing ones), while the baseline,
     // run afterwards, would overwrite them: two different workloads.
     let t = Instant::now();
-    redis_benchmark(s.nut.port, s.catchup_n, 16)?;
+    catchup_load(s.nut.port, s.catchup_n)?;
     wait_caught_up(relay, &[ma, mb], Duration::from_secs(3600))?;
     log(format!(
         "catch-up warm-up: same load once, applied in {:.1}s",
@@ -1219,7 +1251,7 @@ fn catch_up(s: &cluster::Setup, target: &Server, relay: &mut Relay) -> Res<Catch
     // Rounds, each the relay's catch-up then the baseline in the same state (the machine's
     // speed drifts within a run): the median of the rounds' ratios is the figure.
     let (mut relay_rates, mut ingest_rates, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut catch_secs, mut load_reqs) = (0.0, 0);
+    let (mut catch_secs, mut load_reqs, mut rounds) = (0.0, 0, Vec::new());
     for round in 1..=s.rounds {
         let r = catch_up_round(s, target, relay, round)?;
         catch_secs += r.secs;
@@ -1227,6 +1259,10 @@ fn catch_up(s: &cluster::Setup, target: &Server, relay: &mut Relay) -> Res<Catch
         relay_rates.push(r.rate);
         ingest_rates.push(r.ingest);
         ratios.push(r.rate / r.ingest);
+        rounds.push(goals::RoundFigures {
+            rate: r.rate,
+            ingest: r.ingest,
+        });
     }
     let rss_kib = sampler.finish(pid);
     perf.stop();
@@ -1244,6 +1280,7 @@ fn catch_up(s: &cluster::Setup, target: &Server, relay: &mut Relay) -> Res<Catch
         cpu_per_round: (cpu_secs(pid, s.tck) - cpu0) / s.rounds as f64,
         load_reqs,
         hwm_reset,
+        rounds,
     })
 }
 
@@ -1262,7 +1299,7 @@ fn catch_up_round(
     let tgt0 = cmd_calls(target);
     let src0 = [cmd_calls(ma), cmd_calls(mb)];
     let t = Instant::now();
-    let load_reqs = redis_benchmark(s.nut.port, s.catchup_n, 16)?.0;
+    let load_reqs = catchup_load(s.nut.port, s.catchup_n)?.0;
     let src1 = [cmd_calls(ma), cmd_calls(mb)];
     // What the masters executed, per command: the target must have executed as many.
     let want: Vec<u64> = (0..4)
@@ -1317,13 +1354,11 @@ fn log(s: String) {
 
 // ---------------------------------------------------------------------------------------------
 
-// Long: one sequential script of phases that share the servers, the relay and the figures
-// for the table; the cluster phases (`--cluster`) are in `e2e_bench/cluster.rs`.
 fn main() -> Res<()> {
     START.with(|_| ());
     let o = parse_opts();
     if let Some(path) = &o.gen_only {
-        let st = generate(path, o.keys)?;
+        let st = generate(path, o.keys, o.datasets[0])?;
         eprintln!(
             "wrote {} keys, {} elements, {:.1} MB of RESP to {}",
             st.keys,
@@ -1339,6 +1374,17 @@ fn main() -> Res<()> {
     if o.versions {
         return versions::run(&o);
     }
+    let mut all = Vec::new();
+    for &ds in &o.datasets {
+        all.push(run_dataset(&o, ds)?);
+    }
+    goals::print_summary(&all);
+    Ok(())
+}
+
+// Long: one sequential script of phases that share the servers, the relay and the figures
+// for the table; the cluster phases (`--cluster`) are in `e2e_bench/cluster.rs`.
+fn run_dataset(o: &Opts, ds: Dataset) -> Res<goals::Summary> {
     let tmp = tempfile::Builder::new().prefix("e2e-bench").tempdir()?;
     let dir = tmp.path();
     let tck = clk_tck();
@@ -1363,7 +1409,7 @@ fn main() -> Res<()> {
 
     // ---- data
     let data = dir.join("data.resp");
-    let st = generate(&data, o.keys)?;
+    let st = generate(&data, o.keys, ds)?;
     log(format!(
         "generated {} keys, {} elements, {:.1} MB of RESP",
         st.keys,
@@ -1409,6 +1455,7 @@ fn main() -> Res<()> {
     // ---- the relay: full sync
     let target = Server::start(dir, "target", &[]);
     let t_sync = Instant::now();
+    let wall_sync = std::time::SystemTime::now();
     let mut relay = Relay::start(
         dir,
         "relay",
@@ -1419,6 +1466,8 @@ fn main() -> Res<()> {
     let sampler = RssSampler::start(pid);
     let perf = Perf::start(&o.perf_dir, pid, "full-sync");
     let full = wait_target_holds(&mut relay, &target, [&ma, &mb], expected, t_sync);
+    // Where the sync's time goes: the target's CPU over it (it was started just before).
+    let target_cpu = cpu_secs(target.child.id(), tck);
     let metrics_done = wait_caught_up(&mut relay, &[&ma, &mb], Duration::from_secs(3600))?;
     log(format!(
         "full sync: target held every key after {:.3}s; the relay's metrics said done {:.3}s later",
@@ -1479,6 +1528,33 @@ fn main() -> Res<()> {
         String::new(),
         "< 64 MiB",
         Some(full_rss < 64 * 1024),
+    ));
+    // ---- baseline: one native replica of the target, now that it holds everything
+    let (one_secs, one_cpu) = goals::one_replica_of(dir, &target, tck);
+    log(format!(
+        "one native replica of the target: {one_secs:.2}s ({one_cpu:.1} CPU s of the replica)"
+    ));
+    rows.insert(1, goals::one_replica_row(full_secs, one_secs, st.keys));
+    rows.push(goals::target_cpu_row(
+        target_cpu, full_secs, one_cpu, st.keys,
+    ));
+    let phases = format!(
+        "{}; {}",
+        goals::masters_rdb_sent(dir, &["master-a", "master-b"], wall_sync),
+        goals::sync_phases(&relay.log, wall_sync)
+    );
+    log(format!("full sync phases (relay's log): {phases}"));
+    log(format!(
+        "target's commandstats after the full sync: {}",
+        goals::target_commandstats(&target, target_cpu)
+    ));
+    rows.push(row(
+        "full sync: phases in the relay's log, per source, seconds after its start",
+        phases,
+        "",
+        String::new(),
+        "(info)",
+        None,
     ));
 
     // ---- the same full sync into a Redis Cluster (the relay above stays, idle)
@@ -1565,6 +1641,7 @@ fn main() -> Res<()> {
     ));
 
     rows.push(catch_row);
+    rows.extend(goals::round_rows(&cu.rounds, load_reqs));
     rows.push(row(
         "catch-up: relay peak RSS (CPU per round, from pause to caught up and the baseline)",
         format!("{} ({catch_cpu:.1} CPU s)", mib(catch_rss)),
@@ -1615,8 +1692,56 @@ fn main() -> Res<()> {
     drop(ma);
     drop(mb);
 
-    // ---- big keys
-    let m3 = Server::start(dir, "master-big", &master_conf);
+    // ---- big keys (independent of the data set: once per run)
+    if ds == o.datasets[0] {
+        big_keys(o, dir, &master_conf, tck, &mut rows, &mut notes)?;
+    }
+
+    // ---- table
+    print_results(
+        &format!(
+            "{} size, {} data set: {} keys",
+            o.size_label,
+            ds.name(),
+            o.keys
+        ),
+        &rows,
+    );
+    println!(
+        "\nData: {} keys ({} elements, {:.1} MB as RESP): {}.",
+        st.keys,
+        st.elements,
+        st.bytes as f64 / 1e6,
+        ds.describe()
+    );
+    for n in &notes {
+        println!("\nNOTE: {n}");
+    }
+    Ok(goals::Summary {
+        dataset: ds,
+        keys: st.keys,
+        full_secs,
+        two_replicas_secs: native_secs,
+        one_replica_secs: one_secs,
+        rounds: cu.rounds,
+        p99: t99,
+        replica_p99: r99,
+        full_rss,
+    })
+}
+
+/// One master holding one big list and one big hash, synced by its own relay: the relay's
+/// peak RSS with values far larger than a batch.
+// Long: one phase (load the master, sync, check, the table's row), as it was inline.
+fn big_keys(
+    o: &Opts,
+    dir: &Path,
+    master_conf: &[&str],
+    tck: f64,
+    rows: &mut Vec<Row>,
+    notes: &mut Vec<String>,
+) -> Res<()> {
+    let m3 = Server::start(dir, "master-big", master_conf);
     {
         let mut c = m3.client();
         let mut out = BytesMut::new();
@@ -1707,17 +1832,6 @@ fn main() -> Res<()> {
     ));
     drop(relay);
 
-    // ---- table
-    print_results(&format!("{} size: {} keys", o.size_label, o.keys), &rows);
-    println!(
-        "\nData: {} keys ({} elements, {:.1} MB as RESP): 90% strings of 16–512 bytes, 10% hashes/lists/sets/zsets of 10–1000 elements.",
-        st.keys,
-        st.elements,
-        st.bytes as f64 / 1e6
-    );
-    for n in &notes {
-        println!("\nNOTE: {n}");
-    }
     Ok(())
 }
 

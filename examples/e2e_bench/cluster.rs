@@ -468,7 +468,7 @@ fn round(
     let tgt0 = cl.calls(names);
     let src0 = s.masters.map(cmd_calls);
     let t = Instant::now();
-    let reqs = redis_benchmark(s.nut.port, s.catchup_n, 16)?.0;
+    let reqs = catchup_load(s.nut.port, s.catchup_n)?.0;
     let src1 = s.masters.map(cmd_calls);
     let want: Vec<u64> = (0..4)
         .map(|i| src1[0][i] + src1[1][i] - src0[0][i] - src0[1][i])

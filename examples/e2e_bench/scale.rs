@@ -40,6 +40,7 @@ struct Loaded {
 }
 
 /// The scale run; prints its table. `o.keys` keys (10,000,000 unless `--keys` says).
+// Long: one sequential script of phases sharing the servers, the relay and the figures.
 pub fn run(o: &Opts) -> Res<()> {
     let need = o.keys * BYTES_PER_KEY * COPIES;
     let avail = mem_available();
@@ -104,6 +105,7 @@ pub fn run(o: &Opts) -> Res<()> {
     // ---- the relay: full sync
     let target = Server::start(dir, "target", &[]);
     let t_sync = Instant::now();
+    let wall_sync = std::time::SystemTime::now();
     let mut relay = Relay::start(
         dir,
         "relay",
@@ -128,6 +130,16 @@ pub fn run(o: &Opts) -> Res<()> {
         metrics_done.as_secs_f64(),
         mib(full_rss),
         mib_b(target_mem)
+    ));
+    log(format!(
+        "full sync phases: {}; {}",
+        goals::masters_rdb_sent(dir, &["master-a", "master-b"], wall_sync),
+        goals::sync_phases(&relay.log, wall_sync)
+    ));
+    // Issue 18's baseline: one native replica of the target, which holds everything now.
+    let (one_secs, one_cpu) = goals::one_replica_of(dir, &target, tck);
+    log(format!(
+        "one native replica of the target: {one_secs:.2}s ({one_cpu:.1} CPU s of the replica)"
     ));
     let mut notes = Vec::new();
     if got != expected || bad > 0 {
@@ -161,6 +173,8 @@ pub fn run(o: &Opts) -> Res<()> {
         masters_mem,
         replicas_mem,
         target_mem,
+        one_secs,
+        one_cpu,
     };
     print_table(o, &data, &figures, &cu, &notes);
     drop(relay);
@@ -182,10 +196,14 @@ struct Figures {
     masters_mem: u64,
     replicas_mem: u64,
     target_mem: u64,
+    /// One native replica of the target (issue 18's baseline): seconds, its CPU seconds.
+    one_secs: f64,
+    one_cpu: f64,
 }
 
+// Long: one table, a row per figure.
 fn print_table(o: &Opts, data: &Loaded, f: &Figures, cu: &CatchUp, notes: &[String]) {
-    let rows = [
+    let mut rows = vec![
         row(
             &format!("full sync, {} keys, 2 masters: time", f.keys),
             format!(
@@ -202,6 +220,8 @@ fn print_table(o: &Opts, data: &Loaded, f: &Figures, cu: &CatchUp, notes: &[Stri
             "≤ 1.5x",
             Some(f.full_secs <= 1.5 * f.native_secs),
         ),
+        goals::one_replica_row(f.full_secs, f.one_secs, f.keys),
+        goals::target_cpu_row(f.target_cpu, f.full_secs, f.one_cpu, f.keys),
         row(
             "full sync: relay peak RSS (VmHWM), CPU",
             format!("{} ({:.1} CPU s)", mib(f.full_rss), f.full_cpu),
@@ -209,6 +229,14 @@ fn print_table(o: &Opts, data: &Loaded, f: &Figures, cu: &CatchUp, notes: &[Stri
             String::new(),
             "< 64 MiB",
             Some(f.full_rss < 64 * 1024),
+        ),
+        row(
+            "full sync: relay peak RSS, issue 18's goal (flat from 1,000,000 to 10,000,000 keys)",
+            mib(f.full_rss),
+            "",
+            String::new(),
+            "≤ 48 MiB (issue 18)",
+            Some(f.full_rss <= 48 * 1024),
         ),
         row(
             "full sync: CPU of the target",
@@ -250,6 +278,7 @@ fn print_table(o: &Opts, data: &Loaded, f: &Figures, cu: &CatchUp, notes: &[Stri
             Some(cu.rss_kib < 128 * 1024),
         ),
     ];
+    rows.extend(goals::round_rows(&cu.rounds, cu.load_reqs));
     print_results(&format!("scale run: {} keys", f.keys), &rows);
     println!(
         "\nData: {} keys ({} elements, {:.1} MB as RESP): 97% strings of 16–64 bytes, 3% hashes/lists/sets/zsets of 5–20 elements.",
