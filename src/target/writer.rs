@@ -91,8 +91,10 @@ pub struct PoolState {
     fatal: Mutex<Option<WriterFailure>>,
     failed: AtomicBool,
     pub bytes_written: AtomicU64,
-    /// Writers (cluster: lanes) waiting for the target to accept writes again (OOM).
-    oom_stalled: AtomicU64,
+    /// Writers (cluster: lanes) waiting for the target to accept writes again (OOM). A lock,
+    /// not an atomic: the gauge is set under it, so that two lanes changing it at once cannot
+    /// publish their values in the wrong order (a gauge left at 1 after the last lane resumed).
+    oom_stalled: Mutex<u64>,
     /// Writer connections that broke and were replaced: the target may have restarted, so
     /// the target loss check runs at once (`pipeline::source_loop::target_loss`).
     pub reconnects: AtomicU64,
@@ -119,12 +121,9 @@ impl PoolState {
     /// A writer starts (`true`) or stops (`false`) waiting for the target's memory:
     /// `redis_relay_target_stalled{reason="oom"}` is how many wait.
     pub fn oom_stall(&self, on: bool) {
-        let n = if on {
-            self.oom_stalled.fetch_add(1, Ordering::AcqRel) + 1
-        } else {
-            self.oom_stalled.fetch_sub(1, Ordering::AcqRel) - 1
-        };
-        metrics::gauge!("redis_relay_target_stalled", "reason" => "oom").set(n as f64);
+        let mut n = self.oom_stalled.lock();
+        *n = if on { *n + 1 } else { n.saturating_sub(1) };
+        metrics::gauge!("redis_relay_target_stalled", "reason" => "oom").set(*n as f64);
     }
 }
 
