@@ -50,13 +50,8 @@ fn probe(acl: &'static str, args: &[&str], queued: bool) -> Probe {
 pub fn target_probes(prefix: &str) -> Vec<Probe> {
     let record = format!("{prefix}acl-probe");
     let r = record.as_str();
-    vec![
-        probe("ping", &["PING"], false),
-        probe("select", &["SELECT", "0"], false),
-        probe("scan", &["SCAN", "0", "COUNT", "1"], false),
-        probe("type", &["TYPE", DATA_KEY], false),
-        probe("exists", &["EXISTS", DATA_KEY], false),
-        probe("get", &["GET", r], false),
+    let mut probes = reads(r);
+    probes.extend([
         probe("mget", &["MGET", r], false),
         probe("watch", &["WATCH", r], false),
         probe("unwatch", &["UNWATCH"], false),
@@ -68,20 +63,27 @@ pub fn target_probes(prefix: &str) -> Vec<Probe> {
         probe("set", &["SET", r, "x"], true),
         probe("discard", &["DISCARD"], false),
         probe("exec", &["EXEC"], false),
-    ]
+    ]);
+    probes
 }
 
-/// What the relay reads from a source besides replication (PSYNC, REPLCONF, probed apart):
-/// the database, the keys `verify` and the deletion proofs look at.
-pub fn source_probes() -> Vec<Probe> {
+/// The reads both sides get: the database, a key scan, a key's type and existence, and `GET`
+/// of `get_key` (a record on the target, any key on a source).
+fn reads(get_key: &str) -> Vec<Probe> {
     vec![
         probe("ping", &["PING"], false),
         probe("select", &["SELECT", "0"], false),
         probe("scan", &["SCAN", "0", "COUNT", "1"], false),
         probe("type", &["TYPE", DATA_KEY], false),
         probe("exists", &["EXISTS", DATA_KEY], false),
-        probe("get", &["GET", DATA_KEY], false),
+        probe("get", &["GET", get_key], false),
     ]
+}
+
+/// What the relay reads from a source besides replication (PSYNC, REPLCONF, probed apart):
+/// the database, the keys `verify` and the deletion proofs look at.
+pub fn source_probes() -> Vec<Probe> {
+    reads(DATA_KEY)
 }
 
 /// What the deletion proofs ask a peer (`PING`, `SELECT`, `EXISTS`): without them a deletion
