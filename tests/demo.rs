@@ -163,8 +163,13 @@ fn demo_syncs_then_stops_everything_on_ctrl_c() {
         "the write through nutcracker never reached the target"
     );
 
-    let metrics = http_get(p.metrics, "/metrics").expect("GET /metrics");
-    assert!(metrics.contains("redis_relay_lag_bytes{"), "{metrics}");
+    // The lag gauges are published by the sampler (every 500 ms), maybe after the write.
+    let mut metrics = String::new();
+    let published = wait_until(Duration::from_secs(5), || {
+        metrics = http_get(p.metrics, "/metrics").expect("GET /metrics");
+        metrics.contains("redis_relay_lag_bytes{")
+    });
+    assert!(published, "{metrics}");
     let done = metrics
         .lines()
         .filter(|l| l.starts_with("redis_relay_snapshot_done{"))
