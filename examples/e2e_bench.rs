@@ -1599,6 +1599,14 @@ fn run_dataset(o: &Opts, ds: Dataset) -> Res<goals::Summary> {
     let load = steady_load(nut.port, o.steady_rate, stop.clone());
     std::thread::sleep(Duration::from_millis(500));
     let (mut lt, mut lr) = (Vec::new(), Vec::new());
+    // How many of the stream's batches took the short path (written by the apply thread).
+    let shortcut = |m: &str| {
+        (
+            cluster::metric_sum(m, "redis_relay_lone_writes_total"),
+            cluster::metric_sum(m, "redis_relay_batches_total"),
+        )
+    };
+    let (lone0, batches0) = shortcut(&relay.metrics());
     {
         let mut m = ma.client();
         let mut tc = target.client();
@@ -1625,6 +1633,7 @@ fn run_dataset(o: &Opts, ds: Dataset) -> Res<goals::Summary> {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
+    let (lone1, batches1) = shortcut(&relay.metrics());
     stop.store(true, Ordering::Relaxed);
     let sent = load.join().unwrap_or(0);
     lt.sort_by(f64::total_cmp);
@@ -1636,8 +1645,10 @@ fn run_dataset(o: &Opts, ds: Dataset) -> Res<goals::Summary> {
         percentile(&lr, 0.99),
     );
     log(format!(
-        "steady lag ({} probes, {sent} load commands): relay p50 {t50:.2} ms p99 {t99:.2} ms; replica p50 {r50:.2} ms p99 {r99:.2} ms",
-        o.probes
+        "steady lag ({} probes, {sent} load commands): relay p50 {t50:.2} ms p99 {t99:.2} ms; replica p50 {r50:.2} ms p99 {r99:.2} ms; {:.0} of {:.0} stream batches written by the apply thread itself",
+        o.probes,
+        lone1 - lone0,
+        batches1 - batches0
     ));
 
     rows.push(catch_row);

@@ -163,6 +163,10 @@ pub fn describe() {
         "pipelined EXISTS round trips to peer masters made to prove deletions"
     );
     describe_counter!(
+        "redis_relay_lone_writes_total",
+        "Small batches written to an idle writer's connection by the thread that handed them over (one thread hand-off instead of two)"
+    );
+    describe_counter!(
         "redis_relay_target_reconnects_total",
         "Writer connections to the target that broke and were replaced"
     );

@@ -258,7 +258,7 @@ fn warnings(relay: &Relay) -> Vec<String> {
 }
 
 /// The sum of a metric's series (every label set).
-fn metric_sum(text: &str, name: &str) -> f64 {
+pub fn metric_sum(text: &str, name: &str) -> f64 {
     text.lines()
         .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())

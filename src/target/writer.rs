@@ -7,10 +7,16 @@
 //! upstream feel the back-pressure (a source's link keeps reading into its spool meanwhile).
 //! A batch is acknowledged to its source's tracker only once every reply of it has arrived,
 //! so an applied offset is never ahead of the target.
+//!
+//! A lone small batch handed to an idle writer does not wait for the sender thread to wake
+//! up: the handing thread writes it on the connection itself ([`Lane`]), so that a quiet
+//! stream's write crosses one thread boundary in the relay, as in a replica, not two (the
+//! p99 lag under CPU contention: docs/performance.md).
 
+use std::collections::VecDeque;
 use std::io::Write;
 use std::net::{Shutdown, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -98,6 +104,8 @@ pub struct PoolState {
     /// Writer connections that broke and were replaced: the target may have restarted, so
     /// the target loss check runs at once (`pipeline::source_loop::target_loss`).
     pub reconnects: AtomicU64,
+    /// Batches written by the thread that handed them over (see [`Lane`]).
+    pub lone_writes: AtomicU64,
 }
 
 impl PoolState {
@@ -186,6 +194,7 @@ pub enum PoolError {
 /// they have drained.
 pub struct WriterPool {
     senders: Vec<Sender<Batch>>,
+    lanes: Vec<Arc<Lane>>,
     handles: Vec<JoinHandle<()>>,
     pub state: Arc<PoolState>,
     /// Each writer's current socket (to abort).
@@ -226,6 +235,7 @@ impl WriterPool {
         let mut senders = Vec::with_capacity(n);
         let mut handles = Vec::with_capacity(n);
         let mut sockets = Vec::with_capacity(n);
+        let mut lanes = Vec::with_capacity(n);
         for w in 0..n {
             // Every writer must connect once at start: a wrong address or password is an
             // error now, not a retry loop.
@@ -234,9 +244,12 @@ impl WriterPool {
             senders.push(tx);
             let slot = Arc::new(Mutex::new(None));
             sockets.push(slot.clone());
+            let lane = Arc::new(Lane::default());
+            lanes.push(lane.clone());
             let writer = Writer {
                 w,
                 rx,
+                lane,
                 state: state.clone(),
                 opts: opts.clone(),
                 target: target.clone(),
@@ -252,6 +265,7 @@ impl WriterPool {
         }
         Ok(WriterPool {
             senders,
+            lanes,
             handles,
             state,
             sockets,
@@ -268,6 +282,7 @@ impl WriterPool {
     pub fn handle(&self) -> PoolHandle {
         PoolHandle {
             senders: self.senders.clone(),
+            lanes: self.lanes.clone(),
             state: self.state.clone(),
             target: self.target.clone(),
             connect_timeout: self.connect_timeout,
@@ -310,6 +325,7 @@ pub(crate) fn join_writers(
 #[derive(Clone)]
 pub struct PoolHandle {
     senders: Vec<Sender<Batch>>,
+    lanes: Vec<Arc<Lane>>,
     pub state: Arc<PoolState>,
     target: Endpoint,
     connect_timeout: Duration,
@@ -374,19 +390,25 @@ impl PoolHandle {
     /// Send a batch to writer `w`, waiting while its queue is full. Fails once the pool has
     /// failed (the batch is not applied).
     pub fn send(&self, w: usize, batch: Batch) -> Result<(), PoolError> {
-        let mut batch = batch;
+        let Some(mut batch) = self.lanes[w].write_lone(batch, &self.state) else {
+            return Ok(());
+        };
+        // Counted before it enters the channel, so that no lone write can overtake it.
+        self.lanes[w].queued.fetch_add(1, Ordering::AcqRel);
         loop {
             if let Some(e) = self.state.error() {
+                self.lanes[w].queued.fetch_sub(1, Ordering::AcqRel);
                 return Err(PoolError::Failed(e));
             }
             match self.senders[w].send_timeout(batch, Duration::from_millis(200)) {
                 Ok(()) => return Ok(()),
                 Err(crossbeam_channel::SendTimeoutError::Timeout(b)) => batch = b,
                 Err(crossbeam_channel::SendTimeoutError::Disconnected(_)) => {
+                    self.lanes[w].queued.fetch_sub(1, Ordering::AcqRel);
                     return Err(self
                         .state
                         .error()
-                        .map_or(PoolError::Stopped { writer: w }, PoolError::Failed))
+                        .map_or(PoolError::Stopped { writer: w }, PoolError::Failed));
                 }
             }
         }
@@ -525,6 +547,8 @@ fn shallow(e: &Expect) -> Expect {
 struct Writer {
     w: usize,
     rx: Receiver<Batch>,
+    /// Its connection's sending half, shared with lone writes.
+    lane: Arc<Lane>,
     state: Arc<PoolState>,
     opts: WriterOptions,
     target: Endpoint,
@@ -685,7 +709,7 @@ impl Writer {
 
     /// Pipeline batches over one connection until it breaks or the input closes.
     fn connection(&self, c: Client, first: Vec<Batch>) -> Ended {
-        let mut stream = c.stream;
+        let stream = c.stream;
         let read_half = match stream.try_clone() {
             Ok(r) => r,
             Err(e) => return Ended::Broken(first, e.to_string(), None),
@@ -694,8 +718,26 @@ impl Writer {
         let broken = Arc::new(AtomicBool::new(false));
         let (ftx, frx) = bounded::<InFlight>(self.opts.max_in_flight);
         let replies = self.spawn_replies(read_half, frx, &broken);
-        let mut queue: std::collections::VecDeque<Batch> = first.into();
-        let sent = self.send_loop(&mut stream, &mut queue, &ftx, &broken);
+        *self.lane.half.lock() = Some(SendHalf {
+            stream,
+            out: BytesMut::with_capacity(self.opts.output_buffer + 1024),
+            output_buffer: self.opts.output_buffer,
+            db: None,
+            ftx,
+            broken,
+            queue: first.into(),
+            lone_failure: None,
+        });
+        let sent = self.send_loop();
+        // From here no lone write can use the connection.
+        let half = self.lane.half.lock().take().expect("the connection's half");
+        let SendHalf {
+            stream,
+            ftx,
+            queue,
+            lone_failure,
+            ..
+        } = half;
         let input_closed = sent.is_ok();
         if !input_closed {
             // Wake the reply reader if it waits on a dead or abandoned socket.
@@ -712,6 +754,10 @@ impl Writer {
         }
         unacked.extend(queue);
         let timeout = self.opts.reply_timeout;
+        let sent = match (sent, lone_failure) {
+            (Err(SendStop::Broken), Some(e)) => Err(SendStop::Write(e)),
+            (sent, _) => sent,
+        };
         let why = match (sent, lost) {
             (_, Some(Lost::Oom(e))) => return Ended::Broken(unacked, String::new(), Some(e)),
             (_, Some(Lost::Io(e))) if timed_out(&e) => {
@@ -750,94 +796,174 @@ impl Writer {
             .expect("spawn reply thread")
     }
 
-    /// The sender: encode and write batches (`queue` first, then the input) until the pool
-    /// fails, the reply reader finds the connection broken, a write fails or the input
-    /// closes. `Ok` once the input closed and everything was written; otherwise why it
-    /// stopped. A batch taken but not registered is put back in `queue`.
-    fn send_loop(
-        &self,
-        stream: &mut Transport,
-        queue: &mut std::collections::VecDeque<Batch>,
-        ftx: &Sender<InFlight>,
-        broken: &AtomicBool,
-    ) -> Result<(), SendStop> {
-        let mut out = BytesMut::with_capacity(self.opts.output_buffer + 1024);
-        let mut db: Option<u32> = None;
+    /// The sender: send the half's queue, then the input, until the pool fails, the
+    /// connection is found broken, a write fails or the input closes. `Ok` once the input
+    /// closed and everything was written; otherwise why it stopped. The half is locked for
+    /// each batch only, so that a lone write can go between two.
+    fn send_loop(&self) -> Result<(), SendStop> {
         loop {
-            if self.state.failed() || broken.load(Ordering::Acquire) {
-                return Err(SendStop::Broken);
-            }
-            let batch = match queue.pop_front() {
-                Some(b) => b,
-                None => match self.rx.recv_timeout(Duration::from_millis(100)) {
-                    Ok(b) => b,
-                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                        write_buffered(stream, &mut out)?;
-                        continue;
-                    }
-                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
-                },
-            };
-            if ftx.is_full() {
-                // The connection is at its in-flight cap: what is buffered must reach the
-                // target before waiting for a slot, or the replies we wait for would never
-                // come. (Only this thread adds to the queue, so the send below cannot block
-                // after this.)
-                if let Err(e) = write_buffered(stream, &mut out) {
-                    queue.push_front(batch);
-                    return Err(e.into());
+            {
+                let mut guard = self.lane.half.lock();
+                let half = guard.as_mut().expect("the sender's connection");
+                if self.state.failed() || half.broken.load(Ordering::Acquire) {
+                    return Err(SendStop::Broken);
+                }
+                if let Some(batch) = half.queue.pop_front() {
+                    let more_ready = !half.queue.is_empty() || !self.rx.is_empty();
+                    half.send(batch, more_ready, &self.state)?;
+                    continue;
                 }
             }
-            self.send_batch(stream, &mut out, &mut db, batch, queue, ftx)?;
+            let batch = match self.rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(b) => b,
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                    let mut guard = self.lane.half.lock();
+                    guard.as_mut().expect("the sender's connection").flush()?;
+                    continue;
+                }
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+            };
+            let mut guard = self.lane.half.lock();
+            let half = guard.as_mut().expect("the sender's connection");
+            // Under the lock: once it reads 0, a lone write finds every batch of the channel
+            // written or in the half's queue.
+            self.lane.queued.fetch_sub(1, Ordering::AcqRel);
+            let more_ready = !self.rx.is_empty();
+            half.send(batch, more_ready, &self.state)?;
         }
-        Ok(write_buffered(stream, &mut out)?)
+        let mut guard = self.lane.half.lock();
+        Ok(guard.as_mut().expect("the sender's connection").flush()?)
+    }
+}
+
+/// What a writer shares with the threads that hand it batches: its live connection's sending
+/// half, and how many batches its channel still holds.
+#[derive(Default)]
+struct Lane {
+    /// `None` while the writer has no connection.
+    half: Mutex<Option<SendHalf>>,
+    /// Batches handed over through the channel and not yet taken into the half (written, or
+    /// in its queue): while there are any, a lone write would overtake them.
+    queued: AtomicUsize,
+}
+
+/// A batch at most this large may be written by the thread that hands it over.
+const LONE_OPS: usize = 256;
+const LONE_BYTES: usize = 64 * 1024;
+
+impl Lane {
+    /// Write a small `batch` on the connection from the calling thread when the writer is
+    /// idle: nothing in its channel or queue, its half not in use, room in flight. Otherwise
+    /// give the batch back, for the channel. The order of a source's batches holds: they are
+    /// handed over from one thread, and each either goes through the channel (counted in
+    /// `queued` until written) or is written here only once all before it were. A write that
+    /// fails marks the connection broken; the batch is with the reply reader (or in the
+    /// half's queue), and the sender settles it with the others after reconnecting.
+    fn write_lone(&self, batch: Batch, state: &PoolState) -> Option<Batch> {
+        if batch.ops.len() > LONE_OPS
+            || batch.payload_bytes() > LONE_BYTES
+            || self.queued.load(Ordering::Acquire) != 0
+        {
+            return Some(batch);
+        }
+        let Some(mut guard) = self.half.try_lock() else {
+            return Some(batch);
+        };
+        let Some(half) = guard.as_mut() else {
+            return Some(batch);
+        };
+        if self.queued.load(Ordering::Acquire) != 0
+            || !half.queue.is_empty()
+            || half.ftx.is_full()
+            || half.broken.load(Ordering::Acquire)
+            || state.failed()
+        {
+            return Some(batch);
+        }
+        if let Err(e) = half.send_batch(batch, false, state) {
+            half.break_off(e);
+        }
+        state.lone_writes.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("redis_relay_lone_writes_total").increment(1);
+        None
+    }
+}
+
+/// The sending half of a writer's connection.
+struct SendHalf {
+    stream: Transport,
+    /// The output buffer, written once it holds `output_buffer` bytes or nothing else is
+    /// ready.
+    out: BytesMut,
+    output_buffer: usize,
+    /// The database the connection is in (as sent).
+    db: Option<u32>,
+    /// The reply reader's queue of batches in flight.
+    ftx: Sender<InFlight>,
+    /// Set when the connection must not be used any more.
+    broken: Arc<AtomicBool>,
+    /// Batches to send before the input's: those unacknowledged by the previous connection
+    /// and not applied, or one the reply reader could not take.
+    queue: VecDeque<Batch>,
+    /// Why a lone write failed (the sender reports it when it ends the connection).
+    lone_failure: Option<std::io::Error>,
+}
+
+impl SendHalf {
+    /// Send one batch; first write what is buffered if the connection is at its in-flight
+    /// cap, or the replies waited for would never come. (Only the holder of the half adds
+    /// to the in-flight queue, so the registration cannot block after this.)
+    fn send(&mut self, batch: Batch, more_ready: bool, state: &PoolState) -> Result<(), SendStop> {
+        if self.ftx.is_full() {
+            if let Err(e) = self.flush() {
+                self.queue.push_front(batch);
+                return Err(e.into());
+            }
+        }
+        self.send_batch(batch, more_ready, state)
     }
 
-    /// Encode one batch after what is buffered (the connection is in database `db`), register
-    /// it with the reply reader, then write what must go now.
+    /// Encode one batch after what is buffered, register it with the reply reader, then
+    /// write what must go now (`more_ready`: another batch follows at once).
     fn send_batch(
-        &self,
-        stream: &mut Transport,
-        out: &mut BytesMut,
-        db: &mut Option<u32>,
+        &mut self,
         batch: Batch,
-        queue: &mut std::collections::VecDeque<Batch>,
-        ftx: &Sender<InFlight>,
+        more_ready: bool,
+        state: &PoolState,
     ) -> Result<(), SendStop> {
         let mut enc = Encoder {
-            out: &mut *out,
+            out: &mut self.out,
             direct: Vec::new(),
-            db: *db,
+            db: self.db,
         };
         let plan = enc.batch(&batch);
-        *db = enc.db;
+        self.db = enc.db;
         let direct = std::mem::take(&mut enc.direct);
-        let bytes = (out.len() + direct.iter().map(|d| d.1.len()).sum::<usize>()) as u64;
+        let bytes = (self.out.len() + direct.iter().map(|d| d.1.len()).sum::<usize>()) as u64;
         // Register before writing: replies may come back before write_all returns.
         let token = InFlight {
             batch,
             plan,
             sent_at: Instant::now(),
         };
-        if let Err(e) = ftx.send(token) {
-            queue.push_front(e.into_inner().batch);
+        if let Err(e) = self.ftx.send(token) {
+            self.queue.push_front(e.into_inner().batch);
             return Err(SendStop::RepliesStopped);
         }
-        self.write_encoded(stream, out, direct, !queue.is_empty())?;
-        self.state.bytes_written.fetch_add(bytes, Ordering::Relaxed);
+        self.write_encoded(direct, more_ready || !self.queue.is_empty())?;
+        state.bytes_written.fetch_add(bytes, Ordering::Relaxed);
         Ok(())
     }
 
     /// Write the large payloads of a batch (`direct`: each after the buffered bytes before
-    /// its position), then the buffer if it is full or nothing else is ready (`queued`:
-    /// batches wait in the retry queue). What was written leaves the buffer.
+    /// its position), then the buffer if it is full or nothing else is ready. What was
+    /// written leaves the buffer.
     fn write_encoded(
-        &self,
-        stream: &mut Transport,
-        out: &mut BytesMut,
+        &mut self,
         direct: Vec<(usize, Bytes)>,
-        queued: bool,
+        more_ready: bool,
     ) -> std::io::Result<()> {
+        let (stream, out) = (&mut self.stream, &mut self.out);
         let mut written = 0;
         let mut result = Ok(());
         for (at, payload) in direct {
@@ -849,8 +975,7 @@ impl Writer {
                 break;
             }
         }
-        let more_ready = queued || !self.rx.is_empty();
-        if result.is_ok() && (out.len() >= self.opts.output_buffer || !more_ready) {
+        if result.is_ok() && (out.len() >= self.output_buffer || !more_ready) {
             result = stream.write_all(&out[written..]);
             written = out.len();
         }
@@ -862,6 +987,26 @@ impl Writer {
         }
         Ok(())
     }
+
+    /// Write what is buffered, if anything, and empty the buffer (kept as is if the write
+    /// fails).
+    fn flush(&mut self) -> std::io::Result<()> {
+        if !self.out.is_empty() {
+            self.stream.write_all(&self.out)?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+
+    /// A lone write failed: stop using the connection (the reply reader wakes up and hands
+    /// back what is in flight; the sender sees `broken` and reports `why`).
+    fn break_off(&mut self, why: SendStop) {
+        self.broken.store(true, Ordering::Release);
+        let _ = self.stream.shutdown(Shutdown::Both);
+        if let SendStop::Write(e) = why {
+            self.lone_failure = Some(e);
+        }
+    }
 }
 
 /// Whether an I/O error is a socket timeout (`--target-timeout`).
@@ -870,16 +1015,6 @@ fn timed_out(e: &std::io::Error) -> bool {
         e.kind(),
         std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
     )
-}
-
-/// Write what is buffered, if anything, and empty the buffer (kept as is if the write fails).
-#[inline]
-fn write_buffered(stream: &mut Transport, out: &mut BytesMut) -> std::io::Result<()> {
-    if !out.is_empty() {
-        stream.write_all(out)?;
-        out.clear();
-    }
-    Ok(())
 }
 
 /// Whether the record value `have` on the target covers the batch whose own record value is
