@@ -45,6 +45,17 @@ pub fn one_replica_of(dir: &Path, target: &Server, tck: f64) -> (f64, f64) {
 pub struct RoundFigures {
     pub rate: f64,
     pub ingest: f64,
+    pub target: TargetWork,
+}
+
+/// The target's CPU per load op (µs) and busy share (CPU s over wall s) in a round's catch-up
+/// and in its own ingest: what bounds the ratio.
+#[derive(Clone, Copy)]
+pub struct TargetWork {
+    pub relay_us: f64,
+    pub relay_busy: f64,
+    pub own_us: f64,
+    pub own_busy: f64,
 }
 
 /// What one data set's run measured, for the goals' table.
@@ -70,8 +81,18 @@ pub fn round_rows(rounds: &[RoundFigures], load_reqs: u64) -> Vec<Row> {
         .map(|(i, r)| {
             row(
                 &format!("catch-up round {} ({load_reqs} ops)", i + 1),
-                format!("{:.0} ops/s", r.rate),
-                &format!("{:.0} ops/s, target's own ingest (`-P 64`)", r.ingest),
+                format!(
+                    "{:.0} ops/s (target {:.2} µs/op, busy {:.0}%)",
+                    r.rate,
+                    r.target.relay_us,
+                    100.0 * r.target.relay_busy
+                ),
+                &format!(
+                    "{:.0} ops/s, target's own ingest (`-P 64`; {:.2} µs/op, busy {:.0}%)",
+                    r.ingest,
+                    r.target.own_us,
+                    100.0 * r.target.own_busy
+                ),
                 format!("{:.0}%", 100.0 * r.rate / r.ingest),
                 "≥ 100% (issue 18)",
                 Some(r.rate >= r.ingest),

@@ -38,6 +38,10 @@ pub struct Op {
     /// Running the commands again after they ran changes nothing, provided what follows runs
     /// again too (see `pipeline::replayable`): a batch of such ops needs no transaction.
     pub replayable: bool,
+    /// Commands of the source this op stands for beyond its replies: a run of the stream's
+    /// plain `SET`s sent as one `MSET` answers once for all of them. Counted as applied with
+    /// the op, so `redis_relay_commands_applied_total` counts the source's commands.
+    pub folded: u32,
 }
 
 impl Op {
@@ -50,6 +54,7 @@ impl Op {
             leaves_db_unknown: false,
             atomic: false,
             replayable: false,
+            folded: 0,
         }
     }
 }
@@ -117,6 +122,12 @@ pub struct SlotPart {
 }
 
 impl Batch {
+    /// The source's commands folded into the batch's ops beyond their replies (see
+    /// [`Op::folded`]).
+    pub fn folded(&self) -> u64 {
+        self.ops.iter().map(|o| u64::from(o.folded)).sum()
+    }
+
     pub fn payload_bytes(&self) -> usize {
         self.ops.iter().map(|o| o.payload.len()).sum()
     }

@@ -639,9 +639,17 @@ impl StreamApply {
             }
             return Ok(Control::None);
         }
+        self.stats.forwarded += 1;
+        if let (Some(w), [_, key, value]) = (route, args.as_slice()) {
+            if *sent_name == *b"SET" {
+                // No option: the same as `MSET key value`, so a run of them goes as one.
+                return d
+                    .push_stream_set(w, target_db, key, value, start, end)
+                    .map(|_| Control::None);
+            }
+        }
         let mut op = Op::new(target_db, raw, 1);
         op.replayable = replayable(up, &args);
-        self.stats.forwarded += 1;
         match route {
             Some(w) => d.push(w, op, start, end),
             None if d.slotted() => {
@@ -685,6 +693,7 @@ impl StreamApply {
                     leaves_db_unknown: true,
                     atomic: false,
                     replayable: false,
+                    folded: 0,
                 };
                 self.barrier_op(d, op, start, end)?;
                 ControlFlow::Break(Control::None)
@@ -928,6 +937,7 @@ impl StreamApply {
             leaves_db_unknown: m.selects,
             atomic: true,
             replayable: false,
+            folded: 0,
         };
         self.stats.forwarded += 1;
         match (m.global || m.selects, m.writer) {

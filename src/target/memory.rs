@@ -678,7 +678,8 @@ impl MemoryTarget {
             });
         }
         let t = &batch.tracker;
-        t.commands_applied.fetch_add(commands, Ordering::Relaxed);
+        t.commands_applied
+            .fetch_add(commands + batch.folded(), Ordering::Relaxed);
         t.target_errors.fetch_add(errors, Ordering::Relaxed);
         t.acknowledged(w);
     }

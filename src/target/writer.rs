@@ -697,7 +697,8 @@ impl Writer {
             applied += 1;
         }
         for batch in batches.drain(..applied) {
-            let cmds: u64 = batch.ops.iter().map(|o| o.replies as u64).sum();
+            let cmds: u64 =
+                batch.ops.iter().map(|o| o.replies as u64).sum::<u64>() + batch.folded();
             batch
                 .tracker
                 .commands_applied
@@ -1186,7 +1187,7 @@ impl ReplyConn {
         let tracker = &token.batch.tracker;
         tracker
             .commands_applied
-            .fetch_add(commands, Ordering::Relaxed);
+            .fetch_add(commands + token.batch.folded(), Ordering::Relaxed);
         metrics::histogram!("redis_relay_apply_latency_seconds")
             .record(token.sent_at.elapsed().as_secs_f64());
         tracker.acknowledged(self.w);

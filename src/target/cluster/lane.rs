@@ -585,7 +585,7 @@ impl Lane {
                 return;
             }
         }
-        let commands = ctx.commands;
+        let commands = ctx.commands + p.batch.folded();
         self.done.push((p.batch, p.slot, commands));
     }
 
@@ -627,7 +627,8 @@ impl Lane {
             match self.read_record(p.slot, &book.key) {
                 Ok(Some(have)) if record_covers(&have, &book.value) => {
                     let cmds: u32 = p.batch.ops.iter().map(|o| o.replies).sum();
-                    self.done.push((p.batch, p.slot, cmds as u64));
+                    let cmds = u64::from(cmds) + p.batch.folded();
+                    self.done.push((p.batch, p.slot, cmds));
                     return;
                 }
                 Ok(_) => {
