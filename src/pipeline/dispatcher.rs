@@ -4,14 +4,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 use super::error::PipelineError;
+use super::fold::{ListRun, StringRun};
 use super::router::partition;
 use crate::batch::offsets::SourceTracker;
 use crate::batch::record::{self, Record};
 use crate::batch::{Batch, Bookkeeping, CrossSlot, Op, SlotPart};
-use crate::resp::encode::encode_bulk;
 use crate::target::cluster::key_slot;
 use crate::target::commands::CommandBuf;
 use crate::target::writer::PoolError;
@@ -86,6 +86,9 @@ struct Pending {
     /// command: they become one `MSET` op when something else comes or the batch is sealed.
     /// (Never non-empty together with `open`: each seals the other first, so order holds.)
     strings: StringRun,
+    /// The stream's pushes to one list since the last op or command (see
+    /// [`Dispatcher::push_stream_list`]); like `strings`, never open together with another.
+    lists: ListRun,
     bytes: usize,
     /// Commands in the batch (ops count as one).
     commands: usize,
@@ -100,84 +103,15 @@ struct Pending {
     end: u64,
 }
 
-/// Room left at the front of a [`StringRun`]'s buffer for its command header, which is
-/// known only when the run is sealed (`*<2n+1>\r\n$4\r\nMSET\r\n`: at most 23 bytes).
-const RUN_GAP: usize = 24;
-
-/// One writer's plain string keys waiting for their `MSET`: the key/value arguments,
-/// encoded once, after [`RUN_GAP`] bytes where the header goes when sealed (no copy).
-#[derive(Default)]
-struct StringRun {
-    args: BytesMut,
-    keys: u32,
-    db: u32,
-    /// The keys are the stream's `SET`s (each a command of the source: the op counts them,
-    /// and is replayable), not the snapshot's.
-    stream: bool,
-}
-
-impl StringRun {
-    /// The `SET` (one key) or `MSET` header of `keys` keys, and its length.
-    fn header(keys: u32) -> ([u8; RUN_GAP], usize) {
-        use std::io::Write;
-        let mut h = [0u8; RUN_GAP];
-        let mut w = &mut h[..];
-        // Cannot fail: the longest header (u32::MAX keys) is 23 bytes.
-        let _ = if keys == 1 {
-            w.write_all(b"*3\r\n$3\r\nSET\r\n")
-        } else {
-            write!(w, "*{}\r\n$4\r\nMSET\r\n", 1 + 2 * u64::from(keys))
-        };
-        let len = RUN_GAP - w.len();
-        (h, len)
-    }
-
-    /// The run as one op (`None` when empty), leaving it empty: with `release`, giving its
-    /// whole buffer away.
-    fn seal(&mut self, release: bool) -> Option<Op> {
-        if self.keys == 0 {
-            return None;
-        }
-        let (h, len) = Self::header(self.keys);
-        let at = RUN_GAP - len;
-        self.args[at..RUN_GAP].copy_from_slice(&h[..len]);
-        let buf = if release {
-            std::mem::take(&mut self.args)
-        } else {
-            self.args.split()
-        };
-        let mut op = Op::new(self.db, buf.freeze().slice(at..), 1);
-        if self.stream {
-            op.folded = self.keys - 1;
-            op.replayable = true;
-        }
-        self.keys = 0;
-        Some(op)
-    }
-
-    /// Add `key` = `value` (in `db`, which the caller made the run's); returns the bytes added.
-    fn push(&mut self, db: u32, key: &[u8], value: &[u8], slack: usize, stream: bool) -> usize {
-        let before = self.args.len();
-        if self.keys == 0 {
-            self.db = db;
-            self.stream = stream;
-            self.args
-                .reserve(RUN_GAP + key.len() + value.len() + 32 + slack);
-            self.args.extend_from_slice(&[0; RUN_GAP]);
-        }
-        encode_bulk(&mut self.args, key);
-        encode_bulk(&mut self.args, value);
-        self.keys += 1;
-        self.args.len() - before
-    }
-}
-
 impl Pending {
     fn is_empty(&self) -> bool {
-        self.ops.is_empty() && self.open.is_empty() && self.strings.keys == 0
+        self.ops.is_empty()
+            && self.open.is_empty()
+            && self.strings.keys == 0
+            && self.lists.count == 0
     }
 
-    /// Turn the open commands into an op (and the string run: only one of them is open).
+    /// Turn the open commands into an op (and the runs: only one of them is open).
     fn seal(&mut self) {
         if !self.open.is_empty() {
             let (payload, replies) = if self.release {
@@ -187,11 +121,14 @@ impl Pending {
             };
             self.ops.push(Op::new(self.open_db, payload, replies));
         }
-        self.seal_strings();
+        self.seal_runs();
     }
 
-    fn seal_strings(&mut self) {
+    fn seal_runs(&mut self) {
         if let Some(op) = self.strings.seal(self.release) {
+            self.ops.push(op);
+        }
+        if let Some(op) = self.lists.seal() {
             self.ops.push(op);
         }
     }
@@ -314,7 +251,7 @@ impl Dispatcher {
         let Some(p) = self.enter(w, start, end) else {
             return Ok(());
         };
-        p.seal_strings();
+        p.seal_runs();
         if p.open_db != db {
             p.seal();
             p.open_db = db;
@@ -389,7 +326,7 @@ impl Dispatcher {
             return Ok(());
         };
         let other_run = p.strings.keys > 0 && (p.strings.db != db || p.strings.stream != stream);
-        if !p.open.is_empty() || other_run {
+        if !p.open.is_empty() || p.lists.count > 0 || other_run {
             p.seal();
         }
         // As in push_commands: a cluster batch grows as it needs, a standalone one is big.
@@ -397,6 +334,36 @@ impl Dispatcher {
         let added = p.strings.push(db, key, value, slack, stream);
         // A snapshot batch runs whole (see push_commands); the stream's SETs are replayable.
         p.needs_transaction |= !slotted && !stream;
+        p.bytes += added;
+        p.commands += 1;
+        self.pending_bytes += added;
+        self.pending_commands += 1;
+        self.flush_if_full(w)
+    }
+
+    /// A push of the stream (`LPUSH` or `RPUSH`: `name`, from [`ListRun::push_name`]) of
+    /// `elements` to `key` in `db`, covering `(start, end]`: consecutive pushes of one
+    /// direction to one list for writer `w` go as one variadic push (a queue's producers
+    /// write such runs; redis-benchmark's LPUSH test is one). Counted as that many commands;
+    /// the target answers, and fails (WRONGTYPE), once for the run.
+    #[allow(clippy::too_many_arguments)]
+    pub fn push_stream_list(
+        &mut self,
+        w: usize,
+        db: u32,
+        name: &'static [u8],
+        key: &Bytes,
+        elements: &[Bytes],
+        (start, end): (u64, u64),
+    ) -> Result<(), PipelineError> {
+        let Some(p) = self.enter(w, start, end) else {
+            return Ok(());
+        };
+        if !p.lists.continues(db, name, key) {
+            p.seal();
+        }
+        let added = p.lists.push(db, name, key, elements);
+        p.needs_transaction = true;
         p.bytes += added;
         p.commands += 1;
         self.pending_bytes += added;
@@ -772,6 +739,46 @@ mod tests {
     }
 
     #[test]
+    fn pushes_to_one_list_share_one_variadic_push_until_something_else_comes() {
+        let (mut d, rec) = dispatcher();
+        let b = |s: &str| Bytes::copy_from_slice(s.as_bytes());
+        let (q, r) = (b("q"), b("r"));
+        d.push_stream_list(5, 0, b"LPUSH", &q, &[b("a")], (0, 10))
+            .unwrap();
+        d.push_stream_list(5, 0, b"LPUSH", &q, &[b("b"), b("c")], (10, 20))
+            .unwrap();
+        // Another list, then a SET: each closes the run before it.
+        d.push_stream_list(5, 0, b"LPUSH", &r, &[b("x")], (20, 30))
+            .unwrap();
+        d.push_stream_set(5, 0, b"k", b"v", 30, 40).unwrap();
+        d.push_stream_list(5, 0, b"LPUSH", &q, &[b("d")], (40, 50))
+            .unwrap();
+        d.push_stream_list(5, 0, b"RPUSH", &q, &[b("e")], (50, 60))
+            .unwrap();
+        d.flush().unwrap();
+        let got = sent(&rec);
+        assert_eq!(got.len(), 1);
+        let ops: Vec<String> = got[0]
+            .1
+            .iter()
+            .map(|(_, p, _)| String::from_utf8_lossy(p).replace("\r\n", " "))
+            .collect();
+        assert_eq!(
+            ops,
+            vec![
+                "*5 $5 LPUSH $1 q $1 a $1 b $1 c ",
+                "*3 $5 LPUSH $1 r $1 x ",
+                "*3 $3 SET $1 k $1 v ",
+                "*3 $5 LPUSH $1 q $1 d ",
+                "*3 $5 RPUSH $1 q $1 e ",
+            ]
+        );
+        let batch = &rec.sent.lock()[0].1;
+        assert_eq!(batch.folded(), 1, "two LPUSHes answered by one reply");
+        assert_eq!((batch.start, batch.end), (0, 60));
+    }
+
+    #[test]
     fn strings_of_another_database_or_writer_start_another_mset() {
         let (mut d, rec) = dispatcher();
         d.push_string(1, 0, b"a", b"1", 5).unwrap();
@@ -859,20 +866,5 @@ mod tests {
         // Offsets move on: a batch kept back would hold back the applied offset.
         assert_eq!(rec.sent.lock().len(), w);
         assert_eq!(d.pending_bytes, 0);
-    }
-
-    #[test]
-    fn run_headers_fit_their_gap() {
-        for keys in [1, 2, 9, 10, 512, u32::MAX] {
-            let (h, len) = StringRun::header(keys);
-            assert!(len < RUN_GAP);
-            let text = String::from_utf8_lossy(&h[..len]).into_owned();
-            let want = if keys == 1 {
-                "*3\r\n$3\r\nSET\r\n".to_string()
-            } else {
-                format!("*{}\r\n$4\r\nMSET\r\n", 1 + 2 * u64::from(keys))
-            };
-            assert_eq!(text, want);
-        }
     }
 }

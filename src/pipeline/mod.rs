@@ -13,6 +13,7 @@ pub mod dispatcher;
 pub mod error;
 pub mod field_ttl;
 pub mod filter;
+pub mod fold;
 pub mod foreign_restore;
 pub mod keys;
 pub mod replayable;

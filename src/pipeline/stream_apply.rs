@@ -20,6 +20,7 @@ use super::cross_slot;
 use super::dispatcher::Dispatcher;
 use super::error::PipelineError;
 use super::filter::{Filtered, KeyFilter};
+use super::fold::ListRun;
 use super::foreign_restore;
 use super::keys::{command_keys, KeySpec};
 use super::replayable::replayable;
@@ -647,6 +648,11 @@ impl StreamApply {
                     .push_stream_set(w, target_db, key, value, start, end)
                     .map(|_| Control::None);
             }
+        }
+        if let (Some(w), Some(name)) = (route, ListRun::push_name(&sent_name, &args)) {
+            return d
+                .push_stream_list(w, target_db, name, &args[1], &args[2..], (start, end))
+                .map(|_| Control::None);
         }
         let mut op = Op::new(target_db, raw, 1);
         op.replayable = replayable(up, &args);
