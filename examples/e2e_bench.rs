@@ -992,6 +992,66 @@ fn median(v: &mut [f64]) -> f64 {
     }
 }
 
+/// The cumulative buckets `(le, count)` of `source`'s `redis_relay_heartbeat_lag_seconds`.
+fn heartbeat_buckets(text: &str, source: &str) -> Vec<(f64, f64)> {
+    let label = format!("source=\"{source}\"");
+    let mut out: Vec<(f64, f64)> = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("redis_relay_heartbeat_lag_seconds_bucket{") && l.contains(&label)
+        })
+        .filter_map(|l| {
+            let le = l.split("le=\"").nth(1)?.split('"').next()?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, l.rsplit(' ').next()?.parse().ok()?))
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.total_cmp(&b.0));
+    out
+}
+
+/// `after - before`, bucket by bucket (`before` empty: `after`).
+fn bucket_delta(before: &[(f64, f64)], after: &[(f64, f64)]) -> Vec<(f64, f64)> {
+    after
+        .iter()
+        .map(|&(le, n)| {
+            let was = before.iter().find(|b| b.0 == le).map_or(0.0, |b| b.1);
+            (le, n - was)
+        })
+        .collect()
+}
+
+/// The `q` quantile of cumulative buckets, interpolated linearly inside its bucket (as
+/// Prometheus's `histogram_quantile`).
+fn bucket_quantile(buckets: &[(f64, f64)], q: f64) -> f64 {
+    let total = buckets.last().map_or(0.0, |b| b.1);
+    if total <= 0.0 {
+        return f64::NAN;
+    }
+    let rank = q * total;
+    let mut prev = (0.0, 0.0);
+    for &(le, n) in buckets {
+        if n >= rank {
+            if le.is_infinite() {
+                return prev.0;
+            }
+            let inside = n - prev.1;
+            let frac = if inside > 0.0 {
+                (rank - prev.1) / inside
+            } else {
+                1.0
+            };
+            return prev.0 + (le - prev.0) * frac;
+        }
+        prev = (le, n);
+    }
+    prev.0
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -1314,15 +1374,16 @@ fn catch_up_round(
     target.client().cmd(&["CLIENT", "UNPAUSE"]);
     let t_unpause = Instant::now();
     // Timed on the target itself (the relay's metrics are refreshed every 500 ms, too
-    // coarse for a second or two): LPUSH, HSET and INCR calls equal to the masters'. The
-    // SETs are not counted: the relay sends runs of them as MSETs (and adds its record SETs).
-    // Each writer applies its queue in order and every writer's queue ends with some of the
-    // HSETs (redis-benchmark runs SET, INCR, LPUSH, HSET in that order), so this holds only
-    // once everything, the SETs included, is applied.
+    // coarse for a second or two): HSET and INCR calls equal to the masters'. The SETs and
+    // LPUSHes are not counted: the relay sends runs of SETs as MSETs (and adds its record
+    // SETs) and runs of pushes to one list (redis-benchmark's LPUSHes all go to `mylist`) as
+    // one LPUSH. Each writer applies its queue in order and every writer's queue ends with
+    // some of the HSETs (redis-benchmark runs SET, INCR, LPUSH, HSET in that order, HSET on
+    // random keys), so this holds only once everything is applied.
     let catch = loop {
         let now = cmd_calls(target);
         let d: Vec<u64> = (0..4).map(|i| now[i] - tgt0[i]).collect();
-        if d[1..] == want[1..] {
+        if d[2..] == want[2..] {
             break t_unpause.elapsed();
         }
         relay.check_alive();
@@ -1626,14 +1687,24 @@ fn run_dataset(o: &Opts, ds: Dataset) -> Res<goals::Summary> {
         )
     };
     let (lone0, batches0) = shortcut(&relay.metrics());
+    // Issue 18: the heartbeat-based lag must agree with the probes. Each probe is followed by
+    // the relay's heartbeat key on the same master, stamped at the probe's start (the key and
+    // stamp `--heartbeat` writes); the relay measures each when the target has everything
+    // before it, into `redis_relay_heartbeat_lag_seconds`.
+    let beat_key = format!("{}heartbeat:{}", record::DEFAULT_PREFIX, ma.addr());
+    let beats0 = heartbeat_buckets(&relay.metrics(), &ma.addr());
     {
         let mut m = ma.client();
         let mut tc = target.client();
         let mut rc = ra.client();
         for i in 0..o.probes {
             let key = format!("probe:{i}");
+            let stamp = redis_relay::pipeline::stream_apply::format_stamp(
+                redis_relay::batch::offsets::unix_us(),
+            );
             let t0 = Instant::now();
             m.cmd(&["SET", &key, "1"]);
+            m.cmd(&["SET", &beat_key, &stamp, "PX", "60000"]);
             let (mut st_, mut sr) = (None, None);
             while st_.is_none() || sr.is_none() {
                 if st_.is_none() && tc.cmd(&["EXISTS", &key]) == Reply::Integer(1) {
@@ -1653,6 +1724,12 @@ fn run_dataset(o: &Opts, ds: Dataset) -> Res<goals::Summary> {
         }
     }
     let (lone1, batches1) = shortcut(&relay.metrics());
+    let beats = bucket_delta(&beats0, &heartbeat_buckets(&relay.metrics(), &ma.addr()));
+    let (h50, h99, hn) = (
+        bucket_quantile(&beats, 0.5) * 1e3,
+        bucket_quantile(&beats, 0.99) * 1e3,
+        beats.last().map_or(0.0, |b| b.1),
+    );
     stop.store(true, Ordering::Relaxed);
     let sent = load.join().unwrap_or(0);
     lt.sort_by(f64::total_cmp);
@@ -1668,6 +1745,9 @@ fn run_dataset(o: &Opts, ds: Dataset) -> Res<goals::Summary> {
         o.probes,
         lone1 - lone0,
         batches1 - batches0
+    ));
+    log(format!(
+        "heartbeat lag ({hn:.0} heartbeats after the probes, redis_relay_heartbeat_lag_seconds): p50 {h50:.2} ms p99 {h99:.2} ms; probes p50 {t50:.2} ms p99 {t99:.2} ms"
     ));
 
     rows.push(catch_row);
@@ -1698,6 +1778,14 @@ fn run_dataset(o: &Opts, ds: Dataset) -> Res<goals::Summary> {
         format!("{:.1}x", t99 / r99),
         "≤ 2x",
         Some(t99 <= 2.0 * r99),
+    ));
+    rows.push(row(
+        "steady lag: the relay's heartbeat figure (`redis_relay_heartbeat_lag_seconds`, p50 / p99) against the same probes",
+        format!("{h50:.2} / {h99:.2} ms ({hn:.0} heartbeats)"),
+        &format!("{t50:.2} / {t99:.2} ms, the probes"),
+        format!("{:.2}x / {:.2}x", h50 / t50, h99 / t99),
+        "agree, within ±25% (issue 18)",
+        Some(goals::agree(h50, t50) && goals::agree(h99, t99)),
     ));
     let (code, _) = {
         let t = Instant::now();
@@ -1756,6 +1844,7 @@ fn run_dataset(o: &Opts, ds: Dataset) -> Res<goals::Summary> {
         rounds: cu.rounds,
         p99: t99,
         replica_p99: r99,
+        heartbeat: (h50, h99, t50),
         full_rss,
     })
 }

@@ -162,6 +162,11 @@ pub fn describe() {
         "redis_relay_peer_checks_total",
         "pipelined EXISTS round trips to peer masters made to prove deletions"
     );
+    describe_histogram!(
+        "redis_relay_heartbeat_lag_seconds",
+        Unit::Seconds,
+        "With --heartbeat: each heartbeat's lag, from its write on the source until the target acknowledged everything before it"
+    );
     describe_counter!(
         "redis_relay_lone_writes_total",
         "Small batches written to an idle writer's connection by the thread that handed them over (one thread hand-off instead of two)"

@@ -194,14 +194,19 @@ fn heartbeat_measures_lag_seconds() {
     std::thread::sleep(Duration::from_secs(1));
     let lag = relay.metric("redis_relay_lag_seconds", &name).unwrap();
     eprintln!("lag_seconds after the load: {lag}");
+    // Every measured heartbeat is in the histogram: one per 200 ms since the snapshot.
+    let measured = relay
+        .metric("redis_relay_heartbeat_lag_seconds_count", &name)
+        .expect("the heartbeat histogram");
+    assert!(measured >= 5.0, "{measured} heartbeats measured");
     assert!((0.0..5.0).contains(&lag), "lag_seconds {lag}");
     // The heartbeat is a SET of the current time on the source...
-    let stamp: u64 = m
+    let text = m
         .cmd(&["GET", &heartbeat_key(&src)])
         .as_text()
-        .expect("heartbeat key on the source")
-        .parse()
-        .unwrap();
+        .expect("heartbeat key on the source");
+    // `<unix ms>.<µs>`
+    let stamp = redis_relay::pipeline::stream_apply::parse_stamp(&text).expect("a stamp") / 1000;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()

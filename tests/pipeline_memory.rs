@@ -603,7 +603,7 @@ fn the_applied_offset_ends_at_the_stream_length() {
     assert_eq!(
         controls,
         vec![Control::Heartbeat {
-            stamp_ms: 1_700_000_000_123,
+            stamp_us: 1_700_000_000_123_000,
             end
         }]
     );

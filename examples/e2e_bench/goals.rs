@@ -5,6 +5,8 @@
 //! - catch-up at least 100% of the target's own `-P 64` ingest of the same mix, in every
 //!   round, not only the median;
 //! - p99 lag at most 1.2x a real replica's on the same probes;
+//! - the relay's own heartbeat-based lag agreeing with those probes (p50 and p99 within
+//!   ±25%; each probe is followed by a heartbeat key stamped at its start);
 //! - the relay's peak RSS at most 48 MiB at 1,000,000 keys (flat up to 10,000,000: `--scale`).
 
 use super::*;
@@ -69,8 +71,17 @@ pub struct Summary {
     /// Steady lag p99, ms: the relay's (probes seen on the target) and the native replica's.
     pub p99: f64,
     pub replica_p99: f64,
+    /// The heartbeat-based lag's p50 and p99 over the probes, and the probes' p50, ms (the
+    /// probes' p99 is `p99`).
+    pub heartbeat: (f64, f64, f64),
     /// The relay's peak RSS during the full sync, KiB.
     pub full_rss: u64,
+}
+
+/// Issue 18's item 3: the relay's heartbeat-based lag and the probes' agree when each
+/// quantile is within ±25% of the other's.
+pub fn agree(heartbeat: f64, probes: f64) -> bool {
+    (0.75..=1.25).contains(&(heartbeat / probes))
 }
 
 /// The rows of every round, each against its own baseline (goal ≥ 100% each).
@@ -291,6 +302,14 @@ pub fn print_summary(all: &[Summary]) {
             s.replica_p99,
             s.p99 / s.replica_p99,
             yes(s.p99 <= 1.2 * s.replica_p99)
+        );
+        let (h50, h99, t50) = s.heartbeat;
+        println!(
+            "| {d} | heartbeat lag agrees with the probes (p50, p99 within ±25%) | {h50:.2} / {h99:.2} ms | {t50:.2} / {:.2} ms, the probes | {:.2}x / {:.2}x | {} |",
+            s.p99,
+            h50 / t50,
+            h99 / s.p99,
+            yes(agree(h50, t50) && agree(h99, s.p99))
         );
         println!(
             "| {d} | relay peak RSS ≤ 48 MiB at 1M keys (full sync) | {} | | | {} |",

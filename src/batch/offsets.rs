@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
@@ -25,6 +26,22 @@ pub struct SourceTracker {
     pub commands_applied: AtomicU64,
     /// Error replies from the target.
     pub target_errors: AtomicU64,
+    /// The lag of the last heartbeat the target has everything before, in microseconds
+    /// ([`NO_LAG`]: none yet): measured when the acknowledgement that covers it arrives, on
+    /// the writer's thread, not when the source's loop next looks (shared with the loop's
+    /// figures, which publish it).
+    pub heartbeat_lag_us: Arc<AtomicU64>,
+}
+
+/// No heartbeat measured yet.
+pub const NO_LAG: u64 = u64::MAX;
+
+/// Microseconds since the Unix epoch.
+pub fn unix_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
 }
 
 /// The outstanding batches: per writer in dispatch order, and every outstanding start once
@@ -36,6 +53,9 @@ struct Books {
     /// Start offset -> how many outstanding batches start there.
     starts: BTreeMap<u64, u32>,
     in_flight: u64,
+    /// Heartbeats seen in the stream whose commands before them are not all acknowledged:
+    /// (stamp µs, end offset), in stream order.
+    heartbeats: VecDeque<(u64, u64)>,
 }
 
 impl Books {
@@ -62,11 +82,13 @@ impl SourceTracker {
                 per_writer: (0..writers).map(|_| VecDeque::new()).collect(),
                 starts: BTreeMap::new(),
                 in_flight: 0,
+                heartbeats: VecDeque::new(),
             }),
             dispatched_end: AtomicU64::new(start_offset),
             drained: Condvar::new(),
             commands_applied: AtomicU64::new(0),
             target_errors: AtomicU64::new(0),
+            heartbeat_lag_us: Arc::new(AtomicU64::new(NO_LAG)),
         }
     }
 
@@ -114,6 +136,52 @@ impl SourceTracker {
         if b.in_flight == 0 {
             self.drained.notify_all();
         }
+        if !b.heartbeats.is_empty() {
+            self.settle_heartbeats(&mut b);
+        }
+    }
+
+    /// A heartbeat written on the source at `stamp_us` ends at stream offset `end` (the
+    /// caller has extended the books to it): its lag is measured once the target has
+    /// everything before it, now if it already has.
+    pub fn heartbeat(&self, stamp_us: u64, end: u64) {
+        let mut b = self.books.lock();
+        b.heartbeats.push_back((stamp_us, end));
+        self.settle_heartbeats(&mut b);
+    }
+
+    /// The stamp (µs) of the oldest heartbeat still waiting for the target, if any.
+    pub fn oldest_heartbeat(&self) -> Option<u64> {
+        self.books.lock().heartbeats.front().map(|h| h.0)
+    }
+
+    /// Forget the waiting heartbeats (a new full sync: their offsets mean nothing now).
+    pub fn forget_heartbeats(&self) {
+        self.books.lock().heartbeats.clear();
+    }
+
+    /// Measure the heartbeats the applied offset has reached (under the books' lock).
+    fn settle_heartbeats(&self, b: &mut Books) {
+        let dispatched = self.dispatched_end.load(Ordering::Acquire);
+        let applied = b
+            .starts
+            .keys()
+            .next()
+            .map_or(dispatched, |&o| dispatched.min(o));
+        let mut measured = None;
+        while let Some(&(stamp, end)) = b.heartbeats.front() {
+            if applied < end {
+                break;
+            }
+            b.heartbeats.pop_front();
+            measured = Some(stamp);
+        }
+        if let Some(stamp) = measured {
+            let lag = unix_us().saturating_sub(stamp);
+            self.heartbeat_lag_us.store(lag, Ordering::Relaxed);
+            metrics::histogram!("redis_relay_heartbeat_lag_seconds", "source" => self.name.clone())
+                .record(lag as f64 / 1e6);
+        }
     }
 
     /// The highest offset up to which the target has acknowledged everything.
@@ -150,6 +218,39 @@ impl SourceTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_heartbeat_is_measured_when_everything_before_it_is_acknowledged() {
+        let t = SourceTracker::new("s", 0, 2, 0);
+        // Nothing outstanding: measured at once.
+        t.extend(10);
+        t.heartbeat(unix_us() - 3_000, 10);
+        let lag = t.heartbeat_lag_us.load(Ordering::Relaxed);
+        assert!((3_000..1_000_000).contains(&lag), "{lag}");
+        // Batches before the next heartbeat: it waits for the last of them.
+        t.dispatched(0, 10, 20);
+        t.dispatched(1, 20, 30);
+        t.extend(35);
+        let stamp = unix_us() - 500_000;
+        t.heartbeat(stamp, 35);
+        assert_eq!(t.oldest_heartbeat(), Some(stamp));
+        assert_eq!(t.heartbeat_lag_us.load(Ordering::Relaxed), lag, "not yet");
+        t.acknowledged(1);
+        assert_eq!(
+            t.oldest_heartbeat(),
+            Some(stamp),
+            "writer 0 still holds 10..20"
+        );
+        t.acknowledged(0);
+        assert_eq!(t.oldest_heartbeat(), None);
+        let lag = t.heartbeat_lag_us.load(Ordering::Relaxed);
+        assert!((500_000..5_000_000).contains(&lag), "{lag}");
+        // A new full sync forgets the waiting ones.
+        t.dispatched(0, 35, 40);
+        t.heartbeat(unix_us(), 40);
+        t.forget_heartbeats();
+        assert_eq!(t.oldest_heartbeat(), None);
+    }
 
     #[test]
     fn applied_is_the_oldest_outstanding_start() {

@@ -41,10 +41,25 @@ pub enum Control {
     /// caller deletes only the keys proven to be this source's (`crate::target::deletion`),
     /// then calls [`super::Dispatcher::advance`] with `end`. Everything before it is applied.
     ScopedFlush { db: Option<u32>, end: u64 },
-    /// The relay's own heartbeat (`SET <prefix>heartbeat:<source> <unix ms>`, written on the
-    /// source by the relay): not forwarded; the target has everything before it once the
-    /// applied offset reaches `end`.
-    Heartbeat { stamp_ms: u64, end: u64 },
+    /// The relay's own heartbeat (`SET <prefix>heartbeat:<source> <unix ms>[.<µs>]`, written
+    /// on the source by the relay): not forwarded; the target has everything before it once
+    /// the applied offset reaches `end`. The stamp in microseconds.
+    Heartbeat { stamp_us: u64, end: u64 },
+}
+
+/// A heartbeat's stamp, `<unix ms>` or `<unix ms>.<µs, 3 digits>`, in microseconds.
+pub fn parse_stamp(text: &str) -> Option<u64> {
+    let (ms, us) = match text.split_once('.') {
+        Some((ms, frac)) if frac.len() == 3 => (ms, frac.parse::<u64>().ok()?),
+        Some(_) => return None,
+        None => (text, 0),
+    };
+    ms.parse::<u64>().ok()?.checked_mul(1000)?.checked_add(us)
+}
+
+/// The text of a heartbeat's stamp for `unix_us` microseconds since the epoch.
+pub fn format_stamp(unix_us: u64) -> String {
+    format!("{}.{:03}", unix_us / 1000, unix_us % 1000)
 }
 
 /// Settings of the stream apply.
@@ -329,8 +344,8 @@ impl StreamApply {
         }
     }
 
-    /// The stamp of a heartbeat the relay wrote on the source (`SET <prefix>heartbeat:...
-    /// <unix ms>`), outside MULTI; `None` for any other frame.
+    /// The stamp, in microseconds, of a heartbeat the relay wrote on the source (`SET
+    /// <prefix>heartbeat:... <unix ms>[.<µs>]`), outside MULTI; `None` for any other frame.
     pub fn heartbeat_stamp(&self, frame: &Frame) -> Option<u64> {
         if self.multi.is_some() || frame.args.len() < 3 {
             return None;
@@ -343,7 +358,7 @@ impl StreamApply {
         if !(key.starts_with(prefix) && key[prefix.len()..].starts_with(b"heartbeat:")) {
             return None;
         }
-        std::str::from_utf8(&frame.args[2]).ok()?.parse().ok()
+        parse_stamp(std::str::from_utf8(&frame.args[2]).ok()?)
     }
 
     /// Handle one frame of the stream.
@@ -356,11 +371,11 @@ impl StreamApply {
             return Ok(self.pass_over(d, end));
         };
         let up = upper_name(name);
-        if let Some(stamp_ms) = self.heartbeat_stamp(&frame) {
+        if let Some(stamp_us) = self.heartbeat_stamp(&frame) {
             // Before the database filter: the heartbeat is observed whatever is copied.
             self.stats.skipped_own_keys += 1;
             d.advance(end);
-            return Ok(Control::Heartbeat { stamp_ms, end });
+            return Ok(Control::Heartbeat { stamp_us, end });
         }
         if let ControlFlow::Break(control) = self.on_control_command(&up, &frame, start, end, d)? {
             return Ok(control);
@@ -953,6 +968,25 @@ impl StreamApply {
                 cross_slot::transaction(op.db, m.args, m.start, end, d)
             }
             _ => self.barrier_op(d, op, m.start, end),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heartbeat_stamps_read_both_forms_and_round_trip() {
+        assert_eq!(parse_stamp("1700000000123"), Some(1_700_000_000_123_000));
+        assert_eq!(
+            parse_stamp("1700000000123.045"),
+            Some(1_700_000_000_123_045)
+        );
+        assert_eq!(format_stamp(1_700_000_000_123_045), "1700000000123.045");
+        assert_eq!(parse_stamp(&format_stamp(42_007)), Some(42_007));
+        for bad in ["", "x", "12.5", "12.0455", "-1", "1.2.3"] {
+            assert_eq!(parse_stamp(bad), None, "{bad:?}");
         }
     }
 }

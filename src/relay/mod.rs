@@ -54,7 +54,7 @@ use crate::pipeline::source_loop::{
     self, AckPosition, LoopFigures, LossPolicy, Output, SinkOutput, SourceCtx, TargetGuard,
     TargetOutput,
 };
-use crate::pipeline::stream_apply::StreamOptions;
+use crate::pipeline::stream_apply::{format_stamp, StreamOptions};
 use crate::pipeline::{ApplyOptions, Dispatcher};
 use crate::rdb::ParseOptions;
 use crate::resp::Client;
@@ -548,7 +548,7 @@ impl Wiring<'_> {
         )?;
         let progress = Arc::new(SourceProgress::new(name.clone()));
         let tracker = Arc::new(SourceTracker::new(name.clone(), i, self.writers, 0));
-        let figures = Arc::new(LoopFigures::default());
+        let figures = Arc::new(LoopFigures::measured_by(&tracker));
         let ctx = SourceCtx {
             name: name.clone(),
             spool: spool.clone(),
@@ -784,7 +784,7 @@ fn spawn_heartbeat(
                         }
                     }
                 }
-                let stamp = source_loop::unix_ms().to_string();
+                let stamp = format_stamp(crate::batch::offsets::unix_us());
                 let args: [&[u8]; 5] = [b"SET", &key, stamp.as_bytes(), b"PX", ttl_ms.as_bytes()];
                 let problem = match conn.as_mut().map(|c| c.call(&args)) {
                     Some(Ok(crate::resp::Reply::Error(e))) => Some(format!(

@@ -19,7 +19,6 @@ pub use output::{Output, SinkOutput, TargetOutput};
 pub use sink::{EventSink, RelayEvent};
 pub use target_loss::{LossPolicy, LossReason, TargetGuard};
 
-use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -27,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use crate::batch::offsets::unix_us;
 use crate::batch::SourceTracker;
 use crate::endpoint::Endpoint;
 use crate::pipeline::checkpoint::{self, Checkpoint};
@@ -60,8 +60,10 @@ pub struct LoopFigures {
     pub rdb_bytes_loaded: AtomicU64,
     /// Keys of the current snapshot handed to the writers (or the sink).
     pub snapshot_keys: AtomicU64,
-    /// Lag measured by the last heartbeat, in microseconds ([`NO_LAG`]: none yet).
-    pub heartbeat_lag_us: AtomicU64,
+    /// Lag measured by the last heartbeat, in microseconds ([`NO_LAG`]: none yet): the
+    /// source tracker's ([`SourceTracker::heartbeat_lag_us`], which measures it when the
+    /// target acknowledges) once [`LoopFigures::measured_by`] shares it.
+    pub heartbeat_lag_us: Arc<AtomicU64>,
     /// Keys waiting for a deletion that could not be proven yet (a peer did not answer).
     pub deferred_keys: AtomicU64,
     /// Unix ms of the oldest pending deferral (0: none).
@@ -74,7 +76,7 @@ impl Default for LoopFigures {
             snapshot_done: AtomicBool::new(false),
             rdb_bytes_loaded: AtomicU64::new(0),
             snapshot_keys: AtomicU64::new(0),
-            heartbeat_lag_us: AtomicU64::new(NO_LAG),
+            heartbeat_lag_us: Arc::new(AtomicU64::new(NO_LAG)),
             deferred_keys: AtomicU64::new(0),
             deferred_since_ms: AtomicU64::new(0),
         }
@@ -108,8 +110,17 @@ pub struct SourceCtx {
     pub guard: Option<TargetGuard>,
 }
 
-/// No heartbeat measured yet.
-pub const NO_LAG: u64 = u64::MAX;
+pub use crate::batch::offsets::NO_LAG;
+
+impl LoopFigures {
+    /// Figures whose heartbeat lag is the one `tracker` measures.
+    pub fn measured_by(tracker: &SourceTracker) -> LoopFigures {
+        LoopFigures {
+            heartbeat_lag_us: tracker.heartbeat_lag_us.clone(),
+            ..LoopFigures::default()
+        }
+    }
+}
 
 /// Milliseconds since the Unix epoch.
 pub fn unix_ms() -> u64 {
@@ -127,8 +138,6 @@ struct State {
     last_checkpoint: Option<(String, u64)>,
     last_tick: Instant,
     last_cp_time: Instant,
-    /// Heartbeats seen in the stream and not yet acknowledged: (stamp ms, end offset).
-    heartbeats: VecDeque<(u64, u64)>,
     deferred: DeferredDeletions,
     /// The target lost data and a new full sync was asked for: no checkpoint, no check until
     /// it starts.
@@ -168,7 +177,6 @@ impl SourceLoop {
                 last_checkpoint: None,
                 last_tick: Instant::now(),
                 last_cp_time: Instant::now(),
-                heartbeats: VecDeque::new(),
                 deferred,
                 resync_pending: false,
                 lost: None,
@@ -241,7 +249,6 @@ impl SourceLoop {
         if self.ctx.spool.is_empty() {
             self.ctx.output.flush()?;
         }
-        self.check_heartbeats();
         self.tick(false);
         if let Some(reason) = self.st.lost.take() {
             return Err(ApplyError::TargetLost {
@@ -252,35 +259,18 @@ impl SourceLoop {
         self.st.deferred.retry_if_due(&self.ctx)
     }
 
-    /// Record the lag of the heartbeats the target has now acknowledged (everything before
-    /// them applied): now minus the stamp written on the source. While the oldest one seen is
-    /// still waiting, the lag shown is at least its age, so a stuck target shows a growing
-    /// lag.
-    fn check_heartbeats(&mut self) {
-        let st = &mut self.st;
-        if st.heartbeats.is_empty() {
+    /// While a heartbeat waits for the target, the lag shown is at least its age, so that a
+    /// stuck target shows a growing lag. (The lag of an acknowledged heartbeat is measured by
+    /// the tracker when the acknowledgement arrives.)
+    fn heartbeat_age(&mut self) {
+        let Some(stamp) = self.ctx.tracker.oldest_heartbeat() else {
             return;
-        }
-        let lag_us = &self.ctx.figures.heartbeat_lag_us;
-        let applied = self.ctx.output.applied();
-        let now_us = unix_ms().saturating_mul(1000);
-        let mut measured = None;
-        while let Some(&(stamp, end)) = st.heartbeats.front() {
-            if applied < end {
-                break;
-            }
-            st.heartbeats.pop_front();
-            measured = Some(now_us.saturating_sub(stamp.saturating_mul(1000)));
-        }
-        if let Some(lag) = measured {
-            lag_us.store(lag, Ordering::Relaxed);
-        }
-        if let Some(&(stamp, _)) = st.heartbeats.front() {
-            let age = now_us.saturating_sub(stamp.saturating_mul(1000));
-            let shown = lag_us.load(Ordering::Relaxed);
-            if shown == NO_LAG || age > shown {
-                lag_us.store(age, Ordering::Relaxed);
-            }
+        };
+        let lag_us = &self.ctx.tracker.heartbeat_lag_us;
+        let age = unix_us().saturating_sub(stamp);
+        let shown = lag_us.load(Ordering::Relaxed);
+        if shown == NO_LAG || age > shown {
+            lag_us.store(age, Ordering::Relaxed);
         }
     }
 
@@ -290,6 +280,7 @@ impl SourceLoop {
             return;
         }
         self.st.last_tick = Instant::now();
+        self.heartbeat_age();
         let applied = self.ctx.output.applied();
         if self.ctx.figures.snapshot_done.load(Ordering::Acquire) {
             self.ctx.acks.set_applied(applied);
@@ -425,7 +416,7 @@ impl SourceLoop {
                 }
             }
             let control = ctx.output.command(stream, frame)?;
-            on_control(ctx, &mut st.deferred, &mut st.heartbeats, control)?;
+            on_control(ctx, &mut st.deferred, control)?;
             if stream.take_own_keys_flushed() {
                 // The source's FLUSHALL (or FLUSHDB 0), forwarded as is and acknowledged, took
                 // the relay's marker with it: not a loss of the target's.
@@ -441,7 +432,6 @@ impl SourceLoop {
 fn on_control(
     ctx: &mut SourceCtx,
     deferred: &mut DeferredDeletions,
-    heartbeats: &mut VecDeque<(u64, u64)>,
     control: Control,
 ) -> Result<(), ApplyError> {
     match control {
@@ -455,7 +445,7 @@ fn on_control(
             deletions::delete_proven(ctx, &mut deferred.set, Job::Flush(db))?;
             ctx.output.advance(end);
         }
-        Control::Heartbeat { stamp_ms, end } => heartbeats.push_back((stamp_ms, end)),
+        Control::Heartbeat { stamp_us, end } => ctx.tracker.heartbeat(stamp_us, end),
     }
     Ok(())
 }

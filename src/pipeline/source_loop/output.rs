@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use super::error::ApplyError;
 use super::sink::{EventSink, RelayEvent};
-use super::{unix_ms, LoopFigures};
+use super::LoopFigures;
 use crate::batch::record;
 use crate::pipeline::dispatcher::ExactlyOnce;
 use crate::pipeline::stream_apply::{Control, StreamApply};
@@ -305,7 +305,7 @@ impl Output for SinkOutput {
             // The relay's own key: not for the sink; the sink has everything before.
             stream.observe(&frame);
             self.offset = stream.offset();
-            let lag = unix_ms().saturating_sub(stamp).saturating_mul(1000);
+            let lag = crate::batch::offsets::unix_us().saturating_sub(stamp);
             self.figures.heartbeat_lag_us.store(lag, Ordering::Relaxed);
             return Ok(Control::None);
         }

@@ -75,7 +75,7 @@ impl SourceLoop {
         ctx.tracker.reset(offset.unwrap_or(0));
         ctx.figures.rdb_bytes_loaded.store(0, Ordering::Relaxed);
         ctx.figures.snapshot_keys.store(0, Ordering::Relaxed);
-        st.heartbeats.clear();
+        ctx.tracker.forget_heartbeats();
         st.resync_pending = false;
         if let Some(g) = ctx.guard.as_mut() {
             g.rearm();
