@@ -298,7 +298,7 @@ impl Dispatcher {
     /// A plain `SET key value` of the stream (no option: the same effect as `MSET key
     /// value`), covering stream offsets `(start, end]`: consecutive ones for writer `w` in one
     /// database share one `MSET`, as the snapshot's strings do. In the relay's catch-up
-    /// about a quarter of the commands are such `SET`s, and a target spends about a quarter
+    /// about a quarter of the commands are such `SET`s, and a target spends about a fifth
     /// less CPU on a key in an `MSET` than on a `SET` of its own (docs/performance.md).
     /// The run is replayable like the `SET`s it holds, and counts as that many commands.
     pub fn push_stream_set(

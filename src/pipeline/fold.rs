@@ -5,8 +5,9 @@
 //! - [`ListRun`]: consecutive `LPUSH`es (or `RPUSH`es) of the stream to one list as one
 //!   variadic push: `LPUSH k a b` then `LPUSH k c` leave the list `LPUSH k a b c` leaves.
 //!
-//! A target spends most of a small command's CPU on running a command at all (lookup, call,
-//! propagation, statistics), so a run costs it much less than its commands one by one
+//! A target spends part of a small command's CPU on running a command at all (parsing, call,
+//! propagation, statistics; a fifth of a new string key's in `benches/target_cost.rs`), and a
+//! push run looks its list up once, so a run costs it less than its commands one by one
 //! (docs/performance.md: the target's CPU per op in the catch-up). The dispatcher keeps at
 //! most one run (or open buffer) per pending batch and seals it before anything else joins
 //! the batch, so the batch keeps the order of its commands.
